@@ -1,0 +1,3 @@
+"""Keras layers that are k-Lipschitz by construction (deel-lip's names)."""
+
+from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, check_k_coef_lip

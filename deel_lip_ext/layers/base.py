@@ -1,0 +1,154 @@
+"""Base classes shared by every Lipschitz layer.
+
+Two ideas live here:
+
+* `LipschitzLayer`: a layer that is `k_coef_lip`-Lipschitz by construction.
+  Parameter-free layers (activations, pooling) simply scale their output by k.
+* `ParametrizedLayer`: a layer whose kernel is a *function* of raw variables
+  (the parametrization). The layer only holds variables, asks
+  `compute_kernel()` for the constrained kernel and applies a plain op with it.
+  `effective_kernel()` is the single source of truth used by training,
+  inference, export, certification and tests, and `vanilla_export()` is one
+  generic fold into stock Keras layers.
+
+Inference uses a cached kernel that can never be stale: the cache stores a
+snapshot of every variable the kernel depends on, and an inference call
+recomputes the kernel whenever any of them differs from its snapshot (after a
+training step, `load_weights`, `set_weights`, an `assign` by hand, ...).
+"""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+__all__ = ["check_k_coef_lip", "LipschitzLayer", "ParametrizedLayer"]
+
+
+def check_k_coef_lip(k_coef_lip):
+    """Return `k_coef_lip` as a float, or raise `ValueError` if it is not > 0 and finite."""
+    if isinstance(k_coef_lip, bool) or not isinstance(k_coef_lip, numbers.Real):
+        raise ValueError(f"k_coef_lip must be a positive number, got {k_coef_lip!r}.")
+    if not math.isfinite(float(k_coef_lip)) or k_coef_lip <= 0:
+        raise ValueError(f"k_coef_lip must be a positive finite number, got {k_coef_lip!r}.")
+    return float(k_coef_lip)
+
+
+class LipschitzLayer:
+    """Mixin for layers that are `k_coef_lip`-Lipschitz (L2 norm) by construction.
+
+    Subclasses call `self._init_lipschitz(k_coef_lip)` in `__init__` and put
+    `k_coef_lip` in their config. `deel_lip_ext.model.Sequential` sets a share
+    of a global constant on each of them with `set_klip_factor` before build.
+    """
+
+    def _init_lipschitz(self, k_coef_lip):
+        self.k_coef_lip = check_k_coef_lip(k_coef_lip)
+
+    def set_klip_factor(self, k_coef_lip):
+        """Set the layer's Lipschitz constant (before the layer is built)."""
+        if getattr(self, "built", False):
+            raise RuntimeError(
+                f"set_klip_factor must be called before layer {self.name!r} is built: "
+                "compiled functions already use the current constant."
+            )
+        self.k_coef_lip = check_k_coef_lip(k_coef_lip)
+
+    def vanilla_export(self):
+        """Plain layers computing the same function (a list, usually of one layer).
+
+        Parameter-free layers export a fresh copy of themselves.
+        """
+        clone = self.__class__.from_config(self.get_config())
+        return [clone]
+
+
+class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
+    """A layer whose kernel is the image of raw variables by a parametrization.
+
+    Subclasses implement:
+
+    * `compute_kernel(training)` -> `(kernel, state_updates)`: the constrained
+      kernel in float32 (already scaled by `k_coef_lip`) and a dict
+      `{variable: new_value}` of state to store after a training step (e.g. the
+      power-iteration vector). Pure: it must not assign anything.
+    * `kernel_dependencies()` -> the variables `compute_kernel` reads.
+    * `plain_layers(kernel)` -> the stock Keras layers, built and with their
+      weights set, computing the layer's function with the given kernel (a
+      numpy array); used by `vanilla_export`.
+
+    and call `self.build_kernel_cache(kernel_shape)` at the end of `build`.
+    """
+
+    def build_kernel_cache(self, kernel_shape):
+        self._cached_kernel = self.add_weight(
+            name="cached_kernel", shape=kernel_shape, initializer="zeros", trainable=False, dtype="float32"
+        )
+        self._cache_snapshots = [
+            self.add_weight(
+                name=f"snapshot_{i}", shape=var.shape, initializer="zeros", trainable=False, dtype=var.dtype
+            )
+            for i, var in enumerate(self.kernel_dependencies())
+        ]
+        self._cache_valid = self.add_weight(
+            name="cache_valid", shape=(), initializer="zeros", trainable=False, dtype="float32"
+        )
+
+    def compute_kernel(self, training=False):
+        raise NotImplementedError
+
+    def kernel_dependencies(self):
+        raise NotImplementedError
+
+    def plain_layers(self, kernel):
+        raise NotImplementedError
+
+    def effective_kernel(self):
+        """The constrained kernel the current variables define, freshly computed (float32)."""
+        if not self.built:
+            raise RuntimeError(f"Layer {self.name!r} must be built before its kernel exists.")
+        return self.compute_kernel(training=False)[0]
+
+    def kernel_for_call(self, training=None):
+        """Kernel to use in `call`, cast to the compute dtype.
+
+        Training recomputes it (with gradient) and stores the parametrization
+        state; inference reads the cache, refreshed if any dependency changed.
+        """
+        if training:
+            kernel, updates = self.compute_kernel(training=True)
+            for variable, value in updates.items():
+                variable.assign(value)
+        else:
+            kernel = self._cached_or_fresh_kernel()
+        return ops.cast(kernel, self.compute_dtype)
+
+    def _cached_or_fresh_kernel(self):
+        dependencies = self.kernel_dependencies()
+        stale = self._cache_valid < 0.5
+        for variable, snapshot in zip(dependencies, self._cache_snapshots):
+            stale = ops.logical_or(stale, ops.any(ops.not_equal(variable, snapshot)))
+        kernel = ops.cond(
+            stale,
+            lambda: ops.stop_gradient(self.compute_kernel(training=False)[0]),
+            lambda: ops.convert_to_tensor(self._cached_kernel),
+        )
+        # Writing the cache is invisible: it holds a function of the variables.
+        self._cached_kernel.assign(kernel)
+        for variable, snapshot in zip(dependencies, self._cache_snapshots):
+            snapshot.assign(variable)
+        self._cache_valid.assign(1.0)
+        return kernel
+
+    def condense(self):
+        """Overwrite the raw kernel with the constrained one (deel-lip semantics).
+
+        Training then restarts from an already constrained kernel; the
+        function computed by the layer does not change.
+        """
+        self.kernel.assign(ops.cast(self.effective_kernel(), self.kernel.dtype))
+
+    def vanilla_export(self):
+        """Stock Keras layers with the constrained kernel folded in (freshly computed)."""
+        return self.plain_layers(ops.convert_to_numpy(self.effective_kernel()))
