@@ -1,0 +1,28 @@
+"""Test-wide settings: quiet TensorFlow, offline data, deterministic seeds."""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# Tests never download: they read the project's offline copies when present.
+_SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if _SHARED_DATA.is_dir():
+    os.environ.setdefault("DEEL_LIP_EXT_DATA", str(_SHARED_DATA))
+
+
+def data_available(name):
+    folder = os.environ.get("DEEL_LIP_EXT_DATA")
+    return bool(folder) and (pathlib.Path(folder) / f"{name}.npz").is_file()
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    keras.utils.set_random_seed(0)
+    np.random.seed(0)
+    yield
+    keras.backend.clear_session()
