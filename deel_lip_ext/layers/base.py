@@ -23,7 +23,9 @@ import numbers
 import keras
 from keras import ops
 
-__all__ = ["check_k_coef_lip", "LipschitzLayer", "ParametrizedLayer"]
+from deel_lip_ext import normalizers
+
+__all__ = ["check_k_coef_lip", "LipschitzLayer", "ParametrizedLayer", "SpectralMixin"]
 
 
 def check_k_coef_lip(k_coef_lip):
@@ -70,9 +72,9 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     Subclasses implement:
 
     * `compute_kernel(training)` -> `(kernel, state_updates)`: the constrained
-      kernel in float32 (already scaled by `k_coef_lip`) and a dict
-      `{variable: new_value}` of state to store after a training step (e.g. the
-      power-iteration vector). Pure: it must not assign anything.
+      kernel in float32 (already scaled by `k_coef_lip`) and a list of
+      `(variable, new_value)` pairs of state to store after a training step
+      (e.g. the power-iteration vector). Pure: it must not assign anything.
     * `kernel_dependencies()` -> the variables `compute_kernel` reads.
     * `plain_layers(kernel)` -> the stock Keras layers, built and with their
       weights set, computing the layer's function with the given kernel (a
@@ -118,7 +120,7 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         """
         if training:
             kernel, updates = self.compute_kernel(training=True)
-            for variable, value in updates.items():
+            for variable, value in updates:
                 variable.assign(value)
         else:
             kernel = self._cached_or_fresh_kernel()
@@ -152,3 +154,52 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     def vanilla_export(self):
         """Stock Keras layers with the constrained kernel folded in (freshly computed)."""
         return self.plain_layers(ops.convert_to_numpy(self.effective_kernel()))
+
+
+class SpectralMixin:
+    """Hyper-parameters and state of the spectral (power iteration + Björck) parametrization.
+
+    Shared by `SpectralDense` and `SpectralConv2D`: the kernel, reshaped to a
+    matrix (fan_in, units), is divided by its largest singular value and
+    orthonormalized by Björck iterations (RKO).
+    """
+
+    def _init_spectral(self, eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck):
+        normalizers.check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
+        self.eps_spectral = eps_spectral
+        self.eps_bjorck = eps_bjorck
+        self.beta_bjorck = beta_bjorck
+        self.maxiter_spectral = maxiter_spectral
+        self.maxiter_bjorck = maxiter_bjorck
+
+    def _build_power_iteration_vector(self, units):
+        self.u = self.add_weight(
+            name="u",
+            shape=(1, units),
+            initializer=keras.initializers.RandomNormal(0.0, 1.0),
+            trainable=False,
+            dtype="float32",
+        )
+
+    def _spectral_kernel(self, adjustment_coef):
+        """(kernel, [(u, new_u)]) of the RKO parametrization, in float32."""
+        kernel, u, _ = normalizers.reshaped_kernel_orthogonalization(
+            ops.cast(self.kernel, "float32"),
+            self.u,
+            adjustment_coef=adjustment_coef,
+            eps_spectral=self.eps_spectral,
+            eps_bjorck=self.eps_bjorck,
+            beta=self.beta_bjorck,
+            maxiter_spectral=self.maxiter_spectral,
+            maxiter_bjorck=self.maxiter_bjorck,
+        )
+        return kernel, [(self.u, u)]
+
+    def _spectral_config(self):
+        return {
+            "eps_spectral": self.eps_spectral,
+            "eps_bjorck": self.eps_bjorck,
+            "beta_bjorck": self.beta_bjorck,
+            "maxiter_spectral": self.maxiter_spectral,
+            "maxiter_bjorck": self.maxiter_bjorck,
+        }

@@ -1,0 +1,342 @@
+"""k-Lipschitz 2-D convolutions: `SpectralConv2D` and `FrobeniusConv2D`.
+
+Both constrain the reshaped kernel matrix W (kh*kw*c_in, c_out) to spectral
+norm <= 1, then multiply by a correction coefficient that makes the
+*convolution operator* k-Lipschitz for the padding the layer really uses:
+
+    ||conv(x)||^2 = sum_o ||W^T patch_o(x)||^2 <= sum_o ||patch_o(x)||^2
+                  = sum_i count_i x_i^2 <= (max_i count_i) ||x||^2,
+
+where count_i is the number of output positions whose receptive field covers
+input pixel i (with multiplicity under circular wrap). The coefficient is
+1 / sqrt(max_i count_i), computed exactly at build time from the input size,
+stride and padding ("same" zero padding, "valid" or "circular").
+
+deel-lip uses, for "same" zero padding, the *average* overlap; that is not an
+upper bound (a 3x3 kernel on a 28x28 input reaches 1.016 > 1), so we do not.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from deel_lip_ext import normalizers
+from deel_lip_ext.layers.base import ParametrizedLayer, SpectralMixin
+
+__all__ = ["SpectralConv2D", "FrobeniusConv2D", "overlap_counts", "conv_lipschitz_coefficient", "PADDINGS"]
+
+PADDINGS = ("same", "valid", "circular")
+
+
+def _pair(value, name):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}.")
+    return tuple(value)
+
+
+def circular_pad_widths(kernel_size):
+    """((top, bottom), (left, right)) wrap-around pads of a circular conv: k//2 before, k-1-k//2 after."""
+    return tuple((k // 2, k - 1 - k // 2) for k in kernel_size)
+
+
+def overlap_counts(size, kernel, stride, padding):
+    """For each input index along one axis, how many output windows cover it.
+
+    Args:
+        size: input length (None: unknown).
+        kernel: kernel length.
+        stride: stride.
+        padding: "same" (TensorFlow's zero padding), "valid" or "circular".
+
+    Returns:
+        A numpy int array of length `size`, or None when `size` is None.
+    """
+    if size is None:
+        return None
+    if padding == "circular":
+        before = kernel // 2
+        n_out = (size - 1) // stride + 1
+        starts = np.arange(n_out) * stride - before
+        covered = (starts[:, None] + np.arange(kernel)[None, :]) % size
+        return np.bincount(covered.ravel(), minlength=size)
+    if padding == "same":
+        n_out = -(-size // stride)
+        before = max((n_out - 1) * stride + kernel - size, 0) // 2
+    else:
+        n_out = (size - kernel) // stride + 1
+        before = 0
+    counts = np.zeros(size, dtype=int)
+    for start in np.arange(max(n_out, 0)) * stride - before:
+        counts[max(start, 0) : max(start + kernel, 0)] += 1
+    return counts
+
+
+def conv_lipschitz_coefficient(input_size, kernel_size, strides, padding):
+    """1/sqrt(max overlap): makes a conv with a spectrally normalized reshaped kernel 1-Lipschitz.
+
+    Exact (for this bound) at the given input size; when a spatial size is
+    unknown, uses ceil(k/s), the maximum over all sizes for zero/valid padding.
+    """
+    worst = 1
+    for size, kernel, stride in zip(input_size, kernel_size, strides):
+        counts = overlap_counts(size, kernel, stride, padding)
+        worst *= int(counts.max()) if counts is not None and counts.size else math.ceil(kernel / stride)
+    return 1.0 / math.sqrt(max(worst, 1))
+
+
+class LipschitzConv2DBase(ParametrizedLayer):
+    """Convolution plumbing shared by the Lipschitz 2-D convolutions.
+
+    Holds the raw kernel (kh, kw, c_in, filters) and the bias, applies the
+    convolution with the constrained kernel for padding "same", "valid" or
+    "circular" (wrap-around pad then "valid"), and exports to stock
+    `keras.layers.Conv2D` (preceded by `CircularPadding2D` when circular).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+            raise ValueError(f"filters must be a positive integer, got {filters!r}.")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"data_format must be 'channels_last' (or None), got {data_format!r}.")
+        if _pair(dilation_rate, "dilation_rate") != (1, 1):
+            raise ValueError(f"dilation_rate must be 1: dilated Lipschitz convolutions are not supported, got {dilation_rate!r}.")
+        if groups != 1:
+            raise ValueError(f"groups must be 1, got {groups!r}.")
+        self._init_lipschitz(k_coef_lip)
+        self.filters = filters
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self.padding = padding
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        height, width, channels = input_shape[1], input_shape[2], input_shape[3]
+        if channels is None:
+            raise ValueError(f"{self.__class__.__name__} needs a known channel dimension, got {input_shape}.")
+        if self.padding == "circular":
+            if height is None or width is None:
+                raise ValueError(f"padding='circular' needs known spatial dimensions, got input shape {input_shape}.")
+            for size, pads in zip((height, width), circular_pad_widths(self.kernel_size)):
+                if max(pads) > size:
+                    raise ValueError(
+                        f"kernel_size {self.kernel_size} is too large for circular padding of a {height}x{width} input."
+                    )
+        elif self.padding == "valid":
+            for size, k in zip((height, width), self.kernel_size):
+                if size is not None and size < k:
+                    raise ValueError(f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}.")
+        self.input_spatial_size = (height, width)
+        self.lipschitz_coefficient = conv_lipschitz_coefficient((height, width), self.kernel_size, self.strides, self.padding)
+        kernel_shape = self.kernel_size + (channels, self.filters)
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=kernel_shape,
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.filters,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        self.build_parametrization_state()
+        self.build_kernel_cache(kernel_shape)
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+
+    def build_parametrization_state(self):
+        """Create the non-trainable state of the parametrization (none by default)."""
+
+    def call(self, inputs, training=None):
+        padding = self.padding
+        if padding == "circular":
+            from deel_lip_ext.layers.padding import circular_pad
+
+            inputs = circular_pad(inputs, circular_pad_widths(self.kernel_size))
+            padding = "valid"
+        outputs = ops.conv(inputs, self.kernel_for_call(training), strides=self.strides, padding=padding)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def compute_output_shape(self, input_shape):
+        sizes = []
+        for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides):
+            if size is None:
+                sizes.append(None)
+            elif self.padding == "valid":
+                sizes.append((size - k) // s + 1)
+            else:
+                sizes.append(-(-size // s))
+        return (input_shape[0], *sizes, self.filters)
+
+    def plain_layers(self, kernel):
+        layers = []
+        in_shape = (None, *self.input_spatial_size, kernel.shape[2])
+        padding = self.padding
+        if padding == "circular":
+            from deel_lip_ext.layers.padding import CircularPadding2D
+
+            pad = CircularPadding2D(circular_pad_widths(self.kernel_size), name=f"{self.name}_circular_pad")
+            layers.append(pad)
+            in_shape = pad.compute_output_shape(in_shape)
+            padding = "valid"
+        conv = keras.layers.Conv2D(
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding=padding,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            name=self.name,
+            dtype=self.dtype_policy,
+        )
+        conv.build(in_shape)
+        conv.set_weights([kernel] + ([ops.convert_to_numpy(self.bias)] if self.use_bias else []))
+        layers.append(conv)
+        return layers
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+                "k_coef_lip": self.k_coef_lip,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class SpectralConv2D(SpectralMixin, LipschitzConv2DBase):
+    """2-D convolution that is k-Lipschitz for its own padding and stride.
+
+    The reshaped kernel (kh*kw*c_in, filters) is orthonormalized (RKO:
+    power iteration + Björck), then scaled by k / sqrt(max overlap), the exact
+    correction for this input size, stride and padding (see the module
+    docstring). The layer is k-Lipschitz but not orthogonal; use `BCOPConv2D`
+    for gradient-norm preserving convolutions.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: int or pair.
+        strides: int or pair.
+        padding: "same" (zero), "valid" or "circular" (wrap-around).
+        k_coef_lip: Lipschitz constant of the layer.
+        eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral,
+            maxiter_bjorck: as in `SpectralDense`.
+        (other arguments as `keras.layers.Conv2D`; dilation and groups must be 1)
+
+    Example:
+    >>> conv = SpectralConv2D(16, 3, padding="circular")
+    >>> y = conv(keras.random.normal((2, 28, 28, 1)))
+    >>> pad, plain = conv.vanilla_export()  # CircularPadding2D + keras Conv2D
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        k_coef_lip=1.0,
+        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
+        maxiter_spectral=normalizers.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck=normalizers.DEFAULT_MAXITER_BJORCK,
+        **kwargs,
+    ):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, k_coef_lip=k_coef_lip, **kwargs)
+        self._init_spectral(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
+
+    def build_parametrization_state(self):
+        self._build_power_iteration_vector(self.filters)
+
+    def kernel_dependencies(self):
+        return [self.kernel, self.u]
+
+    def compute_kernel(self, training=False):
+        return self._spectral_kernel(self.lipschitz_coefficient * self.k_coef_lip)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._spectral_config())
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class FrobeniusConv2D(LipschitzConv2DBase):
+    """2-D convolution with a Frobenius-normalized kernel, k-Lipschitz for its padding.
+
+    The kernel is `k * W / ||W||_F / sqrt(max overlap)`. Cheaper than
+    `SpectralConv2D` (no iteration); tight when the conv has one output
+    channel (the reshaped matrix is then a vector).
+
+    Args:
+        filters, kernel_size, strides, padding, k_coef_lip: as `SpectralConv2D`.
+
+    Example:
+    >>> conv = FrobeniusConv2D(1, 3, padding="same")
+    """
+
+    def kernel_dependencies(self):
+        return [self.kernel]
+
+    def compute_kernel(self, training=False):
+        kernel = normalizers.frobenius_normalization(ops.cast(self.kernel, "float32"))
+        return kernel * (self.lipschitz_coefficient * self.k_coef_lip), []

@@ -1,0 +1,218 @@
+"""k-Lipschitz dense layers: `SpectralDense` (orthogonal) and `FrobeniusDense`."""
+
+import keras
+from keras import ops
+
+from deel_lip_ext import normalizers
+from deel_lip_ext.layers.base import ParametrizedLayer, SpectralMixin
+
+__all__ = ["SpectralDense", "FrobeniusDense"]
+
+
+class LipschitzDenseBase(ParametrizedLayer):
+    """Dense plumbing shared by the Lipschitz dense layers.
+
+    Holds the raw `kernel` (input_dim, units) and the bias, applies
+    `activation(x @ kernel_for_call + bias)` and exports to `keras.layers.Dense`.
+    Subclasses only say how the raw kernel becomes the constrained one.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise ValueError(f"units must be a positive integer, got {units!r}.")
+        self._init_lipschitz(k_coef_lip)
+        self.units = units
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError(f"{self.__class__.__name__} needs a known last input dimension, got {input_shape}.")
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(input_dim, self.units),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.units,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        self.build_parametrization_state()
+        self.build_kernel_cache((input_dim, self.units))
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
+
+    def build_parametrization_state(self):
+        """Create the non-trainable state of the parametrization (none by default)."""
+
+    def call(self, inputs, training=None):
+        outputs = ops.matmul(inputs, self.kernel_for_call(training))
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def plain_layers(self, kernel):
+        dense = keras.layers.Dense(
+            self.units, activation=self.activation, use_bias=self.use_bias, name=self.name, dtype=self.dtype_policy
+        )
+        dense.build((None, kernel.shape[0]))
+        dense.set_weights([kernel] + ([ops.convert_to_numpy(self.bias)] if self.use_bias else []))
+        return [dense]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+                "k_coef_lip": self.k_coef_lip,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class SpectralDense(SpectralMixin, LipschitzDenseBase):
+    """Dense layer with an orthogonal kernel scaled by `k_coef_lip`.
+
+    The kernel is `k * Björck(W / sigma_max(W))`: every singular value is k
+    (up to the Björck tolerance), so the layer is k-Lipschitz and, for
+    k = 1, gradient-norm preserving. With `eps_bjorck=None` the Björck step is
+    skipped (spectral normalization only: largest singular value k).
+
+    Args:
+        units: output dimension.
+        activation: activation applied to the output (must itself be
+            1-Lipschitz for the layer to stay k-Lipschitz; None by default).
+        use_bias: whether to add a bias (it does not change the constant).
+        kernel_initializer: initializer of the raw kernel. Orthogonal by
+            default (Björck then starts converged; deel-lip's
+            `SpectralInitializer` gives the same kernel direction).
+        k_coef_lip: Lipschitz constant of the layer.
+        eps_spectral: power-iteration tolerance (0: exactly
+            `maxiter_spectral` iterations).
+        eps_bjorck: Björck tolerance (0: exactly `maxiter_bjorck` iterations;
+            None: no Björck).
+        beta_bjorck: Björck step in ]0, 0.5].
+        maxiter_spectral, maxiter_bjorck: iteration caps.
+
+    Example:
+    >>> layer = SpectralDense(64, k_coef_lip=1.0)
+    >>> y = layer(keras.random.normal((8, 32)))
+    >>> plain = layer.vanilla_export()[0]  # a keras.layers.Dense
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        k_coef_lip=1.0,
+        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
+        maxiter_spectral=normalizers.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck=normalizers.DEFAULT_MAXITER_BJORCK,
+        **kwargs,
+    ):
+        super().__init__(
+            units,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            k_coef_lip=k_coef_lip,
+            **kwargs,
+        )
+        self._init_spectral(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
+
+    def build_parametrization_state(self):
+        self._build_power_iteration_vector(self.units)
+
+    def kernel_dependencies(self):
+        return [self.kernel, self.u]
+
+    def compute_kernel(self, training=False):
+        return self._spectral_kernel(self.k_coef_lip)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._spectral_config())
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class FrobeniusDense(LipschitzDenseBase):
+    """Dense layer whose kernel is divided by its Frobenius norm, times `k_coef_lip`.
+
+    With `disjoint_neurons=True` (deel-lip's default) every output column is
+    normalized on its own: each output is k-Lipschitz, the whole map is at
+    most k*sqrt(units)-Lipschitz (certify its logits with margin / (2L)).
+    With `disjoint_neurons=False` the whole layer is k-Lipschitz.
+
+    Args:
+        units: output dimension.
+        disjoint_neurons: normalize each output neuron separately.
+        k_coef_lip: Lipschitz constant (per neuron when disjoint).
+        (other arguments as `keras.layers.Dense`)
+
+    Example:
+    >>> head = FrobeniusDense(1)  # a 1-Lipschitz scalar output, e.g. for HKR
+    """
+
+    def __init__(self, units, disjoint_neurons=True, k_coef_lip=1.0, **kwargs):
+        super().__init__(units, k_coef_lip=k_coef_lip, **kwargs)
+        if not isinstance(disjoint_neurons, bool):
+            raise TypeError(f"disjoint_neurons must be a bool, got {disjoint_neurons!r}.")
+        self.disjoint_neurons = disjoint_neurons
+
+    def kernel_dependencies(self):
+        return [self.kernel]
+
+    def compute_kernel(self, training=False):
+        kernel = normalizers.frobenius_normalization(ops.cast(self.kernel, "float32"), self.disjoint_neurons)
+        return kernel * self.k_coef_lip, []
+
+    def get_config(self):
+        config = super().get_config()
+        config["disjoint_neurons"] = self.disjoint_neurons
+        return config

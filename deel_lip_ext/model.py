@@ -1,0 +1,190 @@
+"""Lipschitz `Sequential` and functional `Model`, and the generic export to plain Keras.
+
+`vanilla_model(model)` folds every parametrized layer into stock Keras layers
+(`Dense`, `Conv2D`, preceded by `CircularPadding2D` for a circular conv) with
+its freshly computed constrained kernel; parameter-free Lipschitz layers
+(GroupSort, pooling, ...) and ordinary Keras layers are copied with their
+weights. The result is a standard Keras model that no longer shares anything
+with the original and can be saved with `model.export(path)` as a TF SavedModel.
+"""
+
+import warnings
+
+import keras
+
+from deel_lip_ext.layers.base import LipschitzLayer, check_k_coef_lip
+
+__all__ = ["Sequential", "Model", "vanilla_model", "is_known_lipschitz"]
+
+_ONE_LIPSCHITZ_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+
+
+def is_known_lipschitz(layer):
+    """Whether `layer` is known to be 1-Lipschitz (or k-Lipschitz by construction)."""
+    if isinstance(layer, LipschitzLayer):
+        return True
+    if isinstance(layer, (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)):
+        return True
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    if isinstance(layer, keras.layers.ReLU):
+        return layer.negative_slope <= 1 and layer.threshold == 0
+    if isinstance(layer, keras.layers.Activation):
+        return getattr(layer.activation, "__name__", "") in _ONE_LIPSCHITZ_ACTIVATIONS
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        return all(p <= s for p, s in zip(layer.pool_size, layer.strides))
+    return False
+
+
+def _copy_layer(layer):
+    """A new layer with the same config and a copy of the weights."""
+    clone = layer.__class__.from_config(layer.get_config())
+    if layer.weights:
+        input_shape = getattr(layer, "_build_shapes_dict", None)
+        if not clone.built:
+            clone.build(**input_shape) if input_shape else clone.build(layer.input.shape)
+        clone.set_weights(layer.get_weights())
+    return clone
+
+
+def _exported_layers(layer):
+    """The plain layers replacing `layer` in an export (a list, in call order)."""
+    if isinstance(layer, keras.Model):
+        return [vanilla_model(layer)]
+    if hasattr(layer, "vanilla_export"):
+        return list(layer.vanilla_export())
+    return [_copy_layer(layer)]
+
+
+def vanilla_model(model):
+    """Export any Keras model built from deel-lip-ext (or stock) layers to plain Keras.
+
+    Every parametrized layer becomes the stock layer(s) computing the same
+    function with its constrained kernel, computed now from the current
+    variables (never a stale cache). Layer names are kept.
+
+    Args:
+        model: a built `keras.Sequential` or functional `keras.Model`.
+
+    Returns:
+        A new `keras.Sequential` or functional `keras.Model` independent of `model`.
+
+    Example:
+    >>> plain = vanilla_model(model)
+    >>> plain.export("/tmp/plain_model", format="tf_saved_model")
+    """
+    if not model.built:
+        raise ValueError("vanilla_model needs a built model: call it on data or give it an Input first.")
+    if isinstance(model, keras.Sequential):
+        layers = [keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)]
+        for layer in model.layers:
+            layers.extend(_exported_layers(layer))
+        return keras.Sequential(layers, name=model.name)
+    if not getattr(model, "_functional", False) and not hasattr(model, "_operations"):
+        raise TypeError(f"vanilla_model needs a Sequential or functional model, got {type(model).__name__}.")
+
+    prefixes = {}
+
+    def clone_function(layer):
+        exported = _exported_layers(layer)
+        prefixes[id(exported[-1])] = exported[:-1]
+        return exported[-1]
+
+    def call_function(layer, *args, **kwargs):
+        prefix = prefixes.get(id(layer), [])
+        if prefix:
+            x = args[0]
+            for pre in prefix:
+                x = pre(x)
+            args = (x,) + args[1:]
+        return layer(*args, **kwargs)
+
+    exported = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+    # A plain keras.Model (not our subclass), keeping single inputs/outputs unwrapped.
+    return keras.Model(_unwrap(exported.inputs), _unwrap(exported.outputs), name=model.name)
+
+
+def _unwrap(tensors):
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+class LipschitzModelMixin:
+    """`condense()` and `vanilla_export()` for Lipschitz models."""
+
+    def condense(self):
+        """Overwrite every raw kernel with its constrained value (see `ParametrizedLayer.condense`)."""
+        for layer in self._flatten_layers(include_self=False, recursive=True):
+            if hasattr(layer, "condense") and layer is not self:
+                layer.condense()
+
+    def vanilla_export(self):
+        """Plain Keras copy of the model (see `vanilla_model`)."""
+        return vanilla_model(self)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class Sequential(LipschitzModelMixin, keras.Sequential):
+    """A `keras.Sequential` that is `k_coef_lip`-Lipschitz as a whole.
+
+    The global constant is split evenly: each Lipschitz layer given at
+    construction gets `k_coef_lip ** (1 / n)` (n = number of such layers),
+    which replaces its own `k_coef_lip`. Layers not known to be 1-Lipschitz
+    raise a warning. Layers added later with `add()` keep their own constant.
+
+    Args:
+        layers: list of layers.
+        k_coef_lip: Lipschitz constant of the whole model.
+        name: model name.
+
+    Example:
+    >>> model = Sequential([keras.Input((28, 28, 1)), SpectralConv2D(16, 3), GroupSort2(),
+    ...                     keras.layers.Flatten(), SpectralDense(10)], k_coef_lip=1.0)
+    >>> plain = model.vanilla_export()
+    """
+
+    def __init__(self, layers=None, trainable=True, name=None, k_coef_lip=1.0):
+        self.k_coef_lip = check_k_coef_lip(k_coef_lip)
+        layers = list(layers or [])
+        lipschitz_layers = [layer for layer in layers if isinstance(layer, LipschitzLayer)]
+        if lipschitz_layers and self.k_coef_lip != 1.0:
+            share = self.k_coef_lip ** (1.0 / len(lipschitz_layers))
+            for layer in lipschitz_layers:
+                layer.set_klip_factor(share)
+        for layer in layers:
+            if isinstance(layer, keras.layers.Layer) and not is_known_lipschitz(layer):
+                warnings.warn(
+                    f"Layer {layer.name!r} ({type(layer).__name__}) is not known to be 1-Lipschitz: "
+                    "the model's Lipschitz constant is not guaranteed.",
+                    stacklevel=2,
+                )
+        super().__init__(layers=layers, trainable=trainable, name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        config["k_coef_lip"] = self.k_coef_lip
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        k_coef_lip = config.pop("k_coef_lip", 1.0)
+        # The layers' configs already hold their share of the constant.
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.k_coef_lip = check_k_coef_lip(k_coef_lip)
+        return model
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class Model(LipschitzModelMixin, keras.Model):
+    """Functional `keras.Model` with `condense()` and `vanilla_export()`.
+
+    Branches make a global split of k ambiguous, so each layer keeps its own
+    `k_coef_lip`; `deel_lip_ext.utils.model_lipschitz_bound` computes the
+    constant of the whole graph (sums over `Add` branches).
+
+    Example:
+    >>> inputs = keras.Input((16,))
+    >>> h = SpectralDense(16)(inputs)
+    >>> model = Model(inputs, keras.layers.Add()([h, SpectralDense(16)(inputs)]))
+    >>> plain = model.vanilla_export()
+    """
