@@ -1,0 +1,471 @@
+"""Losses for Lipschitz networks (deel-lip's names and semantics), in `keras.ops`.
+
+Label conventions: binary / multi-label losses (`KR`, `HKR`, `HingeMargin`,
+`TauBinaryCrossentropy`) take y in {0, 1} or {-1, 1}; multi-class losses take
+one-hot y in {0, 1} or {-1, 1} (the positive entry marks the class);
+`TauSparseCategoricalCrossentropy` takes integer class indices. KR counts a
+sample as positive iff y == 1 (deel-lip), every other loss iff y > 0.
+
+Hyper-parameters (alpha, min_margin, tau) are non-trainable float32
+`keras.Variable`s, so that `deel_lip_ext.callbacks.LossParamScheduler` can
+change them during `fit`; `get_config` returns their current values as floats.
+On the TensorFlow and torch backends the compiled train step reads the new
+value; JAX traces variables that are not model state as constants, so schedules
+need TensorFlow or torch there.
+
+Deliberate differences from deel-lip, each repeated in the class docstring:
+
+* HKR uses deel-lip's alpha (-KR + alpha * hinge), not torchlip's
+  alpha * hinge - (1 - alpha) * KR. alpha = inf means hinge only.
+* `CategoricalHinge` takes the max over the *other* logits properly (deel-lip
+  master's (1 - y) * f can pick the masked 0 when every logit is negative)
+  and defaults to `name="CategoricalHinge"`.
+* `MulticlassHinge` has no `soft_hinge_tau` (removed in deel-lip's keras3 branch too).
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = [
+    "KR",
+    "HKR",
+    "HingeMargin",
+    "MulticlassKR",
+    "MulticlassHinge",
+    "MulticlassHKR",
+    "MultiMargin",
+    "CategoricalHinge",
+    "TauCategoricalCrossentropy",
+    "TauSparseCategoricalCrossentropy",
+    "TauBinaryCrossentropy",
+    "process_labels_for_multi_gpu",
+]
+
+_KR_EPSILON = 1e-7
+
+
+# ---------------------------------------------------------------- element-wise terms
+
+
+def kr_terms(y_true, y_pred, multi_gpu=False):
+    """Per-sample KR terms; their batch mean is mean_c(mean_{P_c} f_c - mean_{N_c} f_c).
+
+    P_c are the samples with y_c == 1, N_c the others. With `multi_gpu=True` the
+    labels must come from `process_labels_for_multi_gpu` and the terms are
+    mean_c f_c * y_c (summing them over replicas gives the global KR).
+    """
+    y_true = ops.cast(y_true, y_pred.dtype)
+    if multi_gpu:
+        return ops.mean(y_pred * y_true, axis=-1)
+    batch_size = ops.cast(ops.shape(y_true)[0], y_pred.dtype)
+    positive = ops.cast(ops.equal(y_true, 1), y_pred.dtype)
+    n_positive = ops.sum(positive, axis=0)
+    weights = positive / (n_positive + _KR_EPSILON) - (1 - positive) / (batch_size - n_positive + _KR_EPSILON)
+    return ops.mean(batch_size * y_pred * weights, axis=-1)
+
+
+def _sign(y_true, dtype):
+    return ops.where(ops.greater(y_true, 0), ops.ones((), dtype), -ops.ones((), dtype))
+
+
+def hinge_margin_terms(y_true, y_pred, min_margin):
+    """Per-sample mean_c relu(m/2 - s_c f_c), s_c = +1 if y_c > 0 else -1."""
+    sign = _sign(ops.cast(y_true, y_pred.dtype), y_pred.dtype)
+    return ops.mean(ops.relu(min_margin / 2.0 - sign * y_pred), axis=-1)
+
+
+def _target_mask(y_true, y_pred):
+    return ops.cast(ops.greater(ops.cast(y_true, y_pred.dtype), 0), y_pred.dtype)
+
+
+def multiclass_hinge_terms(y_true, y_pred, min_margin):
+    """Per-sample (1/C) sum_{j != y} [relu(m/2 - f_y) + relu(m/2 + f_j)]."""
+    target = _target_mask(y_true, y_pred)
+    target_logit = ops.sum(y_pred * target, axis=-1, keepdims=True)
+    hinge = ops.relu(min_margin / 2.0 - target_logit) + ops.relu(min_margin / 2.0 + y_pred)
+    return ops.mean((1 - target) * hinge, axis=-1)
+
+
+def _hkr(kr, hinge, alpha):
+    # alpha = inf means hinge only; inf never enters an arithmetic branch, so
+    # neither the value nor the gradient can become NaN.
+    is_inf = ops.isinf(alpha)
+    finite_alpha = ops.where(is_inf, ops.zeros_like(alpha), alpha)
+    return ops.where(is_inf, hinge, -kr + ops.cast(finite_alpha, hinge.dtype) * hinge)
+
+
+def process_labels_for_multi_gpu(labels):
+    """Labels for KR losses with `multi_gpu=True` (deel-lip's helper).
+
+    Each column becomes B * (y / n_pos - (1 - y) / (B - n_pos)) with y = 1[label == 1],
+    so that the KR terms are per-sample and add up across replicas with
+    `reduction="sum"`. Hinge terms only look at the sign, which is preserved.
+
+    Example:
+        >>> y_multi = process_labels_for_multi_gpu(y_train)
+    """
+    labels = ops.convert_to_tensor(labels)
+    dtype = labels.dtype if "float" in str(labels.dtype) else "float32"
+    positive = ops.cast(ops.equal(ops.cast(labels, dtype), 1), dtype)
+    batch_size = ops.cast(ops.shape(labels)[0], dtype)
+    n_positive = ops.sum(positive, axis=0)
+    return batch_size * (
+        positive / (n_positive + _KR_EPSILON) - (1 - positive) / (batch_size - n_positive + _KR_EPSILON)
+    )
+
+
+# ---------------------------------------------------------------- base class
+
+
+class _ParametrizedLoss(keras.losses.Loss):
+    """A Loss whose float hyper-parameters live in non-trainable float32 variables.
+
+    Subclasses list them in `_params`; `get_config` returns their current values.
+    """
+
+    _params = ()
+
+    def _set_params(self, **values):
+        for name, value in values.items():
+            value = float(value)
+            if math.isnan(value):
+                raise ValueError(f"{name} must be a number, got {value!r}.")
+            variable = keras.Variable(value, dtype="float32", trainable=False, name=name)
+            setattr(self, name, variable)
+
+    def _param(self, name, dtype):
+        return ops.cast(getattr(self, name), dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        for name in self._params:
+            config[name] = float(ops.convert_to_numpy(getattr(self, name)))
+        return config
+
+
+def _check_nonnegative(name, value):
+    if value is None or float(value) < 0 or math.isnan(float(value)):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+    return float(value)
+
+
+def _check_positive(name, value):
+    if value is None or not float(value) > 0 or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+# ---------------------------------------------------------------- KR family
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class KR(keras.losses.Loss):
+    """Kantorovich-Rubinstein estimate of W1 between positives (y == 1) and the rest.
+
+    Per output column c: mean_{y_c == 1} f_c - mean_{y_c != 1} f_c, averaged
+    over columns. It is positive when the model separates the classes: it is an
+    estimate to *maximize* (use it as a metric, or minimize `HKR(alpha=0)`).
+    Batch-global: with `reduction="none"` the per-sample terms are B f (1[P]/|P|
+    - 1[N]/|N|), whose mean is the estimate.
+
+    Args:
+        multi_gpu: labels were preprocessed by `process_labels_for_multi_gpu`
+            (use `reduction="sum"` over replicas).
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=HKR(alpha=0.0), metrics=[KR()])
+    """
+
+    def __init__(self, multi_gpu=False, reduction="sum_over_batch_size", name="KR", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.multi_gpu = bool(multi_gpu)
+
+    def call(self, y_true, y_pred):
+        return kr_terms(y_true, y_pred, self.multi_gpu)
+
+    def get_config(self):
+        return {**super().get_config(), "multi_gpu": self.multi_gpu}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class MulticlassKR(KR):
+    """KR on one-hot labels: the per-class KR estimates, averaged over classes.
+
+    The same computation as `KR` (deel-lip); y is one-hot in {0,1} or {-1,1}.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=MulticlassHKR(), metrics=[MulticlassKR()])
+    """
+
+    def __init__(self, multi_gpu=False, reduction="sum_over_batch_size", name="MulticlassKR", dtype=None):
+        super().__init__(multi_gpu=multi_gpu, reduction=reduction, name=name, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class HingeMargin(_ParametrizedLoss):
+    """Hinge loss with the margin split on both sides: mean_c relu(m/2 - s_c f_c).
+
+    s_c = +1 if y_c > 0 else -1, so labels may be {0,1} or {-1,1}.
+
+    Args:
+        min_margin: the margin m (>= 0); a variable, schedulable.
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=HingeMargin(min_margin=1.0))
+    """
+
+    _params = ("min_margin",)
+
+    def __init__(self, min_margin=1.0, reduction="sum_over_batch_size", name="HingeMargin", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
+
+    def call(self, y_true, y_pred):
+        return hinge_margin_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class HKR(_ParametrizedLoss):
+    """Hinge-regularized KR loss: -KR + alpha * HingeMargin(min_margin) (deel-lip's alpha).
+
+    Not torchlip's alpha * hinge - (1 - alpha) * KR: alpha is any number >= 0,
+    alpha = 0 gives -KR and alpha = inf gives the hinge alone.
+
+    Args:
+        alpha: weight of the hinge term (>= 0, inf allowed); schedulable.
+        min_margin: hinge margin m; schedulable.
+        multi_gpu: labels preprocessed by `process_labels_for_multi_gpu`.
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=HKR(alpha=10.0, min_margin=1.0), metrics=[KR()])
+    """
+
+    _params = ("alpha", "min_margin")
+
+    def __init__(
+        self, alpha, min_margin=1.0, multi_gpu=False, reduction="sum_over_batch_size", name="HKR", dtype=None
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.multi_gpu = bool(multi_gpu)
+        self._set_params(
+            alpha=_check_nonnegative("alpha", alpha), min_margin=_check_nonnegative("min_margin", min_margin)
+        )
+
+    def _hinge(self, y_true, y_pred):
+        return hinge_margin_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
+
+    def call(self, y_true, y_pred):
+        kr = kr_terms(y_true, y_pred, self.multi_gpu)
+        return _hkr(kr, self._hinge(y_true, y_pred), self.alpha)
+
+    def get_config(self):
+        return {**super().get_config(), "multi_gpu": self.multi_gpu}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class MulticlassHinge(_ParametrizedLoss):
+    """One-vs-all hinge: (1/C) sum_{j != y} [relu(m/2 - f_y) + relu(m/2 + f_j)].
+
+    The true-class term is counted C - 1 times, and the sum is divided by C
+    (deel-lip). y is one-hot in {0,1} or {-1,1}.
+
+    Args:
+        min_margin: the margin m (>= 0); schedulable.
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=MulticlassHinge(min_margin=1.0))
+    """
+
+    _params = ("min_margin",)
+
+    def __init__(self, min_margin=1.0, reduction="sum_over_batch_size", name="MulticlassHinge", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
+
+    def call(self, y_true, y_pred):
+        return multiclass_hinge_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class MulticlassHKR(HKR):
+    """-MulticlassKR + alpha * MulticlassHinge(min_margin) (deel-lip's alpha; inf: hinge only).
+
+    Args:
+        alpha: weight of the hinge term (>= 0, inf allowed); schedulable.
+        min_margin: hinge margin m; schedulable.
+        multi_gpu: labels preprocessed by `process_labels_for_multi_gpu`.
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=MulticlassHKR(alpha=10.0, min_margin=1.0))
+    """
+
+    def __init__(
+        self,
+        alpha=10.0,
+        min_margin=1.0,
+        multi_gpu=False,
+        reduction="sum_over_batch_size",
+        name="MulticlassHKR",
+        dtype=None,
+    ):
+        super().__init__(
+            alpha=alpha, min_margin=min_margin, multi_gpu=multi_gpu, reduction=reduction, name=name, dtype=dtype
+        )
+
+    def _hinge(self, y_true, y_pred):
+        return multiclass_hinge_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
+
+
+# ---------------------------------------------------------------- margin losses
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class MultiMargin(_ParametrizedLoss):
+    """Multi-class hinge of the BCOP paper (torch `multi_margin_loss`, p = 1).
+
+    Per sample: (1/C) sum_{j != y} relu(m - f_y + f_j). The sum over the wrong
+    classes is divided by C, not C - 1, as in torch, LConvNet and deel-lip. For
+    an L-Lipschitz (L2) network trained to certify eps_train, use
+    m = sqrt(2) * eps_train * L.
+
+    Args:
+        min_margin: the margin m (>= 0); schedulable.
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=MultiMargin(min_margin=math.sqrt(2) * 1.5))
+    """
+
+    _params = ("min_margin",)
+
+    def __init__(self, min_margin=1.0, reduction="sum_over_batch_size", name="MultiMargin", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
+
+    def call(self, y_true, y_pred):
+        target = _target_mask(y_true, y_pred)
+        target_logit = ops.sum(y_pred * target, axis=-1, keepdims=True)
+        margin = self._param("min_margin", y_pred.dtype)
+        return ops.mean((1 - target) * ops.relu(margin - target_logit + y_pred), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class CategoricalHinge(_ParametrizedLoss):
+    """relu(m - (f_y - max_{j != y} f_j)): hinge on the logit margin.
+
+    Unlike deel-lip master, the max is over the other logits only (their
+    (1 - y) * f can return the masked 0 when every other logit is negative).
+
+    Args:
+        min_margin: the margin m (>= 0, required as in deel-lip); schedulable.
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=CategoricalHinge(min_margin=0.5))
+    """
+
+    _params = ("min_margin",)
+
+    def __init__(self, min_margin, reduction="sum_over_batch_size", name="CategoricalHinge", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
+
+    def call(self, y_true, y_pred):
+        is_target = ops.greater(ops.cast(y_true, y_pred.dtype), 0)
+        target_logit = ops.sum(ops.where(is_target, y_pred, ops.zeros_like(y_pred)), axis=-1)
+        best_other = ops.max(ops.where(is_target, ops.full_like(y_pred, -np.inf), y_pred), axis=-1)
+        return ops.relu(self._param("min_margin", y_pred.dtype) - (target_logit - best_other))
+
+
+# ---------------------------------------------------------------- tempered cross-entropies
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class TauCategoricalCrossentropy(_ParametrizedLoss):
+    """Cross-entropy of softmax(tau * f) against one-hot y, divided by tau.
+
+    Labels one-hot in {0,1} or {-1,1} (the positive entry is the class).
+
+    Args:
+        tau: temperature (> 0, required); schedulable.
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=TauCategoricalCrossentropy(tau=3.0))
+    """
+
+    _params = ("tau",)
+
+    def __init__(self, tau, reduction="sum_over_batch_size", name="TauCategoricalCrossentropy", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._set_params(tau=_check_positive("tau", tau))
+
+    def call(self, y_true, y_pred):
+        tau = self._param("tau", y_pred.dtype)
+        target = _target_mask(y_true, y_pred)
+        return keras.losses.categorical_crossentropy(target, tau * y_pred, from_logits=True) / tau
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class TauSparseCategoricalCrossentropy(_ParametrizedLoss):
+    """Cross-entropy of softmax(tau * f) against integer labels, divided by tau.
+
+    Args:
+        tau: temperature (> 0, required); schedulable.
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=TauSparseCategoricalCrossentropy(tau=3.0))
+    """
+
+    _params = ("tau",)
+
+    def __init__(
+        self, tau, reduction="sum_over_batch_size", name="TauSparseCategoricalCrossentropy", dtype=None
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._set_params(tau=_check_positive("tau", tau))
+
+    def call(self, y_true, y_pred):
+        tau = self._param("tau", y_pred.dtype)
+        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
+            y_true = ops.squeeze(y_true, axis=-1)
+        labels = ops.cast(y_true, "int32")
+        return keras.losses.sparse_categorical_crossentropy(labels, tau * y_pred, from_logits=True) / tau
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class TauBinaryCrossentropy(_ParametrizedLoss):
+    """Binary cross-entropy of sigmoid(tau * f) against 1[y > 0], divided by tau.
+
+    Labels in {0,1} or {-1,1}; averaged over the last axis (multi-label).
+
+    Args:
+        tau: temperature (> 0, required); schedulable.
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=TauBinaryCrossentropy(tau=3.0))
+    """
+
+    _params = ("tau",)
+
+    def __init__(self, tau, reduction="sum_over_batch_size", name="TauBinaryCrossentropy", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._set_params(tau=_check_positive("tau", tau))
+
+    def call(self, y_true, y_pred):
+        tau = self._param("tau", y_pred.dtype)
+        target = _target_mask(y_true, y_pred)
+        logits = tau * y_pred
+        # log(1 + exp(-|z|)) + max(z, 0) - z t: the stable logistic loss.
+        per_output = ops.softplus(-ops.abs(logits)) + ops.relu(logits) - logits * target
+        return ops.mean(per_output, axis=-1) / tau
