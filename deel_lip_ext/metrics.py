@@ -1,0 +1,236 @@
+"""Certified-robustness metrics for `model.compile(metrics=[...])`, in `keras.ops`.
+
+They are `keras.metrics.Metric`s (running means over the batches seen, with
+sample weights), where deel-lip made them `Loss` subclasses: a Keras 3 metric
+accumulates correctly across batches and serializes with the compiled model.
+The per-sample radius is `deel_lip_ext.certification.certified_radius`'s
+formula: margin / (c L) with c = sqrt(2) (L2, whole logit map L-Lipschitz),
+2 (l_inf, or `disjoint_neurons=True`: each logit separately L-Lipschitz) or
+1 (single-logit binary model, margin = s f).
+
+Labels: one-hot (N, C) in {0,1} or {-1,1}, or class indices (N,) / (N, 1);
+binary models take y in {0,1} or {-1,1}.
+"""
+
+import keras
+from keras import ops
+
+from deel_lip_ext.certification import certificate_factor, check_epsilon, check_lip_const, check_norm, logit_margin
+
+__all__ = [
+    "CertifiedAccuracy",
+    "CategoricalProvableRobustAccuracy",
+    "BinaryProvableRobustAccuracy",
+    "CategoricalProvableAvgRobustness",
+    "BinaryProvableAvgRobustness",
+]
+
+
+class _RadiusMetric(keras.metrics.Mean):
+    """Running mean of a function of the per-sample certified radius."""
+
+    def __init__(self, lip_const, norm, disjoint_neurons, name, dtype):
+        super().__init__(name=name, dtype=dtype)
+        self.lip_const = check_lip_const(lip_const)
+        self.norm = check_norm(norm)
+        self.disjoint_neurons = bool(disjoint_neurons)
+
+    def _signed_radius(self, y_true, y_pred):
+        """margin / (c L): positive iff correctly classified (not floored at 0)."""
+        y_pred = ops.convert_to_tensor(y_pred, "float32")
+        factor = certificate_factor(self.norm, self.disjoint_neurons, y_pred.shape[-1])
+        return logit_margin(y_true, y_pred) / (factor * self.lip_const)
+
+    def _values(self, signed_radius):
+        raise NotImplementedError
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(self._values(self._signed_radius(y_true, y_pred)), sample_weight=sample_weight)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "lip_const": self.lip_const}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class CertifiedAccuracy(_RadiusMetric):
+    """Fraction of samples whose certified radius exceeds `epsilon` (strictly).
+
+    Args:
+        epsilon: perturbation budget (>= 0); epsilon = 0 gives the accuracy of
+            samples with a strictly positive margin.
+        norm: "l2" or "linf" (l_inf: `lip_const` is the l_inf constant, c = 2).
+        lip_const: Lipschitz constant L of the network (> 0).
+        disjoint_neurons: True when only each logit separately is L-Lipschitz
+            (e.g. a last `FrobeniusDense(disjoint_neurons=True)`): c = 2.
+        name, dtype: as in `keras.metrics.Metric`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=MulticlassHKR(),
+        ...               metrics=["accuracy", CertifiedAccuracy(36 / 255)])
+    """
+
+    def __init__(
+        self, epsilon=36 / 255, norm="l2", lip_const=1.0, disjoint_neurons=False, name="certified_accuracy", dtype=None
+    ):
+        super().__init__(lip_const, norm, disjoint_neurons, name, dtype)
+        self.epsilon = check_epsilon(epsilon, "epsilon")
+
+    def _values(self, signed_radius):
+        return ops.cast(ops.greater(signed_radius, self.epsilon), "float32")
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "epsilon": self.epsilon,
+            "norm": self.norm,
+            "disjoint_neurons": self.disjoint_neurons,
+        }
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class CategoricalProvableRobustAccuracy(CertifiedAccuracy):
+    """deel-lip's name for `CertifiedAccuracy`, with deel-lip's defaults.
+
+    1[(f_y - max_{j != y} f_j) / c > epsilon], c = 2 L if `disjoint_neurons`
+    (the default, as in deel-lip: valid for any L-Lipschitz net, conservative)
+    else sqrt(2) L.
+
+    Args:
+        epsilon: perturbation budget (>= 0).
+        lip_const: Lipschitz constant L (> 0).
+        disjoint_neurons: see above.
+        name, dtype: as in `keras.metrics.Metric`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=MulticlassHKR(),
+        ...               metrics=[CategoricalProvableRobustAccuracy(epsilon=0.5, disjoint_neurons=False)])
+    """
+
+    def __init__(
+        self,
+        epsilon=36 / 255,
+        lip_const=1.0,
+        disjoint_neurons=True,
+        name="CategoricalProvableRobustAccuracy",
+        dtype=None,
+        norm="l2",
+    ):
+        super().__init__(
+            epsilon=epsilon, norm=norm, lip_const=lip_const, disjoint_neurons=disjoint_neurons, name=name, dtype=dtype
+        )
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class BinaryProvableRobustAccuracy(CertifiedAccuracy):
+    """Single-logit binary model: fraction of samples with s f / L > epsilon.
+
+    s = +1 for labels > 0, -1 otherwise (labels in {0,1} or {-1,1}).
+
+    Args:
+        epsilon: perturbation budget (>= 0).
+        lip_const: Lipschitz constant L (> 0).
+        name, dtype: as in `keras.metrics.Metric`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=HKR(alpha=10.0),
+        ...               metrics=[BinaryProvableRobustAccuracy(epsilon=0.3)])
+    """
+
+    def __init__(self, epsilon=36 / 255, lip_const=1.0, name="BinaryProvableRobustAccuracy", dtype=None):
+        super().__init__(epsilon=epsilon, lip_const=lip_const, name=name, dtype=dtype)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        _check_single_logit(self, y_pred)
+        return super().update_state(y_true, y_pred, sample_weight)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "lip_const": self.lip_const, "epsilon": self.epsilon}
+
+
+def _check_single_logit(metric, y_pred):
+    if y_pred.shape[-1] != 1:
+        raise ValueError(
+            f"{type(metric).__name__} needs a single-logit model (output shape (N, 1)), "
+            f"got output shape {tuple(y_pred.shape)}."
+        )
+
+
+def _check_multi_logit(metric, y_pred):
+    if y_pred.shape[-1] == 1:
+        raise ValueError(
+            f"{type(metric).__name__} needs a multi-class model (output shape (N, C), C > 1); "
+            "use the Binary variant for a single logit."
+        )
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class CategoricalProvableAvgRobustness(_RadiusMetric):
+    """Mean certified radius phi(f_y - max_{j != y} f_j) / c (deel-lip).
+
+    c = 2 L if `disjoint_neurons` (default, as in deel-lip) else sqrt(2) L.
+    phi = relu (misclassified samples count 0), or the identity when
+    `negative_robustness=True` (misclassified samples count negative).
+
+    Args:
+        lip_const: Lipschitz constant L (> 0).
+        disjoint_neurons: see above.
+        negative_robustness: see above.
+        name, dtype: as in `keras.metrics.Metric`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=MulticlassHKR(),
+        ...               metrics=[CategoricalProvableAvgRobustness(disjoint_neurons=False)])
+    """
+
+    def __init__(
+        self,
+        lip_const=1.0,
+        disjoint_neurons=True,
+        negative_robustness=False,
+        name="CategoricalProvableAvgRobustness",
+        dtype=None,
+    ):
+        super().__init__(lip_const, "l2", disjoint_neurons, name, dtype)
+        self.negative_robustness = bool(negative_robustness)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        _check_multi_logit(self, y_pred)
+        return super().update_state(y_true, y_pred, sample_weight)
+
+    def _values(self, signed_radius):
+        return signed_radius if self.negative_robustness else ops.relu(signed_radius)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "disjoint_neurons": self.disjoint_neurons,
+            "negative_robustness": self.negative_robustness,
+        }
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class BinaryProvableAvgRobustness(_RadiusMetric):
+    """Single-logit binary model: mean of phi(s f) / L (phi = relu, or identity).
+
+    Args:
+        lip_const: Lipschitz constant L (> 0).
+        negative_robustness: misclassified samples count negative instead of 0.
+        name, dtype: as in `keras.metrics.Metric`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=HKR(alpha=10.0), metrics=[BinaryProvableAvgRobustness()])
+    """
+
+    def __init__(self, lip_const=1.0, negative_robustness=False, name="BinaryProvableAvgRobustness", dtype=None):
+        super().__init__(lip_const, "l2", False, name, dtype)
+        self.negative_robustness = bool(negative_robustness)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        _check_single_logit(self, y_pred)
+        return super().update_state(y_true, y_pred, sample_weight)
+
+    _values = CategoricalProvableAvgRobustness._values
+
+    def get_config(self):
+        return {**super().get_config(), "negative_robustness": self.negative_robustness}
+
