@@ -1,0 +1,154 @@
+"""Circular (wrap-around) padding, and the argument checks shared by the parameter-free layers.
+
+Keras's `ops.pad` has no circular mode on the TensorFlow backend, so the
+padding is built from slices and `ops.concatenate`: the last `top` rows are
+put before the image and the first `bottom` rows after it, then the same on
+the width axis. With it, a "valid" convolution computes a circular
+convolution, whose singular values are given exactly by the FFT of its
+kernel (see `deel_lip_ext.layers.convolutional`).
+
+Circular padding copies pixels, so on its own it is *not* 1-Lipschitz; it is
+the circular convolution as a whole (pad + valid conv) that the library
+certifies.
+"""
+
+import numbers
+
+import keras
+from keras import ops
+
+__all__ = ["CircularPadding2D", "circular_pad", "check_channels_last", "int_pair", "normalize_padding_2d"]
+
+
+def check_channels_last(data_format):
+    """Return "channels_last", or raise `ValueError`: every layer of the library is channels-last.
+
+    `None` means Keras's global `image_data_format()`.
+    """
+    resolved = keras.config.image_data_format() if data_format is None else data_format
+    if resolved != "channels_last":
+        raise ValueError(
+            f"data_format must be 'channels_last' (or None with a channels-last global setting), "
+            f"got {data_format!r} (resolved to {resolved!r}); deel-lip-ext layers are channels-last only."
+        )
+    return "channels_last"
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def int_pair(value, name, minimum=1):
+    """`value` (an int or a pair of ints, each >= `minimum`) as a tuple `(height, width)`."""
+    pair = (value, value) if _is_int(value) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) and v >= minimum for v in pair)):
+        raise ValueError(f"{name} must be an int >= {minimum} or a pair of such ints, got {value!r}.")
+    return tuple(int(v) for v in pair)
+
+
+def normalize_padding_2d(padding):
+    """`padding` as `((top, bottom), (left, right))`.
+
+    Accepts an int (all four sides), a pair `(pad_h, pad_w)` (symmetric), or
+    `((top, bottom), (left, right))`.
+    """
+    if _is_int(padding) or (
+        isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding)
+    ):
+        pad_h, pad_w = int_pair(padding, "padding", minimum=0)
+        return ((pad_h, pad_h), (pad_w, pad_w))
+    if isinstance(padding, (tuple, list)) and len(padding) == 2:
+        try:
+            return tuple(int_pair(side, "padding", minimum=0) for side in padding)
+        except ValueError:
+            pass
+    raise ValueError(
+        "padding must be an int >= 0, a pair (pad_h, pad_w) or ((top, bottom), (left, right)) "
+        f"of ints >= 0, got {padding!r}."
+    )
+
+
+def _check_pad_fits(padding, spatial_size):
+    """Wrap-around can only copy pixels that exist: each pad must be <= the size of its axis."""
+    for (before, after), size, axis in zip(padding, spatial_size, ("height", "width")):
+        if size is not None and max(before, after) > size:
+            raise ValueError(
+                f"padding {padding!r} is larger than the input {axis} {size}: circular padding "
+                f"needs each pad <= the size of its axis."
+            )
+
+
+def _wrap_axis(x, before, after, axis):
+    """Concatenate the last `before` and the first `after` slices of `axis` around `x`."""
+
+    def along_axis(start, stop):
+        index = [slice(None)] * len(x.shape)
+        index[axis] = slice(start, stop)
+        return x[tuple(index)]
+
+    # Zero pads are skipped: x[-0:] would be the whole axis, not an empty slice.
+    pieces = ([along_axis(-before, None)] if before else []) + [x] + ([along_axis(0, after)] if after else [])
+    return ops.concatenate(pieces, axis=axis) if len(pieces) > 1 else x
+
+
+def circular_pad(x, padding):
+    """Wrap-around pad of a channels-last batch `x` (N, H, W, C).
+
+    Args:
+        x: a rank-4 tensor.
+        padding: `((top, bottom), (left, right))`, each pad <= the size of its axis.
+
+    Returns:
+        The padded tensor, (N, H + top + bottom, W + left + right, C).
+
+    Example:
+    >>> circular_pad(x, ((1, 1), (0, 2)))
+    """
+    (top, bottom), (left, right) = padding
+    _check_pad_fits(padding, x.shape[1:3])
+    return _wrap_axis(_wrap_axis(x, top, bottom, axis=1), left, right, axis=2)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class CircularPadding2D(keras.layers.Layer):
+    """Wrap-around padding of the spatial axes (a torus), channels-last.
+
+    Used in front of a "valid" convolution to make it circular; the exported
+    model of a circular `SpectralConv2D` is this layer followed by a plain
+    `Conv2D`. It only copies pixels, so it takes no `k_coef_lip` (on its own
+    it is not 1-Lipschitz: the Lipschitz object is the circular convolution).
+
+    Args:
+        padding: an int (all sides), a pair `(pad_h, pad_w)` (symmetric) or
+            `((top, bottom), (left, right))`; each pad must be <= the size of
+            its axis.
+        data_format: "channels_last" or None (the only layout supported).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Example:
+    >>> layer = CircularPadding2D(((1, 1), (0, 2)))
+    >>> layer(keras.ops.ones((1, 4, 4, 3))).shape
+    (1, 6, 6, 3)
+    """
+
+    def __init__(self, padding=1, data_format="channels_last", **kwargs):
+        super().__init__(**kwargs)
+        self.padding = normalize_padding_2d(padding)
+        self.data_format = check_channels_last(data_format)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        _check_pad_fits(self.padding, input_shape[1:3])
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return circular_pad(inputs, self.padding)
+
+    def compute_output_shape(self, input_shape):
+        sizes = [None if size is None else size + before + after for size, (before, after) in zip(input_shape[1:3], self.padding)]
+        return (input_shape[0], *sizes, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"padding": self.padding, "data_format": self.data_format})
+        return config
