@@ -1,0 +1,236 @@
+"""Lipschitz pooling: scaled average and L2-norm pooling over non-overlapping windows.
+
+With disjoint windows of area A, average pooling is (1/sqrt(A))-Lipschitz
+(each output is the mean of A inputs), so `ScaledAveragePooling2D` multiplies
+it by sqrt(A) (a sum over the window divided by sqrt(A)): exactly 1-Lipschitz,
+all singular values 1. L2-norm pooling maps each window to its Euclidean
+norm, which is 1-Lipschitz on every window; windows are disjoint, so the
+layer is too. Overlapping windows would count an input several times, hence
+`strides` must equal `pool_size` and `padding` must be "valid".
+
+The square root has an infinite derivative at 0 (deel-lip issue #9). The
+L2 layers compute sqrt(sum(x^2) + eps^2) - eps instead: the norm of the
+vector (x, eps) minus a constant, so still exactly 1-Lipschitz, within eps
+of the true norm, and with gradient 0 at x = 0.
+"""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+from deel_lip_ext.layers.base import LipschitzLayer
+from deel_lip_ext.layers.padding import check_channels_last, int_pair
+
+__all__ = [
+    "ScaledAveragePooling2D",
+    "ScaledL2NormPooling2D",
+    "ScaledL2NormPooling",
+    "ScaledGlobalAveragePooling2D",
+    "ScaledGlobalL2NormPooling2D",
+]
+
+DEFAULT_EPS_GRAD_SQRT = 1e-6
+
+
+def _check_eps_grad_sqrt(eps_grad_sqrt):
+    if (
+        isinstance(eps_grad_sqrt, bool)
+        or not isinstance(eps_grad_sqrt, numbers.Real)
+        or not math.isfinite(eps_grad_sqrt)
+        or eps_grad_sqrt < 0
+    ):
+        raise ValueError(f"eps_grad_sqrt must be a finite number >= 0, got {eps_grad_sqrt!r}.")
+    return float(eps_grad_sqrt)
+
+
+def _smooth_norm(sum_of_squares, eps, scale):
+    """scale * (sqrt(sum_of_squares + eps^2) - eps): an exact norm shifted by a constant, smooth at 0."""
+    dtype = sum_of_squares.dtype
+    shifted = ops.sqrt(sum_of_squares + ops.cast(eps * eps, dtype)) if eps else ops.sqrt(sum_of_squares)
+    root = shifted * ops.cast(scale, dtype)
+    return root - ops.cast(scale * eps, dtype) if eps else root
+
+
+class _PoolingBase(LipschitzLayer, keras.layers.Layer):
+    """k, data_format and config shared by the pooling layers."""
+
+    def __init__(self, k_coef_lip=1.0, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self._init_lipschitz(k_coef_lip)
+        self.data_format = check_channels_last(data_format)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"k_coef_lip": self.k_coef_lip, "data_format": self.data_format})
+        return config
+
+
+class _WindowPooling(_PoolingBase):
+    """Non-overlapping `pool_size` windows: validation and output shape."""
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", k_coef_lip=1.0, data_format=None, **kwargs):
+        super().__init__(k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
+        self.pool_size = int_pair(pool_size, "pool_size")
+        if strides is not None and int_pair(strides, "strides") != self.pool_size:
+            raise ValueError(
+                f"strides must be None or equal to pool_size {self.pool_size} (non-overlapping windows, "
+                f"otherwise the layer is not 1-Lipschitz), got {strides!r}."
+            )
+        if not isinstance(padding, str) or padding.lower() != "valid":
+            raise ValueError(f"padding must be 'valid' (zero padding would change the window areas), got {padding!r}.")
+        self.strides = self.pool_size
+        self.padding = "valid"
+        self.area = self.pool_size[0] * self.pool_size[1]
+
+    def compute_output_shape(self, input_shape):
+        sizes = [None if size is None else size // p for size, p in zip(input_shape[1:3], self.pool_size)]
+        return (input_shape[0], *sizes, input_shape[3])
+
+    def _average(self, inputs):
+        return ops.average_pool(inputs, self.pool_size, strides=self.pool_size, padding="valid")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"pool_size": self.pool_size, "strides": self.strides, "padding": self.padding})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class ScaledAveragePooling2D(_WindowPooling):
+    """Average pooling times sqrt(window area) times `k_coef_lip`: exactly k-Lipschitz.
+
+    Each output is k * sum(window) / sqrt(area). Windows do not overlap.
+
+    Args:
+        pool_size: int or pair of ints >= 1, the window (and stride).
+        strides: None or equal to `pool_size`.
+        padding: "valid" only.
+        k_coef_lip: Lipschitz constant of the layer.
+        data_format: "channels_last" or None (the only layout supported).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Example:
+    >>> ScaledAveragePooling2D((2, 2))(keras.ops.ones((1, 4, 4, 3)))  # all 2.0, shape (1, 2, 2, 3)
+    """
+
+    def call(self, inputs):
+        return self._average(inputs) * ops.cast(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class ScaledL2NormPooling2D(_WindowPooling):
+    """L2-norm pooling: k * sqrt(sum over the window of x^2), exactly k-Lipschitz.
+
+    Computed as k * (sqrt(sum(x^2) + eps^2) - eps) with eps = `eps_grad_sqrt`,
+    which is within k * eps of the true norm, exactly k-Lipschitz and has a
+    finite gradient (0) at x = 0. Windows do not overlap.
+
+    Args:
+        pool_size: int or pair of ints >= 1, the window (and stride).
+        strides: None or equal to `pool_size`.
+        padding: "valid" only.
+        k_coef_lip: Lipschitz constant of the layer.
+        eps_grad_sqrt: smoothing of the square root at 0, >= 0 (0: plain sqrt,
+            with an infinite gradient at 0).
+        data_format: "channels_last" or None (the only layout supported).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Example:
+    >>> ScaledL2NormPooling2D((2, 2))(keras.ops.ones((1, 4, 4, 3)))  # all ~2.0, shape (1, 2, 2, 3)
+    """
+
+    def __init__(
+        self,
+        pool_size=(2, 2),
+        strides=None,
+        padding="valid",
+        k_coef_lip=1.0,
+        eps_grad_sqrt=DEFAULT_EPS_GRAD_SQRT,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(pool_size, strides, padding, k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
+        self.eps_grad_sqrt = _check_eps_grad_sqrt(eps_grad_sqrt)
+
+    def call(self, inputs):
+        # sum(x^2) = area * mean(x^2), folded into the final scale: k sqrt(A) sqrt(mean + eps^2 / A).
+        mean_square = self._average(ops.square(inputs))
+        eps = self.eps_grad_sqrt / math.sqrt(self.area)
+        return _smooth_norm(mean_square, eps, self.k_coef_lip * math.sqrt(self.area))
+
+    def get_config(self):
+        config = super().get_config()
+        config["eps_grad_sqrt"] = self.eps_grad_sqrt
+        return config
+
+
+ScaledL2NormPooling = ScaledL2NormPooling2D
+
+
+class _GlobalPooling(_PoolingBase):
+    """Pools all of H x W into one value per channel: output (N, C)."""
+
+    def build(self, input_shape):
+        height, width = input_shape[1:3]
+        if height is None or width is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the height and width known at build time, got input shape {input_shape}."
+            )
+        self.area = height * width
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class ScaledGlobalAveragePooling2D(_GlobalPooling):
+    """Global average pooling times sqrt(H * W) times `k_coef_lip`: exactly k-Lipschitz.
+
+    Each output is k * sum over H x W / sqrt(H * W); H and W must be known at
+    build time.
+
+    Args:
+        k_coef_lip: Lipschitz constant of the layer.
+        data_format: "channels_last" or None (the only layout supported).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Example:
+    >>> ScaledGlobalAveragePooling2D()(keras.ops.ones((1, 4, 4, 3)))  # all 4.0, shape (1, 3)
+    """
+
+    def call(self, inputs):
+        return ops.mean(inputs, axis=(1, 2)) * ops.cast(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class ScaledGlobalL2NormPooling2D(_GlobalPooling):
+    """Global L2-norm pooling: k * the norm of each channel over H x W, exactly k-Lipschitz.
+
+    Computed as k * (sqrt(sum(x^2) + eps^2) - eps), smooth at 0 (see
+    `ScaledL2NormPooling2D`).
+
+    Args:
+        k_coef_lip: Lipschitz constant of the layer.
+        eps_grad_sqrt: smoothing of the square root at 0, >= 0.
+        data_format: "channels_last" or None (the only layout supported).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Example:
+    >>> ScaledGlobalL2NormPooling2D()(keras.ops.ones((1, 4, 4, 3)))  # all ~4.0, shape (1, 3)
+    """
+
+    def __init__(self, k_coef_lip=1.0, eps_grad_sqrt=DEFAULT_EPS_GRAD_SQRT, data_format=None, **kwargs):
+        super().__init__(k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
+        self.eps_grad_sqrt = _check_eps_grad_sqrt(eps_grad_sqrt)
+
+    def call(self, inputs):
+        return _smooth_norm(ops.sum(ops.square(inputs), axis=(1, 2)), self.eps_grad_sqrt, self.k_coef_lip)
+
+    def get_config(self):
+        config = super().get_config()
+        config["eps_grad_sqrt"] = self.eps_grad_sqrt
+        return config
