@@ -1,0 +1,141 @@
+"""Weight constraints (applied after each optimizer update), deel-lip's names.
+
+A constraint projects a plain layer's kernel; unlike the parametrized layers
+it does not differentiate through the normalization.
+"""
+
+import keras
+from keras import ops
+
+from deel_lip_ext import normalizers
+from deel_lip_ext.layers.base import check_k_coef_lip
+
+__all__ = ["WeightClipConstraint", "AutoWeightClipConstraint", "FrobeniusConstraint", "SpectralConstraint"]
+
+
+def _check_positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class WeightClipConstraint(keras.constraints.Constraint):
+    """Clip every weight to [-c, c].
+
+    Args:
+        c: clipping bound.
+
+    Example:
+    >>> keras.layers.Dense(8, kernel_constraint=WeightClipConstraint(0.1))
+    """
+
+    def __init__(self, c=2.0):
+        self.c = _check_positive(c, "c")
+
+    def __call__(self, w):
+        return ops.clip(w, -self.c, self.c)
+
+    def get_config(self):
+        return {"c": self.c}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class AutoWeightClipConstraint(keras.constraints.Constraint):
+    """Clip every weight to +-1 / (sqrt(number of weights) * scale) (deel-lip).
+
+    Args:
+        scale: extra divisor of the bound.
+
+    Example:
+    >>> keras.layers.Dense(8, kernel_constraint=AutoWeightClipConstraint())
+    """
+
+    def __init__(self, scale=1.0):
+        self.scale = _check_positive(scale, "scale")
+
+    def __call__(self, w):
+        bound = 1.0 / (self.scale * float(int(ops.size(w))) ** 0.5)
+        return ops.clip(w, -bound, bound)
+
+    def get_config(self):
+        return {"scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class FrobeniusConstraint(keras.constraints.Constraint):
+    """Divide the kernel by its Frobenius norm: `w / (||w||_F + eps)`.
+
+    Args:
+        eps: added to the norm.
+
+    Example:
+    >>> keras.layers.Dense(1, kernel_constraint=FrobeniusConstraint())
+    """
+
+    def __init__(self, eps=1e-7):
+        self.eps = float(eps)
+
+    def __call__(self, w):
+        return w / (ops.sqrt(ops.sum(ops.square(w))) + self.eps)
+
+    def get_config(self):
+        return {"eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class SpectralConstraint(keras.constraints.Constraint):
+    """Project the reshaped kernel onto k times the orthogonal matrices (RKO) after each update.
+
+    The power iteration starts from a fresh random vector each time (a
+    constraint has no state) and runs `maxiter_spectral` iterations.
+
+    Args:
+        k_coef_lip: target spectral norm.
+        eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck:
+            as `SpectralDense` (`eps_bjorck=None`: spectral normalization only).
+
+    Example:
+    >>> keras.layers.Dense(8, kernel_constraint=SpectralConstraint(k_coef_lip=1.0))
+    """
+
+    def __init__(
+        self,
+        k_coef_lip=1.0,
+        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
+        maxiter_spectral=normalizers.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck=normalizers.DEFAULT_MAXITER_BJORCK,
+    ):
+        normalizers.check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
+        self.k_coef_lip = check_k_coef_lip(k_coef_lip)
+        self.eps_spectral = eps_spectral
+        self.eps_bjorck = eps_bjorck
+        self.beta_bjorck = beta_bjorck
+        self.maxiter_spectral = maxiter_spectral
+        self.maxiter_bjorck = maxiter_bjorck
+
+    def __call__(self, w):
+        u = keras.random.normal((1, w.shape[-1]), dtype="float32")
+        kernel, _, _ = normalizers.reshaped_kernel_orthogonalization(
+            ops.cast(w, "float32"),
+            u,
+            adjustment_coef=self.k_coef_lip,
+            eps_spectral=self.eps_spectral,
+            eps_bjorck=self.eps_bjorck,
+            beta=self.beta_bjorck,
+            maxiter_spectral=self.maxiter_spectral,
+            maxiter_bjorck=self.maxiter_bjorck,
+        )
+        return ops.cast(kernel, w.dtype)
+
+    def get_config(self):
+        return {
+            "k_coef_lip": self.k_coef_lip,
+            "eps_spectral": self.eps_spectral,
+            "eps_bjorck": self.eps_bjorck,
+            "beta_bjorck": self.beta_bjorck,
+            "maxiter_spectral": self.maxiter_spectral,
+            "maxiter_bjorck": self.maxiter_bjorck,
+        }

@@ -1,0 +1,104 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deel_lip_ext import normalizers
+
+
+def _svd(w):
+    return np.linalg.svd(np.asarray(w, dtype=np.float64), compute_uv=False)
+
+
+@pytest.mark.parametrize("shape", [(15, 32), (32, 15), (64, 64)])
+def test_power_iteration_matches_svd(shape):
+    w = np.random.default_rng(1).normal(size=shape).astype("float32")
+    u = np.random.default_rng(2).normal(size=(1, shape[1])).astype("float32")
+    _, sigma = normalizers.power_iteration(w, u, maxiter=200, eps=0.0)
+    assert float(sigma) == pytest.approx(_svd(w)[0], rel=1e-3)
+    # Power iteration approaches from below: never above the true value.
+    assert float(sigma) <= _svd(w)[0] * (1 + 1e-6)
+
+
+def test_power_iteration_warm_start_converges_across_calls():
+    rng = np.random.default_rng(3)
+    q1, _ = np.linalg.qr(rng.normal(size=(20, 12)))
+    q2, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    w = ((q1 * np.r_[10.0, np.linspace(5.0, 1.0, 11)]) @ q2.T).astype("float32")
+    u = np.ones((1, 12), "float32")
+    errors = []
+    for _ in range(4):
+        u, sigma = normalizers.power_iteration(w, u, maxiter=3, eps=0.0)
+        errors.append(abs(float(sigma) - _svd(w)[0]))
+    assert errors[-1] < errors[0]
+    assert errors[-1] < 1e-3 * _svd(w)[0]
+
+
+@pytest.mark.parametrize("eps", [1e-3, 0.0])
+@pytest.mark.parametrize("shape", [(15, 32), (32, 15), (48, 48)])
+def test_bjorck_orthonormalizes(shape, eps):
+    w = np.random.default_rng(4).normal(size=shape).astype("float32")
+    w = w / _svd(w)[0]
+    orth = normalizers.bjorck_normalization(w + 0.5 * np.eye(*shape, dtype="float32"), eps=eps, maxiter=40)
+    sv = _svd(orth)
+    assert sv.max() <= 1 + 1e-5
+    assert sv.min() >= 1 - 1e-3
+
+
+def test_bjorck_largest_singular_value_never_above_one_when_unconverged():
+    # An ill-conditioned matrix: one iteration is far from orthogonal, yet s_max <= 1.
+    rng = np.random.default_rng(5)
+    q1, _ = np.linalg.qr(rng.normal(size=(30, 30)))
+    q2, _ = np.linalg.qr(rng.normal(size=(30, 30)))
+    w = (q1 * np.geomspace(1.5, 1e-3, 30)) @ q2.T
+    for iterations in (1, 2, 5):
+        sv = _svd(normalizers.bjorck_normalization(w.astype("float32"), eps=0.0, maxiter=iterations))
+        assert sv.max() <= 1 + 1e-6
+        assert sv.min() < 0.5  # not converged: the bound holds anyway
+
+
+def test_rko_spectral_only_and_shapes():
+    kernel = np.random.default_rng(6).normal(size=(3, 3, 4, 8)).astype("float32")
+    u = np.ones((1, 8), "float32")
+    bar, u_new, sigma = normalizers.reshaped_kernel_orthogonalization(kernel, u, adjustment_coef=0.5)
+    assert tuple(bar.shape) == kernel.shape and tuple(u_new.shape) == (1, 8)
+    np.testing.assert_allclose(_svd(np.reshape(bar, (-1, 8))), 0.5, atol=1e-3)
+    spec, _, _ = normalizers.reshaped_kernel_orthogonalization(kernel, u, eps_bjorck=None, maxiter_spectral=100)
+    sv = _svd(np.reshape(spec, (-1, 8)))
+    assert sv.max() == pytest.approx(1.0, abs=2e-3)
+    assert sv.min() < 0.9  # spectral normalization alone does not orthogonalize
+
+
+@pytest.mark.parametrize("disjoint", [True, False])
+def test_frobenius_normalization(disjoint):
+    kernel = np.random.default_rng(7).normal(size=(10, 4)).astype("float32")
+    bar = np.asarray(normalizers.frobenius_normalization(kernel, disjoint))
+    if disjoint:
+        np.testing.assert_allclose(np.linalg.norm(bar, axis=0), 1.0, rtol=1e-6)
+    else:
+        assert np.linalg.norm(bar) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_gradient_flows_through_rko():
+    w = tf.Variable(np.random.default_rng(8).normal(size=(12, 6)).astype("float32"))
+    with tf.GradientTape() as tape:
+        bar, _, _ = normalizers.reshaped_kernel_orthogonalization(w, keras.ops.ones((1, 6)))
+        loss = keras.ops.sum(bar[:, 0] * np.arange(12, dtype="float32"))
+    grad = tape.gradient(loss, w)
+    assert grad is not None and np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"eps_spectral": -1}, "eps_spectral"),
+        ({"eps_bjorck": -1e-3}, "eps_bjorck"),
+        ({"beta_bjorck": 0.7}, "beta_bjorck"),
+        ({"beta_bjorck": 0}, "beta_bjorck"),
+        ({"maxiter_spectral": 0}, "maxiter_spectral"),
+        ({"maxiter_bjorck": 2.5}, "maxiter_bjorck"),
+    ],
+)
+def test_bad_normalizer_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        normalizers.check_normalizer_args(**kwargs)
