@@ -15,6 +15,19 @@ if _SHARED_DATA.is_dir():
     os.environ.setdefault("DEEL_LIP_EXT_DATA", str(_SHARED_DATA))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (CI=true does too)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or os.environ.get("CI", "").lower() == "true":
+        return
+    skip_slow = pytest.mark.skip(reason="slow: run with --run-slow or CI=true")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
 def data_available(name):
     folder = os.environ.get("DEEL_LIP_EXT_DATA")
     return bool(folder) and (pathlib.Path(folder) / f"{name}.npz").is_file()

@@ -1,0 +1,139 @@
+"""Sequential/Model, `vanilla_export()` parity, SavedModel export and `.keras` round trips."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deel_lip_ext import layers as lip
+from deel_lip_ext.model import Model, Sequential, vanilla_model
+from deel_lip_ext.utils import model_lipschitz_bound
+
+PARAMETRIZED = (lip.SpectralDense, lip.FrobeniusDense, lip.SpectralConv2D, lip.FrobeniusConv2D)
+STOCK_FOR_PARAMETRIZED = (keras.layers.Dense, keras.layers.Conv2D)
+
+
+def _conv_net(k_coef_lip=1.0):
+    return Sequential(
+        [
+            keras.Input((8, 8, 2)),
+            lip.SpectralConv2D(8, 3, padding="circular", name="conv_circ"),
+            lip.GroupSort2(),
+            lip.SpectralConv2D(8, 3, strides=2, padding="same", name="conv_same"),
+            lip.MaxMin(),
+            lip.ScaledL2NormPooling2D(),
+            lip.FrobeniusConv2D(4, 1, padding="valid", name="conv_valid"),
+            keras.layers.Flatten(),
+            lip.SpectralDense(6, name="dense"),
+            lip.GroupSort(n=3),
+            lip.FrobeniusDense(3, disjoint_neurons=False, name="head"),
+        ],
+        k_coef_lip=k_coef_lip,
+    )
+
+
+def _branchy_net():
+    inputs = keras.Input((6, 6, 2))
+    a = lip.SpectralConv2D(4, 3, padding="circular", name="branch_a")(inputs)
+    b = lip.FrobeniusConv2D(4, 1, name="branch_b")(inputs)
+    h = keras.layers.Add(name="add")([a, b])
+    h = lip.GroupSort2()(h)
+    c = lip.InvertibleDownSampling(2)(h)
+    h = keras.layers.Flatten()(c)
+    return Model(inputs, lip.SpectralDense(3, name="out")(h))
+
+
+def _fit_briefly(model, steps=3):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(16,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+    y = rng.normal(size=(16,) + tuple(model.outputs[0].shape[1:])).astype("float32")
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    model.fit(x, y, epochs=steps, batch_size=16, verbose=0)
+    return x
+
+
+@pytest.mark.parametrize("build", [_conv_net, _branchy_net])
+def test_vanilla_export_matches_and_is_plain(build, tmp_path):
+    model = build()
+    x = _fit_briefly(model)
+    reference = model.predict(x, verbose=0)
+    exported = model.vanilla_export()
+    np.testing.assert_allclose(exported.predict(x, verbose=0), reference, atol=1e-5)
+
+    original_names = {layer.name for layer in model.layers if isinstance(layer, PARAMETRIZED)}
+    for layer in exported.layers:
+        assert not isinstance(layer, PARAMETRIZED)
+        if layer.name in original_names:
+            assert type(layer) in STOCK_FOR_PARAMETRIZED
+    assert original_names <= {layer.name for layer in exported.layers}
+    assert type(exported) in (keras.Sequential, keras.Model) or type(exported).__module__.startswith("keras")
+
+    exported.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    reloaded = tf.saved_model.load(str(tmp_path / "saved"))
+    np.testing.assert_allclose(reloaded.serve(x).numpy(), reference, atol=1e-5)
+
+
+def test_export_is_independent_of_later_training():
+    model = _conv_net()
+    x = _fit_briefly(model)
+    exported = vanilla_model(model)
+    frozen = exported.predict(x, verbose=0)
+    _fit_briefly(model, steps=2)
+    assert np.abs(model.predict(x, verbose=0) - frozen).max() > 1e-4
+    np.testing.assert_array_equal(exported.predict(x, verbose=0), frozen)
+
+
+def test_vanilla_model_on_plain_keras_model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)])
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    np.testing.assert_allclose(vanilla_model(model).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_global_k_is_split_and_bounds_the_model():
+    model = _conv_net(k_coef_lip=4.0)
+    lipschitz_layers = [layer for layer in model.layers if isinstance(layer, lip.LipschitzLayer)]
+    share = 4.0 ** (1 / len(lipschitz_layers))
+    assert all(layer.k_coef_lip == pytest.approx(share) for layer in lipschitz_layers)
+    _fit_briefly(model)
+    assert model_lipschitz_bound(model.vanilla_export()) <= 4.0 * (1 + 1e-3)
+
+
+def test_sequential_warns_for_unknown_layers():
+    with pytest.warns(UserWarning, match="not known to be 1-Lipschitz"):
+        Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Sequential([keras.Input((4,)), lip.SpectralDense(3), keras.layers.ReLU(), keras.layers.Flatten()])
+
+
+@pytest.mark.parametrize("build", [_conv_net, _branchy_net])
+def test_keras_round_trip_and_identical_continued_training(build, tmp_path):
+    model = build()
+    x = _fit_briefly(model)
+    y = np.random.default_rng(9).normal(size=(16,) + tuple(model.outputs[0].shape[1:])).astype("float32")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert type(loaded) is type(model)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    for _ in range(2):
+        model.train_on_batch(x, y)
+        loaded.train_on_batch(x, y)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    for original, restored in zip(model.weights, loaded.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(restored), keras.ops.convert_to_numpy(original), atol=1e-5)
+
+
+def test_condense_on_model_keeps_outputs():
+    model = _conv_net()
+    x = _fit_briefly(model)
+    before = model.predict(x, verbose=0)
+    model.condense()
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-4)
+
+
+def test_export_unbuilt_model_errors():
+    with pytest.raises(ValueError, match="built"):
+        vanilla_model(keras.Sequential([lip.SpectralDense(3)]))
