@@ -22,6 +22,7 @@ __all__ = [
     "conv_singular_values",
     "conv_operator_matrix",
     "compute_layer_sv",
+    "layer_singular_values",
     "compute_model_sv",
     "model_lipschitz_bound",
     "evaluate_lip_const",
@@ -107,6 +108,35 @@ def _conv_sv(kernel, input_shape, strides, padding):
     return 0.0, float(conv_singular_values(kernel, size).max())
 
 
+def layer_singular_values(layer, input_shape=None):
+    """The whole spectrum of a Dense/Conv2D-like layer's linear operator (for histograms).
+
+    Dense: SVD of the (constrained) kernel. Convolution: exact on small
+    inputs (dense operator) and for circular stride-1 (FFT at the input
+    size); otherwise the spectrum of the circular convolution on the
+    enclosing torus, whose largest value bounds the real one.
+
+    Example:
+    >>> values = layer_singular_values(model.get_layer("conv1"))
+    """
+    input_shape = tuple(input_shape) if input_shape is not None else _layer_input_shape(layer)
+    if isinstance(layer, ParametrizedLayer):
+        kernel, strides, padding = keras.ops.convert_to_numpy(layer.effective_kernel()), getattr(layer, "strides", None), getattr(layer, "padding", None)
+    elif isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
+        kernel, strides, padding = keras.ops.convert_to_numpy(layer.kernel), getattr(layer, "strides", None), getattr(layer, "padding", None)
+    else:
+        raise ValueError(f"layer_singular_values needs a Dense or Conv2D-like layer, got {type(layer).__name__}.")
+    if kernel.ndim == 2:
+        return np.linalg.svd(kernel, compute_uv=False)
+    height, width, channels = input_shape[1:]
+    if padding == "circular" and tuple(strides) == (1, 1):
+        return conv_singular_values(kernel, (height, width))
+    if height * width * channels <= MAX_DENSE_OPERATOR_SIZE:
+        return np.linalg.svd(conv_operator_matrix(kernel, input_shape[1:], strides, padding), compute_uv=False)
+    size = (height, width) if padding == "circular" else (height + kernel.shape[0] - 1, width + kernel.shape[1] - 1)
+    return conv_singular_values(kernel, size)
+
+
 def _plain_kernel_sv(layer, input_shape):
     """(min, max) of a stock Dense/Conv2D layer's linear part (bias and activation excluded)."""
     kernel = keras.ops.convert_to_numpy(layer.kernel)
@@ -177,11 +207,13 @@ def compute_layer_sv(layer, input_shape=None):
     if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) and not isinstance(
         layer, (keras.layers.Conv2DTranspose, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
     ):
+        act = _activation_sv(layer) if layer.activation is not None else (1.0, 1.0)
+        if act is None:
+            return None
+        if not layer.built:
+            raise ValueError(f"Layer {layer.name!r} must be built before its singular values can be computed.")
         values = _plain_kernel_sv(layer, input_shape)
-        if values is None or layer.activation is None:
-            return values
-        act = _activation_sv(layer)
-        return None if act is None else (values[0] * act[0], values[1] * act[1])
+        return None if values is None else (values[0] * act[0], values[1] * act[1])
     if isinstance(layer, (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)):
         return 1.0, 1.0
     if isinstance(layer, keras.layers.ReLU):
