@@ -145,7 +145,10 @@ class CircularPadding2D(keras.layers.Layer):
         return circular_pad(inputs, self.padding)
 
     def compute_output_shape(self, input_shape):
-        sizes = [None if size is None else size + before + after for size, (before, after) in zip(input_shape[1:3], self.padding)]
+        sizes = [
+            None if size is None else size + before + after
+            for size, (before, after) in zip(input_shape[1:3], self.padding)
+        ]
         return (input_shape[0], *sizes, input_shape[3])
 
     def get_config(self):
