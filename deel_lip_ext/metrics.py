@@ -37,7 +37,7 @@ class _RadiusMetric(keras.metrics.Mean):
 
     def _signed_radius(self, y_true, y_pred):
         """margin / (c L): positive iff correctly classified (not floored at 0)."""
-        y_pred = ops.convert_to_tensor(y_pred, "float32")
+        y_pred = ops.cast(y_pred, "float32")
         factor = certificate_factor(self.norm, self.disjoint_neurons, y_pred.shape[-1])
         return logit_margin(y_true, y_pred) / (factor * self.lip_const)
 

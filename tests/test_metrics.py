@@ -172,3 +172,11 @@ def test_metric_configs_round_trip():
     ):
         clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
         assert type(clone) is type(metric) and clone.get_config() == metric.get_config()
+
+
+def test_half_precision_logits_are_accepted():
+    """Mixed-precision models return float16 logits; the radius is computed in float32."""
+    labels, onehot, f = batch(7)
+    f16 = f.astype("float16")
+    expected = np.mean(np_margin(labels, f16.astype("float32")) / math.sqrt(2) > 0.3)
+    assert result(metrics.CertifiedAccuracy(0.3), onehot, f16) == pytest.approx(expected)
