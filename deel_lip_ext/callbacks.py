@@ -4,7 +4,7 @@ import numpy as np
 import keras
 from keras import ops
 
-__all__ = ["LossParamScheduler", "LossParamLog"]
+__all__ = ["LossParamScheduler", "LossParamLog", "CondenseCallback", "MonitorCallback"]
 
 
 def _loss_parameter(model, param_name):
@@ -89,3 +89,127 @@ class LossParamLog(keras.callbacks.Callback):
 
     def get_config(self):
         return {"param_name": self.param_name, "rate": self.rate}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class CondenseCallback(keras.callbacks.Callback):
+    """Call `condense()` on every layer that has it, after each epoch and/or batch.
+
+    Condensing overwrites raw kernels with their constrained values; it keeps
+    the model's function but disturbs momentum optimizers (deel-lip's caveat).
+
+    Args:
+        on_epoch: condense at the end of each epoch.
+        on_batch: condense at the end of each training batch.
+
+    Example:
+    >>> model.fit(x, y, callbacks=[CondenseCallback(on_epoch=True)])
+    """
+
+    def __init__(self, on_epoch=True, on_batch=False):
+        super().__init__()
+        self.on_epoch = bool(on_epoch)
+        self.on_batch = bool(on_batch)
+
+    def _condense(self):
+        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+            if hasattr(layer, "condense") and not isinstance(layer, keras.Model):
+                layer.condense()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.on_batch:
+            self._condense()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.on_epoch:
+            self._condense()
+
+    def get_config(self):
+        return {"on_epoch": self.on_epoch, "on_batch": self.on_batch}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class MonitorCallback(keras.callbacks.Callback):
+    """Track the exact singular values of some layers during training.
+
+    For each monitored layer, `<name>_sv_max` and `<name>_sv_min` (exact, from
+    `deel_lip_ext.utils.compute_layer_sv` on the constrained kernel) are added
+    to the Keras logs (so `History` and progress bars show them), and, when
+    `logdir` is given, written to TensorBoard as scalars plus a histogram of
+    the whole spectrum (`what="all"`).
+
+    Args:
+        monitored_layers: names of the layers to monitor.
+        logdir: TensorBoard folder, or None (logs only). Writing it needs the
+            `tensorboard` package (in the `dev` extra).
+        what: "max" (min/max scalars) or "all" (also a spectrum histogram).
+        on_epoch: record at the end of each epoch.
+        on_batch: record at the end of each training batch.
+
+    Example:
+    >>> monitor = MonitorCallback(["conv1", "dense"], logdir="logs/sv", what="all")
+    >>> history = model.fit(x, y, callbacks=[monitor])
+    >>> history.history["conv1_sv_max"]
+    """
+
+    def __init__(self, monitored_layers, logdir=None, what="max", on_epoch=True, on_batch=False):
+        super().__init__()
+        if isinstance(monitored_layers, str) or not monitored_layers:
+            raise ValueError(f"monitored_layers must be a non-empty list of layer names, got {monitored_layers!r}.")
+        if what not in ("max", "all"):
+            raise ValueError(f"what must be 'max' or 'all', got {what!r}.")
+        self.monitored_layers = list(monitored_layers)
+        self.logdir = logdir
+        self.what = what
+        self.on_epoch = bool(on_epoch)
+        self.on_batch = bool(on_batch)
+        self._writer = None
+        self._step = 0
+
+    def set_model(self, model):
+        super().set_model(model)
+        names = {layer.name for layer in model._flatten_layers(include_self=False, recursive=True)}
+        missing = [name for name in self.monitored_layers if name not in names]
+        if missing:
+            raise ValueError(f"monitored_layers {missing} are not layers of the model (it has {sorted(names)}).")
+
+    def _record(self, logs):
+        from deel_lip_ext.utils import compute_layer_sv, layer_singular_values
+
+        self._step += 1
+        layers = {layer.name: layer for layer in self.model._flatten_layers(include_self=False, recursive=True)}
+        for name in self.monitored_layers:
+            values = compute_layer_sv(layers[name])
+            if values is None:
+                continue
+            if logs is not None:
+                logs[f"{name}_sv_min"], logs[f"{name}_sv_max"] = values
+            if self.logdir is not None:
+                import tensorflow as tf
+
+                if self._writer is None:
+                    self._writer = tf.summary.create_file_writer(self.logdir)
+                with self._writer.as_default(step=self._step):
+                    tf.summary.scalar(f"{name}/sv_max", values[1])
+                    tf.summary.scalar(f"{name}/sv_min", values[0])
+                    if self.what == "all":
+                        tf.summary.histogram(f"{name}/singular_values", layer_singular_values(layers[name]))
+        if self._writer is not None:
+            self._writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.on_batch:
+            self._record(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.on_epoch:
+            self._record(logs)
+
+    def get_config(self):
+        return {
+            "monitored_layers": self.monitored_layers,
+            "logdir": self.logdir,
+            "what": self.what,
+            "on_epoch": self.on_epoch,
+            "on_batch": self.on_batch,
+        }

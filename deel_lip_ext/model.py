@@ -21,7 +21,7 @@ _ONE_LIPSCHITZ_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
 
 def is_known_lipschitz(layer):
     """Whether `layer` is known to be 1-Lipschitz (or k-Lipschitz by construction)."""
-    if isinstance(layer, LipschitzLayer):
+    if isinstance(layer, LipschitzLayer) or hasattr(layer, "lipschitz_sv"):
         return True
     if isinstance(layer, (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)):
         return True
