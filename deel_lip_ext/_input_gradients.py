@@ -1,7 +1,7 @@
 """Backend-specific autodiff for gradient-regularized training (TensorFlow only).
 
 `keras.ops` has no gradient operator, so everything that differentiates with respect to
-the *input* (adversarial directions, the tulip penalty by double backprop, Jacobians)
+the *input* (adversarial directions, the tulip penalty by double backprop, attacks)
 lives here. JAX (`jax.grad` inside the loss) and torch (`autograd.grad(create_graph=True)`)
 versions would be added to this module only; until then `require_supported_backend`
 turns their use into a clear error instead of a failure deep inside a backend op.
@@ -51,15 +51,6 @@ def parameter_gradients(fn, variables):
         loss, aux = fn()
     gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return loss, aux, gradients
-
-
-def batch_jacobian(fn, x):
-    """Per-sample Jacobians of `fn` at `x`, shape (batch, *output_shape[1:], *x.shape[1:])."""
-    x = tf.convert_to_tensor(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        outputs = fn(x)
-    return tape.batch_jacobian(outputs, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def graph_function(fn):

@@ -6,14 +6,14 @@ max of input-gradient norms) makes models markedly more robust. This module trai
 Keras model with these objectives through `model.fit`, by wrapping it in
 `RobustTrainingModel`:
 
-| paper name  | objective class           | training loss                                          |
-|-------------|---------------------------|--------------------------------------------------------|
-| J0          | `PlainTraining`           | E[l(x)]                                                |
-| J1          | `FGSMTraining`            | E[l(x')], x' = x + eps sign(g)/sqrt(D)  (~ l + eps/sqrt(D) ||g||_1) |
-| J2          | `L2AdversarialTraining`   | E[l(x')], x' = x + eps g/||g||_2         (~ l + eps ||g||_2)  |
-| J2-Lip      | `Tulip`                   | J2 + lip_weight * max_batch ||grad_x l(x')||_2 (double backprop) |
-| 2019 variant| `GradientNormPenalty`     | E[l(x)] + lip_weight/2 E[((l(x + h v) - l(x)) / h)^2]   |
-|             | `PGDTraining`             | E[l(x_pgd)], Madry's projected gradient attack (l2 or linf) |
+| paper name   | objective class         | training loss                                                      |
+|--------------|-------------------------|--------------------------------------------------------------------|
+| J0           | `PlainTraining`         | E[l(x)]                                                            |
+| J1           | `FGSMTraining`          | E[l(x')], x' = x + eps sign(g)/sqrt(D), first order l + eps/sqrt(D) ‖g‖₁ |
+| J2           | `L2AdversarialTraining` | E[l(x')], x' = x + eps g/‖g‖₂, first order l + eps ‖g‖₂               |
+| J2-Lip       | `Tulip`                 | J2 + lip_weight max over the batch of ‖∇ₓl(x')‖₂ (double backprop)  |
+| 2019 variant | `GradientNormPenalty`   | E[l(x)] + lip_weight/2 E[((l(x + h v) - l(x))/h)²]                  |
+|              | `PGDTraining`           | E[l(x_pgd)], Madry's projected gradient attack (l2 or linf)         |
 
 with g = grad_x l(x) computed in inference mode and detached. Measurement helpers give the
 columns of the paper's table: `adversarial_distances` / `median_adversarial_distance`,
@@ -30,7 +30,7 @@ import keras
 from keras import ops
 
 from deel_lip_ext import _input_gradients as autodiff
-from deel_lip_ext import attacks
+from deel_lip_ext import attacks, utils
 
 NORMS = ("l2", "linf")
 PENALTY_SCALINGS = ("sample", "batch_mean")
@@ -86,7 +86,15 @@ def _flatten_samples(x):
 
 
 def sample_norms(x, norm="l2"):
-    """Per-sample norms of a batch: "l2", "linf" or "l1" (the dual of linf)."""
+    """Per-sample norms of a batch, over all axes but the first.
+
+    Args:
+        x: batch tensor.
+        norm: "l2", "linf" or "l1" (the dual of linf).
+
+    Example:
+        >>> sample_norms(x_adv - x, "l2")  # shape (batch,)
+    """
     flat = _flatten_samples(x)
     if norm == "l2":
         return ops.sqrt(ops.sum(ops.square(flat), axis=1))
@@ -161,14 +169,22 @@ def _labels_as_indices(y):
 
 
 def cross_entropy_loss(y_true, logits):
-    """Per-sample softmax cross-entropy of logits (integer or one-hot labels)."""
+    """Per-sample softmax cross-entropy of logits (integer or one-hot labels).
+
+    Example:
+        >>> cross_entropy_loss(y, model(x))  # shape (batch,)
+    """
     return keras.losses.sparse_categorical_crossentropy(
         _labels_as_indices(y_true), logits, from_logits=True
     )
 
 
 def margin_loss(y_true, logits):
-    """Carlini-Wagner margin max_{j != y} z_j - z_y: positive exactly when misclassified."""
+    """Carlini-Wagner margin max_{j != y} z_j - z_y: positive exactly when misclassified.
+
+    Example:
+        >>> margin_loss(y, model(x))  # shape (batch,)
+    """
     labels = _labels_as_indices(y_true)
     true_mask = ops.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     true_logit = ops.sum(logits * true_mask, axis=-1)
@@ -897,9 +913,9 @@ def lipschitz_estimate(model, x, batch_size=128):
     """Empirical ESTIMATE of the l2 Lipschitz constant: max over x of ||J_f(x)||_2.
 
     The spectral norm of the input Jacobian of the model output (inference mode),
-    maximized over the given points. It is a *lower bound* on the true Lipschitz
-    constant, not a certificate: use `deel_lip_ext.utils.model_lipschitz_bound` for an
-    upper bound on constrained models. For a scalar output this is the max gradient norm.
+    maximized over the given points (`deel_lip_ext.utils.evaluate_lip_const`). It is a
+    *lower bound* on the true Lipschitz constant, not a certificate: use
+    `deel_lip_ext.utils.model_lipschitz_bound` for an upper bound on constrained models.
 
     Args:
         model: any Keras model (single input).
@@ -913,15 +929,4 @@ def lipschitz_estimate(model, x, batch_size=128):
         >>> lipschitz_estimate(model, x_test[:1000])
     """
     autodiff.require_supported_backend("lipschitz_estimate")
-    batch_size = _check_count(batch_size, "batch_size")
-    x = np.asarray(x, dtype=keras.config.floatx())
-    def flat_outputs(inputs):
-        return ops.reshape(model(inputs, training=False), (ops.shape(inputs)[0], -1))
-
-    jacobian = autodiff.graph_function(lambda inputs: autodiff.batch_jacobian(flat_outputs, inputs))
-    largest = 0.0
-    for start in range(0, len(x), batch_size):
-        batch_jacobians = np.asarray(jacobian(x[start:start + batch_size]))
-        matrices = batch_jacobians.reshape(len(batch_jacobians), -1, x[0].size)
-        largest = max(largest, float(np.linalg.svd(matrices, compute_uv=False)[:, 0].max()))
-    return largest
+    return utils.evaluate_lip_const(model, x, batch_size=_check_count(batch_size, "batch_size"))

@@ -279,8 +279,11 @@ def test_fit_with_callbacks_and_keras_save_load(objective, tmp_path):
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logged.append(dict(logs))),
         keras.callbacks.ModelCheckpoint(checkpoint),
     ]
-    trainer.fit(x, y, batch_size=8, epochs=2, callbacks=callbacks, verbose=0)
-    assert len(logged) == 2 and {"loss", "accuracy", "penalty"} <= set(logged[-1])
+    trainer.fit(x, y, batch_size=8, epochs=2, callbacks=callbacks, validation_data=(x, y), verbose=0)
+    assert len(logged) == 2 and {"loss", "accuracy", "penalty", "val_loss"} <= set(logged[-1])
+    # Validation is the plain loss on clean inputs.
+    clean_loss = float(np.mean(_losses(model, x, y)))
+    assert trainer.evaluate(x, y, verbose=0, return_dict=True)["loss"] == pytest.approx(clean_loss, rel=1e-5)
     has_penalty = isinstance(objective, (R.Tulip, R.GradientNormPenalty))
     assert (logged[-1]["penalty"] > 0) == has_penalty
     assert any(not np.allclose(a, b) for a, b in zip(initial, _weights(model)))
