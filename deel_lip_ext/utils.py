@@ -410,8 +410,9 @@ def evaluate_lip_const(model, x, batch_size=32):
         xb = tf.convert_to_tensor(x[start : start + batch_size])
         with tf.GradientTape() as tape:
             tape.watch(xb)
-            y = model(xb, training=False)
+            # Flatten so that a model with one scalar per sample has a rank-2 output.
+            y = tf.reshape(model(xb, training=False), (tf.shape(xb)[0], -1))
         jac = tape.batch_jacobian(y, xb)
-        jac = tf.reshape(jac, (tf.shape(jac)[0], int(np.prod(y.shape[1:])), -1)).numpy().astype(np.float64)
+        jac = tf.reshape(jac, (tf.shape(jac)[0], tf.shape(jac)[1], -1)).numpy().astype(np.float64)
         best = max(best, float(np.linalg.svd(jac, compute_uv=False)[:, 0].max()))
     return best

@@ -108,3 +108,10 @@ def test_evaluate_lip_const_is_exact_for_linear_and_below_the_bound():
     )
     xs = np.random.default_rng(1).normal(size=(8, 6, 6, 1)).astype("float32")
     assert 0 < evaluate_lip_const(lip_model, xs) <= model_lipschitz_bound(lip_model) * (1 + 1e-5)
+
+
+def test_evaluate_lip_const_on_scalar_outputs():
+    scalar = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, use_bias=False), keras.layers.Reshape(())])
+    x = np.random.default_rng(2).normal(size=(6, 4)).astype("float32")
+    kernel = keras.ops.convert_to_numpy(scalar.layers[0].kernel)
+    assert evaluate_lip_const(scalar, x) == pytest.approx(np.linalg.norm(kernel), rel=1e-5)
