@@ -139,7 +139,11 @@ def test_k_lipschitz_on_random_pairs(name, k):
 @pytest.mark.parametrize("k", [1.0, 0.5])
 def test_vjp_preserves_gradient_norm(name, k):
     layer = GNP_LAYERS[name](k_coef_lip=k)
-    x = tf.constant(_random((5, 3, 3, 8)))
+    x = _random((5, 3, 3, 8))
+    # Ties too: the Jacobian must stay a permutation there, not send both gradients to one entry.
+    x[0, 0, 0, :] = x[0, 0, 0, ::-1]
+    x[1, 0, 0, :] = 0.25
+    x = tf.constant(x)
     upstream = tf.constant(_random((5, 3, 3, 8), seed=7))
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -172,6 +176,26 @@ def test_householder_matches_numpy_for_learned_angles():
     layer.theta.assign(theta)
     assert layer.theta.trainable and tuple(layer.theta.shape) == (4,)
     np.testing.assert_allclose(_numpy(layer(x)), _householder_reference(x, theta), atol=1e-5)
+
+
+def test_householder_theta_gradient_matches_finite_differences():
+    x = _random((4, 2, 2, 8)).astype("float64")
+    upstream = _random((4, 2, 2, 8), seed=9).astype("float64")
+    theta = np.random.default_rng(6).uniform(-math.pi, math.pi, size=4)
+    layer = Householder(dtype="float64")
+    layer.build(x.shape)
+    layer.theta.assign(theta)
+    with tf.GradientTape() as tape:
+        objective = keras.ops.sum(layer(x) * upstream)
+    gradient = _numpy(tape.gradient(objective, layer.theta.value))
+    step = 1e-6
+    numeric = [
+        (np.sum(_householder_reference(x, theta + step * e) * upstream)
+         - np.sum(_householder_reference(x, theta - step * e) * upstream)) / (2 * step)
+        for e in np.eye(4)
+    ]
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-6, atol=1e-8)
+    assert np.all(np.abs(gradient) > 0)
 
 
 @pytest.mark.parametrize("name", sorted(GNP_LAYERS) + ["crelu"])
@@ -235,6 +259,30 @@ def test_keras_file_round_trip(tmp_path):
         "Householder",
         "CReLU",
     ]
+
+
+def test_layers_train_inside_fit():
+    # fit runs the layers in graph mode (tf.function), where variables and tensors behave unlike eager.
+    householder = Householder(theta_initializer=keras.initializers.Constant(1.0))
+    model = keras.Sequential(
+        [
+            keras.Input((3, 3, 4)),
+            keras.layers.Dense(8),
+            GroupSort2(),
+            householder,
+            MaxMin(k_coef_lip=0.5),
+            CReLU(),
+            GroupSort(n=4),
+            FullSort(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    theta_before = _numpy(householder.theta).copy()
+    history = model.fit(_random((16, 3, 3, 4)), _random((16, 1), seed=1), epochs=2, batch_size=8, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert np.all(_numpy(householder.theta) != theta_before)
 
 
 def test_deel_lip_import_path_reexports_the_layers():
