@@ -4,6 +4,8 @@ import numpy as np
 import keras
 from keras import ops
 
+from deel_lip_ext.utils import compute_layer_sv, layer_singular_values
+
 __all__ = ["LossParamScheduler", "LossParamLog", "CondenseCallback", "MonitorCallback"]
 
 
@@ -174,8 +176,6 @@ class MonitorCallback(keras.callbacks.Callback):
             raise ValueError(f"monitored_layers {missing} are not layers of the model (it has {sorted(names)}).")
 
     def _record(self, logs):
-        from deel_lip_ext.utils import compute_layer_sv, layer_singular_values
-
         self._step += 1
         layers = {layer.name: layer for layer in self.model._flatten_layers(include_self=False, recursive=True)}
         for name in self.monitored_layers:

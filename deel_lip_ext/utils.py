@@ -17,6 +17,8 @@ import keras
 import numpy as np
 
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
+from deel_lip_ext.layers.convolutional import circular_pad_widths
+from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad
 
 __all__ = [
     "conv_singular_values",
@@ -71,9 +73,6 @@ def conv_operator_matrix(kernel, input_shape, strides=(1, 1), padding="same"):
         strides: pair of ints.
         padding: "same", "valid" or "circular".
     """
-    from deel_lip_ext.layers.convolutional import circular_pad_widths
-    from deel_lip_ext.layers.padding import circular_pad
-
     kernel = np.asarray(keras.ops.convert_to_numpy(kernel))
     size = int(np.prod(input_shape))
     impulses = np.eye(size, dtype=kernel.dtype).reshape((size,) + tuple(input_shape))
@@ -231,9 +230,6 @@ def compute_layer_sv(layer, input_shape=None):
 
 def _circular_pair(layer, consumer):
     """Whether `layer` is a CircularPadding2D feeding `consumer`, a valid Conv2D it pads exactly."""
-    from deel_lip_ext.layers.convolutional import circular_pad_widths
-    from deel_lip_ext.layers.padding import CircularPadding2D
-
     return (
         isinstance(layer, CircularPadding2D)
         and isinstance(consumer, keras.layers.Conv2D)

@@ -24,22 +24,11 @@ from keras import ops
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers.base import ParametrizedLayer, SpectralMixin
+from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad, int_pair
 
 __all__ = ["SpectralConv2D", "FrobeniusConv2D", "overlap_counts", "conv_lipschitz_coefficient", "PADDINGS"]
 
 PADDINGS = ("same", "valid", "circular")
-
-
-def _pair(value, name):
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
-    ):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}.")
-    return tuple(value)
 
 
 def circular_pad_widths(kernel_size):
@@ -129,14 +118,14 @@ class LipschitzConv2DBase(ParametrizedLayer):
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
         if data_format not in (None, "channels_last"):
             raise ValueError(f"data_format must be 'channels_last' (or None), got {data_format!r}.")
-        if _pair(dilation_rate, "dilation_rate") != (1, 1):
+        if int_pair(dilation_rate, "dilation_rate") != (1, 1):
             raise ValueError(f"dilation_rate must be 1: dilated Lipschitz convolutions are not supported, got {dilation_rate!r}.")
         if groups != 1:
             raise ValueError(f"groups must be 1, got {groups!r}.")
         self._init_lipschitz(k_coef_lip)
         self.filters = filters
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.strides = _pair(strides, "strides")
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        self.strides = int_pair(strides, "strides")
         self.padding = padding
         self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
@@ -193,8 +182,6 @@ class LipschitzConv2DBase(ParametrizedLayer):
     def call(self, inputs, training=None):
         padding = self.padding
         if padding == "circular":
-            from deel_lip_ext.layers.padding import circular_pad
-
             inputs = circular_pad(inputs, circular_pad_widths(self.kernel_size))
             padding = "valid"
         outputs = ops.conv(inputs, self.kernel_for_call(training), strides=self.strides, padding=padding)
@@ -218,8 +205,6 @@ class LipschitzConv2DBase(ParametrizedLayer):
         in_shape = (None, *self.input_spatial_size, kernel.shape[2])
         padding = self.padding
         if padding == "circular":
-            from deel_lip_ext.layers.padding import CircularPadding2D
-
             pad = CircularPadding2D(circular_pad_widths(self.kernel_size), name=f"{self.name}_circular_pad")
             layers.append(pad)
             in_shape = pad.compute_output_shape(in_shape)
