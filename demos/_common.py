@@ -1,0 +1,357 @@
+"""Helpers shared by the demos: command line, data folder, timing, tables, figures, attacks.
+
+Every demo takes the same flags:
+
+    --epochs N        training epochs (each demo has its own default, and a smaller one with --quick)
+    --data-dir DIR    folder holding <dataset>.npz (default: $DEEL_LIP_EXT_DATA, else ../shared/data
+                      beside the repository when it exists, else the tensorflow-datasets cache)
+    --output-dir DIR  where plots, tables and exported models go (default: outputs/<demo>)
+    --quick           a tiny budget (about a minute on 2 CPU cores), for CI
+    --seed N          seed of keras, numpy and python
+
+and writes `results.json` in its output folder (what the tests read), besides its plots.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+import types
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# numpy's small batched SVDs and FFTs (exact layer norms, SVCM projections) run up to 20
+# times faster single-threaded than through OpenBLAS's thread pool; TensorFlow keeps its
+# own threads. Set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The demos run from a checkout without installing the package too.
+if str(REPOSITORY_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY_ROOT))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from deel_lip_ext import attacks, certification  # noqa: E402
+from deel_lip_ext.datasets import ENV_VAR  # noqa: E402
+from deel_lip_ext.layers import InvertibleDownSampling, MaxMin, SpectralConv2D, SpectralDense  # noqa: E402
+from deel_lip_ext.losses import MultiMargin  # noqa: E402
+from deel_lip_ext.model import Sequential  # noqa: E402
+from deel_lip_ext.zoo import kw_small  # noqa: E402
+
+# The project's offline copies of the datasets sit beside the repository.
+SHARED_DATA_DIR = REPOSITORY_ROOT.parent / "shared" / "data"
+RESULTS_FILE = "results.json"
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def default_data_dir():
+    """$DEEL_LIP_EXT_DATA when set, else ../shared/data when it exists, else None (tfds cache)."""
+    if os.environ.get(ENV_VAR):
+        return os.environ[ENV_VAR]
+    return str(SHARED_DATA_DIR) if SHARED_DATA_DIR.is_dir() else None
+
+
+def parse_demo_arguments(demo_name, description, budgets, argv=None, add_arguments=None):
+    """Parse the common demo flags and return them with the chosen budget.
+
+    Args:
+        demo_name: the demo's file stem; the default output folder is outputs/<demo_name>.
+        description: the demo's docstring (shown by --help).
+        budgets: {"full": {...}, "quick": {...}}, each with at least an "epochs" entry.
+        argv: arguments (None: sys.argv).
+        add_arguments: optional function adding demo-specific flags to the parser.
+
+    Returns:
+        The argparse namespace with `budget` (a namespace of the chosen budget, "epochs"
+        replaced by --epochs when given), `output_dir` (created) and `data_dir` resolved.
+        The random seeds are set.
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"demos/{demo_name}.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        help=f"training epochs (default {budgets['full']['epochs']}; {budgets['quick']['epochs']} with --quick)",
+    )
+    parser.add_argument("--data-dir", default=None, help="folder holding the dataset's .npz file")
+    parser.add_argument(
+        "--output-dir",
+        type=pathlib.Path,
+        default=pathlib.Path("outputs") / demo_name,
+        help="folder for plots, tables and exports (default: %(default)s)",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny budget (about a minute on 2 CPU cores), for CI")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    budget = dict(budgets["quick" if args.quick else "full"])
+    if args.epochs is not None:
+        budget["epochs"] = args.epochs
+    args.budget = types.SimpleNamespace(**budget)
+    args.data_dir = args.data_dir or default_data_dir()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    return args
+
+
+class PhaseTimer:
+    """Wall-clock and CPU seconds of the named phases of a demo.
+
+    CPU seconds (all threads of the process) are reported beside wall seconds because a
+    busy shared machine inflates wall time but not CPU time; on an idle n-core machine
+    wall time is at least CPU time / n.
+
+    Example:
+        >>> timer = PhaseTimer()
+        >>> with timer.phase("training"):
+        ...     model.fit(...)
+        >>> print_table(["phase", "wall s", "CPU s"], timer.rows())
+    """
+
+    def __init__(self):
+        self.phases = []
+        self._start_wall = time.perf_counter()
+        self._start_cpu = time.process_time()
+
+    @contextlib.contextmanager
+    def phase(self, name):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.phases.append((name, time.perf_counter() - wall, time.process_time() - cpu))
+
+    def total(self):
+        """(wall, cpu) seconds since the timer was created."""
+        return time.perf_counter() - self._start_wall, time.process_time() - self._start_cpu
+
+    def rows(self):
+        """Table rows (phase, wall s, CPU s), with a final "total" row."""
+        rows = [(name, f"{wall:.1f}", f"{cpu:.1f}") for name, wall, cpu in self.phases]
+        wall, cpu = self.total()
+        return rows + [("total", f"{wall:.1f}", f"{cpu:.1f}")]
+
+    def as_dict(self):
+        wall, cpu = self.total()
+        phases = {name: {"wall_s": round(w, 2), "cpu_s": round(c, 2)} for name, w, c in self.phases}
+        return {"phases": phases, "total": {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}}
+
+
+def format_table(headers, rows, title=None):
+    """A Markdown (pipe) table as a string: readable in a terminal, pastable into the docs."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row):
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |"
+
+    lines = [f"\n{title}\n"] if title else []
+    lines += [line(cells[0]), "| " + " | ".join("-" * width for width in widths) + " |"]
+    lines += [line(row) for row in cells[1:]]
+    return "\n".join(lines)
+
+
+def print_table(headers, rows, title=None):
+    """Print `format_table(headers, rows, title)` and return it."""
+    table = format_table(headers, rows, title)
+    print(table, flush=True)
+    return table
+
+
+def percent(value):
+    return f"{100 * value:.2f}"
+
+
+def write_results(output_dir, results):
+    """Write `results` (plain Python values) to output_dir/results.json and return the path."""
+    path = pathlib.Path(output_dir) / RESULTS_FILE
+    path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, pathlib.Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (demos run headless in CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_image_grid(path, rows, row_labels, captions, title=None):
+    """Save a grid of grey images: one row per entry of `rows`, one column per sample.
+
+    Args:
+        path: PNG file to write.
+        rows: list of arrays (n, H, W) or (n, H, W, 1), all with the same n.
+        row_labels: one label per row (shown on the left).
+        captions: list (per row) of lists (per sample) of short strings.
+        title: figure title.
+    """
+    plt = pyplot()
+    n_rows, n_cols = len(rows), len(rows[0])
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols + 0.6, 1.9 * n_rows), squeeze=False)
+    for r, (images, label) in enumerate(zip(rows, row_labels)):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.imshow(np.squeeze(images[c]), cmap="gray", vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(captions[r][c], fontsize=8)
+        axes[r][0].set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def misclassified(model, x, y, batch_size=512):
+    """Boolean array: the model's logit margin on (x, y) is <= 0 (ties count as errors)."""
+    margins = []
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size], training=False)
+        margins.append(keras.ops.convert_to_numpy(certification.logit_margin(y[start : start + batch_size], logits)))
+    return np.concatenate(margins) <= 0
+
+
+def nearest_adversarial_examples(model, x, y, epsilons, steps=50, restarts=1, seed=0):
+    """The closest misclassified point PGD finds for each sample, over increasing L2 budgets.
+
+    For each budget of `epsilons` (ascending), samples not yet fooled are attacked by
+    `deel_lip_ext.attacks.pgd` (L2, margin loss, random start); a sample keeps the first
+    successful adversarial example. Its distance is an *upper* bound of the sample's true
+    distance to the decision boundary, so it can never be below a valid certified radius.
+
+    Args:
+        model: classifier returning logits (N, C); C == 1 is a binary model.
+        x: inputs in [0, 1]; y: labels as `pgd` takes them.
+        epsilons: increasing L2 budgets.
+        steps, restarts, seed: PGD settings.
+
+    Returns:
+        `(x_adv, distances)`: adversarial inputs (x itself where nothing was found) and
+        their L2 distances to x (0 for misclassified points, inf where nothing was found).
+    """
+    x = np.asarray(x, dtype="float32")
+    y = np.asarray(y)
+    x_adv = x.copy()
+    distances = np.full(len(x), np.inf)
+    distances[misclassified(model, x, y)] = 0.0
+    for eps in sorted(float(e) for e in epsilons):
+        todo = np.flatnonzero(np.isinf(distances))
+        if todo.size == 0:
+            break
+        candidates = attacks.pgd(
+            model, x[todo], y[todo], eps, norm="l2", steps=steps, loss="cw", restarts=restarts, seed=seed
+        )
+        fooled = misclassified(model, candidates, y[todo])
+        found = todo[fooled]
+        x_adv[found] = candidates[fooled]
+        distances[found] = np.sqrt(np.sum((candidates[fooled] - x[found]) ** 2, axis=tuple(range(1, x.ndim))))
+    return x_adv, distances
+
+
+def geometric_budgets(low, high, count):
+    """`count` L2 budgets from `low` to `high`, evenly spaced in log scale."""
+    return list(np.exp(np.linspace(math.log(low), math.log(high), count)))
+
+
+# ----------------------------------------------------------------------------- models
+
+# The BCOP paper's convolutions (deel_lip_ext.zoo) and the library's SpectralConv2D.
+CONVOLUTIONS = ("bcop", "spectral", "rko", "ossn", "svcm")
+
+
+def small_network(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
+    """Wong et al.'s "Small" network as the BCOP paper runs it, with the convolution `conv`.
+
+    "bcop", "rko", "ossn", "svcm": `deel_lip_ext.zoo.kw_small`. "spectral": the same
+    wrapper (downsampling + 2 x 2 circular convolution, MaxMin) with `SpectralConv2D` and
+    `SpectralDense`, whose reshaped kernel is orthonormalized and divided by 2, the exact
+    Lipschitz correction of a circular 2 x 2 convolution.
+    """
+    if conv != "spectral":
+        return kw_small(conv, input_shape, num_classes)
+    return Sequential(
+        [
+            keras.Input(input_shape),
+            InvertibleDownSampling(2),
+            SpectralConv2D(16, 2, padding="circular"),
+            MaxMin(),
+            InvertibleDownSampling(2),
+            SpectralConv2D(32, 2, padding="circular"),
+            MaxMin(),
+            keras.layers.Flatten(),
+            SpectralDense(100),
+            MaxMin(),
+            SpectralDense(num_classes),
+        ],
+        name="kw_small_spectral",
+    )
+
+
+# ----------------------------------------------------------------------------- training
+
+# The BCOP paper's MNIST protocol (LConvNet's adv-rob-mnist config): multi-class hinge
+# with margin sqrt(2) * eps_train * L for eps_train = 1.5 and L = 1, Adam 1e-3, batch 128,
+# inputs in [0, 1] without normalization, learning rate divided by 10 every 60 epochs
+# (smoothly, per epoch); runs shorter than 60 epochs compress that schedule to their length.
+PAPER_TRAINING_MARGIN = math.sqrt(2.0) * 1.5
+PAPER_LEARNING_RATE = 1e-3
+PAPER_LR_DECADE_EPOCHS = 60
+PAPER_BATCH_SIZE = 128
+
+
+def paper_learning_rate(epochs):
+    """Learning rate per epoch: 1e-3 divided by 10 every min(60, epochs) epochs."""
+    decay = 0.1 ** (1.0 / min(PAPER_LR_DECADE_EPOCHS, epochs))
+    return lambda epoch, lr=None: PAPER_LEARNING_RATE * decay**epoch
+
+
+def fit_verbosity():
+    """A progress bar in a terminal, one line per epoch in logs and subprocesses."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def fit_paper_protocol(model, x_train, y_train, epochs, metrics=(), callbacks=(), num_classes=10):
+    """Compile and train `model` with the BCOP paper's protocol (see the constants above)."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(PAPER_LEARNING_RATE),
+        loss=MultiMargin(min_margin=PAPER_TRAINING_MARGIN),
+        metrics=["accuracy", *metrics],
+    )
+    return model.fit(
+        x_train,
+        keras.utils.to_categorical(y_train, num_classes),
+        batch_size=PAPER_BATCH_SIZE,
+        epochs=epochs,
+        callbacks=[keras.callbacks.LearningRateScheduler(paper_learning_rate(epochs)), *callbacks],
+        verbose=fit_verbosity(),
+    )
