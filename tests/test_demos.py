@@ -1,0 +1,232 @@
+"""The demos: their --quick runs (in subprocesses, marked slow) and their shared helpers.
+
+Each demo writes results.json beside its plots; the slow tests read it, and check what
+the demo printed, the files it wrote and the guarantees it claims (0 broken
+certificates, a SavedModel that reloads to the same logits, a Wasserstein estimate
+that approaches ||v|| from below, |f(x)| below the adversarial distances).
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import data_available
+
+REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEMOS = REPOSITORY_ROOT / "demos"
+sys.path.insert(0, str(DEMOS))
+
+import _common  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DEMO_TIMEOUT_S = 1500
+
+needs_mnist = pytest.mark.skipif(not data_available("mnist"), reason="mnist.npz not found in $DEEL_LIP_EXT_DATA")
+
+
+def run_demo(name, output_dir, *arguments):
+    """Run `demos/<name>.py --quick` in a subprocess; return (stdout, results.json as a dict)."""
+    env = dict(os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3")
+    completed = subprocess.run(
+        [sys.executable, str(DEMOS / f"{name}.py"), "--quick", "--output-dir", str(output_dir), *arguments],
+        cwd=REPOSITORY_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+    )
+    assert completed.returncode == 0, f"{name} failed:\n{completed.stdout[-4000:]}\n{completed.stderr[-4000:]}"
+    results = json.loads((output_dir / _common.RESULTS_FILE).read_text())
+    return completed.stdout, results
+
+
+def assert_png(path):
+    assert path.is_file(), f"{path} was not written"
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+
+
+# ----------------------------------------------------------------------------- demos (slow)
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_certified_mnist_quick(tmp_path):
+    stdout, results = run_demo("certified_mnist", tmp_path)
+
+    # The table: one row per epsilon, with the computed Lipschitz bound in its title.
+    assert "certified accuracy %" in stdout and "broken by PGD" in stdout
+    certification = results["certification"]
+    assert certification["lip_const_source"] == "computed"
+    assert f"L = {certification['lip_const']:.7f}" in stdout
+    for eps, accuracy in certification["certified_accuracy"].items():
+        assert any(line.startswith(f"| {float(eps):<8} | {100 * accuracy:.2f}") for line in stdout.splitlines()), eps
+    # BCOP layers are orthogonal: the measured bound is 1 up to float32 rounding.
+    assert abs(certification["lip_const"] - 1.0) < 1e-4
+    accuracies = list(certification["certified_accuracy"].values())
+    assert certification["clean_accuracy"] > 0.5
+    assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] <= certification["clean_accuracy"]
+
+    # PGD broke no certificate, and did attack certified points.
+    assert results["broken_certificates"] == 0 and "0 certificates broken" in stdout
+    assert all(check["n_broken"] == 0 for check in results["pgd_check"])
+    assert results["pgd_check"][0]["n_certified"] > 0
+
+    # Nearest adversarial examples are never inside the certified ball.
+    examples = results["adversarial_examples"]
+    assert examples["radius_below_distance"]
+    assert np.all(np.array(examples["certified_radii"]) <= np.array(examples["distances"]))
+
+    # Plain Keras export, reloaded with tf.saved_model.load: the same logits.
+    export = results["export"]
+    assert export["matches"] and export["max_abs_diff_reloaded_vs_lipschitz"] <= 1e-4
+    assert "Conv2D" in export["plain_layers"] and "BCOPConv2D" not in export["plain_layers"]
+    assert (tmp_path / "saved_model" / "saved_model.pb").is_file()
+    assert_png(tmp_path / "certified_accuracy.png")
+    assert_png(tmp_path / "adversarial_examples.png")
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_wasserstein_quick(tmp_path):
+    stdout, results = run_demo("wasserstein", tmp_path)
+    translate = results["translate"]
+    truth = translate["true_w1"]
+    assert truth == pytest.approx(float(np.linalg.norm(translate["translation"])))
+
+    # The 1-Lipschitz critic's estimate approaches ||v|| from below.
+    estimate = translate["spectral"]["estimate"]
+    assert abs(estimate - truth) <= 0.10 * truth, (estimate, truth)
+    assert estimate <= 1.01 * truth, (estimate, truth)
+    assert translate["spectral"]["certified_estimate"] <= truth * (1 + 1e-6)
+    assert "W1(P, P + v)" in stdout
+
+    # MNIST 0 vs 8: every critic was trained and reported; Lipschitz critics have L ~ 1.
+    mnist = results["mnist_0_vs_8"]
+    assert set(mnist) == {"spectral", "bcop", "gp"}
+    assert abs(mnist["bcop"]["lip_const"] - 1.0) < 1e-4
+    for method in ("spectral", "bcop"):
+        assert mnist[method]["lip_const"] <= 1.0 + 1e-4
+        assert mnist[method]["estimate"] > 0
+    assert mnist["gp"]["lip_lower_bound"] <= mnist["gp"]["lip_const"]
+    assert_png(tmp_path / "wasserstein_translate.png")
+    assert_png(tmp_path / "wasserstein_mnist.png")
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_hkr_binary_quick(tmp_path):
+    stdout, results = run_demo("hkr_binary", tmp_path)
+    check = results["check"]
+    assert check["n_violations"] == 0
+    assert check["n_adversarial_found"] >= check["n_correct"] // 2 > 0
+    assert check["min_distance_over_radius"] >= 1.0
+    assert "for every point: True" in stdout
+    assert results["certification"]["clean_accuracy"] > 0.9
+    assert_png(tmp_path / "hkr_adversarial_examples.png")
+    assert_png(tmp_path / "hkr_radius_vs_distance.png")
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_paper_table1_quick(tmp_path):
+    stdout, results = run_demo("paper_table1", tmp_path)
+    assert "| MNIST Small, eps = 1.58" in stdout
+    header = next(line for line in stdout.splitlines() if line.startswith("| MNIST Small"))
+    assert [cell.strip() for cell in header.strip("|").split("|")][2:] == ["OSSN", "RKO", "SVCM", "BCOP"]
+    assert "97.54±0.06" in stdout and "45.84±0.90" in stdout  # the paper's BCOP cell
+    table = results["results"]
+    assert set(table) == {"ossn", "rko", "svcm", "bcop"}
+    for conv, row in table.items():
+        assert 0.0 <= row["robust"] <= row["clean"] <= 100.0, conv
+        assert row["clean"] > 30.0, conv
+        assert row["lip_const"] > 0
+    assert abs(table["bcop"]["lip_const"] - 1.0) < 1e-4
+
+
+# ----------------------------------------------------------------------------- helpers (fast)
+
+
+def test_parse_demo_arguments_budget_and_overrides(tmp_path):
+    budgets = {"full": {"epochs": 7, "size": 100}, "quick": {"epochs": 1, "size": 10}}
+    args = _common.parse_demo_arguments("demo", "doc", budgets, ["--output-dir", str(tmp_path / "out")])
+    assert (args.budget.epochs, args.budget.size, args.quick) == (7, 100, False)
+    assert (tmp_path / "out").is_dir()
+    args = _common.parse_demo_arguments("demo", "doc", budgets, ["--quick", "--epochs", "3", "--output-dir", str(tmp_path)])
+    assert (args.budget.epochs, args.budget.size) == (3, 10)
+    assert args.data_dir == os.environ.get("DEEL_LIP_EXT_DATA", args.data_dir)
+    with pytest.raises(SystemExit):
+        _common.parse_demo_arguments("demo", "doc", budgets, ["--epochs", "0", "--output-dir", str(tmp_path)])
+
+
+def test_format_table_is_an_aligned_markdown_table():
+    table = _common.format_table(["eps", "accuracy %"], [(0.5, "91.20"), (1.58, "7.00")], title="T")
+    lines = table.strip().splitlines()
+    assert lines[0] == "T"
+    rows = lines[2:]
+    assert rows[0] == "| eps  | accuracy % |"
+    assert rows[1] == "| ---- | ---------- |"
+    assert rows[3] == "| 1.58 | 7.00       |"
+    assert len({len(row) for row in rows}) == 1
+
+
+def test_phase_timer_rows_and_totals():
+    timer = _common.PhaseTimer()
+    with timer.phase("work"):
+        sum(i * i for i in range(300000))
+    (name, wall, cpu), = timer.phases
+    assert name == "work" and wall > 0 and cpu > 0
+    rows = timer.rows()
+    assert [row[0] for row in rows] == ["work", "total"]
+    assert float(rows[1][1]) >= float(rows[0][1])
+    assert set(timer.as_dict()["phases"]) == {"work"}
+
+
+def test_geometric_budgets_endpoints_and_ratio():
+    budgets = _common.geometric_budgets(0.25, 8.0, 6)
+    assert budgets[0] == pytest.approx(0.25) and budgets[-1] == pytest.approx(8.0)
+    assert np.allclose(np.diff(np.log(budgets)), math.log(2.0))
+
+
+def test_nearest_adversarial_examples_on_a_linear_classifier():
+    """f(x) = <w, x> + b with ||w|| = 1: the true distance to the boundary is exactly |f(x)|."""
+    dim = 16
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(dim).astype("float32")
+    w /= np.linalg.norm(w)
+    model = keras.Sequential([keras.Input((dim,)), keras.layers.Dense(1)])
+    model.layers[0].set_weights([w[:, None], np.zeros(1, "float32")])
+    # Points in the middle of the box, at known signed distances from the hyperplane <w, x> = <w, 0.5>.
+    offsets = np.array([0.05, -0.1, 0.2, -0.3], dtype="float32")
+    x = 0.5 + offsets[:, None] * w[None, :]
+    model.layers[0].set_weights([w[:, None], np.array([-0.5 * w.sum()], "float32")])
+    labels = np.sign(offsets)
+    budgets = _common.geometric_budgets(0.02, 1.0, 25)
+    x_adv, distances = _common.nearest_adversarial_examples(model, x, labels, budgets, steps=30)
+    true_distances = np.abs(offsets)
+    ratio = budgets[1] / budgets[0]
+    assert np.all(distances >= true_distances * (1 - 1e-4))
+    assert np.all(distances <= true_distances * ratio * (1 + 1e-3))
+    flipped = np.sign(keras.ops.convert_to_numpy(model(x_adv))[:, 0]) != labels
+    assert np.all(flipped)
+    assert np.allclose(np.linalg.norm(x_adv - x, axis=1), distances, rtol=1e-5)
+
+
+def test_small_network_spectral_has_a_computed_bound_of_at_most_one():
+    from deel_lip_ext.utils import model_lipschitz_bound
+
+    model = _common.small_network("spectral", num_classes=3)
+    assert model.output_shape == (None, 3)
+    assert model_lipschitz_bound(model) <= 1.0 + 1e-5
+
+
+def test_paper_learning_rate_schedule():
+    short = _common.paper_learning_rate(10)
+    assert short(0) == pytest.approx(1e-3) and short(10) == pytest.approx(1e-4)
+    paper = _common.paper_learning_rate(200)
+    assert paper(60) == pytest.approx(1e-4) and paper(120) == pytest.approx(1e-5)
