@@ -13,3 +13,5 @@ from deel_lip_ext.layers.pooling import (
 )
 from deel_lip_ext.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
 from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad
+from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense, StackedOrthogonal
+from deel_lip_ext.layers.conv_baselines import OSSNConv2D, RKOConv2D, SVCMConv2D, SVCMProjection
