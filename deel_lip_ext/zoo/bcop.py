@@ -1,0 +1,235 @@
+"""The BCOP paper's architectures (Li et al., NeurIPS 2019), for any of its convolutions.
+
+`kw_small`, `kw_large` (Wong et al.'s "Small"/"Large" as the BCOP code runs
+them), `fc3` (Anil et al.'s baseline) and `dcgan_critic` (Wasserstein
+estimation). As in the BCOP code: strided convolutions are an
+`InvertibleDownSampling(2)` followed by a 2 x 2 convolution, every
+convolution is circular, activations are `MaxMin`, fully connected layers
+are `BjorckDense`, no pooling, no batch normalization. `conv` picks the
+convolution of the paper's Table 1: "bcop", "rko", "ossn" or "svcm" (train
+"svcm" models with the `SVCMProjection` callback).
+
+Every model is a `deel_lip_ext.model.Sequential`: `model.vanilla_export()`
+gives plain Keras, and `deel_lip_ext.utils.model_lipschitz_bound(model)`
+its measured Lipschitz bound.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from deel_lip_ext.layers.activations import MaxMin
+from deel_lip_ext.layers.base import LipschitzLayer
+from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense
+from deel_lip_ext.layers.conv_baselines import OSSNConv2D, RKOConv2D, SVCMConv2D
+from deel_lip_ext.layers.padding import int_pair
+from deel_lip_ext.layers.resampling import InvertibleDownSampling
+from deel_lip_ext.model import Sequential
+
+__all__ = ["CONVOLUTIONS", "kw_small", "kw_large", "fc3", "dcgan_critic", "NearestUpSampling2D"]
+
+CONVOLUTIONS = {"bcop": BCOPConv2D, "rko": RKOConv2D, "ossn": OSSNConv2D, "svcm": SVCMConv2D}
+ACTIVATIONS = ("maxmin", "relu")
+
+
+def _conv_class(conv):
+    if conv not in CONVOLUTIONS:
+        raise ValueError(f"conv must be one of {sorted(CONVOLUTIONS)}, got {conv!r}.")
+    return CONVOLUTIONS[conv]
+
+
+def _input(input_shape):
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape)):
+        raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}.")
+    return keras.Input(tuple(input_shape))
+
+
+def _check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+
+
+def _activation(activation, name):
+    if activation == "maxmin":
+        return MaxMin(name=name)
+    if activation == "relu":
+        return keras.layers.ReLU(name=name)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
+
+
+def _conv_block(conv_class, filters, kernel_size, index, downsample, activation="maxmin"):
+    """[InvertibleDownSampling(2)] + conv (circular) + activation, named convN / actN."""
+    layers = [InvertibleDownSampling(2, name=f"downsampling{index}")] if downsample else []
+    layers.append(conv_class(filters, kernel_size, padding="circular", name=f"conv{index}"))
+    layers.append(_activation(activation, f"act{index}"))
+    return layers
+
+
+def _dense_head(widths, num_classes):
+    """Flatten, BjorckDense + MaxMin for each hidden width, BjorckDense logits."""
+    layers = [keras.layers.Flatten(name="flatten")]
+    for index, width in enumerate(widths, start=1):
+        layers += [BjorckDense(width, name=f"dense{index}"), MaxMin(name=f"dense_act{index}")]
+    layers.append(BjorckDense(num_classes, name="logits"))
+    return layers
+
+
+def kw_small(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
+    """Wong et al.'s "Small" network as BCOP runs it.
+
+    conv 16, 4x4, s2 -> unshuffle + conv(4 c_in -> 16, 2x2); MaxMin;
+    conv 32, 4x4, s2 -> unshuffle + conv(64 -> 32, 2x2); MaxMin;
+    flatten; FC 100; MaxMin; FC `num_classes`.
+
+    Args:
+        conv: "bcop", "rko", "ossn" or "svcm".
+        input_shape: (height, width, channels), height and width divisible by 4.
+        num_classes: number of logits.
+
+    Example:
+    >>> model = kw_small("bcop", (32, 32, 3))  # CIFAR-10: flatten 32 * 8 * 8 = 2048
+    """
+    conv_class, inputs = _conv_class(conv), _input(input_shape)
+    _check_num_classes(num_classes)
+    layers = [inputs]
+    layers += _conv_block(conv_class, 16, 2, 1, downsample=True)
+    layers += _conv_block(conv_class, 32, 2, 2, downsample=True)
+    layers += _dense_head([100], num_classes)
+    return Sequential(layers, name=f"kw_small_{conv}")
+
+
+def kw_large(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
+    """Wong et al.'s "Large" network as BCOP runs it.
+
+    conv(c_in -> 32, 3x3); MaxMin; unshuffle + conv(128 -> 32, 2x2); MaxMin;
+    conv(32 -> 64, 3x3); MaxMin; unshuffle + conv(256 -> 64, 2x2); MaxMin;
+    flatten; FC 512; MaxMin; FC 512; MaxMin; FC `num_classes`.
+
+    Args:
+        conv: "bcop", "rko", "ossn" or "svcm".
+        input_shape: (height, width, channels), height and width divisible by 4.
+        num_classes: number of logits.
+
+    Example:
+    >>> model = kw_large("rko", (28, 28, 1))  # MNIST: flatten 64 * 7 * 7 = 3136
+    """
+    conv_class, inputs = _conv_class(conv), _input(input_shape)
+    _check_num_classes(num_classes)
+    layers = [inputs]
+    layers += _conv_block(conv_class, 32, 3, 1, downsample=False)
+    layers += _conv_block(conv_class, 32, 2, 2, downsample=True)
+    layers += _conv_block(conv_class, 64, 3, 3, downsample=False)
+    layers += _conv_block(conv_class, 64, 2, 4, downsample=True)
+    layers += _dense_head([512, 512], num_classes)
+    return Sequential(layers, name=f"kw_large_{conv}")
+
+
+def fc3(input_shape=(28, 28, 1), num_classes=10, width=1024):
+    """Anil et al.'s fully connected baseline: flatten; 3 x (FC `width`; MaxMin); FC `num_classes`.
+
+    Args:
+        input_shape: shape of one input.
+        num_classes: number of logits.
+        width: hidden width (1024 in the papers).
+
+    Example:
+    >>> model = fc3((32, 32, 3))
+    """
+    inputs = _input(input_shape)
+    _check_num_classes(num_classes)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 2 or width % 2:
+        raise ValueError(f"width must be an even integer >= 2 (MaxMin pairs units), got {width!r}.")
+    return Sequential([inputs] + _dense_head([width] * 3, num_classes), name="fc3")
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class NearestUpSampling2D(LipschitzLayer, keras.layers.Layer):
+    """Nearest-neighbour upsampling by (s_h, s_w), optionally rescaled to an isometry.
+
+    Copying each pixel s_h * s_w times multiplies the L2 norm by
+    sqrt(s_h * s_w). With `isometric=True` the output is divided by that
+    factor, so the layer is norm-preserving (1-Lipschitz and GNP); with
+    `isometric=False` it is plain nearest upsampling, sqrt(s_h * s_w)-Lipschitz
+    (what the BCOP code's DCGAN critic does on 32 x 32 inputs).
+
+    Args:
+        size: int or pair of ints >= 1.
+        isometric: divide by sqrt(s_h * s_w).
+        k_coef_lip: extra factor on the output.
+
+    Example:
+    >>> NearestUpSampling2D(2)(keras.ops.ones((1, 4, 4, 3))).shape
+    (1, 8, 8, 3)
+    """
+
+    def __init__(self, size=2, isometric=True, k_coef_lip=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self._init_lipschitz(k_coef_lip)
+        self.size = int_pair(size, "size")
+        if not isinstance(isometric, bool):
+            raise TypeError(f"isometric must be a bool, got {isometric!r}.")
+        self.isometric = isometric
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def gain(self):
+        """The layer's exact L2 gain (all its singular values are equal)."""
+        copies = math.sqrt(self.size[0] * self.size[1])
+        return self.k_coef_lip * (1.0 if self.isometric else copies)
+
+    def lipschitz_sv(self):
+        return self.gain(), self.gain()
+
+    def call(self, inputs):
+        outputs = ops.repeat(ops.repeat(inputs, self.size[0], axis=1), self.size[1], axis=2)
+        return outputs * (self.gain() / math.sqrt(self.size[0] * self.size[1]))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (
+            batch,
+            None if height is None else height * self.size[0],
+            None if width is None else width * self.size[1],
+            channels,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"size": self.size, "isometric": self.isometric, "k_coef_lip": self.k_coef_lip})
+        return config
+
+
+def dcgan_critic(conv="bcop", input_shape=(64, 64, 3), activation="maxmin", isometric_upsampling=True):
+    """The BCOP paper's DCGAN critic for Wasserstein-1 estimation.
+
+    [nearest upsampling to 64 x 64]; four (unshuffle + 2x2 conv) with 64, 128,
+    256, 512 channels, each followed by the activation; flatten
+    (512 * 4 * 4 = 8192); BjorckDense(1). No batch normalization.
+
+    Inputs smaller than 64 x 64 (CIFAR-10's 32 x 32) are upsampled by nearest
+    neighbours, as in the BCOP code. Plain nearest x2 upsampling has gain 2,
+    which makes the BCOP code's CIFAR critic 2-Lipschitz; by default the
+    upsampling is rescaled to an isometry (`NearestUpSampling2D`), so the
+    critic is 1-Lipschitz and estimates W1 itself. `isometric_upsampling=False`
+    reproduces the BCOP code.
+
+    Args:
+        conv: "bcop", "rko" or "ossn" ("svcm" was intractable in the paper but works).
+        input_shape: (height, width, channels); 64 must be a multiple of height and width.
+        activation: "maxmin" or "relu".
+        isometric_upsampling: see above.
+
+    Example:
+    >>> critic = dcgan_critic("bcop", (32, 32, 3))  # 1-Lipschitz critic for CIFAR-10
+    """
+    conv_class, inputs = _conv_class(conv), _input(input_shape)
+    height, width = input_shape[:2]
+    if 64 % height or 64 % width:
+        raise ValueError(f"input_shape {tuple(input_shape)}: 64 must be a multiple of the height and the width.")
+    layers = [inputs]
+    if (height, width) != (64, 64):
+        layers.append(NearestUpSampling2D((64 // height, 64 // width), isometric=isometric_upsampling, name="upsampling"))
+    for index, filters in enumerate((64, 128, 256, 512), start=1):
+        layers += _conv_block(conv_class, filters, 2, index, downsample=True, activation=activation)
+    layers += [keras.layers.Flatten(name="flatten"), BjorckDense(1, name="critic")]
+    return Sequential(layers, name=f"dcgan_critic_{conv}_{activation}")
