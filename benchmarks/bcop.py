@@ -48,7 +48,8 @@ def build_variant(variant):
     import keras
 
     plain = train_step._layer_factories("plain", None, "circular")
-    factories = dict(train_step._layer_factories("lip", "SpectralConv2D", "circular"), conv=plain["conv"], dense=plain["dense"])
+    lipschitz = train_step._layer_factories("lip", "SpectralConv2D", "circular")
+    factories = dict(lipschitz, conv=plain["conv"], dense=plain["dense"])
     layers = [keras.Input(train_step.WORKLOADS[WORKLOAD]["input_shape"])]
     for kind, *size in train_step.WORKLOADS[WORKLOAD]["layers"]:
         layers.extend(factories[kind](*size))

@@ -54,7 +54,9 @@ def plot_singular_values(spectra, path, bins=50, title=None, value_range=None):
     from matplotlib.figure import Figure
 
     if not isinstance(spectra, dict) or not spectra:
-        raise ValueError(f"spectra must be a non-empty dict label -> singular values or layer, got {type(spectra).__name__}.")
+        raise ValueError(
+            f"spectra must be a non-empty dict label -> singular values or layer, got {type(spectra).__name__}."
+        )
     values = {
         str(label): (layer_spectrum(item) if hasattr(item, "built") else np.asarray(item, dtype=np.float64).ravel())
         for label, item in spectra.items()

@@ -176,12 +176,14 @@ def test_isometry_preserves_norms(c_in, c_out, k, stride):
     layer = lip.BCOPConv2D(c_out, k, strides=stride, use_bias=False)
     x = np.random.default_rng(4).normal(size=(8, SIZE, SIZE, c_in)).astype("float32")
     y = keras.ops.convert_to_numpy(layer(x))
-    np.testing.assert_allclose(np.linalg.norm(y.reshape(8, -1), axis=1), np.linalg.norm(x.reshape(8, -1), axis=1), rtol=1e-5)
+    norms = np.linalg.norm(x.reshape(8, -1), axis=1)
+    np.testing.assert_allclose(np.linalg.norm(y.reshape(8, -1), axis=1), norms, rtol=1e-5)
 
 
 @pytest.mark.parametrize("c_in, c_out, k, stride", [(16, 4, 3, 1), (8, 16, 2, 2)])
 def test_co_isometry_preserves_gradient_norms(c_in, c_out, k, stride):
-    model = keras.Sequential([keras.Input((SIZE, SIZE, c_in)), lip.BCOPConv2D(c_out, k, strides=stride, use_bias=False)])
+    layer = lip.BCOPConv2D(c_out, k, strides=stride, use_bias=False)
+    model = keras.Sequential([keras.Input((SIZE, SIZE, c_in)), layer])
     rng = np.random.default_rng(5)
     x = rng.normal(size=(4, SIZE, SIZE, c_in)).astype("float32")
     g = rng.normal(size=(4,) + model.output_shape[1:]).astype("float32")

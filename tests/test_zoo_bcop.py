@@ -43,7 +43,10 @@ def test_fc3_structure():
     assert sum(isinstance(layer, lip.MaxMin) for layer in model.layers) == 3
 
 
-@pytest.mark.parametrize("conv, conv_class", [("bcop", lip.BCOPConv2D), ("rko", lip.RKOConv2D), ("ossn", lip.OSSNConv2D), ("svcm", lip.SVCMConv2D)])
+@pytest.mark.parametrize(
+    "conv, conv_class",
+    [("bcop", lip.BCOPConv2D), ("rko", lip.RKOConv2D), ("ossn", lip.OSSNConv2D), ("svcm", lip.SVCMConv2D)],
+)
 def test_conv_choice_and_measured_bound(conv, conv_class):
     model = zoo.kw_small(conv, (8, 8, 1), num_classes=4)
     assert sum(isinstance(layer, conv_class) for layer in model.layers) == 2
@@ -78,7 +81,8 @@ def test_nearest_upsampling_gain_is_exact(isometric, gain):
     for row in range(2):
         for column in range(2):
             np.testing.assert_allclose(y[:, row::2, column::2], x * gain / 2.0, rtol=1e-6)
-    np.testing.assert_allclose(np.linalg.norm(y.reshape(3, -1), axis=1), gain * np.linalg.norm(x.reshape(3, -1), axis=1), rtol=1e-5)
+    norms = np.linalg.norm(x.reshape(3, -1), axis=1)
+    np.testing.assert_allclose(np.linalg.norm(y.reshape(3, -1), axis=1), gain * norms, rtol=1e-5)
     assert layer.lipschitz_sv() == (gain, gain)
     assert zoo.NearestUpSampling2D.from_config(layer.get_config()).isometric is isometric
 
@@ -107,7 +111,8 @@ def test_kw_small_bcop_learns_mnist_and_plots_figure_2(tmp_path):
     model = zoo.kw_small("bcop", (28, 28, 1))
     conv = model.get_layer("conv2")
     before = layer_spectrum(conv)
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     start = model.evaluate(x, y, verbose=0, return_dict=True)
     model.fit(x, y, batch_size=64, epochs=2, verbose=0)
     end = model.evaluate(x, y, verbose=0, return_dict=True)

@@ -257,7 +257,9 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
     def build(self, input_shape):
         height, width, channels = input_shape[1:]
         if channels is None or channels < 1:
-            raise ValueError(f"{self.__class__.__name__} needs a known number of input channels >= 1, got {input_shape}.")
+            raise ValueError(
+                f"{self.__class__.__name__} needs a known number of input channels >= 1, got {input_shape}."
+            )
         for size, stride, axis in zip((height, width), self.strides, ("height", "width")):
             if size is not None and size % stride:
                 raise ValueError(f"strides {self.strides} must divide the input {axis}, got input shape {input_shape}.")
@@ -301,7 +303,8 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
             for size, kernel in zip(sizes, self.conv_kernel_size):
                 if size is not None and size < kernel:
                     raise ValueError(
-                        f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {self.input_spatial_size}."
+                        f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, "
+                        f"got {self.input_spatial_size}."
                     )
 
     def build_raw_weights(self, kernel_shape):
@@ -480,7 +483,9 @@ class BCOPConv2D(DownsamplingConv2DBase):
 
     def orthonormal_matrices(self):
         """`(orthonormal stack, new power vectors)` of the current raw matrices (float32)."""
-        return orthonormalize_stack(self.raw_matrices, self.power_vectors, self.bjorck_iterations, self.power_iterations)
+        return orthonormalize_stack(
+            self.raw_matrices, self.power_vectors, self.bjorck_iterations, self.power_iterations
+        )
 
     def compute_kernel(self, training=False):
         orthonormal, vectors = self.orthonormal_matrices()

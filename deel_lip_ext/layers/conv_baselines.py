@@ -196,7 +196,9 @@ class RKOConv2D(DownsamplingConv2DBase):
 
     def compute_kernel(self, training=False):
         matrix = ops.reshape(self.kernel, (1, -1, self.filters))
-        orthonormal, vectors = orthonormalize_stack(matrix, self.power_vectors, self.bjorck_iterations, self.power_iterations)
+        orthonormal, vectors = orthonormalize_stack(
+            matrix, self.power_vectors, self.bjorck_iterations, self.power_iterations
+        )
         kernel = ops.reshape(orthonormal, self.kernel.shape)
         return kernel * (self.lipschitz_coefficient * self.k_coef_lip), [(self.power_vectors, vectors)]
 

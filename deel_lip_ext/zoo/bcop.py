@@ -40,7 +40,8 @@ def _conv_class(conv):
 
 
 def _input(input_shape):
-    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 3 and all(isinstance(d, int) and d > 0 for d in input_shape)):
+    valid = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
+    if not (valid and all(isinstance(d, int) and d > 0 for d in input_shape)):
         raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}.")
     return keras.Input(tuple(input_shape))
 
@@ -228,7 +229,8 @@ def dcgan_critic(conv="bcop", input_shape=(64, 64, 3), activation="maxmin", isom
         raise ValueError(f"input_shape {tuple(input_shape)}: 64 must be a multiple of the height and the width.")
     layers = [inputs]
     if (height, width) != (64, 64):
-        layers.append(NearestUpSampling2D((64 // height, 64 // width), isometric=isometric_upsampling, name="upsampling"))
+        factor = (64 // height, 64 // width)
+        layers.append(NearestUpSampling2D(factor, isometric=isometric_upsampling, name="upsampling"))
     for index, filters in enumerate((64, 128, 256, 512), start=1):
         layers += _conv_block(conv_class, filters, 2, index, downsample=True, activation=activation)
     layers += [keras.layers.Flatten(name="flatten"), BjorckDense(1, name="critic")]
