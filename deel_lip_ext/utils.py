@@ -118,6 +118,8 @@ def layer_singular_values(layer, input_shape=None):
     Example:
     >>> values = layer_singular_values(model.get_layer("conv1"))
     """
+    if hasattr(layer, "singular_values"):
+        return layer.singular_values()
     input_shape = tuple(input_shape) if input_shape is not None else _layer_input_shape(layer)
     if isinstance(layer, ParametrizedLayer):
         kernel, strides, padding = keras.ops.convert_to_numpy(layer.effective_kernel()), getattr(layer, "strides", None), getattr(layer, "padding", None)
@@ -190,6 +192,9 @@ def compute_layer_sv(layer, input_shape=None):
     >>> compute_layer_sv(SpectralDense(8, k_coef_lip=2.0))  # after build -> (2.0, 2.0)
     """
     input_shape = tuple(input_shape) if input_shape is not None else _layer_input_shape(layer)
+    if hasattr(layer, "lipschitz_sv"):
+        # Layers whose operator is more than one kernel (e.g. downsampling + conv) know it best.
+        return layer.lipschitz_sv()
     if isinstance(layer, ParametrizedLayer):
         kernel = keras.ops.convert_to_numpy(layer.effective_kernel())
         if kernel.ndim == 2:
@@ -198,8 +203,6 @@ def compute_layer_sv(layer, input_shape=None):
         return _conv_sv(kernel, input_shape[1:], layer.strides, layer.padding)
     if isinstance(layer, keras.Model):
         return 0.0, model_lipschitz_bound(layer)
-    if hasattr(layer, "lipschitz_sv"):
-        return layer.lipschitz_sv()
     if isinstance(layer, LipschitzLayer):
         k = getattr(layer, "k_coef_lip", 1.0)
         return k, k

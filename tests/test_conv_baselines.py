@@ -113,11 +113,6 @@ def test_svcm_projection_measured_norm_and_certificate():
     assert bound == pytest.approx(np.prod(measured) * head, rel=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="utils.compute_layer_sv reads layer.strides/effective_kernel of ParametrizedLayers before consulting "
-    "lipschitz_sv(); a strided layer's kernel acts after its downsampling (change requested from the lead)",
-)
 def test_generic_bound_of_unexported_strided_layers():
     model = Sequential([keras.Input((8, 8, 4)), lip.SVCMConv2D(8, 4, strides=2, name="svcm"), keras.layers.Flatten()])
     model.get_layer("svcm").project()
