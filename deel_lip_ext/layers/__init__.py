@@ -15,3 +15,4 @@ from deel_lip_ext.layers.resampling import InvertibleDownSampling, InvertibleUpS
 from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad
 from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense, StackedOrthogonal
 from deel_lip_ext.layers.conv_baselines import OSSNConv2D, RKOConv2D, SVCMConv2D, SVCMProjection
+from deel_lip_ext.layers.linf import LInfDistConv2D, LInfDistDense, LogitScale
