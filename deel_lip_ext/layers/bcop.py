@@ -369,7 +369,12 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
         (the downsampling is a permutation and changes no singular value).
         Other paddings: SVD of the dense operator, for small inputs only.
         """
-        from deel_lip_ext.utils import MAX_DENSE_OPERATOR_SIZE, conv_operator_matrix, conv_singular_values
+        from deel_lip_ext.utils import (
+            MAX_DENSE_OPERATOR_SIZE,
+            conv_operator_matrix,
+            conv_singular_values,
+            operator_singular_values,
+        )
 
         kernel = ops.convert_to_numpy(self.effective_kernel())
         if self.padding == "circular":
@@ -380,7 +385,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
                 f"most {MAX_DENSE_OPERATOR_SIZE} values, got {self.conv_input_shape}."
             )
         operator = conv_operator_matrix(kernel, self.conv_input_shape, (1, 1), self.padding)
-        return np.linalg.svd(operator, compute_uv=False)
+        return operator_singular_values(operator)
 
     def lipschitz_sv(self):
         """Exact (min, max) singular values of the layer at its real input size.
