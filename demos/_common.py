@@ -42,6 +42,7 @@ from deel_lip_ext.layers import InvertibleDownSampling, MaxMin, SpectralConv2D, 
 from deel_lip_ext.losses import MultiMargin  # noqa: E402
 from deel_lip_ext.model import Sequential  # noqa: E402
 from deel_lip_ext.zoo import kw_small  # noqa: E402
+from deel_lip_ext.zoo.bcop import CONVOLUTIONS as ZOO_CONVOLUTIONS  # noqa: E402
 
 # The project's offline copies of the datasets sit beside the repository.
 SHARED_DATA_DIR = REPOSITORY_ROOT.parent / "shared" / "data"
@@ -287,33 +288,58 @@ def geometric_budgets(low, high, count):
 
 # The BCOP paper's convolutions (deel_lip_ext.zoo) and the library's SpectralConv2D.
 CONVOLUTIONS = ("bcop", "spectral", "rko", "ossn", "svcm")
+NETWORK_SIZES = ("small", "wide")
+_WIDTHS = {"small": (16, 32, 100), "wide": (32, 64, 128)}
 
 
-def small_network(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
-    """Wong et al.'s "Small" network as the BCOP paper runs it, with the convolution `conv`.
+def _convolution_class(conv):
+    if conv == "spectral":
+        return SpectralConv2D
+    if conv not in ZOO_CONVOLUTIONS:
+        raise ValueError(f"conv must be one of {CONVOLUTIONS}, got {conv!r}.")
+    return ZOO_CONVOLUTIONS[conv]
 
-    "bcop", "rko", "ossn", "svcm": `deel_lip_ext.zoo.kw_small`. "spectral": the same
-    wrapper (downsampling + 2 x 2 circular convolution, MaxMin) with `SpectralConv2D` and
-    `SpectralDense`, whose reshaped kernel is orthonormalized and divided by 2, the exact
-    Lipschitz correction of a circular 2 x 2 convolution.
+
+def build_network(conv="bcop", size="small", input_shape=(28, 28, 1), num_classes=10):
+    """Wong et al.'s "Small" network as the BCOP paper runs it, or a wider variant.
+
+    Both are two (invertible downsampling by 2 + 2 x 2 circular convolution + MaxMin)
+    blocks, flatten, a dense layer + MaxMin, and a dense output layer.
+
+    * size "small": 16 and 32 channels, dense 100. For "bcop", "rko", "ossn" and "svcm"
+      it is `deel_lip_ext.zoo.kw_small` (Björck dense layers, 20 fixed iterations).
+      For "spectral", `SpectralConv2D` (reshaped kernel orthonormalized and divided by
+      2, the exact correction of a circular 2 x 2 convolution) and `SpectralDense`.
+    * size "wide": 32 and 64 channels, dense 128, with `SpectralDense` layers whose
+      adaptive Björck stopping keeps the 3136 x 128 layer affordable on a CPU.
+
+    Args:
+        conv: one of `CONVOLUTIONS`.
+        size: "small" or "wide".
+        input_shape: (height, width, channels), height and width divisible by 4.
+        num_classes: number of outputs.
     """
-    if conv != "spectral":
+    conv_class = _convolution_class(conv)
+    if size not in _WIDTHS:
+        raise ValueError(f"size must be one of {NETWORK_SIZES}, got {size!r}.")
+    if size == "small" and conv != "spectral":
         return kw_small(conv, input_shape, num_classes)
+    first, second, dense = _WIDTHS[size]
     return Sequential(
         [
             keras.Input(input_shape),
-            InvertibleDownSampling(2),
-            SpectralConv2D(16, 2, padding="circular"),
-            MaxMin(),
-            InvertibleDownSampling(2),
-            SpectralConv2D(32, 2, padding="circular"),
-            MaxMin(),
-            keras.layers.Flatten(),
-            SpectralDense(100),
-            MaxMin(),
-            SpectralDense(num_classes),
+            InvertibleDownSampling(2, name="downsampling1"),
+            conv_class(first, 2, padding="circular", name="conv1"),
+            MaxMin(name="act1"),
+            InvertibleDownSampling(2, name="downsampling2"),
+            conv_class(second, 2, padding="circular", name="conv2"),
+            MaxMin(name="act2"),
+            keras.layers.Flatten(name="flatten"),
+            SpectralDense(dense, name="dense1"),
+            MaxMin(name="dense_act1"),
+            SpectralDense(num_classes, name="logits"),
         ],
-        name="kw_small_spectral",
+        name=f"kw_{size}_{conv}",
     )
 
 

@@ -186,7 +186,7 @@ def main(argv=None):
         )],
         title="Check: r = |f(x)| / L lower-bounds the distance d of the nearest adversarial example found by PGD",
     )
-    print(f"|f(x)|/L <= distance of the nearest adversarial found, for every point: {check['n_violations'] == 0}")
+    print(f"nearest adversarial distance >= |f(x)| / L for every point: {check['n_violations'] == 0}")
     plot_radius_vs_distance(out / "hkr_radius_vs_distance.png", radii, distances, y_test[checked, 0])
 
     # A few correctly classified digits of each class, with an adversarial example found.

@@ -26,7 +26,7 @@ Outputs (in --output-dir, default outputs/paper_table1): results.json.
 
 import sys
 
-from _common import PhaseTimer, fit_paper_protocol, parse_demo_arguments, print_table, small_network, write_results
+from _common import PhaseTimer, build_network, fit_paper_protocol, parse_demo_arguments, print_table, write_results
 
 from deel_lip_ext import datasets  # noqa: E402
 from deel_lip_ext.certification import certify  # noqa: E402
@@ -54,7 +54,7 @@ BUDGETS = {
 def train_and_certify(conv, data, epochs, seed, timer):
     x_train, y_train, x_test, y_test = data
     keras.utils.set_random_seed(seed)
-    model = small_network(conv)
+    model = build_network(conv)
     callbacks = [SVCMProjection(every_n_steps=SVCM_PROJECTION_PERIOD)] if conv == "svcm" else []
     print(f"\n{conv.upper()}: training {epochs} epoch(s)")
     with timer.phase(f"{conv} training"):

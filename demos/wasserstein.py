@@ -32,11 +32,11 @@ import sys
 
 from _common import (
     PhaseTimer,
+    build_network,
     fit_verbosity,
     parse_demo_arguments,
     print_table,
     pyplot,
-    small_network,
     write_results,
 )
 
@@ -279,10 +279,10 @@ def mnist_experiment(args, timer):
     x_train, y_train, x_test, y_test = datasets.load_numpy("mnist", args.data_dir, num_train=budget.num_train)
     train_p, train_q = x_train[y_train == 0], x_train[y_train == 8]
     test_p, test_q = x_test[y_test == 0], x_test[y_test == 8]
-    print(f"(b) MNIST 0 vs 8: {len(train_p)} + {len(train_q)} training, {len(test_p)} + {len(test_q)} test images")
+    print(f"\n(b) MNIST 0 vs 8: {len(train_p)} + {len(train_q)} training, {len(test_p)} + {len(test_q)} test images")
     builders = {
-        "spectral": lambda: small_network("spectral", num_classes=1),
-        "bcop": lambda: small_network("bcop", num_classes=1),
+        "spectral": lambda: build_network("spectral", num_classes=1),
+        "bcop": lambda: build_network("bcop", num_classes=1),
         "gp": lambda: plain_small_critic(x_train.shape[1:]),
     }
     rows, results = [], {}

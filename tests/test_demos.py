@@ -217,12 +217,25 @@ def test_nearest_adversarial_examples_on_a_linear_classifier():
     assert np.allclose(np.linalg.norm(x_adv - x, axis=1), distances, rtol=1e-5)
 
 
-def test_small_network_spectral_has_a_computed_bound_of_at_most_one():
+@pytest.mark.parametrize("conv, size", [("spectral", "small"), ("bcop", "wide"), ("bcop", "small")])
+def test_build_network_shapes_and_computed_bound(conv, size):
     from deel_lip_ext.utils import model_lipschitz_bound
 
-    model = _common.small_network("spectral", num_classes=3)
+    model = _common.build_network(conv, size, num_classes=3)
     assert model.output_shape == (None, 3)
-    assert model_lipschitz_bound(model) <= 1.0 + 1e-5
+    widths = {"small": 32 * 7 * 7, "wide": 64 * 7 * 7}
+    assert model.get_layer("flatten").output.shape[-1] == widths[size]
+    bound = model_lipschitz_bound(model)
+    assert bound <= 1.0 + 1e-5
+    if conv == "bcop":  # orthogonal convolutions and dense layers: exactly 1 up to rounding
+        assert bound == pytest.approx(1.0, abs=1e-5)
+
+
+def test_build_network_rejects_unknown_names():
+    with pytest.raises(ValueError, match="conv must be one of"):
+        _common.build_network("fft")
+    with pytest.raises(ValueError, match="size must be one of"):
+        _common.build_network("bcop", "huge")
 
 
 def test_paper_learning_rate_schedule():
