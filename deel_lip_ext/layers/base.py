@@ -25,7 +25,7 @@ from keras import ops
 
 from deel_lip_ext import normalizers
 
-__all__ = ["check_k_coef_lip", "LipschitzLayer", "ParametrizedLayer", "SpectralMixin"]
+__all__ = ["check_k_coef_lip", "LipschitzLayer", "ParametrizedLayer", "SpectralMixin", "KernelBiasMixin"]
 
 
 def check_k_coef_lip(k_coef_lip):
@@ -202,4 +202,71 @@ class SpectralMixin:
             "beta_bjorck": self.beta_bjorck,
             "maxiter_spectral": self.maxiter_spectral,
             "maxiter_bjorck": self.maxiter_bjorck,
+        }
+
+
+class KernelBiasMixin:
+    """Kernel/bias/activation plumbing shared by the dense and convolutional Lipschitz layers."""
+
+    def _init_kernel_bias(
+        self,
+        activation,
+        use_bias,
+        kernel_initializer,
+        bias_initializer,
+        kernel_regularizer,
+        bias_regularizer,
+        kernel_constraint,
+        bias_constraint,
+    ):
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+
+    def _add_kernel_and_bias(self, kernel_shape, units):
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=kernel_shape,
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self._add_bias(units)
+
+    def _add_bias(self, units):
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(units,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+
+    def _bias_and_activation(self, outputs):
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def _plain_weights(self, kernel):
+        """Weights of the exported stock layer: the folded kernel and a copy of the bias."""
+        return [kernel] + ([ops.convert_to_numpy(self.bias)] if self.use_bias else [])
+
+    def _kernel_bias_config(self):
+        return {
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "k_coef_lip": self.k_coef_lip,
         }

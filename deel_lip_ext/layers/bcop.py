@@ -275,15 +275,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
         )
         kernel_shape = self.conv_kernel_size + (self.conv_input_shape[2], self.filters)
         self.build_raw_weights(kernel_shape)
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
+        self._add_bias(self.filters)
         self.build_parametrization_state()
         self.build_kernel_cache(kernel_shape)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
@@ -333,9 +325,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
             inputs = circular_pad(inputs, circular_pad_widths(self.conv_kernel_size))
             padding = "valid"
         outputs = ops.conv(inputs, self.kernel_for_call(training), strides=1, padding=padding)
-        if self.use_bias:
-            outputs = outputs + self.bias
-        return self.activation(outputs) if self.activation is not None else outputs
+        return self._bias_and_activation(outputs)
 
     def plain_layers(self, kernel):
         layers = []
@@ -358,7 +348,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
             dtype=self.dtype_policy,
         )
         conv.build(conv_input)
-        conv.set_weights([kernel] + ([ops.convert_to_numpy(self.bias)] if self.use_bias else []))
+        conv.set_weights(self._plain_weights(kernel))
         layers.append(conv)
         return layers
 

@@ -23,7 +23,7 @@ import numpy as np
 from keras import ops
 
 from deel_lip_ext import normalizers
-from deel_lip_ext.layers.base import ParametrizedLayer, SpectralMixin
+from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer, SpectralMixin
 from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad, int_pair
 
 __all__ = ["SpectralConv2D", "FrobeniusConv2D", "overlap_counts", "conv_lipschitz_coefficient", "PADDINGS"]
@@ -81,7 +81,7 @@ def conv_lipschitz_coefficient(input_size, kernel_size, strides, padding):
     return 1.0 / math.sqrt(max(worst, 1))
 
 
-class LipschitzConv2DBase(ParametrizedLayer):
+class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
     """Convolution plumbing shared by the Lipschitz 2-D convolutions.
 
     Holds the raw kernel (kh, kw, c_in, filters) and the bias, applies the
@@ -127,14 +127,16 @@ class LipschitzConv2DBase(ParametrizedLayer):
         self.kernel_size = int_pair(kernel_size, "kernel_size")
         self.strides = int_pair(strides, "strides")
         self.padding = padding
-        self.activation = keras.activations.get(activation)
-        self.use_bias = use_bias
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self._init_kernel_bias(
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
+        )
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
@@ -156,22 +158,7 @@ class LipschitzConv2DBase(ParametrizedLayer):
         self.input_spatial_size = (height, width)
         self.lipschitz_coefficient = conv_lipschitz_coefficient((height, width), self.kernel_size, self.strides, self.padding)
         kernel_shape = self.kernel_size + (channels, self.filters)
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=kernel_shape,
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
+        self._add_kernel_and_bias(kernel_shape, self.filters)
         self.build_parametrization_state()
         self.build_kernel_cache(kernel_shape)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
@@ -185,9 +172,7 @@ class LipschitzConv2DBase(ParametrizedLayer):
             inputs = circular_pad(inputs, circular_pad_widths(self.kernel_size))
             padding = "valid"
         outputs = ops.conv(inputs, self.kernel_for_call(training), strides=self.strides, padding=padding)
-        if self.use_bias:
-            outputs = outputs + self.bias
-        return self.activation(outputs) if self.activation is not None else outputs
+        return self._bias_and_activation(outputs)
 
     def compute_output_shape(self, input_shape):
         sizes = []
@@ -220,7 +205,7 @@ class LipschitzConv2DBase(ParametrizedLayer):
             dtype=self.dtype_policy,
         )
         conv.build(in_shape)
-        conv.set_weights([kernel] + ([ops.convert_to_numpy(self.bias)] if self.use_bias else []))
+        conv.set_weights(self._plain_weights(kernel))
         layers.append(conv)
         return layers
 
@@ -232,15 +217,7 @@ class LipschitzConv2DBase(ParametrizedLayer):
                 "kernel_size": self.kernel_size,
                 "strides": self.strides,
                 "padding": self.padding,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-                "k_coef_lip": self.k_coef_lip,
+                **self._kernel_bias_config(),
             }
         )
         return config

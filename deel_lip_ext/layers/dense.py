@@ -4,12 +4,12 @@ import keras
 from keras import ops
 
 from deel_lip_ext import normalizers
-from deel_lip_ext.layers.base import ParametrizedLayer, SpectralMixin
+from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer, SpectralMixin
 
 __all__ = ["SpectralDense", "FrobeniusDense"]
 
 
-class LipschitzDenseBase(ParametrizedLayer):
+class LipschitzDenseBase(KernelBiasMixin, ParametrizedLayer):
     """Dense plumbing shared by the Lipschitz dense layers.
 
     Holds the raw `kernel` (input_dim, units) and the bias, applies
@@ -37,36 +37,23 @@ class LipschitzDenseBase(ParametrizedLayer):
             raise ValueError(f"units must be a positive integer, got {units!r}.")
         self._init_lipschitz(k_coef_lip)
         self.units = units
-        self.activation = keras.activations.get(activation)
-        self.use_bias = use_bias
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self._init_kernel_bias(
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
+        )
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
         input_dim = input_shape[-1]
         if input_dim is None:
             raise ValueError(f"{self.__class__.__name__} needs a known last input dimension, got {input_shape}.")
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(input_dim, self.units),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
+        self._add_kernel_and_bias((input_dim, self.units), self.units)
         self.build_parametrization_state()
         self.build_kernel_cache((input_dim, self.units))
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
@@ -76,9 +63,7 @@ class LipschitzDenseBase(ParametrizedLayer):
 
     def call(self, inputs, training=None):
         outputs = ops.matmul(inputs, self.kernel_for_call(training))
-        if self.use_bias:
-            outputs = outputs + self.bias
-        return self.activation(outputs) if self.activation is not None else outputs
+        return self._bias_and_activation(outputs)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -88,25 +73,12 @@ class LipschitzDenseBase(ParametrizedLayer):
             self.units, activation=self.activation, use_bias=self.use_bias, name=self.name, dtype=self.dtype_policy
         )
         dense.build((None, kernel.shape[0]))
-        dense.set_weights([kernel] + ([ops.convert_to_numpy(self.bias)] if self.use_bias else []))
+        dense.set_weights(self._plain_weights(kernel))
         return [dense]
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "units": self.units,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-                "k_coef_lip": self.k_coef_lip,
-            }
-        )
+        config.update({"units": self.units, **self._kernel_bias_config()})
         return config
 
 
