@@ -213,3 +213,9 @@ class MonitorCallback(keras.callbacks.Callback):
             "on_epoch": self.on_epoch,
             "on_batch": self.on_batch,
         }
+
+
+# The l_inf-dist p schedule lives with the rest of the l_inf-dist training code.
+from deel_lip_ext.linf import LpScheduler  # noqa: E402
+
+__all__.append("LpScheduler")

@@ -469,3 +469,9 @@ class TauBinaryCrossentropy(_ParametrizedLoss):
         # log(1 + exp(-|z|)) + max(z, 0) - z t: the stable logistic loss.
         per_output = ops.softplus(-ops.abs(logits)) + ops.relu(logits) - logits * target
         return ops.mean(per_output, axis=-1) / tau
+
+
+# The l_inf-dist losses (v1/v2 hinge and cross-entropy) live with the l_inf-dist training code.
+from deel_lip_ext.linf import ClippedHingeCrossEntropy, HybridIntervalCrossEntropy, LInfDistHinge  # noqa: E402
+
+__all__ += ["LInfDistHinge", "ClippedHingeCrossEntropy", "HybridIntervalCrossEntropy"]
