@@ -95,6 +95,11 @@ def parse_demo_arguments(demo_name, description, budgets, argv=None, add_argumen
         help="folder for plots, tables and exports (default: %(default)s)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny budget (about a minute on 2 CPU cores), for CI")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="let tensorflow-datasets download the data when no local copy is found (needs internet)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     if add_arguments is not None:
         add_arguments(parser)

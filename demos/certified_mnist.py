@@ -155,7 +155,7 @@ def main(argv=None):
     budget, out = args.budget, args.output_dir
     timer = PhaseTimer()
     x_train, y_train, x_test, y_test = datasets.load_numpy(
-        "mnist", args.data_dir, num_train=budget.num_train, num_test=budget.num_test
+        "mnist", args.data_dir, num_train=budget.num_train, num_test=budget.num_test, download=args.download
     )
     print(
         f"MNIST: {len(x_train)} training and {len(x_test)} test images; {args.network} {args.conv} network, "

@@ -77,8 +77,8 @@ def hkr_classifier(input_shape=(28, 28, 1)):
     )
 
 
-def load_binary_mnist(data_dir):
-    x_train, y_train, x_test, y_test = datasets.load_numpy("mnist", data_dir)
+def load_binary_mnist(data_dir, download=False):
+    x_train, y_train, x_test, y_test = datasets.load_numpy("mnist", data_dir, download=download)
     train = datasets.binary_subset(x_train, y_train, POSITIVE_DIGIT, NEGATIVE_DIGIT)
     test = datasets.binary_subset(x_test, y_test, POSITIVE_DIGIT, NEGATIVE_DIGIT)
     return train, test
@@ -155,7 +155,7 @@ def main(argv=None):
     args = parse_demo_arguments("hkr_binary", __doc__, BUDGETS, argv)
     budget, out = args.budget, args.output_dir
     timer = PhaseTimer()
-    (x_train, y_train), (x_test, y_test) = load_binary_mnist(args.data_dir)
+    (x_train, y_train), (x_test, y_test) = load_binary_mnist(args.data_dir, args.download)
     print(f"MNIST {POSITIVE_DIGIT} (label +1) vs {NEGATIVE_DIGIT} (label -1): {len(x_train)} training, {len(x_test)} test images")
 
     model = hkr_classifier(x_train.shape[1:])

@@ -97,7 +97,9 @@ def main(argv=None):
     args = parse_demo_arguments("paper_table1", __doc__, BUDGETS, argv)
     budget = args.budget
     timer = PhaseTimer()
-    data = datasets.load_numpy("mnist", args.data_dir, num_train=budget.num_train, num_test=budget.num_test)
+    data = datasets.load_numpy(
+        "mnist", args.data_dir, num_train=budget.num_train, num_test=budget.num_test, download=args.download
+    )
     results = {conv: train_and_certify(conv, data, budget.epochs, args.seed, timer) for conv in CONVOLUTIONS}
     print_paper_table(results, budget.epochs, len(data[2]))
     print_table(["phase", "wall s", "CPU s"], timer.rows(), title="Time")

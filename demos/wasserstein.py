@@ -276,7 +276,9 @@ def plot_translate(path, x_p, x_q, critics, curves, truth):
 
 def mnist_experiment(args, timer):
     budget = args.budget
-    x_train, y_train, x_test, y_test = datasets.load_numpy("mnist", args.data_dir, num_train=budget.num_train)
+    x_train, y_train, x_test, y_test = datasets.load_numpy(
+        "mnist", args.data_dir, num_train=budget.num_train, download=args.download
+    )
     train_p, train_q = x_train[y_train == 0], x_train[y_train == 8]
     test_p, test_q = x_test[y_test == 0], x_test[y_test == 8]
     print(f"\n(b) MNIST 0 vs 8: {len(train_p)} + {len(train_q)} training, {len(test_p)} + {len(test_q)} test images")
