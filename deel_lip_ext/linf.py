@@ -147,7 +147,9 @@ class LpScheduler(keras.callbacks.Callback):
         self.constant_epochs = _check_number("constant_epochs", constant_epochs, low=0)
         self.growth_epochs = _check_number("growth_epochs", growth_epochs, low=0, low_open=True)
         if steps_per_epoch is not None and (
-            isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, numbers.Integral) or steps_per_epoch < 1
+            isinstance(steps_per_epoch, bool)
+            or not isinstance(steps_per_epoch, numbers.Integral)
+            or steps_per_epoch < 1
         ):
             raise ValueError(f"steps_per_epoch must be None or a positive integer, got {steps_per_epoch!r}.")
         self.steps_per_epoch = steps_per_epoch

@@ -112,7 +112,9 @@ def test_chunked_and_unchunked_agree(p):
         results[chunk_size] = [ops.convert_to_numpy(fn(x, kernel))] + gradients(fn, x, kernel, upstream)
     for chunk_size in (5, 1):
         for actual, expected in zip(results[chunk_size], results[23]):
-            assert relative_error(actual, expected.astype(np.float64)) <= 1e-6
+            # Norm-wise: chunks only reorder the float32 sums over units of the input gradient.
+            difference = np.linalg.norm(actual.astype(np.float64) - expected) / np.linalg.norm(expected)
+            assert difference <= 1e-6
 
 
 def test_interval_distance_bounds_contain_points_of_the_box():

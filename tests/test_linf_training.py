@@ -309,7 +309,9 @@ def test_pgd_never_breaks_a_certified_point(trained_net):
     eps = 0.1
     certified = linf.certify_ibp(model, x, labels, eps)
     assert certified.sum() > 20
-    adversarial = pgd(model, x[certified], labels[certified], eps, norm="linf", steps=100, loss="cw", restarts=2, seed=0)
+    adversarial = pgd(
+        model, x[certified], labels[certified], eps, norm="linf", steps=100, loss="cw", restarts=2, seed=0
+    )
     assert np.max(np.abs(adversarial - x[certified])) <= eps + 1e-6
     assert np.all(np.argmax(model.predict(adversarial, verbose=0), axis=1) == labels[certified])
     # The attack works: it breaks some points that are not certified at a large radius.

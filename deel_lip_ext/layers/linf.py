@@ -30,12 +30,11 @@ __all__ = [
     "LogitScale",
 ]
 
-# Elements of one (batch, inputs, units-chunk) intermediate when the chunk size is automatic.
-_CHUNK_ELEMENTS = 2**24
+# Elements of one (batch, units-chunk, inputs) intermediate when the chunk size is automatic: small
+# chunks stay in cache (at 784 -> 5120, batch 512, p = 8: 10 units per chunk ran 1.5x faster than 41).
+_CHUNK_ELEMENTS = 2**22
 # Batch size assumed for the automatic chunk size when the batch dimension is unknown.
 _NOMINAL_BATCH = 512
-# At most this many chunks, so that a traced graph stays small for big batches.
-_MAX_CHUNKS = 256
 _TINY = 1e-30
 
 
@@ -64,14 +63,14 @@ def _check_chunk_size(chunk_size):
 
 
 def automatic_chunk_size(rows, input_dim, units):
-    """Units per chunk so that a (rows, input_dim, chunk) intermediate holds about 2**24 elements.
+    """Units per chunk so that a (rows, chunk, input_dim) intermediate holds about 2**22 elements (16 MB).
 
     `rows` is the batch size (batch x positions for a convolution); None or
-    unknown counts as 512. At most 256 chunks, so that a trace stays small.
+    unknown counts as 512. The chunks run in a loop, so their number does not
+    grow the graph.
     """
     rows = rows if isinstance(rows, int) and rows > 0 else _NOMINAL_BATCH
-    chunk_size = max(1, _CHUNK_ELEMENTS // max(1, rows * input_dim))
-    return min(units, max(chunk_size, -(-units // _MAX_CHUNKS)))
+    return min(units, max(1, _CHUNK_ELEMENTS // max(1, rows * input_dim)))
 
 
 class _ChunkPlan:
@@ -85,16 +84,19 @@ class _ChunkPlan:
         self.count = -(-units // self.size)
         self.padded = self.count * self.size
 
-    def pad(self, tensor, repeat):
-        """Extend (rows, units) to (rows, padded): with copies of the first columns (valid values) or zeros."""
+    def pad(self, tensor, axis, repeat):
+        """Extend the units axis (0 or 1) to `padded`: with copies of the first units (valid values) or zeros."""
         extra = self.padded - self.units
         if not extra:
             return tensor
-        filler = tensor[:, :extra] if repeat else ops.zeros_like(tensor[:, :extra])
-        return ops.concatenate([tensor, filler], axis=1)
+        filler = tensor[:extra] if axis == 0 else tensor[:, :extra]
+        filler = filler if repeat else ops.zeros_like(filler)
+        return ops.concatenate([tensor, filler], axis=axis)
 
-    def unpad(self, tensor):
-        return tensor if self.padded == self.units else tensor[:, : self.units]
+    def unpad(self, tensor, axis):
+        if self.padded == self.units:
+            return tensor
+        return tensor[: self.units] if axis == 0 else tensor[:, : self.units]
 
     def run(self, body, init):
         """carry = body(start, carry) for the first unit `start` of every chunk, one chunk after the other.
@@ -116,14 +118,22 @@ def _write_columns(buffer, start, piece):
     return ops.slice_update(buffer, (0, start), piece)
 
 
+def _rows(tensor, start, size):
+    return ops.slice(tensor, (start, 0), (size, ops.shape(tensor)[1]))
+
+
+def _write_rows(buffer, start, piece):
+    return ops.slice_update(buffer, (start, 0), piece)
+
+
 def _norm_over_inputs(magnitudes, p, power=None):
-    """||.||_p over axis 1 of nonnegative `magnitudes` (batch, inputs, chunk), max-rescaled so large p cannot overflow."""
-    peak = ops.max(magnitudes, axis=1)
+    """||.||_p over the last axis of nonnegative `magnitudes` (batch, chunk, inputs), max-rescaled for large p."""
+    peak = ops.max(magnitudes, axis=-1)
     if isinstance(p, float) and p == math.inf:
         return peak
     # The sum is >= 1 whenever peak > 0, so (|d| / peak) ** p never overflows.
-    scaled = ops.divide(magnitudes, ops.expand_dims(ops.maximum(peak, _TINY), 1))
-    total = ops.sum((power or _static_power)(scaled, p), axis=1)
+    scaled = ops.divide(magnitudes, ops.expand_dims(ops.maximum(peak, _TINY), -1))
+    total = ops.sum((power or _static_power)(scaled, p), axis=-1)
     return ops.multiply(peak, ops.power(total, ops.divide(1.0, p)))
 
 
@@ -158,9 +168,18 @@ def _static_power(ratio, exponent):
     return _log_power(ratio, exponent)
 
 
-def _differences(x, kernel_chunk):
-    """x[b, j] - w[j, o] for one chunk of units: (batch, inputs, chunk)."""
-    return ops.subtract(ops.expand_dims(x, 2), ops.expand_dims(kernel_chunk, 0))
+def _differences(x, centres):
+    """x[b, j] - c[o, j]: (batch, units, inputs), inputs last so that every reduction reads contiguous memory.
+
+    (Reducing over a middle axis of a sliced (inputs, units) kernel reads one
+    cache line per input and was 3 to 5 times slower for 3072 inputs.)
+    """
+    return ops.subtract(ops.expand_dims(x, 1), ops.expand_dims(centres, 0))
+
+
+def _centres(kernel, plan):
+    """The units' centres as rows (padded units, inputs)."""
+    return plan.pad(ops.transpose(kernel), axis=0, repeat=True)
 
 
 def _output_buffer(x, plan, dtype=None):
@@ -168,45 +187,46 @@ def _output_buffer(x, plan, dtype=None):
 
 
 def _forward_finite(x, kernel, p, plan, power):
-    kernel = plan.pad(kernel, repeat=True)
+    centres = _centres(kernel, plan)
 
     def body(start, y):
-        magnitudes = ops.abs(_differences(x, _columns(kernel, start, plan.size)))
+        magnitudes = ops.abs(_differences(x, _rows(centres, start, plan.size)))
         return _write_columns(y, start, _norm_over_inputs(magnitudes, p, power))
 
-    return plan.unpad(plan.run(body, _output_buffer(x, plan)))
+    return plan.unpad(plan.run(body, _output_buffer(x, plan)), axis=1)
 
 
 def _forward_infinite(x, kernel, plan):
-    kernel = plan.pad(kernel, repeat=True)
+    centres = _centres(kernel, plan)
 
     def body(start, carry):
         y, argmax = carry
-        w = _columns(kernel, start, plan.size)
-        chunk_argmax = ops.cast(ops.argmax(ops.abs(_differences(x, w)), axis=1), "int32")
+        chunk = _rows(centres, start, plan.size)
+        chunk_argmax = ops.cast(ops.argmax(ops.abs(_differences(x, chunk)), axis=-1), "int32")
         # One reduction: the maximum is read back at the argmax, so the differences need not be stored.
-        y = _write_columns(y, start, _distance_at(x, w, chunk_argmax))
+        y = _write_columns(y, start, _distance_at(x, ops.transpose(chunk), chunk_argmax))
         return y, _write_columns(argmax, start, chunk_argmax)
 
     y, argmax = plan.run(body, (_output_buffer(x, plan), _output_buffer(x, plan, "int32")))
-    return plan.unpad(y), plan.unpad(argmax)
+    return plan.unpad(y, axis=1), plan.unpad(argmax, axis=1)
 
 
 def _backward_finite(x, kernel, y, p, upstream, plan, power):
     """d y[b, o] / d x[b, j] = sign(d) (|d| / y[b, o]) ** (p - 1), d = x[b, j] - w[j, o]; d/dw is its negative."""
-    kernel, y = plan.pad(kernel, repeat=True), plan.pad(ops.maximum(y, _TINY), repeat=True)
+    centres = _centres(kernel, plan)
+    y = plan.pad(ops.maximum(y, _TINY), axis=1, repeat=True)
     # Padded units get no upstream gradient, so they add nothing.
-    upstream = plan.pad(upstream, repeat=False)
+    upstream = plan.pad(upstream, axis=1, repeat=False)
 
     def body(start, carry):
-        grad_x, grad_kernel = carry
-        diff = _differences(x, _columns(kernel, start, plan.size))
-        ratio = ops.divide(ops.abs(diff), ops.expand_dims(_columns(y, start, plan.size), 1))
-        weighted = ops.sign(diff) * power(ratio, p - 1.0) * ops.expand_dims(_columns(upstream, start, plan.size), 1)
-        return grad_x + ops.sum(weighted, axis=2), _write_columns(grad_kernel, start, -ops.sum(weighted, axis=0))
+        grad_x, grad_centres = carry
+        diff = _differences(x, _rows(centres, start, plan.size))
+        ratio = ops.divide(ops.abs(diff), ops.expand_dims(_columns(y, start, plan.size), -1))
+        weighted = ops.sign(diff) * power(ratio, p - 1.0) * ops.expand_dims(_columns(upstream, start, plan.size), -1)
+        return grad_x + ops.sum(weighted, axis=1), _write_rows(grad_centres, start, -ops.sum(weighted, axis=0))
 
-    grad_x, grad_kernel = plan.run(body, (ops.zeros_like(x), ops.zeros_like(kernel)))
-    return grad_x, plan.unpad(grad_kernel)
+    grad_x, grad_centres = plan.run(body, (ops.zeros_like(x), ops.zeros_like(centres)))
+    return grad_x, ops.transpose(plan.unpad(grad_centres, axis=0))
 
 
 def _signed_distance_at(x, kernel, argmax):
@@ -248,7 +268,7 @@ def linf_distance(x, kernel, p=math.inf, chunk_size=None):
             variable changed during training; inf then selects the max norm at
             run time).
         chunk_size: output units per chunk; None: `automatic_chunk_size`
-            (about 2**24 elements per (batch, input_dim, chunk) intermediate).
+            (about 2**22 elements, 16 MB in float32, per chunk intermediate).
 
     Returns:
         Tensor of shape (batch, units). Peak memory is O(batch * units) plus
@@ -308,12 +328,12 @@ def naive_distance(x, kernel, p=math.inf):
     is exact since the rescaled expression does not depend on it.
     """
     p = check_p(p)
-    magnitudes = ops.abs(_differences(x, kernel))
+    magnitudes = ops.abs(_differences(x, ops.transpose(kernel)))
     if p == math.inf:
-        return ops.max(magnitudes, axis=1)
-    peak = ops.stop_gradient(ops.max(magnitudes, axis=1))
-    scaled = ops.divide(magnitudes, ops.expand_dims(ops.maximum(peak, _TINY), 1))
-    return peak * ops.power(ops.sum(ops.power(scaled, p), axis=1), 1.0 / p)
+        return ops.max(magnitudes, axis=-1)
+    peak = ops.stop_gradient(ops.max(magnitudes, axis=-1))
+    scaled = ops.divide(magnitudes, ops.expand_dims(ops.maximum(peak, _TINY), -1))
+    return peak * ops.power(ops.sum(ops.power(scaled, p), axis=-1), 1.0 / p)
 
 
 def interval_distance_bounds(lower, upper, kernel, p=math.inf, chunk_size=None):
@@ -329,12 +349,12 @@ def interval_distance_bounds(lower, upper, kernel, p=math.inf, chunk_size=None):
     p = check_p(p)
     lower, upper = ops.convert_to_tensor(lower), ops.convert_to_tensor(upper)
     plan = _ChunkPlan(lower.shape[0], lower.shape[1], kernel.shape[1], _check_chunk_size(chunk_size))
-    kernel = plan.pad(ops.cast(kernel, lower.dtype), repeat=True)
+    centres = _centres(ops.cast(kernel, lower.dtype), plan)
 
     def body(start, carry):
         low, high = carry
-        w = _columns(kernel, start, plan.size)
-        below, above = _differences(lower, w), _differences(upper, w)
+        chunk = _rows(centres, start, plan.size)
+        below, above = _differences(lower, chunk), _differences(upper, chunk)
         farthest = ops.maximum(ops.abs(below), ops.abs(above))
         nearest = ops.maximum(ops.maximum(below, -above), 0.0)
         return (
@@ -343,7 +363,7 @@ def interval_distance_bounds(lower, upper, kernel, p=math.inf, chunk_size=None):
         )
 
     low, high = plan.run(body, (_output_buffer(lower, plan), _output_buffer(lower, plan)))
-    return plan.unpad(low), plan.unpad(high)
+    return plan.unpad(low, axis=1), plan.unpad(high, axis=1)
 
 
 class _LInfDistBase(keras.layers.Layer):
@@ -521,7 +541,7 @@ class LInfDistDense(_LInfDistBase):
         kernel_initializer: initializer of the centres, N(0, 1) by default.
         bias_initializer: initializer of the bias.
         chunk_size: output units computed at once; None: `automatic_chunk_size`
-            (about 2**24 elements per (rows, inputs, chunk) intermediate; rows =
+            (about 2**22 elements per (rows, chunk, inputs) intermediate; rows =
             batch x output positions for the convolution).
 
     Example:
@@ -596,7 +616,9 @@ class LInfDistConv2D(_LInfDistBase):
 
     def build(self, input_shape):
         if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(f"LInfDistConv2D expects inputs of shape (batch, height, width, channels), got {input_shape}.")
+            raise ValueError(
+                f"LInfDistConv2D expects inputs of shape (batch, height, width, channels), got {input_shape}."
+            )
         self.input_channels = int(input_shape[-1])
         self._built_input_shape = tuple(input_shape)
         self._build_common(self.kernel_size + (self.input_channels, self.units))

@@ -178,7 +178,9 @@ def hybrid_head(model):
     """The layers after the "features" layer of a `linf_dist_net_mlp` model (for `HybridIntervalCrossEntropy`)."""
     names = [layer.name for layer in model.layers]
     if FEATURES_LAYER not in names:
-        raise ValueError(f"model {model.name!r} has no layer named {FEATURES_LAYER!r}; build it with linf_dist_net_mlp.")
+        raise ValueError(
+            f"model {model.name!r} has no layer named {FEATURES_LAYER!r}; build it with linf_dist_net_mlp."
+        )
     return model.layers[names.index(FEATURES_LAYER) + 1 :]
 
 
