@@ -11,10 +11,13 @@ outputs, not compilation.
 "cpu" is the process CPU time of a step (robust to other load on the
 machine; it adds up the threads). The naive
 version is skipped where its estimated need exceeds the memory limit.
+"floor" is the memory of what the step returns (output, input gradient,
+kernel gradient): no implementation can peak below it.
 
 Usage:
     PYTHONPATH=. python benchmarks/linf_dist.py                   # 784 -> 5120 and 784 -> 512, batch 512
-    PYTHONPATH=. python benchmarks/linf_dist.py --shapes 784x5120 --repeats 5 --no-jit
+    PYTHONPATH=. python benchmarks/linf_dist.py --no-jit          # TensorFlow's graph runtime (Keras's CPU default)
+    PYTHONPATH=. python benchmarks/linf_dist.py --shapes 784x5120,3072x5120 --memory-limit-gb 20
 """
 
 import argparse
@@ -24,8 +27,8 @@ import subprocess
 import sys
 import time
 
-# Bytes of float32 (batch, inputs, units) intermediates the naive p = 8 autodiff keeps alive at once.
-_NAIVE_LIVE_INTERMEDIATES = {"8": 4, "inf": 2}
+# Float32 (batch, units, inputs) tensors the naive autodiff keeps alive at once, measured at 784 -> 512.
+_NAIVE_LIVE_INTERMEDIATES = {(True, "8"): 2, (True, "inf"): 1, (False, "8"): 4, (False, "inf"): 3}
 
 
 def worker(args):
@@ -76,8 +79,8 @@ def worker(args):
     )
 
 
-def _naive_need_gb(batch, inputs, units, p):
-    live = _NAIVE_LIVE_INTERMEDIATES["inf" if p == "inf" else "8"]
+def _naive_need_gb(batch, inputs, units, p, jit):
+    live = _NAIVE_LIVE_INTERMEDIATES[(jit, "inf" if p == "inf" else "8")]
     return live * batch * inputs * units * 4 / 1e9
 
 
@@ -100,36 +103,50 @@ def main():
         return worker(args)
 
     print(f"batch {args.batch}, {'XLA' if args.jit else 'tf.function'}, forward + backward, best of {args.repeats}")
-    print(f"{'shape':>10} {'p':>4} {'impl':>8} {'time (s)':>9} {'cpu (s)':>8} {'peak (MB)':>10} {'output (MB)':>12}")
+    print("floor: what the step returns (output + input gradient + kernel gradient), float32")
+    header = f"{'shape':>10} {'p':>4} {'impl':>8} {'time (s)':>9} {'cpu (s)':>8} {'peak (MB)':>10}"
+    print(f"{header} {'output (MB)':>12} {'floor (MB)':>11} {'peak/floor':>11} {'time/naive':>11}")
     for shape in args.shapes.split(","):
         inputs, units = (int(v) for v in shape.lower().split("x"))
         output_mb = args.batch * units * 4 / 2**20
+        floor_mb = output_mb + (args.batch * inputs + inputs * units) * 4 / 2**20
         for p in args.p.split(","):
-            for impl in ("chunked", "naive"):
-                if impl == "naive" and _naive_need_gb(args.batch, inputs, units, p) > args.memory_limit_gb:
-                    need = _naive_need_gb(args.batch, inputs, units, p)
+            results = {}
+            for impl in ("naive", "chunked"):
+                need = _naive_need_gb(args.batch, inputs, units, p, args.jit)
+                if impl == "naive" and need > args.memory_limit_gb:
                     print(f"{shape:>10} {p:>4} {impl:>8}  skipped: needs ~{need:.0f} GB > --memory-limit-gb")
                     continue
-                command = [
-                    sys.executable, __file__, "--worker", "--impl", impl, "--p", p, "--batch", str(args.batch),
-                    "--inputs", str(inputs), "--units", str(units), "--repeats", str(args.repeats),
-                ]  # fmt: skip
-                if args.chunk_size:
-                    command += ["--chunk-size", str(args.chunk_size)]
-                if not args.jit:
-                    command.append("--no-jit")
-                # The BFC allocator keeps the statistics that get_memory_info reads on CPU.
-                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CPU_ALLOCATOR_USE_BFC="true")
-                run = subprocess.run(command, capture_output=True, text=True, env=env)
-                lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
-                if run.returncode != 0 or not lines:
-                    print(f"{shape:>10} {p:>4} {impl:>8}  failed (exit {run.returncode}): {run.stderr.strip()[-200:]}")
+                result = _run_worker(args, impl, p, inputs, units)
+                if result is None:
                     continue
-                result = json.loads(lines[-1])
+                results[impl] = result
+                versus_naive = result["time_s"] / results["naive"]["time_s"] if "naive" in results else None
                 print(
                     f"{shape:>10} {p:>4} {impl:>8} {result['time_s']:>9.3f} {result['cpu_s']:>8.2f} "
-                    f"{result['peak_mb']:>10.0f} {output_mb:>12.1f}"
+                    f"{result['peak_mb']:>10.0f} {output_mb:>12.1f} {floor_mb:>11.1f} "
+                    f"{result['peak_mb'] / floor_mb:>11.2f} {'' if versus_naive is None else f'{versus_naive:.2f}':>11}"
                 )
+
+
+def _run_worker(args, impl, p, inputs, units):
+    """One configuration in a fresh process (so that its peak memory is its own); None if it failed."""
+    command = [
+        sys.executable, __file__, "--worker", "--impl", impl, "--p", p, "--batch", str(args.batch),
+        "--inputs", str(inputs), "--units", str(units), "--repeats", str(args.repeats),
+    ]  # fmt: skip
+    if args.chunk_size:
+        command += ["--chunk-size", str(args.chunk_size)]
+    if not args.jit:
+        command.append("--no-jit")
+    # The BFC allocator keeps the statistics that get_memory_info reads on CPU.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CPU_ALLOCATOR_USE_BFC="true")
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    if run.returncode != 0 or not lines:
+        print(f"{inputs}x{units} {p:>4} {impl:>8}  failed (exit {run.returncode}): {run.stderr.strip()[-200:]}")
+        return None
+    return json.loads(lines[-1])
 
 
 if __name__ == "__main__":

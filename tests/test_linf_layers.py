@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from deel_lip_ext.layers import LInfDistConv2D, LInfDistDense, LogitScale
-from deel_lip_ext.layers.linf import interval_distance_bounds, linf_distance, naive_distance
+from deel_lip_ext.layers.linf import automatic_chunk_size, interval_distance_bounds, linf_distance, naive_distance
 from deel_lip_ext.linf import set_p
 from deel_lip_ext.model import vanilla_model
 from deel_lip_ext.zoo import linf_dist_net
@@ -115,6 +115,23 @@ def test_chunked_and_unchunked_agree(p):
             # Norm-wise: chunks only reorder the float32 sums over units of the input gradient.
             difference = np.linalg.norm(actual.astype(np.float64) - expected) / np.linalg.norm(expected)
             assert difference <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "rows, inputs, units",
+    [(512, 784, 5120), (512, 784, 512), (512, 3072, 512), (4096, 27, 64), (8, 5, 7), (512, 784, 5123)],
+)
+def test_automatic_chunk_is_no_larger_than_the_output_or_the_minimum(rows, inputs, units):
+    size = automatic_chunk_size(rows, inputs, units)
+    assert 1 <= size <= units
+    assert rows * size * inputs <= max(rows * units, 2**20) or size == 1
+    # Not needlessly small: twice the size would break the budget (or the size is a divisor of units).
+    assert 2 * rows * size * inputs > max(rows * units, 2**20) or size == units or units % size == 0
+
+
+def test_automatic_chunk_prefers_a_divisor_of_units():
+    assert automatic_chunk_size(512, 784, 5120) == 5  # budget 6, 5120 = 5 * 1024: no padded chunk
+    assert automatic_chunk_size(512, 784, 5123) == 6  # 5123 is prime: pad rather than 1 unit per chunk
 
 
 def test_interval_distance_bounds_contain_points_of_the_box():

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from deel_lip_ext.layers._xla import compiled_by_xla
 from deel_lip_ext.layers.base import LipschitzLayer
 from deel_lip_ext.layers.padding import check_channels_last
 
@@ -63,24 +64,12 @@ class _ChannelActivation(LipschitzLayer, keras.layers.Layer):
         return config
 
 
-def _fused_by_xla(function):
-    """`function` (keras.ops math) compiled by XLA into a single loop on the TensorFlow backend.
-
-    Why: without XLA, TensorFlow runs every op of an activation as its own
-    pass over memory, and a pairwise sort needs four of them, while the ReLU
-    of a plain model is fused into its convolution for free. Measured on a
-    2-core CPU, (256, 28, 28, 16) float32, CPU time per call: ReLU 3.2 ms,
-    GroupSort2 unfused 8.8 ms (swap by a permutation matmul) to 16 ms
-    (reshape + stack), fused 3.4 ms. XLA is slower than oneDNN for sorts and
-    pooling, so only these elementwise activations are fused. Each new input
-    shape costs one compilation. The math stays in keras.ops: JAX compiles it
-    with the rest of the step, torch runs it as is.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return function
-    import tensorflow as tf  # only for its compiler; the math above stays in keras.ops
-
-    return tf.function(function, jit_compile=True, reduce_retracing=True, autograph=False)
+# The elementwise activations below are compiled by XLA on TensorFlow. Why: without XLA, TensorFlow
+# runs every op of an activation as its own pass over memory, and a pairwise sort needs four of them,
+# while the ReLU of a plain model is fused into its convolution for free. Measured on a 2-core CPU,
+# (256, 28, 28, 16) float32, CPU time per call: ReLU 3.2 ms, GroupSort2 unfused 8.8 ms (swap by a
+# permutation matmul) to 16 ms (reshape + stack), fused 3.4 ms. XLA is slower than oneDNN for sorts
+# and pooling, so only these elementwise activations are compiled.
 
 
 def _scale(outputs, k_coef_lip):
@@ -108,25 +97,25 @@ def _sort_pairs_along(pairs, axis, larger_first):
 # so that tf.function's relaxed retracing only ever generalizes the sizes, never the rank.
 
 
-@_fused_by_xla
+@compiled_by_xla
 def _sorted_pairs(pairs, k_coef_lip):
     """(N, 2) -> (min, max) of each row."""
     return _scale(_sort_pairs_along(pairs, -1, larger_first=False), k_coef_lip)
 
 
-@_fused_by_xla
+@compiled_by_xla
 def _max_min_halves(halves, k_coef_lip):
     """(N, 2, C/2) -> (max, min) along axis 1."""
     return _scale(_sort_pairs_along(halves, 1, larger_first=True), k_coef_lip)
 
 
-@_fused_by_xla
+@compiled_by_xla
 def _crelu(vectors, k_coef_lip):
     """(N, C) -> (N, 2C)."""
     return _scale(ops.concatenate([ops.relu(vectors), ops.relu(-vectors)], axis=-1), k_coef_lip)
 
 
-@_fused_by_xla
+@compiled_by_xla
 def _householder(halves, theta, k_coef_lip):
     """(N, 2, C/2) halves (z1, z2), angles (C/2,) -> (N, 2, C/2)."""
     z1, z2 = halves[:, 0], halves[:, 1]

@@ -9,16 +9,19 @@ the gradient of the max norm is one-hot.
 A naive layer materializes a (batch, inputs, units) difference tensor (54 GB
 for one CIFAR layer of the papers). `linf_distance` instead loops over
 chunks of output units and has a custom gradient that keeps only the inputs,
-the weights, the outputs and, at p = inf, the argmax coordinate: the backward
-pass recomputes each chunk (finite p) or scatters the upstream gradient to
-the argmax (p = inf, no chunk work at all).
+the weights and the outputs: the backward pass recomputes each chunk. On
+TensorFlow the loops are compiled by XLA, which runs them in place and
+fuses each chunk's differences into its reductions.
 """
 
 import math
 import numbers
+from typing import NamedTuple
 
 import keras
 from keras import ops
+
+from deel_lip_ext.layers._xla import compiled_by_xla
 
 __all__ = [
     "automatic_chunk_size",
@@ -30,9 +33,9 @@ __all__ = [
     "LogitScale",
 ]
 
-# Elements of one (batch, units-chunk, inputs) intermediate when the chunk size is automatic: small
-# chunks stay in cache (at 784 -> 5120, batch 512, p = 8: 10 units per chunk ran 1.5x faster than 41).
-_CHUNK_ELEMENTS = 2**22
+# Smallest chunk intermediate (elements) of the automatic chunk size: below it the loop's per-chunk
+# overhead shows (1 unit per chunk at 784 -> 512, batch 512, p = 8 ran 1.4x slower than 4).
+_MIN_CHUNK_ELEMENTS = 2**20
 # Batch size assumed for the automatic chunk size when the batch dimension is unknown.
 _NOMINAL_BATCH = 512
 _TINY = 1e-30
@@ -63,47 +66,65 @@ def _check_chunk_size(chunk_size):
 
 
 def automatic_chunk_size(rows, input_dim, units):
-    """Units per chunk so that a (rows, chunk, input_dim) intermediate holds about 2**22 elements (16 MB).
+    """Units per chunk so that a (rows, chunk, input_dim) intermediate is no larger than the (rows, units) output.
 
+    Or about 2**20 elements (4 MB) when the output is smaller. So peak memory
+    stays a small multiple of the output size whatever the input dimension.
+    A divisor of `units` is preferred when it is at least half that size.
     `rows` is the batch size (batch x positions for a convolution); None or
-    unknown counts as 512. The chunks run in a loop, so their number does not
-    grow the graph.
+    unknown counts as 512.
     """
     rows = rows if isinstance(rows, int) and rows > 0 else _NOMINAL_BATCH
-    return min(units, max(1, _CHUNK_ELEMENTS // max(1, rows * input_dim)))
+    budget = max(rows * units, _MIN_CHUNK_ELEMENTS)
+    size = min(units, max(1, budget // max(1, rows * input_dim)))
+    # A divisor of units, when one is close, saves padding copies of the kernel and the outputs.
+    divisor = next(d for d in range(size, 0, -1) if units % d == 0)
+    return divisor if 2 * divisor >= size else size
 
 
-class _ChunkPlan:
-    """Output units split into `count` chunks of `size`; `padded` = count * size >= units."""
+class _ChunkPlan(NamedTuple):
+    """Output units split into `count` chunks of `size` (`padded` = count * size >= units).
 
-    def __init__(self, rows, input_dim, units, chunk_size):
+    A tuple of ints, so that compiled functions take it as a compile-time constant.
+    """
+
+    units: int
+    size: int
+
+    @classmethod
+    def make(cls, rows, input_dim, units, chunk_size):
         if chunk_size is None:
             chunk_size = automatic_chunk_size(rows, input_dim, units)
-        self.units = units
-        self.size = min(chunk_size, units)
-        self.count = -(-units // self.size)
-        self.padded = self.count * self.size
+        return cls(units, min(chunk_size, units))
 
-    def pad(self, tensor, axis, repeat):
-        """Extend the units axis (0 or 1) to `padded`: with copies of the first units (valid values) or zeros."""
+    @property
+    def count(self):
+        return -(-self.units // self.size)
+
+    @property
+    def padded(self):
+        return self.count * self.size
+
+    def pad(self, tensor, repeat):
+        """Extend the units axis (1) to `padded`: with copies of the first units (valid values) or zeros."""
         extra = self.padded - self.units
         if not extra:
             return tensor
-        filler = tensor[:extra] if axis == 0 else tensor[:, :extra]
-        filler = filler if repeat else ops.zeros_like(filler)
-        return ops.concatenate([tensor, filler], axis=axis)
+        filler = tensor[:, :extra] if repeat else ops.zeros_like(tensor[:, :extra])
+        return ops.concatenate([tensor, filler], axis=1)
 
-    def unpad(self, tensor, axis):
-        if self.padded == self.units:
-            return tensor
-        return tensor[: self.units] if axis == 0 else tensor[:, : self.units]
+    def unpad(self, tensor):
+        return tensor if self.padded == self.units else tensor[:, : self.units]
 
     def run(self, body, init):
         """carry = body(start, carry) for the first unit `start` of every chunk, one chunk after the other.
 
-        A loop rather than unrolled chunks: the graph runtime would otherwise
-        run several chunks at once and XLA merges unrolled slices back into
-        the full (batch, inputs, units) tensor.
+        A loop rather than unrolled chunks, run inside `compiled_by_xla`
+        functions: XLA runs it sequentially and updates the output buffers in
+        place. (TensorFlow's graph runtime would run up to 10 iterations at
+        once and copy the whole buffer at every slice update, quadratic in
+        the number of units; XLA also merges unrolled slices back into the
+        full (batch, units, inputs) tensor.)
         """
         if self.count == 1:
             return body(0, init)
@@ -116,14 +137,6 @@ def _columns(tensor, start, size):
 
 def _write_columns(buffer, start, piece):
     return ops.slice_update(buffer, (0, start), piece)
-
-
-def _rows(tensor, start, size):
-    return ops.slice(tensor, (start, 0), (size, ops.shape(tensor)[1]))
-
-
-def _write_rows(buffer, start, piece):
-    return ops.slice_update(buffer, (start, 0), piece)
 
 
 def _norm_over_inputs(magnitudes, p, power=None):
@@ -169,93 +182,112 @@ def _static_power(ratio, exponent):
 
 
 def _differences(x, centres):
-    """x[b, j] - c[o, j]: (batch, units, inputs), inputs last so that every reduction reads contiguous memory.
+    """x[b, j] - c[o, j]: (batch, units, inputs).
 
-    (Reducing over a middle axis of a sliced (inputs, units) kernel reads one
-    cache line per input and was 3 to 5 times slower for 3072 inputs.)
+    Centres as rows (units, inputs), inputs last, so that every reduction
+    and every chunk slice reads contiguous memory. (Slicing chunks of
+    columns of the (inputs, units) kernel ran 8 times slower under XLA.)
     """
     return ops.subtract(ops.expand_dims(x, 1), ops.expand_dims(centres, 0))
 
 
 def _centres(kernel, plan):
     """The units' centres as rows (padded units, inputs)."""
-    return plan.pad(ops.transpose(kernel), axis=0, repeat=True)
+    return ops.transpose(plan.pad(kernel, repeat=True))
+
+
+def _rows(tensor, start, size):
+    return ops.slice(tensor, (start, 0), (size, ops.shape(tensor)[1]))
+
+
+def _write_rows(buffer, start, piece):
+    return ops.slice_update(buffer, (start, 0), piece)
 
 
 def _output_buffer(x, plan, dtype=None):
     return ops.zeros((ops.shape(x)[0], plan.padded), dtype=dtype or x.dtype)
 
 
-def _forward_finite(x, kernel, p, plan, power):
+def _forward(x, kernel, p, plan, power):
+    """y (batch, units), chunk by chunk; at p = inf one max reduction per chunk."""
     centres = _centres(kernel, plan)
 
     def body(start, y):
         magnitudes = ops.abs(_differences(x, _rows(centres, start, plan.size)))
         return _write_columns(y, start, _norm_over_inputs(magnitudes, p, power))
 
-    return plan.unpad(plan.run(body, _output_buffer(x, plan)), axis=1)
+    return plan.unpad(plan.run(body, _output_buffer(x, plan)))
 
 
-def _forward_infinite(x, kernel, plan):
-    centres = _centres(kernel, plan)
+def _backward(x, kernel, y, upstream, plan, slope):
+    """(d/dx, d/dkernel) of sum(upstream * y), recomputing each chunk of differences d = x[b, j] - w[j, o].
 
-    def body(start, carry):
-        y, argmax = carry
-        chunk = _rows(centres, start, plan.size)
-        chunk_argmax = ops.cast(ops.argmax(ops.abs(_differences(x, chunk)), axis=-1), "int32")
-        # One reduction: the maximum is read back at the argmax, so the differences need not be stored.
-        y = _write_columns(y, start, _distance_at(x, ops.transpose(chunk), chunk_argmax))
-        return y, _write_columns(argmax, start, chunk_argmax)
-
-    y, argmax = plan.run(body, (_output_buffer(x, plan), _output_buffer(x, plan, "int32")))
-    return plan.unpad(y, axis=1), plan.unpad(argmax, axis=1)
-
-
-def _backward_finite(x, kernel, y, p, upstream, plan, power):
-    """d y[b, o] / d x[b, j] = sign(d) (|d| / y[b, o]) ** (p - 1), d = x[b, j] - w[j, o]; d/dw is its negative."""
-    centres = _centres(kernel, plan)
-    y = plan.pad(ops.maximum(y, _TINY), axis=1, repeat=True)
+    `slope(d, y)` is d y[b, o] / d x[b, j] for a chunk; d/dw is its negative.
+    """
+    centres, y = _centres(kernel, plan), plan.pad(y, repeat=True)
     # Padded units get no upstream gradient, so they add nothing.
-    upstream = plan.pad(upstream, axis=1, repeat=False)
+    upstream = plan.pad(upstream, repeat=False)
 
     def body(start, carry):
         grad_x, grad_centres = carry
         diff = _differences(x, _rows(centres, start, plan.size))
-        ratio = ops.divide(ops.abs(diff), ops.expand_dims(_columns(y, start, plan.size), -1))
-        weighted = ops.sign(diff) * power(ratio, p - 1.0) * ops.expand_dims(_columns(upstream, start, plan.size), -1)
+        weighted = slope(diff, ops.expand_dims(_columns(y, start, plan.size), -1)) * ops.expand_dims(
+            _columns(upstream, start, plan.size), -1
+        )
         return grad_x + ops.sum(weighted, axis=1), _write_rows(grad_centres, start, -ops.sum(weighted, axis=0))
 
     grad_x, grad_centres = plan.run(body, (ops.zeros_like(x), ops.zeros_like(centres)))
-    return grad_x, ops.transpose(plan.unpad(grad_centres, axis=0))
+    return grad_x, plan.unpad(ops.transpose(grad_centres))
 
 
-def _signed_distance_at(x, kernel, argmax):
-    """x[b, a] - w[a, o] at a = argmax[b, o]: (batch, units)."""
-    return ops.take_along_axis(x, argmax, axis=1) - ops.take_along_axis(kernel, argmax, axis=0)
+def _max_norm_slope(diff, y):
+    """sign(d) at the coordinate where |d| reaches the max norm y, 0 elsewhere.
+
+    Comparing with the stored output is a cheap elementwise pass; an argmax
+    in the forward pass ran 4x slower than the max on CPU. A tie (two
+    coordinates exactly at the max) gives each the full slope, where
+    autodiff of a max would split it.
+    """
+    return ops.where(ops.equal(ops.abs(diff), y), ops.sign(diff), ops.zeros_like(diff))
 
 
-def _distance_at(x, kernel, argmax):
-    return ops.abs(_signed_distance_at(x, kernel, argmax))
+def _p_norm_slope(p, power):
+    """sign(d) (|d| / y) ** (p - 1)."""
 
+    def slope(diff, y):
+        return ops.sign(diff) * power(ops.abs(diff) / ops.maximum(y, _TINY), p - 1.0)
 
-def _backward_infinite(x, kernel, argmax, upstream):
-    """The max norm's gradient is +-1 at the argmax coordinate: a scatter-add, no chunk to recompute."""
-    batch, input_dim = ops.shape(x)[0], ops.shape(x)[1]
-    units = ops.shape(kernel)[1]
-    signed = ops.sign(_signed_distance_at(x, kernel, argmax)) * upstream
-    flat_signed = ops.reshape(signed, (-1,))
-    rows = ops.expand_dims(ops.arange(batch, dtype="int32"), 1)
-    columns = ops.expand_dims(ops.arange(units, dtype="int32"), 0)
-    x_slots = ops.reshape(rows * input_dim + argmax, (-1,))
-    kernel_slots = ops.reshape(argmax * units + columns, (-1,))
-    grad_x = ops.segment_sum(flat_signed, x_slots, num_segments=batch * input_dim)
-    grad_kernel = ops.segment_sum(-flat_signed, kernel_slots, num_segments=input_dim * units)
-    return ops.reshape(grad_x, (batch, input_dim)), ops.reshape(grad_kernel, (input_dim, units))
+    return slope
 
 
 def _by_norm_order(p, infinite, squaring, general):
     """Run one of three thunks according to a tensor p: inf, `_SQUARING_P`, any other value."""
     return ops.cond(ops.isinf(p), infinite, lambda: ops.cond(ops.equal(p, _SQUARING_P), squaring, general))
+
+
+@compiled_by_xla
+def _compiled_forward(x, kernel, p_tensor, static_p, plan):
+    if static_p is not None:
+        return _forward(x, kernel, static_p, plan, _static_power)
+    return _by_norm_order(
+        p_tensor,
+        lambda: _forward(x, kernel, math.inf, plan, _static_power),
+        lambda: _forward(x, kernel, _SQUARING_P, plan, _static_power),
+        lambda: _forward(x, kernel, p_tensor, plan, _log_power),
+    )
+
+
+@compiled_by_xla
+def _compiled_backward(x, kernel, p_tensor, y, upstream, static_p, plan):
+    def backward(p, power):
+        slope = _max_norm_slope if isinstance(p, float) and p == math.inf else _p_norm_slope(p, power)
+        return lambda: _backward(x, kernel, y, upstream, plan, slope)
+
+    if static_p is not None:
+        return backward(static_p, _static_power)()
+    return _by_norm_order(
+        p_tensor, backward(math.inf, None), backward(_SQUARING_P, _static_power), backward(p_tensor, _log_power)
+    )
 
 
 def linf_distance(x, kernel, p=math.inf, chunk_size=None):
@@ -268,11 +300,12 @@ def linf_distance(x, kernel, p=math.inf, chunk_size=None):
             variable changed during training; inf then selects the max norm at
             run time).
         chunk_size: output units per chunk; None: `automatic_chunk_size`
-            (about 2**22 elements, 16 MB in float32, per chunk intermediate).
+            (a chunk intermediate no larger than the output, or 4 MB).
 
     Returns:
         Tensor of shape (batch, units). Peak memory is O(batch * units) plus
-        one chunk, in the forward and in the backward pass.
+        one chunk, in the forward and in the backward pass. On TensorFlow the
+        chunk loops are compiled by XLA (one compilation per input shape).
 
     Example:
         >>> y = linf_distance(ops.ones((4, 3)), ops.zeros((3, 5)), p=8.0)
@@ -280,39 +313,22 @@ def linf_distance(x, kernel, p=math.inf, chunk_size=None):
     chunk_size = _check_chunk_size(chunk_size)
     x = ops.convert_to_tensor(x)
     kernel = ops.cast(kernel, x.dtype)
-    plan = _ChunkPlan(x.shape[0], x.shape[1], kernel.shape[1], chunk_size)
+    plan = _ChunkPlan.make(x.shape[0], x.shape[1], kernel.shape[1], chunk_size)
     static_p = _static_p(p)
     p_tensor = ops.cast(p if static_p is None else static_p, x.dtype)
 
     @ops.custom_gradient
     def distance(x, kernel, p_tensor):
-        if static_p is None:
-            no_argmax = ops.zeros((ops.shape(x)[0], ops.shape(kernel)[1]), dtype="int32")
-            y, argmax = _by_norm_order(
-                p_tensor,
-                lambda: _forward_infinite(x, kernel, plan),
-                lambda: (_forward_finite(x, kernel, _SQUARING_P, plan, _static_power), no_argmax),
-                lambda: (_forward_finite(x, kernel, p_tensor, plan, _log_power), no_argmax),
-            )
-        elif static_p == math.inf:
-            y, argmax = _forward_infinite(x, kernel, plan)
-        else:
-            y, argmax = _forward_finite(x, kernel, static_p, plan, _static_power), None
+        # The gradient is `grad`: hiding the inputs from autodiff keeps TensorFlow from differentiating
+        # the compiled loop (whose in-place updates have no gradient) when a tape watches them.
+        x, kernel, p_tensor = (ops.stop_gradient(value) for value in (x, kernel, p_tensor))
+        y = _compiled_forward(x, kernel, p_tensor, static_p, plan)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            if static_p is None:
-                grad_x, grad_kernel = _by_norm_order(
-                    p_tensor,
-                    lambda: _backward_infinite(x, kernel, argmax, upstream),
-                    lambda: _backward_finite(x, kernel, y, _SQUARING_P, upstream, plan, _static_power),
-                    lambda: _backward_finite(x, kernel, y, p_tensor, upstream, plan, _log_power),
-                )
-            elif static_p == math.inf:
-                grad_x, grad_kernel = _backward_infinite(x, kernel, argmax, upstream)
-            else:
-                grad_x, grad_kernel = _backward_finite(x, kernel, y, static_p, upstream, plan, _static_power)
+            upstream = ops.stop_gradient(upstream)
+            grad_x, grad_kernel = _compiled_backward(x, kernel, p_tensor, y, upstream, static_p, plan)
             return grad_x, grad_kernel, ops.zeros_like(p_tensor)
 
         return y, grad
@@ -321,7 +337,7 @@ def linf_distance(x, kernel, p=math.inf, chunk_size=None):
 
 
 def naive_distance(x, kernel, p=math.inf):
-    """Reference ||x[b] - kernel[:, o]||_p by broadcasting (batch, input_dim, units) and plain autodiff.
+    """Reference ||x[b] - kernel[:, o]||_p by broadcasting (batch, units, input_dim) and plain autodiff.
 
     Exact but memory-hungry; used to check `linf_distance` and as the
     benchmark baseline. The rescaling peak is a constant for autodiff, which
@@ -348,8 +364,14 @@ def interval_distance_bounds(lower, upper, kernel, p=math.inf, chunk_size=None):
     """
     p = check_p(p)
     lower, upper = ops.convert_to_tensor(lower), ops.convert_to_tensor(upper)
-    plan = _ChunkPlan(lower.shape[0], lower.shape[1], kernel.shape[1], _check_chunk_size(chunk_size))
-    centres = _centres(ops.cast(kernel, lower.dtype), plan)
+    plan = _ChunkPlan.make(lower.shape[0], lower.shape[1], kernel.shape[1], _check_chunk_size(chunk_size))
+    kernel = ops.cast(kernel, lower.dtype)
+    return _interval_bounds(*(ops.stop_gradient(value) for value in (lower, upper, kernel)), p, plan)
+
+
+@compiled_by_xla
+def _interval_bounds(lower, upper, kernel, p, plan):
+    centres = _centres(kernel, plan)
 
     def body(start, carry):
         low, high = carry
@@ -363,7 +385,7 @@ def interval_distance_bounds(lower, upper, kernel, p=math.inf, chunk_size=None):
         )
 
     low, high = plan.run(body, (_output_buffer(lower, plan), _output_buffer(lower, plan)))
-    return plan.unpad(low, axis=1), plan.unpad(high, axis=1)
+    return plan.unpad(low), plan.unpad(high)
 
 
 class _LInfDistBase(keras.layers.Layer):
@@ -541,8 +563,8 @@ class LInfDistDense(_LInfDistBase):
         kernel_initializer: initializer of the centres, N(0, 1) by default.
         bias_initializer: initializer of the bias.
         chunk_size: output units computed at once; None: `automatic_chunk_size`
-            (about 2**22 elements per (rows, chunk, inputs) intermediate; rows =
-            batch x output positions for the convolution).
+            (a (rows, chunk, inputs) intermediate no larger than the output; rows
+            = batch x output positions for the convolution).
 
     Example:
         >>> layer = LInfDistDense(64, p=8.0)
