@@ -26,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
+from _common import default_data_dir  # noqa: E402
+
 from deel_lip_ext import linf, zoo  # noqa: E402
 from deel_lip_ext.datasets import load_numpy  # noqa: E402
 
@@ -72,7 +74,9 @@ def parse_args():
     parser.add_argument("--pgd-steps", type=int)
     parser.add_argument("--pgd-restarts", type=int, default=1)
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", default=None, help="folder of mnist.npz (default: $DEEL_LIP_EXT_DATA, ../shared/data)")
+    parser.add_argument("--download", action="store_true",
+                        help="let tensorflow-datasets download MNIST when no local copy is found (needs internet)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     preset = PRESETS["quick" if args.quick else "full" if args.full else "default"]
@@ -151,20 +155,13 @@ def table(rows):
     return "\n".join(lines)
 
 
-def data_dir(args):
-    """--data-dir, else $DEEL_LIP_EXT_DATA, else the project's offline copy beside the repository."""
-    if args.data_dir or os.environ.get("DEEL_LIP_EXT_DATA"):
-        return args.data_dir
-    shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
-    return shared if os.path.isfile(os.path.join(shared, "mnist.npz")) else None
-
-
 def main():
     args = parse_args()
     keras.utils.set_random_seed(args.seed)
     x_train, y_train, x_test, y_test = load_numpy(
-        "mnist", data_dir(args), num_train=args.num_train, num_test=args.num_test
-    )
+        "mnist", args.data_dir or default_data_dir(), num_train=args.num_train, num_test=args.num_test,
+        download=args.download,
+    )  # fmt: skip
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     model, train_model, callbacks = build(args, steps_per_epoch)
     name = "l_inf-dist Net" if args.model == "net" else "l_inf-dist Net+MLP"
