@@ -166,6 +166,48 @@ def orthonormalize_stack(
     return batched_bjorck(scaled, bjorck_iterations), vectors
 
 
+class OrthonormalStackMixin:
+    """A stack of raw matrices orthonormalized as in the BCOP code, with power-iteration vectors as state.
+
+    `BCOPConv2D` orthonormalizes its 2k - 1 raw matrices; `BjorckDense` and
+    `RKOConv2D` their kernel as one (fan_in, units) matrix (the default).
+    """
+
+    def _init_orthonormalization(self, bjorck_iterations, power_iterations):
+        self.bjorck_iterations = _check_iterations(bjorck_iterations, "bjorck_iterations")
+        self.power_iterations = _check_iterations(power_iterations, "power_iterations")
+
+    def raw_variable(self):
+        """The trainable variable the stack is made of."""
+        return self.kernel
+
+    def raw_stack(self):
+        """The (b, m, n) stack of raw matrices."""
+        return ops.reshape(self.kernel, (1, -1, self.kernel.shape[-1]))
+
+    def build_parametrization_state(self):
+        count, _, columns = self.raw_stack().shape
+        self.power_vectors = self.add_weight(
+            name="power_vectors",
+            shape=(count, columns),
+            initializer=keras.initializers.RandomNormal(0.0, 1.0),
+            trainable=False,
+            dtype="float32",
+        )
+
+    def kernel_dependencies(self):
+        return [self.raw_variable(), self.power_vectors]
+
+    def orthonormal_matrices(self):
+        """`(orthonormal stack, new power vectors)` of the current raw matrices (float32)."""
+        return orthonormalize_stack(self.raw_stack(), self.power_vectors, self.bjorck_iterations, self.power_iterations)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"bjorck_iterations": self.bjorck_iterations, "power_iterations": self.power_iterations})
+        return config
+
+
 def _block_convolve(kernel, frame, axis, side):
     """Block convolution of `kernel` with the 2-tap kernel [P, I-P] along `axis`, P = frame frame^T.
 
@@ -391,7 +433,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class BCOPConv2D(DownsamplingConv2DBase):
+class BCOPConv2D(OrthonormalStackMixin, DownsamplingConv2DBase):
     """Orthogonal 2-D convolution by Block Convolution Orthogonal Parameterization (BCOP).
 
     With circular padding (default) the convolution is exactly orthogonal at
@@ -450,8 +492,7 @@ class BCOPConv2D(DownsamplingConv2DBase):
             kernel_initializer=kernel_initializer or StackedOrthogonal(),
             **kwargs,
         )
-        self.bjorck_iterations = _check_iterations(bjorck_iterations, "bjorck_iterations")
-        self.power_iterations = _check_iterations(power_iterations, "power_iterations")
+        self._init_orthonormalization(bjorck_iterations, power_iterations)
 
     def build_raw_weights(self, kernel_shape):
         kh, kw, in_channels, out_channels = kernel_shape
@@ -464,23 +505,11 @@ class BCOPConv2D(DownsamplingConv2DBase):
             constraint=self.kernel_constraint,
         )
 
-    def build_parametrization_state(self):
-        self.power_vectors = self.add_weight(
-            name="power_vectors",
-            shape=self.raw_matrices.shape[:2],
-            initializer=keras.initializers.RandomNormal(0.0, 1.0),
-            trainable=False,
-            dtype="float32",
-        )
+    def raw_variable(self):
+        return self.raw_matrices
 
-    def kernel_dependencies(self):
-        return [self.raw_matrices, self.power_vectors]
-
-    def orthonormal_matrices(self):
-        """`(orthonormal stack, new power vectors)` of the current raw matrices (float32)."""
-        return orthonormalize_stack(
-            self.raw_matrices, self.power_vectors, self.bjorck_iterations, self.power_iterations
-        )
+    def raw_stack(self):
+        return self.raw_matrices
 
     def compute_kernel(self, training=False):
         orthonormal, vectors = self.orthonormal_matrices()
@@ -491,14 +520,9 @@ class BCOPConv2D(DownsamplingConv2DBase):
         """Replace the raw matrices by their orthonormalized values (the layer's function is unchanged)."""
         self.raw_matrices.assign(ops.cast(self.orthonormal_matrices()[0], self.raw_matrices.dtype))
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({"bjorck_iterations": self.bjorck_iterations, "power_iterations": self.power_iterations})
-        return config
-
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class BjorckDense(LipschitzDenseBase):
+class BjorckDense(OrthonormalStackMixin, LipschitzDenseBase):
     """Dense layer of the BCOP code: Björck-orthonormalized kernel, exactly LConvNet's `BjorckLinear`.
 
     The kernel is divided by a power-iteration estimate of its largest
@@ -531,28 +555,8 @@ class BjorckDense(LipschitzDenseBase):
         **kwargs,
     ):
         super().__init__(units, k_coef_lip=k_coef_lip, kernel_initializer=kernel_initializer, **kwargs)
-        self.bjorck_iterations = _check_iterations(bjorck_iterations, "bjorck_iterations")
-        self.power_iterations = _check_iterations(power_iterations, "power_iterations")
-
-    def build_parametrization_state(self):
-        self.power_vectors = self.add_weight(
-            name="power_vectors",
-            shape=(1, self.units),
-            initializer=keras.initializers.RandomNormal(0.0, 1.0),
-            trainable=False,
-            dtype="float32",
-        )
-
-    def kernel_dependencies(self):
-        return [self.kernel, self.power_vectors]
+        self._init_orthonormalization(bjorck_iterations, power_iterations)
 
     def compute_kernel(self, training=False):
-        orthonormal, vectors = orthonormalize_stack(
-            ops.expand_dims(self.kernel, 0), self.power_vectors, self.bjorck_iterations, self.power_iterations
-        )
+        orthonormal, vectors = self.orthonormal_matrices()
         return orthonormal[0] * self.k_coef_lip, [(self.power_vectors, vectors)]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"bjorck_iterations": self.bjorck_iterations, "power_iterations": self.power_iterations})
-        return config

@@ -26,8 +26,8 @@ from deel_lip_ext.layers.bcop import (
     BCOP_BJORCK_ITERATIONS,
     BCOP_POWER_ITERATIONS,
     DownsamplingConv2DBase,
+    OrthonormalStackMixin,
     _check_iterations,
-    orthonormalize_stack,
 )
 from deel_lip_ext.layers.padding import circular_pad
 
@@ -147,7 +147,7 @@ class OSSNConv2D(DownsamplingConv2DBase):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class RKOConv2D(DownsamplingConv2DBase):
+class RKOConv2D(OrthonormalStackMixin, DownsamplingConv2DBase):
     """Reshaped kernel orthogonalization with the BCOP code's Björck settings.
 
     The kernel reshaped to (kh * kw * c_in, c_out) is divided by a
@@ -179,33 +179,12 @@ class RKOConv2D(DownsamplingConv2DBase):
         **kwargs,
     ):
         super().__init__(filters, kernel_size, strides=strides, padding=padding, k_coef_lip=k_coef_lip, **kwargs)
-        self.bjorck_iterations = _check_iterations(bjorck_iterations, "bjorck_iterations")
-        self.power_iterations = _check_iterations(power_iterations, "power_iterations")
-
-    def build_parametrization_state(self):
-        self.power_vectors = self.add_weight(
-            name="power_vectors",
-            shape=(1, self.filters),
-            initializer=keras.initializers.RandomNormal(0.0, 1.0),
-            trainable=False,
-            dtype="float32",
-        )
-
-    def kernel_dependencies(self):
-        return [self.kernel, self.power_vectors]
+        self._init_orthonormalization(bjorck_iterations, power_iterations)
 
     def compute_kernel(self, training=False):
-        matrix = ops.reshape(self.kernel, (1, -1, self.filters))
-        orthonormal, vectors = orthonormalize_stack(
-            matrix, self.power_vectors, self.bjorck_iterations, self.power_iterations
-        )
+        orthonormal, vectors = self.orthonormal_matrices()
         kernel = ops.reshape(orthonormal, self.kernel.shape)
         return kernel * (self.lipschitz_coefficient * self.k_coef_lip), [(self.power_vectors, vectors)]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"bjorck_iterations": self.bjorck_iterations, "power_iterations": self.power_iterations})
-        return config
 
 
 def clip_and_mask(kernel, input_size, max_singular_value=1.0, iterations=50):
