@@ -68,9 +68,10 @@ def _check_chunk_size(chunk_size):
 def automatic_chunk_size(rows, input_dim, units):
     """Units per chunk so that a (rows, chunk, input_dim) intermediate is no larger than the (rows, units) output.
 
-    Or about 2**20 elements (4 MB) when the output is smaller. So peak memory
-    stays a small multiple of the output size whatever the input dimension.
-    A divisor of `units` is preferred when it is at least half that size.
+    Or about 2**20 elements (4 MB) when the output is smaller, and at least
+    one unit (whose intermediate exceeds the output when input_dim > units;
+    XLA fuses it into its reduction rather than storing it). A divisor of
+    `units` is preferred when it is at least half that size.
     `rows` is the batch size (batch x positions for a convolution); None or
     unknown counts as 512.
     """
