@@ -12,7 +12,9 @@ outputs, not compilation.
 machine; it adds up the threads). The naive
 version is skipped where its estimated need exceeds the memory limit.
 "floor" is the memory of what the step returns (output, input gradient,
-kernel gradient): no implementation can peak below it.
+kernel gradient): no implementation can peak below it. The allocator works in
+regions of several MB (a 64 -> 32 layer "peaks" at 8-16 MB), so peaks of a few
+tens of MB overstate the step's real need.
 
 Usage:
     PYTHONPATH=. python benchmarks/linf_dist.py                   # 784 -> 5120 and 784 -> 512, batch 512
