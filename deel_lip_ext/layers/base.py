@@ -229,14 +229,18 @@ class KernelBiasMixin:
         self.bias_constraint = keras.constraints.get(bias_constraint)
 
     def _add_kernel_and_bias(self, kernel_shape, units):
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=kernel_shape,
+        self.kernel = self._add_raw_kernel(kernel_shape)
+        self._add_bias(units)
+
+    def _add_raw_kernel(self, shape, name="kernel"):
+        """A trainable variable with the layer's kernel initializer, regularizer and constraint."""
+        return self.add_weight(
+            name=name,
+            shape=shape,
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
-        self._add_bias(units)
 
     def _add_bias(self, units):
         self.bias = None

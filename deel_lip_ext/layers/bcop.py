@@ -343,13 +343,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
 
     def build_raw_weights(self, kernel_shape):
         """Create the raw variables (default: a raw `kernel` of the stride-1 kernel's shape)."""
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=kernel_shape,
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
+        self.kernel = self._add_raw_kernel(kernel_shape)
 
     def conv_padding_widths(self):
         """((top, bottom), (left, right)) pads of the stride-1 convolution (zeros unless circular)."""
@@ -497,13 +491,7 @@ class BCOPConv2D(OrthonormalStackMixin, DownsamplingConv2DBase):
     def build_raw_weights(self, kernel_shape):
         kh, kw, in_channels, out_channels = kernel_shape
         channels = max(in_channels, out_channels)
-        self.raw_matrices = self.add_weight(
-            name="raw_matrices",
-            shape=(kh + kw - 1, channels, channels),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
+        self.raw_matrices = self._add_raw_kernel((kh + kw - 1, channels, channels), name="raw_matrices")
 
     def raw_variable(self):
         return self.raw_matrices

@@ -205,8 +205,8 @@ def _write_rows(buffer, start, piece):
     return ops.slice_update(buffer, (start, 0), piece)
 
 
-def _output_buffer(x, plan, dtype=None):
-    return ops.zeros((ops.shape(x)[0], plan.padded), dtype=dtype or x.dtype)
+def _output_buffer(x, plan):
+    return ops.zeros((ops.shape(x)[0], plan.padded), dtype=x.dtype)
 
 
 def _forward(x, kernel, p, plan, power):
