@@ -171,6 +171,11 @@ class OrthonormalStackMixin:
 
     `BCOPConv2D` orthonormalizes its 2k - 1 raw matrices; `BjorckDense` and
     `RKOConv2D` their kernel as one (fan_in, units) matrix (the default).
+
+    Example:
+    >>> layer = BjorckDense(8)
+    >>> layer.build((None, 16))
+    >>> orthonormal, vectors = layer.orthonormal_matrices()  # (1, 16, 8), (1, 8)
     """
 
     def _init_orthonormalization(self, bjorck_iterations, power_iterations):
