@@ -4,6 +4,8 @@ A constraint projects a plain layer's kernel; unlike the parametrized layers
 it does not differentiate through the normalization.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -55,7 +57,8 @@ class AutoWeightClipConstraint(keras.constraints.Constraint):
         self.scale = _check_positive(scale, "scale")
 
     def __call__(self, w):
-        bound = 1.0 / (self.scale * float(int(ops.size(w))) ** 0.5)
+        # The static shape: a Python number, also while `fit` traces the constraint symbolically.
+        bound = 1.0 / (self.scale * math.sqrt(math.prod(int(dim) for dim in w.shape)))
         return ops.clip(w, -bound, bound)
 
     def get_config(self):

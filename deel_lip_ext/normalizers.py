@@ -16,6 +16,7 @@ data-dependent loop, which is what XLA/`jit_compile` likes best.
 
 import math
 
+import keras
 from keras import ops
 
 DEFAULT_EPS_SPECTRAL = 1e-3
@@ -115,14 +116,20 @@ def power_iteration(matrix, u, maxiter=DEFAULT_MAXITER_SPECTRAL, eps=DEFAULT_EPS
     return u, sigma
 
 
-def spectral_normalization(kernel, u, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_MAXITER_SPECTRAL):
+def _start_vector(u, size, dtype):
+    """The power-iteration start: `u`, or a random normal (1, size) vector when `u` is None (deel-lip)."""
+    return keras.random.normal((1, size), dtype=dtype) if u is None else u
+
+
+def spectral_normalization(kernel, u=None, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_MAXITER_SPECTRAL):
     """Divide a kernel by its largest singular value.
 
     The kernel is seen as the matrix `reshape(kernel, (-1, kernel.shape[-1]))`.
 
     Args:
         kernel: tensor whose last axis is the output axis.
-        u: power-iteration vector of shape (1, kernel.shape[-1]).
+        u: power-iteration vector of shape (1, kernel.shape[-1]); None starts
+            from a random normal vector (deel-lip).
         eps: stopping tolerance of the power iteration, also added to sigma so
             that the result stays in Björck's convergence region.
         maxiter: maximal number of power iterations.
@@ -135,6 +142,7 @@ def spectral_normalization(kernel, u, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_
     >>> w_bar, u, sigma = spectral_normalization(w, keras.random.normal((1, 8)))
     """
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
+    u = _start_vector(u, kernel.shape[-1], matrix.dtype)
     u, sigma = power_iteration(matrix, u, maxiter=maxiter, eps=eps)
     return kernel / (sigma + eps), u, sigma
 
@@ -182,7 +190,8 @@ def reshaped_kernel_orthogonalization(
 
     The kernel is reshaped to (-1, kernel.shape[-1]), normalized, orthonormalized
     (skipped when `eps_bjorck` is None: spectral normalization only), multiplied
-    by `adjustment_coef` and reshaped back.
+    by `adjustment_coef` and reshaped back. `u` is the power-iteration vector
+    (1, kernel.shape[-1]), or None for a random start (deel-lip).
 
     Returns:
         `(kernel_bar, u, sigma)`.

@@ -3,7 +3,7 @@
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, check_k_coef_lip
 from deel_lip_ext.layers.dense import FrobeniusDense, SpectralDense
 from deel_lip_ext.layers.convolutional import FrobeniusConv2D, SpectralConv2D
-from deel_lip_ext.layers.activations import CReLU, FullSort, GroupSort, GroupSort2, Householder, MaxMin
+from deel_lip_ext.layers.activations import CReLU, FullSort, GroupSort, GroupSort2, Householder, MaxMin, MaxMinHalves
 from deel_lip_ext.layers.pooling import (
     ScaledAveragePooling2D,
     ScaledGlobalAveragePooling2D,
