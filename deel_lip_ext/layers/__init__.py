@@ -16,3 +16,7 @@ from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad
 from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense, StackedOrthogonal
 from deel_lip_ext.layers.conv_baselines import OSSNConv2D, RKOConv2D, SVCMConv2D, SVCMProjection
 from deel_lip_ext.layers.linf import LInfDistConv2D, LInfDistDense, LogitScale
+from deel_lip_ext.layers.padding import Padding2D
+from deel_lip_ext.layers.pad_conv import PadConv2D
+from deel_lip_ext.layers.transposed import SpectralConv2DTranspose
+from deel_lip_ext.layers.conv1d import SpectralConv1D
