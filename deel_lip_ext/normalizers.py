@@ -37,6 +37,7 @@ __all__ = [
     "bjorck_normalization",
     "reshaped_kernel_orthogonalization",
     "frobenius_normalization",
+    "spectral_normalization_conv",
 ]
 
 
@@ -221,3 +222,64 @@ def frobenius_normalization(kernel, disjoint_neurons=False, eps=1e-12):
     axes = tuple(range(len(kernel.shape) - 1)) if disjoint_neurons else None
     squared = ops.sum(ops.square(kernel), axis=axes, keepdims=disjoint_neurons)
     return kernel / ops.sqrt(ops.maximum(squared, eps))
+
+
+def spectral_normalization_conv(
+    kernel, u, stride=1, conv_first=True, pad_func=None, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_MAXITER_SPECTRAL
+):
+    """Divide a conv kernel by the largest singular value of its *convolution operator* (deel-lip).
+
+    Power iteration on the operator A = conv(., kernel, stride, "same" zero
+    padding) and its adjoint (the transposed convolution), at the input size
+    given by `u`. Like every power iteration the estimate approaches sigma
+    from below: this normalizer is a deel-lip utility, not a certificate
+    (none of the library's layers uses it).
+
+    Args:
+        kernel: (kh, kw, c_in, c_out).
+        u: start vector: an input (1, H, W, c_in) if `conv_first`, else an
+            output (1, H / stride, W / stride, c_out); H and W must be
+            multiples of `stride`.
+        stride: int stride of the convolution (deel-lip accepted a float; it
+            must be a whole number).
+        conv_first: iterate on A^T A (True) or A A^T (False).
+        pad_func: must be None ("same" zero padding): the adjoint of an
+            arbitrary padding function is not available.
+        eps: stop when u moves less than `eps` (0: exactly `maxiter` steps);
+            eps < 0 returns the kernel unchanged (deel-lip).
+        maxiter: maximal number of iterations.
+
+    Returns:
+        `(kernel / sigma, u, sigma)`.
+
+    Example:
+        >>> w_bar, u, sigma = spectral_normalization_conv(kernel, keras.random.normal((1, 8, 8, 3)))
+    """
+    if pad_func is not None:
+        raise ValueError("pad_func must be None: only 'same' zero padding has a known adjoint here.")
+    if float(stride) != int(stride) or int(stride) < 1:
+        raise ValueError(f"stride must be a whole number >= 1, got {stride!r}.")
+    stride = int(stride)
+    if u is None:
+        raise ValueError("u must be given: its shape (1, H, W, channels) fixes the input size of the operator.")
+    if eps < 0:
+        return kernel, u, ops.ones((), dtype=kernel.dtype)
+    if conv_first and any(size % stride for size in u.shape[1:3]):
+        raise ValueError(f"the spatial size of u {tuple(u.shape)} must be a multiple of stride {stride}.")
+    kernel_sg = ops.stop_gradient(kernel)
+
+    def forward(x, w):
+        return ops.conv(x, w, strides=stride, padding="same")
+
+    def adjoint(y, w):
+        return ops.conv_transpose(y, w, strides=stride, padding="same")
+
+    first, second = (forward, adjoint) if conv_first else (adjoint, forward)
+
+    def step(vec):
+        return _l2_normalize(second(first(vec, kernel_sg), kernel_sg))
+
+    distance = lambda a, b: ops.sqrt(ops.sum(ops.square(a - b)))  # noqa: E731
+    u = ops.stop_gradient(_iterate(step, _l2_normalize(ops.stop_gradient(u)), eps, maxiter, distance))
+    sigma = ops.sqrt(ops.sum(ops.square(first(u, kernel))))
+    return kernel / sigma, u, sigma
