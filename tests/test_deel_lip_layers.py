@@ -242,3 +242,37 @@ def test_padding2d_matches_numpy_pad():
         np.testing.assert_array_equal(out, np.pad(x, ((0, 0), (1, 2), (3, 0), (0, 0)), mode=mode))
     with pytest.raises(ValueError, match="mode must be one of"):
         Padding2D(1, mode="wrap")
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: PadConv2D(3, 3, padding="reflect", k_coef_lip=2.0), (5, 5, 2)),
+        (lambda: SpectralConv2DTranspose(3, 3, strides=2, k_coef_lip=0.5), (4, 4, 2)),
+        (lambda: SpectralConv1D(3, 3, strides=2), (9, 2)),
+    ],
+)
+def test_library_measuring_tools_read_the_new_layers(make, shape):
+    from deel_lip_ext.utils import compute_layer_sv, model_lipschitz_bound
+
+    layer = make()
+    model = _model(layer, shape)
+    _set_kernel(layer, "coherent")
+    exact = _exported_norm(model)
+    low, high = compute_layer_sv(layer)
+    assert high == pytest.approx(exact, rel=1e-6)
+    assert 0.0 <= low <= high
+    values = layer.singular_values()
+    assert values.max() == pytest.approx(exact, rel=1e-6) and values[min(np.prod(shape), values.size) - 1] >= 0
+    assert model_lipschitz_bound(model) == pytest.approx(exact, rel=1e-6)
+    assert high <= layer.k_coef_lip * (1 + RTOL_LIP)
+
+
+def test_big_inputs_report_the_bound_and_refuse_an_exact_spectrum():
+    layer = SpectralConv1D(4, 3, **_strict())
+    _model(layer, (1000, 4))  # 4000 entries
+    low, high = layer.lipschitz_sv()
+    assert low == 0.0 and high == pytest.approx(layer.operator_norm((None, 1000, 4)))
+    assert high <= 1.0 + RTOL_LIP
+    with pytest.raises(ValueError, match="too many for an exact spectrum"):
+        layer.singular_values()

@@ -159,6 +159,7 @@ class SpectralConvBase(KernelBiasMixin, SpectralMixin, ParametrizedLayer):
     def _finish_build(self, kernel_shape, spatial_size, channels):
         """Create kernel, bias, u and the cache; pin the spatial size when the padding copies entries."""
         self.input_spatial_size = tuple(spatial_size)
+        self.kernel_channels_in = channels
         self.lipschitz_coefficient = 1.0 / math.sqrt(self._overlap((None, *spatial_size, channels)))
         self.kernel = self._add_raw_kernel(kernel_shape)
         self._add_bias(self.filters)
@@ -191,6 +192,16 @@ class SpectralConvBase(KernelBiasMixin, SpectralMixin, ParametrizedLayer):
     def call(self, inputs, training=None):
         return self._bias_and_activation(self.linear(inputs, self.kernel_for_call(training)))
 
+    def _operator_matrix(self, input_shape):
+        """Dense matrix (inputs, outputs) of the bias-free map at `input_shape`, from unit impulses, or None if too big."""
+        entries = tuple(input_shape[1:])
+        if any(dim is None for dim in entries) or int(np.prod(entries)) > MAX_IMPULSE_SIZE:
+            return None
+        size = int(np.prod(entries))
+        impulses = ops.convert_to_tensor(np.eye(size, dtype="float32").reshape((size, *entries)))
+        outputs = ops.convert_to_numpy(self.linear(impulses, self.effective_kernel()))
+        return outputs.reshape(size, -1).astype(np.float64)
+
     def operator_norm(self, input_shape):
         """L2 operator norm of the bias-free map at `input_shape` (batch first): exact or a proven upper bound.
 
@@ -199,15 +210,38 @@ class SpectralConvBase(KernelBiasMixin, SpectralMixin, ParametrizedLayer):
         ||M||_2 * sqrt(max overlap), M the reshaped effective kernel.
         """
         self._check_input_size(input_shape)
-        kernel = self.effective_kernel()
-        entries = input_shape[1:]
-        if all(dim is not None for dim in entries) and int(np.prod(entries)) <= MAX_IMPULSE_SIZE:
-            size = int(np.prod(entries))
-            impulses = np.eye(size, dtype="float32").reshape((size, *entries))
-            matrix = ops.convert_to_numpy(self.linear(ops.convert_to_tensor(impulses), kernel)).reshape(size, -1)
-            return float(np.linalg.norm(matrix.astype(np.float64), 2))
-        matrix = ops.convert_to_numpy(kernel).astype(np.float64).reshape(-1, kernel.shape[-1])
-        return float(np.linalg.norm(matrix, 2) * math.sqrt(self._overlap(input_shape)))
+        matrix = self._operator_matrix(input_shape)
+        if matrix is not None:
+            return float(np.linalg.norm(matrix, 2))
+        kernel = ops.convert_to_numpy(self.effective_kernel()).astype(np.float64)
+        return float(np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2) * math.sqrt(self._overlap(input_shape)))
+
+    def _build_input_shape(self):
+        return (None, *self.input_spatial_size, self.kernel_channels_in)
+
+    def lipschitz_sv(self):
+        """(min, max) singular values at the build input size (`deel_lip_ext.utils.compute_layer_sv` reads it).
+
+        Exact on inputs of at most 3072 entries; beyond, min is 0 and max the
+        upper bound of `operator_norm`.
+        """
+        input_shape = self._build_input_shape()
+        matrix = self._operator_matrix(input_shape)
+        if matrix is None:
+            return 0.0, self.operator_norm(input_shape)
+        values = np.linalg.svd(matrix, compute_uv=False)
+        full_rank = min(matrix.shape)
+        return float(values[:full_rank].min()), float(values.max())
+
+    def singular_values(self):
+        """Every singular value (descending) of the bias-free map at the build input size (at most 3072 entries)."""
+        matrix = self._operator_matrix(self._build_input_shape())
+        if matrix is None:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: the input {self._build_input_shape()} has more than "
+                f"{MAX_IMPULSE_SIZE} entries, too many for an exact spectrum; use lipschitz_sv() for a bound."
+            )
+        return np.linalg.svd(matrix, compute_uv=False)
 
     def _conv_config(self):
         return {
