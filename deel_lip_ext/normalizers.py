@@ -279,7 +279,9 @@ def spectral_normalization_conv(
     def step(vec):
         return _l2_normalize(second(first(vec, kernel_sg), kernel_sg))
 
-    distance = lambda a, b: ops.sqrt(ops.sum(ops.square(a - b)))  # noqa: E731
+    def distance(a, b):
+        return ops.sqrt(ops.sum(ops.square(a - b)))
+
     u = ops.stop_gradient(_iterate(step, _l2_normalize(ops.stop_gradient(u)), eps, maxiter, distance))
     sigma = ops.sqrt(ops.sum(ops.square(first(u, kernel))))
     return kernel / sigma, u, sigma

@@ -159,7 +159,8 @@ def test_vjp_preserves_gradient_norm(name, k):
 def test_householder_at_half_pi_is_min_max_of_the_halves():
     x = _random((4, 3, 3, 8))
     a, b = np.split(x, 2, axis=-1)
-    np.testing.assert_allclose(_numpy(Householder()(x)), np.concatenate([np.minimum(a, b), np.maximum(a, b)], -1), atol=1e-6)
+    expected = np.concatenate([np.minimum(a, b), np.maximum(a, b)], -1)
+    np.testing.assert_allclose(_numpy(Householder()(x)), expected, atol=1e-6)
 
 
 def test_householder_at_zero_keeps_z1_and_flips_z2_positive():
@@ -312,7 +313,9 @@ def test_odd_channels_are_rejected(make):
         make()(np.zeros((1, 2, 2, 5), "float32"))
 
 
-@pytest.mark.parametrize("make", [GroupSort2, FullSort, MaxMin, MaxMinHalves, CReLU, Householder, lambda **kw: GroupSort(4, **kw)])
+@pytest.mark.parametrize(
+    "make", [GroupSort2, FullSort, MaxMin, MaxMinHalves, CReLU, Householder, lambda **kw: GroupSort(4, **kw)]
+)
 @pytest.mark.parametrize("k", [0.0, -1.0, float("inf")])
 def test_non_positive_k_coef_lip_is_rejected(make, k):
     with pytest.raises(ValueError, match="k_coef_lip"):

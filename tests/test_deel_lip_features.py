@@ -43,7 +43,7 @@ def _soft_hkr_reference(y_true, y_pred, alpha, min_margin, alpha_mean, temperatu
 
 @pytest.mark.parametrize("alpha, min_margin, alpha_mean, temperature", [(10.0, 1.0, 0.99, 1.0), (5.0, 0.2, 0.5, 3.0),
                                                                         (float("inf"), 2.0, 0.9, 0.5)])
-def test_multiclass_soft_hkr_matches_deel_lip_formula_over_successive_batches(alpha, min_margin, alpha_mean, temperature):
+def test_multiclass_soft_hkr_matches_deel_lip_formula_over_batches(alpha, min_margin, alpha_mean, temperature):
     rng = np.random.default_rng(0)
     loss = MulticlassSoftHKR(alpha=alpha, min_margin=min_margin, alpha_mean=alpha_mean, temperature=temperature)
     per_sample = MulticlassSoftHKR(alpha, min_margin, alpha_mean, temperature, reduction=None)
@@ -132,8 +132,10 @@ def test_lorth_padding_and_delta():
     assert (lorth.padding, lorth.delta) == (3, 0)
 
 
-@pytest.mark.parametrize("shape, stride, match", [((1, 1, 1, 9), 3, "Impossible RO"), ((3, 3, 8, 200), 4, "Impossible CO"),
-                                                  ((4, 4, 2, 2), 1, "odd")])
+@pytest.mark.parametrize(
+    "shape, stride, match",
+    [((1, 1, 1, 9), 3, "Impossible RO"), ((3, 3, 8, 200), 4, "Impossible CO"), ((4, 4, 2, 2), 1, "odd")],
+)
 def test_lorth_refuses_impossible_configurations(shape, stride, match):
     with pytest.raises(ValueError, match=match):
         Lorth2D(kernel_shape=shape, stride=stride)
@@ -208,7 +210,8 @@ def test_monitor_callback_kernel_target_reports_the_raw_kernel():
     assert history.history["dense_sv_max"][-1] == pytest.approx(values.max(), rel=1e-6)
     assert history.history["dense_sv_min"][-1] == pytest.approx(values.min(), rel=1e-6)
     constrained = MonitorCallback(["dense"])
-    history = model.fit(rng.normal(size=(16, 5)), rng.normal(size=(16, 3)), epochs=1, verbose=0, callbacks=[constrained])
+    x, y = rng.normal(size=(16, 5)), rng.normal(size=(16, 3))
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[constrained])
     assert history.history["dense_sv_max"][-1] == pytest.approx(1.0, abs=2e-3)
     assert MonitorCallback(["dense"], target="kernel").get_config()["target"] == "kernel"
     with pytest.raises(ValueError, match="target"):

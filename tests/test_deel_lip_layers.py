@@ -13,7 +13,13 @@ import keras
 import numpy as np
 import pytest
 
-from deel_lip_ext.layers import CircularPadding2D, PadConv2D, Padding2D, SpectralConv1D, SpectralConv2DTranspose
+from deel_lip_ext.layers import (
+    CircularPadding2D,
+    PadConv2D,
+    Padding2D,
+    SpectralConv1D,
+    SpectralConv2DTranspose,
+)
 from deel_lip_ext.layers._spectral_conv import axis_overlap_counts, max_overlap
 from deel_lip_ext.model import vanilla_model
 

@@ -143,7 +143,9 @@ class SpectralConvBase(KernelBiasMixin, SpectralMixin, ParametrizedLayer):
         if data_format not in (None, "channels_last"):
             raise ValueError(f"data_format must be 'channels_last' (or None), got {data_format!r}.")
         if int_tuple(dilation_rate, rank, "dilation_rate") != (1,) * rank:
-            raise ValueError(f"dilation_rate must be 1: dilated Lipschitz convolutions are not supported, got {dilation_rate!r}.")
+            raise ValueError(
+                f"dilation_rate must be 1: dilated Lipschitz convolutions are not supported, got {dilation_rate!r}."
+            )
         if groups != 1:
             raise ValueError(f"groups must be 1, got {groups!r}.")
         self._init_lipschitz(k_coef_lip)
@@ -193,7 +195,7 @@ class SpectralConvBase(KernelBiasMixin, SpectralMixin, ParametrizedLayer):
         return self._bias_and_activation(self.linear(inputs, self.kernel_for_call(training)))
 
     def _operator_matrix(self, input_shape):
-        """Dense matrix (inputs, outputs) of the bias-free map at `input_shape`, from unit impulses, or None if too big."""
+        """Dense matrix (inputs, outputs) of the bias-free map at `input_shape` from unit impulses (None if too big)."""
         entries = tuple(input_shape[1:])
         if any(dim is None for dim in entries) or int(np.prod(entries)) > MAX_IMPULSE_SIZE:
             return None

@@ -107,7 +107,9 @@ class SpectralConv1D(SpectralConvBase):
         if channels is None:
             raise ValueError(f"SpectralConv1D needs a known channel dimension, got input shape {input_shape}.")
         if self.padding == "valid" and length is not None and length < self.kernel_size[0]:
-            raise ValueError(f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}.")
+            raise ValueError(
+                f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}."
+            )
         self._finish_build(self.kernel_size + (channels, self.filters), (length,), channels)
 
     def _overlap(self, input_shape):

@@ -12,8 +12,18 @@ import keras
 from keras import ops
 
 from deel_lip_ext import normalizers
-from deel_lip_ext.layers._spectral_conv import ZERO_PADDINGS, SpectralConvBase, max_overlap, pad_widths
-from deel_lip_ext.layers.padding import CircularPadding2D, Padding2D, circular_pad, mode_pad
+from deel_lip_ext.layers._spectral_conv import (
+    ZERO_PADDINGS,
+    SpectralConvBase,
+    max_overlap,
+    pad_widths,
+)
+from deel_lip_ext.layers.padding import (
+    CircularPadding2D,
+    Padding2D,
+    circular_pad,
+    mode_pad,
+)
 
 __all__ = ["PadConv2D", "PAD_CONV_PADDINGS"]
 
@@ -117,7 +127,8 @@ class PadConv2D(SpectralConvBase):
 
     def _explicit_pads(self, spatial_size):
         """((top, bottom), (left, right)) of the explicit padding (modes other than same/valid)."""
-        return tuple(pad_widths(size, k, s, self.padding) for size, k, s in zip(spatial_size, self.kernel_size, self.strides))
+        geometry = zip(spatial_size, self.kernel_size, self.strides)
+        return tuple(pad_widths(size, k, s, self.padding) for size, k, s in geometry)
 
     def build(self, input_shape):
         height, width, channels = input_shape[1], input_shape[2], input_shape[3]
@@ -125,7 +136,9 @@ class PadConv2D(SpectralConvBase):
             raise ValueError(f"PadConv2D needs a known channel dimension, got input shape {input_shape}.")
         if self.padding not in ZERO_PADDINGS:
             if height is None or width is None:
-                raise ValueError(f"padding={self.padding!r} needs known spatial dimensions, got input shape {input_shape}.")
+                raise ValueError(
+                    f"padding={self.padding!r} needs known spatial dimensions, got input shape {input_shape}."
+                )
             limit_offset = 1 if self.padding == "reflect" else 0
             for size, (before, after) in zip((height, width), self._explicit_pads((height, width))):
                 if max(before, after) > size - limit_offset:
@@ -136,7 +149,9 @@ class PadConv2D(SpectralConvBase):
         if self.padding == "valid":
             for size, k in zip((height, width), self.kernel_size):
                 if size is not None and size < k:
-                    raise ValueError(f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}.")
+                    raise ValueError(
+                        f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}."
+                    )
         self._finish_build(self.kernel_size + (channels, self.filters), (height, width), channels)
 
     def _overlap(self, input_shape):
