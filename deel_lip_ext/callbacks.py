@@ -105,7 +105,7 @@ class CondenseCallback(keras.callbacks.Callback):
         on_batch: condense at the end of each training batch.
 
     Example:
-    >>> model.fit(x, y, callbacks=[CondenseCallback(on_epoch=True)])
+        >>> model.fit(x, y, callbacks=[CondenseCallback(on_epoch=True)])
     """
 
     def __init__(self, on_epoch=True, on_batch=False):
@@ -164,9 +164,9 @@ class MonitorCallback(keras.callbacks.Callback):
         on_batch: record at the end of each training batch.
 
     Example:
-    >>> monitor = MonitorCallback(["conv1", "dense"], logdir="logs/sv", what="all")
-    >>> history = model.fit(x, y, callbacks=[monitor])
-    >>> history.history["conv1_sv_max"]
+        >>> monitor = MonitorCallback(["conv1", "dense"], logdir="logs/sv", what="all")
+        >>> history = model.fit(x, y, callbacks=[monitor])
+        >>> history.history["conv1_sv_max"]
     """
 
     def __init__(self, monitored_layers, logdir=None, target="wbar", what="max", on_epoch=True, on_batch=False):

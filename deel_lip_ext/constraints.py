@@ -29,7 +29,7 @@ class WeightClipConstraint(keras.constraints.Constraint):
         c: clipping bound.
 
     Example:
-    >>> keras.layers.Dense(8, kernel_constraint=WeightClipConstraint(0.1))
+        >>> keras.layers.Dense(8, kernel_constraint=WeightClipConstraint(0.1))
     """
 
     def __init__(self, c=2.0):
@@ -50,7 +50,7 @@ class AutoWeightClipConstraint(keras.constraints.Constraint):
         scale: extra divisor of the bound.
 
     Example:
-    >>> keras.layers.Dense(8, kernel_constraint=AutoWeightClipConstraint())
+        >>> keras.layers.Dense(8, kernel_constraint=AutoWeightClipConstraint())
     """
 
     def __init__(self, scale=1.0):
@@ -73,7 +73,7 @@ class FrobeniusConstraint(keras.constraints.Constraint):
         eps: added to the norm.
 
     Example:
-    >>> keras.layers.Dense(1, kernel_constraint=FrobeniusConstraint())
+        >>> keras.layers.Dense(1, kernel_constraint=FrobeniusConstraint())
     """
 
     def __init__(self, eps=1e-7):
@@ -99,7 +99,7 @@ class SpectralConstraint(keras.constraints.Constraint):
             as `SpectralDense` (`eps_bjorck=None`: spectral normalization only).
 
     Example:
-    >>> keras.layers.Dense(8, kernel_constraint=SpectralConstraint(k_coef_lip=1.0))
+        >>> keras.layers.Dense(8, kernel_constraint=SpectralConstraint(k_coef_lip=1.0))
     """
 
     def __init__(

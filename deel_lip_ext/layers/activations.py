@@ -157,8 +157,8 @@ class GroupSort(_ChannelActivation):
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> layer = GroupSort(n=2)
-    >>> layer(keras.ops.convert_to_tensor([[3.0, 1.0, -1.0, 2.0]]))  # [[1, 3, -1, 2]]
+        >>> layer = GroupSort(n=2)
+        >>> layer(keras.ops.convert_to_tensor([[3.0, 1.0, -1.0, 2.0]]))  # [[1, 3, -1, 2]]
     """
 
     def __init__(self, n=None, k_coef_lip=1.0, data_format="channels_last", **kwargs):
@@ -202,7 +202,7 @@ class GroupSort2(GroupSort):
         **kwargs: `GroupSort` arguments except `n` (k_coef_lip, name, ...).
 
     Example:
-    >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), GroupSort2()])
+        >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), GroupSort2()])
     """
 
     def __init__(self, **kwargs):
@@ -218,7 +218,7 @@ class FullSort(GroupSort):
         **kwargs: `GroupSort` arguments except `n` (k_coef_lip, name, ...).
 
     Example:
-    >>> FullSort()(keras.ops.convert_to_tensor([[3.0, 1.0, 2.0]]))  # [[1, 2, 3]]
+        >>> FullSort()(keras.ops.convert_to_tensor([[3.0, 1.0, 2.0]]))  # [[1, 2, 3]]
     """
 
     def __init__(self, **kwargs):
@@ -272,7 +272,7 @@ class CReLU(_ChannelActivation):
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> CReLU()(keras.ops.convert_to_tensor([[1.0, -2.0]]))  # [[1, 0, 0, 2]]
+        >>> CReLU()(keras.ops.convert_to_tensor([[1.0, -2.0]]))  # [[1, 0, 0, 2]]
     """
 
     def call(self, inputs):
@@ -325,7 +325,7 @@ class Householder(_ChannelActivation):
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), Householder()])
+        >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), Householder()])
     """
 
     def __init__(self, theta_initializer=None, k_coef_lip=1.0, data_format="channels_last", **kwargs):

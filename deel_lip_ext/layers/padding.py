@@ -116,7 +116,7 @@ def circular_pad(x, padding):
         The padded tensor, (N, H + top + bottom, W + left + right, C).
 
     Example:
-    >>> circular_pad(x, ((1, 1), (0, 2)))
+        >>> circular_pad(x, ((1, 1), (0, 2)))
     """
     (top, bottom), (left, right) = padding
     _check_pad_fits(padding, x.shape[1:3])
@@ -140,9 +140,9 @@ class CircularPadding2D(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> layer = CircularPadding2D(((1, 1), (0, 2)))
-    >>> layer(keras.ops.ones((1, 4, 4, 3))).shape
-    (1, 6, 6, 3)
+        >>> layer = CircularPadding2D(((1, 1), (0, 2)))
+        >>> layer(keras.ops.ones((1, 4, 4, 3))).shape
+        (1, 6, 6, 3)
     """
 
     def __init__(self, padding=1, data_format="channels_last", **kwargs):

@@ -8,9 +8,9 @@ patch matrix is M = reshape(kernel, (kh kw filters, c_in)): orthonormalizing
 M (RKO) and scaling by k / sqrt(ceil(kh/sh) ceil(kw/sw)) makes T k-Lipschitz
 at every input size.
 
-deel-lip orthonormalizes the other reshape, (kh kw c_in, filters); the two
-have the same singular values only for 1x1 kernels, and deel-lip's is not a
-bound of ||T|| in general (see the migration guide).
+deel-lip orthonormalizes the other reshape, (kh kw c_in, filters), whose
+norm is not the one in the bound above (for 1x1 kernels the two reshapes
+are transposes of each other and agree); see the migration guide.
 """
 
 import keras
