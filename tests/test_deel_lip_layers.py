@@ -282,3 +282,18 @@ def test_big_inputs_report_the_bound_and_refuse_an_exact_spectrum():
     assert high <= 1.0 + RTOL_LIP
     with pytest.raises(ValueError, match="too many for an exact spectrum"):
         layer.singular_values()
+
+
+@pytest.mark.parametrize("kind", ["random", "coherent"])
+def test_operator_norm_bound_is_above_the_exact_norm_on_a_big_circular_input(kind):
+    from deel_lip_ext.utils import conv_singular_values
+
+    # 40 x 40 x 2 = 3200 entries: operator_norm takes its bound path; a circular stride-1 conv has its exact
+    # norm from the FFT of its kernel (the wrap-around pads are (1, 1) for a 3x3 kernel, the FFT's convention).
+    layer = PadConv2D(3, 3, padding="circular", k_coef_lip=1.5, **_strict())
+    _model(layer, (40, 40, 2))
+    _set_kernel(layer, kind)
+    exact = float(conv_singular_values(layer.effective_kernel(), (40, 40)).max())
+    bound = layer.operator_norm((None, 40, 40, 2))
+    assert exact <= bound * (1 + 1e-6)
+    assert bound <= 1.5 * (1 + RTOL_LIP)
