@@ -105,7 +105,7 @@ class CondenseCallback(keras.callbacks.Callback):
         on_batch: condense at the end of each training batch.
 
     Example:
-    >>> model.fit(x, y, callbacks=[CondenseCallback(on_epoch=True)])
+        >>> model.fit(x, y, callbacks=[CondenseCallback(on_epoch=True)])
     """
 
     def __init__(self, on_epoch=True, on_batch=False):
@@ -130,38 +130,56 @@ class CondenseCallback(keras.callbacks.Callback):
         return {"on_epoch": self.on_epoch, "on_batch": self.on_batch}
 
 
+def _raw_kernel_singular_values(layer):
+    """Singular values of `layer.kernel` reshaped to (-1, kernel.shape[-1]), or None without a kernel."""
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        return None
+    matrix = np.asarray(ops.convert_to_numpy(kernel), dtype=np.float64)
+    return np.linalg.svd(matrix.reshape(-1, matrix.shape[-1]), compute_uv=False)
+
+
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class MonitorCallback(keras.callbacks.Callback):
     """Track the exact singular values of some layers during training.
 
-    For each monitored layer, `<name>_sv_max` and `<name>_sv_min` (exact, from
-    `deel_lip_ext.utils.compute_layer_sv` on the constrained kernel) are added
+    For each monitored layer, `<name>_sv_max` and `<name>_sv_min` are added
     to the Keras logs (so `History` and progress bars show them), and, when
     `logdir` is given, written to TensorBoard as scalars plus a histogram of
-    the whole spectrum (`what="all"`).
+    the whole spectrum (`what="all"`). With `target="wbar"` (the default) the
+    values are the exact singular values of the layer's operator
+    (`deel_lip_ext.utils.compute_layer_sv`, constrained kernel, real padding);
+    with `target="kernel"` (deel-lip's default) they are the singular values
+    of the raw trainable kernel reshaped to a matrix (kernel.shape[-1]
+    columns), which shows how far training drifts from the constraint. Layers
+    without a `kernel` are skipped for `target="kernel"`.
 
     Args:
         monitored_layers: names of the layers to monitor.
         logdir: TensorBoard folder, or None (logs only). Writing it needs the
             `tensorboard` package (in the `dev` extra).
+        target: "wbar" (constrained operator) or "kernel" (raw weights).
         what: "max" (min/max scalars) or "all" (also a spectrum histogram).
         on_epoch: record at the end of each epoch.
         on_batch: record at the end of each training batch.
 
     Example:
-    >>> monitor = MonitorCallback(["conv1", "dense"], logdir="logs/sv", what="all")
-    >>> history = model.fit(x, y, callbacks=[monitor])
-    >>> history.history["conv1_sv_max"]
+        >>> monitor = MonitorCallback(["conv1", "dense"], logdir="logs/sv", what="all")
+        >>> history = model.fit(x, y, callbacks=[monitor])
+        >>> history.history["conv1_sv_max"]
     """
 
-    def __init__(self, monitored_layers, logdir=None, what="max", on_epoch=True, on_batch=False):
+    def __init__(self, monitored_layers, logdir=None, target="wbar", what="max", on_epoch=True, on_batch=False):
         super().__init__()
         if isinstance(monitored_layers, str) or not monitored_layers:
             raise ValueError(f"monitored_layers must be a non-empty list of layer names, got {monitored_layers!r}.")
+        if target not in ("wbar", "kernel"):
+            raise ValueError(f"target must be 'wbar' (constrained operator) or 'kernel' (raw weights), got {target!r}.")
         if what not in ("max", "all"):
             raise ValueError(f"what must be 'max' or 'all', got {what!r}.")
         self.monitored_layers = list(monitored_layers)
         self.logdir = logdir
+        self.target = target
         self.what = what
         self.on_epoch = bool(on_epoch)
         self.on_batch = bool(on_batch)
@@ -179,7 +197,12 @@ class MonitorCallback(keras.callbacks.Callback):
         self._step += 1
         layers = {layer.name: layer for layer in self.model._flatten_layers(include_self=False, recursive=True)}
         for name in self.monitored_layers:
-            values = compute_layer_sv(layers[name])
+            spectrum = None
+            if self.target == "kernel":
+                spectrum = _raw_kernel_singular_values(layers[name])
+                values = None if spectrum is None else (float(spectrum.min()), float(spectrum.max()))
+            else:
+                values = compute_layer_sv(layers[name])
             if values is None:
                 continue
             if logs is not None:
@@ -193,7 +216,9 @@ class MonitorCallback(keras.callbacks.Callback):
                     tf.summary.scalar(f"{name}/sv_max", values[1])
                     tf.summary.scalar(f"{name}/sv_min", values[0])
                     if self.what == "all":
-                        tf.summary.histogram(f"{name}/singular_values", layer_singular_values(layers[name]))
+                        if spectrum is None:
+                            spectrum = layer_singular_values(layers[name])
+                        tf.summary.histogram(f"{name}/singular_values", spectrum)
         if self._writer is not None:
             self._writer.flush()
 
@@ -209,6 +234,7 @@ class MonitorCallback(keras.callbacks.Callback):
         return {
             "monitored_layers": self.monitored_layers,
             "logdir": self.logdir,
+            "target": self.target,
             "what": self.what,
             "on_epoch": self.on_epoch,
             "on_batch": self.on_batch,

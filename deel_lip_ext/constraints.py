@@ -4,6 +4,8 @@ A constraint projects a plain layer's kernel; unlike the parametrized layers
 it does not differentiate through the normalization.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -27,7 +29,7 @@ class WeightClipConstraint(keras.constraints.Constraint):
         c: clipping bound.
 
     Example:
-    >>> keras.layers.Dense(8, kernel_constraint=WeightClipConstraint(0.1))
+        >>> keras.layers.Dense(8, kernel_constraint=WeightClipConstraint(0.1))
     """
 
     def __init__(self, c=2.0):
@@ -48,14 +50,15 @@ class AutoWeightClipConstraint(keras.constraints.Constraint):
         scale: extra divisor of the bound.
 
     Example:
-    >>> keras.layers.Dense(8, kernel_constraint=AutoWeightClipConstraint())
+        >>> keras.layers.Dense(8, kernel_constraint=AutoWeightClipConstraint())
     """
 
     def __init__(self, scale=1.0):
         self.scale = _check_positive(scale, "scale")
 
     def __call__(self, w):
-        bound = 1.0 / (self.scale * float(int(ops.size(w))) ** 0.5)
+        # The static shape: a Python number, also while `fit` traces the constraint symbolically.
+        bound = 1.0 / (self.scale * math.sqrt(math.prod(int(dim) for dim in w.shape)))
         return ops.clip(w, -bound, bound)
 
     def get_config(self):
@@ -70,7 +73,7 @@ class FrobeniusConstraint(keras.constraints.Constraint):
         eps: added to the norm.
 
     Example:
-    >>> keras.layers.Dense(1, kernel_constraint=FrobeniusConstraint())
+        >>> keras.layers.Dense(1, kernel_constraint=FrobeniusConstraint())
     """
 
     def __init__(self, eps=1e-7):
@@ -96,7 +99,7 @@ class SpectralConstraint(keras.constraints.Constraint):
             as `SpectralDense` (`eps_bjorck=None`: spectral normalization only).
 
     Example:
-    >>> keras.layers.Dense(8, kernel_constraint=SpectralConstraint(k_coef_lip=1.0))
+        >>> keras.layers.Dense(8, kernel_constraint=SpectralConstraint(k_coef_lip=1.0))
     """
 
     def __init__(

@@ -36,6 +36,7 @@ __all__ = [
     "MulticlassKR",
     "MulticlassHinge",
     "MulticlassHKR",
+    "MulticlassSoftHKR",
     "MultiMargin",
     "CategoricalHinge",
     "TauCategoricalCrossentropy",
@@ -469,6 +470,88 @@ class TauBinaryCrossentropy(_ParametrizedLoss):
         # log(1 + exp(-|z|)) + max(z, 0) - z t: the stable logistic loss.
         per_output = ops.softplus(-ops.abs(logits)) + ops.relu(logits) - logits * target
         return ops.mean(per_output, axis=-1) / tau
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class MulticlassSoftHKR(_ParametrizedLoss):
+    """Multi-class HKR whose non-target classes are weighted by a softmax (deel-lip 1.5, for many classes).
+
+    Per sample, with s_j = +1 for the target class and -1 otherwise, weights
+    w_y = 1 and w_j = softmax_{j != y}(t f_j), and the temperature
+    t = clip(temperature * m / clip(mu, m, 20000), 0.005, 250) (no gradient):
+
+        loss = (1 / alpha) sum_j w_j (-s_j f_j) + sum_j w_j relu(m/2 - s_j f_j)
+
+    (alpha = inf: the soft hinge alone). mu is a running mean of |f| updated
+    by every call: mu <- clip(alpha_mean mu + (1 - alpha_mean) mean|f|,
+    0.005, 1000), starting at m; it lives in the non-trainable variable
+    `current_mean`. Being stateful, the loss of a batch depends on the
+    batches seen before, as in deel-lip. The update runs on the TensorFlow and
+    torch backends; JAX traces losses as pure functions (not supported there).
+
+    Args:
+        alpha: weight of the hinge relative to the KR term (> 0, inf allowed); schedulable.
+        min_margin: hinge margin m (> 0); schedulable.
+        alpha_mean: momentum of the running mean of |f|, in [0, 1].
+        temperature: softmax temperature factor (> 0).
+        reduction, name, dtype: as in `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="adam", loss=MulticlassSoftHKR(alpha=10.0, min_margin=1.0))
+    """
+
+    _params = ("alpha", "min_margin")
+
+    def __init__(
+        self,
+        alpha=10.0,
+        min_margin=1.0,
+        alpha_mean=0.99,
+        temperature=1.0,
+        reduction="sum_over_batch_size",
+        name="MulticlassSoftHKR",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if alpha is None or not float(alpha) > 0:
+            raise ValueError(f"alpha must be a number > 0 (inf: hinge only), got {alpha!r}.")
+        if alpha_mean is None or not 0.0 <= float(alpha_mean) <= 1.0:
+            raise ValueError(f"alpha_mean must be in [0, 1], got {alpha_mean!r}.")
+        self._set_params(alpha=float(alpha), min_margin=_check_positive("min_margin", min_margin))
+        self.alpha_mean = float(alpha_mean)
+        self.temperature = _check_positive("temperature", temperature)
+        self.current_mean = keras.Variable(
+            float(min_margin), dtype="float32", trainable=False, name="current_mean"
+        )
+
+    def _softmax_weights(self, target, y_pred):
+        """w_y = 1, w_j = softmax over the other classes of t f_j; updates the running mean."""
+        min_margin = self._param("min_margin", "float32")
+        batch_mean = ops.mean(ops.abs(ops.stop_gradient(ops.cast(y_pred, "float32"))))
+        mean = ops.clip(self.alpha_mean * self.current_mean + (1.0 - self.alpha_mean) * batch_mean, 0.005, 1000.0)
+        self.current_mean.assign(mean)
+        scale = ops.clip(mean, min_margin, 20000.0)
+        temperature = ops.cast(ops.clip(self.temperature * min_margin / scale, 0.005, 250.0), y_pred.dtype)
+        logits = temperature * y_pred
+        # Softmax over the non-target classes: the target logit is replaced by the row minimum before the
+        # max shift (a finite value in every dtype), then excluded from the sum.
+        masked = ops.where(target > 0, ops.min(logits, axis=-1, keepdims=True), logits)
+        exp = ops.exp(masked - ops.max(masked, axis=-1, keepdims=True)) * (1.0 - target)
+        softmax = exp / ops.sum(exp, axis=-1, keepdims=True)
+        return ops.where(target > 0, ops.ones_like(y_pred), softmax)
+
+    def call(self, y_true, y_pred):
+        target = _target_mask(y_true, y_pred)
+        weights = self._softmax_weights(target, y_pred)
+        signed = y_pred * (2.0 * target - 1.0)
+        hinge = ops.sum(weights * ops.relu(self._param("min_margin", y_pred.dtype) / 2.0 - signed), axis=-1)
+        kr = ops.sum(weights * -signed, axis=-1)
+        is_inf = ops.isinf(self.alpha)
+        inverse_alpha = ops.cast(ops.where(is_inf, ops.zeros_like(self.alpha), 1.0 / self.alpha), y_pred.dtype)
+        return hinge + inverse_alpha * kr
+
+    def get_config(self):
+        return {**super().get_config(), "alpha_mean": self.alpha_mean, "temperature": self.temperature}
 
 
 # The l_inf-dist losses (v1/v2 hinge and cross-entropy) live with the l_inf-dist training code.

@@ -9,7 +9,8 @@ formula: margin / (c L) with c = sqrt(2) (L2, whole logit map L-Lipschitz),
 1 (single-logit binary model, margin = s f).
 
 Labels: one-hot (N, C) in {0,1} or {-1,1}, or class indices (N,) / (N, 1);
-binary models take y in {0,1} or {-1,1}.
+binary models take y in {0,1} or {-1,1}, and their predictions may be (N, 1)
+or (N,) (deel-lip accepts both).
 """
 
 import keras
@@ -140,19 +141,24 @@ class BinaryProvableRobustAccuracy(CertifiedAccuracy):
         super().__init__(epsilon=epsilon, lip_const=lip_const, name=name, dtype=dtype)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        _check_single_logit(self, y_pred)
+        y_true, y_pred = _single_logit(self, y_true, y_pred)
         return super().update_state(y_true, y_pred, sample_weight)
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype, "lip_const": self.lip_const, "epsilon": self.epsilon}
 
 
-def _check_single_logit(metric, y_pred):
-    if y_pred.shape[-1] != 1:
+def _single_logit(metric, y_true, y_pred):
+    """(y_true, y_pred) as (N, 1) columns: a single-logit model may output (N, 1) or (N,) (deel-lip)."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    if len(y_pred.shape) == 1:
+        y_pred = ops.expand_dims(y_pred, -1)
+    if len(y_pred.shape) != 2 or y_pred.shape[-1] != 1:
         raise ValueError(
-            f"{type(metric).__name__} needs a single-logit model (output shape (N, 1)), "
+            f"{type(metric).__name__} needs a single-logit model (output shape (N, 1) or (N,)), "
             f"got output shape {tuple(y_pred.shape)}."
         )
+    return ops.reshape(ops.convert_to_tensor(y_true), (-1, 1)), y_pred
 
 
 def _check_multi_logit(metric, y_pred):
@@ -226,7 +232,7 @@ class BinaryProvableAvgRobustness(_RadiusMetric):
         self.negative_robustness = bool(negative_robustness)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        _check_single_logit(self, y_pred)
+        y_true, y_pred = _single_logit(self, y_true, y_pred)
         return super().update_state(y_true, y_pred, sample_weight)
 
     _values = CategoricalProvableAvgRobustness._values

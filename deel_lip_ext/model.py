@@ -14,7 +14,7 @@ import keras
 
 from deel_lip_ext.layers.base import LipschitzLayer, check_k_coef_lip
 
-__all__ = ["Sequential", "Model", "vanilla_model", "is_known_lipschitz"]
+__all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]
 
 _ONE_LIPSCHITZ_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
 
@@ -159,6 +159,39 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
                 )
         super().__init__(layers=layers, trainable=trainable, name=name)
 
+    def set_klip_factor(self, klip_factor):
+        """Set the model's Lipschitz constant: each Lipschitz layer gets `klip_factor ** (1 / n)` (deel-lip).
+
+        n is the number of Lipschitz layers in the model now (layers added
+        with `add()` included). Compiled train/test/predict functions hold the
+        old constants, so this must be called before the first `fit`,
+        `evaluate` or `predict`; eager calls before are fine (the kernel
+        caches are invalidated).
+
+        Args:
+            klip_factor: Lipschitz constant of the whole model (> 0).
+
+        Example:
+            >>> model = Sequential([keras.Input((4,)), SpectralDense(4), GroupSort2(), SpectralDense(1)])
+            >>> model.set_klip_factor(8.0)  # each of the 3 layers gets 2
+        """
+        k_coef_lip = check_k_coef_lip(klip_factor)
+        traced = [name for name in ("train_function", "test_function", "predict_function") if getattr(self, name, None)]
+        if traced:
+            raise RuntimeError(
+                f"set_klip_factor must be called before fit/evaluate/predict: {traced} already use the current "
+                "constants. Build a new model (or call it before the first fit)."
+            )
+        lipschitz_layers = [layer for layer in self.layers if isinstance(layer, LipschitzLayer)]
+        share = k_coef_lip ** (1.0 / len(lipschitz_layers)) if lipschitz_layers else 1.0
+        for layer in lipschitz_layers:
+            # Built layers (a model with an Input is built at construction) take the constant directly; the
+            # inference kernel cache is a function of it, so it is marked stale.
+            layer.k_coef_lip = share
+            if getattr(layer, "_cache_valid", None) is not None:
+                layer._cache_valid.assign(0.0)
+        self.k_coef_lip = k_coef_lip
+
     def get_config(self):
         config = super().get_config()
         config["k_coef_lip"] = self.k_coef_lip
@@ -188,3 +221,7 @@ class Model(LipschitzModelMixin, keras.Model):
     >>> model = Model(inputs, keras.layers.Add()([h, SpectralDense(16)(inputs)]))
     >>> plain = model.vanilla_export()
     """
+
+
+# deel-lip's name of `vanilla_model`.
+vanillaModel = vanilla_model

@@ -16,6 +16,7 @@ data-dependent loop, which is what XLA/`jit_compile` likes best.
 
 import math
 
+import keras
 from keras import ops
 
 DEFAULT_EPS_SPECTRAL = 1e-3
@@ -36,6 +37,7 @@ __all__ = [
     "bjorck_normalization",
     "reshaped_kernel_orthogonalization",
     "frobenius_normalization",
+    "spectral_normalization_conv",
 ]
 
 
@@ -115,14 +117,20 @@ def power_iteration(matrix, u, maxiter=DEFAULT_MAXITER_SPECTRAL, eps=DEFAULT_EPS
     return u, sigma
 
 
-def spectral_normalization(kernel, u, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_MAXITER_SPECTRAL):
+def _start_vector(u, size, dtype):
+    """The power-iteration start: `u`, or a random normal (1, size) vector when `u` is None (deel-lip)."""
+    return keras.random.normal((1, size), dtype=dtype) if u is None else u
+
+
+def spectral_normalization(kernel, u=None, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_MAXITER_SPECTRAL):
     """Divide a kernel by its largest singular value.
 
     The kernel is seen as the matrix `reshape(kernel, (-1, kernel.shape[-1]))`.
 
     Args:
         kernel: tensor whose last axis is the output axis.
-        u: power-iteration vector of shape (1, kernel.shape[-1]).
+        u: power-iteration vector of shape (1, kernel.shape[-1]); None starts
+            from a random normal vector (deel-lip).
         eps: stopping tolerance of the power iteration, also added to sigma so
             that the result stays in Björck's convergence region.
         maxiter: maximal number of power iterations.
@@ -135,6 +143,7 @@ def spectral_normalization(kernel, u, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_
     >>> w_bar, u, sigma = spectral_normalization(w, keras.random.normal((1, 8)))
     """
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
+    u = _start_vector(u, kernel.shape[-1], matrix.dtype)
     u, sigma = power_iteration(matrix, u, maxiter=maxiter, eps=eps)
     return kernel / (sigma + eps), u, sigma
 
@@ -182,7 +191,8 @@ def reshaped_kernel_orthogonalization(
 
     The kernel is reshaped to (-1, kernel.shape[-1]), normalized, orthonormalized
     (skipped when `eps_bjorck` is None: spectral normalization only), multiplied
-    by `adjustment_coef` and reshaped back.
+    by `adjustment_coef` and reshaped back. `u` is the power-iteration vector
+    (1, kernel.shape[-1]), or None for a random start (deel-lip).
 
     Returns:
         `(kernel_bar, u, sigma)`.
@@ -212,3 +222,66 @@ def frobenius_normalization(kernel, disjoint_neurons=False, eps=1e-12):
     axes = tuple(range(len(kernel.shape) - 1)) if disjoint_neurons else None
     squared = ops.sum(ops.square(kernel), axis=axes, keepdims=disjoint_neurons)
     return kernel / ops.sqrt(ops.maximum(squared, eps))
+
+
+def spectral_normalization_conv(
+    kernel, u, stride=1, conv_first=True, pad_func=None, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_MAXITER_SPECTRAL
+):
+    """Divide a conv kernel by the largest singular value of its *convolution operator* (deel-lip).
+
+    Power iteration on the operator A = conv(., kernel, stride, "same" zero
+    padding) and its adjoint (the transposed convolution), at the input size
+    given by `u`. Like every power iteration the estimate approaches sigma
+    from below: this normalizer is a deel-lip utility, not a certificate
+    (none of the library's layers uses it).
+
+    Args:
+        kernel: (kh, kw, c_in, c_out).
+        u: start vector: an input (1, H, W, c_in) if `conv_first`, else an
+            output (1, H / stride, W / stride, c_out); H and W must be
+            multiples of `stride`.
+        stride: int stride of the convolution (deel-lip accepted a float; it
+            must be a whole number).
+        conv_first: iterate on A^T A (True) or A A^T (False).
+        pad_func: must be None ("same" zero padding): the adjoint of an
+            arbitrary padding function is not available.
+        eps: stop when u moves less than `eps` (0: exactly `maxiter` steps);
+            eps < 0 returns the kernel unchanged (deel-lip).
+        maxiter: maximal number of iterations.
+
+    Returns:
+        `(kernel / sigma, u, sigma)`.
+
+    Example:
+        >>> w_bar, u, sigma = spectral_normalization_conv(kernel, keras.random.normal((1, 8, 8, 3)))
+    """
+    if pad_func is not None:
+        raise ValueError("pad_func must be None: only 'same' zero padding has a known adjoint here.")
+    if float(stride) != int(stride) or int(stride) < 1:
+        raise ValueError(f"stride must be a whole number >= 1, got {stride!r}.")
+    stride = int(stride)
+    if u is None:
+        raise ValueError("u must be given: its shape (1, H, W, channels) fixes the input size of the operator.")
+    if eps < 0:
+        return kernel, u, ops.ones((), dtype=kernel.dtype)
+    if conv_first and any(size % stride for size in u.shape[1:3]):
+        raise ValueError(f"the spatial size of u {tuple(u.shape)} must be a multiple of stride {stride}.")
+    kernel_sg = ops.stop_gradient(kernel)
+
+    def forward(x, w):
+        return ops.conv(x, w, strides=stride, padding="same")
+
+    def adjoint(y, w):
+        return ops.conv_transpose(y, w, strides=stride, padding="same")
+
+    first, second = (forward, adjoint) if conv_first else (adjoint, forward)
+
+    def step(vec):
+        return _l2_normalize(second(first(vec, kernel_sg), kernel_sg))
+
+    def distance(a, b):
+        return ops.sqrt(ops.sum(ops.square(a - b)))
+
+    u = ops.stop_gradient(_iterate(step, _l2_normalize(ops.stop_gradient(u)), eps, maxiter, distance))
+    sigma = ops.sqrt(ops.sum(ops.square(first(u, kernel))))
+    return kernel / sigma, u, sigma

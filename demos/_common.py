@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from deel_lip_ext import attacks, certification  # noqa: E402
 from deel_lip_ext.datasets import ENV_VAR  # noqa: E402
-from deel_lip_ext.layers import InvertibleDownSampling, MaxMin, SpectralConv2D, SpectralDense  # noqa: E402
+from deel_lip_ext.layers import InvertibleDownSampling, MaxMinHalves, SpectralConv2D, SpectralDense  # noqa: E402
 from deel_lip_ext.losses import MultiMargin  # noqa: E402
 from deel_lip_ext.model import Sequential  # noqa: E402
 from deel_lip_ext.zoo import kw_small  # noqa: E402
@@ -308,8 +308,8 @@ def _convolution_class(conv):
 def build_network(conv="bcop", size="small", input_shape=(28, 28, 1), num_classes=10):
     """Wong et al.'s "Small" network as the BCOP paper runs it, or a wider variant.
 
-    Both are two (invertible downsampling by 2 + 2 x 2 circular convolution + MaxMin)
-    blocks, flatten, a dense layer + MaxMin, and a dense output layer.
+    Both are two (invertible downsampling by 2 + 2 x 2 circular convolution + MaxMinHalves)
+    blocks, flatten, a dense layer + MaxMinHalves, and a dense output layer.
 
     * size "small": 16 and 32 channels, dense 100. For "bcop", "rko", "ossn" and "svcm"
       it is `deel_lip_ext.zoo.kw_small` (Björck dense layers, 20 fixed iterations).
@@ -335,13 +335,13 @@ def build_network(conv="bcop", size="small", input_shape=(28, 28, 1), num_classe
             keras.Input(input_shape),
             InvertibleDownSampling(2, name="downsampling1"),
             conv_class(first, 2, padding="circular", name="conv1"),
-            MaxMin(name="act1"),
+            MaxMinHalves(name="act1"),
             InvertibleDownSampling(2, name="downsampling2"),
             conv_class(second, 2, padding="circular", name="conv2"),
-            MaxMin(name="act2"),
+            MaxMinHalves(name="act2"),
             keras.layers.Flatten(name="flatten"),
             SpectralDense(dense, name="dense1"),
-            MaxMin(name="dense_act1"),
+            MaxMinHalves(name="dense_act1"),
             SpectralDense(num_classes, name="logits"),
         ],
         name=f"kw_{size}_{conv}",

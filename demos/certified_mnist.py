@@ -5,7 +5,7 @@ margin sqrt(2) * 1.5 (a point whose margin is reached is certified at eps = 1.5)
 1e-3 with the learning rate divided by 10 every min(60, epochs) epochs, batch 128,
 inputs in [0, 1] without normalization. The network is Wong et al.'s "Small" as BCOP
 runs it (strides as invertible downsampling, 2 x 2 orthogonal BCOP convolutions,
-MaxMin): by default with twice its widths and a SpectralDense head ("wide"), which
+MaxMinHalves): by default with twice its widths and a SpectralDense head ("wide"), which
 reaches 97 % clean / 38 % certified accuracy at eps = 1.58 within 15 minutes on 2 CPU
 cores; `--network small --epochs 200` is the paper's BCOP-Small run (97.54 % / 45.84 %).
 

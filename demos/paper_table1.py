@@ -2,7 +2,7 @@
 
 Li et al. (NeurIPS 2019) train Wong et al.'s "Small" network (`deel_lip_ext.zoo.kw_small`)
 with four ways of making its convolutions 1-Lipschitz, all in the same wrapper (strides
-as invertible downsampling, circular padding, MaxMin, Björck dense layers):
+as invertible downsampling, circular padding, MaxMinHalves, Björck dense layers):
 
 * OSSN: one-sided spectral normalization of the true convolution operator;
 * RKO: reshaped kernel orthogonalization (Björck on the reshaped kernel, divided by k);

@@ -1,4 +1,4 @@
-"""GroupSort / GroupSort2 / FullSort / MaxMin / CReLU / Householder against numpy references.
+"""GroupSort / GroupSort2 / FullSort / MaxMinHalves / MaxMin / CReLU / Householder against numpy references.
 
 Checks: exact values, exact permutations of each group, norm and gradient-norm
 preservation, k-Lipschitz on random pairs, serialization, argument errors.
@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import deel_lip_ext.activations as activations_alias
-from deel_lip_ext.layers import CReLU, FullSort, GroupSort, GroupSort2, Householder, MaxMin
+from deel_lip_ext.layers import CReLU, FullSort, GroupSort, GroupSort2, Householder, MaxMin, MaxMinHalves
 
 
 def _numpy(tensor):
@@ -36,7 +36,7 @@ def _maxmin_reference(x):
 def _householder_reference(x, theta):
     z1, z2 = (z.astype("float64") for z in np.split(x, 2, axis=-1))
     theta = theta.astype("float64")
-    keep = z1 * np.sin(theta / 2) - z2 * np.cos(theta / 2) > 0
+    keep = z1 * np.sin(theta / 2) - z2 * np.cos(theta / 2) <= 0  # deel-lip's half-plane
     out1 = np.where(keep, z1, z1 * np.cos(theta) + z2 * np.sin(theta))
     out2 = np.where(keep, z2, z1 * np.sin(theta) - z2 * np.cos(theta))
     return np.concatenate([out1, out2], axis=-1)
@@ -58,7 +58,7 @@ PERMUTATION_LAYERS = {
     "groupsort2": GroupSort2,
     "groupsort4": lambda **kw: GroupSort(n=4, **kw),
     "fullsort": FullSort,
-    "maxmin": MaxMin,
+    "maxmin": MaxMinHalves,
 }
 
 # Every GNP activation, Householder with random angles so that both of its branches occur.
@@ -86,9 +86,9 @@ def test_fullsort_and_groupsort2_are_groupsort():
     assert GroupSort2().n == 2 and FullSort().n is None
 
 
-def test_maxmin_matches_numpy():
+def test_maxmin_halves_matches_numpy():
     x = _random((3, 4, 4, 10))
-    np.testing.assert_array_equal(_numpy(MaxMin()(x)), _maxmin_reference(x))
+    np.testing.assert_array_equal(_numpy(MaxMinHalves()(x)), _maxmin_reference(x))
 
 
 @pytest.mark.parametrize("name", sorted(PERMUTATION_LAYERS))
@@ -156,15 +156,17 @@ def test_vjp_preserves_gradient_norm(name, k):
     )
 
 
-def test_householder_at_half_pi_is_maxmin():
+def test_householder_at_half_pi_is_min_max_of_the_halves():
     x = _random((4, 3, 3, 8))
-    np.testing.assert_allclose(_numpy(Householder()(x)), _maxmin_reference(x), atol=1e-6)
+    a, b = np.split(x, 2, axis=-1)
+    expected = np.concatenate([np.minimum(a, b), np.maximum(a, b)], -1)
+    np.testing.assert_allclose(_numpy(Householder()(x)), expected, atol=1e-6)
 
 
-def test_householder_at_zero_keeps_z1_and_flips_z2_negative():
+def test_householder_at_zero_keeps_z1_and_flips_z2_positive():
     x = _random((4, 3, 3, 8))
     z1, z2 = np.split(x, 2, axis=-1)
-    expected = np.concatenate([z1, -np.abs(z2)], axis=-1)
+    expected = np.concatenate([z1, np.abs(z2)], axis=-1)
     np.testing.assert_allclose(_numpy(_householder_with_theta(0.0)(x)), expected, atol=1e-6)
 
 
@@ -223,6 +225,7 @@ ALL_LAYERS = {
     "groupsort4": lambda: GroupSort(n=4, k_coef_lip=2.0),
     "fullsort": FullSort,
     "maxmin": lambda: MaxMin(k_coef_lip=3.0),
+    "maxmin_halves": lambda: MaxMinHalves(k_coef_lip=3.0),
     "crelu": CReLU,
     "householder": lambda: _householder_with_theta(0.7, k_coef_lip=1.5),
 }
@@ -241,7 +244,7 @@ def test_config_round_trip(name):
 def test_keras_file_round_trip(tmp_path):
     inputs = keras.Input((3, 3, 8))
     hidden = GroupSort(n=4, k_coef_lip=2.0)(GroupSort2(k_coef_lip=0.5)(inputs))
-    hidden = MaxMin()(FullSort()(hidden))
+    hidden = MaxMinHalves()(FullSort()(hidden))
     householder = Householder()
     hidden = CReLU()(householder(hidden))
     model = keras.Model(inputs, hidden)
@@ -255,7 +258,7 @@ def test_keras_file_round_trip(tmp_path):
         "GroupSort2",
         "GroupSort",
         "FullSort",
-        "MaxMin",
+        "MaxMinHalves",
         "Householder",
         "CReLU",
     ]
@@ -270,8 +273,9 @@ def test_layers_train_inside_fit():
             keras.layers.Dense(8),
             GroupSort2(),
             householder,
-            MaxMin(k_coef_lip=0.5),
+            MaxMinHalves(k_coef_lip=0.5),
             CReLU(),
+            MaxMin(),
             GroupSort(n=4),
             FullSort(),
             keras.layers.Flatten(),
@@ -286,7 +290,7 @@ def test_layers_train_inside_fit():
 
 
 def test_deel_lip_import_path_reexports_the_layers():
-    for name in ("GroupSort", "GroupSort2", "FullSort", "MaxMin", "CReLU", "Householder"):
+    for name in ("GroupSort", "GroupSort2", "FullSort", "MaxMin", "MaxMinHalves", "CReLU", "Householder"):
         assert getattr(activations_alias, name) is globals()[name]
 
 
@@ -303,20 +307,22 @@ def test_group_size_must_divide_channels():
         GroupSort2()(np.zeros((1, 5), "float32"))
 
 
-@pytest.mark.parametrize("make", [MaxMin, Householder])
+@pytest.mark.parametrize("make", [MaxMinHalves, Householder])
 def test_odd_channels_are_rejected(make):
     with pytest.raises(ValueError, match="number of channels .* must be even"):
         make()(np.zeros((1, 2, 2, 5), "float32"))
 
 
-@pytest.mark.parametrize("make", [GroupSort2, FullSort, MaxMin, CReLU, Householder, lambda **kw: GroupSort(4, **kw)])
+@pytest.mark.parametrize(
+    "make", [GroupSort2, FullSort, MaxMin, MaxMinHalves, CReLU, Householder, lambda **kw: GroupSort(4, **kw)]
+)
 @pytest.mark.parametrize("k", [0.0, -1.0, float("inf")])
 def test_non_positive_k_coef_lip_is_rejected(make, k):
     with pytest.raises(ValueError, match="k_coef_lip"):
         make(k_coef_lip=k)
 
 
-@pytest.mark.parametrize("make", [GroupSort2, FullSort, MaxMin, CReLU, Householder])
+@pytest.mark.parametrize("make", [GroupSort2, FullSort, MaxMin, MaxMinHalves, CReLU, Householder])
 def test_channels_first_is_rejected(make):
     with pytest.raises(ValueError, match="data_format"):
         make(data_format="channels_first")

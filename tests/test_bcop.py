@@ -155,12 +155,12 @@ def test_gnp_network_preserves_gradient_norms():
         [
             keras.Input((8, 8, 4)),
             lip.BCOPConv2D(4, 3, use_bias=False),
-            lip.MaxMin(),
+            lip.MaxMinHalves(),
             lip.BCOPConv2D(8, 4, strides=2, use_bias=False),
-            lip.MaxMin(),
+            lip.MaxMinHalves(),
             keras.layers.Flatten(),
             lip.BjorckDense(32, use_bias=False),
-            lip.MaxMin(),
+            lip.MaxMinHalves(),
             lip.BjorckDense(10, use_bias=False),
         ]
     )
@@ -248,11 +248,11 @@ def _mixed_model():
         [
             keras.Input((8, 8, 2)),
             lip.BCOPConv2D(8, 4, strides=2, name="bcop"),
-            lip.MaxMin(),
+            lip.MaxMinHalves(),
             lip.RKOConv2D(8, 3, padding="same", name="rko"),
-            lip.MaxMin(),
+            lip.MaxMinHalves(),
             lip.OSSNConv2D(8, 2, strides=2, name="ossn"),
-            lip.MaxMin(),
+            lip.MaxMinHalves(),
             lip.SVCMConv2D(4, 2, name="svcm"),
             keras.layers.Flatten(),
             lip.BjorckDense(4, name="head"),
@@ -274,9 +274,9 @@ def test_training_cache_export_saved_model_round_trip_and_condense(tmp_path):
 
     exported = model.vanilla_export()
     assert [type(layer).__name__ for layer in exported.layers] == [
-        "InvertibleDownSampling", "CircularPadding2D", "Conv2D", "MaxMin",
-        "Conv2D", "MaxMin",
-        "InvertibleDownSampling", "CircularPadding2D", "Conv2D", "MaxMin",
+        "InvertibleDownSampling", "CircularPadding2D", "Conv2D", "MaxMinHalves",
+        "Conv2D", "MaxMinHalves",
+        "InvertibleDownSampling", "CircularPadding2D", "Conv2D", "MaxMinHalves",
         "CircularPadding2D", "Conv2D", "Flatten", "Dense",
     ]  # fmt: skip
     np.testing.assert_allclose(exported.predict(x, verbose=0), reference, atol=1e-5)

@@ -209,7 +209,7 @@ LIPSCHITZ_MODELS = {
     "dense": lambda: [keras.Input((10,)), layers.SpectralDense(12), layers.GroupSort2(), layers.SpectralDense(4)],
     "frobenius_dense": lambda: [keras.Input((10,)), layers.SpectralDense(8), layers.FullSort(), layers.FrobeniusDense(1)],
     "conv_same_maxmin": lambda: _conv_stack(
-        layers.SpectralConv2D(4, 3, padding="same"), layers.MaxMin(), keras.layers.Flatten(), layers.SpectralDense(3)
+        layers.SpectralConv2D(4, 3, padding="same"), layers.MaxMinHalves(), keras.layers.Flatten(), layers.SpectralDense(3)
     ),
     "conv_valid_groupsort": lambda: _conv_stack(
         layers.SpectralConv2D(4, 3, padding="valid"), layers.GroupSort(n=4), keras.layers.Flatten(), layers.SpectralDense(3)

@@ -95,7 +95,7 @@ def test_svcm_projection_measured_norm_and_certificate():
         [
             keras.Input((8, 8, 4)),
             lip.SVCMConv2D(8, 3, name="svcm_a"),
-            lip.MaxMin(),
+            lip.MaxMinHalves(),
             lip.SVCMConv2D(8, 4, strides=2, name="svcm_b"),
             keras.layers.Flatten(),
             lip.BjorckDense(3, name="head"),

@@ -147,13 +147,15 @@ def test_our_spectral_conv_keeps_the_worst_kernel_at_one():
     assert gain == pytest.approx(1.0, abs=1e-3) and gain <= 1.0 + 1e-4
 
 
-def test_crelu_is_deel_lip_maxmin_and_our_maxmin_sorts_the_halves():
-    from deel_lip_ext.layers import CReLU, MaxMin
+def test_maxmin_is_deel_lip_crelu_and_maxmin_halves_sorts_the_halves():
+    from deel_lip_ext.layers import CReLU, MaxMin, MaxMinHalves
 
     x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(CReLU()(x)), np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], -1))
+    crelu = np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], -1)
+    np.testing.assert_allclose(np.asarray(CReLU()(x)), crelu)
+    np.testing.assert_allclose(np.asarray(MaxMin()(x)), crelu)
     a, b = x[:, :3], x[:, 3:]
-    np.testing.assert_allclose(np.asarray(MaxMin()(x)), np.concatenate([np.maximum(a, b), np.minimum(a, b)], -1))
+    np.testing.assert_allclose(np.asarray(MaxMinHalves()(x)), np.concatenate([np.maximum(a, b), np.minimum(a, b)], -1))
 
 
 def test_householder_applies_k_coef_lip():

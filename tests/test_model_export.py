@@ -22,7 +22,7 @@ def _conv_net(k_coef_lip=1.0):
             lip.SpectralConv2D(8, 3, padding="circular", name="conv_circ"),
             lip.GroupSort2(),
             lip.SpectralConv2D(8, 3, strides=2, padding="same", name="conv_same"),
-            lip.MaxMin(),
+            lip.MaxMinHalves(),
             lip.ScaledL2NormPooling2D(),
             lip.FrobeniusConv2D(4, 1, padding="valid", name="conv_valid"),
             keras.layers.Flatten(),

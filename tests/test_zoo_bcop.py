@@ -18,9 +18,9 @@ def _structure(model):
 def test_kw_small_structure_on_mnist():
     model = zoo.kw_small("bcop", (28, 28, 1))
     assert _structure(model) == [
-        ("InvertibleDownSampling", (14, 14, 4)), ("BCOPConv2D", (14, 14, 16)), ("MaxMin", (14, 14, 16)),
-        ("InvertibleDownSampling", (7, 7, 64)), ("BCOPConv2D", (7, 7, 32)), ("MaxMin", (7, 7, 32)),
-        ("Flatten", (1568,)), ("BjorckDense", (100,)), ("MaxMin", (100,)), ("BjorckDense", (10,)),
+        ("InvertibleDownSampling", (14, 14, 4)), ("BCOPConv2D", (14, 14, 16)), ("MaxMinHalves", (14, 14, 16)),
+        ("InvertibleDownSampling", (7, 7, 64)), ("BCOPConv2D", (7, 7, 32)), ("MaxMinHalves", (7, 7, 32)),
+        ("Flatten", (1568,)), ("BjorckDense", (100,)), ("MaxMinHalves", (100,)), ("BjorckDense", (10,)),
     ]  # fmt: skip
     assert model.get_layer("conv1").conv_kernel_size == (2, 2)
     assert model.get_layer("conv1").padding == "circular"
@@ -40,7 +40,7 @@ def test_kw_large_structure_on_cifar():
 def test_fc3_structure():
     model = zoo.fc3((28, 28, 1))
     assert [layer.units for layer in model.layers if isinstance(layer, lip.BjorckDense)] == [1024, 1024, 1024, 10]
-    assert sum(isinstance(layer, lip.MaxMin) for layer in model.layers) == 3
+    assert sum(isinstance(layer, lip.MaxMinHalves) for layer in model.layers) == 3
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, check_k_coef_lip
 from deel_lip_ext.layers.dense import FrobeniusDense, SpectralDense
 from deel_lip_ext.layers.convolutional import FrobeniusConv2D, SpectralConv2D
-from deel_lip_ext.layers.activations import CReLU, FullSort, GroupSort, GroupSort2, Householder, MaxMin
+from deel_lip_ext.layers.activations import CReLU, FullSort, GroupSort, GroupSort2, Householder, MaxMin, MaxMinHalves
 from deel_lip_ext.layers.pooling import (
     ScaledAveragePooling2D,
     ScaledGlobalAveragePooling2D,
@@ -16,3 +16,7 @@ from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad
 from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense, StackedOrthogonal
 from deel_lip_ext.layers.conv_baselines import OSSNConv2D, RKOConv2D, SVCMConv2D, SVCMProjection
 from deel_lip_ext.layers.linf import LInfDistConv2D, LInfDistDense, LogitScale
+from deel_lip_ext.layers.padding import Padding2D
+from deel_lip_ext.layers.pad_conv import PadConv2D
+from deel_lip_ext.layers.transposed import SpectralConv2DTranspose
+from deel_lip_ext.layers.conv1d import SpectralConv1D

@@ -2,20 +2,24 @@
 
 Every layer here is exactly `k_coef_lip`-Lipschitz (L2): it computes k times
 a function whose Jacobian is, almost everywhere, a permutation
-(`GroupSort`, `MaxMin`), a reflection (`Householder`) or a signed selection
-(`CReLU`).
+(`GroupSort`, `MaxMinHalves`), a reflection (`Householder`) or a signed
+selection (`MaxMin` = `CReLU`).
 
 Channel pairing conventions (they matter when porting weights):
 
 * `GroupSort(n)` sorts each group of `n` **consecutive** channels ascending
   (deel-lip). `GroupSort2` = `GroupSort(n=2)`: channels (0, 1), (2, 3), ...
   become (min, max) pairs. `FullSort` sorts the whole channel vector.
-* `MaxMin` pairs channel i with channel i + C/2 (the two **halves** a, b)
-  and returns concat(max(a, b), min(a, b)): the LConvNet/BCOP/orthogonium
-  convention. It is `GroupSort2` up to a fixed channel permutation.
-  Beware: deel-lip's `MaxMin` is a different function, `CReLU` here.
-* `Householder` pairs the halves like `MaxMin`; at theta = pi/2 it equals
-  `MaxMin`.
+* `MaxMin` is deel-lip's (and deel-torchlip's): concat(relu(x), relu(-x)),
+  which doubles the channels; `CReLU` is the same function.
+* `MaxMinHalves` pairs channel i with channel i + C/2 (the two **halves** a,
+  b) and returns concat(max(a, b), min(a, b)): the LConvNet/BCOP/orthogonium
+  `MaxMin`. It is `GroupSort2` up to a fixed channel permutation. Before
+  deel-lip-ext 0.2 it was called `MaxMin`; `.keras` files saved then still
+  load (as `MaxMinHalves`), see the migration guide.
+* `Householder` pairs the halves like `MaxMinHalves` and follows deel-lip's
+  convention: at theta = pi/2 (the default) it returns (min, max) of each
+  pair, i.e. `MaxMinHalves` with the two halves swapped.
 """
 
 import math
@@ -29,7 +33,7 @@ from deel_lip_ext.layers._xla import compiled_by_xla
 from deel_lip_ext.layers.base import LipschitzLayer
 from deel_lip_ext.layers.padding import check_channels_last
 
-__all__ = ["GroupSort", "GroupSort2", "FullSort", "MaxMin", "CReLU", "Householder"]
+__all__ = ["GroupSort", "GroupSort2", "FullSort", "MaxMin", "MaxMinHalves", "CReLU", "Householder"]
 
 
 class _ChannelActivation(LipschitzLayer, keras.layers.Layer):
@@ -120,7 +124,7 @@ def _householder(halves, theta, k_coef_lip):
     """(N, 2, C/2) halves (z1, z2), angles (C/2,) -> (N, 2, C/2)."""
     z1, z2 = halves[:, 0], halves[:, 1]
     cos, sin = ops.cos(theta), ops.sin(theta)
-    keep = z1 * ops.sin(theta / 2) - z2 * ops.cos(theta / 2) > 0
+    keep = z1 * ops.sin(theta / 2) - z2 * ops.cos(theta / 2) <= 0
     reflected_1 = z1 * cos + z2 * sin
     reflected_2 = z1 * sin - z2 * cos
     outputs = ops.stack([ops.where(keep, z1, reflected_1), ops.where(keep, z2, reflected_2)], axis=1)
@@ -153,8 +157,8 @@ class GroupSort(_ChannelActivation):
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> layer = GroupSort(n=2)
-    >>> layer(keras.ops.convert_to_tensor([[3.0, 1.0, -1.0, 2.0]]))  # [[1, 3, -1, 2]]
+        >>> layer = GroupSort(n=2)
+        >>> layer(keras.ops.convert_to_tensor([[3.0, 1.0, -1.0, 2.0]]))  # [[1, 3, -1, 2]]
     """
 
     def __init__(self, n=None, k_coef_lip=1.0, data_format="channels_last", **kwargs):
@@ -198,7 +202,7 @@ class GroupSort2(GroupSort):
         **kwargs: `GroupSort` arguments except `n` (k_coef_lip, name, ...).
 
     Example:
-    >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), GroupSort2()])
+        >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), GroupSort2()])
     """
 
     def __init__(self, **kwargs):
@@ -214,7 +218,7 @@ class FullSort(GroupSort):
         **kwargs: `GroupSort` arguments except `n` (k_coef_lip, name, ...).
 
     Example:
-    >>> FullSort()(keras.ops.convert_to_tensor([[3.0, 1.0, 2.0]]))  # [[1, 2, 3]]
+        >>> FullSort()(keras.ops.convert_to_tensor([[3.0, 1.0, 2.0]]))  # [[1, 2, 3]]
     """
 
     def __init__(self, **kwargs):
@@ -223,15 +227,14 @@ class FullSort(GroupSort):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class MaxMin(_ChannelActivation):
+class MaxMinHalves(_ChannelActivation):
     """Pairwise sort of the two channel halves: concat(max(a, b), min(a, b)), times `k_coef_lip`.
 
     With a = x[..., :C/2] and b = x[..., C/2:] (LConvNet/BCOP/orthogonium
-    convention, the activation of all BCOP experiments). GNP and 1-Lipschitz;
-    the same function as `GroupSort2` up to a fixed channel permutation.
-
-    Note: deel-lip's (and deel-torchlip's) `MaxMin` is a different function,
-    concat(relu(x), relu(-x)), which doubles the channels: use `CReLU` for it.
+    `MaxMin` convention, the activation of all BCOP experiments). GNP and
+    1-Lipschitz; the same function as `GroupSort2` up to a fixed channel
+    permutation. Called `MaxMin` before deel-lip-ext 0.2; deel-lip's `MaxMin`
+    is a different function (concat(relu(x), relu(-x))), which `MaxMin` now is.
 
     Args:
         k_coef_lip: Lipschitz constant of the layer (output multiplied by it).
@@ -239,7 +242,7 @@ class MaxMin(_ChannelActivation):
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> MaxMin()(keras.ops.convert_to_tensor([[1.0, 5.0, 3.0, 2.0]]))  # [[3, 5, 1, 2]]
+        >>> MaxMinHalves()(keras.ops.convert_to_tensor([[1.0, 5.0, 3.0, 2.0]]))  # [[3, 5, 1, 2]]
     """
 
     def build(self, input_shape):
@@ -251,12 +254,17 @@ class MaxMin(_ChannelActivation):
         return ops.reshape(_max_min_halves(_as_halves(inputs), self.k_coef_lip), ops.shape(inputs))
 
 
+# `.keras` files written before the rename name this layer "deel_lip_ext>MaxMin": they keep loading the
+# function they were saved with. The new `MaxMin` (deel-lip's) is registered as "deel_lip_ext>DeelLipMaxMin".
+keras.saving.get_custom_objects()["deel_lip_ext>MaxMin"] = MaxMinHalves
+
+
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class CReLU(_ChannelActivation):
     """Concatenated ReLU: concat(relu(x), relu(-x)) along the channels, times `k_coef_lip`.
 
     Doubles the number of channels and preserves the norm of its input
-    (`||CReLU(x)|| = ||x||`); 1-Lipschitz. This is deel-lip's `MaxMin`.
+    (`||CReLU(x)|| = ||x||`); 1-Lipschitz. The same function as `MaxMin` (deel-lip's name).
 
     Args:
         k_coef_lip: Lipschitz constant of the layer (output multiplied by it).
@@ -264,7 +272,7 @@ class CReLU(_ChannelActivation):
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> CReLU()(keras.ops.convert_to_tensor([[1.0, -2.0]]))  # [[1, 0, 0, 2]]
+        >>> CReLU()(keras.ops.convert_to_tensor([[1.0, -2.0]]))  # [[1, 0, 0, 2]]
     """
 
     def call(self, inputs):
@@ -277,19 +285,38 @@ class CReLU(_ChannelActivation):
         return (*input_shape[:-1], None if channels is None else 2 * channels)
 
 
+@keras.saving.register_keras_serializable(package="deel_lip_ext", name="DeelLipMaxMin")
+class MaxMin(CReLU):
+    """deel-lip's `MaxMin`: concat(relu(x), relu(-x)) along the channels, times `k_coef_lip`.
+
+    Same semantics as deel-lip and deel-torchlip (the channels double); the
+    same function as `CReLU`. The halves-pairing activation of the BCOP paper
+    (called `MaxMin` in orthogonium and in deel-lip-ext before 0.2) is
+    `MaxMinHalves`. Channels-last only (deel-lip also accepts channels_first).
+
+    Args:
+        k_coef_lip: Lipschitz constant of the layer (output multiplied by it).
+        data_format: "channels_last" or None (the only layout supported).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Example:
+        >>> MaxMin()(keras.ops.convert_to_tensor([[1.0, -2.0]]))  # [[1, 0, 0, 2]]
+    """
+
+
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class Householder(_ChannelActivation):
     """Householder activation (Singla, Singla and Feizi 2022), times `k_coef_lip`.
 
     The channels are split into halves z1 = x[..., :C/2], z2 = x[..., C/2:];
-    each pair (z1, z2) is kept if z1 sin(theta/2) - z2 cos(theta/2) > 0 and
+    each pair (z1, z2) is kept if z1 sin(theta/2) - z2 cos(theta/2) <= 0 and
     otherwise reflected across the line at angle theta/2:
-    (z1 cos(theta) + z2 sin(theta), z1 sin(theta) - z2 cos(theta)).
-    Both branches agree on the boundary, so the map is continuous, piecewise
-    orthogonal, GNP and 1-Lipschitz. One learned angle per pair: weight
-    `theta` of shape (C/2,). At theta = pi/2 (the default) it equals
-    `MaxMin`; at theta = 0 it maps (z1, z2) to (z1, -|z2|).
-    Unlike deel-lip, `k_coef_lip` is applied.
+    (z1 cos(theta) + z2 sin(theta), z1 sin(theta) - z2 cos(theta))
+    (deel-lip's and deel-torchlip's half-planes). Both branches agree on the
+    boundary, so the map is continuous, piecewise orthogonal, GNP and
+    1-Lipschitz. One learned angle per pair: weight `theta` of shape (C/2,).
+    At theta = pi/2 (the default) each pair becomes (min, max); at theta = 0
+    it maps (z1, z2) to (z1, |z2|). Unlike deel-lip, `k_coef_lip` is applied.
 
     Args:
         theta_initializer: initializer of `theta` (default: constant pi/2).
@@ -298,7 +325,7 @@ class Householder(_ChannelActivation):
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), Householder()])
+        >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), Householder()])
     """
 
     def __init__(self, theta_initializer=None, k_coef_lip=1.0, data_format="channels_last", **kwargs):

@@ -1,4 +1,4 @@
-"""Circular (wrap-around) padding, and the argument checks shared by the parameter-free layers.
+"""Circular (wrap-around) and mode padding, and the argument checks shared by the parameter-free layers.
 
 Keras's `ops.pad` has no circular mode on the TensorFlow backend, so the
 padding is built from slices and `ops.concatenate`: the last `top` rows are
@@ -9,7 +9,9 @@ kernel (see `deel_lip_ext.layers.convolutional`).
 
 Circular padding copies pixels, so on its own it is *not* 1-Lipschitz; it is
 the circular convolution as a whole (pad + valid conv) that the library
-certifies.
+certifies. `Padding2D` adds the other modes of `PadConv2D` ("constant",
+"reflect", "symmetric"), with the same caveat: reflect and symmetric padding
+copy pixels too.
 """
 
 import numbers
@@ -17,7 +19,19 @@ import numbers
 import keras
 from keras import ops
 
-__all__ = ["CircularPadding2D", "circular_pad", "check_channels_last", "int_pair", "normalize_padding_2d"]
+__all__ = [
+    "CircularPadding2D",
+    "Padding2D",
+    "PAD_MODES",
+    "circular_pad",
+    "mode_pad",
+    "check_channels_last",
+    "int_pair",
+    "normalize_padding_2d",
+]
+
+# Modes of `Padding2D` / `mode_pad` (`keras.ops.pad` names); "circular" is `CircularPadding2D`.
+PAD_MODES = ("constant", "reflect", "symmetric")
 
 
 def check_channels_last(data_format):
@@ -102,7 +116,7 @@ def circular_pad(x, padding):
         The padded tensor, (N, H + top + bottom, W + left + right, C).
 
     Example:
-    >>> circular_pad(x, ((1, 1), (0, 2)))
+        >>> circular_pad(x, ((1, 1), (0, 2)))
     """
     (top, bottom), (left, right) = padding
     _check_pad_fits(padding, x.shape[1:3])
@@ -126,9 +140,9 @@ class CircularPadding2D(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> layer = CircularPadding2D(((1, 1), (0, 2)))
-    >>> layer(keras.ops.ones((1, 4, 4, 3))).shape
-    (1, 6, 6, 3)
+        >>> layer = CircularPadding2D(((1, 1), (0, 2)))
+        >>> layer(keras.ops.ones((1, 4, 4, 3))).shape
+        (1, 6, 6, 3)
     """
 
     def __init__(self, padding=1, data_format="channels_last", **kwargs):
@@ -154,4 +168,95 @@ class CircularPadding2D(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"padding": self.padding, "data_format": self.data_format})
+        return config
+
+
+def _check_mode(mode):
+    if mode not in PAD_MODES:
+        raise ValueError(
+            f"mode must be one of {PAD_MODES} (use CircularPadding2D for wrap-around padding), got {mode!r}."
+        )
+    return mode
+
+
+def _check_mode_pad_fits(padding, spatial_size, mode):
+    """Reflect copies pixels strictly inside the axis (pad < size), symmetric includes the edge (pad <= size)."""
+    for (before, after), size, axis in zip(padding, spatial_size, ("height", "width")):
+        if size is None or mode == "constant":
+            continue
+        limit = size - 1 if mode == "reflect" else size
+        if max(before, after) > limit:
+            raise ValueError(
+                f"padding {padding!r} is too large for {mode} padding of an input {axis} of {size}: "
+                f"each pad must be <= {limit}."
+            )
+
+
+def mode_pad(x, padding, mode):
+    """Pad the spatial axes of a channels-last batch `x` (N, H, W, C) with zeros, a reflection or a mirror.
+
+    Args:
+        x: a rank-4 tensor.
+        padding: `((top, bottom), (left, right))`.
+        mode: "constant" (zeros), "reflect" (mirror without the edge pixel,
+            pad < size) or "symmetric" (mirror with the edge pixel, pad <= size).
+
+    Returns:
+        The padded tensor, (N, H + top + bottom, W + left + right, C).
+
+    Example:
+        >>> mode_pad(x, ((1, 1), (2, 2)), "reflect")
+    """
+    _check_mode(mode)
+    _check_mode_pad_fits(padding, x.shape[1:3], mode)
+    return ops.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)), mode=mode)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class Padding2D(keras.layers.Layer):
+    """Zero, reflect or symmetric padding of the spatial axes, channels-last.
+
+    The parameter-free padding of an exported `PadConv2D`: the exported model
+    is this layer followed by a plain "valid" `Conv2D`. Reflect and symmetric
+    padding copy pixels, so on their own they are not 1-Lipschitz (the
+    Lipschitz object is the padded convolution); no `k_coef_lip`.
+
+    Args:
+        padding: an int (all sides), a pair `(pad_h, pad_w)` (symmetric) or
+            `((top, bottom), (left, right))`.
+        mode: "constant" (zeros), "reflect" (each pad < the size of its axis)
+            or "symmetric" (each pad <= the size of its axis).
+        data_format: "channels_last" or None (the only layout supported).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Example:
+        >>> layer = Padding2D(1, mode="reflect")
+        >>> layer(keras.ops.ones((1, 4, 4, 3))).shape
+        (1, 6, 6, 3)
+    """
+
+    def __init__(self, padding=1, mode="reflect", data_format="channels_last", **kwargs):
+        super().__init__(**kwargs)
+        self.padding = normalize_padding_2d(padding)
+        self.mode = _check_mode(mode)
+        self.data_format = check_channels_last(data_format)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        _check_mode_pad_fits(self.padding, input_shape[1:3], self.mode)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return mode_pad(inputs, self.padding, self.mode)
+
+    def compute_output_shape(self, input_shape):
+        sizes = [
+            None if size is None else size + before + after
+            for size, (before, after) in zip(input_shape[1:3], self.padding)
+        ]
+        return (input_shape[0], *sizes, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"padding": self.padding, "mode": self.mode, "data_format": self.data_format})
         return config

@@ -4,7 +4,7 @@
 them), `fc3` (Anil et al.'s baseline) and `dcgan_critic` (Wasserstein
 estimation). As in the BCOP code: strided convolutions are an
 `InvertibleDownSampling(2)` followed by a 2 x 2 convolution, every
-convolution is circular, activations are `MaxMin`, fully connected layers
+convolution is circular, activations are `MaxMinHalves`, fully connected layers
 are `BjorckDense`, no pooling, no batch normalization. `conv` picks the
 convolution of the paper's Table 1: "bcop", "rko", "ossn" or "svcm" (train
 "svcm" models with the `SVCMProjection` callback).
@@ -19,7 +19,7 @@ import math
 import keras
 from keras import ops
 
-from deel_lip_ext.layers.activations import MaxMin
+from deel_lip_ext.layers.activations import MaxMinHalves
 from deel_lip_ext.layers.base import LipschitzLayer
 from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense
 from deel_lip_ext.layers.conv_baselines import OSSNConv2D, RKOConv2D, SVCMConv2D
@@ -53,7 +53,7 @@ def _check_num_classes(num_classes):
 
 def _activation(activation, name):
     if activation == "maxmin":
-        return MaxMin(name=name)
+        return MaxMinHalves(name=name)
     if activation == "relu":
         return keras.layers.ReLU(name=name)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
@@ -68,10 +68,10 @@ def _conv_block(conv_class, filters, kernel_size, index, downsample, activation=
 
 
 def _dense_head(widths, num_classes):
-    """Flatten, BjorckDense + MaxMin for each hidden width, BjorckDense logits."""
+    """Flatten, BjorckDense + MaxMinHalves for each hidden width, BjorckDense logits."""
     layers = [keras.layers.Flatten(name="flatten")]
     for index, width in enumerate(widths, start=1):
-        layers += [BjorckDense(width, name=f"dense{index}"), MaxMin(name=f"dense_act{index}")]
+        layers += [BjorckDense(width, name=f"dense{index}"), MaxMinHalves(name=f"dense_act{index}")]
     layers.append(BjorckDense(num_classes, name="logits"))
     return layers
 
@@ -79,9 +79,9 @@ def _dense_head(widths, num_classes):
 def kw_small(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
     """Wong et al.'s "Small" network as BCOP runs it.
 
-    conv 16, 4x4, s2 -> unshuffle + conv(4 c_in -> 16, 2x2); MaxMin;
-    conv 32, 4x4, s2 -> unshuffle + conv(64 -> 32, 2x2); MaxMin;
-    flatten; FC 100; MaxMin; FC `num_classes`.
+    conv 16, 4x4, s2 -> unshuffle + conv(4 c_in -> 16, 2x2); MaxMinHalves;
+    conv 32, 4x4, s2 -> unshuffle + conv(64 -> 32, 2x2); MaxMinHalves;
+    flatten; FC 100; MaxMinHalves; FC `num_classes`.
 
     Args:
         conv: "bcop", "rko", "ossn" or "svcm".
@@ -103,9 +103,9 @@ def kw_small(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
 def kw_large(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
     """Wong et al.'s "Large" network as BCOP runs it.
 
-    conv(c_in -> 32, 3x3); MaxMin; unshuffle + conv(128 -> 32, 2x2); MaxMin;
-    conv(32 -> 64, 3x3); MaxMin; unshuffle + conv(256 -> 64, 2x2); MaxMin;
-    flatten; FC 512; MaxMin; FC 512; MaxMin; FC `num_classes`.
+    conv(c_in -> 32, 3x3); MaxMinHalves; unshuffle + conv(128 -> 32, 2x2); MaxMinHalves;
+    conv(32 -> 64, 3x3); MaxMinHalves; unshuffle + conv(256 -> 64, 2x2); MaxMinHalves;
+    flatten; FC 512; MaxMinHalves; FC 512; MaxMinHalves; FC `num_classes`.
 
     Args:
         conv: "bcop", "rko", "ossn" or "svcm".
@@ -127,7 +127,7 @@ def kw_large(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
 
 
 def fc3(input_shape=(28, 28, 1), num_classes=10, width=1024):
-    """Anil et al.'s fully connected baseline: flatten; 3 x (FC `width`; MaxMin); FC `num_classes`.
+    """Anil et al.'s fully connected baseline: flatten; 3 x (FC `width`; MaxMinHalves); FC `num_classes`.
 
     Args:
         input_shape: shape of one input.
@@ -140,7 +140,7 @@ def fc3(input_shape=(28, 28, 1), num_classes=10, width=1024):
     inputs = _input(input_shape)
     _check_num_classes(num_classes)
     if isinstance(width, bool) or not isinstance(width, int) or width < 2 or width % 2:
-        raise ValueError(f"width must be an even integer >= 2 (MaxMin pairs units), got {width!r}.")
+        raise ValueError(f"width must be an even integer >= 2 (MaxMinHalves pairs units), got {width!r}.")
     return Sequential([inputs] + _dense_head([width] * 3, num_classes), name="fc3")
 
 

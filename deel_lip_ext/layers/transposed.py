@@ -1,0 +1,151 @@
+"""`SpectralConv2DTranspose`: a k-Lipschitz transposed 2-D convolution (deel-lip's name and arguments).
+
+A transposed convolution T is the adjoint of the strided convolution C that
+maps its (s H, s W, filters) output space back to its (H, W, c_in) input
+space, with the same kernel (kh, kw, filters, c_in), so ||T|| = ||C||. C
+reads each of its input entries at most ceil(k/s) times per axis, and its
+patch matrix is M = reshape(kernel, (kh kw filters, c_in)): orthonormalizing
+M (RKO) and scaling by k / sqrt(ceil(kh/sh) ceil(kw/sw)) makes T k-Lipschitz
+at every input size.
+
+deel-lip orthonormalizes the other reshape, (kh kw c_in, filters), whose
+norm is not the one in the bound above (for 1x1 kernels the two reshapes
+are transposes of each other and agree); see the migration guide.
+"""
+
+import keras
+from keras import ops
+
+from deel_lip_ext import normalizers
+from deel_lip_ext.layers._spectral_conv import SpectralConvBase, max_overlap
+
+__all__ = ["SpectralConv2DTranspose"]
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class SpectralConv2DTranspose(SpectralConvBase):
+    """Transposed 2-D convolution that is k-Lipschitz, "same" zero padding (deel-lip).
+
+    The output has spatial size (s H, s W). The raw kernel has Keras's
+    `Conv2DTranspose` layout (kh, kw, filters, c_in); see the module docstring
+    for the normalization, which is size-independent.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: int or pair.
+        strides: int or pair.
+        padding: must be "same" (deel-lip).
+        output_padding: must be None (deel-lip).
+        data_format: "channels_last" or None (the only layout supported).
+        dilation_rate: must be 1 (deel-lip).
+        activation: activation applied after the bias.
+        use_bias: whether to add a bias.
+        kernel_initializer: initializer of the raw kernel.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the raw kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the raw kernel.
+        bias_constraint: constraint of the bias.
+        k_coef_lip: Lipschitz constant of the layer.
+        eps_spectral: power-iteration tolerance (0: exactly `maxiter_spectral` steps).
+        eps_bjorck: Björck tolerance (0: exactly `maxiter_bjorck` steps, None: no Björck).
+        beta_bjorck: Björck step in ]0, 0.5].
+        maxiter_spectral: maximal number of power iterations.
+        maxiter_bjorck: maximal number of Björck iterations.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    Example:
+        >>> up = SpectralConv2DTranspose(8, 3, strides=2)
+        >>> up(keras.random.normal((2, 7, 7, 16))).shape
+        (2, 14, 14, 8)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        output_padding=None,
+        data_format=None,
+        dilation_rate=(1, 1),
+        activation=None,
+        use_bias=True,
+        kernel_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        k_coef_lip=1.0,
+        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
+        maxiter_spectral=normalizers.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck=normalizers.DEFAULT_MAXITER_BJORCK,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if output_padding is not None:
+            raise ValueError(f"output_padding must be None (as in deel-lip), got {output_padding!r}.")
+        self._init_conv(
+            2,
+            filters,
+            kernel_size,
+            strides,
+            padding,
+            ("same",),
+            data_format,
+            dilation_rate,
+            1,
+            k_coef_lip,
+            (eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck),
+            (
+                activation,
+                use_bias,
+                kernel_initializer,
+                bias_initializer,
+                kernel_regularizer,
+                bias_regularizer,
+                kernel_constraint,
+                bias_constraint,
+            ),
+        )
+
+    def build(self, input_shape):
+        channels = input_shape[3]
+        if channels is None:
+            raise ValueError(f"SpectralConv2DTranspose needs a known channel dimension, got input shape {input_shape}.")
+        self._finish_build(self.kernel_size + (self.filters, channels), tuple(input_shape[1:3]), channels)
+
+    def _overlap(self, input_shape):
+        return max_overlap((None, None), self.kernel_size, self.strides, "same")
+
+    def linear(self, inputs, kernel):
+        return ops.conv_transpose(inputs, kernel, strides=self.strides, padding="same")
+
+    def compute_output_shape(self, input_shape):
+        sizes = [None if size is None else size * s for size, s in zip(input_shape[1:3], self.strides)]
+        return (input_shape[0], *sizes, self.filters)
+
+    def plain_layers(self, kernel):
+        conv = keras.layers.Conv2DTranspose(
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding="same",
+            activation=self.activation,
+            use_bias=self.use_bias,
+            name=self.name,
+            dtype=self.dtype_policy,
+        )
+        conv.build((None, *self.input_spatial_size, kernel.shape[3]))
+        conv.set_weights(self._plain_weights(kernel))
+        return [conv]
+
+    def get_config(self):
+        config = super().get_config()
+        config["output_padding"] = None
+        return config
