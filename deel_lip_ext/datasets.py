@@ -18,7 +18,7 @@ An ``.npz`` file holds the keys ``x_train, y_train, x_test, y_test`` (images uin
 the name ``cifar10_jpeg_20k.npz``. Nothing is downloaded unless asked for, so tests and
 CI stay offline.
 
-Example:
+Examples:
     >>> from deel_lip_ext import datasets
     >>> x_train, y_train, x_test, y_test = datasets.load_numpy("mnist", num_train=1000)
     >>> x_train.shape, x_train.dtype, y_train.dtype
@@ -168,7 +168,7 @@ def search_folders(data_dir: str | os.PathLike | None = None) -> list[pathlib.Pa
         Keras's cache folder, those that apply. The tensorflow-datasets cache, searched
         after them, is not a folder of ``.npz`` files and is not in this list.
 
-    Example:
+    Examples:
         >>> [str(folder) for folder in search_folders("my_data")][0]
         'my_data'
     """
@@ -320,7 +320,7 @@ def load_numpy(
         DatasetFileError: a file was found but is truncated, not an ``.npz`` archive, or
             lacks one of the keys; the message names the file and the fix.
 
-    Example:
+    Examples:
         >>> x_train, y_train, x_test, y_test = load_numpy("mnist", num_test=500)
         >>> x_test.shape
         (500, 28, 28, 1)
@@ -373,7 +373,7 @@ def load(
         ValueError: unknown ``name`` or ``split``, bad ``batch_size``/``num_examples``.
         DatasetNotFoundError: the data is in none of the places searched.
 
-    Example:
+    Examples:
         >>> test = load("mnist", split="test", batch_size=256)
         >>> x, y = next(iter(test))
         >>> x.shape, y.dtype.name
@@ -424,7 +424,7 @@ def binary_subset(
         ``(x_subset, y_subset)``: the selected examples in their original order, and
         float32 labels of shape (n, 1) (one output unit, as a binary Keras loss expects).
 
-    Example:
+    Examples:
         >>> x_train, y_train, _, _ = load_numpy("mnist")
         >>> x08, y08 = binary_subset(x_train, y_train, positive=0, negative=8)
         >>> sorted(set(y08.ravel().tolist()))

@@ -43,8 +43,11 @@ def git_status():
     )
     if completed.returncode != 0:
         return None
-    # Bytecode caches are Python's, not the demo's.
-    return sorted(line for line in completed.stdout.splitlines() if "__pycache__" not in line and ".pyc" not in line)
+    # Bytecode caches are Python's and .pytest_cache pytest's, not the demo's.
+    return sorted(
+        line for line in completed.stdout.splitlines()
+        if not any(cache in line for cache in ("__pycache__", ".pyc", ".pytest_cache"))
+    )
 
 
 def run_demo(name, output_dir, *arguments):
