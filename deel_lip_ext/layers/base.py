@@ -60,9 +60,13 @@ class LipschitzLayer:
     def vanilla_export(self):
         """Plain layers computing the same function (a list, usually of one layer).
 
-        Parameter-free layers export a fresh copy of themselves.
+        Layers without a plain Keras equivalent export a copy of themselves, with a
+        copy of their weights when they have any (e.g. `Householder`'s angles).
         """
         clone = self.__class__.from_config(self.get_config())
+        if self.weights:
+            clone.build(**self._build_shapes_dict)
+            clone.set_weights(self.get_weights())
         return [clone]
 
 
