@@ -402,3 +402,11 @@ def test_benchmark_plot_script_draws_the_json_of_train_step(tmp_path):
     # The figure of the docs page is drawn from the JSON file kept beside the script.
     kept = ROOT / "benchmarks" / "results" / "train_step_W1.json"
     assert kept.is_file() and module.load_rows(kept)[1]
+
+
+def test_documented_exports_are_quiet():
+    """`model.export` prints the SavedModel's capture list unless `verbose=False`."""
+    for page in [ROOT / "README.md", *PAGES, *sorted((ROOT / "demos").glob("*.py"))]:
+        for line in page.read_text().splitlines():
+            if re.search(r"\.export\(", line) and "def " not in line:
+                assert "verbose=False" in line, f"{page.name}: {line.strip()}"
