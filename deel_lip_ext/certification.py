@@ -343,14 +343,14 @@ class CertifyResult:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(grid, curve, label="certified accuracy")
         ax.scatter(self.epsilons, self.certified_accuracy, color="C1", zorder=3, label="requested epsilons")
-        ax.set_xlabel(f"epsilon ({self.norm})")
+        ax.set_xlabel(f"epsilon ({self.norm} radius, in input units)")
         ax.set_ylabel("certified accuracy")
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title(title or f"L = {self.lip_const:.4g}, clean accuracy {self.clean_accuracy:.2%}")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=150)
         plt.close(fig)
         return path
 

@@ -81,5 +81,5 @@ def plot_singular_values(spectra, path, bins=50, title=None, value_range=None):
         axis.set_title(title)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=100)
+    figure.savefig(path, format="png", dpi=150)
     return histograms
