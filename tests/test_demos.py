@@ -163,6 +163,10 @@ def test_wasserstein_quick(tmp_path):
         assert mnist[method]["lip_const"] <= 1.0 + 1e-4
         assert mnist[method]["estimate"] > 0
     assert mnist["gp"]["lip_lower_bound"] <= mnist["gp"]["lip_const"]
+    # The quick run's training curves are curves (several evaluations in its one epoch), not one point each.
+    for method in ("spectral", "bcop", "gp"):
+        epochs = mnist[method]["curve_epochs"]
+        assert len(mnist[method]["curve"]) == len(epochs) >= 8 and epochs == sorted(epochs) and epochs[-1] == 1.0
     assert_png(tmp_path / "wasserstein_translate.png")
     assert_png(tmp_path / "wasserstein_mnist.png")
 

@@ -318,6 +318,8 @@ INTERNAL_NAMES = (
     "deel_lip_ext.layers.base.check_k_coef_lip",
     "deel_lip_ext.layers.base.SpectralMixin",
     "deel_lip_ext.layers.base.KernelBiasMixin",
+    "deel_lip_ext.layers.bcop.DownsamplingConv2DBase",
+    "deel_lip_ext.normalizers.check_normalizer_args",
 )
 
 
