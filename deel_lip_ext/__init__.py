@@ -6,7 +6,7 @@
 deel-lip, `Sequential`, `Model` and `vanillaModel` are also top-level names. No submodule
 imports TensorFlow at import time, so the package imports on the JAX and torch backends.
 
-Example:
+Examples:
     >>> import deel_lip_ext
     >>> model = deel_lip_ext.Sequential([keras.Input((4,)), deel_lip_ext.layers.SpectralDense(2)])
     >>> plain = deel_lip_ext.vanillaModel(model)
