@@ -13,14 +13,20 @@ restarts: the one with the largest margin loss (a misclassifying one whenever
 found). `verify_certificates` uses it to try to break every certified point.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 import numbers
 import weakref
+from collections.abc import Callable, Sequence
 
+import keras
 import numpy as np
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.certification import (
+
     certified_radius,
     check_epsilon,
     check_labels,
@@ -219,7 +225,9 @@ def _prepare(model, x, y, eps, norm, loss, clip_min, clip_max, batch_size):
     return x, target, eps, low, high, max(batch_size, 1)
 
 
-def _run_attack(model, x, target, eps, norm, steps, step_sizes, loss, random_start, restarts, low, high, batch_size, seed):
+def _run_attack(
+    model, x, target, eps, norm, steps, step_sizes, loss, random_start, restarts, low, high, batch_size, seed
+):
     rng = np.random.default_rng(seed)
     adversarial, margin_losses = [], []
     for start in range(0, len(x), batch_size):
@@ -235,7 +243,17 @@ def _run_attack(model, x, target, eps, norm, steps, step_sizes, loss, random_sta
     return np.concatenate(adversarial), np.concatenate(margin_losses)
 
 
-def fgsm(model, x, y, eps, norm="linf", loss="ce", clip_min=0.0, clip_max=1.0, batch_size=None):
+def fgsm(
+    model: keras.Model,
+    x: ArrayLike,
+    y: ArrayLike,
+    eps: float,
+    norm: str = "linf",
+    loss: str | Callable = "ce",
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+    batch_size: int | None = None,
+) -> np.ndarray:
     """Fast gradient (sign) method: one step of length eps along the loss gradient.
 
     Args:
@@ -244,13 +262,14 @@ def fgsm(model, x, y, eps, norm="linf", loss="ce", clip_min=0.0, clip_max=1.0, b
         eps: perturbation budget (>= 0).
         norm: "linf" (x + eps sign(g)) or "l2" (x + eps g / ||g||).
         loss: "ce" (cross-entropy) or "cw" (margin).
-        clip_min, clip_max: input box (None: unbounded).
+        clip_min: input box (None: unbounded).
+        clip_max: input box (None: unbounded).
         batch_size: attack this many samples at a time (None: all at once).
 
     Returns:
         numpy array of adversarial inputs, same shape as x.
 
-    Example:
+    Examples:
         >>> x_adv = fgsm(model, x_test, y_test, eps=0.1)
     """
     x, target, eps, low, high, batch_size = _prepare(model, x, y, eps, norm, loss, clip_min, clip_max, batch_size)
@@ -266,21 +285,21 @@ def fgsm(model, x, y, eps, norm="linf", loss="ce", clip_min=0.0, clip_max=1.0, b
 
 
 def pgd(
-    model,
-    x,
-    y,
-    eps,
-    norm="l2",
-    steps=40,
-    step_size=None,
-    loss="ce",
-    random_start=True,
-    restarts=1,
-    clip_min=0.0,
-    clip_max=1.0,
-    batch_size=None,
-    seed=None,
-):
+    model: keras.Model,
+    x: ArrayLike,
+    y: ArrayLike,
+    eps: float,
+    norm: str = "l2",
+    steps: int = 40,
+    step_size: float | None = None,
+    loss: str | Callable = "ce",
+    random_start: bool = True,
+    restarts: int = 1,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+    batch_size: int | None = None,
+    seed: int | None = None,
+) -> np.ndarray:
     """Projected gradient ascent on the loss inside the eps-ball and the input box.
 
     Each step moves by `step_size` along g / ||g||_2 (L2) or sign(g) (l_inf),
@@ -299,14 +318,15 @@ def pgd(
         loss: "ce" (softmax cross-entropy on the logits) or "cw" (margin).
         random_start: start each restart from a random point of the ball.
         restarts: number of runs; the best point over all of them is kept.
-        clip_min, clip_max: input box (None: unbounded).
+        clip_min: input box (None: unbounded).
+        clip_max: input box (None: unbounded).
         batch_size: attack this many samples at a time (None: all at once).
         seed: seed of the random starts.
 
     Returns:
         numpy array of adversarial inputs, same shape as x.
 
-    Example:
+    Examples:
         >>> x_adv = pgd(model, x_test, y_test, eps=1.0, norm="l2", steps=100, loss="cw")
         >>> robust_accuracy = np.mean(np.argmax(model.predict(x_adv), -1) == y_test)
     """
@@ -361,24 +381,24 @@ class VerificationResult:
 
 
 def verify_certificates(
-    model,
-    x,
-    y,
-    eps,
-    norm="l2",
-    lip_const=None,
-    steps=100,
-    restarts=2,
-    step_sizes=None,
-    loss="cw",
-    clip_min=0.0,
-    clip_max=1.0,
-    batch_size=256,
-    lip_norm="l2",
-    disjoint_neurons=False,
-    seed=0,
-    verbose="auto",
-):
+    model: keras.Model,
+    x: ArrayLike,
+    y: ArrayLike,
+    eps: float,
+    norm: str = "l2",
+    lip_const: float | None = None,
+    steps: int = 100,
+    restarts: int = 2,
+    step_sizes: Sequence[float] | None = None,
+    loss: str | Callable = "cw",
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+    batch_size: int = 256,
+    lip_norm: str = "l2",
+    disjoint_neurons: bool = False,
+    seed: int = 0,
+    verbose: bool | str = "auto",
+) -> VerificationResult:
     """Attack every correctly classified point at `eps` and count broken certificates.
 
     The certificates are those of `deel_lip_ext.certification.certified_radius`
@@ -396,7 +416,8 @@ def verify_certificates(
         restarts: random restarts per step size.
         step_sizes: PGD step lengths to try; None: eps * (0.5, 0.1, 0.025).
         loss: "cw" (margin, default) or "ce".
-        clip_min, clip_max: input box (None: unbounded).
+        clip_min: input box (None: unbounded).
+        clip_max: input box (None: unbounded).
         batch_size: attack this many samples at a time.
         lip_norm: "l2" or "linf", the norm `lip_const` holds for (see `certify`).
         disjoint_neurons: only each logit separately is L-Lipschitz.
@@ -406,7 +427,7 @@ def verify_certificates(
     Returns:
         A `VerificationResult`.
 
-    Example:
+    Examples:
         >>> result = verify_certificates(model, x_test[:500], y_test[:500], eps=1.58)
         >>> assert result.n_broken == 0
     """

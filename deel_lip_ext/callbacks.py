@@ -1,8 +1,13 @@
 """Keras callbacks for Lipschitz training (deel-lip's names)."""
 
-import numpy as np
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import keras
+import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.utils import compute_layer_sv, layer_singular_values
 
@@ -33,12 +38,12 @@ class LossParamScheduler(keras.callbacks.Callback):
             constant before the first and after the last.
         step: the step the schedule starts from (to resume training).
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHKR(alpha=10.0))
         >>> model.fit(x, y, callbacks=[LossParamScheduler("alpha", fp=[10.0, 50.0], xp=[0, 1000])])
     """
 
-    def __init__(self, param_name, fp, xp, step=0):
+    def __init__(self, param_name: str, fp: ArrayLike, xp: ArrayLike, step: int = 0) -> None:
         super().__init__()
         fp = np.asarray(fp, dtype="float64")
         xp = np.asarray(xp, dtype="float64")
@@ -51,15 +56,15 @@ class LossParamScheduler(keras.callbacks.Callback):
         self.xp = xp.tolist()
         self.step = int(step)
 
-    def value_at(self, step):
+    def value_at(self, step: int):
         """The scheduled value at a training step."""
         return float(np.interp(step, self.xp, self.fp))
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None):
         _loss_parameter(self.model, self.param_name).assign(self.value_at(self.step))
         self.step += 1
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"param_name": self.param_name, "fp": self.fp, "xp": self.xp, "step": self.step}
 
 
@@ -71,25 +76,25 @@ class LossParamLog(keras.callbacks.Callback):
         param_name: name of the loss attribute, e.g. "alpha".
         rate: print every `rate` epochs.
 
-    Example:
+    Examples:
         >>> model.fit(x, y, epochs=10, callbacks=[LossParamLog("alpha", rate=2)])
     """
 
-    def __init__(self, param_name, rate=1):
+    def __init__(self, param_name: str, rate: int = 1) -> None:
         super().__init__()
         if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
             raise ValueError(f"rate must be a positive integer, got {rate!r}.")
         self.param_name = param_name
         self.rate = rate
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         value = float(ops.convert_to_numpy(_loss_parameter(self.model, self.param_name)))
         if logs is not None:
             logs[self.param_name] = value
         if epoch % self.rate == 0:
             print(f"\nepoch {epoch}: loss parameter {self.param_name} = {value:.6g}")
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"param_name": self.param_name, "rate": self.rate}
 
 
@@ -104,11 +109,11 @@ class CondenseCallback(keras.callbacks.Callback):
         on_epoch: condense at the end of each epoch.
         on_batch: condense at the end of each training batch.
 
-    Example:
+    Examples:
         >>> model.fit(x, y, callbacks=[CondenseCallback(on_epoch=True)])
     """
 
-    def __init__(self, on_epoch=True, on_batch=False):
+    def __init__(self, on_epoch: bool = True, on_batch: bool = False) -> None:
         super().__init__()
         self.on_epoch = bool(on_epoch)
         self.on_batch = bool(on_batch)
@@ -118,15 +123,15 @@ class CondenseCallback(keras.callbacks.Callback):
             if hasattr(layer, "condense") and not isinstance(layer, keras.Model):
                 layer.condense()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None):
         if self.on_batch:
             self._condense()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         if self.on_epoch:
             self._condense()
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"on_epoch": self.on_epoch, "on_batch": self.on_batch}
 
 
@@ -163,13 +168,21 @@ class MonitorCallback(keras.callbacks.Callback):
         on_epoch: record at the end of each epoch.
         on_batch: record at the end of each training batch.
 
-    Example:
+    Examples:
         >>> monitor = MonitorCallback(["conv1", "dense"], logdir="logs/sv", what="all")
         >>> history = model.fit(x, y, callbacks=[monitor])
         >>> history.history["conv1_sv_max"]
     """
 
-    def __init__(self, monitored_layers, logdir=None, target="wbar", what="max", on_epoch=True, on_batch=False):
+    def __init__(
+        self,
+        monitored_layers: Sequence[str],
+        logdir: str | None = None,
+        target: str = "wbar",
+        what: str = "max",
+        on_epoch: bool = True,
+        on_batch: bool = False,
+    ) -> None:
         super().__init__()
         if isinstance(monitored_layers, str) or not monitored_layers:
             raise ValueError(f"monitored_layers must be a non-empty list of layer names, got {monitored_layers!r}.")
@@ -186,7 +199,7 @@ class MonitorCallback(keras.callbacks.Callback):
         self._writer = None
         self._step = 0
 
-    def set_model(self, model):
+    def set_model(self, model: keras.Model):
         super().set_model(model)
         names = {layer.name for layer in model._flatten_layers(include_self=False, recursive=True)}
         missing = [name for name in self.monitored_layers if name not in names]
@@ -222,15 +235,15 @@ class MonitorCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.flush()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None):
         if self.on_batch:
             self._record(logs)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         if self.on_epoch:
             self._record(logs)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             "monitored_layers": self.monitored_layers,
             "logdir": self.logdir,

@@ -21,13 +21,19 @@ so that a model with a layer of unknown constant is refused rather than given
 a false certificate (deel-torchlip issue #15).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 import numbers
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.utils import evaluate_lip_const, model_lipschitz_bound
 
@@ -47,14 +53,14 @@ NORMS = ("l2", "linf")
 _PROGBAR_MIN_BATCHES = 4
 
 
-def check_norm(norm, name="norm"):
+def check_norm(norm: str, name: str = "norm"):
     """Return `norm` if it is one of `NORMS`, else raise `ValueError`."""
     if norm not in NORMS:
         raise ValueError(f"{name} must be one of {NORMS}, got {norm!r}.")
     return norm
 
 
-def check_epsilon(epsilon, name="eps"):
+def check_epsilon(epsilon: float, name: str = "eps"):
     """Return `epsilon` as a float, or raise `ValueError` if it is not >= 0 and finite."""
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon):
         raise ValueError(f"{name} must be a finite number >= 0, got {epsilon!r}.")
@@ -63,7 +69,7 @@ def check_epsilon(epsilon, name="eps"):
     return float(epsilon)
 
 
-def check_lip_const(lip_const, name="lip_const"):
+def check_lip_const(lip_const: float, name: str = "lip_const"):
     """Return `lip_const` as a float, or raise `ValueError` if it is not > 0 and finite."""
     if isinstance(lip_const, bool) or not isinstance(lip_const, numbers.Real) or not math.isfinite(lip_const):
         raise ValueError(f"{name} must be a finite number > 0, got {lip_const!r}.")
@@ -72,7 +78,7 @@ def check_lip_const(lip_const, name="lip_const"):
     return float(lip_const)
 
 
-def check_labels(logits, labels):
+def check_labels(logits: ArrayLike, labels: ArrayLike):
     """Validate labels against `(N, C)` logits and return them as a float target array.
 
     Accepted: integer class indices `(N,)` / `(N, 1)` or one-hot `(N, C)` with
@@ -112,7 +118,7 @@ def check_labels(logits, labels):
     return np.eye(num_classes, dtype="float32")[labels.astype("int64")]
 
 
-def logit_margin(y_true, y_pred):
+def logit_margin(y_true: ArrayLike, y_pred: ArrayLike) -> Any:
     """Signed logit margin of each sample (`keras.ops`, differentiable in `y_pred`).
 
     Multi-class (C > 1): f_y - max_{j != y} f_j, where the target is the
@@ -127,7 +133,7 @@ def logit_margin(y_true, y_pred):
     Returns:
         A tensor of shape (N,).
 
-    Example:
+    Examples:
         >>> logit_margin(np.array([1, 0]), np.array([[0.0, 2.0], [3.0, 1.0]]))  # [2., 2.]
     """
     y_pred = ops.convert_to_tensor(y_pred)
@@ -154,7 +160,7 @@ def logit_margin(y_true, y_pred):
     return target_logit - best_other
 
 
-def certificate_factor(norm="l2", disjoint_neurons=False, num_classes=2):
+def certificate_factor(norm: str = "l2", disjoint_neurons: bool = False, num_classes: int = 2):
     """The c of r = M / (c L): 1 for a single logit, 2 for l_inf or disjoint neurons, else sqrt(2)."""
     check_norm(norm)
     if num_classes == 1:
@@ -169,7 +175,9 @@ def _radius_from_margin(margin, norm, lip_const, disjoint_neurons, num_classes):
     return ops.relu(margin) / (factor * lip_const)
 
 
-def certified_radius(logits, labels, norm="l2", lip_const=1.0, disjoint_neurons=False):
+def certified_radius(
+    logits: ArrayLike, labels: ArrayLike, norm: str = "l2", lip_const: float = 1.0, disjoint_neurons: bool = False
+) -> np.ndarray:
     """Certified radius of each sample (0 when misclassified or tied).
 
     Args:
@@ -186,7 +194,7 @@ def certified_radius(logits, labels, norm="l2", lip_const=1.0, disjoint_neurons=
         numpy array (N,): M/(sqrt(2) L) (l2), M/(2 L) (l2 disjoint, linf), or
         s f / L (single logit), floored at 0.
 
-    Example:
+    Examples:
         >>> certified_radius([[3.0, 1.0]], [0])  # sqrt(2) = 2 / sqrt(2)
     """
     check_norm(norm)
@@ -198,7 +206,7 @@ def certified_radius(logits, labels, norm="l2", lip_const=1.0, disjoint_neurons=
     return np.asarray(ops.convert_to_numpy(radius))
 
 
-def radius_conversion(norm, lip_norm, input_dim):
+def radius_conversion(norm: str, lip_norm: str, input_dim: int):
     """Factor turning a certificate proved for `lip_norm` into one for `norm`.
 
     Returns `(certificate_norm, factor)`: radii computed with
@@ -226,7 +234,7 @@ def _input_scale_factor(input_scale):
     return float(np.min(scale))
 
 
-def resolve_lip_const(model, lip_const):
+def resolve_lip_const(model: keras.Model, lip_const: float):
     """`lip_const` if given (checked), else the computed bound of `model`."""
     if lip_const is not None:
         return check_lip_const(lip_const)
@@ -234,7 +242,7 @@ def resolve_lip_const(model, lip_const):
     return check_lip_const(model_lipschitz_bound(model), "the computed Lipschitz bound")
 
 
-def iterate_batches(data, batch_size):
+def iterate_batches(data: tuple[ArrayLike, ArrayLike], batch_size: int):
     """Yield numpy `(x, y)` batches from `(x, y)` arrays or an iterable of batches."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_batch_pair_list(data):
         x, y = np.asarray(data[0]), np.asarray(data[1])
@@ -253,7 +261,7 @@ def _is_batch_pair_list(data):
     return isinstance(data[0], (tuple, list)) and len(data[0]) == 2
 
 
-def count_batches(data, batch_size):
+def count_batches(data: tuple[ArrayLike, ArrayLike], batch_size: int):
     """Number of batches `iterate_batches` yields, or None when unknown."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_batch_pair_list(data):
         return math.ceil(len(data[0]) / batch_size)
@@ -267,7 +275,7 @@ def count_batches(data, batch_size):
         return None
 
 
-def make_progbar(n_batches, verbose):
+def make_progbar(n_batches: int, verbose: bool | str):
     """A `keras.utils.Progbar` when asked for (verbose=True) or when the data is long."""
     if verbose == "auto":
         verbose = n_batches is None or n_batches >= _PROGBAR_MIN_BATCHES
@@ -330,7 +338,7 @@ class CertifyResult:
         lines += [f"  {eps:<10.4g}  {acc:7.2%}" for eps, acc in zip(self.epsilons, self.certified_accuracy)]
         return "\n".join(lines)
 
-    def plot(self, path, title=None):
+    def plot(self, path: str | os.PathLike, title: str | None = None):
         """Save a PNG of certified accuracy versus epsilon (curve over the radii) to `path`."""
         import matplotlib
 
@@ -343,30 +351,30 @@ class CertifyResult:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(grid, curve, label="certified accuracy")
         ax.scatter(self.epsilons, self.certified_accuracy, color="C1", zorder=3, label="requested epsilons")
-        ax.set_xlabel(f"epsilon ({self.norm})")
+        ax.set_xlabel(f"epsilon ({self.norm} radius, in input units)")
         ax.set_ylabel("certified accuracy")
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title(title or f"L = {self.lip_const:.4g}, clean accuracy {self.clean_accuracy:.2%}")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=150)
         plt.close(fig)
         return path
 
 
 def certify(
-    model,
-    data,
-    epsilons,
-    norm="l2",
-    input_scale=None,
-    batch_size=256,
-    lip_const=None,
-    lip_norm="l2",
-    disjoint_neurons=False,
-    verbose="auto",
-):
+    model: keras.Model,
+    data: tuple[ArrayLike, ArrayLike] | Iterable,
+    epsilons: Sequence[float] | ArrayLike,
+    norm: str = "l2",
+    input_scale: float | None = None,
+    batch_size: int = 256,
+    lip_const: float | None = None,
+    lip_norm: str = "l2",
+    disjoint_neurons: bool = False,
+    verbose: bool | str = "auto",
+) -> CertifyResult:
     """Certified accuracy of `model` on `data` at several perturbation budgets.
 
     Args:
@@ -394,7 +402,7 @@ def certify(
     Returns:
         A `CertifyResult` (`print` it for a table, `.plot(path)` for a PNG).
 
-    Example:
+    Examples:
         >>> result = certify(model, (x_test, y_test), [36 / 255, 72 / 255, 108 / 255])
         >>> print(result)
         >>> result.plot("certified_accuracy.png")
@@ -443,7 +451,14 @@ def _flat_output(model, x):
     return tf.reshape(out, (tf.shape(out)[0], -1))
 
 
-def search_lipschitz_lower_bound(model, x, steps=50, step_size=0.05, min_distance=1e-2, seed=0):
+def search_lipschitz_lower_bound(
+    model: keras.Model,
+    x: ArrayLike,
+    steps: int = 50,
+    step_size: float = 0.05,
+    min_distance: float = 1e-2,
+    seed: int = 0,
+):
     """Gradient ascent on ||f(a) - f(b)|| / ||a - b|| over pairs started near `x`.
 
     Both points of each pair move; ||a - b|| is kept >= `min_distance` so that
@@ -476,13 +491,21 @@ def search_lipschitz_lower_bound(model, x, steps=50, step_size=0.05, min_distanc
     return best
 
 
-def lipschitz_bounds(model, x, steps=50, step_size=0.05, lip_const=None, seed=0):
+def lipschitz_bounds(
+    model: keras.Model,
+    x: ArrayLike,
+    steps: int = 50,
+    step_size: float = 0.05,
+    lip_const: float | None = None,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Empirical lower bound and certified upper bound of the L2 Lipschitz constant.
 
     Args:
         model: a Keras model.
         x: sample inputs (N, ...) around which the lower bound is searched.
-        steps, step_size: gradient-ascent budget of the pair search.
+        steps: gradient-ascent budget of the pair search.
+        step_size: gradient-ascent budget of the pair search.
         lip_const: upper bound to report instead of computing it.
         seed: seed of the pair search.
 
@@ -492,7 +515,7 @@ def lipschitz_bounds(model, x, steps=50, step_size=0.05, lip_const=None, seed=0)
         `deel_lip_ext.utils.model_lipschitz_bound(model)` (product of exact
         per-layer norms). A correct model satisfies lower <= upper <= k.
 
-    Example:
+    Examples:
         >>> lower, upper = lipschitz_bounds(model, x_test[:64])
     """
     upper = resolve_lip_const(model, lip_const)

@@ -4,10 +4,13 @@ A constraint projects a plain layer's kernel; unlike the parametrized layers
 it does not differentiate through the normalization.
 """
 
+from __future__ import annotations
+
 import math
 
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers.base import check_k_coef_lip
@@ -28,17 +31,17 @@ class WeightClipConstraint(keras.constraints.Constraint):
     Args:
         c: clipping bound.
 
-    Example:
+    Examples:
         >>> keras.layers.Dense(8, kernel_constraint=WeightClipConstraint(0.1))
     """
 
-    def __init__(self, c=2.0):
+    def __init__(self, c: float = 2.0) -> None:
         self.c = _check_positive(c, "c")
 
-    def __call__(self, w):
+    def __call__(self, w: ArrayLike):
         return ops.clip(w, -self.c, self.c)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"c": self.c}
 
 
@@ -49,11 +52,11 @@ class AutoWeightClipConstraint(keras.constraints.Constraint):
     Args:
         scale: extra divisor of the bound.
 
-    Example:
+    Examples:
         >>> keras.layers.Dense(8, kernel_constraint=AutoWeightClipConstraint())
     """
 
-    def __init__(self, scale=1.0):
+    def __init__(self, scale: float = 1.0) -> None:
         self.scale = _check_positive(scale, "scale")
 
     def __call__(self, w):
@@ -61,7 +64,7 @@ class AutoWeightClipConstraint(keras.constraints.Constraint):
         bound = 1.0 / (self.scale * math.sqrt(math.prod(int(dim) for dim in w.shape)))
         return ops.clip(w, -bound, bound)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"scale": self.scale}
 
 
@@ -72,17 +75,17 @@ class FrobeniusConstraint(keras.constraints.Constraint):
     Args:
         eps: added to the norm.
 
-    Example:
+    Examples:
         >>> keras.layers.Dense(1, kernel_constraint=FrobeniusConstraint())
     """
 
-    def __init__(self, eps=1e-7):
+    def __init__(self, eps: float = 1e-7) -> None:
         self.eps = float(eps)
 
-    def __call__(self, w):
+    def __call__(self, w: ArrayLike):
         return w / (ops.sqrt(ops.sum(ops.square(w))) + self.eps)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"eps": self.eps}
 
 
@@ -95,22 +98,25 @@ class SpectralConstraint(keras.constraints.Constraint):
 
     Args:
         k_coef_lip: target spectral norm.
-        eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck:
-            as `SpectralDense` (`eps_bjorck=None`: spectral normalization only).
+        eps_spectral: as in `SpectralDense`.
+        eps_bjorck: as in `SpectralDense` (None: spectral normalization only).
+        beta_bjorck: as in `SpectralDense`.
+        maxiter_spectral: as in `SpectralDense`.
+        maxiter_bjorck: as in `SpectralDense`.
 
-    Example:
+    Examples:
         >>> keras.layers.Dense(8, kernel_constraint=SpectralConstraint(k_coef_lip=1.0))
     """
 
     def __init__(
         self,
-        k_coef_lip=1.0,
-        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral=normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck=normalizers.DEFAULT_MAXITER_BJORCK,
-    ):
+        k_coef_lip: float = 1.0,
+        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+    ) -> None:
         normalizers.check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
         self.k_coef_lip = check_k_coef_lip(k_coef_lip)
         self.eps_spectral = eps_spectral
@@ -119,7 +125,7 @@ class SpectralConstraint(keras.constraints.Constraint):
         self.maxiter_spectral = maxiter_spectral
         self.maxiter_bjorck = maxiter_bjorck
 
-    def __call__(self, w):
+    def __call__(self, w: ArrayLike):
         u = keras.random.normal((1, w.shape[-1]), dtype="float32")
         kernel, _, _ = normalizers.reshaped_kernel_orthogonalization(
             ops.cast(w, "float32"),
@@ -133,7 +139,7 @@ class SpectralConstraint(keras.constraints.Constraint):
         )
         return ops.cast(kernel, w.dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             "k_coef_lip": self.k_coef_lip,
             "eps_spectral": self.eps_spectral,

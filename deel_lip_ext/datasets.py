@@ -1,19 +1,24 @@
 """Image datasets (MNIST, Fashion-MNIST, CIFAR-10) as numpy arrays or ``tf.data`` pipelines.
 
 Images come back as float32 in [0, 1], channels-last ``(N, H, W, C)``; labels as int64
-class indices. The data is looked for, in this order:
+class indices. The data is looked for, in this order (the same order for the library and
+the demos, whose ``--data-dir`` and ``--download`` flags are the arguments below):
 
 1. ``<data_dir>/<file>.npz`` when the ``data_dir`` argument is given;
 2. ``$DEEL_LIP_EXT_DATA/<file>.npz`` when the environment variable is set;
-3. the tensorflow-datasets cache (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``), and
-   only with ``download=True`` a tensorflow-datasets download.
+3. ``../shared/data/<file>.npz`` beside the repository checkout (the project's offline copies);
+4. Keras's own download cache, ``$KERAS_HOME/datasets`` or ``~/.keras/datasets``
+   (``keras.datasets.mnist.load_data()`` leaves ``mnist.npz`` there, with the same keys);
+5. the tensorflow-datasets cache (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``);
+6. only with ``download=True``: a download with tensorflow-datasets when it is installed,
+   else with ``keras.datasets``.
 
 An ``.npz`` file holds the keys ``x_train, y_train, x_test, y_test`` (images uint8 in
 0..255, labels class indices); ``<file>`` is the dataset name, and CIFAR-10 also accepts
 the name ``cifar10_jpeg_20k.npz``. Nothing is downloaded unless asked for, so tests and
 CI stay offline.
 
-Example:
+Examples:
     >>> from deel_lip_ext import datasets
     >>> x_train, y_train, x_test, y_test = datasets.load_numpy("mnist", num_train=1000)
     >>> x_train.shape, x_train.dtype, y_train.dtype
@@ -21,16 +26,41 @@ Example:
     >>> train = datasets.load("mnist", split="train", batch_size=128)
 """
 
+from __future__ import annotations
+
 import functools
 import os
 import pathlib
+import zipfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - only for the annotations
+    import tensorflow as tf
+
+__all__ = [
+    "ENV_VAR",
+    "DATASETS",
+    "SPLITS",
+    "NPZ_KEYS",
+    "CLASS_NAMES",
+    "DatasetNotFoundError",
+    "DatasetFileError",
+    "search_folders",
+    "load_numpy",
+    "load",
+    "binary_subset",
+]
 
 ENV_VAR = "DEEL_LIP_EXT_DATA"
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 SPLITS = ("train", "test")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+# The project's offline copies sit in ../shared/data beside the repository checkout.
+CHECKOUT_SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Accepted offline file names, first match wins. The project's CIFAR copy is a
 # JPEG-decoded 20k-image subset, hence its longer name.
@@ -54,7 +84,50 @@ CLASS_NAMES = {
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """Raised when a dataset is in none of the places searched; the message lists them."""
+    """Raised when a dataset is in none of the places searched; the message lists them.
+
+    Attributes:
+        name: the dataset asked for.
+        searched: every place looked in, in search order (strings).
+    """
+
+    def __init__(self, name: str, searched: Sequence[str]) -> None:
+        self.name = name
+        self.searched = list(searched)
+        super().__init__(self.explain())
+
+    def explain(self, command: str | None = None) -> str:
+        """The message: the places searched and the ways to provide the data.
+
+        Args:
+            command: the command line the user ran (e.g. ``"python demos/tulip.py"``);
+                when given, the remedies are that command's ``--data-dir``/``--download``
+                flags instead of the Python arguments ``data_dir=``/``download=True``.
+
+        Returns:
+            A multi-line message.
+        """
+        files = " or ".join(_NPZ_FILE_NAMES[self.name])
+        env_state = f"set to {os.environ[ENV_VAR]!r}" if os.environ.get(ENV_VAR) else "not set"
+        if command is None:
+            folder_remedy = f"pass `data_dir=<folder>` holding {files}"
+            env_remedy = f"set the environment variable {ENV_VAR}=<folder> (currently {env_state})"
+            download_remedy = "pass `download=True` to fetch it (needs internet)"
+        else:
+            folder_remedy = f"run `{command} --data-dir <folder>` with a folder holding {files}"
+            env_remedy = f"run `{ENV_VAR}=<folder> {command}` ({ENV_VAR} is currently {env_state})"
+            download_remedy = f"run `{command} --download` to fetch it (needs internet)"
+        return (
+            f"Dataset {self.name!r} not found. Looked in:\n  " + "\n  ".join(self.searched) + "\n"
+            f"Provide it in one of these ways (an .npz file holds the keys {', '.join(NPZ_KEYS)}):\n"
+            f"  - {folder_remedy};\n"
+            f"  - {env_remedy};\n"
+            f"  - {download_remedy}."
+        )
+
+
+class DatasetFileError(ValueError):
+    """Raised when a dataset file exists but cannot be read (truncated, not an .npz, wrong keys)."""
 
 
 def _check_choice(argument, value, allowed):
@@ -78,32 +151,75 @@ def _tfds_cache_dir():
     ).expanduser()
 
 
-def _npz_candidates(name, data_dir):
-    """The offline files to try, in search order (duplicates removed)."""
+def _keras_cache_dir():
+    """Where ``keras.utils.get_file`` (hence ``keras.datasets``) caches its downloads."""
+    home = os.environ.get("KERAS_HOME") or pathlib.Path.home() / ".keras"
+    return pathlib.Path(home).expanduser() / "datasets"
+
+
+def search_folders(data_dir: str | os.PathLike | None = None) -> list[pathlib.Path]:
+    """The folders searched for ``<dataset>.npz``, in search order (duplicates removed).
+
+    Args:
+        data_dir: the folder given as argument (or ``--data-dir``), searched first.
+
+    Returns:
+        ``data_dir``, ``$DEEL_LIP_EXT_DATA``, ``../shared/data`` beside the checkout and
+        Keras's cache folder, those that apply. The tensorflow-datasets cache, searched
+        after them, is not a folder of ``.npz`` files and is not in this list.
+
+    Examples:
+        >>> [str(folder) for folder in search_folders("my_data")][0]
+        'my_data'
+    """
     folders = []
     if data_dir is not None:
         folders.append(pathlib.Path(data_dir).expanduser())
     if os.environ.get(ENV_VAR):
         folders.append(pathlib.Path(os.environ[ENV_VAR]).expanduser())
-    candidates = []
+    folders += [CHECKOUT_SHARED_DATA, _keras_cache_dir()]
+    unique = []
     for folder in folders:
-        for file_name in _NPZ_FILE_NAMES[name]:
-            path = folder / file_name
-            if path not in candidates:
-                candidates.append(path)
-    return candidates
+        if folder not in unique:
+            unique.append(folder)
+    return unique
+
+
+def _npz_candidates(name, data_dir):
+    """The offline files to try, in search order."""
+    return [folder / file_name for folder in search_folders(data_dir) for file_name in _NPZ_FILE_NAMES[name]]
+
+
+def _unreadable(path, error):
+    return DatasetFileError(
+        f"{path} exists but is not a readable dataset file ({type(error).__name__}: {error}); it is "
+        f"probably truncated or not an .npz archive. Replace it with a complete copy holding the keys "
+        f"{', '.join(NPZ_KEYS)}, or delete it and fetch the data again with `download=True` "
+        f"(`--download` in the demos)."
+    )
 
 
 @functools.lru_cache(maxsize=2)
 def _read_npz(path):
-    with np.load(path) as archive:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, error) from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DatasetFileError(
+            f"{path} holds a single array, not an .npz archive with the keys {', '.join(NPZ_KEYS)}."
+        )
+    with archive:
         missing = [key for key in NPZ_KEYS if key not in archive.files]
         if missing:
-            raise ValueError(
+            raise DatasetFileError(
                 f"{path} lacks the key(s) {missing}; a dataset file must hold "
                 f"{', '.join(NPZ_KEYS)}."
             )
-        arrays = tuple(archive[key] for key in NPZ_KEYS)
+        try:
+            arrays = tuple(archive[key] for key in NPZ_KEYS)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise _unreadable(path, error) from error
     for array in arrays:
         # Cached arrays are shared between calls: make accidental in-place edits fail.
         array.setflags(write=False)
@@ -117,11 +233,7 @@ def _read_tfds(name, download):
         return None  # skip the slow tfds import when its cache cannot hold the dataset
     try:
         import tensorflow_datasets as tfds
-    except ImportError as error:
-        if download:
-            raise ImportError(
-                "`download=True` needs tensorflow-datasets: pip install tensorflow-datasets"
-            ) from error
+    except ImportError:
         return None
     builder = tfds.builder(name, data_dir=str(_tfds_cache_dir()))
     if not download and not builder.is_prepared():
@@ -136,18 +248,16 @@ def _read_tfds(name, download):
     return x_train, y_train, x_test, y_test
 
 
-def _not_found_message(name, candidates):
-    looked = [str(path) for path in candidates]
-    looked.append(f"{_tfds_cache_dir() / name} (tensorflow-datasets cache)")
-    env_state = f"set to {os.environ[ENV_VAR]!r}" if os.environ.get(ENV_VAR) else "not set"
-    return (
-        f"Dataset {name!r} not found. Looked in:\n  " + "\n  ".join(looked) + "\n"
-        f"Provide it in one of these ways:\n"
-        f"  - pass `data_dir=<folder>` holding {' or '.join(_NPZ_FILE_NAMES[name])} "
-        f"(keys {', '.join(NPZ_KEYS)});\n"
-        f"  - set the environment variable {ENV_VAR}=<folder> (currently {env_state});\n"
-        f"  - pass `download=True` to fetch it with tensorflow-datasets (needs internet)."
-    )
+def _download_with_keras(name):
+    """``keras.datasets.<name>.load_data()``: downloads into Keras's cache folder."""
+    import keras
+
+    (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+    return x_train, y_train, x_test, y_test
+
+
+def _searched_places(name, candidates):
+    return [str(path) for path in candidates] + [f"{_tfds_cache_dir() / name} (tensorflow-datasets cache)"]
 
 
 def _load_raw(name, data_dir, download):
@@ -158,8 +268,10 @@ def _load_raw(name, data_dir, download):
         if path.is_file():
             return _read_npz(str(path.resolve()))
     arrays = _read_tfds(name, download)
+    if arrays is None and download:
+        arrays = _download_with_keras(name)
     if arrays is None:
-        raise DatasetNotFoundError(_not_found_message(name, candidates))
+        raise DatasetNotFoundError(name, _searched_places(name, candidates))
     return arrays
 
 
@@ -179,16 +291,24 @@ def _prepare_labels(y):
     return np.asarray(y).reshape(-1).astype(np.int64)
 
 
-def load_numpy(name, data_dir=None, *, num_train=None, num_test=None, download=False):
+def load_numpy(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    num_train: int | None = None,
+    num_test: int | None = None,
+    download: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Load a whole dataset as numpy arrays.
 
     Args:
         name: "mnist", "fashion_mnist" or "cifar10".
-        data_dir: folder holding ``<name>.npz``; searched before ``$DEEL_LIP_EXT_DATA``.
+        data_dir: folder holding ``<name>.npz``; searched first (see the module's search order).
         num_train: keep only the first ``num_train`` training examples (None: all).
         num_test: keep only the first ``num_test`` test examples (None: all).
-        download: allow tensorflow-datasets to download the data when it is found
-            nowhere else (off by default: nothing is fetched behind your back).
+        download: download the data (tensorflow-datasets when installed, else
+            ``keras.datasets``) when it is found nowhere else (off by default: nothing is
+            fetched behind your back).
 
     Returns:
         ``(x_train, y_train, x_test, y_test)``: images float32 in [0, 1] of shape
@@ -197,8 +317,10 @@ def load_numpy(name, data_dir=None, *, num_train=None, num_test=None, download=F
     Raises:
         ValueError: unknown ``name`` or a bad ``num_train``/``num_test``.
         DatasetNotFoundError: the data is in none of the places searched.
+        DatasetFileError: a file was found but is truncated, not an ``.npz`` archive, or
+            lacks one of the keys; the message names the file and the fix.
 
-    Example:
+    Examples:
         >>> x_train, y_train, x_test, y_test = load_numpy("mnist", num_test=500)
         >>> x_test.shape
         (500, 28, 28, 1)
@@ -215,17 +337,17 @@ def load_numpy(name, data_dir=None, *, num_train=None, num_test=None, download=F
 
 
 def load(
-    name,
-    split="train",
-    batch_size=128,
-    shuffle=None,
-    data_dir=None,
+    name: str,
+    split: str = "train",
+    batch_size: int = 128,
+    shuffle: bool | None = None,
+    data_dir: str | os.PathLike | None = None,
     *,
-    num_examples=None,
-    download=False,
-    seed=None,
-    drop_remainder=False,
-):
+    num_examples: int | None = None,
+    download: bool = False,
+    seed: int | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """Load one split of a dataset as a batched, prefetched ``tf.data.Dataset``.
 
     Batches are ``(x, y)`` with x float32 in [0, 1] of shape (batch, H, W, C) and y
@@ -238,9 +360,9 @@ def load(
         batch_size: positive number of examples per batch.
         shuffle: reshuffle the examples every epoch; None means True for "train" and
             False for "test".
-        data_dir: folder holding ``<name>.npz``; searched before ``$DEEL_LIP_EXT_DATA``.
+        data_dir: folder holding ``<name>.npz``; searched first (see the module's search order).
         num_examples: keep only the first ``num_examples`` examples of the split.
-        download: allow a tensorflow-datasets download when the data is found nowhere else.
+        download: download the data when it is found nowhere else (as in `load_numpy`).
         seed: shuffling seed (None: a different order on every run).
         drop_remainder: drop the last incomplete batch.
 
@@ -251,7 +373,7 @@ def load(
         ValueError: unknown ``name`` or ``split``, bad ``batch_size``/``num_examples``.
         DatasetNotFoundError: the data is in none of the places searched.
 
-    Example:
+    Examples:
         >>> test = load("mnist", split="test", batch_size=256)
         >>> x, y = next(iter(test))
         >>> x.shape, y.dtype.name
@@ -285,7 +407,9 @@ def load(
     return pipeline.prefetch(tf.data.AUTOTUNE)
 
 
-def binary_subset(x, y, positive, negative, labels=(1, -1)):
+def binary_subset(
+    x: Any, y: Any, positive: int, negative: int, labels: tuple[float, float] = (1, -1)
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep the examples of two classes and relabel them for binary (e.g. HKR) training.
 
     Args:
@@ -300,7 +424,7 @@ def binary_subset(x, y, positive, negative, labels=(1, -1)):
         ``(x_subset, y_subset)``: the selected examples in their original order, and
         float32 labels of shape (n, 1) (one output unit, as a binary Keras loss expects).
 
-    Example:
+    Examples:
         >>> x_train, y_train, _, _ = load_numpy("mnist")
         >>> x08, y08 = binary_subset(x_train, y_train, positive=0, negative=8)
         >>> sorted(set(y08.ravel().tolist()))

@@ -1,5 +1,7 @@
 """Initializers, deel-lip's names."""
 
+from __future__ import annotations
+
 import keras
 from keras import ops
 
@@ -14,23 +16,24 @@ class SpectralInitializer(keras.initializers.Initializer):
     """A base initializer followed by RKO: the reshaped kernel has all singular values k.
 
     Args:
-        eps_spectral, eps_bjorck, beta_bjorck: as `SpectralDense`
-            (`eps_bjorck=None`: spectral normalization only).
+        eps_spectral: as in `SpectralDense`.
+        eps_bjorck: as in `SpectralDense` (None: spectral normalization only).
+        beta_bjorck: as in `SpectralDense`.
         k_coef_lip: target singular value.
         base_initializer: initializer drawn first ("orthogonal" by default).
 
-    Example:
-    >>> keras.layers.Dense(8, kernel_initializer=SpectralInitializer())
+    Examples:
+        >>> keras.layers.Dense(8, kernel_initializer=SpectralInitializer())
     """
 
     def __init__(
         self,
-        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
-        k_coef_lip=1.0,
-        base_initializer="orthogonal",
-    ):
+        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
+        k_coef_lip: float = 1.0,
+        base_initializer: str | keras.initializers.Initializer = "orthogonal",
+    ) -> None:
         normalizers.check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck)
         self.eps_spectral = eps_spectral
         self.eps_bjorck = eps_bjorck
@@ -38,7 +41,7 @@ class SpectralInitializer(keras.initializers.Initializer):
         self.k_coef_lip = check_k_coef_lip(k_coef_lip)
         self.base_initializer = keras.initializers.get(base_initializer)
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: tuple[int, ...], dtype: str | None = None):
         w = ops.cast(self.base_initializer(shape, dtype="float32"), "float32")
         u = keras.random.normal((1, shape[-1]), dtype="float32")
         kernel, _, _ = normalizers.reshaped_kernel_orthogonalization(
@@ -53,7 +56,7 @@ class SpectralInitializer(keras.initializers.Initializer):
         )
         return ops.cast(kernel, dtype or "float32")
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             "eps_spectral": self.eps_spectral,
             "eps_bjorck": self.eps_bjorck,

@@ -19,12 +19,17 @@ starts with a `Rescaling(1 / std)`). The certification functions take pixel
 epsilons and models whose input is the pixel image.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.certification import certified_radius
 from deel_lip_ext.layers.linf import LogitScale, _LInfDistBase, check_p
@@ -62,12 +67,12 @@ def _sublayers(layer_or_model):
     return flat
 
 
-def distance_layers(model):
+def distance_layers(model: keras.Model):
     """All l_inf-dist layers (`LInfDistDense`, `LInfDistConv2D`) of a model, nested models included."""
     return [layer for layer in _sublayers(model) if isinstance(layer, _LInfDistBase)]
 
 
-def set_p(model, p):
+def set_p(model: keras.Model, p: float):
     """Set the norm order of every l_inf-dist layer of `model` (p = inf for certification)."""
     p = check_p(p)
     layers = distance_layers(model)
@@ -87,13 +92,13 @@ def _check_number(name, value, low=None, high=None, low_open=False):
     return float(value)
 
 
-def schedule_ratio(step, steps_per_epoch, constant_epochs, growth_epochs):
+def schedule_ratio(step: int, steps_per_epoch: int, constant_epochs: float, growth_epochs: float):
     """r in [0, 1]: 0 during the constant phase, then linear in the step over the growth phase."""
     growth_steps = max(growth_epochs * steps_per_epoch, 1e-12)
     return float(np.clip((step - constant_epochs * steps_per_epoch) / growth_steps, 0.0, 1.0))
 
 
-def scheduled_p(ratio, p_start=8.0, p_end=1000.0, inf_threshold=100.0):
+def scheduled_p(ratio: float, p_start: float = 8.0, p_end: float = 1000.0, inf_threshold: float = 100.0):
     """p = p_start (p_end / p_start) ** r, and inf once r = 1 when p_end >= inf_threshold (the papers' rule)."""
     if ratio >= 1.0 and p_end >= inf_threshold:
         return math.inf
@@ -120,7 +125,7 @@ class LpScheduler(keras.callbacks.Callback):
             (e.g. `ClippedHingeCrossEntropy`, whose cross-entropy weight decays).
         initial_epoch: the epoch to start from when resuming.
 
-    Example:
+    Examples:
         >>> loss = ClippedHingeCrossEntropy(eps=1.46)
         >>> scheduler = LpScheduler(8, 1000, constant_epochs=25, growth_epochs=375, followers=[loss])
         >>> model.fit(x, y, epochs=450, batch_size=512, callbacks=[scheduler])
@@ -128,15 +133,15 @@ class LpScheduler(keras.callbacks.Callback):
 
     def __init__(
         self,
-        p_start=8.0,
-        p_end=1000.0,
-        constant_epochs=0.0,
-        growth_epochs=1.0,
-        steps_per_epoch=None,
-        inf_threshold=100.0,
-        followers=(),
-        initial_epoch=0,
-    ):
+        p_start: float = 8.0,
+        p_end: float = 1000.0,
+        constant_epochs: float = 0.0,
+        growth_epochs: float = 1.0,
+        steps_per_epoch: int | None = None,
+        inf_threshold: float = 100.0,
+        followers: Sequence[Any] = (),
+        initial_epoch: int = 0,
+    ) -> None:
         super().__init__()
         self.p_start = check_p(p_start)
         self.p_end = check_p(p_end)
@@ -161,11 +166,11 @@ class LpScheduler(keras.callbacks.Callback):
         self._epoch = int(initial_epoch)
         self.p = self.p_start
 
-    def ratio_at(self, step):
+    def ratio_at(self, step: int):
         """The schedule ratio r at a global training step."""
         return schedule_ratio(step, self._steps_per_epoch(), self.constant_epochs, self.growth_epochs)
 
-    def p_at(self, step):
+    def p_at(self, step: int):
         """The norm order at a global training step."""
         return scheduled_p(self.ratio_at(step), self.p_start, self.p_end, self.inf_threshold)
 
@@ -175,10 +180,10 @@ class LpScheduler(keras.callbacks.Callback):
             raise ValueError("LpScheduler needs steps_per_epoch: fit did not report it (pass steps_per_epoch=...).")
         return steps
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None):
         self._epoch = epoch
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None):
         step = self._epoch * self._steps_per_epoch() + batch
         ratio = self.ratio_at(step)
         self.p = scheduled_p(ratio, self.p_start, self.p_end, self.inf_threshold)
@@ -186,11 +191,11 @@ class LpScheduler(keras.callbacks.Callback):
         for follower in self.followers:
             follower.set_progress(ratio)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         if logs is not None:
             logs["p"] = self.p
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             "p_start": self.p_start,
             "p_end": self.p_end,
@@ -213,12 +218,12 @@ def _target_mask(y_true, num_classes):
     return ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), num_classes) > 0.5
 
 
-def worst_case_margins(y_true, y_pred, eps):
+def worst_case_margins(y_true: ArrayLike, y_pred: ArrayLike, eps: float):
     """m_j = (g_j + eps) - (g_t - eps) for j != t and m_t = 0: logits of an l_inf-1-Lipschitz net in the eps-ball.
 
     A sample is robust at eps when every m_j < 0, i.e. margin / 2 > eps.
 
-    Example:
+    Examples:
         >>> worst_case_margins(np.array([0]), np.array([[3.0, 1.0]]), 0.5)  # [[0, -1]]
     """
     y_pred = ops.convert_to_tensor(y_pred)
@@ -262,19 +267,21 @@ class LInfDistHinge(_EpsLoss):
         eps: training radius in logit-Lipschitz units (v1 MNIST: 0.45 / 0.3081).
         mix: weight of the max term (0.75 for MNIST and CIFAR, 1 for FMNIST).
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=LInfDistHinge(eps=0.45 / 0.3081))
     """
 
-    def __init__(self, eps, mix=0.75, name="linf_dist_hinge", reduction="sum_over_batch_size"):
+    def __init__(
+        self, eps: float, mix: float = 0.75, name: str = "linf_dist_hinge", reduction: str = "sum_over_batch_size"
+    ) -> None:
         super().__init__(eps, name=name, reduction=reduction)
         self.mix = _check_number("mix", mix, low=0, high=1)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         violations = ops.relu(worst_case_margins(y_true, y_pred, self._eps(y_pred.dtype)))
         return self.mix * ops.max(violations, axis=-1) + (1.0 - self.mix) * ops.mean(violations, axis=-1)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["mix"] = self.mix
         return config
@@ -292,10 +299,11 @@ class ClippedHingeCrossEntropy(_EpsLoss):
 
     Args:
         eps: training radius in logit-Lipschitz units (v2 MNIST 0.3: 0.45 / 0.3081).
-        ce_weight_start, ce_weight_end: lambda at r = 0 and r = 1 (MNIST: 0.05 -> 2e-4).
+        ce_weight_start: cross-entropy weight lambda at r = 0 (MNIST: 0.05).
+        ce_weight_end: cross-entropy weight lambda at r = 1 (MNIST: 2e-4).
         logit_scale: the model's `LogitScale` layer, or None.
 
-    Example:
+    Examples:
         >>> model = linf_dist_net(5, 128, logit_scale=True)
         >>> loss = ClippedHingeCrossEntropy(1.46, logit_scale=model.layers[-1])
         >>> model.compile(optimizer="adam", loss=loss)
@@ -303,13 +311,13 @@ class ClippedHingeCrossEntropy(_EpsLoss):
 
     def __init__(
         self,
-        eps,
-        ce_weight_start=0.05,
-        ce_weight_end=2e-4,
-        logit_scale=None,
-        name="clipped_hinge_cross_entropy",
-        reduction="sum_over_batch_size",
-    ):
+        eps: float,
+        ce_weight_start: float = 0.05,
+        ce_weight_end: float = 2e-4,
+        logit_scale: keras.layers.Layer | None = None,
+        name: str = "clipped_hinge_cross_entropy",
+        reduction: str = "sum_over_batch_size",
+    ) -> None:
         super().__init__(eps, name=name, reduction=reduction)
         if _check_number("eps", eps) == 0:
             raise ValueError("eps must be > 0: the hinge is normalized by 2 eps.")
@@ -320,18 +328,18 @@ class ClippedHingeCrossEntropy(_EpsLoss):
         self.logit_scale = logit_scale
         self.ce_weight = keras.Variable(self.ce_weight_start, dtype="float32", trainable=False, name="ce_weight")
 
-    def set_progress(self, ratio):
+    def set_progress(self, ratio: float):
         """lambda = start * (end / start) ** ratio, ratio in [0, 1]."""
         ratio = float(np.clip(ratio, 0.0, 1.0))
         self.ce_weight.assign(self.ce_weight_start * (self.ce_weight_end / self.ce_weight_start) ** ratio)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         eps = self._eps(y_pred.dtype)
         hinge = ops.clip(ops.max(worst_case_margins(y_true, y_pred, eps), axis=-1) / (2.0 * eps), 0.0, 1.0)
         scale = 1.0 if self.logit_scale is None else ops.cast(self.logit_scale.scale, y_pred.dtype)
         return hinge + ops.cast(self.ce_weight, y_pred.dtype) * _cross_entropy(y_true, scale * y_pred)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update({"ce_weight_start": self.ce_weight_start, "ce_weight_end": self.ce_weight_end})
         return config
@@ -355,14 +363,21 @@ class HybridIntervalCrossEntropy(_EpsLoss):
         eps: training radius in feature units (v1 MNIST: 0.35 / 0.3081).
         kappa: weight of the worst-case term (0.5 for MNIST/FMNIST, 1 for CIFAR).
 
-    Example:
+    Examples:
         >>> model = zoo.linf_dist_net_mlp(4, 128)
         >>> train_model = zoo.hybrid_training_model(model)
         >>> loss = HybridIntervalCrossEntropy(zoo.hybrid_head(model), eps=0.35 / 0.3081)
         >>> train_model.compile("adam", loss={"features": loss, "logits": None})
     """
 
-    def __init__(self, head, eps, kappa=0.5, name="hybrid_interval_cross_entropy", reduction="sum_over_batch_size"):
+    def __init__(
+        self,
+        head: keras.Model,
+        eps: float,
+        kappa: float = 0.5,
+        name: str = "hybrid_interval_cross_entropy",
+        reduction: str = "sum_over_batch_size",
+    ) -> None:
         super().__init__(eps, name=name, reduction=reduction)
         self.head = _sublayers(head) if not isinstance(head, (list, tuple)) else [
             leaf for layer in head for leaf in _sublayers(layer)
@@ -371,7 +386,7 @@ class HybridIntervalCrossEntropy(_EpsLoss):
             raise ValueError("head must end with a keras.layers.Dense layer (its weights give the elided margins).")
         self.kappa = _check_number("kappa", kappa, low=0, high=1)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         logits = y_pred
         for layer in self.head:
             logits = layer(logits)
@@ -379,7 +394,7 @@ class HybridIntervalCrossEntropy(_EpsLoss):
         margins = _elided_margins(self.head, y_pred - eps, y_pred + eps, _target_mask(y_true, logits.shape[-1]))
         return self.kappa * _cross_entropy(y_true, margins) + (1.0 - self.kappa) * _cross_entropy(y_true, logits)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["kappa"] = self.kappa
         return config
@@ -456,17 +471,18 @@ def _layer_bounds(layer, lower, upper):
     )
 
 
-def interval_bounds(model, lower, upper):
+def interval_bounds(model: keras.Model, lower: ArrayLike, upper: ArrayLike) -> tuple[Any, Any]:
     """Bounds of the inference-mode outputs of a chain of layers over the box [lower, upper].
 
     Args:
         model: a Sequential / chain-shaped functional model, a layer, or a list of layers.
-        lower, upper: arrays of the input shape with lower <= upper.
+        lower: arrays of the input shape with lower <= upper.
+        upper: arrays of the input shape with lower <= upper.
 
     Returns:
         (lower, upper) tensors of the output shape.
 
-    Example:
+    Examples:
         >>> low, high = interval_bounds(model, np.clip(x - 0.3, 0, 1), np.clip(x + 0.3, 0, 1))
     """
     layers = _chain(model)
@@ -526,7 +542,15 @@ def _check_labels(y, n):
     return y
 
 
-def ibp_margins(model, x, y, eps, clip_min=0.0, clip_max=1.0, batch_size=256):
+def ibp_margins(
+    model: keras.Model,
+    x: ArrayLike,
+    y: ArrayLike,
+    eps: float,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+    batch_size: int = 256,
+) -> np.ndarray:
     """Upper bounds of z_j - z_t over the eps l_inf-ball around each x, clipped to [clip_min, clip_max].
 
     Args:
@@ -534,7 +558,8 @@ def ibp_margins(model, x, y, eps, clip_min=0.0, clip_max=1.0, batch_size=256):
             `interval_bounds`), evaluated in inference mode.
         x: inputs (N, ...); y: class indices (N,) or one-hot.
         eps: l_inf radius in input units (>= 0).
-        clip_min, clip_max: valid input range (None: unbounded).
+        clip_min: valid input range (None: unbounded).
+        clip_max: valid input range (None: unbounded).
         batch_size: samples per propagation.
 
     Returns:
@@ -559,12 +584,20 @@ def ibp_margins(model, x, y, eps, clip_min=0.0, clip_max=1.0, batch_size=256):
     return np.concatenate(results, axis=0)
 
 
-def certify_ibp(model, x, y, eps, clip_min=0.0, clip_max=1.0, batch_size=256):
+def certify_ibp(
+    model: keras.Model,
+    x: ArrayLike,
+    y: ArrayLike,
+    eps: float,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+    batch_size: int = 256,
+):
     """Boolean array: True where IBP proves every point of the clipped eps-ball is classified as y.
 
     The papers' "certified accuracy" is its mean (at p = inf, see `set_p`).
 
-    Example:
+    Examples:
         >>> set_p(model, float("inf"))
         >>> certified_accuracy = certify_ibp(model, x_test, y_test, eps=0.3).mean()
     """
@@ -609,7 +642,7 @@ def _activation_lipschitz(name, layer):
     return _ACTIVATION_LIPSCHITZ[name]
 
 
-def linf_lipschitz_bound(model):
+def linf_lipschitz_bound(model: keras.Model):
     """Upper bound of the l_inf -> l_inf Lipschitz constant of a chain of layers (product of layer bounds).
 
     1 per l_inf-dist layer at p = inf; a model starting with
@@ -622,10 +655,12 @@ def linf_lipschitz_bound(model):
     return bound
 
 
-def certify_lipschitz(model, x, y, eps, lip_const=None, batch_size=256):
+def certify_lipschitz(
+    model: keras.Model, x: ArrayLike, y: ArrayLike, eps: float, lip_const: float | None = None, batch_size: int = 256
+):
     """Boolean array: True where margin / (2 L) > eps (the Lipschitz rule, L from `linf_lipschitz_bound`).
 
-    Example:
+    Examples:
         >>> certified = certify_lipschitz(model, x_test, y_test, eps=0.3)
     """
     eps = _check_number("eps", eps, low=0)
@@ -636,8 +671,17 @@ def certify_lipschitz(model, x, y, eps, lip_const=None, batch_size=256):
 
 
 def evaluate_linf_robustness(
-    model, x, y, eps, pgd_steps=100, pgd_restarts=1, clip_min=0.0, clip_max=1.0, batch_size=256, seed=0
-):
+    model: keras.Model,
+    x: ArrayLike,
+    y: ArrayLike,
+    eps: float,
+    pgd_steps: int = 100,
+    pgd_restarts: int = 1,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
     """Clean, PGD and certified (IBP and Lipschitz rule) accuracy at l_inf radius eps, as fractions.
 
     Every l_inf-dist layer must be at p = inf (certificates hold only there).
@@ -646,7 +690,7 @@ def evaluate_linf_robustness(
         dict with "clean", "pgd", "certified" (IBP, the papers' figure) and
         "certified_lipschitz".
 
-    Example:
+    Examples:
         >>> scores = evaluate_linf_robustness(model, x_test, y_test, eps=0.3, pgd_steps=100)
     """
     from deel_lip_ext.attacks import pgd

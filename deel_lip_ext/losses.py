@@ -23,11 +23,14 @@ Deliberate differences from deel-lip, each repeated in the class docstring:
 * `MulticlassHinge` has no `soft_hinge_tau` (removed in deel-lip's keras3 branch too).
 """
 
+from __future__ import annotations
+
 import math
 
 import keras
 import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
 __all__ = [
     "KR",
@@ -51,7 +54,7 @@ _KR_EPSILON = 1e-7
 # ---------------------------------------------------------------- element-wise terms
 
 
-def kr_terms(y_true, y_pred, multi_gpu=False):
+def kr_terms(y_true: ArrayLike, y_pred: ArrayLike, multi_gpu: bool = False):
     """Per-sample KR terms; their batch mean is mean_c(mean_{P_c} f_c - mean_{N_c} f_c).
 
     P_c are the samples with y_c == 1, N_c the others. With `multi_gpu=True` the
@@ -72,7 +75,7 @@ def _sign(y_true, dtype):
     return ops.where(ops.greater(y_true, 0), ops.ones((), dtype), -ops.ones((), dtype))
 
 
-def hinge_margin_terms(y_true, y_pred, min_margin):
+def hinge_margin_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float):
     """Per-sample mean_c relu(m/2 - s_c f_c), s_c = +1 if y_c > 0 else -1."""
     sign = _sign(ops.cast(y_true, y_pred.dtype), y_pred.dtype)
     return ops.mean(ops.relu(min_margin / 2.0 - sign * y_pred), axis=-1)
@@ -82,7 +85,7 @@ def _target_mask(y_true, y_pred):
     return ops.cast(ops.greater(ops.cast(y_true, y_pred.dtype), 0), y_pred.dtype)
 
 
-def multiclass_hinge_terms(y_true, y_pred, min_margin):
+def multiclass_hinge_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float):
     """Per-sample (1/C) sum_{j != y} [relu(m/2 - f_y) + relu(m/2 + f_j)]."""
     target = _target_mask(y_true, y_pred)
     target_logit = ops.sum(y_pred * target, axis=-1, keepdims=True)
@@ -98,14 +101,14 @@ def _hkr(kr, hinge, alpha):
     return ops.where(is_inf, hinge, -kr + ops.cast(finite_alpha, hinge.dtype) * hinge)
 
 
-def process_labels_for_multi_gpu(labels):
+def process_labels_for_multi_gpu(labels: ArrayLike):
     """Labels for KR losses with `multi_gpu=True` (deel-lip's helper).
 
     Each column becomes B * (y / n_pos - (1 - y) / (B - n_pos)) with y = 1[label == 1],
     so that the KR terms are per-sample and add up across replicas with
     `reduction="sum"`. Hinge terms only look at the sign, which is preserved.
 
-    Example:
+    Examples:
         >>> y_multi = process_labels_for_multi_gpu(y_train)
     """
     labels = ops.convert_to_tensor(labels)
@@ -175,20 +178,28 @@ class KR(keras.losses.Loss):
     Args:
         multi_gpu: labels were preprocessed by `process_labels_for_multi_gpu`
             (use `reduction="sum"` over replicas).
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=HKR(alpha=0.0), metrics=[KR()])
     """
 
-    def __init__(self, multi_gpu=False, reduction="sum_over_batch_size", name="KR", dtype=None):
+    def __init__(
+        self,
+        multi_gpu: bool = False,
+        reduction: str = "sum_over_batch_size",
+        name: str = "KR",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.multi_gpu = bool(multi_gpu)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         return kr_terms(y_true, y_pred, self.multi_gpu)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "multi_gpu": self.multi_gpu}
 
 
@@ -198,11 +209,17 @@ class MulticlassKR(KR):
 
     The same computation as `KR` (deel-lip); y is one-hot in {0,1} or {-1,1}.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHKR(), metrics=[MulticlassKR()])
     """
 
-    def __init__(self, multi_gpu=False, reduction="sum_over_batch_size", name="MulticlassKR", dtype=None):
+    def __init__(
+        self,
+        multi_gpu: bool = False,
+        reduction: str = "sum_over_batch_size",
+        name: str = "MulticlassKR",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(multi_gpu=multi_gpu, reduction=reduction, name=name, dtype=dtype)
 
 
@@ -214,19 +231,27 @@ class HingeMargin(_ParametrizedLoss):
 
     Args:
         min_margin: the margin m (>= 0); a variable, schedulable.
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=HingeMargin(min_margin=1.0))
     """
 
     _params = ("min_margin",)
 
-    def __init__(self, min_margin=1.0, reduction="sum_over_batch_size", name="HingeMargin", dtype=None):
+    def __init__(
+        self,
+        min_margin: float = 1.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "HingeMargin",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         return hinge_margin_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
 
 
@@ -241,17 +266,25 @@ class HKR(_ParametrizedLoss):
         alpha: weight of the hinge term (>= 0, inf allowed); schedulable.
         min_margin: hinge margin m; schedulable.
         multi_gpu: labels preprocessed by `process_labels_for_multi_gpu`.
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=HKR(alpha=10.0, min_margin=1.0), metrics=[KR()])
     """
 
     _params = ("alpha", "min_margin")
 
     def __init__(
-        self, alpha, min_margin=1.0, multi_gpu=False, reduction="sum_over_batch_size", name="HKR", dtype=None
-    ):
+        self,
+        alpha: float,
+        min_margin: float = 1.0,
+        multi_gpu: bool = False,
+        reduction: str = "sum_over_batch_size",
+        name: str = "HKR",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.multi_gpu = bool(multi_gpu)
         self._set_params(
@@ -261,11 +294,11 @@ class HKR(_ParametrizedLoss):
     def _hinge(self, y_true, y_pred):
         return hinge_margin_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         kr = kr_terms(y_true, y_pred, self.multi_gpu)
         return _hkr(kr, self._hinge(y_true, y_pred), self.alpha)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "multi_gpu": self.multi_gpu}
 
 
@@ -278,19 +311,27 @@ class MulticlassHinge(_ParametrizedLoss):
 
     Args:
         min_margin: the margin m (>= 0); schedulable.
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHinge(min_margin=1.0))
     """
 
     _params = ("min_margin",)
 
-    def __init__(self, min_margin=1.0, reduction="sum_over_batch_size", name="MulticlassHinge", dtype=None):
+    def __init__(
+        self,
+        min_margin: float = 1.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "MulticlassHinge",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         return multiclass_hinge_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
 
 
@@ -302,21 +343,23 @@ class MulticlassHKR(HKR):
         alpha: weight of the hinge term (>= 0, inf allowed); schedulable.
         min_margin: hinge margin m; schedulable.
         multi_gpu: labels preprocessed by `process_labels_for_multi_gpu`.
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHKR(alpha=10.0, min_margin=1.0))
     """
 
     def __init__(
         self,
-        alpha=10.0,
-        min_margin=1.0,
-        multi_gpu=False,
-        reduction="sum_over_batch_size",
-        name="MulticlassHKR",
-        dtype=None,
-    ):
+        alpha: float = 10.0,
+        min_margin: float = 1.0,
+        multi_gpu: bool = False,
+        reduction: str = "sum_over_batch_size",
+        name: str = "MulticlassHKR",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(
             alpha=alpha, min_margin=min_margin, multi_gpu=multi_gpu, reduction=reduction, name=name, dtype=dtype
         )
@@ -339,19 +382,27 @@ class MultiMargin(_ParametrizedLoss):
 
     Args:
         min_margin: the margin m (>= 0); schedulable.
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=MultiMargin(min_margin=math.sqrt(2) * 1.5))
     """
 
     _params = ("min_margin",)
 
-    def __init__(self, min_margin=1.0, reduction="sum_over_batch_size", name="MultiMargin", dtype=None):
+    def __init__(
+        self,
+        min_margin: float = 1.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "MultiMargin",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         target = _target_mask(y_true, y_pred)
         target_logit = ops.sum(y_pred * target, axis=-1, keepdims=True)
         margin = self._param("min_margin", y_pred.dtype)
@@ -367,19 +418,27 @@ class CategoricalHinge(_ParametrizedLoss):
 
     Args:
         min_margin: the margin m (>= 0, required as in deel-lip); schedulable.
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=CategoricalHinge(min_margin=0.5))
     """
 
     _params = ("min_margin",)
 
-    def __init__(self, min_margin, reduction="sum_over_batch_size", name="CategoricalHinge", dtype=None):
+    def __init__(
+        self,
+        min_margin: float,
+        reduction: str = "sum_over_batch_size",
+        name: str = "CategoricalHinge",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         is_target = ops.greater(ops.cast(y_true, y_pred.dtype), 0)
         target_logit = ops.sum(ops.where(is_target, y_pred, ops.zeros_like(y_pred)), axis=-1)
         best_other = ops.max(ops.where(is_target, ops.full_like(y_pred, -np.inf), y_pred), axis=-1)
@@ -397,19 +456,27 @@ class TauCategoricalCrossentropy(_ParametrizedLoss):
 
     Args:
         tau: temperature (> 0, required); schedulable.
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=TauCategoricalCrossentropy(tau=3.0))
     """
 
     _params = ("tau",)
 
-    def __init__(self, tau, reduction="sum_over_batch_size", name="TauCategoricalCrossentropy", dtype=None):
+    def __init__(
+        self,
+        tau: float,
+        reduction: str = "sum_over_batch_size",
+        name: str = "TauCategoricalCrossentropy",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._set_params(tau=_check_positive("tau", tau))
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         tau = self._param("tau", y_pred.dtype)
         target = _target_mask(y_true, y_pred)
         return keras.losses.categorical_crossentropy(target, tau * y_pred, from_logits=True) / tau
@@ -421,21 +488,27 @@ class TauSparseCategoricalCrossentropy(_ParametrizedLoss):
 
     Args:
         tau: temperature (> 0, required); schedulable.
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=TauSparseCategoricalCrossentropy(tau=3.0))
     """
 
     _params = ("tau",)
 
     def __init__(
-        self, tau, reduction="sum_over_batch_size", name="TauSparseCategoricalCrossentropy", dtype=None
-    ):
+        self,
+        tau: float,
+        reduction: str = "sum_over_batch_size",
+        name: str = "TauSparseCategoricalCrossentropy",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._set_params(tau=_check_positive("tau", tau))
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         tau = self._param("tau", y_pred.dtype)
         if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
             y_true = ops.squeeze(y_true, axis=-1)
@@ -451,19 +524,27 @@ class TauBinaryCrossentropy(_ParametrizedLoss):
 
     Args:
         tau: temperature (> 0, required); schedulable.
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=TauBinaryCrossentropy(tau=3.0))
     """
 
     _params = ("tau",)
 
-    def __init__(self, tau, reduction="sum_over_batch_size", name="TauBinaryCrossentropy", dtype=None):
+    def __init__(
+        self,
+        tau: float,
+        reduction: str = "sum_over_batch_size",
+        name: str = "TauBinaryCrossentropy",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._set_params(tau=_check_positive("tau", tau))
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         tau = self._param("tau", y_pred.dtype)
         target = _target_mask(y_true, y_pred)
         logits = tau * y_pred

@@ -13,8 +13,11 @@ binary models take y in {0,1} or {-1,1}, and their predictions may be (N, 1)
 or (N,) (deel-lip accepts both).
 """
 
+from __future__ import annotations
+
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.certification import certificate_factor, check_epsilon, check_lip_const, check_norm, logit_margin
 
@@ -45,7 +48,7 @@ class _RadiusMetric(keras.metrics.Mean):
     def _values(self, signed_radius):
         raise NotImplementedError
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: ArrayLike, y_pred: ArrayLike, sample_weight: ArrayLike | None = None):
         return super().update_state(self._values(self._signed_radius(y_true, y_pred)), sample_weight=sample_weight)
 
     def get_config(self):
@@ -63,23 +66,30 @@ class CertifiedAccuracy(_RadiusMetric):
         lip_const: Lipschitz constant L of the network (> 0).
         disjoint_neurons: True when only each logit separately is L-Lipschitz
             (e.g. a last `FrobeniusDense(disjoint_neurons=True)`): c = 2.
-        name, dtype: as in `keras.metrics.Metric`.
+        name: as in `keras.metrics.Metric`.
+        dtype: as in `keras.metrics.Metric`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHKR(),
         ...               metrics=["accuracy", CertifiedAccuracy(36 / 255)])
     """
 
     def __init__(
-        self, epsilon=36 / 255, norm="l2", lip_const=1.0, disjoint_neurons=False, name="certified_accuracy", dtype=None
-    ):
+        self,
+        epsilon: float = 36 / 255,
+        norm: str = "l2",
+        lip_const: float = 1.0,
+        disjoint_neurons: bool = False,
+        name: str = "certified_accuracy",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(lip_const, norm, disjoint_neurons, name, dtype)
         self.epsilon = check_epsilon(epsilon, "epsilon")
 
     def _values(self, signed_radius):
         return ops.cast(ops.greater(signed_radius, self.epsilon), "float32")
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "epsilon": self.epsilon,
@@ -100,22 +110,23 @@ class CategoricalProvableRobustAccuracy(CertifiedAccuracy):
         epsilon: perturbation budget (>= 0).
         lip_const: Lipschitz constant L (> 0).
         disjoint_neurons: see above.
-        name, dtype: as in `keras.metrics.Metric`.
+        name: as in `keras.metrics.Metric`.
+        dtype: as in `keras.metrics.Metric`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHKR(),
         ...               metrics=[CategoricalProvableRobustAccuracy(epsilon=0.5, disjoint_neurons=False)])
     """
 
     def __init__(
         self,
-        epsilon=36 / 255,
-        lip_const=1.0,
-        disjoint_neurons=True,
-        name="CategoricalProvableRobustAccuracy",
-        dtype=None,
-        norm="l2",
-    ):
+        epsilon: float = 36 / 255,
+        lip_const: float = 1.0,
+        disjoint_neurons: bool = True,
+        name: str = "CategoricalProvableRobustAccuracy",
+        dtype: str | None = None,
+        norm: str = "l2",
+    ) -> None:
         super().__init__(
             epsilon=epsilon, norm=norm, lip_const=lip_const, disjoint_neurons=disjoint_neurons, name=name, dtype=dtype
         )
@@ -130,21 +141,28 @@ class BinaryProvableRobustAccuracy(CertifiedAccuracy):
     Args:
         epsilon: perturbation budget (>= 0).
         lip_const: Lipschitz constant L (> 0).
-        name, dtype: as in `keras.metrics.Metric`.
+        name: as in `keras.metrics.Metric`.
+        dtype: as in `keras.metrics.Metric`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=HKR(alpha=10.0),
         ...               metrics=[BinaryProvableRobustAccuracy(epsilon=0.3)])
     """
 
-    def __init__(self, epsilon=36 / 255, lip_const=1.0, name="BinaryProvableRobustAccuracy", dtype=None):
+    def __init__(
+        self,
+        epsilon: float = 36 / 255,
+        lip_const: float = 1.0,
+        name: str = "BinaryProvableRobustAccuracy",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(epsilon=epsilon, lip_const=lip_const, name=name, dtype=dtype)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: ArrayLike, y_pred: ArrayLike, sample_weight: ArrayLike | None = None):
         y_true, y_pred = _single_logit(self, y_true, y_pred)
         return super().update_state(y_true, y_pred, sample_weight)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "lip_const": self.lip_const, "epsilon": self.epsilon}
 
 
@@ -181,32 +199,33 @@ class CategoricalProvableAvgRobustness(_RadiusMetric):
         lip_const: Lipschitz constant L (> 0).
         disjoint_neurons: see above.
         negative_robustness: see above.
-        name, dtype: as in `keras.metrics.Metric`.
+        name: as in `keras.metrics.Metric`.
+        dtype: as in `keras.metrics.Metric`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHKR(),
         ...               metrics=[CategoricalProvableAvgRobustness(disjoint_neurons=False)])
     """
 
     def __init__(
         self,
-        lip_const=1.0,
-        disjoint_neurons=True,
-        negative_robustness=False,
-        name="CategoricalProvableAvgRobustness",
-        dtype=None,
-    ):
+        lip_const: float = 1.0,
+        disjoint_neurons: bool = True,
+        negative_robustness: bool = False,
+        name: str = "CategoricalProvableAvgRobustness",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(lip_const, "l2", disjoint_neurons, name, dtype)
         self.negative_robustness = bool(negative_robustness)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: ArrayLike, y_pred: ArrayLike, sample_weight: ArrayLike | None = None):
         _check_multi_logit(self, y_pred)
         return super().update_state(y_true, y_pred, sample_weight)
 
     def _values(self, signed_radius):
         return signed_radius if self.negative_robustness else ops.relu(signed_radius)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "disjoint_neurons": self.disjoint_neurons,
@@ -221,22 +240,29 @@ class BinaryProvableAvgRobustness(_RadiusMetric):
     Args:
         lip_const: Lipschitz constant L (> 0).
         negative_robustness: misclassified samples count negative instead of 0.
-        name, dtype: as in `keras.metrics.Metric`.
+        name: as in `keras.metrics.Metric`.
+        dtype: as in `keras.metrics.Metric`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=HKR(alpha=10.0), metrics=[BinaryProvableAvgRobustness()])
     """
 
-    def __init__(self, lip_const=1.0, negative_robustness=False, name="BinaryProvableAvgRobustness", dtype=None):
+    def __init__(
+        self,
+        lip_const: float = 1.0,
+        negative_robustness: bool = False,
+        name: str = "BinaryProvableAvgRobustness",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(lip_const, "l2", False, name, dtype)
         self.negative_robustness = bool(negative_robustness)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: ArrayLike, y_pred: ArrayLike, sample_weight: ArrayLike | None = None):
         y_true, y_pred = _single_logit(self, y_true, y_pred)
         return super().update_state(y_true, y_pred, sample_weight)
 
     _values = CategoricalProvableAvgRobustness._values
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "negative_robustness": self.negative_robustness}
 

@@ -8,7 +8,10 @@ weights. The result is a standard Keras model that no longer shares anything
 with the original and can be saved with `model.export(path)` as a TF SavedModel.
 """
 
+from __future__ import annotations
+
 import warnings
+from collections.abc import Sequence
 
 import keras
 
@@ -19,7 +22,7 @@ __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lip
 _ONE_LIPSCHITZ_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
 
 
-def is_known_lipschitz(layer):
+def is_known_lipschitz(layer: keras.layers.Layer):
     """Whether `layer` is known to be 1-Lipschitz (or k-Lipschitz by construction)."""
     if isinstance(layer, LipschitzLayer) or hasattr(layer, "lipschitz_sv"):
         return True
@@ -56,7 +59,7 @@ def _exported_layers(layer):
     return [_copy_layer(layer)]
 
 
-def vanilla_model(model):
+def vanilla_model(model: keras.Model) -> keras.Model:
     """Export any Keras model built from deel-lip-ext (or stock) layers to plain Keras.
 
     Every parametrized layer becomes the stock layer(s) computing the same
@@ -69,9 +72,9 @@ def vanilla_model(model):
     Returns:
         A new `keras.Sequential` or functional `keras.Model` independent of `model`.
 
-    Example:
-    >>> plain = vanilla_model(model)
-    >>> plain.export("/tmp/plain_model", format="tf_saved_model")
+    Examples:
+        >>> plain = vanilla_model(model)
+        >>> plain.export("/tmp/plain_model", format="tf_saved_model")
     """
     if not model.built:
         raise ValueError("vanilla_model needs a built model: call it on data or give it an Input first.")
@@ -136,13 +139,19 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
         k_coef_lip: Lipschitz constant of the whole model.
         name: model name.
 
-    Example:
-    >>> model = Sequential([keras.Input((28, 28, 1)), SpectralConv2D(16, 3), GroupSort2(),
-    ...                     keras.layers.Flatten(), SpectralDense(10)], k_coef_lip=1.0)
-    >>> plain = model.vanilla_export()
+    Examples:
+        >>> model = Sequential([keras.Input((28, 28, 1)), SpectralConv2D(16, 3), GroupSort2(),
+        ...                     keras.layers.Flatten(), SpectralDense(10)], k_coef_lip=1.0)
+        >>> plain = model.vanilla_export()
     """
 
-    def __init__(self, layers=None, trainable=True, name=None, k_coef_lip=1.0):
+    def __init__(
+        self,
+        layers: Sequence[keras.layers.Layer] | None = None,
+        trainable: bool = True,
+        name: str | None = None,
+        k_coef_lip: float = 1.0,
+    ) -> None:
         self.k_coef_lip = check_k_coef_lip(k_coef_lip)
         layers = list(layers or [])
         lipschitz_layers = [layer for layer in layers if isinstance(layer, LipschitzLayer)]
@@ -159,7 +168,7 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
                 )
         super().__init__(layers=layers, trainable=trainable, name=name)
 
-    def set_klip_factor(self, klip_factor):
+    def set_klip_factor(self, klip_factor: float) -> None:
         """Set the model's Lipschitz constant: each Lipschitz layer gets `klip_factor ** (1 / n)` (deel-lip).
 
         n is the number of Lipschitz layers in the model now (layers added
@@ -192,13 +201,13 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
                 layer._cache_valid.assign(0.0)
         self.k_coef_lip = k_coef_lip
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["k_coef_lip"] = self.k_coef_lip
         return config
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: dict, custom_objects: dict | None = None):
         config = dict(config)
         k_coef_lip = config.pop("k_coef_lip", 1.0)
         # The layers' configs already hold their share of the constant.
@@ -215,11 +224,11 @@ class Model(LipschitzModelMixin, keras.Model):
     `k_coef_lip`; `deel_lip_ext.utils.model_lipschitz_bound` computes the
     constant of the whole graph (sums over `Add` branches).
 
-    Example:
-    >>> inputs = keras.Input((16,))
-    >>> h = SpectralDense(16)(inputs)
-    >>> model = Model(inputs, keras.layers.Add()([h, SpectralDense(16)(inputs)]))
-    >>> plain = model.vanilla_export()
+    Examples:
+        >>> inputs = keras.Input((16,))
+        >>> h = SpectralDense(16)(inputs)
+        >>> model = Model(inputs, keras.layers.Add()([h, SpectralDense(16)(inputs)]))
+        >>> plain = model.vanilla_export()
     """
 
 

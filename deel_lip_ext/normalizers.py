@@ -14,10 +14,14 @@ the *fixed-iteration* mode: exactly `maxiter` unrolled iterations and no
 data-dependent loop, which is what XLA/`jit_compile` likes best.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any
 
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 DEFAULT_EPS_SPECTRAL = 1e-3
 DEFAULT_MAXITER_SPECTRAL = 10
@@ -42,11 +46,11 @@ __all__ = [
 
 
 def check_normalizer_args(
-    eps_spectral=DEFAULT_EPS_SPECTRAL,
-    eps_bjorck=DEFAULT_EPS_BJORCK,
-    beta_bjorck=DEFAULT_BETA_BJORCK,
-    maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
-    maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+    eps_spectral: float = DEFAULT_EPS_SPECTRAL,
+    eps_bjorck: float = DEFAULT_EPS_BJORCK,
+    beta_bjorck: float = DEFAULT_BETA_BJORCK,
+    maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
+    maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
 ):
     """Validate the spectral/Björck hyper-parameters; raise `ValueError` naming the bad one."""
     if not _is_number(eps_spectral) or eps_spectral < 0:
@@ -92,7 +96,9 @@ def _iterate(body, state, eps, maxiter, distance):
     return state
 
 
-def power_iteration(matrix, u, maxiter=DEFAULT_MAXITER_SPECTRAL, eps=DEFAULT_EPS_SPECTRAL):
+def power_iteration(
+    matrix: ArrayLike, u: ArrayLike, maxiter: int = DEFAULT_MAXITER_SPECTRAL, eps: float = DEFAULT_EPS_SPECTRAL
+) -> tuple[Any, Any]:
     """Largest singular value of a 2-D `matrix` by power iteration.
 
     Args:
@@ -117,12 +123,17 @@ def power_iteration(matrix, u, maxiter=DEFAULT_MAXITER_SPECTRAL, eps=DEFAULT_EPS
     return u, sigma
 
 
-def _start_vector(u, size, dtype):
+def _start_vector(u: ArrayLike | None, size: int, dtype: str) -> Any:
     """The power-iteration start: `u`, or a random normal (1, size) vector when `u` is None (deel-lip)."""
     return keras.random.normal((1, size), dtype=dtype) if u is None else u
 
 
-def spectral_normalization(kernel, u=None, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_MAXITER_SPECTRAL):
+def spectral_normalization(
+    kernel: ArrayLike,
+    u: ArrayLike | None = None,
+    eps: float = DEFAULT_EPS_SPECTRAL,
+    maxiter: int = DEFAULT_MAXITER_SPECTRAL,
+) -> tuple[Any, Any, Any]:
     """Divide a kernel by its largest singular value.
 
     The kernel is seen as the matrix `reshape(kernel, (-1, kernel.shape[-1]))`.
@@ -138,9 +149,9 @@ def spectral_normalization(kernel, u=None, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEF
     Returns:
         `(normalized_kernel, u, sigma)`.
 
-    Example:
-    >>> w = keras.random.normal((16, 8))
-    >>> w_bar, u, sigma = spectral_normalization(w, keras.random.normal((1, 8)))
+    Examples:
+        >>> w = keras.random.normal((16, 8))
+        >>> w_bar, u, sigma = spectral_normalization(w, keras.random.normal((1, 8)))
     """
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
     u = _start_vector(u, kernel.shape[-1], matrix.dtype)
@@ -148,7 +159,12 @@ def spectral_normalization(kernel, u=None, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEF
     return kernel / (sigma + eps), u, sigma
 
 
-def bjorck_normalization(w, eps=DEFAULT_EPS_BJORCK, beta=DEFAULT_BETA_BJORCK, maxiter=DEFAULT_MAXITER_BJORCK):
+def bjorck_normalization(
+    w: ArrayLike,
+    eps: float = DEFAULT_EPS_BJORCK,
+    beta: float = DEFAULT_BETA_BJORCK,
+    maxiter: int = DEFAULT_MAXITER_BJORCK,
+):
     """Björck-Bowie orthonormalization of a 2-D matrix (order 1).
 
     Iterates `W <- (1 + beta) W - beta W W^T W` (the product is taken on the
@@ -164,8 +180,8 @@ def bjorck_normalization(w, eps=DEFAULT_EPS_BJORCK, beta=DEFAULT_BETA_BJORCK, ma
         beta: step, in ]0, 0.5].
         maxiter: maximal number of iterations.
 
-    Example:
-    >>> w_orth = bjorck_normalization(w / 2.0, eps=0.0, maxiter=20)
+    Examples:
+        >>> w_orth = bjorck_normalization(w / 2.0, eps=0.0, maxiter=20)
     """
     tall = w.shape[0] >= w.shape[1]
 
@@ -178,15 +194,15 @@ def bjorck_normalization(w, eps=DEFAULT_EPS_BJORCK, beta=DEFAULT_BETA_BJORCK, ma
 
 
 def reshaped_kernel_orthogonalization(
-    kernel,
-    u,
-    adjustment_coef=1.0,
-    eps_spectral=DEFAULT_EPS_SPECTRAL,
-    eps_bjorck=DEFAULT_EPS_BJORCK,
-    beta=DEFAULT_BETA_BJORCK,
-    maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
-    maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
-):
+    kernel: ArrayLike,
+    u: ArrayLike,
+    adjustment_coef: float = 1.0,
+    eps_spectral: float = DEFAULT_EPS_SPECTRAL,
+    eps_bjorck: float = DEFAULT_EPS_BJORCK,
+    beta: float = DEFAULT_BETA_BJORCK,
+    maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
+    maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
+) -> tuple[Any, Any, Any]:
     """RKO: spectral normalization then Björck on the reshaped kernel.
 
     The kernel is reshaped to (-1, kernel.shape[-1]), normalized, orthonormalized
@@ -197,8 +213,8 @@ def reshaped_kernel_orthogonalization(
     Returns:
         `(kernel_bar, u, sigma)`.
 
-    Example:
-    >>> w_bar, u, sigma = reshaped_kernel_orthogonalization(kernel, u, 1.0 / 3.0)
+    Examples:
+        >>> w_bar, u, sigma = reshaped_kernel_orthogonalization(kernel, u, 1.0 / 3.0)
     """
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
     matrix, u, sigma = spectral_normalization(matrix, u, eps=eps_spectral, maxiter=maxiter_spectral)
@@ -207,7 +223,7 @@ def reshaped_kernel_orthogonalization(
     return ops.reshape(matrix * adjustment_coef, kernel.shape), u, sigma
 
 
-def frobenius_normalization(kernel, disjoint_neurons=False, eps=1e-12):
+def frobenius_normalization(kernel: ArrayLike, disjoint_neurons: bool = False, eps: float = 1e-12):
     """Divide a kernel by its Frobenius norm.
 
     Args:
@@ -216,8 +232,8 @@ def frobenius_normalization(kernel, disjoint_neurons=False, eps=1e-12):
             is then 1-Lipschitz on its own; the whole map is sqrt(units)-Lipschitz).
         eps: floor of the squared norm, avoids a division by zero.
 
-    Example:
-    >>> w_bar = frobenius_normalization(kernel)
+    Examples:
+        >>> w_bar = frobenius_normalization(kernel)
     """
     axes = tuple(range(len(kernel.shape) - 1)) if disjoint_neurons else None
     squared = ops.sum(ops.square(kernel), axis=axes, keepdims=disjoint_neurons)
@@ -225,8 +241,14 @@ def frobenius_normalization(kernel, disjoint_neurons=False, eps=1e-12):
 
 
 def spectral_normalization_conv(
-    kernel, u, stride=1, conv_first=True, pad_func=None, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_MAXITER_SPECTRAL
-):
+    kernel: ArrayLike,
+    u: ArrayLike | None,
+    stride: int = 1,
+    conv_first: bool = True,
+    pad_func: Any = None,
+    eps: float = DEFAULT_EPS_SPECTRAL,
+    maxiter: int = DEFAULT_MAXITER_SPECTRAL,
+) -> tuple[Any, Any, Any]:
     """Divide a conv kernel by the largest singular value of its *convolution operator* (deel-lip).
 
     Power iteration on the operator A = conv(., kernel, stride, "same" zero

@@ -7,20 +7,28 @@ layers) as overlaid histograms and saves a PNG through matplotlib's Agg
 canvas (no display needed, pyplot's global backend untouched).
 """
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: plotting does not need Keras at import time
+    import keras
 
 __all__ = ["layer_spectrum", "plot_singular_values"]
 
 
-def layer_spectrum(layer):
+def layer_spectrum(layer: keras.layers.Layer):
     """All singular values of a layer's linear operator at its real input size (numpy float64).
 
     Layers with a `singular_values()` method (the BCOP-paper convolutions,
     exact after their downsampling) use it; other Dense/Conv2D-like layers use
     `deel_lip_ext.utils.layer_singular_values`.
 
-    Example:
-    >>> before = layer_spectrum(model.get_layer("conv1"))
+    Examples:
+        >>> before = layer_spectrum(model.get_layer("conv1"))
     """
     if hasattr(layer, "singular_values"):
         return np.asarray(layer.singular_values(), dtype=np.float64)
@@ -29,7 +37,13 @@ def layer_spectrum(layer):
     return np.asarray(layer_singular_values(layer), dtype=np.float64)
 
 
-def plot_singular_values(spectra, path, bins=50, title=None, value_range=None):
+def plot_singular_values(
+    spectra: dict[str, Any],
+    path: str | os.PathLike,
+    bins: int = 50,
+    title: str | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Save overlaid histograms of singular values to a PNG file.
 
     Args:
@@ -44,10 +58,10 @@ def plot_singular_values(spectra, path, bins=50, title=None, value_range=None):
     Returns:
         dict label -> (counts, bin_edges) of the plotted histograms.
 
-    Example:
-    >>> before = layer_spectrum(conv)
-    >>> model.fit(x, y, epochs=5)
-    >>> plot_singular_values({"before": before, "after": conv}, "bcop_spectrum.png")
+    Examples:
+        >>> before = layer_spectrum(conv)
+        >>> model.fit(x, y, epochs=5)
+        >>> plot_singular_values({"before": before, "after": conv}, "bcop_spectrum.png")
     """
     # A bare Figure on an Agg canvas: no pyplot state, the user's backend is left alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -81,5 +95,5 @@ def plot_singular_values(spectra, path, bins=50, title=None, value_range=None):
         axis.set_title(title)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=100)
+    figure.savefig(path, format="png", dpi=150)
     return histograms

@@ -24,7 +24,13 @@ Input gradients need backend autodiff; that code lives in `deel_lip_ext._input_g
 and is implemented for the TensorFlow backend (other backends raise NotImplementedError).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 import keras
 from keras import ops
@@ -85,14 +91,14 @@ def _flatten_samples(x):
     return ops.reshape(x, (ops.shape(x)[0], -1))
 
 
-def sample_norms(x, norm="l2"):
+def sample_norms(x: ArrayLike, norm: str = "l2"):
     """Per-sample norms of a batch, over all axes but the first.
 
     Args:
         x: batch tensor.
         norm: "l2", "linf" or "l1" (the dual of linf).
 
-    Example:
+    Examples:
         >>> sample_norms(x_adv - x, "l2")  # shape (batch,)
     """
     flat = _flatten_samples(x)
@@ -136,18 +142,19 @@ def _as_float_tensor(x):
 # ----------------------------------------------------------------------- losses
 
 
-def per_sample_loss(loss, y_true, y_pred):
+def per_sample_loss(loss: str | Callable, y_true: ArrayLike, y_pred: ArrayLike) -> Any:
     """Unreduced loss, one value per sample.
 
     Args:
         loss: a `keras.losses.Loss` (its `call`, which skips the batch reduction) or a
             function `loss(y_true, y_pred)` returning per-sample values.
-        y_true, y_pred: targets and predictions.
+        y_true: targets and predictions.
+        y_pred: targets and predictions.
 
     Returns:
         Tensor of shape (batch,): extra axes (e.g. per-pixel losses) are averaged.
 
-    Example:
+    Examples:
         >>> per_sample_loss(keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         ...                 y, model(x))
     """
@@ -168,10 +175,10 @@ def _labels_as_indices(y):
     return ops.cast(ops.reshape(y, (-1,)), "int32")
 
 
-def cross_entropy_loss(y_true, logits):
+def cross_entropy_loss(y_true: ArrayLike, logits: ArrayLike):
     """Per-sample softmax cross-entropy of logits (integer or one-hot labels).
 
-    Example:
+    Examples:
         >>> cross_entropy_loss(y, model(x))  # shape (batch,)
     """
     return keras.losses.sparse_categorical_crossentropy(
@@ -179,10 +186,10 @@ def cross_entropy_loss(y_true, logits):
     )
 
 
-def margin_loss(y_true, logits):
+def margin_loss(y_true: ArrayLike, logits: ArrayLike):
     """Carlini-Wagner margin max_{j != y} z_j - z_y: positive exactly when misclassified.
 
-    Example:
+    Examples:
         >>> margin_loss(y, model(x))  # shape (batch,)
     """
     labels = _labels_as_indices(y_true)
@@ -199,7 +206,9 @@ _ATTACK_LOSS_FUNCTIONS = {"ce": cross_entropy_loss, "cw": margin_loss}
 # ------------------------------------------------- input gradients and the penalties
 
 
-def loss_input_gradient(model, loss_fn, x, y, training=False):
+def loss_input_gradient(
+    model: keras.Model, loss_fn: Callable, x: ArrayLike, y: ArrayLike, training: bool = False
+) -> tuple[Any, Any, Any]:
     """Per-sample losses, predictions and per-sample input gradients of the loss.
 
     The gradient is that of the *summed* loss, so row i is grad_{x_i} l_i (samples are
@@ -216,7 +225,7 @@ def loss_input_gradient(model, loss_fn, x, y, training=False):
     Returns:
         `(losses, y_pred, gradient)` with `gradient.shape == x.shape`.
 
-    Example:
+    Examples:
         >>> losses, logits, g = loss_input_gradient(model, cross_entropy_loss, x, y)
     """
     autodiff.require_supported_backend("loss_input_gradient")
@@ -234,14 +243,25 @@ def _detached_ascent_direction(model, loss_fn, x, y, norm):
     return ops.stop_gradient(_steepest_ascent_direction(gradient, norm))
 
 
-def lipschitz_penalty(model, loss_fn, x, y, lip_weight, penalty_scaling="sample", training=True):
+def lipschitz_penalty(
+    model: keras.Model,
+    loss_fn: Callable,
+    x: ArrayLike,
+    y: ArrayLike,
+    lip_weight: float,
+    penalty_scaling: str = "sample",
+    training: bool = True,
+) -> tuple[Any, Any]:
     """tulip's Lipschitz term lip_weight * max_i ||grad_{x_i} l||_2, by double backprop.
 
     One forward pass gives both the predictions (for the data term) and the input
     gradient; the penalty is differentiable w.r.t. the model parameters through it.
 
     Args:
-        model, loss_fn, x, y: as in `loss_input_gradient`.
+        model: as in `loss_input_gradient`.
+        loss_fn: as in `loss_input_gradient`.
+        x: as in `loss_input_gradient`.
+        y: as in `loss_input_gradient`.
         lip_weight: lambda >= 0.
         penalty_scaling: "sample": lambda * max_i ||grad l_i|| (the paper's formula);
             "batch_mean": gradient of the batch-*mean* loss as in the 2018 reference code,
@@ -251,7 +271,7 @@ def lipschitz_penalty(model, loss_fn, x, y, lip_weight, penalty_scaling="sample"
     Returns:
         `(y_pred, penalty)`.
 
-    Example:
+    Examples:
         >>> logits, penalty = lipschitz_penalty(model, cross_entropy_loss, x, y, 0.1)
     """
     _check_choice(penalty_scaling, "penalty_scaling", PENALTY_SCALINGS)
@@ -262,7 +282,16 @@ def lipschitz_penalty(model, loss_fn, x, y, lip_weight, penalty_scaling="sample"
     return y_pred, lip_weight * largest
 
 
-def finite_difference_gradient_norms(model, loss_fn, x, y, step=0.01, order=1, norm="l2", training=True):
+def finite_difference_gradient_norms(
+    model: keras.Model,
+    loss_fn: Callable,
+    x: ArrayLike,
+    y: ArrayLike,
+    step: float = 0.01,
+    order: int = 1,
+    norm: str = "l2",
+    training: bool = True,
+) -> tuple[Any, Any, Any]:
     """Per-sample directional derivatives dl_i ~ ||grad l_i|| without double backprop.
 
     The direction v_i is the detached steepest-ascent direction of the loss (inference
@@ -270,7 +299,10 @@ def finite_difference_gradient_norms(model, loss_fn, x, y, step=0.01, order=1, n
     dl_i ~ ||g_i||_1). Gradients flow through the loss evaluations, not through v.
 
     Args:
-        model, loss_fn, x, y: as in `loss_input_gradient`.
+        model: as in `loss_input_gradient`.
+        loss_fn: as in `loss_input_gradient`.
+        x: as in `loss_input_gradient`.
+        y: as in `loss_input_gradient`.
         step: finite-difference step h > 0.
         order: 1 (forward difference, the 2019 default) or 2 (central difference).
         norm: "l2" or "linf".
@@ -279,7 +311,7 @@ def finite_difference_gradient_norms(model, loss_fn, x, y, step=0.01, order=1, n
     Returns:
         `(y_pred, losses, derivatives)`: predictions and per-sample losses at x, and dl.
 
-    Example:
+    Examples:
         >>> logits, losses, dl = finite_difference_gradient_norms(model, cross_entropy_loss, x, y)
     """
     step = _check_number(step, "step")
@@ -317,38 +349,42 @@ def _project(delta, epsilon, norm):
 
 
 def pgd_perturbation(
-    model,
-    loss_fn,
-    x,
-    y,
-    epsilon,
-    norm="l2",
-    steps=7,
-    step_size=None,
-    random_start=True,
-    clip_min=None,
-    clip_max=None,
-    seed=None,
-):
+    model: keras.Model,
+    loss_fn: Callable,
+    x: ArrayLike,
+    y: ArrayLike,
+    epsilon: float,
+    norm: str = "l2",
+    steps: int = 7,
+    step_size: float | None = None,
+    random_start: bool = True,
+    clip_min: float | None = None,
+    clip_max: float | None = None,
+    seed: int | None = None,
+) -> Any:
     """In-graph projected gradient ascent on the loss (Madry et al.), for training steps.
 
     Unlike `deel_lip_ext.attacks.pgd` (numpy in, numpy out), this runs inside
     `train_step` on symbolic tensors and accepts one epsilon per sample.
 
     Args:
-        model, loss_fn, x, y: as in `loss_input_gradient` (inference mode is used).
+        model: as in `loss_input_gradient` (inference mode is used).
+        loss_fn: as in `loss_input_gradient` (inference mode is used).
+        x: as in `loss_input_gradient` (inference mode is used).
+        y: as in `loss_input_gradient` (inference mode is used).
         epsilon: radius, a float or a (batch,) tensor.
         norm: "l2" or "linf".
         steps: number of ascent steps.
         step_size: step length; None means 2.5 * epsilon / steps.
         random_start: start uniformly in the epsilon-ball instead of at x.
-        clip_min, clip_max: valid input range (None: unbounded).
+        clip_min: valid input range (None: unbounded).
+        clip_max: valid input range (None: unbounded).
         seed: int or `keras.random.SeedGenerator` for the random start.
 
     Returns:
         The adversarial batch, detached (no gradient flows through it).
 
-    Example:
+    Examples:
         >>> x_adv = pgd_perturbation(model, cross_entropy_loss, x, y, epsilon=1.0)
     """
     _check_choice(norm, "norm", NORMS)
@@ -379,25 +415,25 @@ class PlainTraining:
     forward pass and returns the predictions with an extra penalty (zero here). The data
     term itself is the model's compiled loss on the predictions.
 
-    Example:
+    Examples:
         >>> trainer = RobustTrainingModel(model, PlainTraining())
     """
 
     paper_name = "J0"
 
-    def perturb(self, model, loss_fn, x, y):
+    def perturb(self, model: keras.Model, loss_fn: Callable, x: ArrayLike, y: ArrayLike):
         """Returns the batch to train on; no gradient may flow through it."""
         return x
 
-    def forward(self, model, loss_fn, x, y):
+    def forward(self, model: keras.Model, loss_fn: Callable, x: ArrayLike, y: ArrayLike):
         """Returns `(y_pred, penalty)` of the training-mode forward pass on x."""
         return model(x, training=True), ops.zeros((), dtype=keras.config.floatx())
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict):
         return cls(**config)
 
     def __repr__(self):
@@ -410,7 +446,7 @@ class _OneStepAdversarialTraining(PlainTraining):
 
     ascent_norm = "l2"
 
-    def __init__(self, epsilon=0.01, clip_min=None, clip_max=None):
+    def __init__(self, epsilon: float = 0.01, clip_min: float | None = None, clip_max: float | None = None):
         self.epsilon = _check_number(epsilon, "epsilon", strict=False)
         self.clip_min, self.clip_max = _check_clip_range(clip_min, clip_max)
 
@@ -435,9 +471,10 @@ class FGSMTraining(_OneStepAdversarialTraining):
 
     Args:
         epsilon: l2 length of the perturbation (>= 0); 0.01 in the paper ([0,1] pixels).
-        clip_min, clip_max: valid input range, or None (the reference code does not clip).
+        clip_min: valid input range, or None (the reference code does not clip).
+        clip_max: valid input range, or None (the reference code does not clip).
 
-    Example:
+    Examples:
         >>> trainer = RobustTrainingModel(model, FGSMTraining(epsilon=0.3))
     """
 
@@ -457,9 +494,10 @@ class L2AdversarialTraining(_OneStepAdversarialTraining):
 
     Args:
         epsilon: l2 length of the perturbation (>= 0); 0.01 in the paper.
-        clip_min, clip_max: valid input range, or None.
+        clip_min: valid input range, or None.
+        clip_max: valid input range, or None.
 
-    Example:
+    Examples:
         >>> trainer = RobustTrainingModel(model, L2AdversarialTraining(epsilon=0.3))
     """
 
@@ -479,24 +517,32 @@ class Tulip(L2AdversarialTraining):
         penalty_scaling: "batch_mean" (default, the 2018 code: gradient of the batch-mean
             loss, i.e. lambda / B * max_i ||grad l_i||) or "sample" (the paper's formula,
             lambda * max_i ||grad l_i||, independent of the batch size).
-        clip_min, clip_max: valid input range, or None.
+        clip_min: valid input range, or None.
+        clip_max: valid input range, or None.
 
-    Example:
+    Examples:
         >>> trainer = RobustTrainingModel(model, Tulip(epsilon=0.3, lip_weight=0.1,
         ...                                            penalty_scaling="sample"))
     """
 
     paper_name = "J2-Lip"
 
-    def __init__(self, epsilon=0.01, lip_weight=0.1, penalty_scaling="batch_mean", clip_min=None, clip_max=None):
+    def __init__(
+        self,
+        epsilon: float = 0.01,
+        lip_weight: float = 0.1,
+        penalty_scaling: str = "batch_mean",
+        clip_min: float | None = None,
+        clip_max: float | None = None,
+    ) -> None:
         super().__init__(epsilon=epsilon, clip_min=clip_min, clip_max=clip_max)
         self.lip_weight = _check_number(lip_weight, "lip_weight", strict=False)
         self.penalty_scaling = _check_choice(penalty_scaling, "penalty_scaling", PENALTY_SCALINGS)
 
-    def forward(self, model, loss_fn, x, y):
+    def forward(self, model: keras.Model, loss_fn: Callable, x: ArrayLike, y: ArrayLike):
         return lipschitz_penalty(model, loss_fn, x, y, self.lip_weight, self.penalty_scaling, training=True)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "lip_weight": self.lip_weight, "penalty_scaling": self.penalty_scaling}
 
 
@@ -514,25 +560,25 @@ class GradientNormPenalty(PlainTraining):
         order: 1 (forward difference) or 2 (central difference).
         norm: "l2" (penalizes ||grad l||_2) or "linf" (direction sign(g): ||grad l||_1).
 
-    Example:
+    Examples:
         >>> trainer = RobustTrainingModel(model, GradientNormPenalty(lip_weight=0.1))
     """
 
     paper_name = "FD-penalty"
 
-    def __init__(self, lip_weight=0.1, step=0.01, order=1, norm="l2"):
+    def __init__(self, lip_weight: float = 0.1, step: float = 0.01, order: int = 1, norm: str = "l2") -> None:
         self.lip_weight = _check_number(lip_weight, "lip_weight", strict=False)
         self.step = _check_number(step, "step")
         self.order = _check_choice(order, "order", FINITE_DIFFERENCE_ORDERS)
         self.norm = _check_choice(norm, "norm", NORMS)
 
-    def forward(self, model, loss_fn, x, y):
+    def forward(self, model: keras.Model, loss_fn: Callable, x: ArrayLike, y: ArrayLike):
         y_pred, _, derivatives = finite_difference_gradient_norms(
             model, loss_fn, x, y, step=self.step, order=self.order, norm=self.norm, training=True
         )
         return y_pred, 0.5 * self.lip_weight * ops.mean(ops.square(derivatives))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"lip_weight": self.lip_weight, "step": self.step, "order": self.order, "norm": self.norm}
 
 
@@ -546,17 +592,27 @@ class PGDTraining(PlainTraining):
         steps: PGD steps per training step (7 in Madry et al.).
         step_size: None means 2.5 * epsilon / steps.
         random_start: start uniformly in the epsilon-ball.
-        clip_min, clip_max: valid input range, or None.
+        clip_min: valid input range, or None.
+        clip_max: valid input range, or None.
         seed: int seed of the random start.
 
-    Example:
+    Examples:
         >>> trainer = RobustTrainingModel(model, PGDTraining(epsilon=0.1, norm="linf"))
     """
 
     paper_name = "PGD-AT"
 
-    def __init__(self, epsilon, norm="l2", steps=7, step_size=None, random_start=True,
-                 clip_min=None, clip_max=None, seed=None):
+    def __init__(
+        self,
+        epsilon: float,
+        norm: str = "l2",
+        steps: int = 7,
+        step_size: float | None = None,
+        random_start: bool = True,
+        clip_min: float | None = None,
+        clip_max: float | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.epsilon = _check_number(epsilon, "epsilon")
         self.norm = _check_choice(norm, "norm", NORMS)
         self.steps = _check_count(steps, "steps")
@@ -566,14 +622,14 @@ class PGDTraining(PlainTraining):
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed) if self.random_start else None
 
-    def perturb(self, model, loss_fn, x, y):
+    def perturb(self, model: keras.Model, loss_fn: Callable, x: ArrayLike, y: ArrayLike):
         return pgd_perturbation(
             model, loss_fn, x, y, self.epsilon, norm=self.norm, steps=self.steps,
             step_size=self.step_size, random_start=self.random_start,
             clip_min=self.clip_min, clip_max=self.clip_max, seed=self._seed_generator,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             "epsilon": self.epsilon, "norm": self.norm, "steps": self.steps,
             "step_size": self.step_size, "random_start": self.random_start,
@@ -591,14 +647,14 @@ _OBJECTIVES_BY_NAME = {
 }
 
 
-def get_objective(identifier):
+def get_objective(identifier: PlainTraining | str | dict):
     """Returns an objective from an instance, a paper name (defaults of the paper) or a config.
 
     Args:
         identifier: a `PlainTraining` instance, one of "J0", "J1", "J2", "J2-Lip",
             "tulip", "gradient_norm", or a dict from `keras.saving.serialize_keras_object`.
 
-    Example:
+    Examples:
         >>> get_objective("J2-Lip")
         Tulip(epsilon=0.01, clip_min=None, clip_max=None, lip_weight=0.1, penalty_scaling='batch_mean')
     """
@@ -641,7 +697,7 @@ class RobustTrainingModel(keras.Model):
     Raises:
         NotImplementedError: on a Keras backend other than TensorFlow.
 
-    Example:
+    Examples:
         >>> trainer = RobustTrainingModel(model, Tulip(epsilon=0.3, lip_weight=0.1))
         >>> trainer.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         ...                 metrics=["accuracy"])
@@ -649,7 +705,7 @@ class RobustTrainingModel(keras.Model):
         >>> trainer.model.save("robust.keras")
     """
 
-    def __init__(self, model, objective="J0", **kwargs):
+    def __init__(self, model: keras.Model, objective: PlainTraining | str = "J0", **kwargs: Any) -> None:
         autodiff.require_supported_backend(type(self).__name__)
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
@@ -662,18 +718,18 @@ class RobustTrainingModel(keras.Model):
         # optimizer state and loading restores it.
         self.built = model.built
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         if not self.model.built:
             self.model.build(input_shape)
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: ArrayLike, training: bool | None = None):
         return self.model(inputs, training=training)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         return self.model.compute_output_shape(input_shape)
 
-    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+    def compile(self, optimizer: str = "rmsprop", loss: str | Callable | None = None, **kwargs: Any):
         """`keras.Model.compile`, with a single loss (a Loss instance, function or name)."""
         if loss is None or isinstance(loss, (list, tuple, dict)):
             raise ValueError(
@@ -683,7 +739,7 @@ class RobustTrainingModel(keras.Model):
         self._sample_loss = keras.losses.get(loss)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict):
         # keras.Model skips a custom `compile` when loading; this one is safe to call.
         self.compile(**keras.saving.deserialize_keras_object(config))
         if self.built:
@@ -692,7 +748,7 @@ class RobustTrainingModel(keras.Model):
     def _per_sample_loss(self, y_true, y_pred):
         return per_sample_loss(self._sample_loss, y_true, y_pred)
 
-    def train_step(self, data):
+    def train_step(self, data: tuple[ArrayLike, ArrayLike]):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, (list, tuple, dict)):
             raise TypeError("RobustTrainingModel supports models with a single input tensor.")
@@ -718,7 +774,7 @@ class RobustTrainingModel(keras.Model):
         self.penalty_tracker.update_state(penalty)
         return self.compute_metrics(x_train, y, y_pred, sample_weight=sample_weight)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             "name": self.name,
             "trainable": self.trainable,
@@ -727,7 +783,7 @@ class RobustTrainingModel(keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: dict, custom_objects: dict | None = None):
         config = dict(config)
         model = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects=custom_objects)
         objective = keras.saving.deserialize_keras_object(config.pop("objective"), custom_objects=custom_objects)
@@ -782,8 +838,18 @@ def _check_measurement_arguments(norm, attack_steps, batch_size, clip_min, clip_
     _check_clip_range(clip_min, clip_max)
 
 
-def adversarial_distances(model, x, y, norm="l2", max_epsilon=None, bisection_steps=12,
-                          attack_steps=20, batch_size=256, clip_min=0.0, clip_max=1.0):
+def adversarial_distances(
+    model: keras.Model,
+    x: ArrayLike,
+    y: ArrayLike,
+    norm: str = "l2",
+    max_epsilon: float | None = None,
+    bisection_steps: int = 12,
+    attack_steps: int = 20,
+    batch_size: int = 256,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> np.ndarray:
     """Smallest adversarial perturbation found per sample by bisection on epsilon.
 
     For every sample, epsilon is bisected between 0 and `max_epsilon`; at each epsilon a
@@ -800,13 +866,14 @@ def adversarial_distances(model, x, y, norm="l2", max_epsilon=None, bisection_st
         bisection_steps: bisection iterations (resolution max_epsilon / 2**steps).
         attack_steps: PGD steps per attack.
         batch_size: samples attacked at once.
-        clip_min, clip_max: valid input range, or None.
+        clip_min: valid input range, or None.
+        clip_max: valid input range, or None.
 
     Returns:
         numpy array (N,): 0 for misclassified points, inf where no attack succeeds at
         `max_epsilon`.
 
-    Example:
+    Examples:
         >>> d = adversarial_distances(model, x_test[:500], y_test[:500], norm="l2")
         >>> float(np.median(d))
     """
@@ -839,23 +906,38 @@ def adversarial_distances(model, x, y, norm="l2", max_epsilon=None, bisection_st
     return distances
 
 
-def median_adversarial_distance(model, x, y, norm="l2", **kwargs):
+def median_adversarial_distance(
+    model: keras.Model, x: ArrayLike, y: ArrayLike, norm: str = "l2", **kwargs: Any
+) -> float:
     """Median over samples of `adversarial_distances` (the paper's "median distance").
 
     Args:
-        model, x, y, norm: as in `adversarial_distances`.
+        model: as in `adversarial_distances`.
+        x: as in `adversarial_distances`.
+        y: as in `adversarial_distances`.
+        norm: as in `adversarial_distances`.
         **kwargs: other arguments of `adversarial_distances`.
 
     Returns:
         float (0 when at least half of the points are misclassified).
 
-    Example:
+    Examples:
         >>> median_adversarial_distance(model, x_test[:500], y_test[:500], norm="l2")
     """
     return float(np.median(adversarial_distances(model, x, y, norm=norm, **kwargs)))
 
 
-def error_at_eps(model, x, y, epsilon, norm="l2", attack_steps=20, batch_size=256, clip_min=0.0, clip_max=1.0):
+def error_at_eps(
+    model: keras.Model,
+    x: ArrayLike,
+    y: ArrayLike,
+    epsilon: float,
+    norm: str = "l2",
+    attack_steps: int = 20,
+    batch_size: int = 256,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> float:
     """Robust error at radius epsilon: fraction of points misclassified, or fooled by the battery.
 
     The battery is `deel_lip_ext.attacks.pgd` without random start on the cross-entropy
@@ -863,17 +945,19 @@ def error_at_eps(model, x, y, epsilon, norm="l2", attack_steps=20, batch_size=25
 
     Args:
         model: classifier returning logits.
-        x, y: inputs (numpy) and integer or one-hot labels.
+        x: inputs (numpy) and integer or one-hot labels.
+        y: inputs (numpy) and integer or one-hot labels.
         epsilon: attack radius (>= 0; 0 gives the clean error).
         norm: "l2" or "linf".
         attack_steps: PGD steps per attack.
         batch_size: samples attacked at once.
-        clip_min, clip_max: valid input range, or None.
+        clip_min: valid input range, or None.
+        clip_max: valid input range, or None.
 
     Returns:
         float in [0, 1].
 
-    Example:
+    Examples:
         >>> error_at_eps(model, x_test[:500], y_test[:500], epsilon=1.0, norm="l2")
     """
     autodiff.require_supported_backend("error_at_eps")
@@ -892,7 +976,7 @@ def error_at_eps(model, x, y, epsilon, norm="l2", attack_steps=20, batch_size=25
     return float(np.mean(wrong))
 
 
-def error_curve(distances, epsilons):
+def error_curve(distances: ArrayLike, epsilons: Sequence[float] | ArrayLike) -> np.ndarray:
     """Robust error at each epsilon implied by per-sample adversarial distances.
 
     Args:
@@ -902,14 +986,14 @@ def error_curve(distances, epsilons):
     Returns:
         numpy array: fraction of points with distance <= epsilon, for each epsilon.
 
-    Example:
+    Examples:
         >>> error_curve(adversarial_distances(model, x, y), np.linspace(0, 3, 31))
     """
     distances = np.asarray(distances)
     return np.array([np.mean(distances <= eps) for eps in np.asarray(epsilons)])
 
 
-def lipschitz_estimate(model, x, batch_size=128):
+def lipschitz_estimate(model: keras.Model, x: ArrayLike, batch_size: int = 128) -> float:
     """Empirical ESTIMATE of the l2 Lipschitz constant: max over x of ||J_f(x)||_2.
 
     The spectral norm of the input Jacobian of the model output (inference mode),
@@ -925,7 +1009,7 @@ def lipschitz_estimate(model, x, batch_size=128):
     Returns:
         float.
 
-    Example:
+    Examples:
         >>> lipschitz_estimate(model, x_test[:1000])
     """
     autodiff.require_supported_backend("lipschitz_estimate")

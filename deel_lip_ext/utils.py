@@ -11,10 +11,13 @@
   a lower bound of the constant.
 """
 
+from __future__ import annotations
+
 import math
 
 import keras
 import numpy as np
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
 from deel_lip_ext.layers.convolutional import circular_pad_widths
@@ -35,7 +38,7 @@ __all__ = [
 MAX_DENSE_OPERATOR_SIZE = 3072
 
 
-def conv_singular_values(kernel, input_size):
+def conv_singular_values(kernel: ArrayLike, input_size: int | tuple[int, int]) -> np.ndarray:
     """All singular values of the circular, stride-1 convolution with `kernel` on n x n inputs.
 
     Args:
@@ -44,11 +47,11 @@ def conv_singular_values(kernel, input_size):
         input_size: n, or (n_h, n_w).
 
     Returns:
-        A float64 array of n_h*n_w*min(c_in, c_out) singular values (descending per frequency).
+        A float64 array of `n_h * n_w * min(c_in, c_out)` singular values (descending per frequency).
 
-    Example:
-    >>> sv = conv_singular_values(layer.effective_kernel(), 28)
-    >>> sv.max() <= 1 + 1e-4
+    Examples:
+        >>> sv = conv_singular_values(layer.effective_kernel(), 28)
+        >>> sv.max() <= 1 + 1e-4
     """
     kernel = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
     if kernel.ndim != 4:
@@ -65,7 +68,9 @@ def conv_singular_values(kernel, input_size):
     return np.linalg.svd(symbols, compute_uv=False).ravel()
 
 
-def conv_operator_matrix(kernel, input_shape, strides=(1, 1), padding="same"):
+def conv_operator_matrix(
+    kernel: ArrayLike, input_shape: tuple[int, ...], strides: int | tuple[int, int] = (1, 1), padding: str = "same"
+):
     """Dense matrix (in_size, out_size) of a bias-free convolution, built from unit impulses.
 
     Args:
@@ -84,7 +89,7 @@ def conv_operator_matrix(kernel, input_shape, strides=(1, 1), padding="same"):
     return np.asarray(keras.ops.convert_to_numpy(out)).reshape(size, -1)
 
 
-def operator_singular_values(matrix):
+def operator_singular_values(matrix: ArrayLike):
     """Singular values (descending) of a dense operator matrix, via the smaller Gram matrix.
 
     Eigenvalues of M M^T (or M^T M) cost far less than an SVD of a very
@@ -120,7 +125,7 @@ def _conv_sv(kernel, input_shape, strides, padding):
     return 0.0, float(conv_singular_values(kernel, size).max())
 
 
-def layer_singular_values(layer, input_shape=None):
+def layer_singular_values(layer: keras.layers.Layer, input_shape: tuple[int | None, ...]=None):
     """The whole spectrum of a Dense/Conv2D-like layer's linear operator (for histograms).
 
     Dense: SVD of the (constrained) kernel. Convolution: exact on small
@@ -128,8 +133,8 @@ def layer_singular_values(layer, input_shape=None):
     size); otherwise the spectrum of the circular convolution on the
     enclosing torus, whose largest value bounds the real one.
 
-    Example:
-    >>> values = layer_singular_values(model.get_layer("conv1"))
+    Examples:
+        >>> values = layer_singular_values(model.get_layer("conv1"))
     """
     if hasattr(layer, "singular_values"):
         return layer.singular_values()
@@ -182,7 +187,7 @@ def _activation_sv(layer):
     return None
 
 
-def compute_layer_sv(layer, input_shape=None):
+def compute_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int, ...] | None=None):
     """Exact (min, max) singular values of one layer's linear operator, or its Lipschitz range.
 
     * deel-lip-ext parametrized layers: computed from a fresh
@@ -201,8 +206,8 @@ def compute_layer_sv(layer, input_shape=None):
         layer: a built Keras layer.
         input_shape: the layer's input shape (defaults to its build shape).
 
-    Example:
-    >>> compute_layer_sv(SpectralDense(8, k_coef_lip=2.0))  # after build -> (2.0, 2.0)
+    Examples:
+        >>> compute_layer_sv(SpectralDense(8, k_coef_lip=2.0))  # after build -> (2.0, 2.0)
     """
     input_shape = tuple(input_shape) if input_shape is not None else _layer_input_shape(layer)
     if hasattr(layer, "lipschitz_sv"):
@@ -274,7 +279,7 @@ def _sequence_sv(layers, input_shape):
     return results
 
 
-def compute_model_sv(model):
+def compute_model_sv(model: keras.Model) -> dict[str, tuple[float, float] | None]:
     """Exact (min, max) singular values of every layer of a model, by layer name.
 
     Nested models are expanded (their layers' names are prefixed with the
@@ -285,8 +290,8 @@ def compute_model_sv(model):
     Returns:
         dict name -> (min, max), or None for layers whose value is unknown.
 
-    Example:
-    >>> for name, (lo, hi) in compute_model_sv(model).items(): print(name, lo, hi)
+    Examples:
+        >>> for name, (lo, hi) in compute_model_sv(model).items(): print(name, lo, hi)
     """
     results = {}
     if isinstance(model, keras.Sequential):
@@ -326,7 +331,7 @@ def _functional_chain(model):
     ]
 
 
-def model_lipschitz_bound(model):
+def model_lipschitz_bound(model: keras.Model):
     """Certified upper bound of a model's L2 Lipschitz constant.
 
     Propagates bounds through the graph: a single-input layer multiplies its
@@ -338,8 +343,8 @@ def model_lipschitz_bound(model):
     Raises:
         ValueError: naming the first layer whose Lipschitz constant is unknown.
 
-    Example:
-    >>> L = model_lipschitz_bound(model)  # e.g. 1.0000003 for a spectral model
+    Examples:
+        >>> L = model_lipschitz_bound(model)  # e.g. 1.0000003 for a spectral model
     """
     sv = compute_model_sv(model)
 
@@ -397,7 +402,7 @@ def _topological_layers(model):
     return [layer for layer in ordered if any(layer is m for m in model.layers)]
 
 
-def evaluate_lip_const(model, x, batch_size=32):
+def evaluate_lip_const(model: keras.Model, x: ArrayLike, batch_size: int = 32):
     """Largest spectral norm of the model's input Jacobian over the points `x`.
 
     A *lower bound* of the Lipschitz constant (exact at those points for
@@ -409,8 +414,8 @@ def evaluate_lip_const(model, x, batch_size=32):
         x: array of inputs.
         batch_size: points per Jacobian batch.
 
-    Example:
-    >>> evaluate_lip_const(model, x_test[:64])  # <= model_lipschitz_bound(model)
+    Examples:
+        >>> evaluate_lip_const(model, x_test[:64])  # <= model_lipschitz_bound(model)
     """
     import tensorflow as tf
 

@@ -3,13 +3,18 @@
 Every demo takes the same flags:
 
     --epochs N        training epochs (each demo has its own default, and a smaller one with --quick)
-    --data-dir DIR    folder holding <dataset>.npz (default: $DEEL_LIP_EXT_DATA, else ../shared/data
-                      beside the repository when it exists, else the tensorflow-datasets cache)
+    --data-dir DIR    folder holding <dataset>.npz, searched first; then $DEEL_LIP_EXT_DATA,
+                      ../shared/data beside the repository, Keras's cache (~/.keras/datasets)
+                      and the tensorflow-datasets cache (see `deel_lip_ext.datasets`)
+    --download        download the dataset when it is found nowhere (needs internet)
     --output-dir DIR  where plots, tables and exported models go (default: outputs/<demo>)
     --quick           a tiny budget (about a minute on 2 CPU cores), for CI
     --seed N          seed of keras, numpy and python
 
-and writes `results.json` in its output folder (what the tests read), besides its plots.
+prints its expected run time before it starts, shows its progress, prints a table of the
+time of each phase, and writes everything (`results.json`, what the tests read, plots at
+150 dpi, exports) in its output folder and nowhere else. Without data it prints the places
+searched and the flags that fix it, and exits with status 1 (no traceback).
 """
 
 import argparse
@@ -36,17 +41,15 @@ if str(REPOSITORY_ROOT) not in sys.path:
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from deel_lip_ext import attacks, certification  # noqa: E402
-from deel_lip_ext.datasets import ENV_VAR  # noqa: E402
+from deel_lip_ext import attacks, certification, datasets  # noqa: E402
 from deel_lip_ext.layers import InvertibleDownSampling, MaxMinHalves, SpectralConv2D, SpectralDense  # noqa: E402
 from deel_lip_ext.losses import MultiMargin  # noqa: E402
 from deel_lip_ext.model import Sequential  # noqa: E402
 from deel_lip_ext.zoo import kw_small  # noqa: E402
 from deel_lip_ext.zoo.bcop import CONVOLUTIONS as ZOO_CONVOLUTIONS  # noqa: E402
 
-# The project's offline copies of the datasets sit beside the repository.
-SHARED_DATA_DIR = REPOSITORY_ROOT.parent / "shared" / "data"
 RESULTS_FILE = "results.json"
+FIGURE_DPI = 150
 
 
 def positive_int(text):
@@ -57,26 +60,38 @@ def positive_int(text):
     return value
 
 
-def default_data_dir():
-    """$DEEL_LIP_EXT_DATA when set, else ../shared/data when it exists, else None (tfds cache)."""
-    if os.environ.get(ENV_VAR):
-        return os.environ[ENV_VAR]
-    return str(SHARED_DATA_DIR) if SHARED_DATA_DIR.is_dir() else None
+def default_budget_name(args):
+    """"quick" with --quick, else "full" (the default run)."""
+    return "quick" if args.quick else "full"
 
 
-def parse_demo_arguments(demo_name, description, budgets, argv=None, add_arguments=None):
-    """Parse the common demo flags and return them with the chosen budget.
+def expected_time(cpu_minutes):
+    """The run-time estimate printed before a demo starts, from its measured CPU minutes."""
+    cores = os.cpu_count() or 1
+    idle_wall = round(max(cpu_minutes / cores, 0.5), 1)
+    return (
+        f"about {cpu_minutes:g} min of CPU time: {idle_wall:g} to {cpu_minutes:g} min of wall clock on "
+        f"this idle {cores}-core machine, several times more when other jobs share it"
+    )
+
+
+def parse_demo_arguments(
+    demo_name, description, budgets, argv=None, add_arguments=None, budget_name=default_budget_name
+):
+    """Parse the common demo flags, print the run's expected time, return the flags and budget.
 
     Args:
         demo_name: the demo's file stem; the default output folder is outputs/<demo_name>.
         description: the demo's docstring (shown by --help).
-        budgets: {"full": {...}, "quick": {...}}, each with at least an "epochs" entry.
+        budgets: {"full": {...}, "quick": {...}, ...}, each with at least "epochs" and
+            "cpu_minutes" (the measured CPU time of that run, printed as the estimate).
         argv: arguments (None: sys.argv).
         add_arguments: optional function adding demo-specific flags to the parser.
+        budget_name: function of the parsed flags naming the budget to use.
 
     Returns:
         The argparse namespace with `budget` (a namespace of the chosen budget, "epochs"
-        replaced by --epochs when given), `output_dir` (created) and `data_dir` resolved.
+        replaced by --epochs when given), `output_dir` (created) and `demo_name`.
         The random seeds are set.
     """
     parser = argparse.ArgumentParser(
@@ -87,7 +102,12 @@ def parse_demo_arguments(demo_name, description, budgets, argv=None, add_argumen
         type=positive_int,
         help=f"training epochs (default {budgets['full']['epochs']}; {budgets['quick']['epochs']} with --quick)",
     )
-    parser.add_argument("--data-dir", default=None, help="folder holding the dataset's .npz file")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the dataset's .npz file, searched before $DEEL_LIP_EXT_DATA, ../shared/data, "
+        "~/.keras/datasets and the tensorflow-datasets cache",
+    )
     parser.add_argument(
         "--output-dir",
         type=pathlib.Path,
@@ -98,20 +118,54 @@ def parse_demo_arguments(demo_name, description, budgets, argv=None, add_argumen
     parser.add_argument(
         "--download",
         action="store_true",
-        help="let tensorflow-datasets download the data when no local copy is found (needs internet)",
+        help="download the data (tensorflow-datasets, else keras.datasets) when no local copy is found "
+        "(needs internet)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
-    budget = dict(budgets["quick" if args.quick else "full"])
+    name = budget_name(args)
+    budget = dict(budgets[name])
     if args.epochs is not None:
+        if "cpu_minutes" in budget:  # the estimate scales with the number of epochs
+            budget["cpu_minutes"] = budget["cpu_minutes"] * args.epochs / budget["epochs"]
         budget["epochs"] = args.epochs
     args.budget = types.SimpleNamespace(**budget)
-    args.data_dir = args.data_dir or default_data_dir()
+    args.demo_name = demo_name
+    # The flag, else the environment variable; the library searches the other places itself.
+    args.data_dir = args.data_dir or os.environ.get(datasets.ENV_VAR) or None
     args.output_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
+    estimate = expected_time(round(budget["cpu_minutes"], 1)) if "cpu_minutes" in budget else "not measured"
+    print(
+        f"demos/{demo_name}.py, {'the default' if name == 'full' else name} run ({budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''}): "
+        f"expected time {estimate}. Outputs go to {args.output_dir}/.",
+        flush=True,
+    )
     return args
+
+
+def load_dataset(args, name, **kwargs):
+    """`deel_lip_ext.datasets.load_numpy(name, args.data_dir, download=args.download, **kwargs)`.
+
+    When the data is not found or its file is unreadable, exits with status 1 and one
+    message (no traceback) naming every place searched and the flags that fix it.
+    """
+    try:
+        return datasets.load_numpy(name, args.data_dir, download=args.download, **kwargs)
+    except datasets.DatasetNotFoundError as error:
+        command = f"python demos/{args.demo_name}.py" + (" --quick" if args.quick else "")
+        raise SystemExit(f"\n{error.explain(command)}") from None
+    except datasets.DatasetFileError as error:
+        raise SystemExit(f"\n{error}") from None
+
+
+def save_figure(fig, path):
+    """Save a matplotlib figure at `FIGURE_DPI` (150) and close it; returns the path."""
+    fig.savefig(path, dpi=FIGURE_DPI)
+    pyplot().close(fig)
+    return path
 
 
 class PhaseTimer:
@@ -233,9 +287,7 @@ def save_image_grid(path, rows, row_labels, captions, title=None):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def misclassified(model, x, y, batch_size=512):

@@ -15,7 +15,7 @@ preserving networks they look like the other digit, the "interpretable" property
 deel-lip's talks.
 
 Usage:
-    python demos/hkr_binary.py             # default budget (a couple of minutes on 2 CPU cores)
+    python demos/hkr_binary.py             # default budget (about 2 min of CPU time)
     python demos/hkr_binary.py --quick     # CI
     python demos/hkr_binary.py --epochs 20
 
@@ -29,10 +29,12 @@ from _common import (
     PhaseTimer,
     fit_verbosity,
     geometric_budgets,
+    load_dataset,
     nearest_adversarial_examples,
     parse_demo_arguments,
     print_table,
     pyplot,
+    save_figure,
     save_image_grid,
     write_results,
 )
@@ -53,8 +55,8 @@ ALPHA, MIN_MARGIN = 10.0, 1.0
 EPSILONS = (0.5, 1.0, 1.5)
 
 BUDGETS = {
-    "full": {"epochs": 10, "num_checked": 300, "attack_steps": 100, "num_examples": 8},
-    "quick": {"epochs": 3, "num_checked": 60, "attack_steps": 30, "num_examples": 6},
+    "full": {"epochs": 10, "num_checked": 300, "attack_steps": 100, "num_examples": 8, "cpu_minutes": 2},
+    "quick": {"epochs": 3, "num_checked": 60, "attack_steps": 30, "num_examples": 6, "cpu_minutes": 1},
 }
 
 
@@ -77,8 +79,8 @@ def hkr_classifier(input_shape=(28, 28, 1)):
     )
 
 
-def load_binary_mnist(data_dir, download=False):
-    x_train, y_train, x_test, y_test = datasets.load_numpy("mnist", data_dir, download=download)
+def load_binary_mnist(args):
+    x_train, y_train, x_test, y_test = load_dataset(args, "mnist")
     train = datasets.binary_subset(x_train, y_train, POSITIVE_DIGIT, NEGATIVE_DIGIT)
     test = datasets.binary_subset(x_test, y_test, POSITIVE_DIGIT, NEGATIVE_DIGIT)
     return train, test
@@ -118,14 +120,14 @@ def plot_radius_vs_distance(path, radii, distances, labels):
     top = float(max(radii[found].max(initial=1.0), distances[found].max(initial=1.0))) * 1.05
     ax.plot([0, top], [0, top], "k--", label="distance = |f(x)| / L")
     ax.fill_between([0, top], [0, 0], [0, top], color="red", alpha=0.08, label="impossible region")
-    ax.set_xlabel("certified radius |f(x)| / L")
-    ax.set_ylabel("distance of the nearest adversarial found")
+    ax.set_xlabel("certified radius |f(x)| / L (L2, pixels in [0, 1])")
+    ax.set_ylabel("L2 distance of the nearest adversarial found")
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
+    ax.set_title(f"MNIST {POSITIVE_DIGIT} vs {NEGATIVE_DIGIT}: no point below the diagonal", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def draw_examples(path, model, x, y, x_nearest, distances, budget):
@@ -155,7 +157,7 @@ def main(argv=None):
     args = parse_demo_arguments("hkr_binary", __doc__, BUDGETS, argv)
     budget, out = args.budget, args.output_dir
     timer = PhaseTimer()
-    (x_train, y_train), (x_test, y_test) = load_binary_mnist(args.data_dir, args.download)
+    (x_train, y_train), (x_test, y_test) = load_binary_mnist(args)
     print(f"MNIST {POSITIVE_DIGIT} (label +1) vs {NEGATIVE_DIGIT} (label -1): {len(x_train)} training, {len(x_test)} test images")
 
     model = hkr_classifier(x_train.shape[1:])

@@ -26,9 +26,16 @@ Outputs (in --output-dir, default outputs/paper_table1): results.json.
 
 import sys
 
-from _common import PhaseTimer, build_network, fit_paper_protocol, parse_demo_arguments, print_table, write_results
+from _common import (
+    PhaseTimer,
+    build_network,
+    fit_paper_protocol,
+    load_dataset,
+    parse_demo_arguments,
+    print_table,
+    write_results,
+)
 
-from deel_lip_ext import datasets  # noqa: E402
 from deel_lip_ext.certification import certify  # noqa: E402
 from deel_lip_ext.layers.conv_baselines import SVCMProjection  # noqa: E402
 
@@ -46,8 +53,8 @@ PAPER_TABLE1 = {
 SVCM_PROJECTION_PERIOD = 100
 
 BUDGETS = {
-    "full": {"epochs": 2, "num_train": None, "num_test": None},
-    "quick": {"epochs": 1, "num_train": 3000, "num_test": 1000},
+    "full": {"epochs": 2, "num_train": None, "num_test": None, "cpu_minutes": 8},
+    "quick": {"epochs": 1, "num_train": 3000, "num_test": 1000, "cpu_minutes": 1.5},
 }
 
 
@@ -97,9 +104,7 @@ def main(argv=None):
     args = parse_demo_arguments("paper_table1", __doc__, BUDGETS, argv)
     budget = args.budget
     timer = PhaseTimer()
-    data = datasets.load_numpy(
-        "mnist", args.data_dir, num_train=budget.num_train, num_test=budget.num_test, download=args.download
-    )
+    data = load_dataset(args, "mnist", num_train=budget.num_train, num_test=budget.num_test)
     results = {conv: train_and_certify(conv, data, budget.epochs, args.seed, timer) for conv in CONVOLUTIONS}
     print_paper_table(results, budget.epochs, len(data[2]))
     print_table(["phase", "wall s", "CPU s"], timer.rows(), title="Time")

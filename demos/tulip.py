@@ -16,23 +16,28 @@ Jacobian norm over test points), not a certificate.
 
 Usage:
     python demos/tulip.py --quick                # about a minute on 2 CPU cores
-    python demos/tulip.py                        # MNIST, under 15 minutes on 2 cores
-    python demos/tulip.py --dataset cifar10      # needs cifar10_jpeg_20k.npz
+    python demos/tulip.py                        # MNIST, about 3.5 min of CPU time
+    python demos/tulip.py --dataset cifar10      # needs cifar10.npz or cifar10_jpeg_20k.npz
 
-Data come from `deel_lip_ext.datasets.load_numpy` ($DEEL_LIP_EXT_DATA, or `--data-dir`).
+Outputs (in --output-dir, default outputs/tulip): tulip_<dataset>_error_vs_eps.png,
+results.json.
 """
 
-import argparse
-import os
-import pathlib
-import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from _common import (
+    PhaseTimer,
+    fit_verbosity,
+    load_dataset,
+    parse_demo_arguments,
+    print_table,
+    pyplot,
+    save_figure,
+    write_results,
+)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from deel_lip_ext import datasets, regularization  # noqa: E402
+from deel_lip_ext import regularization  # noqa: E402
 
 # Per dataset: the training step length and the table's l2 radius (the talk used 0.1 on
 # CIFAR-10; MNIST digits are much farther from their decision boundaries).
@@ -41,8 +46,11 @@ DATASET_SETTINGS = {
     "cifar10": {"eps_train": 0.05, "eps_table": 0.1, "lip_weight": 0.1, "max_epsilon": 2.0},
 }
 BUDGETS = {
-    "quick": {"num_train": 4000, "epochs": 2, "num_test": 100, "bisection_steps": 8, "attack_steps": 10},
-    "full": {"num_train": 20000, "epochs": 4, "num_test": 500, "bisection_steps": 10, "attack_steps": 20},
+    "quick": {"num_train": 4000, "epochs": 2, "num_test": 100, "bisection_steps": 8, "attack_steps": 10,
+              "cpu_minutes": 1},
+    # 204 s of CPU time on MNIST (docs/tutorials/tulip.md).
+    "full": {"num_train": 20000, "epochs": 4, "num_test": 500, "bisection_steps": 10, "attack_steps": 20,
+             "cpu_minutes": 3.5},
 }
 METHODS = ("J0", "J1", "J2", "J2-Lip")
 
@@ -55,20 +63,14 @@ TALK_CIFAR10_ROWS = {
 }
 
 
-def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser):
+    """The demo's own flags, besides the shared ones of `_common.parse_demo_arguments`."""
     parser.add_argument("--dataset", choices=tuple(DATASET_SETTINGS), default="mnist")
-    parser.add_argument("--quick", action="store_true", help="small budget (CI)")
-    parser.add_argument("--epochs", type=int, help="training epochs per method")
     parser.add_argument("--num-train", type=int, help="training images used")
     parser.add_argument("--num-test", type=int, help="test images attacked")
     parser.add_argument("--eps-train", type=float, help="l2 length of the J1/J2 training perturbation")
     parser.add_argument("--eps", type=float, help="l2 radius of the table's error column")
     parser.add_argument("--lip-weight", type=float, help="lambda of the J2-Lip Lipschitz term")
-    parser.add_argument("--data-dir", help="folder holding the dataset .npz")
-    parser.add_argument("--output-dir", default=".", help="where the PNG plot is written")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
 
 
 def build_model(input_shape, num_classes=10):
@@ -108,7 +110,7 @@ def train(method, data, settings, budget, seed):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    trainer.fit(x_train, y_train, epochs=budget["epochs"], batch_size=128, verbose=0)
+    trainer.fit(x_train, y_train, epochs=budget["epochs"], batch_size=128, verbose=fit_verbosity())
     return model
 
 
@@ -147,11 +149,8 @@ def format_table(results, eps_table, dataset):
     return "\n".join(lines)
 
 
-def plot_error_curves(results, max_epsilon, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_error_curves(results, max_epsilon, path, dataset):
+    plt = pyplot()
 
     # Stop where every curve has (nearly) reached 100%, not at the search's upper end.
     finite = np.concatenate([row["distances"][np.isfinite(row["distances"])] for row in results.values()])
@@ -160,44 +159,61 @@ def plot_error_curves(results, max_epsilon, path):
     figure, axis = plt.subplots(figsize=(6, 4))
     for method, row in results.items():
         axis.plot(epsilons, 100 * regularization.error_curve(row["distances"], epsilons), label=method)
-    axis.set_xlabel("l2 attack radius eps")
+    axis.set_xlabel("l2 attack radius eps (pixels in [0, 1])")
     axis.set_ylabel("% error (PGD battery)")
     axis.set_ylim(0, 100)
+    axis.set_title(f"{dataset}: test error under l2 attacks, per training objective")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv=None):
-    args = parse_arguments(argv)
+    args = parse_demo_arguments("tulip", __doc__, BUDGETS, argv, add_arguments)
     settings = dict(DATASET_SETTINGS[args.dataset])
-    budget = dict(BUDGETS["quick" if args.quick else "full"])
-    for key, value in (("epochs", args.epochs), ("num_train", args.num_train), ("num_test", args.num_test),
+    budget = vars(args.budget)
+    for key, value in (("num_train", args.num_train), ("num_test", args.num_test),
                        ("eps_train", args.eps_train), ("eps_table", args.eps), ("lip_weight", args.lip_weight)):
         if value is not None:
             (budget if key in budget else settings)[key] = value
-    x_train, y_train, x_test, y_test = datasets.load_numpy(
-        args.dataset, data_dir=args.data_dir, num_train=budget["num_train"], num_test=budget["num_test"]
+    timer = PhaseTimer()
+    x_train, y_train, x_test, y_test = load_dataset(
+        args, args.dataset, num_train=budget["num_train"], num_test=budget["num_test"]
     )
     print(f"{args.dataset}: {len(x_train)} training and {len(x_test)} test images, "
-          f"{budget['epochs']} epochs, eps_train={settings['eps_train']:g}, lip_weight={settings['lip_weight']:g}")
+          f"{budget['epochs']} epochs, eps_train={settings['eps_train']:g}, lip_weight={settings['lip_weight']:g}",
+          flush=True)
     results = {}
-    for method in METHODS:
-        start = time.perf_counter()
-        model = train(method, (x_train, y_train), settings, budget, args.seed)
-        trained = time.perf_counter()
-        results[method] = measure(model, x_test, y_test, settings, budget)
-        print(f"{method}: trained in {trained - start:.1f}s, measured in {time.perf_counter() - trained:.1f}s",
-              flush=True)
+    for index, method in enumerate(METHODS, start=1):
+        print(f"\n[{index}/{len(METHODS)}] {method}: training", flush=True)
+        with timer.phase(f"{method} training"):
+            model = train(method, (x_train, y_train), settings, budget, args.seed)
+        print(f"[{index}/{len(METHODS)}] {method}: attacking {len(x_test)} test images", flush=True)
+        with timer.phase(f"{method} attacks"):
+            results[method] = measure(model, x_test, y_test, settings, budget)
     print()
     print(format_table(results, settings["eps_table"], args.dataset))
-    output_dir = pathlib.Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    plot_path = output_dir / f"tulip_{args.dataset}_error_vs_eps.png"
-    plot_error_curves(results, settings["max_epsilon"], plot_path)
-    print(f"\nerror-vs-eps plot: {plot_path}")
+    plot_name = f"tulip_{args.dataset}_error_vs_eps.png"
+    plot_error_curves(results, settings["max_epsilon"], args.output_dir / plot_name, args.dataset)
+    print(f"\nerror-vs-eps plot: {args.output_dir / plot_name}")
+    print_table(["phase", "wall s", "CPU s"], timer.rows(), title="Time")
+    write_results(
+        args.output_dir,
+        {
+            "dataset": args.dataset,
+            "settings": settings,
+            "budget": budget,
+            "results": {
+                method: {key: value for key, value in row.items() if key != "distances"}
+                # None where the attacks found no adversarial example up to max_epsilon
+                | {"distances": [float(d) if np.isfinite(d) else None for d in row["distances"]]}
+                for method, row in results.items()
+            },
+            "time": timer.as_dict(),
+            "files": [plot_name],
+        },
+    )
     return results
 
 

@@ -32,9 +32,11 @@ def _write_npz(folder, file_name, n_train=6, n_test=4, shape=(5, 5), fill=0):
 
 @pytest.fixture
 def no_default_sources(monkeypatch, tmp_path):
-    """No environment folder and an empty tensorflow-datasets cache."""
+    """No environment folder, no checkout copies, an empty Keras and tensorflow-datasets cache."""
     monkeypatch.delenv(datasets.ENV_VAR, raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty_tfds_cache"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    monkeypatch.setattr(datasets, "CHECKOUT_SHARED_DATA", tmp_path / "no_checkout_copies")
     datasets._read_npz.cache_clear()
     yield
     datasets._read_npz.cache_clear()
@@ -187,6 +189,95 @@ def test_file_without_the_expected_keys_is_rejected(no_default_sources, tmp_path
     np.savez(tmp_path / "mnist.npz", images=np.zeros((2, 3, 3), np.uint8))
     with pytest.raises(ValueError, match="x_train, y_train, x_test, y_test"):
         datasets.load_numpy("mnist", data_dir=tmp_path)
+
+
+def test_search_order_is_argument_environment_checkout_then_keras_cache(
+    no_default_sources, monkeypatch, tmp_path
+):
+    """Each source is found when the ones before it lack the file, and wins over the ones after."""
+    sources = {
+        "argument": tmp_path / "argument",
+        "environment": tmp_path / "environment",
+        "checkout": tmp_path / "checkout",
+        "keras": tmp_path / "keras_home" / "datasets",
+    }
+    monkeypatch.setenv(datasets.ENV_VAR, str(sources["environment"]))
+    monkeypatch.setattr(datasets, "CHECKOUT_SHARED_DATA", sources["checkout"])
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    assert datasets.search_folders(sources["argument"]) == list(sources.values())
+    fills = {"argument": 255, "environment": 204, "checkout": 153, "keras": 102}
+    for source in reversed(list(sources)):  # add the sources from the last to the first
+        _write_npz(sources[source], "mnist.npz", fill=fills[source])
+        datasets._read_npz.cache_clear()
+        x_train, _, _, _ = datasets.load_numpy("mnist", data_dir=sources["argument"])
+        np.testing.assert_allclose(x_train, fills[source] / 255.0)
+
+
+def test_keras_download_cache_is_read_with_its_own_keys(no_default_sources, monkeypatch, tmp_path):
+    """`keras.datasets.mnist.load_data()` caches ~/.keras/datasets/mnist.npz with our four keys."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home" / ".keras"))
+    _write_npz(tmp_path / "home" / ".keras" / "datasets", "mnist.npz", fill=51)
+    x_train, y_train, _, _ = datasets.load_numpy("mnist")
+    np.testing.assert_allclose(x_train, 0.2)
+    assert y_train.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_missing_dataset_names_the_checkout_and_keras_folders(no_default_sources, tmp_path):
+    with pytest.raises(datasets.DatasetNotFoundError) as caught:
+        datasets.load_numpy("mnist")
+    message = str(caught.value)
+    assert str(tmp_path / "no_checkout_copies" / "mnist.npz") in message
+    assert str(tmp_path / "empty_keras_home" / "datasets" / "mnist.npz") in message
+    assert caught.value.searched[-1].startswith(str(tmp_path / "empty_tfds_cache" / "mnist"))
+
+
+def test_missing_dataset_message_for_a_command_names_its_flags(no_default_sources):
+    with pytest.raises(datasets.DatasetNotFoundError) as caught:
+        datasets.load_numpy("fashion_mnist")
+    message = caught.value.explain("python demos/hkr_binary.py")
+    assert "`python demos/hkr_binary.py --data-dir <folder>`" in message
+    assert "`python demos/hkr_binary.py --download`" in message
+    assert f"`{datasets.ENV_VAR}=<folder> python demos/hkr_binary.py`" in message
+    assert "data_dir=" not in message and "download=True" not in message
+    assert all(place in message for place in caught.value.searched)
+
+
+def test_download_falls_back_to_keras_datasets_without_tensorflow_datasets(no_default_sources, monkeypatch):
+    import sys
+
+    import keras
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+    tiny = np.full((3, 4, 4), 255, np.uint8), np.array([1, 2, 3], np.uint8)
+    calls = []
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: calls.append(1) or (tiny, tiny))
+    with pytest.raises(datasets.DatasetNotFoundError):
+        datasets.load_numpy("mnist")
+    assert calls == []  # nothing is fetched unless asked
+    x_train, y_train, _, _ = datasets.load_numpy("mnist", download=True)
+    assert calls == [1] and x_train.shape == (3, 4, 4, 1) and y_train.tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a zip archive at all", b"PK\x03\x04truncated"],
+    ids=["empty", "garbage", "truncated-zip-header"],
+)
+def test_unreadable_file_names_the_path_and_the_fix(no_default_sources, tmp_path, content):
+    (tmp_path / "mnist.npz").write_bytes(content)
+    with pytest.raises(datasets.DatasetFileError) as caught:
+        datasets.load_numpy("mnist", data_dir=tmp_path)
+    message = str(caught.value)
+    assert str(tmp_path / "mnist.npz") in message and "truncated" in message and "download=True" in message
+
+
+def test_truncated_npz_names_the_path_and_the_fix(no_default_sources, tmp_path):
+    _write_npz(tmp_path / "full", "mnist.npz", n_train=200, shape=(28, 28))
+    whole = (tmp_path / "full" / "mnist.npz").read_bytes()
+    (tmp_path / "mnist.npz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(datasets.DatasetFileError, match="Replace it with a complete copy") as caught:
+        datasets.load_numpy("mnist", data_dir=tmp_path)
+    assert str(tmp_path / "mnist.npz") in str(caught.value)
 
 
 # ---------------------------------------------------------------- bad arguments

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -30,9 +31,34 @@ DEMO_TIMEOUT_S = 1500
 needs_mnist = pytest.mark.skipif(not data_available("mnist"), reason="mnist.npz not found in $DEEL_LIP_EXT_DATA")
 
 
+DEMO_NAMES = ("certified_mnist", "hkr_binary", "wasserstein", "paper_table1", "linf_mnist", "tulip")
+MIN_DPI = 150
+
+
+def git_status():
+    """`git status --porcelain --ignored` of the checkout (None outside a git checkout)."""
+    completed = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+    )
+    if completed.returncode != 0:
+        return None
+    # Bytecode caches are Python's and .pytest_cache pytest's, not the demo's.
+    return sorted(
+        line for line in completed.stdout.splitlines()
+        if not any(cache in line for cache in ("__pycache__", ".pyc", ".pytest_cache"))
+    )
+
+
 def run_demo(name, output_dir, *arguments):
-    """Run `demos/<name>.py --quick` in a subprocess; return (stdout, results.json as a dict)."""
+    """Run `demos/<name>.py --quick` in a subprocess; return (stdout, results.json as a dict).
+
+    Also checks the shared conventions: the expected time is printed before anything
+    else, a time table is printed, and nothing is written outside `output_dir` (the
+    checkout's `git status`, ignored files included, is unchanged).
+    """
     env = dict(os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3")
+    before = git_status()
     completed = subprocess.run(
         [sys.executable, str(DEMOS / f"{name}.py"), "--quick", "--output-dir", str(output_dir), *arguments],
         cwd=REPOSITORY_ROOT,
@@ -43,12 +69,35 @@ def run_demo(name, output_dir, *arguments):
     )
     assert completed.returncode == 0, f"{name} failed:\n{completed.stdout[-4000:]}\n{completed.stderr[-4000:]}"
     results = json.loads((output_dir / _common.RESULTS_FILE).read_text())
+    assert completed.stdout.startswith(f"demos/{name}.py, quick run"), completed.stdout[:300]
+    assert "expected time about" in completed.stdout.splitlines()[0]
+    assert "| phase" in completed.stdout and "| total" in completed.stdout  # the time table
+    assert "time" in results
+    assert git_status() == before, f"{name} wrote outside its output folder"
+    for figure in output_dir.glob("*.png"):
+        assert_png(figure)
     return completed.stdout, results
+
+
+def png_dpi(data):
+    """Dots per inch recorded in a PNG's pHYs chunk (None when absent)."""
+    position = 8
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = data[position + 4 : position + 8]
+        if kind == b"pHYs":
+            per_metre_x = int.from_bytes(data[position + 8 : position + 12], "big")
+            return per_metre_x * 0.0254
+        position += 12 + length
+    return None
 
 
 def assert_png(path):
     assert path.is_file(), f"{path} was not written"
-    assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    dpi = png_dpi(data)
+    assert dpi is not None and dpi >= MIN_DPI - 0.5, f"{path}: {dpi} dpi < {MIN_DPI}"
 
 
 # ----------------------------------------------------------------------------- demos (slow)
@@ -114,6 +163,10 @@ def test_wasserstein_quick(tmp_path):
         assert mnist[method]["lip_const"] <= 1.0 + 1e-4
         assert mnist[method]["estimate"] > 0
     assert mnist["gp"]["lip_lower_bound"] <= mnist["gp"]["lip_const"]
+    # The quick run's training curves are curves (several evaluations in its one epoch), not one point each.
+    for method in ("spectral", "bcop", "gp"):
+        epochs = mnist[method]["curve_epochs"]
+        assert len(mnist[method]["curve"]) == len(epochs) >= 8 and epochs == sorted(epochs) and epochs[-1] == 1.0
     assert_png(tmp_path / "wasserstein_translate.png")
     assert_png(tmp_path / "wasserstein_mnist.png")
 
@@ -147,6 +200,117 @@ def test_paper_table1_quick(tmp_path):
         assert row["clean"] > 30.0, conv
         assert row["lip_const"] > 0
     assert abs(table["bcop"]["lip_const"] - 1.0) < 1e-4
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_tulip_quick_follows_the_demo_conventions(tmp_path):
+    stdout, results = run_demo("tulip", tmp_path)
+    assert set(results["results"]) == {"J0", "J1", "J2", "J2-Lip"}
+    assert results["files"] == ["tulip_mnist_error_vs_eps.png"]
+    assert_png(tmp_path / "tulip_mnist_error_vs_eps.png")
+    assert "[4/4] J2-Lip: training" in stdout  # progress
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_linf_mnist_quick_follows_the_demo_conventions(tmp_path):
+    stdout, results = run_demo("linf_mnist", tmp_path)
+    scores, curves = results["scores"], results["curves"]
+    assert 0 <= scores["certified_lipschitz"] <= scores["certified"] <= scores["pgd"] <= scores["clean"] <= 1
+    # Certified accuracy can only fall as the radius grows; at eps = 0 it is the clean accuracy.
+    for key in ("certified_ibp", "certified_lipschitz"):
+        assert curves[key] == sorted(curves[key], reverse=True)
+        assert curves[key][0] <= scores["clean"]
+    assert_png(tmp_path / "linf_accuracy_vs_eps.png")
+
+
+# ----------------------------------------------------------------------------- no data (fast + slow)
+
+_RUN_WITHOUT_DATA = """
+import pathlib, runpy, sys
+import deel_lip_ext.datasets as datasets
+datasets.CHECKOUT_SHARED_DATA = pathlib.Path(sys.argv[1])  # the checkout's copies are not there
+sys.argv = [sys.argv[2], "--quick", "--output-dir", sys.argv[3]]
+sys.path.insert(0, str(pathlib.Path(sys.argv[0]).parent))  # as `python demos/<name>.py` does
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "name", [name if name == "certified_mnist" else pytest.param(name, marks=pytest.mark.slow) for name in DEMO_NAMES]
+)
+def test_demo_without_data_prints_the_fix_and_exits_nonzero_without_traceback(name, tmp_path):
+    """A fresh clone without data: one message naming every place searched and the flags that fix it."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = dict(
+        os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPOSITORY_ROOT),
+        DEEL_LIP_EXT_DATA="", KERAS_HOME=str(empty / "keras"), TFDS_DATA_DIR=str(empty / "tfds"),
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", _RUN_WITHOUT_DATA, str(empty / "shared"), str(DEMOS / f"{name}.py"), str(tmp_path / "out")],
+        cwd=REPOSITORY_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode != 0
+    assert "Traceback" not in completed.stderr and "Traceback" not in completed.stdout, completed.stderr[-3000:]
+    assert "expected time" in completed.stdout  # printed before the data is looked for
+    message = completed.stderr
+    dataset_file = "mnist.npz"
+    for place in (empty / "shared" / dataset_file, empty / "keras" / "datasets" / dataset_file, empty / "tfds" / "mnist"):
+        assert str(place) in message, message
+    command = f"python demos/{name}.py --quick"
+    assert f"`{command} --data-dir <folder>`" in message and f"`{command} --download`" in message, message
+    assert "DEEL_LIP_EXT_DATA=<folder>" in message and "download=True" not in message
+
+
+def test_every_demo_states_its_expected_time():
+    """Each budget of each demo carries its measured CPU minutes, the estimate printed up front."""
+    import importlib.util
+
+    for name in DEMO_NAMES:
+        spec = importlib.util.spec_from_file_location(f"demo_{name}", DEMOS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        budgets = getattr(module, "BUDGETS", None) or module.PRESETS
+        for budget_name, budget in budgets.items():
+            assert budget.get("cpu_minutes", 0) > 0, (name, budget_name)
+
+
+def test_expected_time_wording():
+    text = _common.expected_time(13.5)
+    cores = os.cpu_count() or 1
+    assert text.startswith("about 13.5 min of CPU time") and f"{cores}-core" in text
+
+
+def test_certified_mnist_help_agrees_with_the_tutorial():
+    """The default run's result that --help quotes is the one the tutorial's table shows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_certified_mnist", DEMOS / "certified_mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    clean, certified = re.search(r"reaches ([\d.]+) % clean / ([\d.]+) % certified", module.__doc__).groups()
+    tutorial = (REPOSITORY_ROOT / "docs" / "tutorials" / "certified_mnist.md").read_text()
+    assert f"clean accuracy {clean} %" in tutorial
+    assert re.search(rf"^\| 1\.58 +\| {re.escape(certified)} ", tutorial, flags=re.MULTILINE)
+
+
+def test_outputs_folder_is_ignored_by_git():
+    completed = subprocess.run(
+        ["git", "check-ignore", "-q", "outputs/certified_mnist/results.json"], cwd=REPOSITORY_ROOT
+    )
+    if completed.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert completed.returncode == 0
+
+
+def test_save_figure_writes_at_least_150_dpi(tmp_path):
+    plt = _common.pyplot()
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1])
+    _common.save_figure(fig, tmp_path / "f.png")
+    assert_png(tmp_path / "f.png")
 
 
 # ----------------------------------------------------------------------------- helpers (fast)

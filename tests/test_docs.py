@@ -298,3 +298,119 @@ def test_benchmark_one_row_reports_every_figure():
                                            "losses_finite": True}, row])
     lines = table.splitlines()
     assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+# ---------------------------------------------------------------- the rendered site
+
+
+def _build_site(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return tmp_path / "site"
+
+
+# Helpers that other modules use but that are not part of the API a reader needs.
+INTERNAL_NAMES = (
+    "deel_lip_ext.layers.padding.int_pair",
+    "deel_lip_ext.layers.padding.check_channels_last",
+    "deel_lip_ext.layers.padding.normalize_padding_2d",
+    "deel_lip_ext.layers.base.check_k_coef_lip",
+    "deel_lip_ext.layers.base.SpectralMixin",
+    "deel_lip_ext.layers.base.KernelBiasMixin",
+    "deel_lip_ext.layers.bcop.DownsamplingConv2DBase",
+    "deel_lip_ext.normalizers.check_normalizer_args",
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install -e .[docs])")
+def test_rendered_api_pages_show_examples_as_code_math_and_public_names_only(tmp_path):
+    """Snag 4 of the newcomer issue: `>>>` examples rendered as nested blockquotes, raw
+    formulas, internal helpers on the API pages, docstring warnings turned off."""
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert "warnings: false" not in config and "pymdownx.arithmatex" in config
+    site = _build_site(tmp_path)
+    api_pages = sorted((site / "api").glob("*/index.html"))
+    assert len(api_pages) == len(list((DOCS / "api").glob("*.md")))
+    highlighted_examples = 0
+    for page in api_pages:
+        html = page.read_text()
+        # A `>>>` line outside a code block is markdown for three nested blockquotes.
+        assert not re.search(r"<blockquote>\s*<blockquote>", html), f"{page.parent.name}: blockquoted >>> example"
+        assert "<p>&gt;&gt;&gt;" not in html and "\n&gt;&gt;&gt; " not in html, page.parent.name
+        highlighted_examples += html.count('<span class="gp">&gt;&gt;&gt; </span>')
+        for name in INTERNAL_NAMES:
+            assert f'id="{name}"' not in html, f"{name} is listed on {page.parent.name}"
+    assert highlighted_examples > 100  # the examples are there, as highlighted code
+    layers = (site / "api" / "layers" / "index.html").read_text()
+    assert 'id="deel_lip_ext.layers.padding.CircularPadding2D"' in layers
+    # Signatures carry their types (the Type column of the parameter tables comes from them).
+    datasets_page = (site / "api" / "datasets" / "index.html").read_text()
+    assert re.search(r"num_train.{0,400}int.{0,40}None", datasets_page, flags=re.DOTALL)
+    # Formulas go through MathJax.
+    home = (site / "index.html").read_text()
+    assert 'class="arithmatex"' in home and "mathjax" in home.lower()
+
+
+def test_home_page_lists_every_module_and_tutorial():
+    home = (DOCS / "index.md").read_text()
+    missing = [
+        str(page.relative_to(DOCS))
+        for page in sorted((DOCS / "api").glob("*.md")) + sorted((DOCS / "tutorials").glob("*.md"))
+        if f"({page.relative_to(DOCS)})" not in home
+    ]
+    assert not missing, f"pages the home page does not link: {missing}"
+
+
+def test_docs_call_plain_pytest_the_fast_suite():
+    for page in [ROOT / "README.md", *PAGES]:
+        assert "the whole suite" not in page.read_text(), page
+
+
+def test_benchmarks_page_has_its_figure_and_no_table_wider_than_eight_columns():
+    page = (DOCS / "benchmarks.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
+    assert figures and all((DOCS / figure).is_file() for figure in figures)
+    for line in page.splitlines():
+        if line.startswith("|"):
+            assert line.count("|") - 1 <= 9, line  # at most 9 columns
+    # No file the reader of the site does not have.
+    assert "ANCHORS" not in page and "shared/" not in page
+
+
+def test_benchmark_plot_script_draws_the_json_of_train_step(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location("plot_train_step", ROOT / "benchmarks" / "plot_train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = [
+        {"workload": "W1", "variant": "plain", "train_step_ms": 10.0, "infer_ms": 4.0, "infer_trainflag_ms": 5.0,
+         "cpu_util": 1.9},
+        {"workload": "W1", "variant": "lip", "train_step_ms": 15.0, "infer_ms": 5.0, "infer_trainflag_ms": 9.0,
+         "infer_export_ms": 6.0, "cpu_util": 1.8},
+        {"workload": "W2", "variant": "lip", "error": "killed"},
+    ]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"meta": {"date": "2026-01-01", "machine": "test"}, "results": rows}))
+    meta, by_workload = module.load_rows(path)
+    assert set(by_workload) == {"W1"}
+    assert module.bars(by_workload["W1"]) == [
+        ("training step", 10.0, 15.0), ("inference", 4.0, 5.0), ("forward, training=True", 5.0, 9.0),
+        ("exported inference", 4.0, 6.0),
+    ]
+    assert module.main([str(path), str(tmp_path / "plot.png")]) == 0
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The figure of the docs page is drawn from the JSON file kept beside the script.
+    kept = ROOT / "benchmarks" / "results" / "train_step_W1.json"
+    assert kept.is_file() and module.load_rows(kept)[1]
+
+
+def test_documented_exports_are_quiet():
+    """`model.export` prints the SavedModel's capture list unless `verbose=False`."""
+    for page in [ROOT / "README.md", *PAGES, *sorted((ROOT / "demos").glob("*.py"))]:
+        for line in page.read_text().splitlines():
+            if re.search(r"\.export\(", line) and "def " not in line:
+                assert "verbose=False" in line, f"{page.name}: {line.strip()}"

@@ -22,12 +22,16 @@ Channel pairing conventions (they matter when porting weights):
   pair, i.e. `MaxMinHalves` with the two halves swapped.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers._xla import compiled_by_xla
 from deel_lip_ext.layers.base import LipschitzLayer
@@ -39,7 +43,7 @@ __all__ = ["GroupSort", "GroupSort2", "FullSort", "MaxMin", "MaxMinHalves", "CRe
 class _ChannelActivation(LipschitzLayer, keras.layers.Layer):
     """Plumbing shared by the activations: k, channels-last check, config, last-axis size."""
 
-    def __init__(self, k_coef_lip=1.0, data_format="channels_last", **kwargs):
+    def __init__(self, k_coef_lip: float = 1.0, data_format: str = "channels_last", **kwargs: Any):
         super().__init__(**kwargs)
         self._init_lipschitz(k_coef_lip)
         self.data_format = check_channels_last(data_format)
@@ -156,18 +160,20 @@ class GroupSort(_ChannelActivation):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> layer = GroupSort(n=2)
         >>> layer(keras.ops.convert_to_tensor([[3.0, 1.0, -1.0, 2.0]]))  # [[1, 3, -1, 2]]
     """
 
-    def __init__(self, n=None, k_coef_lip=1.0, data_format="channels_last", **kwargs):
+    def __init__(
+        self, n: int | None = None, k_coef_lip: float = 1.0, data_format: str = "channels_last", **kwargs: Any
+    ) -> None:
         super().__init__(k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
         if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
             raise ValueError(f"n must be None (full sort) or an int >= 1, got {n!r}.")
         self.n = None if n is None else int(n)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels = self._channels(input_shape)
         if self.n is not None and channels % self.n:
             raise ValueError(
@@ -177,7 +183,7 @@ class GroupSort(_ChannelActivation):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: channels})
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         if self.group_size == 1:
             return _scale(inputs, self.k_coef_lip)
         if self.group_size == 2:
@@ -188,7 +194,7 @@ class GroupSort(_ChannelActivation):
         groups = ops.reshape(inputs, (-1, self.group_size))
         return _scale(ops.reshape(ops.sort(groups, axis=-1), shape), self.k_coef_lip)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["n"] = self.n
         return config
@@ -201,11 +207,11 @@ class GroupSort2(GroupSort):
     Args:
         **kwargs: `GroupSort` arguments except `n` (k_coef_lip, name, ...).
 
-    Example:
+    Examples:
         >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), GroupSort2()])
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.pop("n", None)
         super().__init__(n=2, **kwargs)
 
@@ -217,11 +223,11 @@ class FullSort(GroupSort):
     Args:
         **kwargs: `GroupSort` arguments except `n` (k_coef_lip, name, ...).
 
-    Example:
+    Examples:
         >>> FullSort()(keras.ops.convert_to_tensor([[3.0, 1.0, 2.0]]))  # [[1, 2, 3]]
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.pop("n", None)
         super().__init__(n=None, **kwargs)
 
@@ -245,12 +251,12 @@ class MaxMinHalves(_ChannelActivation):
         >>> MaxMinHalves()(keras.ops.convert_to_tensor([[1.0, 5.0, 3.0, 2.0]]))  # [[3, 5, 1, 2]]
     """
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels = self._check_even_channels(input_shape)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: channels})
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         return ops.reshape(_max_min_halves(_as_halves(inputs), self.k_coef_lip), ops.shape(inputs))
 
 
@@ -271,16 +277,16 @@ class CReLU(_ChannelActivation):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> CReLU()(keras.ops.convert_to_tensor([[1.0, -2.0]]))  # [[1, 0, 0, 2]]
     """
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         shape = ops.shape(inputs)
         outputs = _crelu(ops.reshape(inputs, (-1, inputs.shape[-1])), self.k_coef_lip)
         return ops.reshape(outputs, (*shape[:-1], 2 * inputs.shape[-1]))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         channels = input_shape[-1]
         return (*input_shape[:-1], None if channels is None else 2 * channels)
 
@@ -324,29 +330,35 @@ class Householder(_ChannelActivation):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), Householder()])
     """
 
-    def __init__(self, theta_initializer=None, k_coef_lip=1.0, data_format="channels_last", **kwargs):
+    def __init__(
+        self,
+        theta_initializer: str | keras.initializers.Initializer | None = None,
+        k_coef_lip: float = 1.0,
+        data_format: str = "channels_last",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
         self.theta_initializer = keras.initializers.get(
             theta_initializer if theta_initializer is not None else keras.initializers.Constant(math.pi / 2)
         )
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels = self._check_even_channels(input_shape)
         self.theta = self.add_weight(name="theta", shape=(channels // 2,), initializer=self.theta_initializer)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: channels})
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         # A tensor, not the Keras variable: tf.function traces tensors, variables it would try to read as numpy.
         theta = ops.cast(self.theta, inputs.dtype)
         outputs = _householder(_as_halves(inputs), theta, self.k_coef_lip)
         return ops.reshape(outputs, ops.shape(inputs))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["theta_initializer"] = keras.initializers.serialize(self.theta_initializer)
         return config

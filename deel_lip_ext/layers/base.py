@@ -17,18 +17,21 @@ recomputes the kernel whenever any of them differs from its snapshot (after a
 training step, `load_weights`, `set_weights`, an `assign` by hand, ...).
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext import normalizers
 
 __all__ = ["check_k_coef_lip", "LipschitzLayer", "ParametrizedLayer", "SpectralMixin", "KernelBiasMixin"]
 
 
-def check_k_coef_lip(k_coef_lip):
+def check_k_coef_lip(k_coef_lip: float):
     """Return `k_coef_lip` as a float, or raise `ValueError` if it is not > 0 and finite."""
     if isinstance(k_coef_lip, bool) or not isinstance(k_coef_lip, numbers.Real):
         raise ValueError(f"k_coef_lip must be a positive number, got {k_coef_lip!r}.")
@@ -48,7 +51,7 @@ class LipschitzLayer:
     def _init_lipschitz(self, k_coef_lip):
         self.k_coef_lip = check_k_coef_lip(k_coef_lip)
 
-    def set_klip_factor(self, k_coef_lip):
+    def set_klip_factor(self, k_coef_lip: float):
         """Set the layer's Lipschitz constant (before the layer is built)."""
         if getattr(self, "built", False):
             raise RuntimeError(
@@ -60,9 +63,13 @@ class LipschitzLayer:
     def vanilla_export(self):
         """Plain layers computing the same function (a list, usually of one layer).
 
-        Parameter-free layers export a fresh copy of themselves.
+        Layers without a plain Keras equivalent export a copy of themselves, with a
+        copy of their weights when they have any (e.g. `Householder`'s angles).
         """
         clone = self.__class__.from_config(self.get_config())
+        if self.weights:
+            clone.build(**self._build_shapes_dict)
+            clone.set_weights(self.get_weights())
         return [clone]
 
 
@@ -83,7 +90,7 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     and call `self.build_kernel_cache(kernel_shape)` at the end of `build`.
     """
 
-    def build_kernel_cache(self, kernel_shape):
+    def build_kernel_cache(self, kernel_shape: tuple[int, ...]):
         self._cached_kernel = self.add_weight(
             name="cached_kernel", shape=kernel_shape, initializer="zeros", trainable=False, dtype="float32"
         )
@@ -97,13 +104,13 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
             name="cache_valid", shape=(), initializer="zeros", trainable=False, dtype="float32"
         )
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         raise NotImplementedError
 
     def kernel_dependencies(self):
         raise NotImplementedError
 
-    def plain_layers(self, kernel):
+    def plain_layers(self, kernel: ArrayLike):
         raise NotImplementedError
 
     def effective_kernel(self):
@@ -112,7 +119,7 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
             raise RuntimeError(f"Layer {self.name!r} must be built before its kernel exists.")
         return self.compute_kernel(training=False)[0]
 
-    def kernel_for_call(self, training=None):
+    def kernel_for_call(self, training: bool | None = None):
         """Kernel to use in `call`, cast to the compute dtype.
 
         Training recomputes it (with gradient) and stores the parametrization

@@ -25,9 +25,14 @@ inference reads a cached kernel (see `ParametrizedLayer`).
 comparison convolutions (`deel_lip_ext.layers.conv_baselines`).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.convolutional import LipschitzConv2DBase, circular_pad_widths, conv_lipschitz_coefficient
 from deel_lip_ext.layers.dense import LipschitzDenseBase
@@ -70,11 +75,14 @@ class StackedOrthogonal(keras.initializers.Orthogonal):
         gain: multiplicative factor.
         seed: int or `keras.random.SeedGenerator`.
 
-    Example:
-    >>> stack = StackedOrthogonal(seed=0)((5, 8, 8))  # five 8 x 8 orthogonal matrices
+    Examples:
+        >>> stack = StackedOrthogonal(seed=0)((5, 8, 8))  # five 8 x 8 orthogonal matrices
     """
 
-    def __call__(self, shape, dtype=None):
+    def __init__(self, gain: float = 1.0, seed: int | None = None) -> None:
+        super().__init__(gain=gain, seed=seed)
+
+    def __call__(self, shape: tuple[int, ...], dtype: str | None = None):
         if len(shape) < 2:
             raise ValueError(f"StackedOrthogonal needs a shape of rank >= 2, got {shape}.")
         *batch, rows, cols = shape
@@ -95,7 +103,7 @@ def _normalize(x, eps=1e-12):
     return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), eps))
 
 
-def batched_bjorck(matrices, iterations=BCOP_BJORCK_ITERATIONS, beta=0.5):
+def batched_bjorck(matrices: ArrayLike, iterations: int = BCOP_BJORCK_ITERATIONS, beta: float = 0.5):
     """Björck-Bowie orthonormalization (order 1, fixed iterations) of every matrix of a stack.
 
     Iterates `W <- (1 + beta) W - beta W W^T W` with the Gram product on the
@@ -107,8 +115,8 @@ def batched_bjorck(matrices, iterations=BCOP_BJORCK_ITERATIONS, beta=0.5):
         iterations: number of unrolled iterations.
         beta: step.
 
-    Example:
-    >>> orthonormal = batched_bjorck(stack / 2.0, iterations=20)
+    Examples:
+        >>> orthonormal = batched_bjorck(stack / 2.0, iterations=20)
     """
     tall = matrices.shape[-2] >= matrices.shape[-1]
     w = matrices
@@ -120,7 +128,9 @@ def batched_bjorck(matrices, iterations=BCOP_BJORCK_ITERATIONS, beta=0.5):
     return w
 
 
-def batched_power_iteration(matrices, vectors, iterations=BCOP_POWER_ITERATIONS):
+def batched_power_iteration(
+    matrices: ArrayLike, vectors: ArrayLike, iterations: int = BCOP_POWER_ITERATIONS
+) -> tuple[Any, Any]:
     """Largest singular values of a stack (b, m, n) by power iteration, without gradient.
 
     Args:
@@ -141,12 +151,12 @@ def batched_power_iteration(matrices, vectors, iterations=BCOP_POWER_ITERATIONS)
 
 
 def orthonormalize_stack(
-    matrices,
-    vectors,
-    bjorck_iterations=BCOP_BJORCK_ITERATIONS,
-    power_iterations=BCOP_POWER_ITERATIONS,
-    dtype="float32",
-):
+    matrices: ArrayLike,
+    vectors: ArrayLike,
+    bjorck_iterations: int = BCOP_BJORCK_ITERATIONS,
+    power_iterations: int = BCOP_POWER_ITERATIONS,
+    dtype: str = "float32",
+) -> tuple[Any, Any]:
     """The BCOP code's orthonormalization of a stack (b, m, n) of raw matrices, in `dtype` (float32).
 
     Each matrix is divided by its power-iteration estimate of sigma_max (no
@@ -157,8 +167,8 @@ def orthonormalize_stack(
         `(orthonormal, vectors)`: the stack with orthonormal columns (rows if
         wide) and the new power-iteration vectors (b, n).
 
-    Example:
-    >>> orthonormal, v = orthonormalize_stack(raw, v)
+    Examples:
+        >>> orthonormal, v = orthonormalize_stack(raw, v)
     """
     matrices = ops.cast(matrices, dtype)
     sigma, vectors = batched_power_iteration(matrices, ops.cast(vectors, dtype), power_iterations)
@@ -172,10 +182,10 @@ class OrthonormalStackMixin:
     `BCOPConv2D` orthonormalizes its 2k - 1 raw matrices; `BjorckDense` and
     `RKOConv2D` their kernel as one (fan_in, units) matrix (the default).
 
-    Example:
-    >>> layer = BjorckDense(8)
-    >>> layer.build((None, 16))
-    >>> orthonormal, vectors = layer.orthonormal_matrices()  # (1, 16, 8), (1, 8)
+    Examples:
+        >>> layer = BjorckDense(8)
+        >>> layer.build((None, 16))
+        >>> orthonormal, vectors = layer.orthonormal_matrices()  # (1, 16, 8), (1, 8)
     """
 
     def _init_orthonormalization(self, bjorck_iterations, power_iterations):
@@ -207,7 +217,7 @@ class OrthonormalStackMixin:
         """`(orthonormal stack, new power vectors)` of the current raw matrices (float32)."""
         return orthonormalize_stack(self.raw_stack(), self.power_vectors, self.bjorck_iterations, self.power_iterations)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update({"bjorck_iterations": self.bjorck_iterations, "power_iterations": self.power_iterations})
         return config
@@ -232,7 +242,7 @@ def _block_convolve(kernel, frame, axis, side):
     return previous + projected
 
 
-def bcop_kernel(orthogonal, kernel_size, in_channels, out_channels):
+def bcop_kernel(orthogonal: bool, kernel_size: int | tuple[int, int], in_channels: int, out_channels: int) -> Any:
     """The BCOP kernel (kh, kw, c_in, c_out) of a stack of orthogonal c x c matrices.
 
     Args:
@@ -240,14 +250,15 @@ def bcop_kernel(orthogonal, kernel_size, in_channels, out_channels):
             H, then the kh - 1 vertical and kw - 1 horizontal projector frames
             (their first floor(c/2) columns).
         kernel_size: (kh, kw).
-        in_channels, out_channels: c_in and c_out.
+        in_channels: c_in, the input channels.
+        out_channels: c_out, the output channels.
 
     Returns:
         A Keras kernel whose circular convolution is an isometry
         (c_in <= c_out) or a co-isometry (c_in > c_out).
 
-    Example:
-    >>> kernel = bcop_kernel(orthonormal_stack, (3, 3), 16, 32)
+    Examples:
+        >>> kernel = bcop_kernel(orthonormal_stack, (3, 3), 16, 32)
     """
     kh, kw = kernel_size
     channels = orthogonal.shape[-1]
@@ -283,7 +294,14 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
     and implement the `ParametrizedLayer` contract.
     """
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="circular", **kwargs):
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "circular",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(filters, kernel_size, strides=strides, padding=padding, **kwargs)
         for kernel, stride in zip(self.kernel_size, self.strides):
             if stride > kernel:
@@ -301,7 +319,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
         if self.strides != (1, 1):
             self.downsampling = InvertibleDownSampling(self.strides, name=f"{self.name}_downsampling")
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         height, width, channels = input_shape[1:]
         if channels is None or channels < 1:
             raise ValueError(
@@ -346,7 +364,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
                         f"got {self.input_spatial_size}."
                     )
 
-    def build_raw_weights(self, kernel_shape):
+    def build_raw_weights(self, kernel_shape: tuple[int, ...]):
         """Create the raw variables (default: a raw `kernel` of the stride-1 kernel's shape)."""
         self.kernel = self._add_raw_kernel(kernel_shape)
 
@@ -358,7 +376,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
             return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in self.conv_kernel_size)
         return ((0, 0), (0, 0))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: ArrayLike, training: bool | None = None):
         if self.downsampling is not None:
             inputs = self.downsampling(inputs)
         padding = self.padding
@@ -368,7 +386,7 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
         outputs = ops.conv(inputs, self.kernel_for_call(training), strides=1, padding=padding)
         return self._bias_and_activation(outputs)
 
-    def plain_layers(self, kernel):
+    def plain_layers(self, kernel: ArrayLike):
         layers = []
         if self.downsampling is not None:
             layers.append(InvertibleDownSampling(self.strides, name=f"{self.name}_downsampling"))
@@ -460,28 +478,28 @@ class BCOPConv2D(OrthonormalStackMixin, DownsamplingConv2DBase):
         kernel_initializer: initializer of the raw (kh + kw - 1, c, c)
             matrices; `StackedOrthogonal` by default (needed for Björck to
             converge in 20 iterations).
-        (use_bias, bias_initializer, activation, regularizers and
-            constraints as `keras.layers.Conv2D`; the activation must be
-            1-Lipschitz for the layer to stay so)
+        **kwargs: `use_bias`, `bias_initializer`, `activation`, regularizers and
+            constraints as in `keras.layers.Conv2D`; the activation must be
+            1-Lipschitz for the layer to stay so.
 
-    Example:
-    >>> conv = BCOPConv2D(32, 4, strides=2)  # downsampling by 2, then a 2 x 2 orthogonal conv
-    >>> y = conv(keras.random.normal((8, 32, 32, 3)))  # (8, 16, 16, 32)
-    >>> down, pad, plain = conv.vanilla_export()  # InvertibleDownSampling, CircularPadding2D, Conv2D
+    Examples:
+        >>> conv = BCOPConv2D(32, 4, strides=2)  # downsampling by 2, then a 2 x 2 orthogonal conv
+        >>> y = conv(keras.random.normal((8, 32, 32, 3)))  # (8, 16, 16, 32)
+        >>> down, pad, plain = conv.vanilla_export()  # InvertibleDownSampling, CircularPadding2D, Conv2D
     """
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="circular",
-        k_coef_lip=1.0,
-        bjorck_iterations=BCOP_BJORCK_ITERATIONS,
-        power_iterations=BCOP_POWER_ITERATIONS,
-        kernel_initializer=None,
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "circular",
+        k_coef_lip: float = 1.0,
+        bjorck_iterations: int = BCOP_BJORCK_ITERATIONS,
+        power_iterations: int = BCOP_POWER_ITERATIONS,
+        kernel_initializer: str | keras.initializers.Initializer | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             filters,
             kernel_size,
@@ -493,7 +511,7 @@ class BCOPConv2D(OrthonormalStackMixin, DownsamplingConv2DBase):
         )
         self._init_orthonormalization(bjorck_iterations, power_iterations)
 
-    def build_raw_weights(self, kernel_shape):
+    def build_raw_weights(self, kernel_shape: tuple[int, ...]):
         kh, kw, in_channels, out_channels = kernel_shape
         channels = max(in_channels, out_channels)
         self.raw_matrices = self._add_raw_kernel((kh + kw - 1, channels, channels), name="raw_matrices")
@@ -504,7 +522,7 @@ class BCOPConv2D(OrthonormalStackMixin, DownsamplingConv2DBase):
     def raw_stack(self):
         return self.raw_matrices
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         orthonormal, vectors = self.orthonormal_matrices()
         kernel = bcop_kernel(orthonormal, self.conv_kernel_size, self.conv_input_shape[2], self.filters)
         return kernel * self.k_coef_lip, [(self.power_vectors, vectors)]
@@ -531,25 +549,25 @@ class BjorckDense(OrthonormalStackMixin, LipschitzDenseBase):
         bjorck_iterations: fixed Björck iterations (20).
         power_iterations: power iterations of the pre-scaling (10).
         kernel_initializer: orthogonal by default (Björck starts converged).
-        (other arguments as `keras.layers.Dense`)
+        **kwargs: other arguments of `keras.layers.Dense`.
 
-    Example:
-    >>> head = BjorckDense(10, use_bias=False)
-    >>> logits = head(keras.random.normal((4, 100)))
+    Examples:
+        >>> head = BjorckDense(10, use_bias=False)
+        >>> logits = head(keras.random.normal((4, 100)))
     """
 
     def __init__(
         self,
-        units,
-        k_coef_lip=1.0,
-        bjorck_iterations=BCOP_BJORCK_ITERATIONS,
-        power_iterations=BCOP_POWER_ITERATIONS,
-        kernel_initializer="orthogonal",
-        **kwargs,
-    ):
+        units: int,
+        k_coef_lip: float = 1.0,
+        bjorck_iterations: int = BCOP_BJORCK_ITERATIONS,
+        power_iterations: int = BCOP_POWER_ITERATIONS,
+        kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(units, k_coef_lip=k_coef_lip, kernel_initializer=kernel_initializer, **kwargs)
         self._init_orthonormalization(bjorck_iterations, power_iterations)
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         orthonormal, vectors = self.orthonormal_matrices()
         return orthonormal[0] * self.k_coef_lip, [(self.power_vectors, vectors)]

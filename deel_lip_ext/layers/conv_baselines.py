@@ -18,11 +18,17 @@ downsampling followed by a stride-1 convolution, circular padding by default.
   (`deel_lip_ext.utils.model_lipschitz_bound` measures it).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.bcop import (
+
     BCOP_BJORCK_ITERATIONS,
     BCOP_POWER_ITERATIONS,
     DownsamplingConv2DBase,
@@ -67,25 +73,29 @@ class OSSNConv2D(DownsamplingConv2DBase):
     Its cost grows with the image size, unlike BCOP's.
 
     Args:
-        filters, kernel_size, strides, padding, k_coef_lip: as `BCOPConv2D`.
+        filters: as `BCOPConv2D`.
+        kernel_size: as `BCOPConv2D`.
+        strides: as `BCOPConv2D`.
+        padding: as `BCOPConv2D`.
+        k_coef_lip: as `BCOPConv2D`.
         power_iterations: iterations per call (10, as in the BCOP paper).
-        (other arguments as `keras.layers.Conv2D`)
+        **kwargs: other arguments of `keras.layers.Conv2D`.
 
-    Example:
-    >>> conv = OSSNConv2D(16, 3)
-    >>> y = conv(keras.random.normal((2, 16, 16, 3)))
+    Examples:
+        >>> conv = OSSNConv2D(16, 3)
+        >>> y = conv(keras.random.normal((2, 16, 16, 3)))
     """
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="circular",
-        k_coef_lip=1.0,
-        power_iterations=BCOP_POWER_ITERATIONS,
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "circular",
+        k_coef_lip: float = 1.0,
+        power_iterations: int = BCOP_POWER_ITERATIONS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(filters, kernel_size, strides=strides, padding=padding, k_coef_lip=k_coef_lip, **kwargs)
         self.power_iterations = _check_iterations(power_iterations, "power_iterations")
 
@@ -123,7 +133,7 @@ class OSSNConv2D(DownsamplingConv2DBase):
 
         return forward, backward
 
-    def spectral_norm_estimate(self, kernel=None):
+    def spectral_norm_estimate(self, kernel: ArrayLike | None = None):
         """`(sigma, new_u)`: power-iteration estimate of the operator norm (differentiable in the kernel)."""
         kernel = ops.cast(self.kernel if kernel is None else kernel, "float32")
         forward_sg, backward_sg = self._operator_and_adjoint(ops.stop_gradient(kernel))
@@ -135,12 +145,12 @@ class OSSNConv2D(DownsamplingConv2DBase):
         forward, _ = self._operator_and_adjoint(kernel)
         return ops.sum(u * forward(v)), u
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         kernel = ops.cast(self.kernel, "float32")
         sigma, u = self.spectral_norm_estimate(kernel)
         return kernel * (self.k_coef_lip / ops.maximum(sigma, 1.0)), [(self.u, u)]
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["power_iterations"] = self.power_iterations
         return config
@@ -158,36 +168,43 @@ class RKOConv2D(OrthonormalStackMixin, DownsamplingConv2DBase):
     many singular values of the operator end well below 1.
 
     Args:
-        filters, kernel_size, strides, padding, k_coef_lip: as `BCOPConv2D`.
-        bjorck_iterations, power_iterations: as `BCOPConv2D` (20 and 10).
-        (other arguments as `keras.layers.Conv2D`)
+        filters: as `BCOPConv2D`.
+        kernel_size: as `BCOPConv2D`.
+        strides: as `BCOPConv2D`.
+        padding: as `BCOPConv2D`.
+        k_coef_lip: as `BCOPConv2D`.
+        bjorck_iterations: as `BCOPConv2D` (20 and 10).
+        power_iterations: as `BCOPConv2D` (20 and 10).
+        **kwargs: other arguments of `keras.layers.Conv2D`.
 
-    Example:
-    >>> conv = RKOConv2D(16, 3)
-    >>> y = conv(keras.random.normal((2, 16, 16, 3)))
+    Examples:
+        >>> conv = RKOConv2D(16, 3)
+        >>> y = conv(keras.random.normal((2, 16, 16, 3)))
     """
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="circular",
-        k_coef_lip=1.0,
-        bjorck_iterations=BCOP_BJORCK_ITERATIONS,
-        power_iterations=BCOP_POWER_ITERATIONS,
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "circular",
+        k_coef_lip: float = 1.0,
+        bjorck_iterations: int = BCOP_BJORCK_ITERATIONS,
+        power_iterations: int = BCOP_POWER_ITERATIONS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(filters, kernel_size, strides=strides, padding=padding, k_coef_lip=k_coef_lip, **kwargs)
         self._init_orthonormalization(bjorck_iterations, power_iterations)
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         orthonormal, vectors = self.orthonormal_matrices()
         kernel = ops.reshape(orthonormal, self.kernel.shape)
         return kernel * (self.lipschitz_coefficient * self.k_coef_lip), [(self.power_vectors, vectors)]
 
 
-def clip_and_mask(kernel, input_size, max_singular_value=1.0, iterations=50):
+def clip_and_mask(
+    kernel: ArrayLike, input_size: int | tuple[int, int], max_singular_value: float = 1.0, iterations: int = 50
+) -> np.ndarray:
     """Sedghi et al.'s projection of a conv kernel: clip the operator's singular values, crop to the support.
 
     Each iteration takes the kernel's symbol on the n_h x n_w torus (FFT),
@@ -205,8 +222,8 @@ def clip_and_mask(kernel, input_size, max_singular_value=1.0, iterations=50):
     Returns:
         The projected kernel (numpy float64).
 
-    Example:
-    >>> projected = clip_and_mask(kernel, (16, 16), iterations=50)
+    Examples:
+        >>> projected = clip_and_mask(kernel, (16, 16), iterations=50)
     """
     kernel = np.asarray(kernel, dtype=np.float64)
     kh, kw = kernel.shape[:2]
@@ -234,28 +251,31 @@ class SVCMConv2D(DownsamplingConv2DBase):
     norm, `lipschitz_sv()` or `deel_lip_ext.utils.model_lipschitz_bound`.
 
     Args:
-        filters, kernel_size, strides, padding: as `BCOPConv2D`.
+        filters: as `BCOPConv2D`.
+        kernel_size: as `BCOPConv2D`.
+        strides: as `BCOPConv2D`.
+        padding: as `BCOPConv2D`.
         k_coef_lip: clipping level of the projection.
         num_projections: clip-and-crop rounds per projection (50).
         kernel_initializer: "glorot_uniform" (the kernel is unconstrained).
-        (other arguments as `keras.layers.Conv2D`)
+        **kwargs: other arguments of `keras.layers.Conv2D`.
 
-    Example:
-    >>> conv = SVCMConv2D(16, 3)
-    >>> model.fit(x, y, callbacks=[SVCMProjection(every_n_steps=100)])
+    Examples:
+        >>> conv = SVCMConv2D(16, 3)
+        >>> model.fit(x, y, callbacks=[SVCMProjection(every_n_steps=100)])
     """
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="circular",
-        k_coef_lip=1.0,
-        num_projections=50,
-        kernel_initializer="glorot_uniform",
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "circular",
+        k_coef_lip: float = 1.0,
+        num_projections: int = 50,
+        kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             filters,
             kernel_size,
@@ -286,10 +306,10 @@ class SVCMConv2D(DownsamplingConv2DBase):
     def kernel_dependencies(self):
         return [self.kernel]
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         return ops.cast(self.kernel, "float32"), []
 
-    def project(self, num_projections=None):
+    def project(self, num_projections: int | None = None):
         """Clip and mask the kernel now (eagerly, in float64); returns the measured norm afterwards."""
         projected = clip_and_mask(
             ops.convert_to_numpy(self.kernel),
@@ -300,7 +320,7 @@ class SVCMConv2D(DownsamplingConv2DBase):
         self.kernel.assign(projected.astype(self.kernel.dtype))
         return self.lipschitz_sv()[1]
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["num_projections"] = self.num_projections
         return config
@@ -319,11 +339,11 @@ class SVCMProjection(keras.callbacks.Callback):
         every_n_steps: projection period in batches (100 in the BCOP paper).
         on_epoch_end: also project after the last batch of each epoch.
 
-    Example:
-    >>> model.fit(x, y, epochs=10, callbacks=[SVCMProjection(every_n_steps=100)])
+    Examples:
+        >>> model.fit(x, y, epochs=10, callbacks=[SVCMProjection(every_n_steps=100)])
     """
 
-    def __init__(self, every_n_steps=100, on_epoch_end=True):
+    def __init__(self, every_n_steps: int = 100, on_epoch_end: bool = True) -> None:
         super().__init__()
         self.every_n_steps = _check_iterations(every_n_steps, "every_n_steps")
         self.project_on_epoch_end = bool(on_epoch_end)
@@ -335,13 +355,13 @@ class SVCMProjection(keras.callbacks.Callback):
             if isinstance(layer, SVCMConv2D) and layer.built:
                 self.measured_norms[layer.name] = layer.project()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None):
         if batch % self.every_n_steps == 0:
             self.project()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
         if self.project_on_epoch_end:
             self.project()
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"every_n_steps": self.every_n_steps, "on_epoch_end": self.project_on_epoch_end}

@@ -1,6 +1,6 @@
 """k-Lipschitz 2-D convolutions: `SpectralConv2D` and `FrobeniusConv2D`.
 
-Both constrain the reshaped kernel matrix W (kh*kw*c_in, c_out) to spectral
+Both constrain the reshaped kernel matrix W `(kh * kw * c_in, c_out)` to spectral
 norm <= 1, then multiply by a correction coefficient that makes the
 *convolution operator* k-Lipschitz for the padding the layer really uses:
 
@@ -16,11 +16,16 @@ deel-lip uses, for "same" zero padding, the *average* overlap; that is not an
 upper bound (a 3x3 kernel on a 28x28 input reaches 1.016 > 1), so we do not.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer, SpectralMixin
@@ -31,12 +36,12 @@ __all__ = ["SpectralConv2D", "FrobeniusConv2D", "overlap_counts", "conv_lipschit
 PADDINGS = ("same", "valid", "circular")
 
 
-def circular_pad_widths(kernel_size):
+def circular_pad_widths(kernel_size: int | tuple[int, int]):
     """((top, bottom), (left, right)) wrap-around pads of a circular conv: k//2 before, k-1-k//2 after."""
     return tuple((k // 2, k - 1 - k // 2) for k in kernel_size)
 
 
-def overlap_counts(size, kernel, stride, padding):
+def overlap_counts(size: int, kernel: ArrayLike, stride: int, padding: str) -> np.ndarray | None:
     """For each input index along one axis, how many output windows cover it.
 
     Args:
@@ -68,7 +73,9 @@ def overlap_counts(size, kernel, stride, padding):
     return counts
 
 
-def conv_lipschitz_coefficient(input_size, kernel_size, strides, padding):
+def conv_lipschitz_coefficient(
+    input_size: int | tuple[int, int], kernel_size: int | tuple[int, int], strides: int | tuple[int, int], padding: str
+):
     """1/sqrt(max overlap): makes a conv with a spectrally normalized reshaped kernel 1-Lipschitz.
 
     Exact (for this bound) at the given input size; when a spatial size is
@@ -92,25 +99,25 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="same",
-        data_format=None,
-        dilation_rate=(1, 1),
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="orthogonal",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        k_coef_lip=1.0,
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "same",
+        data_format: str | None = None,
+        dilation_rate: int | tuple[int, int] = (1, 1),
+        groups: int = 1,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
+        k_coef_lip: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"filters must be a positive integer, got {filters!r}.")
@@ -139,7 +146,7 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
         )
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         height, width, channels = input_shape[1], input_shape[2], input_shape[3]
         if channels is None:
             raise ValueError(f"{self.__class__.__name__} needs a known channel dimension, got {input_shape}.")
@@ -166,7 +173,7 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
     def build_parametrization_state(self):
         """Create the non-trainable state of the parametrization (none by default)."""
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: ArrayLike, training: bool | None = None):
         padding = self.padding
         if padding == "circular":
             inputs = circular_pad(inputs, circular_pad_widths(self.kernel_size))
@@ -174,7 +181,7 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
         outputs = ops.conv(inputs, self.kernel_for_call(training), strides=self.strides, padding=padding)
         return self._bias_and_activation(outputs)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         sizes = []
         for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides):
             if size is None:
@@ -185,7 +192,7 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
                 sizes.append(-(-size // s))
         return (input_shape[0], *sizes, self.filters)
 
-    def plain_layers(self, kernel):
+    def plain_layers(self, kernel: ArrayLike):
         layers = []
         in_shape = (None, *self.input_spatial_size, kernel.shape[2])
         padding = self.padding
@@ -209,7 +216,7 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
         layers.append(conv)
         return layers
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update(
             {
@@ -227,7 +234,7 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
 class SpectralConv2D(SpectralMixin, LipschitzConv2DBase):
     """2-D convolution that is k-Lipschitz for its own padding and stride.
 
-    The reshaped kernel (kh*kw*c_in, filters) is orthonormalized (RKO:
+    The reshaped kernel `(kh * kw * c_in, filters)` is orthonormalized (RKO:
     power iteration + Björck), then scaled by k / sqrt(max overlap), the exact
     correction for this input size, stride and padding (see the module
     docstring). The layer is k-Lipschitz but not orthogonal; use `BCOPConv2D`
@@ -239,30 +246,33 @@ class SpectralConv2D(SpectralMixin, LipschitzConv2DBase):
         strides: int or pair.
         padding: "same" (zero), "valid" or "circular" (wrap-around).
         k_coef_lip: Lipschitz constant of the layer.
-        eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral,
-            maxiter_bjorck: as in `SpectralDense`.
-        (other arguments as `keras.layers.Conv2D`; dilation and groups must be 1)
+        eps_spectral: as in `SpectralDense`.
+        eps_bjorck: as in `SpectralDense`.
+        beta_bjorck: as in `SpectralDense`.
+        maxiter_spectral: as in `SpectralDense`.
+        maxiter_bjorck: as in `SpectralDense`.
+        **kwargs: other arguments of `keras.layers.Conv2D` (dilation and groups must be 1).
 
-    Example:
-    >>> conv = SpectralConv2D(16, 3, padding="circular")
-    >>> y = conv(keras.random.normal((2, 28, 28, 1)))
-    >>> pad, plain = conv.vanilla_export()  # CircularPadding2D + keras Conv2D
+    Examples:
+        >>> conv = SpectralConv2D(16, 3, padding="circular")
+        >>> y = conv(keras.random.normal((2, 28, 28, 1)))
+        >>> pad, plain = conv.vanilla_export()  # CircularPadding2D + keras Conv2D
     """
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="same",
-        k_coef_lip=1.0,
-        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral=normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck=normalizers.DEFAULT_MAXITER_BJORCK,
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "same",
+        k_coef_lip: float = 1.0,
+        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(filters, kernel_size, strides=strides, padding=padding, k_coef_lip=k_coef_lip, **kwargs)
         self._init_spectral(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
 
@@ -272,10 +282,10 @@ class SpectralConv2D(SpectralMixin, LipschitzConv2DBase):
     def kernel_dependencies(self):
         return [self.kernel, self.u]
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         return self._spectral_kernel(self.lipschitz_coefficient * self.k_coef_lip)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update(self._spectral_config())
         return config
@@ -290,15 +300,19 @@ class FrobeniusConv2D(LipschitzConv2DBase):
     channel (the reshaped matrix is then a vector).
 
     Args:
-        filters, kernel_size, strides, padding, k_coef_lip: as `SpectralConv2D`.
+        filters: as `SpectralConv2D`.
+        kernel_size: as `SpectralConv2D`.
+        strides: as `SpectralConv2D`.
+        padding: as `SpectralConv2D`.
+        k_coef_lip: as `SpectralConv2D`.
 
-    Example:
-    >>> conv = FrobeniusConv2D(1, 3, padding="same")
+    Examples:
+        >>> conv = FrobeniusConv2D(1, 3, padding="same")
     """
 
     def kernel_dependencies(self):
         return [self.kernel]
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         kernel = normalizers.frobenius_normalization(ops.cast(self.kernel, "float32"))
         return kernel * (self.lipschitz_coefficient * self.k_coef_lip), []

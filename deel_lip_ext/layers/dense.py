@@ -1,7 +1,13 @@
 """k-Lipschitz dense layers: `SpectralDense` (orthogonal) and `FrobeniusDense`."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer, SpectralMixin
@@ -19,19 +25,19 @@ class LipschitzDenseBase(KernelBiasMixin, ParametrizedLayer):
 
     def __init__(
         self,
-        units,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="orthogonal",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        k_coef_lip=1.0,
-        **kwargs,
-    ):
+        units: int,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
+        k_coef_lip: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ValueError(f"units must be a positive integer, got {units!r}.")
@@ -49,7 +55,7 @@ class LipschitzDenseBase(KernelBiasMixin, ParametrizedLayer):
         )
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         input_dim = input_shape[-1]
         if input_dim is None:
             raise ValueError(f"{self.__class__.__name__} needs a known last input dimension, got {input_shape}.")
@@ -61,14 +67,14 @@ class LipschitzDenseBase(KernelBiasMixin, ParametrizedLayer):
     def build_parametrization_state(self):
         """Create the non-trainable state of the parametrization (none by default)."""
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: ArrayLike, training: bool | None = None):
         outputs = ops.matmul(inputs, self.kernel_for_call(training))
         return self._bias_and_activation(outputs)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         return tuple(input_shape[:-1]) + (self.units,)
 
-    def plain_layers(self, kernel):
+    def plain_layers(self, kernel: ArrayLike):
         dense = keras.layers.Dense(
             self.units, activation=self.activation, use_bias=self.use_bias, name=self.name, dtype=self.dtype_policy
         )
@@ -76,7 +82,7 @@ class LipschitzDenseBase(KernelBiasMixin, ParametrizedLayer):
         dense.set_weights(self._plain_weights(kernel))
         return [dense]
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update({"units": self.units, **self._kernel_bias_config()})
         return config
@@ -105,28 +111,29 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
         eps_bjorck: Björck tolerance (0: exactly `maxiter_bjorck` iterations;
             None: no Björck).
         beta_bjorck: Björck step in ]0, 0.5].
-        maxiter_spectral, maxiter_bjorck: iteration caps.
+        maxiter_spectral: iteration caps.
+        maxiter_bjorck: iteration caps.
 
-    Example:
-    >>> layer = SpectralDense(64, k_coef_lip=1.0)
-    >>> y = layer(keras.random.normal((8, 32)))
-    >>> plain = layer.vanilla_export()[0]  # a keras.layers.Dense
+    Examples:
+        >>> layer = SpectralDense(64, k_coef_lip=1.0)
+        >>> y = layer(keras.random.normal((8, 32)))
+        >>> plain = layer.vanilla_export()[0]  # a keras.layers.Dense
     """
 
     def __init__(
         self,
-        units,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="orthogonal",
-        k_coef_lip=1.0,
-        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral=normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck=normalizers.DEFAULT_MAXITER_BJORCK,
-        **kwargs,
-    ):
+        units: int,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        k_coef_lip: float = 1.0,
+        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             units,
             activation=activation,
@@ -143,10 +150,10 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
     def kernel_dependencies(self):
         return [self.kernel, self.u]
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         return self._spectral_kernel(self.k_coef_lip)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update(self._spectral_config())
         return config
@@ -158,20 +165,20 @@ class FrobeniusDense(LipschitzDenseBase):
 
     With `disjoint_neurons=True` (deel-lip's default) every output column is
     normalized on its own: each output is k-Lipschitz, the whole map is at
-    most k*sqrt(units)-Lipschitz (certify its logits with margin / (2L)).
+    most `k * sqrt(units)`-Lipschitz (certify its logits with margin / (2L)).
     With `disjoint_neurons=False` the whole layer is k-Lipschitz.
 
     Args:
         units: output dimension.
         disjoint_neurons: normalize each output neuron separately.
         k_coef_lip: Lipschitz constant (per neuron when disjoint).
-        (other arguments as `keras.layers.Dense`)
+        **kwargs: other arguments of `keras.layers.Dense`.
 
-    Example:
-    >>> head = FrobeniusDense(1)  # a 1-Lipschitz scalar output, e.g. for HKR
+    Examples:
+        >>> head = FrobeniusDense(1)  # a 1-Lipschitz scalar output, e.g. for HKR
     """
 
-    def __init__(self, units, disjoint_neurons=True, k_coef_lip=1.0, **kwargs):
+    def __init__(self, units: int, disjoint_neurons: bool = True, k_coef_lip: float = 1.0, **kwargs: Any) -> None:
         super().__init__(units, k_coef_lip=k_coef_lip, **kwargs)
         if not isinstance(disjoint_neurons, bool):
             raise TypeError(f"disjoint_neurons must be a bool, got {disjoint_neurons!r}.")
@@ -180,11 +187,11 @@ class FrobeniusDense(LipschitzDenseBase):
     def kernel_dependencies(self):
         return [self.kernel]
 
-    def compute_kernel(self, training=False):
+    def compute_kernel(self, training: bool | None = False):
         kernel = normalizers.frobenius_normalization(ops.cast(self.kernel, "float32"), self.disjoint_neurons)
         return kernel * self.k_coef_lip, []
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["disjoint_neurons"] = self.disjoint_neurons
         return config

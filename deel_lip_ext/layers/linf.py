@@ -14,12 +14,16 @@ TensorFlow the loops are compiled by XLA, which runs them in place and
 fuses each chunk's differences into its reductions.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 from typing import NamedTuple
+from typing import Any
 
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers._xla import compiled_by_xla
 
@@ -41,7 +45,7 @@ _NOMINAL_BATCH = 512
 _TINY = 1e-30
 
 
-def check_p(p):
+def check_p(p: float):
     """Return the norm order `p` as a float (possibly `inf`); raise `ValueError` unless 1 <= p <= inf."""
     if isinstance(p, str) and p.strip().lower() in ("inf", "infinity"):
         return math.inf
@@ -65,7 +69,7 @@ def _check_chunk_size(chunk_size):
     return int(chunk_size)
 
 
-def automatic_chunk_size(rows, input_dim, units):
+def automatic_chunk_size(rows: int, input_dim: int, units: int):
     """Units per chunk so that a (rows, chunk, input_dim) intermediate is no larger than the (rows, units) output.
 
     Or about 2**20 elements (4 MB) when the output is smaller, and at least
@@ -291,7 +295,7 @@ def _compiled_backward(x, kernel, p_tensor, y, upstream, static_p, plan):
     )
 
 
-def linf_distance(x, kernel, p=math.inf, chunk_size=None):
+def linf_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf, chunk_size: int | None = None) -> Any:
     """Memory-efficient y[b, o] = ||x[b, :] - kernel[:, o]||_p with a custom gradient.
 
     Args:
@@ -308,7 +312,7 @@ def linf_distance(x, kernel, p=math.inf, chunk_size=None):
         one chunk, in the forward and in the backward pass. On TensorFlow the
         chunk loops are compiled by XLA (one compilation per input shape).
 
-    Example:
+    Examples:
         >>> y = linf_distance(ops.ones((4, 3)), ops.zeros((3, 5)), p=8.0)
     """
     chunk_size = _check_chunk_size(chunk_size)
@@ -337,7 +341,7 @@ def linf_distance(x, kernel, p=math.inf, chunk_size=None):
     return distance(x, kernel, p_tensor)
 
 
-def naive_distance(x, kernel, p=math.inf):
+def naive_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf):
     """Reference ||x[b] - kernel[:, o]||_p by broadcasting (batch, units, input_dim) and plain autodiff.
 
     Exact but memory-hungry; used to check `linf_distance` and as the
@@ -353,7 +357,9 @@ def naive_distance(x, kernel, p=math.inf):
     return peak * ops.power(ops.sum(ops.power(scaled, p), axis=-1), 1.0 / p)
 
 
-def interval_distance_bounds(lower, upper, kernel, p=math.inf, chunk_size=None):
+def interval_distance_bounds(
+    lower: ArrayLike, upper: ArrayLike, kernel: ArrayLike, p: float = math.inf, chunk_size: int | None = None
+) -> tuple[Any, Any]:
     """Bounds of ||x - kernel[:, o]||_p over the box lower <= x <= upper (no gradient).
 
     The norm grows with every |x_j - w_j|, so the bounds are the norms of the
@@ -398,17 +404,17 @@ class _LInfDistBase(keras.layers.Layer):
 
     def __init__(
         self,
-        units,
-        p=math.inf,
-        mean_shift=True,
-        use_bias=None,
-        identity_init=True,
-        identity_value=10.0,
-        negate=False,
-        momentum=0.9,
-        kernel_initializer=None,
-        bias_initializer="zeros",
-        chunk_size=None,
+        units: int,
+        p: float = math.inf,
+        mean_shift: bool = True,
+        use_bias: bool | None = None,
+        identity_init: bool = True,
+        identity_value: float = 10.0,
+        negate: bool = False,
+        momentum: float = 0.9,
+        kernel_initializer: str | keras.initializers.Initializer | None = None,
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        chunk_size: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -567,13 +573,13 @@ class LInfDistDense(_LInfDistBase):
             (a (rows, chunk, inputs) intermediate no larger than the output; rows
             = batch x output positions for the convolution).
 
-    Example:
+    Examples:
         >>> layer = LInfDistDense(64, p=8.0)
         >>> y = layer(np.random.rand(4, 16).astype("float32"), training=True)
         >>> layer.p = float("inf")
     """
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 2 or input_shape[-1] is None:
             raise ValueError(f"LInfDistDense expects inputs of shape (batch, features), got {input_shape}.")
         self.input_dim = int(input_shape[-1])
@@ -594,7 +600,7 @@ class LInfDistDense(_LInfDistBase):
     def _row_count(self, input_shape):
         return input_shape[0], self.input_dim
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         return tuple(input_shape[:-1]) + (self.units,)
 
 
@@ -615,17 +621,24 @@ class LInfDistConv2D(_LInfDistBase):
         kernel_size: int or pair, the patch size.
         strides: int or pair.
         padding: "valid" or "same".
-        p, mean_shift, use_bias, identity_init, identity_value, negate,
-        momentum, kernel_initializer, bias_initializer, chunk_size: as in
-            `LInfDistDense`; the identity init sets the kernel centre of
-            channel i mod c_in of filter i (when c_in <= filters).
+        **kwargs: `p`, `mean_shift`, `use_bias`, `identity_init`, `identity_value`,
+            `negate`, `momentum`, `kernel_initializer`, `bias_initializer`,
+            `chunk_size` as in `LInfDistDense`; the identity init sets the kernel
+            centre of channel i mod c_in of filter i (when c_in <= filters).
 
-    Example:
+    Examples:
         >>> layer = LInfDistConv2D(8, 3, padding="same", p=8.0)
         >>> y = layer(np.random.rand(2, 6, 6, 3).astype("float32"), training=True)
     """
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", **kwargs):
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = 1,
+        padding: str = "valid",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(filters, **kwargs)
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.strides = _pair(strides, "strides")
@@ -637,7 +650,7 @@ class LInfDistConv2D(_LInfDistBase):
     def filters(self):
         return self.units
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         if len(input_shape) != 4 or input_shape[-1] is None:
             raise ValueError(
                 f"LInfDistConv2D expects inputs of shape (batch, height, width, channels), got {input_shape}."
@@ -674,7 +687,7 @@ class LInfDistConv2D(_LInfDistBase):
         rows = batch * height * width if height is not None and width is not None else None
         return rows, self.kernel_size[0] * self.kernel_size[1] * self.input_channels
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         spatial = []
         for size, kernel, stride in zip(input_shape[1:3], self.kernel_size, self.strides):
             if size is None:
@@ -685,7 +698,7 @@ class LInfDistConv2D(_LInfDistBase):
                 spatial.append((size - kernel) // stride + 1)
         return (input_shape[0], *spatial, self.units)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["filters"] = config.pop("units")
         config.update({"kernel_size": self.kernel_size, "strides": self.strides, "padding": self.padding})
@@ -718,12 +731,12 @@ class LogitScale(keras.layers.Layer):
         initial_value: initial s (1 in v2).
         lr_multiplier: ratio of s's learning rate to the optimizer's.
 
-    Example:
+    Examples:
         >>> scale = LogitScale()
         >>> logits = scale(np.zeros((2, 10), "float32"))
     """
 
-    def __init__(self, initial_value=1.0, lr_multiplier=0.2, **kwargs):
+    def __init__(self, initial_value: float = 1.0, lr_multiplier: float = 0.2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("initial_value", initial_value), ("lr_multiplier", lr_multiplier)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
@@ -731,7 +744,7 @@ class LogitScale(keras.layers.Layer):
         self.initial_value = float(initial_value)
         self.lr_multiplier = float(lr_multiplier)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         self.raw_scale = self.add_weight(
             name="raw_scale",
             shape=(),
@@ -743,16 +756,16 @@ class LogitScale(keras.layers.Layer):
         """The scale s as a tensor (differentiable w.r.t. the layer's weight)."""
         return self.lr_multiplier * self.raw_scale
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         return inputs
 
-    def interval_bounds(self, lower, upper):
+    def interval_bounds(self, lower: ArrayLike, upper: ArrayLike):
         return lower, upper
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update({"initial_value": self.initial_value, "lr_multiplier": self.lr_multiplier})
         return config

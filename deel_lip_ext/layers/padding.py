@@ -14,10 +14,15 @@ certifies. `Padding2D` adds the other modes of `PadConv2D` ("constant",
 copy pixels too.
 """
 
+from __future__ import annotations
+
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 __all__ = [
     "CircularPadding2D",
@@ -34,7 +39,7 @@ __all__ = [
 PAD_MODES = ("constant", "reflect", "symmetric")
 
 
-def check_channels_last(data_format):
+def check_channels_last(data_format: str):
     """Return "channels_last", or raise `ValueError`: every layer of the library is channels-last.
 
     `None` means Keras's global `image_data_format()`.
@@ -52,7 +57,7 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def int_pair(value, name, minimum=1):
+def int_pair(value: int | Sequence[int], name: str, minimum: int = 1):
     """`value` (an int or a pair of ints, each >= `minimum`) as a tuple `(height, width)`."""
     pair = (value, value) if _is_int(value) else value
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) and v >= minimum for v in pair)):
@@ -60,7 +65,7 @@ def int_pair(value, name, minimum=1):
     return tuple(int(v) for v in pair)
 
 
-def normalize_padding_2d(padding):
+def normalize_padding_2d(padding: str):
     """`padding` as `((top, bottom), (left, right))`.
 
     Accepts an int (all four sides), a pair `(pad_h, pad_w)` (symmetric), or
@@ -105,7 +110,7 @@ def _wrap_axis(x, before, after, axis):
     return ops.concatenate(pieces, axis=axis) if len(pieces) > 1 else x
 
 
-def circular_pad(x, padding):
+def circular_pad(x: ArrayLike, padding: tuple[tuple[int, int], tuple[int, int]]) -> Any:
     """Wrap-around pad of a channels-last batch `x` (N, H, W, C).
 
     Args:
@@ -115,7 +120,7 @@ def circular_pad(x, padding):
     Returns:
         The padded tensor, (N, H + top + bottom, W + left + right, C).
 
-    Example:
+    Examples:
         >>> circular_pad(x, ((1, 1), (0, 2)))
     """
     (top, bottom), (left, right) = padding
@@ -139,33 +144,38 @@ class CircularPadding2D(keras.layers.Layer):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> layer = CircularPadding2D(((1, 1), (0, 2)))
         >>> layer(keras.ops.ones((1, 4, 4, 3))).shape
         (1, 6, 6, 3)
     """
 
-    def __init__(self, padding=1, data_format="channels_last", **kwargs):
+    def __init__(
+        self,
+        padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 1,
+        data_format: str = "channels_last",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.padding = normalize_padding_2d(padding)
         self.data_format = check_channels_last(data_format)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         _check_pad_fits(self.padding, input_shape[1:3])
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         return circular_pad(inputs, self.padding)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         sizes = [
             None if size is None else size + before + after
             for size, (before, after) in zip(input_shape[1:3], self.padding)
         ]
         return (input_shape[0], *sizes, input_shape[3])
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update({"padding": self.padding, "data_format": self.data_format})
         return config

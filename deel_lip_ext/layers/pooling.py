@@ -14,11 +14,15 @@ vector (x, eps) minus a constant, so still exactly 1-Lipschitz, within eps
 of the true norm, and with gradient 0 at x = 0.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any
 
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.base import LipschitzLayer
 from deel_lip_ext.layers.padding import check_channels_last, int_pair
@@ -56,7 +60,7 @@ def _smooth_norm(sum_of_squares, eps, scale):
 class _PoolingBase(LipschitzLayer, keras.layers.Layer):
     """k, data_format and config shared by the pooling layers."""
 
-    def __init__(self, k_coef_lip=1.0, data_format=None, **kwargs):
+    def __init__(self, k_coef_lip: float = 1.0, data_format: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._init_lipschitz(k_coef_lip)
         self.data_format = check_channels_last(data_format)
@@ -71,7 +75,15 @@ class _PoolingBase(LipschitzLayer, keras.layers.Layer):
 class _WindowPooling(_PoolingBase):
     """Non-overlapping `pool_size` windows: validation and output shape."""
 
-    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", k_coef_lip=1.0, data_format=None, **kwargs):
+    def __init__(
+        self,
+        pool_size: int | tuple[int, int] = (2, 2),
+        strides: int | tuple[int, int] | None = None,
+        padding: str = "valid",
+        k_coef_lip: float = 1.0,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
         self.pool_size = int_pair(pool_size, "pool_size")
         if strides is not None and int_pair(strides, "strides") != self.pool_size:
@@ -112,11 +124,11 @@ class ScaledAveragePooling2D(_WindowPooling):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
-    >>> ScaledAveragePooling2D((2, 2))(keras.ops.ones((1, 4, 4, 3)))  # all 2.0, shape (1, 2, 2, 3)
+    Examples:
+        >>> ScaledAveragePooling2D((2, 2))(keras.ops.ones((1, 4, 4, 3)))  # all 2.0, shape (1, 2, 2, 3)
     """
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         return self._average(inputs) * ops.cast(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
 
 
@@ -138,30 +150,30 @@ class ScaledL2NormPooling2D(_WindowPooling):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
-    >>> ScaledL2NormPooling2D((2, 2))(keras.ops.ones((1, 4, 4, 3)))  # all ~2.0, shape (1, 2, 2, 3)
+    Examples:
+        >>> ScaledL2NormPooling2D((2, 2))(keras.ops.ones((1, 4, 4, 3)))  # all ~2.0, shape (1, 2, 2, 3)
     """
 
     def __init__(
         self,
-        pool_size=(2, 2),
-        strides=None,
-        padding="valid",
-        k_coef_lip=1.0,
-        eps_grad_sqrt=DEFAULT_EPS_GRAD_SQRT,
-        data_format=None,
-        **kwargs,
-    ):
+        pool_size: int | tuple[int, int] = (2, 2),
+        strides: int | tuple[int, int] | None = None,
+        padding: str = "valid",
+        k_coef_lip: float = 1.0,
+        eps_grad_sqrt: float = DEFAULT_EPS_GRAD_SQRT,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(pool_size, strides, padding, k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
         self.eps_grad_sqrt = _check_eps_grad_sqrt(eps_grad_sqrt)
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         # sum(x^2) = area * mean(x^2), folded into the final scale: k sqrt(A) sqrt(mean + eps^2 / A).
         mean_square = self._average(ops.square(inputs))
         eps = self.eps_grad_sqrt / math.sqrt(self.area)
         return _smooth_norm(mean_square, eps, self.k_coef_lip * math.sqrt(self.area))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["eps_grad_sqrt"] = self.eps_grad_sqrt
         return config
@@ -198,11 +210,11 @@ class ScaledGlobalAveragePooling2D(_GlobalPooling):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
-    >>> ScaledGlobalAveragePooling2D()(keras.ops.ones((1, 4, 4, 3)))  # all 4.0, shape (1, 3)
+    Examples:
+        >>> ScaledGlobalAveragePooling2D()(keras.ops.ones((1, 4, 4, 3)))  # all 4.0, shape (1, 3)
     """
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         return ops.mean(inputs, axis=(1, 2)) * ops.cast(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
 
 
@@ -219,18 +231,24 @@ class ScaledGlobalL2NormPooling2D(_GlobalPooling):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
-    >>> ScaledGlobalL2NormPooling2D()(keras.ops.ones((1, 4, 4, 3)))  # all ~4.0, shape (1, 3)
+    Examples:
+        >>> ScaledGlobalL2NormPooling2D()(keras.ops.ones((1, 4, 4, 3)))  # all ~4.0, shape (1, 3)
     """
 
-    def __init__(self, k_coef_lip=1.0, eps_grad_sqrt=DEFAULT_EPS_GRAD_SQRT, data_format=None, **kwargs):
+    def __init__(
+        self,
+        k_coef_lip: float = 1.0,
+        eps_grad_sqrt: float = DEFAULT_EPS_GRAD_SQRT,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
         self.eps_grad_sqrt = _check_eps_grad_sqrt(eps_grad_sqrt)
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         return _smooth_norm(ops.sum(ops.square(inputs), axis=(1, 2)), self.eps_grad_sqrt, self.k_coef_lip)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["eps_grad_sqrt"] = self.eps_grad_sqrt
         return config

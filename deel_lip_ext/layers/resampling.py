@@ -12,8 +12,13 @@ exactly 1-Lipschitz. They take no `k_coef_lip`. BCOP networks use the down
 sampling instead of strided convolutions.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.padding import check_channels_last, int_pair
 
@@ -23,7 +28,7 @@ __all__ = ["InvertibleDownSampling", "InvertibleUpSampling"]
 class _PixelShuffleBase(keras.layers.Layer):
     """pool_size, layout checks and config shared by the two permutations."""
 
-    def __init__(self, pool_size, data_format="channels_last", **kwargs):
+    def __init__(self, pool_size: int | tuple[int, int], data_format: str = "channels_last", **kwargs: Any):
         super().__init__(**kwargs)
         self.pool_size = int_pair(pool_size, "pool_size")
         self.data_format = check_channels_last(data_format)
@@ -56,12 +61,12 @@ class InvertibleDownSampling(_PixelShuffleBase):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
-    >>> InvertibleDownSampling(2)(keras.ops.ones((1, 8, 8, 3))).shape
-    (1, 4, 4, 12)
+    Examples:
+        >>> InvertibleDownSampling(2)(keras.ops.ones((1, 8, 8, 3))).shape
+        (1, 4, 4, 12)
     """
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         for size, block, axis in zip(input_shape[1:3], self.pool_size, ("height", "width")):
             if size is not None and size % block:
                 raise ValueError(
@@ -70,7 +75,7 @@ class InvertibleDownSampling(_PixelShuffleBase):
                 )
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         (sh, sw), (height, width, channels) = self.pool_size, inputs.shape[1:]
         height, width = _spatial_sizes(inputs, height, width)
         blocks = ops.reshape(inputs, (-1, height // sh, sh, width // sw, sw, channels))
@@ -78,7 +83,7 @@ class InvertibleDownSampling(_PixelShuffleBase):
         blocks = ops.transpose(blocks, (0, 1, 3, 5, 2, 4))
         return ops.reshape(blocks, (-1, height // sh, width // sw, channels * sh * sw))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         (sh, sw), (batch, height, width, channels) = self.pool_size, input_shape
         return (
             batch,
@@ -100,12 +105,12 @@ class InvertibleUpSampling(_PixelShuffleBase):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
-    >>> InvertibleUpSampling(2)(keras.ops.ones((1, 4, 4, 12))).shape
-    (1, 8, 8, 3)
+    Examples:
+        >>> InvertibleUpSampling(2)(keras.ops.ones((1, 4, 4, 12))).shape
+        (1, 8, 8, 3)
     """
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels, block_area = input_shape[-1], self.pool_size[0] * self.pool_size[1]
         if channels is None or channels % block_area:
             raise ValueError(
@@ -114,7 +119,7 @@ class InvertibleUpSampling(_PixelShuffleBase):
             )
         super().build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         (sh, sw), (height, width, channels) = self.pool_size, inputs.shape[1:]
         height, width = _spatial_sizes(inputs, height, width)
         out_channels = channels // (sh * sw)
@@ -123,7 +128,7 @@ class InvertibleUpSampling(_PixelShuffleBase):
         blocks = ops.transpose(blocks, (0, 1, 4, 2, 5, 3))
         return ops.reshape(blocks, (-1, height * sh, width * sw, out_channels))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         (sh, sw), (batch, height, width, channels) = self.pool_size, input_shape
         return (
             batch,

@@ -14,10 +14,15 @@ gives plain Keras, and `deel_lip_ext.utils.model_lipschitz_bound(model)`
 its measured Lipschitz bound.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable
+from typing import Any
 
 import keras
 from keras import ops
+from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.activations import MaxMinHalves
 from deel_lip_ext.layers.base import LipschitzLayer
@@ -76,7 +81,7 @@ def _dense_head(widths, num_classes):
     return layers
 
 
-def kw_small(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
+def kw_small(conv: str = "bcop", input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10):
     """Wong et al.'s "Small" network as BCOP runs it.
 
     conv 16, 4x4, s2 -> unshuffle + conv(4 c_in -> 16, 2x2); MaxMinHalves;
@@ -88,8 +93,8 @@ def kw_small(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
         input_shape: (height, width, channels), height and width divisible by 4.
         num_classes: number of logits.
 
-    Example:
-    >>> model = kw_small("bcop", (32, 32, 3))  # CIFAR-10: flatten 32 * 8 * 8 = 2048
+    Examples:
+        >>> model = kw_small("bcop", (32, 32, 3))  # CIFAR-10: flatten 32 * 8 * 8 = 2048
     """
     conv_class, inputs = _conv_class(conv), _input(input_shape)
     _check_num_classes(num_classes)
@@ -100,7 +105,7 @@ def kw_small(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
     return Sequential(layers, name=f"kw_small_{conv}")
 
 
-def kw_large(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
+def kw_large(conv: str = "bcop", input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10):
     """Wong et al.'s "Large" network as BCOP runs it.
 
     conv(c_in -> 32, 3x3); MaxMinHalves; unshuffle + conv(128 -> 32, 2x2); MaxMinHalves;
@@ -112,8 +117,8 @@ def kw_large(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
         input_shape: (height, width, channels), height and width divisible by 4.
         num_classes: number of logits.
 
-    Example:
-    >>> model = kw_large("rko", (28, 28, 1))  # MNIST: flatten 64 * 7 * 7 = 3136
+    Examples:
+        >>> model = kw_large("rko", (28, 28, 1))  # MNIST: flatten 64 * 7 * 7 = 3136
     """
     conv_class, inputs = _conv_class(conv), _input(input_shape)
     _check_num_classes(num_classes)
@@ -126,7 +131,7 @@ def kw_large(conv="bcop", input_shape=(28, 28, 1), num_classes=10):
     return Sequential(layers, name=f"kw_large_{conv}")
 
 
-def fc3(input_shape=(28, 28, 1), num_classes=10, width=1024):
+def fc3(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10, width: int = 1024):
     """Anil et al.'s fully connected baseline: flatten; 3 x (FC `width`; MaxMinHalves); FC `num_classes`.
 
     Args:
@@ -134,8 +139,8 @@ def fc3(input_shape=(28, 28, 1), num_classes=10, width=1024):
         num_classes: number of logits.
         width: hidden width (1024 in the papers).
 
-    Example:
-    >>> model = fc3((32, 32, 3))
+    Examples:
+        >>> model = fc3((32, 32, 3))
     """
     inputs = _input(input_shape)
     _check_num_classes(num_classes)
@@ -159,12 +164,12 @@ class NearestUpSampling2D(LipschitzLayer, keras.layers.Layer):
         isometric: divide by sqrt(s_h * s_w).
         k_coef_lip: extra factor on the output.
 
-    Example:
-    >>> NearestUpSampling2D(2)(keras.ops.ones((1, 4, 4, 3))).shape
-    (1, 8, 8, 3)
+    Examples:
+        >>> NearestUpSampling2D(2)(keras.ops.ones((1, 4, 4, 3))).shape
+        (1, 8, 8, 3)
     """
 
-    def __init__(self, size=2, isometric=True, k_coef_lip=1.0, **kwargs):
+    def __init__(self, size: int = 2, isometric: bool = True, k_coef_lip: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._init_lipschitz(k_coef_lip)
         self.size = int_pair(size, "size")
@@ -181,11 +186,11 @@ class NearestUpSampling2D(LipschitzLayer, keras.layers.Layer):
     def lipschitz_sv(self):
         return self.gain(), self.gain()
 
-    def call(self, inputs):
+    def call(self, inputs: ArrayLike):
         outputs = ops.repeat(ops.repeat(inputs, self.size[0], axis=1), self.size[1], axis=2)
         return outputs * (self.gain() / math.sqrt(self.size[0] * self.size[1]))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         batch, height, width, channels = input_shape
         return (
             batch,
@@ -194,13 +199,18 @@ class NearestUpSampling2D(LipschitzLayer, keras.layers.Layer):
             channels,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config.update({"size": self.size, "isometric": self.isometric, "k_coef_lip": self.k_coef_lip})
         return config
 
 
-def dcgan_critic(conv="bcop", input_shape=(64, 64, 3), activation="maxmin", isometric_upsampling=True):
+def dcgan_critic(
+    conv: str = "bcop",
+    input_shape: tuple[int, ...] = (64, 64, 3),
+    activation: str | Callable | None = "maxmin",
+    isometric_upsampling: bool = True,
+):
     """The BCOP paper's DCGAN critic for Wasserstein-1 estimation.
 
     [nearest upsampling to 64 x 64]; four (unshuffle + 2x2 conv) with 64, 128,
@@ -220,8 +230,8 @@ def dcgan_critic(conv="bcop", input_shape=(64, 64, 3), activation="maxmin", isom
         activation: "maxmin" or "relu".
         isometric_upsampling: see above.
 
-    Example:
-    >>> critic = dcgan_critic("bcop", (32, 32, 3))  # 1-Lipschitz critic for CIFAR-10
+    Examples:
+        >>> critic = dcgan_critic("bcop", (32, 32, 3))  # 1-Lipschitz critic for CIFAR-10
     """
     conv_class, inputs = _conv_class(conv), _input(input_shape)
     height, width = input_shape[:2]

@@ -8,7 +8,10 @@ CIFAR-10 depth 6; the hybrid uses 4 (MNIST) or 5 (CIFAR) l_inf-dist layers
 and a Dense(512) -> tanh -> Dense head.
 """
 
+from __future__ import annotations
+
 import numbers
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -60,18 +63,18 @@ def _hidden_layers(depth, width, p, identity_value, chunk_size, last_name=None):
 
 
 def linf_dist_net(
-    depth=5,
-    width=5120,
-    input_shape=(28, 28, 1),
-    num_classes=10,
-    mean=None,
-    std=None,
-    p=8.0,
-    identity_value=10.0,
-    logit_scale=False,
-    chunk_size=None,
-    name="linf_dist_net",
-):
+    depth: int = 5,
+    width: int = 5120,
+    input_shape: tuple[int, ...] = (28, 28, 1),
+    num_classes: int = 10,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    p: float = 8.0,
+    identity_value: float = 10.0,
+    logit_scale: bool = False,
+    chunk_size: int | None = None,
+    name: str = "linf_dist_net",
+) -> keras.Sequential:
     """The l_inf-dist Net: `depth` l_inf-dist layers, the last one giving the (negated) logits.
 
     Hidden layers: mean shift, no bias, identity init; last layer: bias, no
@@ -83,7 +86,9 @@ def linf_dist_net(
         width: units of the hidden layers (5120 in the papers).
         input_shape: shape of one input.
         num_classes: number of logits.
-        mean, std: normalization (x - mean) / std inside the model, std one
+        mean: normalization (x - mean) / std inside the model, std one
+            scalar (MNIST 0.1307 / 0.3081); None: no normalization.
+        std: normalization (x - mean) / std inside the model, std one
             scalar (MNIST 0.1307 / 0.3081); None: no normalization.
         p: initial norm order of every layer (see `linf.LpScheduler`).
         identity_value: identity init value (10).
@@ -95,7 +100,7 @@ def linf_dist_net(
     Returns:
         A `keras.Sequential` model taking pixel images.
 
-    Example:
+    Examples:
         >>> model = linf_dist_net(depth=5, width=5120, mean=0.1307, std=0.3081)
     """
     depth = _check_positive_int("depth", depth)
@@ -121,18 +126,18 @@ def linf_dist_net(
 
 
 def linf_dist_net_mlp(
-    depth=4,
-    width=5120,
-    hidden_units=512,
-    input_shape=(28, 28, 1),
-    num_classes=10,
-    mean=None,
-    std=None,
-    p=8.0,
-    identity_value=10.0,
-    chunk_size=None,
-    name="linf_dist_net_mlp",
-):
+    depth: int = 4,
+    width: int = 5120,
+    hidden_units: int = 512,
+    input_shape: tuple[int, ...] = (28, 28, 1),
+    num_classes: int = 10,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    p: float = 8.0,
+    identity_value: float = 10.0,
+    chunk_size: int | None = None,
+    name: str = "linf_dist_net_mlp",
+) -> keras.Sequential:
     """The l_inf-dist Net + MLP: `depth` l_inf-dist feature layers, then Dense(hidden) -> tanh -> Dense.
 
     The head is certified by interval arithmetic (`linf.certify_ibp`), so it
@@ -144,13 +149,19 @@ def linf_dist_net_mlp(
         depth: number of l_inf-dist feature layers (4 for MNIST, 5 for CIFAR).
         width: their units.
         hidden_units: width of the head (512 in the papers).
-        input_shape, num_classes, mean, std, p, identity_value, chunk_size,
+        input_shape: as in `linf_dist_net`.
+        num_classes: as in `linf_dist_net`.
+        mean: as in `linf_dist_net`.
+        std: as in `linf_dist_net`.
+        p: as in `linf_dist_net`.
+        identity_value: as in `linf_dist_net`.
+        chunk_size: as in `linf_dist_net`.
         name: as in `linf_dist_net`.
 
     Returns:
         A `keras.Sequential` model; its last l_inf-dist layer is named "features".
 
-    Example:
+    Examples:
         >>> model = linf_dist_net_mlp(depth=4, width=5120, mean=0.1307, std=0.3081)
     """
     depth = _check_positive_int("depth", depth)
@@ -174,7 +185,7 @@ def linf_dist_net_mlp(
     return keras.Sequential(layers, name=name)
 
 
-def hybrid_head(model):
+def hybrid_head(model: keras.Model):
     """The layers after the "features" layer of a `linf_dist_net_mlp` model (for `HybridIntervalCrossEntropy`)."""
     names = [layer.name for layer in model.layers]
     if FEATURES_LAYER not in names:
@@ -184,11 +195,11 @@ def hybrid_head(model):
     return model.layers[names.index(FEATURES_LAYER) + 1 :]
 
 
-def hybrid_training_model(model):
+def hybrid_training_model(model: keras.Model):
     """A model sharing `model`'s layers with outputs {"logits", "features"}, to train with
     `linf.HybridIntervalCrossEntropy` on "features".
 
-    Example:
+    Examples:
         >>> train_model = hybrid_training_model(model)
         >>> train_model.compile("adam", loss={"features": loss, "logits": None})
         >>> train_model.fit(x, {"features": y, "logits": y})
