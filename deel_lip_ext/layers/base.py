@@ -15,6 +15,9 @@ Inference uses a cached kernel that can never be stale: the cache stores a
 snapshot of every variable the kernel depends on, and an inference call
 recomputes the kernel whenever any of them differs from its snapshot (after a
 training step, `load_weights`, `set_weights`, an `assign` by hand, ...).
+The cache is derived state: it is not a weight (not in `get_weights()`, not
+saved in `.keras` / `.weights.h5` files) and loading a file always
+invalidates it.
 """
 
 import math
@@ -25,7 +28,7 @@ from keras import ops
 
 from deel_lip_ext import normalizers
 
-__all__ = ["check_k_coef_lip", "LipschitzLayer", "ParametrizedLayer", "SpectralMixin", "KernelBiasMixin"]
+__all__ = ["check_k_coef_lip", "LipschitzLayer", "KernelCache", "ParametrizedLayer", "SpectralMixin", "KernelBiasMixin"]
 
 
 def check_k_coef_lip(k_coef_lip):
@@ -66,6 +69,39 @@ class LipschitzLayer:
         return [clone]
 
 
+class KernelCache:
+    """The inference cache of a `ParametrizedLayer`: derived state, never a weight.
+
+    Holds the last constrained kernel, a snapshot of every variable it was
+    computed from and a validity flag. The variables are made by hand (not
+    `add_weight`) so that Keras does not list them in `weights`, hence not in
+    `get_weights()` nor in `.keras` / `.weights.h5` files; the layer lists
+    them in `variables` so that every backend treats them as state.
+
+    Args:
+        kernel_shape: shape of the constrained kernel.
+        dependencies: the variables the kernel is a function of.
+    """
+
+    def __init__(self, kernel_shape: tuple, dependencies: list) -> None:
+        def variable(name, shape, dtype):
+            return keras.Variable(
+                keras.initializers.Zeros(), shape=shape, dtype=dtype, trainable=False, autocast=False, name=name
+            )
+
+        self.kernel = variable("cached_kernel", kernel_shape, "float32")
+        self.snapshots = [variable(f"snapshot_{i}", v.shape, v.dtype) for i, v in enumerate(dependencies)]
+        self.valid = variable("cache_valid", (), "float32")
+
+    @property
+    def variables(self) -> list:
+        return [self.kernel, *self.snapshots, self.valid]
+
+    def invalidate(self) -> None:
+        """Make the next inference call recompute the kernel."""
+        self.valid.assign(0.0)
+
+
 class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     """A layer whose kernel is the image of raw variables by a parametrization.
 
@@ -83,19 +119,38 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     and call `self.build_kernel_cache(kernel_shape)` at the end of `build`.
     """
 
+    # Built by `build_kernel_cache`; derived state, see `KernelCache`.
+    _kernel_cache = None
+
     def build_kernel_cache(self, kernel_shape):
-        self._cached_kernel = self.add_weight(
-            name="cached_kernel", shape=kernel_shape, initializer="zeros", trainable=False, dtype="float32"
-        )
-        self._cache_snapshots = [
-            self.add_weight(
-                name=f"snapshot_{i}", shape=var.shape, initializer="zeros", trainable=False, dtype=var.dtype
-            )
-            for i, var in enumerate(self.kernel_dependencies())
-        ]
-        self._cache_valid = self.add_weight(
-            name="cache_valid", shape=(), initializer="zeros", trainable=False, dtype="float32"
-        )
+        """Create the inference cache of a kernel of `kernel_shape` (call it at the end of `build`)."""
+        with keras.name_scope(self.name, caller=self):
+            self._kernel_cache = KernelCache(kernel_shape, self.kernel_dependencies())
+
+    @property
+    def variables(self):
+        """All the layer's state: its weights plus the inference cache.
+
+        The cache is state (JAX threads it through compiled steps like any
+        non-trainable variable) but not a weight: it is absent from
+        `weights`, `get_weights()` and checkpoints.
+        """
+        if self._kernel_cache is None:
+            return super().variables
+        return super().variables + self._kernel_cache.variables
+
+    def load_own_variables(self, store):
+        """Load the raw state and drop the inference cache, which is recomputed from it.
+
+        Files written by releases that saved the cache after the raw state
+        (indices `len(weights)` onwards) still load: the cache is ignored.
+        """
+        if self._kernel_cache is not None:
+            own = len(self._trainable_variables) + len(self._non_trainable_variables)
+            if len(store.keys()) == own + len(self._kernel_cache.variables):
+                store = {str(i): store[str(i)] for i in range(own)}
+            self._kernel_cache.invalidate()
+        super().load_own_variables(store)
 
     def compute_kernel(self, training=False):
         raise NotImplementedError
@@ -127,20 +182,21 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         return ops.cast(kernel, self.compute_dtype)
 
     def _cached_or_fresh_kernel(self):
+        cache = self._kernel_cache
         dependencies = self.kernel_dependencies()
-        stale = self._cache_valid < 0.5
-        for variable, snapshot in zip(dependencies, self._cache_snapshots):
+        stale = cache.valid < 0.5
+        for variable, snapshot in zip(dependencies, cache.snapshots):
             stale = ops.logical_or(stale, ops.any(ops.not_equal(variable, snapshot)))
         kernel = ops.cond(
             stale,
             lambda: ops.stop_gradient(self.compute_kernel(training=False)[0]),
-            lambda: ops.convert_to_tensor(self._cached_kernel),
+            lambda: ops.convert_to_tensor(cache.kernel),
         )
         # Writing the cache is invisible: it holds a function of the variables.
-        self._cached_kernel.assign(kernel)
-        for variable, snapshot in zip(dependencies, self._cache_snapshots):
+        cache.kernel.assign(kernel)
+        for variable, snapshot in zip(dependencies, cache.snapshots):
             snapshot.assign(variable)
-        self._cache_valid.assign(1.0)
+        cache.valid.assign(1.0)
         return kernel
 
     def condense(self):
