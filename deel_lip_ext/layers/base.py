@@ -162,13 +162,20 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         raise NotImplementedError
 
     def effective_kernel(self):
-        """The constrained kernel the current variables define, freshly computed (float32)."""
+        """The kernel the layer really multiplies with, freshly computed, as float32.
+
+        The parametrization runs in float32; under a mixed precision policy
+        the call multiplies with that kernel rounded to the compute dtype
+        (float16, bfloat16), so this is the rounded kernel, cast back to
+        float32 (exactly representable). Bounds, exports and `condense` all
+        use it, so they describe the function that runs.
+        """
         if not self.built:
             raise RuntimeError(f"Layer {self.name!r} must be built before its kernel exists.")
-        return self.compute_kernel(training=False)[0]
+        return ops.cast(self._to_compute_dtype(self.compute_kernel(training=False)[0]), "float32")
 
     def kernel_for_call(self, training=None):
-        """Kernel to use in `call`, cast to the compute dtype.
+        """Kernel to use in `call`: the float32 constrained kernel rounded to the compute dtype.
 
         Training recomputes it (with gradient) and stores the parametrization
         state; inference reads the cache, refreshed if any dependency changed.
@@ -179,6 +186,9 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
                 variable.assign(value)
         else:
             kernel = self._cached_or_fresh_kernel()
+        return self._to_compute_dtype(kernel)
+
+    def _to_compute_dtype(self, kernel):
         return ops.cast(kernel, self.compute_dtype)
 
     def _cached_or_fresh_kernel(self):
@@ -235,6 +245,7 @@ class SpectralMixin:
             initializer=keras.initializers.RandomNormal(0.0, 1.0),
             trainable=False,
             dtype="float32",
+            autocast=False,
         )
 
     def _spectral_kernel(self, adjustment_coef):
@@ -289,13 +300,19 @@ class KernelBiasMixin:
         self._add_bias(units)
 
     def _add_raw_kernel(self, shape, name="kernel"):
-        """A trainable variable with the layer's kernel initializer, regularizer and constraint."""
+        """A trainable variable with the layer's kernel initializer, regularizer and constraint.
+
+        Not autocast: under a mixed precision policy the parametrization reads
+        it in its float32 variable dtype, and only the constrained kernel is
+        rounded to the compute dtype (`ParametrizedLayer.kernel_for_call`).
+        """
         return self.add_weight(
             name=name,
             shape=shape,
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
+            autocast=False,
         )
 
     def _add_bias(self, units):
