@@ -122,13 +122,13 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     # Built by `build_kernel_cache`; derived state, see `KernelCache`.
     _kernel_cache = None
 
-    def build_kernel_cache(self, kernel_shape):
+    def build_kernel_cache(self, kernel_shape: tuple) -> None:
         """Create the inference cache of a kernel of `kernel_shape` (call it at the end of `build`)."""
         with keras.name_scope(self.name, caller=self):
             self._kernel_cache = KernelCache(kernel_shape, self.kernel_dependencies())
 
     @property
-    def variables(self):
+    def variables(self) -> list:
         """All the layer's state: its weights plus the inference cache.
 
         The cache is state (JAX threads it through compiled steps like any
@@ -139,7 +139,7 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
             return super().variables
         return super().variables + self._kernel_cache.variables
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store) -> None:
         """Load the raw state and drop the inference cache, which is recomputed from it.
 
         Files written by releases that saved the cache after the raw state
