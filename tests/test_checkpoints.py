@@ -1,5 +1,6 @@
 """Checkpoints hold the raw state only: the inference cache is neither saved nor trusted on load."""
 
+import importlib.util
 import pathlib
 import zipfile
 
@@ -65,6 +66,20 @@ def test_release_file_loads_and_runs_identically():
     saved = _h5_variable_counts(RELEASE_MODEL)
     assert saved["spectral_dense"] == 7 and saved["spectral_conv2d"] == 7
     assert [w.name for w in model.get_layer("spectral_dense").weights] == ["kernel", "bias", "u"]
+
+
+def test_release_weights_file_loads_into_a_new_model(tmp_path):
+    # A .keras archive holds a .weights.h5 file: the release's weights with the cache inside.
+    with zipfile.ZipFile(RELEASE_MODEL) as archive:
+        archive.extract("model.weights.h5", tmp_path)
+    spec = importlib.util.spec_from_file_location("make_release_fixture", FIXTURES / "make_release_fixture.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    model = maker.build_model()
+    inputs, outputs = _release_reference()
+    model.predict(inputs, verbose=0)  # fills the new model's caches with its own initial kernels
+    model.load_weights(tmp_path / "model.weights.h5")
+    np.testing.assert_allclose(model.predict(inputs, verbose=0), outputs, rtol=0, atol=1e-6)
 
 
 def test_edited_cached_kernel_in_a_release_file_is_not_trusted(tmp_path):
