@@ -210,10 +210,24 @@ class LpScheduler(keras.callbacks.Callback):
 # ---------------------------------------------------------------- losses
 
 
-def _target_mask(y_true, num_classes):
-    """Boolean (N, C) mask of the true class from indices (N,) / (N, 1) or one-hot (N, C)."""
+def _target_mask(y_true, y_pred):
+    """Boolean (N, C) mask of the true class from indices (N,) / (N, 1) or one-hot (N, C) labels.
+
+    The shapes are checked at trace time against the predictions (N, C): any
+    other label shape is a `ValueError`, never a broadcast.
+    """
     y_true = ops.convert_to_tensor(y_true)
-    if len(y_true.shape) == 2 and y_true.shape[-1] == num_classes and num_classes > 1:
+    batch, num_classes = y_pred.shape[0], y_pred.shape[-1]
+    rank, last = len(y_true.shape), (y_true.shape[-1] if len(y_true.shape) else None)
+    one_hot = rank == 2 and last == num_classes and num_classes > 1
+    if not (one_hot or rank == 1 or (rank == 2 and last == 1)) or (
+        batch is not None and y_true.shape[0] is not None and y_true.shape[0] != batch
+    ):
+        raise ValueError(
+            f"l_inf-dist losses take labels of class indices (N,) or (N, 1), or one-hot labels (N, {num_classes}), "
+            f"for predictions of shape {tuple(y_pred.shape)}; got labels of shape {tuple(y_true.shape)}."
+        )
+    if one_hot:
         return ops.greater(y_true, 0)
     return ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), num_classes) > 0.5
 
@@ -227,14 +241,14 @@ def worst_case_margins(y_true: ArrayLike, y_pred: ArrayLike, eps: float):
         >>> worst_case_margins(np.array([0]), np.array([[3.0, 1.0]]), 0.5)  # [[0, -1]]
     """
     y_pred = ops.convert_to_tensor(y_pred)
-    is_target = _target_mask(y_true, y_pred.shape[-1])
+    is_target = _target_mask(y_true, y_pred)
     target_logit = ops.sum(ops.where(is_target, y_pred, 0.0), axis=-1, keepdims=True)
     return ops.where(is_target, 0.0, y_pred - target_logit + 2.0 * eps)
 
 
 def _cross_entropy(y_true, logits):
     """Softmax cross-entropy per sample, from the target mask."""
-    is_target = _target_mask(y_true, logits.shape[-1])
+    is_target = _target_mask(y_true, logits)
     target_logit = ops.sum(ops.where(is_target, logits, 0.0), axis=-1)
     return ops.logsumexp(logits, axis=-1) - target_logit
 
@@ -391,7 +405,7 @@ class HybridIntervalCrossEntropy(_EpsLoss):
         for layer in self.head:
             logits = layer(logits)
         eps = self._eps(y_pred.dtype)
-        margins = _elided_margins(self.head, y_pred - eps, y_pred + eps, _target_mask(y_true, logits.shape[-1]))
+        margins = _elided_margins(self.head, y_pred - eps, y_pred + eps, _target_mask(y_true, logits))
         return self.kappa * _cross_entropy(y_true, margins) + (1.0 - self.kappa) * _cross_entropy(y_true, logits)
 
     def get_config(self) -> dict:

@@ -5,6 +5,9 @@ Label conventions: binary / multi-label losses (`KR`, `HKR`, `HingeMargin`,
 one-hot y in {0, 1} or {-1, 1} (the positive entry marks the class);
 `TauSparseCategoricalCrossentropy` takes integer class indices. KR counts a
 sample as positive iff y == 1 (deel-lip), every other loss iff y > 0.
+Shapes are checked when the loss is traced: binary labels (N,) against one
+output (N, 1) are reshaped to (N, 1), integer labels given to a one-hot loss
+are refused with the fix (one-hot encode them), and nothing is broadcast.
 
 Hyper-parameters (alpha, min_margin, tau) are non-trainable float32
 `keras.Variable`s, so that `deel_lip_ext.callbacks.LossParamScheduler` can
@@ -49,6 +52,66 @@ __all__ = [
 ]
 
 _KR_EPSILON = 1e-7
+
+
+# ---------------------------------------------------------------- label shapes
+
+
+def _shape_mismatch(y_true, y_pred):
+    if len(y_true.shape) != len(y_pred.shape):
+        return True
+    return any(a is not None and b is not None and a != b for a, b in zip(y_true.shape, y_pred.shape))
+
+
+def binary_labels(y_true, y_pred, loss_name):
+    """Labels of a binary / multi-label loss, shaped as the predictions (checked at trace time).
+
+    Labels (N,) against one output per sample (N, 1) become (N, 1); any other
+    shape difference is refused instead of broadcast (labels (N,) against
+    outputs (N, 1) would otherwise give an (N, N) loss).
+    """
+    if len(y_true.shape) == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
+        y_true = ops.expand_dims(y_true, -1)
+    if _shape_mismatch(y_true, y_pred):
+        raise ValueError(
+            f"{loss_name}: labels of shape {tuple(y_true.shape)} do not match predictions of shape "
+            f"{tuple(y_pred.shape)}; give one label per output (e.g. y of shape (N, 1) for one output)."
+        )
+    return y_true
+
+
+def one_hot_labels(y_true, y_pred, loss_name):
+    """Labels of a multi-class loss: one-hot, shaped as the predictions (checked at trace time).
+
+    Integer class indices ((N,) or (N, 1) against (N, C) logits, C > 1) are
+    refused with the fix, as is any other shape difference.
+    """
+    classes = y_pred.shape[-1]
+    if classes != 1 and (len(y_true.shape) == len(y_pred.shape) - 1 or y_true.shape[-1] == 1):
+        raise ValueError(
+            f"{loss_name} takes one-hot labels of the predictions' shape {tuple(y_pred.shape)}, got labels of "
+            f"shape {tuple(y_true.shape)}, which look like integer class indices: one-hot encode them "
+            f"(keras.utils.to_categorical(y, {classes})) or use TauSparseCategoricalCrossentropy."
+        )
+    if _shape_mismatch(y_true, y_pred):
+        raise ValueError(
+            f"{loss_name}: one-hot labels of shape {tuple(y_true.shape)} do not match predictions of shape "
+            f"{tuple(y_pred.shape)}."
+        )
+    return y_true
+
+
+def sparse_labels(y_true, y_pred, loss_name):
+    """Integer class indices (N,) or (N, 1) against logits (N, C), returned as (N,) (checked at trace time)."""
+    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, axis=-1)
+    if len(y_true.shape) != len(y_pred.shape) - 1 or _shape_mismatch(y_true, y_pred[..., 0]):
+        raise ValueError(
+            f"{loss_name} takes integer class indices of shape {tuple(y_pred.shape[:-1])} or "
+            f"{tuple(y_pred.shape[:-1]) + (1,)} for predictions of shape {tuple(y_pred.shape)}, got labels of "
+            f"shape {tuple(y_true.shape)}; for one-hot labels use TauCategoricalCrossentropy."
+        )
+    return y_true
 
 
 # ---------------------------------------------------------------- element-wise terms
@@ -186,6 +249,8 @@ class KR(keras.losses.Loss):
         >>> model.compile(optimizer="adam", loss=HKR(alpha=0.0), metrics=[KR()])
     """
 
+    _labels = staticmethod(binary_labels)
+
     def __init__(
         self,
         multi_gpu: bool = False,
@@ -197,7 +262,7 @@ class KR(keras.losses.Loss):
         self.multi_gpu = bool(multi_gpu)
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
-        return kr_terms(y_true, y_pred, self.multi_gpu)
+        return kr_terms(self._labels(y_true, y_pred, self.name), y_pred, self.multi_gpu)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "multi_gpu": self.multi_gpu}
@@ -212,6 +277,8 @@ class MulticlassKR(KR):
     Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHKR(), metrics=[MulticlassKR()])
     """
+
+    _labels = staticmethod(one_hot_labels)
 
     def __init__(
         self,
@@ -239,6 +306,8 @@ class HingeMargin(_ParametrizedLoss):
         >>> model.compile(optimizer="adam", loss=HingeMargin(min_margin=1.0))
     """
 
+    _labels = staticmethod(binary_labels)
+
     _params = ("min_margin",)
 
     def __init__(
@@ -252,6 +321,7 @@ class HingeMargin(_ParametrizedLoss):
         self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
+        y_true = self._labels(y_true, y_pred, self.name)
         return hinge_margin_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
 
 
@@ -274,6 +344,8 @@ class HKR(_ParametrizedLoss):
         >>> model.compile(optimizer="adam", loss=HKR(alpha=10.0, min_margin=1.0), metrics=[KR()])
     """
 
+    _labels = staticmethod(binary_labels)
+
     _params = ("alpha", "min_margin")
 
     def __init__(
@@ -295,6 +367,7 @@ class HKR(_ParametrizedLoss):
         return hinge_margin_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
+        y_true = self._labels(y_true, y_pred, self.name)
         kr = kr_terms(y_true, y_pred, self.multi_gpu)
         return _hkr(kr, self._hinge(y_true, y_pred), self.alpha)
 
@@ -319,6 +392,8 @@ class MulticlassHinge(_ParametrizedLoss):
         >>> model.compile(optimizer="adam", loss=MulticlassHinge(min_margin=1.0))
     """
 
+    _labels = staticmethod(one_hot_labels)
+
     _params = ("min_margin",)
 
     def __init__(
@@ -332,6 +407,7 @@ class MulticlassHinge(_ParametrizedLoss):
         self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
+        y_true = self._labels(y_true, y_pred, self.name)
         return multiclass_hinge_terms(y_true, y_pred, self._param("min_margin", y_pred.dtype))
 
 
@@ -350,6 +426,8 @@ class MulticlassHKR(HKR):
     Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHKR(alpha=10.0, min_margin=1.0))
     """
+
+    _labels = staticmethod(one_hot_labels)
 
     def __init__(
         self,
@@ -390,6 +468,8 @@ class MultiMargin(_ParametrizedLoss):
         >>> model.compile(optimizer="adam", loss=MultiMargin(min_margin=math.sqrt(2) * 1.5))
     """
 
+    _labels = staticmethod(one_hot_labels)
+
     _params = ("min_margin",)
 
     def __init__(
@@ -403,7 +483,7 @@ class MultiMargin(_ParametrizedLoss):
         self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
-        target = _target_mask(y_true, y_pred)
+        target = _target_mask(self._labels(y_true, y_pred, self.name), y_pred)
         target_logit = ops.sum(y_pred * target, axis=-1, keepdims=True)
         margin = self._param("min_margin", y_pred.dtype)
         return ops.mean((1 - target) * ops.relu(margin - target_logit + y_pred), axis=-1)
@@ -426,6 +506,8 @@ class CategoricalHinge(_ParametrizedLoss):
         >>> model.compile(optimizer="adam", loss=CategoricalHinge(min_margin=0.5))
     """
 
+    _labels = staticmethod(one_hot_labels)
+
     _params = ("min_margin",)
 
     def __init__(
@@ -439,6 +521,7 @@ class CategoricalHinge(_ParametrizedLoss):
         self._set_params(min_margin=_check_nonnegative("min_margin", min_margin))
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
+        y_true = self._labels(y_true, y_pred, self.name)
         is_target = ops.greater(ops.cast(y_true, y_pred.dtype), 0)
         target_logit = ops.sum(ops.where(is_target, y_pred, ops.zeros_like(y_pred)), axis=-1)
         best_other = ops.max(ops.where(is_target, ops.full_like(y_pred, -np.inf), y_pred), axis=-1)
@@ -464,6 +547,8 @@ class TauCategoricalCrossentropy(_ParametrizedLoss):
         >>> model.compile(optimizer="adam", loss=TauCategoricalCrossentropy(tau=3.0))
     """
 
+    _labels = staticmethod(one_hot_labels)
+
     _params = ("tau",)
 
     def __init__(
@@ -478,7 +563,7 @@ class TauCategoricalCrossentropy(_ParametrizedLoss):
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         tau = self._param("tau", y_pred.dtype)
-        target = _target_mask(y_true, y_pred)
+        target = _target_mask(self._labels(y_true, y_pred, self.name), y_pred)
         return keras.losses.categorical_crossentropy(target, tau * y_pred, from_logits=True) / tau
 
 
@@ -496,6 +581,8 @@ class TauSparseCategoricalCrossentropy(_ParametrizedLoss):
         >>> model.compile(optimizer="adam", loss=TauSparseCategoricalCrossentropy(tau=3.0))
     """
 
+    _labels = staticmethod(sparse_labels)
+
     _params = ("tau",)
 
     def __init__(
@@ -510,9 +597,7 @@ class TauSparseCategoricalCrossentropy(_ParametrizedLoss):
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         tau = self._param("tau", y_pred.dtype)
-        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
-            y_true = ops.squeeze(y_true, axis=-1)
-        labels = ops.cast(y_true, "int32")
+        labels = ops.cast(self._labels(y_true, y_pred, self.name), "int32")
         return keras.losses.sparse_categorical_crossentropy(labels, tau * y_pred, from_logits=True) / tau
 
 
@@ -532,6 +617,8 @@ class TauBinaryCrossentropy(_ParametrizedLoss):
         >>> model.compile(optimizer="adam", loss=TauBinaryCrossentropy(tau=3.0))
     """
 
+    _labels = staticmethod(binary_labels)
+
     _params = ("tau",)
 
     def __init__(
@@ -546,7 +633,7 @@ class TauBinaryCrossentropy(_ParametrizedLoss):
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         tau = self._param("tau", y_pred.dtype)
-        target = _target_mask(y_true, y_pred)
+        target = _target_mask(self._labels(y_true, y_pred, self.name), y_pred)
         logits = tau * y_pred
         # log(1 + exp(-|z|)) + max(z, 0) - z t: the stable logistic loss.
         per_output = ops.softplus(-ops.abs(logits)) + ops.relu(logits) - logits * target
@@ -621,7 +708,7 @@ class MulticlassSoftHKR(_ParametrizedLoss):
         softmax = exp / ops.sum(exp, axis=-1, keepdims=True)
         return ops.where(target > 0, ops.ones_like(y_pred), softmax)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         target = _target_mask(y_true, y_pred)
         weights = self._softmax_weights(target, y_pred)
         signed = y_pred * (2.0 * target - 1.0)

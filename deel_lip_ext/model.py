@@ -197,8 +197,8 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
             # Built layers (a model with an Input is built at construction) take the constant directly; the
             # inference kernel cache is a function of it, so it is marked stale.
             layer.k_coef_lip = share
-            if getattr(layer, "_cache_valid", None) is not None:
-                layer._cache_valid.assign(0.0)
+            if getattr(layer, "_kernel_cache", None) is not None:
+                layer._kernel_cache.invalidate()
         self.k_coef_lip = k_coef_lip
 
     def get_config(self) -> dict:

@@ -15,6 +15,9 @@ Inference uses a cached kernel that can never be stale: the cache stores a
 snapshot of every variable the kernel depends on, and an inference call
 recomputes the kernel whenever any of them differs from its snapshot (after a
 training step, `load_weights`, `set_weights`, an `assign` by hand, ...).
+The cache is derived state: it is not a weight (not in `get_weights()`, not
+saved in `.keras` / `.weights.h5` files) and loading a file always
+invalidates it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from numpy.typing import ArrayLike
 
 from deel_lip_ext import normalizers
 
-__all__ = ["check_k_coef_lip", "LipschitzLayer", "ParametrizedLayer", "SpectralMixin", "KernelBiasMixin"]
+__all__ = ["check_k_coef_lip", "LipschitzLayer", "KernelCache", "ParametrizedLayer", "SpectralMixin", "KernelBiasMixin"]
 
 
 def check_k_coef_lip(k_coef_lip: float):
@@ -73,6 +76,39 @@ class LipschitzLayer:
         return [clone]
 
 
+class KernelCache:
+    """The inference cache of a `ParametrizedLayer`: derived state, never a weight.
+
+    Holds the last constrained kernel, a snapshot of every variable it was
+    computed from and a validity flag. The variables are made by hand (not
+    `add_weight`) so that Keras does not list them in `weights`, hence not in
+    `get_weights()` nor in `.keras` / `.weights.h5` files; the layer lists
+    them in `variables` so that every backend treats them as state.
+
+    Args:
+        kernel_shape: shape of the constrained kernel.
+        dependencies: the variables the kernel is a function of.
+    """
+
+    def __init__(self, kernel_shape: tuple, dependencies: list) -> None:
+        def variable(name, shape, dtype):
+            return keras.Variable(
+                keras.initializers.Zeros(), shape=shape, dtype=dtype, trainable=False, autocast=False, name=name
+            )
+
+        self.kernel = variable("cached_kernel", kernel_shape, "float32")
+        self.snapshots = [variable(f"snapshot_{i}", v.shape, v.dtype) for i, v in enumerate(dependencies)]
+        self.valid = variable("cache_valid", (), "float32")
+
+    @property
+    def variables(self) -> list:
+        return [self.kernel, *self.snapshots, self.valid]
+
+    def invalidate(self) -> None:
+        """Make the next inference call recompute the kernel."""
+        self.valid.assign(0.0)
+
+
 class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     """A layer whose kernel is the image of raw variables by a parametrization.
 
@@ -90,19 +126,38 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     and call `self.build_kernel_cache(kernel_shape)` at the end of `build`.
     """
 
-    def build_kernel_cache(self, kernel_shape: tuple[int, ...]):
-        self._cached_kernel = self.add_weight(
-            name="cached_kernel", shape=kernel_shape, initializer="zeros", trainable=False, dtype="float32"
-        )
-        self._cache_snapshots = [
-            self.add_weight(
-                name=f"snapshot_{i}", shape=var.shape, initializer="zeros", trainable=False, dtype=var.dtype
-            )
-            for i, var in enumerate(self.kernel_dependencies())
-        ]
-        self._cache_valid = self.add_weight(
-            name="cache_valid", shape=(), initializer="zeros", trainable=False, dtype="float32"
-        )
+    # Built by `build_kernel_cache`; derived state, see `KernelCache`.
+    _kernel_cache = None
+
+    def build_kernel_cache(self, kernel_shape: tuple) -> None:
+        """Create the inference cache of a kernel of `kernel_shape` (call it at the end of `build`)."""
+        with keras.name_scope(self.name, caller=self):
+            self._kernel_cache = KernelCache(kernel_shape, self.kernel_dependencies())
+
+    @property
+    def variables(self) -> list:
+        """All the layer's state: its weights plus the inference cache.
+
+        The cache is state (JAX threads it through compiled steps like any
+        non-trainable variable) but not a weight: it is absent from
+        `weights`, `get_weights()` and checkpoints.
+        """
+        if self._kernel_cache is None:
+            return super().variables
+        return super().variables + self._kernel_cache.variables
+
+    def load_own_variables(self, store) -> None:
+        """Load the raw state and drop the inference cache, which is recomputed from it.
+
+        Files written by releases that saved the cache after the raw state
+        (indices `len(weights)` onwards) still load: the cache is ignored.
+        """
+        if self._kernel_cache is not None:
+            own = len(self._trainable_variables) + len(self._non_trainable_variables)
+            if len(store.keys()) == own + len(self._kernel_cache.variables):
+                store = {str(i): store[str(i)] for i in range(own)}
+            self._kernel_cache.invalidate()
+        super().load_own_variables(store)
 
     def compute_kernel(self, training: bool | None = False):
         raise NotImplementedError
@@ -114,13 +169,20 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         raise NotImplementedError
 
     def effective_kernel(self):
-        """The constrained kernel the current variables define, freshly computed (float32)."""
+        """The kernel the layer really multiplies with, freshly computed, as float32.
+
+        The parametrization runs in float32; under a mixed precision policy
+        the call multiplies with that kernel rounded to the compute dtype
+        (float16, bfloat16), so this is the rounded kernel, cast back to
+        float32 (exactly representable). Bounds, exports and `condense` all
+        use it, so they describe the function that runs.
+        """
         if not self.built:
             raise RuntimeError(f"Layer {self.name!r} must be built before its kernel exists.")
-        return self.compute_kernel(training=False)[0]
+        return ops.cast(self._to_compute_dtype(self.compute_kernel(training=False)[0]), "float32")
 
     def kernel_for_call(self, training: bool | None = None):
-        """Kernel to use in `call`, cast to the compute dtype.
+        """Kernel to use in `call`: the float32 constrained kernel rounded to the compute dtype.
 
         Training recomputes it (with gradient) and stores the parametrization
         state; inference reads the cache, refreshed if any dependency changed.
@@ -131,23 +193,27 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
                 variable.assign(value)
         else:
             kernel = self._cached_or_fresh_kernel()
+        return self._to_compute_dtype(kernel)
+
+    def _to_compute_dtype(self, kernel):
         return ops.cast(kernel, self.compute_dtype)
 
     def _cached_or_fresh_kernel(self):
+        cache = self._kernel_cache
         dependencies = self.kernel_dependencies()
-        stale = self._cache_valid < 0.5
-        for variable, snapshot in zip(dependencies, self._cache_snapshots):
+        stale = cache.valid < 0.5
+        for variable, snapshot in zip(dependencies, cache.snapshots):
             stale = ops.logical_or(stale, ops.any(ops.not_equal(variable, snapshot)))
         kernel = ops.cond(
             stale,
             lambda: ops.stop_gradient(self.compute_kernel(training=False)[0]),
-            lambda: ops.convert_to_tensor(self._cached_kernel),
+            lambda: ops.convert_to_tensor(cache.kernel),
         )
         # Writing the cache is invisible: it holds a function of the variables.
-        self._cached_kernel.assign(kernel)
-        for variable, snapshot in zip(dependencies, self._cache_snapshots):
+        cache.kernel.assign(kernel)
+        for variable, snapshot in zip(dependencies, cache.snapshots):
             snapshot.assign(variable)
-        self._cache_valid.assign(1.0)
+        cache.valid.assign(1.0)
         return kernel
 
     def condense(self):
@@ -186,6 +252,7 @@ class SpectralMixin:
             initializer=keras.initializers.RandomNormal(0.0, 1.0),
             trainable=False,
             dtype="float32",
+            autocast=False,
         )
 
     def _spectral_kernel(self, adjustment_coef):
@@ -240,13 +307,19 @@ class KernelBiasMixin:
         self._add_bias(units)
 
     def _add_raw_kernel(self, shape, name="kernel"):
-        """A trainable variable with the layer's kernel initializer, regularizer and constraint."""
+        """A trainable variable with the layer's kernel initializer, regularizer and constraint.
+
+        Not autocast: under a mixed precision policy the parametrization reads
+        it in its float32 variable dtype, and only the constrained kernel is
+        rounded to the compute dtype (`ParametrizedLayer.kernel_for_call`).
+        """
         return self.add_weight(
             name=name,
             shape=shape,
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
+            autocast=False,
         )
 
     def _add_bias(self, units):

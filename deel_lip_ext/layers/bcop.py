@@ -208,6 +208,7 @@ class OrthonormalStackMixin:
             initializer=keras.initializers.RandomNormal(0.0, 1.0),
             trainable=False,
             dtype="float32",
+            autocast=False,
         )
 
     def kernel_dependencies(self):

@@ -112,6 +112,7 @@ class OSSNConv2D(DownsamplingConv2DBase):
             initializer=keras.initializers.RandomNormal(0.0, 1.0),
             trainable=False,
             dtype="float32",
+            autocast=False,
         )
 
     def kernel_dependencies(self):

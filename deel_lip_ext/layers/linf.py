@@ -295,6 +295,11 @@ def _compiled_backward(x, kernel, p_tensor, y, upstream, static_p, plan):
     )
 
 
+def _working_dtype(dtype: str) -> str:
+    """float32 for half-precision inputs (float16 cannot hold `_TINY`, and its sums of p-th powers overflow)."""
+    return "float32" if keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16") else dtype
+
+
 def linf_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf, chunk_size: int | None = None) -> Any:
     """Memory-efficient y[b, o] = ||x[b, :] - kernel[:, o]||_p with a custom gradient.
 
@@ -308,7 +313,8 @@ def linf_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf, chunk_si
             (a chunk intermediate no larger than the output, or 4 MB).
 
     Returns:
-        Tensor of shape (batch, units). Peak memory is O(batch * units) plus
+        Tensor of shape (batch, units), of x's dtype; half-precision inputs
+        (mixed precision) are computed in float32. Peak memory is O(batch * units) plus
         one chunk, in the forward and in the backward pass. On TensorFlow the
         chunk loops are compiled by XLA (one compilation per input shape).
 
@@ -317,10 +323,12 @@ def linf_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf, chunk_si
     """
     chunk_size = _check_chunk_size(chunk_size)
     x = ops.convert_to_tensor(x)
-    kernel = ops.cast(kernel, x.dtype)
+    output_dtype, dtype = x.dtype, _working_dtype(x.dtype)
+    # Casts outside the custom gradient: autodiff casts the gradients back to the callers' dtypes.
+    x, kernel = ops.cast(x, dtype), ops.cast(kernel, dtype)
     plan = _ChunkPlan.make(x.shape[0], x.shape[1], kernel.shape[1], chunk_size)
     static_p = _static_p(p)
-    p_tensor = ops.cast(p if static_p is None else static_p, x.dtype)
+    p_tensor = ops.cast(p if static_p is None else static_p, dtype)
 
     @ops.custom_gradient
     def distance(x, kernel, p_tensor):
@@ -338,7 +346,7 @@ def linf_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf, chunk_si
 
         return y, grad
 
-    return distance(x, kernel, p_tensor)
+    return ops.cast(distance(x, kernel, p_tensor), output_dtype)
 
 
 def naive_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf):
@@ -370,10 +378,11 @@ def interval_distance_bounds(
         (lower_bound, upper_bound), each of shape (batch, units).
     """
     p = check_p(p)
-    lower, upper = ops.convert_to_tensor(lower), ops.convert_to_tensor(upper)
+    lower = ops.convert_to_tensor(lower)
+    output_dtype, dtype = lower.dtype, _working_dtype(lower.dtype)
+    lower, upper, kernel = (ops.stop_gradient(ops.cast(value, dtype)) for value in (lower, upper, kernel))
     plan = _ChunkPlan.make(lower.shape[0], lower.shape[1], kernel.shape[1], _check_chunk_size(chunk_size))
-    kernel = ops.cast(kernel, lower.dtype)
-    return _interval_bounds(*(ops.stop_gradient(value) for value in (lower, upper, kernel)), p, plan)
+    return tuple(ops.cast(bound, output_dtype) for bound in _interval_bounds(lower, upper, kernel, p, plan))
 
 
 @compiled_by_xla
