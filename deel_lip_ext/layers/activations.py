@@ -58,6 +58,10 @@ class _ChannelActivation(LipschitzLayer, keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
+    def _lipschitz_constant(self, norm, input_shape):
+        # Sorting, pairwise max/min and CReLU are 1-Lipschitz in every l_p norm; times k.
+        return self.k_coef_lip
+
     def get_config(self):
         config = super().get_config()
         config.update({"k_coef_lip": self.k_coef_lip, "data_format": self.data_format})
@@ -318,6 +322,11 @@ class Householder(_ChannelActivation):
         theta = ops.cast(self.theta, inputs.dtype)
         outputs = _householder(_as_halves(inputs), theta, self.k_coef_lip)
         return ops.reshape(outputs, ops.shape(inputs))
+
+    def _lipschitz_constant(self, norm, input_shape):
+        # Piecewise identity / 2-D reflection [[cos, sin], [sin, -cos]] on each pair: an isometry in L2,
+        # l_inf norm |cos| + |sin| <= sqrt(2) on each piece of this continuous piecewise-linear map.
+        return self.k_coef_lip * (1.0 if norm == "l2" else math.sqrt(2.0))
 
     def get_config(self):
         config = super().get_config()

@@ -5,6 +5,7 @@ from keras import ops
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer, SpectralMixin
+from deel_lip_ext.spectrum import dense_sv_range
 
 __all__ = ["SpectralDense", "FrobeniusDense"]
 
@@ -67,6 +68,10 @@ class LipschitzDenseBase(KernelBiasMixin, ParametrizedLayer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
+
+    def operator_norm(self, input_shape: tuple | None = None) -> float:
+        """Largest singular value of the freshly computed constrained kernel (x -> x W on every row)."""
+        return dense_sv_range(self.effective_kernel())[1]
 
     def plain_layers(self, kernel):
         dense = keras.layers.Dense(

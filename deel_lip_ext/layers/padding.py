@@ -12,10 +12,14 @@ the circular convolution as a whole (pad + valid conv) that the library
 certifies.
 """
 
+import math
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
+
+from deel_lip_ext.layers.base import LipschitzBounded
 
 __all__ = ["CircularPadding2D", "circular_pad", "check_channels_last", "int_pair", "normalize_padding_2d"]
 
@@ -110,7 +114,7 @@ def circular_pad(x, padding):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class CircularPadding2D(keras.layers.Layer):
+class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
     """Wrap-around padding of the spatial axes (a torus), channels-last.
 
     Used in front of a "valid" convolution to make it circular; the exported
@@ -150,6 +154,21 @@ class CircularPadding2D(keras.layers.Layer):
             for size, (before, after) in zip(input_shape[1:3], self.padding)
         ]
         return (input_shape[0], *sizes, input_shape[3])
+
+    def _lipschitz_constant(self, norm, input_shape):
+        if norm == "linf":
+            return 1.0
+        # Along an axis of size n padded (before, after), index i is copied 1 + [i >= n - before] + [i < after]
+        # times; the constant is the square root of the largest product of copies over the two axes.
+        sizes = (None, None) if input_shape is None else tuple(input_shape)[1:3]
+        copies = 1
+        for size, (before, after) in zip(sizes, self.padding):
+            if size is None:
+                copies *= 1 + (before > 0) + (after > 0)
+            else:
+                index = np.arange(size)
+                copies *= int(np.max(1 + (index >= size - before) + (index < after)))
+        return math.sqrt(copies)
 
     def get_config(self):
         config = super().get_config()
