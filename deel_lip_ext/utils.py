@@ -372,7 +372,6 @@ def _node_constant(node, inputs, norm):
     tensor, value = tensors[0], values[0]
     if isinstance(operation, keras.layers.Layer):
         return value * layer_lipschitz_constant(operation, norm, tuple(tensor.shape))
-    spread = _broadcast_factor(tensor, output, norm, operation)
     if isinstance(operation, OPS["shape"]):
         _check_per_sample(operation, tensors, output)
         return value
@@ -382,12 +381,13 @@ def _node_constant(node, inputs, norm):
         return value * OPS["elementwise"][type(operation)]
     if isinstance(operation, OPS["multiply"]):
         (constant,) = _constants(node)
+        spread = _broadcast_factor(tensor, output, norm, operation)
         return value * spread * float(np.max(np.abs(_constant_array(constant, operation)), initial=0.0))
     if isinstance(operation, OPS["divide"]) and node.arguments.args[0] is tensor:
         divisor = np.abs(_constant_array(node.arguments.args[1], operation))
         if divisor.size == 0 or np.min(divisor) == 0:
             raise ValueError(f"operation {_operation_label(operation)} divides by zero.")
-        return value * spread / float(np.min(divisor))
+        return value * _broadcast_factor(tensor, output, norm, operation) / float(np.min(divisor))
     raise ValueError(
         f"operation {_operation_label(operation)} has no known Lipschitz constant: use layers with a known "
         "constant (deel_lip_ext layers, deel_lip_ext.lipschitz.STOCK_LAYERS, the ops of deel_lip_ext.lipschitz.OPS), "
