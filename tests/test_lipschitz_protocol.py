@@ -354,3 +354,22 @@ def test_stock_table_is_keyed_by_exact_class():
 def test_sequential_warns_for_an_activation_that_is_not_1_lipschitz():
     with pytest.warns(UserWarning, match="gelu_layer"):
         Sequential([keras.Input((3,)), lip.SpectralDense(3, activation="gelu", name="gelu_layer")])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the inference cache saved at the old size is trusted on load; fixed by issue 11 item 5 (cache not "
+    "saved / recomputed on load, helper S2's branch): remove this mark when merging it",
+)
+@pytest.mark.parametrize("padding, small", [("valid", 3), ("same", 2)])
+def test_conv_weights_saved_at_one_size_loaded_at_another(tmp_path, padding, small):
+    path = str(tmp_path / "small.weights.h5")
+    built_small = keras.Sequential([keras.Input((small, small, 1)), lip.SpectralConv2D(2, 3, padding=padding, name="c")])
+    built_small.predict(np.zeros((1, small, small, 1), "float32"), verbose=0)
+    built_small.save_weights(path)
+    big = keras.Sequential([keras.Input((9, 9, 1)), lip.SpectralConv2D(2, 3, padding=padding, use_bias=True, name="c")])
+    big.load_weights(path)
+    impulses = np.eye(81, dtype="float32").reshape(81, 9, 9, 1)
+    zero = big.predict(np.zeros((1, 9, 9, 1), "float32"), verbose=0).reshape(1, -1)
+    exact = np.linalg.norm(big.predict(impulses, verbose=0).reshape(81, -1) - zero, 2)
+    assert model_lipschitz_bound(big) >= exact * (1 - 1e-5)
