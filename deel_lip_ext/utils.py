@@ -98,13 +98,14 @@ def layer_singular_values(layer, input_shape=None):
         return layer.singular_values(input_shape)
     input_shape = tuple(input_shape) if input_shape is not None else built_input_shape(layer)
     if isinstance(layer, ParametrizedLayer):
-        kernel, strides, padding = keras.ops.convert_to_numpy(layer.effective_kernel()), getattr(layer, "strides", None), getattr(layer, "padding", None)
+        kernel = keras.ops.convert_to_numpy(layer.effective_kernel())
     elif isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
-        kernel, strides, padding = keras.ops.convert_to_numpy(layer.kernel), getattr(layer, "strides", None), getattr(layer, "padding", None)
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
     else:
         raise ValueError(f"layer_singular_values needs a Dense or Conv2D-like layer, got {type(layer).__name__}.")
     if kernel.ndim == 2:
         return np.linalg.svd(kernel, compute_uv=False)
+    strides, padding = tuple(layer.strides), layer.padding
     height, width, channels = input_shape[1:]
     if padding == "circular" and tuple(strides) == (1, 1):
         return conv_singular_values(kernel, (height, width))
@@ -316,7 +317,8 @@ def _check_per_sample(operation, tensors, output):
     out_shape = tuple(output.shape)
     for tensor in tensors:
         in_shape = tuple(tensor.shape)
-        if out_shape[:1] != in_shape[:1] or _sizes(in_shape[1:]) is None or _sizes(in_shape[1:]) != _sizes(out_shape[1:]):
+        size = _sizes(in_shape[1:])
+        if out_shape[:1] != in_shape[:1] or size is None or size != _sizes(out_shape[1:]):
             raise ValueError(
                 f"operation {_operation_label(operation)} maps {in_shape} to {out_shape}: only reshapes that keep "
                 "the batch axis first and the size of each sample are bounded."

@@ -123,7 +123,10 @@ def _global(cls):
 
 def _stock_dense(rng, shape):
     return keras.layers.Dense(
-        int(rng.choice([2, 4, 6])), activation=_activation(rng), kernel_initializer=_init(rng), bias_initializer=_bias(rng)
+        int(rng.choice([2, 4, 6])),
+        activation=_activation(rng),
+        kernel_initializer=_init(rng),
+        bias_initializer=_bias(rng),
     )
 
 
@@ -142,7 +145,9 @@ def _stock_conv(rng, shape):
 
 
 def _linf_dense(rng, shape):
-    return lip.LInfDistDense(int(rng.choice([4, 6])), identity_init=bool(rng.random() < 0.5), negate=bool(rng.random() < 0.3))
+    return lip.LInfDistDense(
+        int(rng.choice([4, 6])), identity_init=bool(rng.random() < 0.5), negate=bool(rng.random() < 0.3)
+    )
 
 
 def _linf_conv(rng, shape):
@@ -161,7 +166,12 @@ LAYERS = [
     # deel_lip_ext.layers
     Entry("SpectralDense", "vector", _dense_like(lip.SpectralDense), (lip.SpectralDense,)),
     Entry("FrobeniusDense", "vector", _dense_like(lip.FrobeniusDense), (lip.FrobeniusDense,)),
-    Entry("BjorckDense", "vector", lambda rng, s: lip.BjorckDense(int(rng.choice([2, 4])), k_coef_lip=_k(rng), activation=_activation(rng)), (lip.BjorckDense,)),
+    Entry(
+        "BjorckDense",
+        "vector",
+        lambda rng, s: lip.BjorckDense(int(rng.choice([2, 4])), k_coef_lip=_k(rng), activation=_activation(rng)),
+        (lip.BjorckDense,),
+    ),
     Entry("SpectralConv2D", "image", _conv_like(lip.SpectralConv2D), (lip.SpectralConv2D,)),
     Entry("FrobeniusConv2D", "image", _conv_like(lip.FrobeniusConv2D), (lip.FrobeniusConv2D,)),
     Entry("BCOPConv2D", "image", _conv_like(lip.BCOPConv2D, True), (lip.BCOPConv2D, lip.StackedOrthogonal)),
@@ -174,11 +184,31 @@ LAYERS = [
     Entry("MaxMin", "vector", _even_channels(lip.MaxMin), (lip.MaxMin,)),
     Entry("MaxMin-image", "image", _even_channels(lip.MaxMin), (lip.MaxMin,)),
     Entry("CReLU", "vector", lambda rng, s: lip.CReLU(k_coef_lip=_k(rng)), (lip.CReLU,)),
-    Entry("Householder", "vector", _even_channels(lip.Householder, theta_initializer=keras.initializers.RandomUniform(0, 6.3)), (lip.Householder,)),
+    Entry(
+        "Householder",
+        "vector",
+        _even_channels(lip.Householder, theta_initializer=keras.initializers.RandomUniform(0, 6.3)),
+        (lip.Householder,),
+    ),
     Entry("ScaledAveragePooling2D", "image", _pooling(lip.ScaledAveragePooling2D), (lip.ScaledAveragePooling2D,)),
-    Entry("ScaledL2NormPooling2D", "image", _pooling(lip.ScaledL2NormPooling2D), (lip.ScaledL2NormPooling2D, lip.ScaledL2NormPooling)),
-    Entry("ScaledGlobalAveragePooling2D", "image", _global(lip.ScaledGlobalAveragePooling2D), (lip.ScaledGlobalAveragePooling2D,)),
-    Entry("ScaledGlobalL2NormPooling2D", "image", _global(lip.ScaledGlobalL2NormPooling2D), (lip.ScaledGlobalL2NormPooling2D,)),
+    Entry(
+        "ScaledL2NormPooling2D",
+        "image",
+        _pooling(lip.ScaledL2NormPooling2D),
+        (lip.ScaledL2NormPooling2D, lip.ScaledL2NormPooling),
+    ),
+    Entry(
+        "ScaledGlobalAveragePooling2D",
+        "image",
+        _global(lip.ScaledGlobalAveragePooling2D),
+        (lip.ScaledGlobalAveragePooling2D,),
+    ),
+    Entry(
+        "ScaledGlobalL2NormPooling2D",
+        "image",
+        _global(lip.ScaledGlobalL2NormPooling2D),
+        (lip.ScaledGlobalL2NormPooling2D,),
+    ),
     Entry("InvertibleDownSampling", "image", _downsampling, (lip.InvertibleDownSampling,)),
     Entry("InvertibleUpSampling", "image", _upsampling, (lip.InvertibleUpSampling,)),
     Entry("CircularPadding2D", "image", lambda rng, s: lip.CircularPadding2D(1), (lip.CircularPadding2D,)),
@@ -194,8 +224,24 @@ LAYERS = [
     Entry("Dropout", "vector", lambda rng, s: keras.layers.Dropout(0.5)),
     Entry("Rescaling", "vector", lambda rng, s: keras.layers.Rescaling(float(rng.uniform(-3, 3)), offset=0.5)),
     Entry("LayerNormalization", "vector", lambda rng, s: keras.layers.LayerNormalization()),
-    Entry("MaxPooling2D", "image", lambda rng, s: keras.layers.MaxPooling2D(int(rng.choice([2, 3])), strides=int(rng.choice([1, 2])), padding="same")),
-    Entry("AveragePooling2D", "image", lambda rng, s: keras.layers.AveragePooling2D(2, strides=int(rng.choice([1, 2])), padding=str(rng.choice(["same", "valid"]))) if s[1] >= 2 else None),
+    Entry(
+        "MaxPooling2D",
+        "image",
+        lambda rng, s: keras.layers.MaxPooling2D(
+            int(rng.choice([2, 3])), strides=int(rng.choice([1, 2])), padding="same"
+        ),
+    ),
+    Entry(
+        "AveragePooling2D",
+        "image",
+        lambda rng, s: (
+            keras.layers.AveragePooling2D(
+                2, strides=int(rng.choice([1, 2])), padding=str(rng.choice(["same", "valid"]))
+            )
+            if s[1] >= 2
+            else None
+        ),
+    ),
     Entry("GlobalAveragePooling2D", "image", lambda rng, s: keras.layers.GlobalAveragePooling2D()),
     Entry("GlobalMaxPooling2D", "image", lambda rng, s: keras.layers.GlobalMaxPooling2D()),
     Entry("UpSampling2D", "image", lambda rng, s: keras.layers.UpSampling2D(2) if s[1] <= 4 else None),
@@ -241,8 +287,14 @@ def _merge(rng, a, b):
     if tuple(a.shape) != tuple(b.shape):
         return a
     choice = rng.integers(7)
-    merges = [keras.layers.Add(), keras.layers.Subtract(), keras.layers.Average(), keras.layers.Maximum(),
-              keras.layers.Minimum(), keras.layers.Concatenate()]
+    merges = [
+        keras.layers.Add(),
+        keras.layers.Subtract(),
+        keras.layers.Average(),
+        keras.layers.Maximum(),
+        keras.layers.Minimum(),
+        keras.layers.Concatenate(),
+    ]
     if choice < len(merges):
         return merges[choice]([a, b])
     return ops.add(a, b)
@@ -263,8 +315,11 @@ def _branch(rng, tensor, broadcast=False):
 
 def _shared(rng, tensor):
     width = tensor.shape[-1]
-    layer = (lip.SpectralDense(width, k_coef_lip=_k(rng), kernel_initializer=_init(rng))
-             if rng.random() < 0.5 else keras.layers.Dense(width, kernel_initializer=_init(rng)))
+    layer = (
+        lip.SpectralDense(width, k_coef_lip=_k(rng), kernel_initializer=_init(rng))
+        if rng.random() < 0.5
+        else keras.layers.Dense(width, kernel_initializer=_init(rng))
+    )
     if _kind(tuple(tensor.shape)) == "image":
         layer = keras.layers.Conv2D(width, 3, padding="same", kernel_initializer=_init(rng))
     if rng.random() < 0.5:
@@ -293,7 +348,9 @@ def random_model(seed: int, focus: str | None = None) -> keras.Model:
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
     image = focus is None and rng.random() < 0.45
-    shape = (int(rng.choice([4, 6, 8])),) * 2 + (int(rng.choice([1, 2, 4])),) if image else (int(rng.choice([4, 6, 8])),)
+    shape = (
+        (int(rng.choice([4, 6, 8])),) * 2 + (int(rng.choice([1, 2, 4])),) if image else (int(rng.choice([4, 6, 8])),)
+    )
     inputs = keras.Input(shape)
     if focus == "broadcast":
         return keras.Model(inputs, _branch(rng, inputs, broadcast=True))
@@ -432,7 +489,9 @@ def fuzz(seeds, norms=("l2", "linf"), focus=None):
             model = random_model(seed, focus)
             outcomes.extend(check_model(model, norms, seed))
         except Exception as error:  # anything but a clear refusal is a bug; say how to replay it
-            raise AssertionError(f"seed {seed}: {type(error).__name__}: {error} (replay: random_model({seed}))") from error
+            raise AssertionError(
+                f"seed {seed}: {type(error).__name__}: {error} (replay: random_model({seed}))"
+            ) from error
         finally:
             keras.backend.clear_session(free_memory=False)
     return outcomes

@@ -86,7 +86,9 @@ def test_activation_of_a_constrained_layer_counts_in_the_bound(activation, pre_a
     assert bound == pytest.approx(layer.operator_norm() * ACTIVATIONS[layer.activation][0], rel=1e-6)
 
 
-@pytest.mark.parametrize("layer", [lip.SpectralDense(4, activation="exponential"), lip.FrobeniusConv2D(2, 3, activation="mish")])
+@pytest.mark.parametrize(
+    "layer", [lip.SpectralDense(4, activation="exponential"), lip.FrobeniusConv2D(2, 3, activation="mish")]
+)
 def test_unbounded_or_unknown_activation_is_refused(layer):
     shape = (None, 4) if isinstance(layer, lip.SpectralDense) else (None, 5, 5, 1)
     model = keras.Sequential([keras.Input(shape[1:]), layer])
@@ -364,7 +366,9 @@ def test_sequential_warns_for_an_activation_that_is_not_1_lipschitz():
 @pytest.mark.parametrize("padding, small", [("valid", 3), ("same", 2)])
 def test_conv_weights_saved_at_one_size_loaded_at_another(tmp_path, padding, small):
     path = str(tmp_path / "small.weights.h5")
-    built_small = keras.Sequential([keras.Input((small, small, 1)), lip.SpectralConv2D(2, 3, padding=padding, name="c")])
+    built_small = keras.Sequential(
+        [keras.Input((small, small, 1)), lip.SpectralConv2D(2, 3, padding=padding, name="c")]
+    )
     built_small.predict(np.zeros((1, small, small, 1), "float32"), verbose=0)
     built_small.save_weights(path)
     big = keras.Sequential([keras.Input((9, 9, 1)), lip.SpectralConv2D(2, 3, padding=padding, use_bias=True, name="c")])

@@ -6,7 +6,6 @@ layers). A failure message names the seed: `random_model(seed)` rebuilds the mod
 
 import inspect
 
-import keras
 import pytest
 
 from deel_lip_ext import layers as lip
@@ -32,8 +31,11 @@ def _assert_sound(outcomes):
         assert bounded, f"every {norm} model was refused: the fuzzer checked nothing"
     for outcome in outcomes:
         if outcome.bound is None:
-            assert "lip_const" in outcome.refusal or "norm=" in outcome.refusal or "bounded" in outcome.refusal or (
-                "built" in outcome.refusal
+            assert (
+                "lip_const" in outcome.refusal
+                or "norm=" in outcome.refusal
+                or "bounded" in outcome.refusal
+                or ("built" in outcome.refusal)
             ), f"seed {outcome.seed}: unclear refusal {outcome.refusal!r}"
 
 
