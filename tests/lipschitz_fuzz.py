@@ -21,6 +21,7 @@ from keras import ops
 from deel_lip_ext import layers as lip
 from deel_lip_ext.lipschitz import ACTIVATIONS
 from deel_lip_ext.utils import model_lipschitz_bound
+from deel_lip_ext.zoo.bcop import NearestUpSampling2D
 
 # Known activations by name (constructed through keras.activations.get), plus unknown ones.
 KNOWN_ACTIVATIONS = sorted(f.__name__ for f in ACTIVATIONS if f is not keras.activations.softmax) + [None]
@@ -247,6 +248,15 @@ LAYERS = [
     Entry("UpSampling2D", "image", lambda rng, s: keras.layers.UpSampling2D(2) if s[1] <= 4 else None),
     Entry("ZeroPadding2D", "image", lambda rng, s: keras.layers.ZeroPadding2D(1) if s[1] <= 6 else None),
     Entry("Flatten", "image", lambda rng, s: keras.layers.Flatten()),
+    # deel_lip_ext.zoo
+    Entry(
+        "NearestUpSampling2D",
+        "image",
+        lambda rng, s: NearestUpSampling2D(2, isometric=bool(rng.random() < 0.5), k_coef_lip=_k(rng))
+        if s[1] <= 4
+        else None,
+        (NearestUpSampling2D,),
+    ),
 ]
 
 

@@ -377,3 +377,33 @@ def test_conv_weights_saved_at_one_size_loaded_at_another(tmp_path, padding, sma
     zero = big.predict(np.zeros((1, 9, 9, 1), "float32"), verbose=0).reshape(1, -1)
     exact = np.linalg.norm(big.predict(impulses, verbose=0).reshape(81, -1) - zero, 2)
     assert model_lipschitz_bound(big) >= exact * (1 - 1e-5)
+
+
+def test_spectrum_and_table_import_no_layer():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, deel_lip_ext.spectrum, deel_lip_ext.lipschitz\n"
+        "layers = [m for m in sys.modules if m.startswith('deel_lip_ext.layers')]\n"
+        "assert not layers, layers\n"
+        "from deel_lip_ext.utils import conv_singular_values, conv_operator_matrix, operator_singular_values\n"
+        "assert conv_singular_values is deel_lip_ext.spectrum.conv_singular_values\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_exported_model_has_the_same_bound():
+    with pytest.warns(UserWarning, match="not known to be 1-Lipschitz"):  # gelu and selu are not 1-Lipschitz
+        model = Sequential(
+            [
+                keras.Input((6, 6, 2)),
+                lip.SpectralConv2D(4, 3, padding="circular", activation="gelu"),
+                lip.BCOPConv2D(4, 2, strides=2, activation="tanh"),
+                keras.layers.Flatten(),
+                lip.SpectralDense(3, activation="selu"),
+            ]
+        )
+    exported = model.vanilla_export()
+    assert model_lipschitz_bound(exported) == pytest.approx(model_lipschitz_bound(model), rel=1e-5)
+    assert model_lipschitz_bound(exported, "linf") == pytest.approx(model_lipschitz_bound(model, "linf"), rel=1e-5)

@@ -268,7 +268,12 @@ class SpectralConv2D(SpectralMixin, LipschitzConv2DBase):
         k_coef_lip: Lipschitz constant of the layer.
         eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral,
             maxiter_bjorck: as in `SpectralDense`.
-        (other arguments as `keras.layers.Conv2D`; dilation and groups must be 1)
+        (other arguments as `keras.layers.Conv2D`; dilation and groups must be
+            1; `activation` counts in the Lipschitz constant as in `SpectralDense`)
+
+    A layer built for a known height and width refuses other sizes (its
+    correction depends on the size); build it with None spatial dimensions
+    to use it at every size.
 
     Example:
     >>> conv = SpectralConv2D(16, 3, padding="circular")

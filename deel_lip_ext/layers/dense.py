@@ -98,8 +98,12 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
 
     Args:
         units: output dimension.
-        activation: activation applied to the output (must itself be
-            1-Lipschitz for the layer to stay k-Lipschitz; None by default).
+        activation: activation applied to the output (None by default). It
+            counts in the layer's Lipschitz constant (`lipschitz_constant`,
+            `deel_lip_ext.utils.model_lipschitz_bound`): a known
+            `keras.activations` function multiplies it by its constant (1 for
+            relu/tanh, 1.13 for gelu, ...); an unknown one (a user function,
+            exponential) makes the bound raise `ValueError`.
         use_bias: whether to add a bias (it does not change the constant).
         kernel_initializer: initializer of the raw kernel. Orthogonal by
             default (Björck then starts converged; deel-lip's
