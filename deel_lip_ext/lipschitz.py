@@ -240,7 +240,7 @@ def _op_classes(module, names):
 
 
 OPS = {
-    "shape": _op_classes(_ops_numpy, ("Reshape", "Transpose", "ExpandDims", "Squeeze", "Flip", "Roll")),
+    "shape": _op_classes(_ops_numpy, ("Reshape", "Transpose", "ExpandDims", "Squeeze")),
     "additive": _op_classes(_ops_numpy, ("Add", "Subtract")),
     "negative": _op_classes(_ops_numpy, ("Negative",)),
     "multiply": _op_classes(_ops_numpy, ("Multiply",)),

@@ -315,10 +315,12 @@ def _broadcast_factor(tensor, output, norm, operation):
 def _check_per_sample(operation, tensors, output):
     """Refuse an op that moves entries across samples (changes the batch axis or the per-sample size)."""
     out_shape = tuple(output.shape)
+    axes = getattr(operation, "axes", None) if type(operation).__name__ == "Transpose" else (0,)
     for tensor in tensors:
         in_shape = tuple(tensor.shape)
         size = _sizes(in_shape[1:])
-        if out_shape[:1] != in_shape[:1] or size is None or size != _sizes(out_shape[1:]):
+        batch_kept = in_shape[0] is None and out_shape[0] is None and axes is not None and axes[0] == 0
+        if not batch_kept or size is None or size != _sizes(out_shape[1:]):
             raise ValueError(
                 f"operation {_operation_label(operation)} maps {in_shape} to {out_shape}: only reshapes that keep "
                 "the batch axis first and the size of each sample are bounded."
@@ -382,7 +384,10 @@ def _node_constant(node, inputs, norm):
     if isinstance(operation, tuple(OPS["elementwise"])):
         return value * OPS["elementwise"][type(operation)]
     if isinstance(operation, OPS["multiply"]):
-        (constant,) = _constants(node)
+        constants = _constants(node)
+        if len(constants) != 1:
+            raise ValueError(f"operation {_operation_label(operation)}: only a product with one constant is bounded.")
+        (constant,) = constants
         spread = _broadcast_factor(tensor, output, norm, operation)
         return value * spread * float(np.max(np.abs(_constant_array(constant, operation)), initial=0.0))
     if isinstance(operation, OPS["divide"]) and node.arguments.args[0] is tensor:

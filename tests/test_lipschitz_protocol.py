@@ -235,6 +235,14 @@ def test_unknown_ops_are_refused_clearly(op, match):
             model_lipschitz_bound(model, norm)
 
 
+def test_ops_that_mix_samples_are_refused():
+    inputs = keras.Input(batch_shape=(4, 4))
+    h = keras.layers.Dense(4)(inputs)
+    for mixed in (ops.transpose(h), ops.reshape(h, (2, 8))):
+        with pytest.raises(ValueError, match="batch"):
+            model_lipschitz_bound(keras.Model(inputs, mixed))
+
+
 def test_nested_models_multiple_inputs_and_outputs():
     inner_in = keras.Input((4,))
     inner = keras.Model(inner_in, lip.SpectralDense(4, k_coef_lip=3.0)(inner_in), name="inner")
