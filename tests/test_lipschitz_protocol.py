@@ -415,3 +415,9 @@ def test_exported_model_has_the_same_bound():
     exported = model.vanilla_export()
     assert model_lipschitz_bound(exported) == pytest.approx(model_lipschitz_bound(model), rel=1e-5)
     assert model_lipschitz_bound(exported, "linf") == pytest.approx(model_lipschitz_bound(model, "linf"), rel=1e-5)
+
+
+def test_unbuilt_parametrized_layer_refuses_with_a_value_error():
+    with pytest.raises(ValueError, match="built"):
+        lip.SpectralDense(3, name="fresh").lipschitz_constant()
+    assert lip.GroupSort2(k_coef_lip=2.0).lipschitz_constant("linf") == 2.0

@@ -194,6 +194,8 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         return 1.0
 
     def _lipschitz_constant(self, norm, input_shape):
+        if not self.built:
+            raise ValueError(f"layer {self.name!r} must be built before its Lipschitz constant can be computed.")
         linear = self.operator_norm(input_shape) if norm == "l2" else self.linf_operator_norm(input_shape)
         return float(linear) * self.activation_constant()
 
