@@ -200,6 +200,8 @@ def certified_radius(
     check_norm(norm)
     lip_const = check_lip_const(lip_const)
     logits = np.asarray(logits, dtype="float32")
+    if logits.size == 0:
+        raise ValueError(f"logits is empty (shape {logits.shape}): certified_radius needs at least one sample.")
     target = check_labels(logits, labels)
     margin = logit_margin(target, logits)
     radius = _radius_from_margin(margin, norm, lip_const, disjoint_neurons, logits.shape[1])
@@ -234,12 +236,11 @@ def _input_scale_factor(input_scale):
     return float(np.min(scale))
 
 
-def resolve_lip_const(model: keras.Model, lip_const: float):
-    """`lip_const` if given (checked), else the computed bound of `model`."""
+def resolve_lip_const(model, lip_const, norm="l2"):
+    """`lip_const` if given (checked), else the computed `norm` bound of `model` (`model_lipschitz_bound`)."""
     if lip_const is not None:
         return check_lip_const(lip_const)
-
-    return check_lip_const(model_lipschitz_bound(model), "the computed Lipschitz bound")
+    return check_lip_const(model_lipschitz_bound(model, norm), "the computed Lipschitz bound")
 
 
 def iterate_batches(data: tuple[ArrayLike, ArrayLike], batch_size: int):
@@ -389,10 +390,10 @@ def certify(
             channel). A raw perturbation d becomes d / std, so radii are
             multiplied by min(std). None: no normalization.
         batch_size: batch size when `data` is a pair of arrays.
-        lip_const: the Lipschitz constant to use. None (default): computed as
-            the product of exact per-layer operator norms of the exported model
-            (`deel_lip_ext.utils.model_lipschitz_bound`), which raises
-            `ValueError` naming a layer whose constant is unknown.
+        lip_const: the Lipschitz constant to use. None (default): computed
+            for `lip_norm` by `deel_lip_ext.utils.model_lipschitz_bound` (a walk
+            of the model's graph with exact per-layer operator norms), which
+            raises `ValueError` naming a layer or op whose constant is unknown.
         lip_norm: norm for which `lip_const` holds: "l2" (our layers, and the
             computed bound) or "linf" (l_inf-dist nets). An L2 bound certifies
             l_inf balls of radius r_2 / sqrt(d) (d = input size).
@@ -411,11 +412,15 @@ def certify(
     check_norm(lip_norm, "lip_norm")
     batch_size = _check_batch_size(batch_size)
     epsilons = np.atleast_1d(np.asarray(epsilons, dtype="float64"))
+    if epsilons.ndim != 1 or epsilons.size == 0:
+        raise ValueError(
+            f"epsilons must be a number or a flat, non-empty list of numbers, got an array of shape {epsilons.shape}."
+        )
     for eps in epsilons:
         check_epsilon(float(eps), "epsilons")
     scale = _input_scale_factor(input_scale)
     lip_source = "user" if lip_const is not None else "computed"
-    lip_const = resolve_lip_const(model, lip_const)
+    lip_const = resolve_lip_const(model, lip_const, lip_norm)
 
     n_batches = count_batches(data, batch_size)
     progbar = make_progbar(n_batches, verbose)

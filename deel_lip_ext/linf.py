@@ -33,6 +33,8 @@ from numpy.typing import ArrayLike
 
 from deel_lip_ext.certification import certified_radius
 from deel_lip_ext.layers.linf import LogitScale, _LInfDistBase, check_p
+from deel_lip_ext.lipschitz import is_non_decreasing_activation
+from deel_lip_ext.utils import layer_lipschitz_constant, model_lipschitz_bound
 
 __all__ = [
     "distance_layers",
@@ -416,33 +418,19 @@ class HybridIntervalCrossEntropy(_EpsLoss):
 
 # ---------------------------------------------------------------- interval bounds
 
-# Elementwise non-decreasing activations: bounds map to bounds.
-_MONOTONE_ACTIVATIONS = {
-    "linear",
-    "relu",
-    "relu6",
-    "tanh",
-    "sigmoid",
-    "hard_sigmoid",
-    "softplus",
-    "elu",
-    "leaky_relu",
-}
-# Their Lipschitz constants (upper bounds).
-_ACTIVATION_LIPSCHITZ = {"linear": 1.0, "relu": 1.0, "relu6": 1.0, "tanh": 1.0, "sigmoid": 0.25, "softplus": 1.0}
 _SHAPE_LAYERS = (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
 
 
-def _activation_name(layer):
-    activation = getattr(layer, "activation", None)
-    return "linear" if activation is None else getattr(activation, "__name__", None)
+def _is_linear(activation):
+    return activation is None or activation is keras.activations.linear
 
 
-def _check_monotone(name, layer):
-    if name not in _MONOTONE_ACTIVATIONS:
+def _check_monotone(activation, layer):
+    """Elementwise non-decreasing activations (known by identity in `deel_lip_ext.lipschitz.ACTIVATIONS`) only."""
+    if not is_non_decreasing_activation(activation):
         raise TypeError(
-            f"layer {layer.name!r}: interval bounds need a non-decreasing activation "
-            f"({sorted(_MONOTONE_ACTIVATIONS)}), got {name!r}."
+            f"layer {layer.name!r}: interval bounds need a non-decreasing `keras.activations` function "
+            f"(relu, tanh, sigmoid, ...), got {getattr(activation, '__name__', activation)!r}."
         )
 
 
@@ -458,8 +446,7 @@ def _dense_bounds(layer, lower, upper):
     if layer.use_bias:
         mid = mid + ops.cast(layer.bias, centre.dtype)
     spread = ops.matmul(radius, ops.abs(kernel))
-    name = _activation_name(layer)
-    _check_monotone(name, layer)
+    _check_monotone(layer.activation, layer)
     return layer.activation(mid - spread), layer.activation(mid + spread)
 
 
@@ -476,7 +463,7 @@ def _layer_bounds(layer, lower, upper):
         return _dense_bounds(layer, lower, upper)
     if isinstance(layer, keras.layers.Activation) or _is_monotone_relu(layer):
         if isinstance(layer, keras.layers.Activation):
-            _check_monotone(_activation_name(layer), layer)
+            _check_monotone(layer.activation, layer)
         # A non-decreasing elementwise map sends the box's ends to the image's ends.
         return layer(lower), layer(upper)
     raise TypeError(
@@ -524,7 +511,7 @@ def _elided_margins(layers, lower, upper, is_target):
     """
     layers = _strip_identities(list(layers))
     last = layers[-1]
-    if isinstance(last, keras.layers.Dense) and _activation_name(last) == "linear":
+    if isinstance(last, keras.layers.Dense) and _is_linear(last.activation):
         for layer in layers[:-1]:
             lower, upper = _layer_bounds(layer, lower, upper)
         centre, radius = (upper + lower) / 2.0, (upper - lower) / 2.0
@@ -621,51 +608,26 @@ def certify_ibp(
     return np.all(others < 0, axis=1)
 
 
-def _layer_linf_lipschitz(layer):
-    if isinstance(layer, _LInfDistBase):
-        if not math.isinf(layer.p):
-            raise ValueError(
-                f"layer {layer.name!r} has p = {layer.p}: only p = inf is 1-Lipschitz in l_inf "
-                "(call deel_lip_ext.linf.set_p(model, float('inf')) before certifying)."
-            )
-        return 1.0
-    if isinstance(layer, (LogitScale,) + _SHAPE_LAYERS):
-        return 1.0
-    if isinstance(layer, keras.layers.Rescaling):
-        return float(np.max(np.abs(np.asarray(layer.scale, dtype="float64"))))
-    if isinstance(layer, keras.layers.Dense):
-        # l_inf operator norm of x -> x W: the largest absolute column sum of W.
-        kernel = np.abs(ops.convert_to_numpy(layer.kernel).astype("float64"))
-        return float(np.max(np.sum(kernel, axis=0))) * _activation_lipschitz(_activation_name(layer), layer)
-    if isinstance(layer, keras.layers.Activation):
-        return _activation_lipschitz(_activation_name(layer), layer)
-    if _is_monotone_relu(layer):
-        return max(1.0, float(layer.negative_slope))
-    raise ValueError(
-        f"layer {layer.name!r} ({type(layer).__name__}) has no known l_inf Lipschitz constant: supported are "
-        "l_inf-dist layers at p = inf, Dense, Rescaling, 1-Lipschitz activations, Flatten, Reshape, Dropout."
-    )
+def linf_lipschitz_bound(model):
+    """Upper bound of the l_inf -> l_inf Lipschitz constant of a model, a layer or a chain (list) of layers.
 
+    A model's bound walks its real graph (`deel_lip_ext.utils.model_lipschitz_bound(model, "linf")`:
+    merges, ops, shared layers and nested models included); each layer answers through the Lipschitz
+    protocol: 1 per l_inf-dist layer at p = inf, the largest absolute column sum of a Dense kernel,
+    max |scale| for `Rescaling` (a model starting with `Rescaling(1 / std)` gets 1 / std).
 
-def _activation_lipschitz(name, layer):
-    if name not in _ACTIVATION_LIPSCHITZ:
-        raise ValueError(
-            f"layer {layer.name!r}: activation {name!r} has no known Lipschitz constant "
-            f"(supported: {sorted(_ACTIVATION_LIPSCHITZ)})."
-        )
-    return _ACTIVATION_LIPSCHITZ[name]
+    Raises:
+        ValueError: for a layer or op whose l_inf constant is unknown (or an l_inf-dist layer at finite p).
 
-
-def linf_lipschitz_bound(model: keras.Model):
-    """Upper bound of the l_inf -> l_inf Lipschitz constant of a chain of layers (product of layer bounds).
-
-    1 per l_inf-dist layer at p = inf; a model starting with
-    `Rescaling(1 / std)` gets 1 / std. Raises `ValueError` for a layer whose
-    constant is unknown (or an l_inf-dist layer at finite p).
+    Examples:
+        >>> set_p(model, float("inf"))
+        >>> linf_lipschitz_bound(model)  # 1 / std for a Rescaling(1 / std) then l_inf-dist layers
     """
+    if isinstance(model, keras.Model):
+        return model_lipschitz_bound(model, "linf")
     bound = 1.0
-    for layer in _chain(model):
-        bound *= _layer_linf_lipschitz(layer)
+    for layer in model if isinstance(model, (list, tuple)) else [model]:
+        bound *= layer_lipschitz_constant(layer, "linf")
     return bound
 
 

@@ -664,7 +664,7 @@ class MulticlassSoftHKR(_ParametrizedLoss):
         temperature: softmax temperature factor (> 0).
         reduction, name, dtype: as in `keras.losses.Loss`.
 
-    Example:
+    Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassSoftHKR(alpha=10.0, min_margin=1.0))
     """
 

@@ -15,28 +15,28 @@ from collections.abc import Sequence
 
 import keras
 
-from deel_lip_ext.layers.base import LipschitzLayer, check_k_coef_lip
+from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, check_k_coef_lip
+from deel_lip_ext.utils import layer_lipschitz_constant
 
 __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]
 
-_ONE_LIPSCHITZ_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+def is_known_lipschitz(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` is known to be 1-Lipschitz in L2 (`k_coef_lip`-Lipschitz for deel-lip-ext layers).
 
-
-def is_known_lipschitz(layer: keras.layers.Layer):
-    """Whether `layer` is known to be 1-Lipschitz (or k-Lipschitz by construction)."""
-    if isinstance(layer, LipschitzLayer) or hasattr(layer, "lipschitz_sv"):
-        return True
-    if isinstance(layer, (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)):
-        return True
-    if isinstance(layer, keras.layers.Softmax):
-        return True
-    if isinstance(layer, keras.layers.ReLU):
-        return layer.negative_slope <= 1 and layer.threshold == 0
-    if isinstance(layer, keras.layers.Activation):
-        return getattr(layer.activation, "__name__", "") in _ONE_LIPSCHITZ_ACTIVATIONS
-    if isinstance(layer, keras.layers.MaxPooling2D):
-        return all(p <= s for p, s in zip(layer.pool_size, layer.strides))
-    return False
+    Asks the Lipschitz protocol (`deel_lip_ext.utils.layer_lipschitz_constant`);
+    an unbuilt parametrized layer is k-Lipschitz by construction times its
+    activation's constant. Unknown constants (and unbuilt stock layers with
+    weights) give False.
+    """
+    target = layer.k_coef_lip if isinstance(layer, LipschitzLayer) else 1.0
+    try:
+        if isinstance(layer, ParametrizedLayer) and not layer.built:
+            constant = layer.k_coef_lip * layer.activation_constant()
+        else:
+            constant = layer_lipschitz_constant(layer, "l2")
+    except ValueError:
+        return False
+    return constant <= target * (1 + 1e-4)
 
 
 def _copy_layer(layer):
@@ -180,7 +180,7 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
         Args:
             klip_factor: Lipschitz constant of the whole model (> 0).
 
-        Example:
+        Examples:
             >>> model = Sequential([keras.Input((4,)), SpectralDense(4), GroupSort2(), SpectralDense(1)])
             >>> model.set_klip_factor(8.0)  # each of the 3 layers gets 2
         """

@@ -274,7 +274,7 @@ def spectral_normalization_conv(
     Returns:
         `(kernel / sigma, u, sigma)`.
 
-    Example:
+    Examples:
         >>> w_bar, u, sigma = spectral_normalization_conv(kernel, keras.random.normal((1, 8, 8, 3)))
     """
     if pad_func is not None:

@@ -17,23 +17,22 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only: plotting does not need Keras at import time
     import keras
 
+from deel_lip_ext.utils import layer_singular_values
+
 __all__ = ["layer_spectrum", "plot_singular_values"]
 
 
 def layer_spectrum(layer: keras.layers.Layer):
     """All singular values of a layer's linear operator at its real input size (numpy float64).
 
-    Layers with a `singular_values()` method (the BCOP-paper convolutions,
-    exact after their downsampling) use it; other Dense/Conv2D-like layers use
-    `deel_lip_ext.utils.layer_singular_values`.
+    `deel_lip_ext.utils.layer_singular_values`: the BCOP-paper convolutions
+    are exact after their downsampling, other Dense/Conv2D-like layers exact
+    on small inputs.
 
     Examples:
+        Example:
         >>> before = layer_spectrum(model.get_layer("conv1"))
     """
-    if hasattr(layer, "singular_values"):
-        return np.asarray(layer.singular_values(), dtype=np.float64)
-    from deel_lip_ext.utils import layer_singular_values
-
     return np.asarray(layer_singular_values(layer), dtype=np.float64)
 
 

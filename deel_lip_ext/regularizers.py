@@ -44,7 +44,7 @@ class Lorth2D:
         conv_transpose: the kernel belongs to a transposed convolution (only
             changes delta, as in deel-lip).
 
-    Example:
+    Examples:
         >>> lorth = Lorth2D(kernel_shape=(3, 3, 8, 16))
         >>> value = lorth.compute_lorth(conv.kernel)
     """
@@ -117,7 +117,7 @@ class LorthRegularizer(keras.regularizers.Regularizer):
         dim: 2 (only 2-D convolutions are implemented).
         conv_transpose: the kernel belongs to a transposed convolution.
 
-    Example:
+    Examples:
         >>> conv = keras.layers.Conv2D(16, 3, kernel_regularizer=LorthRegularizer((3, 3, 8, 16), lambda_lorth=10.0))
     """
 
@@ -160,7 +160,7 @@ class OrthDenseRegularizer(keras.regularizers.Regularizer):
     Args:
         lambda_orth: weight of the penalty (>= 0).
 
-    Example:
+    Examples:
         >>> dense = keras.layers.Dense(8, kernel_regularizer=OrthDenseRegularizer(1.0))
     """
 

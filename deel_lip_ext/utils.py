@@ -1,12 +1,15 @@
 """Measuring tools: exact layer singular values, whole-model bounds, empirical constants.
 
-* `conv_singular_values(kernel, input_size)`: every singular value of a
-  circular stride-1 convolution (FFT method of Sedghi, Gupta & Long, 2019).
+* `conv_singular_values`, `conv_operator_matrix`, `operator_singular_values`:
+  operator-norm tools, defined in `deel_lip_ext.spectrum` (which imports no
+  layer) and re-exported here.
+* `layer_lipschitz_constant(layer, norm, input_shape)`: the Lipschitz constant
+  of one layer, from the layer's own `lipschitz_constant` (every deel-lip-ext
+  layer) or from the table of stock Keras layers `deel_lip_ext.lipschitz.STOCK_LAYERS`.
 * `compute_layer_sv(layer)`: exact (min, max) singular values of one layer
   for its real padding and stride (upper bound for the max on large inputs).
-* `compute_model_sv(model)` and `model_lipschitz_bound(model)`: per-layer
-  values and a certified upper bound of the whole model's L2 Lipschitz
-  constant (products along the graph, sums over `Add` branches).
+* `model_lipschitz_bound(model, norm)`: a certified upper bound of the whole
+  model's L2 or l_inf Lipschitz constant, from a walk of its real graph.
 * `evaluate_lip_const(model, x)`: largest Jacobian spectral norm over a batch,
   a lower bound of the constant.
 """
@@ -19,110 +22,68 @@ import keras
 import numpy as np
 from numpy.typing import ArrayLike
 
-from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
-from deel_lip_ext.layers.convolutional import circular_pad_widths
-from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad
+from deel_lip_ext.layers.base import LipschitzBounded, LipschitzLayer, ParametrizedLayer, built_input_shape
+from deel_lip_ext.layers.bcop import DownsamplingConv2DBase
+from deel_lip_ext.layers.convolutional import LipschitzConv2DBase
+from deel_lip_ext.layers.padding import CircularPadding2D
+from deel_lip_ext.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
+from deel_lip_ext.lipschitz import (
+    OPS,
+    activation_lipschitz,
+    check_bound_norm,
+    stock_layer_lipschitz,
+)
+from deel_lip_ext.spectrum import (
+    MAX_DENSE_OPERATOR_SIZE,
+    circular_pad_widths,
+    conv_operator_matrix,
+    conv_singular_values,
+    conv_sv_range,
+    dense_sv_range,
+    operator_singular_values,
+)
 
 __all__ = [
     "conv_singular_values",
     "conv_operator_matrix",
     "operator_singular_values",
+    "layer_lipschitz_constant",
     "compute_layer_sv",
     "layer_singular_values",
     "compute_model_sv",
     "model_lipschitz_bound",
     "evaluate_lip_const",
+    "MAX_DENSE_OPERATOR_SIZE",
 ]
 
-# Above this many input entries, a conv's dense operator matrix is too big to SVD.
-MAX_DENSE_OPERATOR_SIZE = 3072
+# Former private name, kept for code that imported it.
+_conv_sv = conv_sv_range
 
 
-def conv_singular_values(kernel: ArrayLike, input_size: int | tuple[int, int]) -> np.ndarray:
-    """All singular values of the circular, stride-1 convolution with `kernel` on n x n inputs.
+def layer_lipschitz_constant(layer, norm: str = "l2", input_shape: tuple | None = None) -> float:
+    """Upper bound of one layer's Lipschitz constant (bias and activation included) at `input_shape`.
+
+    deel-lip-ext layers answer through their `lipschitz_constant` method,
+    nested models through `model_lipschitz_bound`, stock Keras layers through
+    `deel_lip_ext.lipschitz.STOCK_LAYERS` (exact class and configuration).
 
     Args:
-        kernel: array (kh, kw, c_in, c_out) (Keras layout; cross-correlation
-            or convolution give the same singular values).
-        input_size: n, or (n_h, n_w).
+        layer: a Keras layer (built, for layers with weights).
+        norm: "l2" or "linf".
+        input_shape: Keras input shape with the batch dimension (default: the build shape).
 
-    Returns:
-        A float64 array of `n_h * n_w * min(c_in, c_out)` singular values (descending per frequency).
+    Raises:
+        ValueError: the layer has no known constant (the message names it and says what to do).
 
     Examples:
-        >>> sv = conv_singular_values(layer.effective_kernel(), 28)
-        >>> sv.max() <= 1 + 1e-4
+        >>> layer_lipschitz_constant(keras.layers.Activation("gelu"))  # 1.13
     """
-    kernel = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
-    if kernel.ndim != 4:
-        raise ValueError(f"kernel must have 4 dimensions (kh, kw, c_in, c_out), got shape {kernel.shape}.")
-    n_h, n_w = (input_size, input_size) if np.isscalar(input_size) else tuple(input_size)
-    if kernel.shape[0] > n_h or kernel.shape[1] > n_w:
-        # A kernel larger than the image wraps around: fold it onto the torus.
-        folded = np.zeros((n_h, n_w) + kernel.shape[2:])
-        for a in range(kernel.shape[0]):
-            for b in range(kernel.shape[1]):
-                folded[a % n_h, b % n_w] += kernel[a, b]
-        kernel = folded
-    symbols = np.fft.fft2(kernel, s=(n_h, n_w), axes=(0, 1))
-    return np.linalg.svd(symbols, compute_uv=False).ravel()
-
-
-def conv_operator_matrix(
-    kernel: ArrayLike, input_shape: tuple[int, ...], strides: int | tuple[int, int] = (1, 1), padding: str = "same"
-):
-    """Dense matrix (in_size, out_size) of a bias-free convolution, built from unit impulses.
-
-    Args:
-        kernel: array (kh, kw, c_in, c_out).
-        input_shape: (H, W, c_in).
-        strides: pair of ints.
-        padding: "same", "valid" or "circular".
-    """
-    kernel = np.asarray(keras.ops.convert_to_numpy(kernel))
-    size = int(np.prod(input_shape))
-    impulses = np.eye(size, dtype=kernel.dtype).reshape((size,) + tuple(input_shape))
-    if padding == "circular":
-        impulses = circular_pad(impulses, circular_pad_widths(kernel.shape[:2]))
-        padding = "valid"
-    out = keras.ops.conv(impulses, kernel, strides=tuple(strides), padding=padding)
-    return np.asarray(keras.ops.convert_to_numpy(out)).reshape(size, -1)
-
-
-def operator_singular_values(matrix: ArrayLike):
-    """Singular values (descending) of a dense operator matrix, via the smaller Gram matrix.
-
-    Eigenvalues of M M^T (or M^T M) cost far less than an SVD of a very
-    rectangular M (e.g. 784 x 25088 for a conv on MNIST); float64 keeps the
-    largest values exact to ~1e-15 relative, the smallest to ~1e-8 absolute.
-    """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
-    return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
-
-
-def _conv_sv(kernel, input_shape, strides, padding):
-    """(min, max) singular values of a conv operator: exact, or a certified max bound on big inputs."""
-    height, width, channels = input_shape
-    strides = tuple(strides)
-    if height is not None and width is not None:
-        if padding == "circular" and strides == (1, 1):
-            values = conv_singular_values(kernel, (height, width))
-            n_values = height * width * min(kernel.shape[2], kernel.shape[3])
-            return float(values.min()) if values.size >= n_values else 0.0, float(values.max())
-        if height * width * channels <= MAX_DENSE_OPERATOR_SIZE:
-            values = operator_singular_values(conv_operator_matrix(kernel, input_shape, strides, padding))
-            full_rank = min(height * width * channels, values.size)
-            return float(values[:full_rank].min()), float(values.max())
-    if height is None or width is None:
-        # Any size: each input pixel is in at most ceil(k/s) windows per axis.
-        overlap = np.prod([math.ceil(k / s) for k, s in zip(kernel.shape[:2], strides)])
-        return 0.0, float(math.sqrt(overlap) * np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2))
-    # Large input: a zero-padded conv is a sub-matrix of the circular conv on a
-    # torus of size n + k - 1, a strided one a row subset of the stride-1 one,
-    # so the circular symbol's largest value bounds it; no useful lower bound.
-    size = (height, width) if padding == "circular" else (height + kernel.shape[0] - 1, width + kernel.shape[1] - 1)
-    return 0.0, float(conv_singular_values(kernel, size).max())
+    norm = check_bound_norm(norm)
+    if isinstance(layer, LipschitzBounded):
+        return layer.lipschitz_constant(norm, input_shape)
+    if isinstance(layer, keras.Model):
+        return model_lipschitz_bound(layer, norm)
+    return stock_layer_lipschitz(layer, norm, input_shape if input_shape is not None else built_input_shape(layer))
 
 
 def layer_singular_values(layer: keras.layers.Layer, input_shape: tuple[int | None, ...]=None):
@@ -136,17 +97,18 @@ def layer_singular_values(layer: keras.layers.Layer, input_shape: tuple[int | No
     Examples:
         >>> values = layer_singular_values(model.get_layer("conv1"))
     """
-    if hasattr(layer, "singular_values"):
-        return layer.singular_values()
-    input_shape = tuple(input_shape) if input_shape is not None else _layer_input_shape(layer)
+    if isinstance(layer, DownsamplingConv2DBase):
+        return layer.singular_values(input_shape)
+    input_shape = tuple(input_shape) if input_shape is not None else built_input_shape(layer)
     if isinstance(layer, ParametrizedLayer):
-        kernel, strides, padding = keras.ops.convert_to_numpy(layer.effective_kernel()), getattr(layer, "strides", None), getattr(layer, "padding", None)
+        kernel = keras.ops.convert_to_numpy(layer.effective_kernel())
     elif isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
-        kernel, strides, padding = keras.ops.convert_to_numpy(layer.kernel), getattr(layer, "strides", None), getattr(layer, "padding", None)
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
     else:
         raise ValueError(f"layer_singular_values needs a Dense or Conv2D-like layer, got {type(layer).__name__}.")
     if kernel.ndim == 2:
         return np.linalg.svd(kernel, compute_uv=False)
+    strides, padding = tuple(layer.strides), layer.padding
     height, width, channels = input_shape[1:]
     if padding == "circular" and tuple(strides) == (1, 1):
         return conv_singular_values(kernel, (height, width))
@@ -156,35 +118,34 @@ def layer_singular_values(layer: keras.layers.Layer, input_shape: tuple[int | No
     return conv_singular_values(kernel, size)
 
 
-def _plain_kernel_sv(layer, input_shape):
-    """(min, max) of a stock Dense/Conv2D layer's linear part (bias and activation excluded)."""
+_SHAPE_ONLY_LAYERS = (
+    keras.layers.InputLayer,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Dropout,
+    keras.layers.Permute,
+    keras.layers.Identity,
+)
+
+
+def _linear_sv(layer, input_shape):
+    """(min, max) singular values of the bias-free linear map of a parametrized or stock Dense/Conv2D layer."""
+    if isinstance(layer, DownsamplingConv2DBase):
+        return layer.lipschitz_sv(input_shape)
+    if isinstance(layer, LipschitzConv2DBase):
+        shape = layer._checked_shape(input_shape)
+        kernel = keras.ops.convert_to_numpy(layer.effective_kernel())
+        return conv_sv_range(kernel, shape[1:3] + (kernel.shape[2],), layer.strides, layer.padding)
+    if isinstance(layer, ParametrizedLayer):
+        kernel = layer.effective_kernel()
+        return dense_sv_range(kernel) if len(kernel.shape) == 2 else (0.0, layer.operator_norm(input_shape))
+    if not layer.built:
+        raise ValueError(f"Layer {layer.name!r} must be built before its singular values can be computed.")
+    if type(layer) is keras.layers.Dense:
+        return dense_sv_range(layer.kernel)
+    stock_layer_lipschitz(layer, "l2", input_shape)  # refuses dilated/grouped convolutions
     kernel = keras.ops.convert_to_numpy(layer.kernel)
-    if isinstance(layer, keras.layers.Dense):
-        values = np.linalg.svd(kernel, compute_uv=False)
-        return float(values.min()), float(values.max())
-    if layer.dilation_rate != (1, 1) or getattr(layer, "groups", 1) != 1:
-        return None
-    return _conv_sv(kernel, input_shape[1:], layer.strides, layer.padding)
-
-
-def _layer_input_shape(layer):
-    shapes = getattr(layer, "_build_shapes_dict", None) or {}
-    shape = next(iter(shapes.values()), None)
-    if shape is None:
-        try:
-            shape = layer.input.shape
-        except (AttributeError, ValueError):
-            return None
-    return tuple(shape)
-
-
-def _activation_sv(layer):
-    name = getattr(layer.activation, "__name__", None)
-    if name == "linear":
-        return 1.0, 1.0
-    if name in ("relu", "sigmoid", "tanh"):
-        return 0.0, 1.0
-    return None
+    return conv_sv_range(kernel, tuple(input_shape[1:]), layer.strides, layer.padding)
 
 
 def compute_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int, ...] | None=None):
@@ -194,12 +155,13 @@ def compute_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int, ...] | N
       `effective_kernel()` for the layer's own padding, stride and input size
       (dense SVD; FFT for circular stride-1 convolutions; dense operator
       matrix for other convolutions on small inputs, and on big inputs a
-      certified upper bound for the max with min reported as 0).
+      certified upper bound for the max with min reported as 0); activation excluded.
     * Parameter-free Lipschitz layers (GroupSort, MaxMin, pooling,
       downsampling, ...): (k, k): their Jacobian is k times a partial
       isometry almost everywhere.
-    * Stock `Dense`/`Conv2D`: their kernel, bias and activation excluded.
-    * ReLU/sigmoid/tanh: (0, 1); Flatten, Reshape, Dropout, Input: (1, 1).
+    * Stock `Dense`/`Conv2D`: their kernel times the activation's constant (bias excluded).
+    * Other stock layers of `deel_lip_ext.lipschitz.STOCK_LAYERS`: (1, 1) for
+      shape-only layers (Flatten, Reshape, Dropout, Input), else (0, constant).
     * Anything else: `None` (unknown).
 
     Args:
@@ -209,74 +171,43 @@ def compute_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int, ...] | N
     Examples:
         >>> compute_layer_sv(SpectralDense(8, k_coef_lip=2.0))  # after build -> (2.0, 2.0)
     """
-    input_shape = tuple(input_shape) if input_shape is not None else _layer_input_shape(layer)
-    if hasattr(layer, "lipschitz_sv"):
-        # Layers whose operator is more than one kernel (e.g. downsampling + conv) know it best.
-        return layer.lipschitz_sv()
-    if isinstance(layer, ParametrizedLayer):
-        kernel = keras.ops.convert_to_numpy(layer.effective_kernel())
-        if kernel.ndim == 2:
-            values = np.linalg.svd(kernel, compute_uv=False)
-            return float(values.min()), float(values.max())
-        return _conv_sv(kernel, input_shape[1:], layer.strides, layer.padding)
-    if isinstance(layer, keras.Model):
-        return 0.0, model_lipschitz_bound(layer)
-    if isinstance(layer, LipschitzLayer):
-        k = getattr(layer, "k_coef_lip", 1.0)
-        return k, k
-    if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) and not isinstance(
-        layer, (keras.layers.Conv2DTranspose, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
-    ):
-        act = _activation_sv(layer) if layer.activation is not None else (1.0, 1.0)
-        if act is None:
-            return None
-        if not layer.built:
-            raise ValueError(f"Layer {layer.name!r} must be built before its singular values can be computed.")
-        values = _plain_kernel_sv(layer, input_shape)
-        return None if values is None else (values[0] * act[0], values[1] * act[1])
-    if isinstance(layer, (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)):
-        return 1.0, 1.0
-    if isinstance(layer, keras.layers.ReLU):
-        if layer.threshold == 0 and layer.negative_slope <= 1 and layer.max_value is None:
-            return float(min(layer.negative_slope, 1.0)), 1.0
+    input_shape = tuple(input_shape) if input_shape is not None else built_input_shape(layer)
+    try:
+        if isinstance(layer, ParametrizedLayer):
+            return tuple(float(v) for v in _linear_sv(layer, input_shape))
+        if isinstance(layer, keras.Model):
+            return 0.0, model_lipschitz_bound(layer)
+        if isinstance(layer, (LipschitzLayer, InvertibleDownSampling, InvertibleUpSampling)):
+            k = layer.lipschitz_constant("l2", input_shape)
+            return k, k
+        if isinstance(layer, LipschitzBounded):
+            return 0.0, layer.lipschitz_constant("l2", input_shape)
+        if type(layer) in (keras.layers.Dense, keras.layers.Conv2D):
+            act = activation_lipschitz(layer.activation, f"layer {layer.name!r}")
+            low, high = _linear_sv(layer, input_shape)
+            return (low if layer.activation is keras.activations.linear else 0.0), high * act
+        high = stock_layer_lipschitz(layer, "l2", input_shape)
+        return (1.0 if type(layer) in _SHAPE_ONLY_LAYERS else 0.0), high
+    except ValueError:
         return None
-    if isinstance(layer, keras.layers.Activation):
-        return _activation_sv(layer)
-    if isinstance(layer, keras.layers.MaxPooling2D):
-        if all(p <= s for p, s in zip(layer.pool_size, layer.strides)) and layer.padding == "valid":
-            return 0.0, 1.0
-        return None
-    return None
 
 
 def _circular_pair(layer, consumer):
     """Whether `layer` is a CircularPadding2D feeding `consumer`, a valid Conv2D it pads exactly."""
     return (
         isinstance(layer, CircularPadding2D)
-        and isinstance(consumer, keras.layers.Conv2D)
+        and type(consumer) is keras.layers.Conv2D
         and consumer.padding == "valid"
+        and tuple(consumer.strides) == (1, 1)
+        and tuple(consumer.dilation_rate) == (1, 1)
+        and consumer.groups == 1
         and tuple(map(tuple, layer.padding)) == circular_pad_widths(consumer.kernel_size)
     )
 
 
-def _sequence_sv(layers, input_shape):
-    """Per-layer (min, max) for a chain of layers, fusing CircularPadding2D + Conv2D pairs."""
-    results = {}
-    i = 0
-    while i < len(layers):
-        layer = layers[i]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if nxt is not None and _circular_pair(layer, nxt):
-            results[layer.name] = (1.0, 1.0)
-            kernel = keras.ops.convert_to_numpy(nxt.kernel)
-            results[nxt.name] = _conv_sv(kernel, input_shape[1:], nxt.strides, "circular")
-            input_shape = nxt.compute_output_shape(layer.compute_output_shape(input_shape))
-            i += 2
-            continue
-        results[layer.name] = compute_layer_sv(layer, input_shape)
-        input_shape = layer.compute_output_shape(input_shape)
-        i += 1
-    return results
+def _circular_conv_sv(conv, padded_input_shape):
+    kernel = keras.ops.convert_to_numpy(conv.kernel)
+    return conv_sv_range(kernel, tuple(padded_input_shape[1:]), conv.strides, "circular")
 
 
 def compute_model_sv(model: keras.Model) -> dict[str, tuple[float, float] | None]:
@@ -285,7 +216,9 @@ def compute_model_sv(model: keras.Model) -> dict[str, tuple[float, float] | None
     Nested models are expanded (their layers' names are prefixed with the
     model name and a slash). Exported models are understood too: a
     `CircularPadding2D` followed by the `Conv2D` it pads counts as one
-    circular convolution (the padding alone is not 1-Lipschitz).
+    circular convolution (the padding alone is not 1-Lipschitz). A layer
+    called several times is reported at its first call's input shape
+    (`model_lipschitz_bound` counts every call).
 
     Returns:
         dict name -> (min, max), or None for layers whose value is unknown.
@@ -294,112 +227,252 @@ def compute_model_sv(model: keras.Model) -> dict[str, tuple[float, float] | None
         >>> for name, (lo, hi) in compute_model_sv(model).items(): print(name, lo, hi)
     """
     results = {}
-    if isinstance(model, keras.Sequential):
-        shape = tuple(model.inputs[0].shape)
-        results.update(_sequence_sv(model.layers, shape))
-        for layer in model.layers:
-            if isinstance(layer, keras.Model):
-                results.update({f"{layer.name}/{k}": v for k, v in compute_model_sv(layer).items()})
-        return results
-    for layer, consumer in _functional_chain(model):
-        if isinstance(layer, keras.layers.InputLayer):
+    for node in _graph_nodes(model):
+        layer = node.operation
+        if isinstance(layer, keras.layers.InputLayer) or not isinstance(layer, keras.layers.Layer):
+            continue
+        if layer.name in results:
             continue
         if isinstance(layer, keras.Model):
             results.update({f"{layer.name}/{k}": v for k, v in compute_model_sv(layer).items()})
             continue
-        if consumer is not None and _circular_pair(layer, consumer):
-            in_shape = _layer_input_shape(layer)
-            results[layer.name] = (1.0, 1.0)
-            results[consumer.name] = _conv_sv(
-                keras.ops.convert_to_numpy(consumer.kernel), in_shape[1:], consumer.strides, "circular"
-            )
-        elif layer.name not in results:
-            results[layer.name] = compute_layer_sv(layer)
+        shape = tuple(node.input_tensors[0].shape) if node.input_tensors else None
+        producer = _producer(node.input_tensors[0]) if len(node.input_tensors) == 1 else None
+        if producer is not None and _circular_pair(producer.operation, layer):
+            padded = tuple(producer.input_tensors[0].shape)
+            low, high = _circular_conv_sv(layer, padded)
+            results[producer.operation.name] = (1.0, 1.0)
+            act = _activation_or_none(layer)
+            results[layer.name] = None if act is None else (low if act == 1.0 else 0.0, high * act)
+            continue
+        results[layer.name] = compute_layer_sv(layer, shape)
     return results
 
 
-def _functional_chain(model):
-    """(layer, its single consumer or None) for each layer of a functional model."""
-    consumers = {}
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for parent in node.parent_nodes:
-                consumers.setdefault(id(parent.operation), []).append(layer)
-    return [
-        (layer, consumers.get(id(layer), [None])[0] if len(consumers.get(id(layer), [])) == 1 else None)
-        for layer in model.layers
-    ]
+def _activation_or_none(layer):
+    try:
+        return activation_lipschitz(layer.activation, f"layer {layer.name!r}")
+    except ValueError:
+        return None
 
 
-def model_lipschitz_bound(model: keras.Model):
-    """Certified upper bound of a model's L2 Lipschitz constant.
+# ---------------------------------------------------------------- the graph walk
 
-    Propagates bounds through the graph: a single-input layer multiplies its
-    input's bound by its exact largest singular value (`compute_layer_sv`),
-    `Add` sums its inputs' bounds, `Concatenate` takes the root of the sum of
-    squares, `Subtract` sums, `Average` averages. For a chain this is the
-    product of per-layer norms.
+
+def _graph(model):
+    """The functional graph of a Sequential or functional model, or a ValueError saying why there is none."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model_lipschitz_bound needs a Keras model, got {type(model).__name__}.")
+    if isinstance(model, keras.Sequential):
+        graph = getattr(model, "_functional", None)
+        if graph is None:
+            raise ValueError(
+                f"Sequential model {model.name!r} is not built: give it a keras.Input or call it on data first."
+            )
+        return graph
+    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "_functional", True) or not model.inputs:
+        raise ValueError(
+            f"model {model.name!r} ({type(model).__name__}) is a subclassed model: its computation is Python code "
+            "whose graph cannot be walked, so no bound can be proven. Rebuild it as a functional or Sequential "
+            "model, or pass its Lipschitz constant explicitly (lip_const=...)."
+        )
+    return model
+
+
+def _graph_nodes(model):
+    """The nodes of the model's graph, producers before consumers."""
+    graph = _graph(model)
+    return [node for depth in sorted(graph._nodes_by_depth, reverse=True) for node in graph._nodes_by_depth[depth]]
+
+
+def _producer(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    operation, node_index, _ = history
+    return operation._inbound_nodes[node_index]
+
+
+def _operation_label(operation):
+    return f"{getattr(operation, 'name', '?')!r} ({type(operation).__name__})"
+
+
+def _sizes(shape):
+    return None if any(size is None for size in shape) else int(np.prod(shape, dtype=np.int64))
+
+
+def _broadcast_factor(tensor, output, norm, operation):
+    """How much broadcasting `tensor` to `output`'s shape multiplies a norm: sqrt(copies) in L2, 1 in l_inf."""
+    in_shape, out_shape = tuple(tensor.shape), tuple(output.shape)
+    if in_shape == out_shape or norm == "linf":
+        return 1.0
+    in_size, out_size = _sizes(in_shape[1:]), _sizes(out_shape[1:])
+    if in_size is None or out_size is None or len(in_shape) != len(out_shape) or in_shape[0] != out_shape[0]:
+        raise ValueError(
+            f"operation {_operation_label(operation)} broadcasts a {in_shape} input to {out_shape}: the copies "
+            "cannot be counted for unknown sizes or across the batch axis; make the shapes explicit."
+        )
+    return math.sqrt(out_size / in_size)
+
+
+def _check_per_sample(operation, tensors, output):
+    """Refuse an op that moves entries across samples (changes the batch axis or the per-sample size)."""
+    out_shape = tuple(output.shape)
+    axes = getattr(operation, "axes", None) if type(operation).__name__ == "Transpose" else (0,)
+    for tensor in tensors:
+        in_shape = tuple(tensor.shape)
+        size = _sizes(in_shape[1:])
+        batch_kept = in_shape[0] is None and out_shape[0] is None and axes is not None and axes[0] == 0
+        if not batch_kept or size is None or size != _sizes(out_shape[1:]):
+            raise ValueError(
+                f"operation {_operation_label(operation)} maps {in_shape} to {out_shape}: only reshapes that keep "
+                "the batch axis first and the size of each sample are bounded."
+            )
+
+
+def _constants(node):
+    """The non-tensor positional arguments of a node's call."""
+    return [arg for arg in node.arguments.args if not isinstance(arg, keras.KerasTensor)]
+
+
+def _constant_array(value, operation):
+    array = np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"operation {_operation_label(operation)} uses a non-finite constant.")
+    return array
+
+
+def _joint(values, norm):
+    """Constant of the concatenation of tensors whose constants are `values` (w.r.t. the same input)."""
+    return math.sqrt(sum(v * v for v in values)) if norm == "l2" else max(values)
+
+
+def _concat_axis_ok(operation, output):
+    axis = getattr(operation, "axis", None)
+    return isinstance(axis, int) and axis % len(output.shape) != 0
+
+
+def _node_constant(node, inputs, norm):
+    """The constant of a node's outputs w.r.t. the model input, given its tensor inputs' constants."""
+    operation, tensors, output = node.operation, node.input_tensors, node.outputs[0]
+    values = [inputs[id(t)] for t in tensors]
+    if not tensors:
+        raise ValueError(f"operation {_operation_label(operation)} has no tensor input: it is not bounded.")
+    kind = type(operation)
+    if isinstance(operation, keras.Model):
+        return model_lipschitz_bound(operation, norm) * _joint(values, norm)
+    if kind in (keras.layers.Add, keras.layers.Subtract) or isinstance(operation, OPS["additive"]):
+        return sum(v * _broadcast_factor(t, output, norm, operation) for v, t in zip(values, tensors))
+    if kind is keras.layers.Average:
+        return sum(v * _broadcast_factor(t, output, norm, operation) for v, t in zip(values, tensors)) / len(tensors)
+    if kind in (keras.layers.Maximum, keras.layers.Minimum):
+        return _joint([v * _broadcast_factor(t, output, norm, operation) for v, t in zip(values, tensors)], norm)
+    if kind is keras.layers.Concatenate or isinstance(operation, OPS["concat"]):
+        if not _concat_axis_ok(operation, output):
+            raise ValueError(f"operation {_operation_label(operation)} concatenates along the batch axis.")
+        return _joint(values, norm)
+    if len(tensors) != 1:
+        raise ValueError(
+            f"operation {_operation_label(operation)} combines {len(tensors)} tensors in a way with no known "
+            "Lipschitz bound (e.g. a product of two branches): pass lip_const= explicitly."
+        )
+    tensor, value = tensors[0], values[0]
+    if isinstance(operation, keras.layers.Layer):
+        return value * layer_lipschitz_constant(operation, norm, tuple(tensor.shape))
+    if isinstance(operation, OPS["shape"]):
+        _check_per_sample(operation, tensors, output)
+        return value
+    if isinstance(operation, OPS["negative"]):
+        return value
+    if isinstance(operation, tuple(OPS["elementwise"])):
+        return value * OPS["elementwise"][type(operation)]
+    if isinstance(operation, OPS["multiply"]):
+        constants = _constants(node)
+        if len(constants) != 1:
+            raise ValueError(f"operation {_operation_label(operation)}: only a product with one constant is bounded.")
+        (constant,) = constants
+        spread = _broadcast_factor(tensor, output, norm, operation)
+        return value * spread * float(np.max(np.abs(_constant_array(constant, operation)), initial=0.0))
+    if isinstance(operation, OPS["divide"]) and node.arguments.args[0] is tensor:
+        divisor = np.abs(_constant_array(node.arguments.args[1], operation))
+        if divisor.size == 0 or np.min(divisor) == 0:
+            raise ValueError(f"operation {_operation_label(operation)} divides by zero.")
+        return value * _broadcast_factor(tensor, output, norm, operation) / float(np.min(divisor))
+    raise ValueError(
+        f"operation {_operation_label(operation)} has no known Lipschitz constant: use layers with a known "
+        "constant (deel_lip_ext layers, deel_lip_ext.lipschitz.STOCK_LAYERS, the ops of deel_lip_ext.lipschitz.OPS), "
+        "or pass lip_const= explicitly."
+    )
+
+
+def _fused_circular_conv(node, inputs, norm):
+    """For a valid Conv2D fed by the CircularPadding2D that makes it circular: its constant as one circular conv."""
+    if norm != "l2" or len(node.input_tensors) != 1:
+        return None
+    producer = _producer(node.input_tensors[0])
+    if producer is None or not _circular_pair(producer.operation, node.operation):
+        return None
+    conv = node.operation
+    high = _circular_conv_sv(conv, tuple(producer.input_tensors[0].shape))[1]
+    act = activation_lipschitz(conv.activation, f"layer {conv.name!r}")
+    return inputs[id(producer.input_tensors[0])] * high * act
+
+
+def model_lipschitz_bound(model, norm: str = "l2") -> float:
+    """Certified upper bound of a model's Lipschitz constant (L2 or l_inf), from its real graph.
+
+    Walks every node of the functional graph (a Sequential model's too), in
+    order, keeping for each tensor a bound of its Lipschitz constant with
+    respect to the model's inputs (all inputs together, as one vector):
+
+    * a layer multiplies its input's bound by `layer_lipschitz_constant` at
+      the shape it is called with (a layer called twice counts twice; a nested
+      model contributes its own bound);
+    * `Add`/`Subtract` (layers or ops) sum their inputs' bounds, each times
+      sqrt(copies) when broadcast (e.g. sqrt(64) for (N, 1) added to (N, 64)),
+      `Average` averages them; `Concatenate`, `Maximum`, `Minimum` take the
+      root of the sum of squares (L2) or the max (l_inf);
+    * ops between layers: `x * c` and `x / c` by a constant, reshapes that
+      keep each sample, negation and the elementwise activations of
+      `deel_lip_ext.lipschitz.OPS`; anything else is refused;
+    * a `CircularPadding2D` feeding the valid `Conv2D` it makes circular (an
+      exported circular convolution) counts as one circular convolution;
+    * several outputs: root of the sum of squares (L2) or max (l_inf).
+
+    Args:
+        model: a built Sequential or functional Keras model.
+        norm: "l2" (default) or "linf".
 
     Raises:
-        ValueError: naming the first layer whose Lipschitz constant is unknown.
+        ValueError: naming the first layer or op whose constant is unknown,
+            or saying that the model is subclassed (no graph to walk).
 
     Examples:
         >>> L = model_lipschitz_bound(model)  # e.g. 1.0000003 for a spectral model
     """
-    sv = compute_model_sv(model)
-
-    def layer_bound(layer):
-        value = sv.get(layer.name)
-        if value is None:
+    norm = check_bound_norm(norm)
+    graph = _graph(model)
+    inputs = {id(tensor): 1.0 for tensor in graph.inputs}
+    for node in _graph_nodes(model):
+        if isinstance(node.operation, keras.layers.InputLayer):
+            continue
+        missing = [t for t in node.input_tensors if id(t) not in inputs]
+        if missing:
             raise ValueError(
-                f"Layer {layer.name!r} ({type(layer).__name__}) has no known Lipschitz constant: "
-                "pass the model's constant explicitly (e.g. lip_const=...) or use Lipschitz layers."
+                f"operation {_operation_label(node.operation)} reads a tensor that does not come from the model's "
+                "inputs: its constant cannot be bounded."
             )
-        return value[1]
-
-    if isinstance(model, keras.Sequential):
-        bound = 1.0
-        for layer in model.layers:
-            bound *= model_lipschitz_bound(layer) if isinstance(layer, keras.Model) else layer_bound(layer)
-        return bound
-
-    bounds = {}
-    for layer in _topological_layers(model):
-        parents = [bounds[id(p)] for node in layer._inbound_nodes for p in _parent_layers(node)]
-        if isinstance(layer, keras.layers.InputLayer):
-            bounds[id(layer)] = 1.0
-        elif isinstance(layer, (keras.layers.Add, keras.layers.Subtract)):
-            bounds[id(layer)] = sum(parents)
-        elif isinstance(layer, keras.layers.Average):
-            bounds[id(layer)] = sum(parents) / len(parents)
-        elif isinstance(layer, keras.layers.Concatenate):
-            bounds[id(layer)] = math.sqrt(sum(b * b for b in parents))
-        else:
-            inner = model_lipschitz_bound(layer) if isinstance(layer, keras.Model) else layer_bound(layer)
-            bounds[id(layer)] = inner * max(parents, default=1.0)
-    outputs = [bounds[id(t._keras_history.operation)] for t in model.outputs]
-    return float(math.sqrt(sum(b * b for b in outputs)) if len(outputs) > 1 else outputs[0])
-
-
-def _parent_layers(node):
-    return [parent.operation for parent in node.parent_nodes]
-
-
-def _topological_layers(model):
-    ordered, seen = [], set()
-
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        for node in layer._inbound_nodes:
-            for parent in _parent_layers(node):
-                visit(parent)
-        ordered.append(layer)
-
-    for layer in model.layers:
-        visit(layer)
-    return [layer for layer in ordered if any(layer is m for m in model.layers)]
+        value = _fused_circular_conv(node, inputs, norm)
+        if value is None:
+            value = _node_constant(node, inputs, norm)
+        for output in node.outputs:
+            inputs[id(output)] = float(value)
+    outputs = []
+    for tensor in graph.outputs:
+        if id(tensor) not in inputs:
+            raise ValueError(f"output {tensor.name!r} of model {model.name!r} is not computed from its inputs.")
+        outputs.append(inputs[id(tensor)])
+    return float(_joint(outputs, norm))
 
 
 def evaluate_lip_const(model: keras.Model, x: ArrayLike, batch_size: int = 32):

@@ -92,7 +92,7 @@ def test_model_bound_product_sum_and_exported_circular_pairs():
 
 
 def test_model_bound_names_the_unknown_layer():
-    model = keras.Sequential([keras.Input((3,)), lip.SpectralDense(3), keras.layers.Dense(2, activation="gelu", name="mystery")])
+    model = keras.Sequential([keras.Input((3,)), lip.SpectralDense(3), keras.layers.Dense(2, activation="exponential", name="mystery")])
     with pytest.raises(ValueError, match="mystery"):
         model_lipschitz_bound(model)
 

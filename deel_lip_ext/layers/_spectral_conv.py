@@ -70,7 +70,7 @@ def axis_overlap_counts(size, kernel, stride, padding):
     Returns:
         A numpy int array of length `size`.
 
-    Example:
+    Examples:
         >>> axis_overlap_counts(4, 3, 1, "reflect")  # array([2, 4, 3, 3]) (edge copies counted)
     """
     before, after = pad_widths(size, kernel, stride, padding)

@@ -66,6 +66,10 @@ class _ChannelActivation(LipschitzLayer, keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
+    def _lipschitz_constant(self, norm, input_shape):
+        # Sorting, pairwise max/min and CReLU are 1-Lipschitz in every l_p norm; times k.
+        return self.k_coef_lip
+
     def get_config(self):
         config = super().get_config()
         config.update({"k_coef_lip": self.k_coef_lip, "data_format": self.data_format})
@@ -247,7 +251,7 @@ class MaxMinHalves(_ChannelActivation):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> MaxMinHalves()(keras.ops.convert_to_tensor([[1.0, 5.0, 3.0, 2.0]]))  # [[3, 5, 1, 2]]
     """
 
@@ -305,7 +309,7 @@ class MaxMin(CReLU):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> MaxMin()(keras.ops.convert_to_tensor([[1.0, -2.0]]))  # [[1, 0, 0, 2]]
     """
 
@@ -358,7 +362,12 @@ class Householder(_ChannelActivation):
         outputs = _householder(_as_halves(inputs), theta, self.k_coef_lip)
         return ops.reshape(outputs, ops.shape(inputs))
 
-    def get_config(self) -> dict:
+    def _lipschitz_constant(self, norm, input_shape):
+        # Piecewise identity / 2-D reflection [[cos, sin], [sin, -cos]] on each pair: an isometry in L2,
+        # l_inf norm |cos| + |sin| <= sqrt(2) on each piece of this continuous piecewise-linear map.
+        return self.k_coef_lip * (1.0 if norm == "l2" else math.sqrt(2.0))
+
+    def get_config(self):
         config = super().get_config()
         config["theta_initializer"] = keras.initializers.serialize(self.theta_initializer)
         return config

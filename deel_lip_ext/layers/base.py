@@ -30,8 +30,19 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext import normalizers
+from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm
+from deel_lip_ext.spectrum import linf_kernel_norm
 
-__all__ = ["check_k_coef_lip", "LipschitzLayer", "KernelCache", "ParametrizedLayer", "SpectralMixin", "KernelBiasMixin"]
+__all__ = [
+    "check_k_coef_lip",
+    "built_input_shape",
+    "LipschitzBounded",
+    "LipschitzLayer",
+    "KernelCache",
+    "ParametrizedLayer",
+    "SpectralMixin",
+    "KernelBiasMixin",
+]
 
 
 def check_k_coef_lip(k_coef_lip: float):
@@ -43,13 +54,81 @@ def check_k_coef_lip(k_coef_lip: float):
     return float(k_coef_lip)
 
 
-class LipschitzLayer:
+def built_input_shape(layer: keras.layers.Layer) -> tuple | None:
+    """The input shape a layer was built with (batch dimension included), or None if unknown."""
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values()), None)
+    if shape is None:
+        try:
+            shape = layer.input.shape
+        except (AttributeError, ValueError):
+            return None
+    return tuple(shape)
+
+
+class LipschitzBounded:
+    """The Lipschitz protocol: every layer of the library answers `lipschitz_constant`.
+
+    `lipschitz_constant(norm, input_shape)` is a provable upper bound (exact
+    where possible) of the layer's Lipschitz constant for the "l2" or "linf"
+    norm at that input shape, bias and activation included, or a `ValueError`
+    saying that the layer has none for that norm and what to do. Every bound
+    of the library (`deel_lip_ext.utils.model_lipschitz_bound`, certification,
+    `deel_lip_ext.linf.linf_lipschitz_bound`, `deel_lip_ext.model.Sequential`'s
+    check) asks this method; stock Keras layers are looked up in
+    `deel_lip_ext.lipschitz.STOCK_LAYERS` instead.
+
+    Subclasses implement `_lipschitz_constant(norm, input_shape)` (the default
+    refuses); parametrized layers implement `operator_norm` instead (see
+    `ParametrizedLayer`).
+    """
+
+    def lipschitz_constant(self, norm: str = "l2", input_shape: tuple | None = None) -> float:
+        """Upper bound of the layer's Lipschitz constant for `norm` at `input_shape`.
+
+        Args:
+            norm: "l2" or "linf" (the same norm on inputs and outputs).
+            input_shape: Keras input shape with the batch dimension (default:
+                the shape the layer was built with).
+
+        Returns:
+            The bound, a float.
+
+        Raises:
+            ValueError: the layer has no known constant for this norm or shape
+                (the message says what to do).
+
+        Examples:
+            >>> layer = SpectralDense(8, activation="tanh", k_coef_lip=2.0)
+            >>> y = layer(np.ones((1, 4), "float32"))
+            >>> layer.lipschitz_constant("l2")  # 2.0, up to float32 rounding
+        """
+        norm = check_bound_norm(norm)
+        if input_shape is None:
+            input_shape = built_input_shape(self)
+        return float(self._lipschitz_constant(norm, None if input_shape is None else tuple(input_shape)))
+
+    def _lipschitz_constant(self, norm, input_shape):
+        raise ValueError(
+            f"layer {self.name!r} ({type(self).__name__}) has no known {norm} Lipschitz constant: "
+            "pass the model's constant explicitly (lip_const=...) or use another layer."
+        )
+
+
+class LipschitzLayer(LipschitzBounded):
     """Mixin for layers that are `k_coef_lip`-Lipschitz (L2 norm) by construction.
 
     Subclasses call `self._init_lipschitz(k_coef_lip)` in `__init__` and put
     `k_coef_lip` in their config. `deel_lip_ext.model.Sequential` sets a share
     of a global constant on each of them with `set_klip_factor` before build.
+    Their L2 constant is `k_coef_lip`; a subclass whose l_inf constant is known
+    overrides `_lipschitz_constant` (the default refuses l_inf).
     """
+
+    def _lipschitz_constant(self, norm, input_shape):
+        if norm == "l2":
+            return self.k_coef_lip
+        return super()._lipschitz_constant(norm, input_shape)
 
     def _init_lipschitz(self, k_coef_lip):
         self.k_coef_lip = check_k_coef_lip(k_coef_lip)
@@ -123,11 +202,49 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
       weights set, computing the layer's function with the given kernel (a
       numpy array); used by `vanilla_export`.
 
+    * `operator_norm(input_shape)` -> float: the exact (or a provable upper
+      bound of the) L2 operator norm of the bias-free linear map the layer
+      applies at that input shape (Keras shape with the batch dimension).
+      This is the layer's whole part of the Lipschitz protocol:
+      `lipschitz_constant` multiplies it by the activation's constant (the
+      bias does not change the constant). The l_inf constant comes from the
+      effective kernel (`linf_operator_norm`).
+
     and call `self.build_kernel_cache(kernel_shape)` at the end of `build`.
     """
 
     # Built by `build_kernel_cache`; derived state, see `KernelCache`.
     _kernel_cache = None
+
+    def operator_norm(self, input_shape: tuple | None = None) -> float:
+        """Exact (or provable upper bound of the) L2 operator norm of the bias-free linear map at `input_shape`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement operator_norm(input_shape).")
+
+    def linf_operator_norm(self, input_shape: tuple | None = None) -> float:
+        """Upper bound of the l_inf operator norm of the bias-free linear map, from the effective kernel.
+
+        Valid for a layer that applies `x @ kernel` (2-D kernel) or a
+        convolution with the kernel (4-D, any stride/padding, after a
+        permutation such as `InvertibleDownSampling`): the largest absolute
+        column sum of the kernel reshaped to (-1, c_out). Layers that use
+        their kernel otherwise must override this method (or refuse).
+        """
+        kernel = self.effective_kernel()
+        if len(kernel.shape) not in (2, 4):
+            raise ValueError(
+                f"layer {self.name!r}: no l_inf bound for a kernel of shape {tuple(kernel.shape)}; use norm='l2'."
+            )
+        return linf_kernel_norm(kernel)
+
+    def activation_constant(self) -> float:
+        """Lipschitz constant of the activation applied after the linear map (1: none)."""
+        return 1.0
+
+    def _lipschitz_constant(self, norm, input_shape):
+        if not self.built:
+            raise ValueError(f"layer {self.name!r} must be built before its Lipschitz constant can be computed.")
+        linear = self.operator_norm(input_shape) if norm == "l2" else self.linf_operator_norm(input_shape)
+        return float(linear) * self.activation_constant()
 
     def build_kernel_cache(self, kernel_shape: tuple) -> None:
         """Create the inference cache of a kernel of `kernel_shape` (call it at the end of `build`)."""
@@ -280,7 +397,19 @@ class SpectralMixin:
 
 
 class KernelBiasMixin:
-    """Kernel/bias/activation plumbing shared by the dense and convolutional Lipschitz layers."""
+    """Kernel/bias/activation plumbing shared by the dense and convolutional Lipschitz layers.
+
+    The `activation` argument counts in the layer's Lipschitz constant: the
+    constant of a known `keras.activations` function (looked up by identity in
+    `deel_lip_ext.lipschitz.ACTIVATIONS`, e.g. 1.13 for gelu) multiplies the
+    linear map's norm, and an unknown one (a user function, exponential, ...)
+    makes `lipschitz_constant` raise `ValueError`. The layer itself accepts
+    any activation.
+    """
+
+    def activation_constant(self) -> float:
+        """Lipschitz constant of `self.activation` from the table, or `ValueError` if unknown."""
+        return activation_lipschitz(self.activation, f"layer {self.name!r}")
 
     def _init_kernel_bias(
         self,

@@ -34,10 +34,18 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext.layers.convolutional import LipschitzConv2DBase, circular_pad_widths, conv_lipschitz_coefficient
+from deel_lip_ext.layers.convolutional import LipschitzConv2DBase, conv_lipschitz_coefficient
 from deel_lip_ext.layers.dense import LipschitzDenseBase
 from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad
 from deel_lip_ext.layers.resampling import InvertibleDownSampling
+from deel_lip_ext.spectrum import (
+    MAX_DENSE_OPERATOR_SIZE,
+    circular_pad_widths,
+    conv_operator_matrix,
+    conv_singular_values,
+    conv_sv_range,
+    operator_singular_values,
+)
 
 __all__ = [
     "BCOP_BJORCK_ITERATIONS",
@@ -377,7 +385,8 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
             return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in self.conv_kernel_size)
         return ((0, 0), (0, 0))
 
-    def call(self, inputs: ArrayLike, training: bool | None = None):
+    def call(self, inputs, training=None):
+        self.check_input_size(inputs.shape)
         if self.downsampling is not None:
             inputs = self.downsampling(inputs)
         padding = self.padding
@@ -412,42 +421,45 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
         layers.append(conv)
         return layers
 
-    def singular_values(self):
+    def _conv_input_shape(self, input_shape):
+        """(H / s, W / s, c_in * s^2) of the stride-1 conv for `input_shape` (default: the build shape)."""
+        shape = self._checked_shape(input_shape)
+        return tuple(None if size is None else size // s for size, s in zip(shape[1:3], self.strides)) + (
+            self.conv_input_shape[2],
+        )
+
+    def singular_values(self, input_shape: tuple | None = None):
         """Every singular value of the layer's linear operator at its real input size (numpy, float64).
 
         Circular padding: FFT of the stride-1 kernel at the downsampled size
         (the downsampling is a permutation and changes no singular value).
         Other paddings: SVD of the dense operator, for small inputs only.
         """
-        from deel_lip_ext.utils import (
-            MAX_DENSE_OPERATOR_SIZE,
-            conv_operator_matrix,
-            conv_singular_values,
-            operator_singular_values,
-        )
-
+        conv_input_shape = self._conv_input_shape(input_shape)
         kernel = ops.convert_to_numpy(self.effective_kernel())
         if self.padding == "circular":
-            return conv_singular_values(kernel, self.conv_input_shape[:2])
-        if None in self.conv_input_shape or np.prod(self.conv_input_shape) > MAX_DENSE_OPERATOR_SIZE:
+            return conv_singular_values(kernel, conv_input_shape[:2])
+        if None in conv_input_shape or np.prod(conv_input_shape) > MAX_DENSE_OPERATOR_SIZE:
             raise ValueError(
                 f"The full spectrum of a {self.padding!r}-padded convolution is only computed on known inputs of at "
-                f"most {MAX_DENSE_OPERATOR_SIZE} values, got {self.conv_input_shape}."
+                f"most {MAX_DENSE_OPERATOR_SIZE} values, got {conv_input_shape}."
             )
-        operator = conv_operator_matrix(kernel, self.conv_input_shape, (1, 1), self.padding)
+        operator = conv_operator_matrix(kernel, conv_input_shape, (1, 1), self.padding)
         return operator_singular_values(operator)
 
-    def lipschitz_sv(self):
+    def lipschitz_sv(self, input_shape: tuple | None = None):
         """Exact (min, max) singular values of the layer at its real input size.
 
         Computed on the stride-1 convolution after the downsampling (FFT for
         circular padding); for zero padding on big inputs, min is 0 and max a
         certified upper bound (the enclosing circular convolution's).
         """
-        from deel_lip_ext.utils import _conv_sv
-
         kernel = ops.convert_to_numpy(self.effective_kernel())
-        return _conv_sv(kernel, self.conv_input_shape, (1, 1), self.padding)
+        return conv_sv_range(kernel, self._conv_input_shape(input_shape), (1, 1), self.padding)
+
+    def operator_norm(self, input_shape: tuple | None = None) -> float:
+        """L2 operator norm of downsampling + stride-1 conv at `input_shape` (the max of `lipschitz_sv`)."""
+        return self.lipschitz_sv(input_shape)[1]
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")

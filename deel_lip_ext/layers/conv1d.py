@@ -45,7 +45,7 @@ class SpectralConv1D(SpectralConvBase):
         maxiter_bjorck: maximal number of Björck iterations.
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> conv = SpectralConv1D(8, 3)
         >>> conv(keras.random.normal((2, 50, 4))).shape
         (2, 50, 8)

@@ -12,6 +12,11 @@ input pixel i (with multiplicity under circular wrap). The coefficient is
 1 / sqrt(max_i count_i), computed exactly at build time from the input size,
 stride and padding ("same" zero padding, "valid" or "circular").
 
+The coefficient depends on the input size, so a layer built for a known
+height/width pins it: calling it on another size raises `ValueError` (build
+with `None` spatial dimensions for a layer usable at every size: it then
+uses ceil(k/s), the worst overlap over all sizes).
+
 deel-lip uses, for "same" zero padding, the *average* overlap; that is not an
 upper bound (a 3x3 kernel on a 28x28 input reaches 1.016 > 1), so we do not.
 """
@@ -30,15 +35,11 @@ from numpy.typing import ArrayLike
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer, SpectralMixin
 from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad, int_pair
+from deel_lip_ext.spectrum import circular_pad_widths, conv_sv_range
 
 __all__ = ["SpectralConv2D", "FrobeniusConv2D", "overlap_counts", "conv_lipschitz_coefficient", "PADDINGS"]
 
 PADDINGS = ("same", "valid", "circular")
-
-
-def circular_pad_widths(kernel_size: int | tuple[int, int]):
-    """((top, bottom), (left, right)) wrap-around pads of a circular conv: k//2 before, k-1-k//2 after."""
-    return tuple((k // 2, k - 1 - k // 2) for k in kernel_size)
 
 
 def overlap_counts(size: int, kernel: ArrayLike, stride: int, padding: str) -> np.ndarray | None:
@@ -173,7 +174,33 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
     def build_parametrization_state(self):
         """Create the non-trainable state of the parametrization (none by default)."""
 
+    def check_input_size(self, input_shape):
+        """Raise `ValueError` if `input_shape` has another known height/width than the one the layer was built for."""
+        for size, pinned in zip(tuple(input_shape)[1:3], self.input_spatial_size):
+            if pinned is not None and size is not None and int(size) != pinned:
+                raise ValueError(
+                    f"layer {self.name!r} was built for {self.input_spatial_size[0]}x{self.input_spatial_size[1]} "
+                    f"inputs (its Lipschitz coefficient depends on the size), got input shape {tuple(input_shape)}: "
+                    "use a new layer for this size, or build with None spatial dimensions to accept every size."
+                )
+
+    def operator_norm(self, input_shape: tuple | None = None) -> float:
+        """L2 operator norm of the bias-free convolution at `input_shape` (default: the build shape).
+
+        Exact (FFT for circular stride 1, dense operator SVD on small inputs),
+        otherwise the certified bound of `deel_lip_ext.spectrum.conv_sv_range`.
+        """
+        shape = self._checked_shape(input_shape)
+        kernel = ops.convert_to_numpy(self.effective_kernel())
+        return conv_sv_range(kernel, shape[1:3] + (kernel.shape[2],), self.strides, self.padding)[1]
+
+    def _checked_shape(self, input_shape):
+        shape = (None, *self.input_spatial_size, None) if input_shape is None else tuple(input_shape)
+        self.check_input_size(shape)
+        return shape
+
     def call(self, inputs: ArrayLike, training: bool | None = None):
+        self.check_input_size(inputs.shape)
         padding = self.padding
         if padding == "circular":
             inputs = circular_pad(inputs, circular_pad_widths(self.kernel_size))
@@ -251,7 +278,12 @@ class SpectralConv2D(SpectralMixin, LipschitzConv2DBase):
         beta_bjorck: as in `SpectralDense`.
         maxiter_spectral: as in `SpectralDense`.
         maxiter_bjorck: as in `SpectralDense`.
-        **kwargs: other arguments of `keras.layers.Conv2D` (dilation and groups must be 1).
+        **kwargs: other arguments of `keras.layers.Conv2D` (dilation and groups must be 1;
+            `activation` counts in the Lipschitz constant as in `SpectralDense`).
+
+    A layer built for a known height and width refuses other sizes (its
+    correction depends on the size); build it with None spatial dimensions
+    to use it at every size.
 
     Examples:
         >>> conv = SpectralConv2D(16, 3, padding="circular")

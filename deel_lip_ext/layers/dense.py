@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer, SpectralMixin
+from deel_lip_ext.spectrum import dense_sv_range
 
 __all__ = ["SpectralDense", "FrobeniusDense"]
 
@@ -74,7 +75,11 @@ class LipschitzDenseBase(KernelBiasMixin, ParametrizedLayer):
     def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         return tuple(input_shape[:-1]) + (self.units,)
 
-    def plain_layers(self, kernel: ArrayLike):
+    def operator_norm(self, input_shape: tuple | None = None) -> float:
+        """Largest singular value of the freshly computed constrained kernel (x -> x W on every row)."""
+        return dense_sv_range(self.effective_kernel())[1]
+
+    def plain_layers(self, kernel):
         dense = keras.layers.Dense(
             self.units, activation=self.activation, use_bias=self.use_bias, name=self.name, dtype=self.dtype_policy
         )
@@ -99,8 +104,12 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
 
     Args:
         units: output dimension.
-        activation: activation applied to the output (must itself be
-            1-Lipschitz for the layer to stay k-Lipschitz; None by default).
+        activation: activation applied to the output (None by default). It
+            counts in the layer's Lipschitz constant (`lipschitz_constant`,
+            `deel_lip_ext.utils.model_lipschitz_bound`): a known
+            `keras.activations` function multiplies it by its constant (1 for
+            relu/tanh, 1.13 for gelu, ...); an unknown one (a user function,
+            exponential) makes the bound raise `ValueError`.
         use_bias: whether to add a bias (it does not change the constant).
         kernel_initializer: initializer of the raw kernel. Orthogonal by
             default (Björck then starts converged; deel-lip's

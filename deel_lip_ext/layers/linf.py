@@ -26,6 +26,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers._xla import compiled_by_xla
+from deel_lip_ext.layers.base import LipschitzBounded
 
 __all__ = [
     "automatic_chunk_size",
@@ -404,7 +405,7 @@ def _interval_bounds(lower, upper, kernel, p, plan):
     return plan.unpad(low), plan.unpad(high)
 
 
-class _LInfDistBase(keras.layers.Layer):
+class _LInfDistBase(LipschitzBounded, keras.layers.Layer):
     """Shared machinery: norm order, mean shift with a running mean, bias, negation, identity init.
 
     Subclasses provide `_rows(inputs)` (inputs as (rows, input_dim) plus the
@@ -523,6 +524,20 @@ class _LInfDistBase(keras.layers.Layer):
         low = self._finish(ops.reshape(low, output_shape), training=False)
         high = self._finish(ops.reshape(high, output_shape), training=False)
         return (high, low) if self.negate else (low, high)
+
+    def _lipschitz_constant(self, norm, input_shape):
+        if norm == "l2":
+            raise ValueError(
+                f"layer {self.name!r} ({type(self).__name__}) has no L2 bound in this library: l_inf-dist layers are "
+                "certified in l_inf (norm='linf', deel_lip_ext.linf.linf_lipschitz_bound)."
+            )
+        if not math.isinf(self.p):
+            raise ValueError(
+                f"layer {self.name!r} has p = {self.p}: only p = inf is 1-Lipschitz in l_inf "
+                "(call deel_lip_ext.linf.set_p(model, float('inf')) before certifying)."
+            )
+        # In inference each output is +-(||patch - w_o||_inf - running mean + b_o): 1-Lipschitz in l_inf.
+        return 1.0
 
     def vanilla_export(self):
         """A copy of the layer with the same weights (there is no plain Keras equivalent)."""
@@ -727,7 +742,7 @@ def _pair(value, name):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class LogitScale(keras.layers.Layer):
+class LogitScale(LipschitzBounded, keras.layers.Layer):
     """Identity layer that owns the learnable logit scale s of l_inf-dist Net v2.
 
     v2 multiplies the logits by s only inside its cross-entropy term, so the
@@ -771,7 +786,10 @@ class LogitScale(keras.layers.Layer):
     def interval_bounds(self, lower: ArrayLike, upper: ArrayLike):
         return lower, upper
 
-    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
+    def _lipschitz_constant(self, norm, input_shape):
+        return 1.0  # the identity
+
+    def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict:

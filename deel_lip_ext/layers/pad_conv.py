@@ -68,7 +68,7 @@ class PadConv2D(SpectralConvBase):
         maxiter_bjorck: maximal number of Björck iterations.
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> conv = PadConv2D(8, 3, padding="reflect")
         >>> y = conv(keras.random.normal((2, 16, 16, 3)))
         >>> pad, plain = conv.vanilla_export()  # Padding2D + keras Conv2D

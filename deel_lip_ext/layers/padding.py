@@ -16,13 +16,17 @@ copy pixels too.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
+
+from deel_lip_ext.layers.base import LipschitzBounded
 
 __all__ = [
     "CircularPadding2D",
@@ -129,7 +133,7 @@ def circular_pad(x: ArrayLike, padding: tuple[tuple[int, int], tuple[int, int]])
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class CircularPadding2D(keras.layers.Layer):
+class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
     """Wrap-around padding of the spatial axes (a torus), channels-last.
 
     Used in front of a "valid" convolution to make it circular; the exported
@@ -214,7 +218,7 @@ def mode_pad(x, padding, mode):
     Returns:
         The padded tensor, (N, H + top + bottom, W + left + right, C).
 
-    Example:
+    Examples:
         >>> mode_pad(x, ((1, 1), (2, 2)), "reflect")
     """
     _check_mode(mode)
@@ -239,7 +243,7 @@ class Padding2D(keras.layers.Layer):
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> layer = Padding2D(1, mode="reflect")
         >>> layer(keras.ops.ones((1, 4, 4, 3))).shape
         (1, 6, 6, 3)
@@ -265,6 +269,21 @@ class Padding2D(keras.layers.Layer):
             for size, (before, after) in zip(input_shape[1:3], self.padding)
         ]
         return (input_shape[0], *sizes, input_shape[3])
+
+    def _lipschitz_constant(self, norm, input_shape):
+        if norm == "linf":
+            return 1.0
+        # Along an axis of size n padded (before, after), index i is copied 1 + [i >= n - before] + [i < after]
+        # times; the constant is the square root of the largest product of copies over the two axes.
+        sizes = (None, None) if input_shape is None else tuple(input_shape)[1:3]
+        copies = 1
+        for size, (before, after) in zip(sizes, self.padding):
+            if size is None:
+                copies *= 1 + (before > 0) + (after > 0)
+            else:
+                index = np.arange(size)
+                copies *= int(np.max(1 + (index >= size - before) + (index < after)))
+        return math.sqrt(copies)
 
     def get_config(self):
         config = super().get_config()

@@ -101,6 +101,10 @@ class _WindowPooling(_PoolingBase):
         sizes = [None if size is None else size // p for size, p in zip(input_shape[1:3], self.pool_size)]
         return (input_shape[0], *sizes, input_shape[3])
 
+    def _lipschitz_constant(self, norm, input_shape):
+        # k sqrt(area) times a window mean or root-mean-square: l_inf <= k sqrt(area).
+        return self.k_coef_lip * (1.0 if norm == "l2" else math.sqrt(self.area))
+
     def _average(self, inputs):
         return ops.average_pool(inputs, self.pool_size, strides=self.pool_size, padding="valid")
 
@@ -197,6 +201,14 @@ class _GlobalPooling(_PoolingBase):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[3])
 
+    def _actual_area(self, input_shape, strict=True):
+        sizes = (None, None) if input_shape is None else tuple(input_shape)[1:3]
+        if None in sizes:
+            if not strict:
+                return None
+            raise ValueError(f"layer {self.name!r}: its Lipschitz constant needs a known input height and width.")
+        return int(sizes[0]) * int(sizes[1])
+
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class ScaledGlobalAveragePooling2D(_GlobalPooling):
@@ -214,8 +226,22 @@ class ScaledGlobalAveragePooling2D(_GlobalPooling):
         >>> ScaledGlobalAveragePooling2D()(keras.ops.ones((1, 4, 4, 3)))  # all 4.0, shape (1, 3)
     """
 
-    def call(self, inputs: ArrayLike):
+    def call(self, inputs):
+        # The scale sqrt(H W) is the build size's: another size would change the constant.
+        if self._actual_area(inputs.shape, strict=False) not in (None, self.area):
+            raise ValueError(
+                f"layer {self.name!r} was built for inputs of {self.area} pixels (its scale sqrt(H W) depends on "
+                f"the size), got input shape {tuple(inputs.shape)}: use a new layer for this size."
+            )
         return ops.mean(inputs, axis=(1, 2)) * ops.cast(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
+
+    def _lipschitz_constant(self, norm, input_shape):
+        # k sqrt(H W) times the mean over the H W pixels (size pinned at build).
+        if norm == "linf":
+            if not self.built:
+                raise ValueError(f"layer {self.name!r} must be built before its l_inf constant is known.")
+            return self.k_coef_lip * math.sqrt(self.area)
+        return self.k_coef_lip
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -248,7 +274,11 @@ class ScaledGlobalL2NormPooling2D(_GlobalPooling):
     def call(self, inputs: ArrayLike):
         return _smooth_norm(ops.sum(ops.square(inputs), axis=(1, 2)), self.eps_grad_sqrt, self.k_coef_lip)
 
-    def get_config(self) -> dict:
+    def _lipschitz_constant(self, norm, input_shape):
+        # k times the L2 norm of each channel's map: l_inf <= k sqrt(H W).
+        return self.k_coef_lip * (1.0 if norm == "l2" else math.sqrt(self._actual_area(input_shape)))
+
+    def get_config(self):
         config = super().get_config()
         config["eps_grad_sqrt"] = self.eps_grad_sqrt
         return config

@@ -20,12 +20,13 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext.layers.base import LipschitzBounded
 from deel_lip_ext.layers.padding import check_channels_last, int_pair
 
 __all__ = ["InvertibleDownSampling", "InvertibleUpSampling"]
 
 
-class _PixelShuffleBase(keras.layers.Layer):
+class _PixelShuffleBase(LipschitzBounded, keras.layers.Layer):
     """pool_size, layout checks and config shared by the two permutations."""
 
     def __init__(self, pool_size: int | tuple[int, int], data_format: str = "channels_last", **kwargs: Any):
@@ -37,6 +38,9 @@ class _PixelShuffleBase(keras.layers.Layer):
     def lipschitz_sv(self):
         """(min, max) singular values of the layer: a permutation, so (1, 1)."""
         return 1.0, 1.0
+
+    def _lipschitz_constant(self, norm, input_shape):
+        return 1.0  # a permutation of the entries
 
     def vanilla_export(self):
         """Plain layers computing the same function: a fresh copy of this parameter-free layer."""

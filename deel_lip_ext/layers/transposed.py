@@ -55,7 +55,7 @@ class SpectralConv2DTranspose(SpectralConvBase):
         maxiter_bjorck: maximal number of Björck iterations.
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
-    Example:
+    Examples:
         >>> up = SpectralConv2DTranspose(8, 3, strides=2)
         >>> up(keras.random.normal((2, 7, 7, 16))).shape
         (2, 14, 14, 8)

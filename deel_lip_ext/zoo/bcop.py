@@ -186,7 +186,11 @@ class NearestUpSampling2D(LipschitzLayer, keras.layers.Layer):
     def lipschitz_sv(self):
         return self.gain(), self.gain()
 
-    def call(self, inputs: ArrayLike):
+    def _lipschitz_constant(self, norm, input_shape):
+        # Copies times gain / sqrt(copies): L2 gain exactly; l_inf gain / sqrt(copies).
+        return self.gain() if norm == "l2" else self.gain() / math.sqrt(self.size[0] * self.size[1])
+
+    def call(self, inputs):
         outputs = ops.repeat(ops.repeat(inputs, self.size[0], axis=1), self.size[1], axis=2)
         return outputs * (self.gain() / math.sqrt(self.size[0] * self.size[1]))
 

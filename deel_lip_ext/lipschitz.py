@@ -1,0 +1,254 @@
+"""The one table of known Lipschitz constants of stock Keras activations, layers and ops.
+
+Library layers answer for themselves through `LipschitzBounded.lipschitz_constant`
+(`deel_lip_ext.layers.base`); everything stock that a bound may meet is here:
+
+* `ACTIVATIONS`: keyed by the *identity* of the `keras.activations` function
+  object (never by its name: a user function called `relu` is unknown), value
+  `(constant, non_decreasing)`. The constant is exact or a proven upper bound of
+  sup |f'|, valid for L2 and l_inf alike (an elementwise map).
+* `STOCK_LAYERS`: keyed by the exact layer class (a subclass may change `call`
+  and is not trusted), value a function `(layer, norm, input_shape) -> float`
+  that reads the layer's configuration and refuses configurations it cannot bound.
+* `OPS`: Keras ops met between layers of a functional graph (`h * 5.0`,
+  `ops.reshape`, ...), keyed by the op class, with the rule the graph walk
+  (`deel_lip_ext.utils.model_lipschitz_bound`) applies.
+
+Norms are "l2" or "linf"; input shapes are Keras shapes with the batch dimension.
+Nothing here imports a layer of this library.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras.src.ops import nn as _ops_nn
+from keras.src.ops import numpy as _ops_numpy
+
+from deel_lip_ext.spectrum import conv_sv_range, dense_sv_range, linf_kernel_norm
+
+__all__ = [
+    "NORMS",
+    "ACTIVATIONS",
+    "STOCK_LAYERS",
+    "OPS",
+    "check_bound_norm",
+    "activation_lipschitz",
+    "is_non_decreasing_activation",
+    "stock_layer_lipschitz",
+]
+
+NORMS = ("l2", "linf")
+
+# gelu: max of Phi(x) + x phi(x) is 1.1281 (at sqrt 2), of its tanh approximation 1.1289;
+# silu/swish: max of s(x)(1 + x(1 - s(x))) is 1.0998; selu: scale * alpha = 1.7581 (x -> 0-).
+_SELU_SLOPE = 1.0507009873554805 * 1.6732632423543772
+ACTIVATIONS = {
+    keras.activations.linear: (1.0, True),
+    keras.activations.relu: (1.0, True),
+    keras.activations.relu6: (1.0, True),
+    keras.activations.leaky_relu: (1.0, True),
+    keras.activations.elu: (1.0, True),
+    keras.activations.celu: (1.0, True),
+    keras.activations.tanh: (1.0, True),
+    keras.activations.hard_tanh: (1.0, True),
+    keras.activations.sigmoid: (0.25, True),
+    keras.activations.hard_sigmoid: (1.0 / 6.0, True),
+    keras.activations.sparse_sigmoid: (0.5, True),
+    keras.activations.softplus: (1.0, True),
+    keras.activations.sparse_plus: (1.0, True),
+    keras.activations.squareplus: (1.0, True),
+    keras.activations.softsign: (1.0, True),
+    keras.activations.log_sigmoid: (1.0, True),
+    keras.activations.tanh_shrink: (1.0, True),
+    keras.activations.soft_shrink: (1.0, True),
+    keras.activations.gelu: (1.13, False),
+    keras.activations.silu: (1.1, False),
+    keras.activations.hard_silu: (1.5, False),
+    keras.activations.selu: (_SELU_SLOPE * (1 + 1e-12), True),
+    # Jacobian diag(p) - p p^T: L2 norm <= max p <= 1, l_inf norm 2 max p(1 - p) <= 1/2.
+    keras.activations.softmax: (1.0, False),
+}
+
+
+def check_bound_norm(norm: str) -> str:
+    """Return `norm` ("l2" or "linf"), or raise `ValueError` naming the accepted values."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
+    return norm
+
+
+def _activation_label(activation):
+    return getattr(activation, "__name__", repr(activation))
+
+
+def activation_lipschitz(activation, owner: str = "the layer") -> float:
+    """Lipschitz constant of a `keras.activations` function (None: identity), or `ValueError`.
+
+    Args:
+        activation: the function object (compared by identity, never by name).
+        owner: who uses it, for the error message (e.g. "layer 'dense_1'").
+    """
+    if activation is None:
+        return 1.0
+    entry = ACTIVATIONS.get(activation)
+    if entry is None:
+        raise ValueError(
+            f"{owner} uses activation {_activation_label(activation)!r}, which is not a `keras.activations` function "
+            "with a known finite Lipschitz constant (e.g. exponential, mish, a user function): use a known activation "
+            "(relu, tanh, gelu, ...) or a separate Lipschitz layer (GroupSort2, ...), or pass lip_const= explicitly."
+        )
+    return entry[0]
+
+
+def is_non_decreasing_activation(activation) -> bool:
+    """Whether a `keras.activations` function (by identity) is known to be non-decreasing (None: identity)."""
+    return activation is None or ACTIVATIONS.get(activation, (None, False))[1]
+
+
+def _known_size(shape):
+    if shape is None or any(size is None for size in shape):
+        return None
+    return int(np.prod(shape))
+
+
+def _identity(layer, norm, input_shape):
+    return 1.0
+
+
+def _activation_layer(layer, norm, input_shape):
+    return activation_lipschitz(layer.activation, f"layer {layer.name!r}")
+
+
+def _relu_layer(layer, norm, input_shape):
+    if layer.threshold != 0:
+        raise ValueError(f"layer {layer.name!r}: a ReLU with threshold != 0 is discontinuous (no Lipschitz constant).")
+    return max(1.0, abs(float(layer.negative_slope)))
+
+
+def _leaky_relu_layer(layer, norm, input_shape):
+    return max(1.0, abs(float(layer.negative_slope)))
+
+
+def _elu_layer(layer, norm, input_shape):
+    return max(1.0, abs(float(layer.alpha)))
+
+
+def _dense_layer(layer, norm, input_shape):
+    kernel = layer.kernel
+    linear = dense_sv_range(kernel)[1] if norm == "l2" else linf_kernel_norm(kernel)
+    return linear * activation_lipschitz(layer.activation, f"layer {layer.name!r}")
+
+
+def _conv2d_layer(layer, norm, input_shape):
+    if tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1 or layer.data_format != "channels_last":
+        raise ValueError(
+            f"layer {layer.name!r}: only channels_last Conv2D with dilation 1 and groups 1 have a known bound."
+        )
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    if norm == "l2":
+        shape = tuple(input_shape[1:]) if input_shape is not None else (None, None, kernel.shape[2])
+        linear = conv_sv_range(kernel, shape, layer.strides, layer.padding)[1]
+    else:
+        linear = linf_kernel_norm(kernel)
+    return linear * activation_lipschitz(layer.activation, f"layer {layer.name!r}")
+
+
+def _window_overlap(layer):
+    """Most windows one input entry is in: at most ceil(pool / stride) per axis, for any size and padding."""
+    return math.prod(math.ceil(p / s) for p, s in zip(layer.pool_size, layer.strides))
+
+
+def _max_pooling(layer, norm, input_shape):
+    # Each window's max is 1-Lipschitz in l_inf of the window; in L2 every entry is in <= c windows.
+    return 1.0 if norm == "linf" else math.sqrt(_window_overlap(layer))
+
+
+def _average_pooling(layer, norm, input_shape):
+    if norm == "linf":
+        return 1.0
+    # |mean of a window|^2 <= (sum of its squares) / area; "same" borders average fewer entries (area >= 1).
+    area = math.prod(layer.pool_size) if layer.padding == "valid" else 1
+    return math.sqrt(_window_overlap(layer) / area)
+
+
+def _global_average_pooling(layer, norm, input_shape):
+    if norm == "linf":
+        return 1.0
+    size = _known_size(input_shape[1:-1]) if input_shape is not None else None
+    return 1.0 if size is None else 1.0 / math.sqrt(size)
+
+
+def _rescaling(layer, norm, input_shape):
+    return float(np.max(np.abs(np.asarray(layer.scale, dtype="float64"))))
+
+
+def _upsampling(layer, norm, input_shape):
+    if layer.interpolation != "nearest":
+        raise ValueError(f"layer {layer.name!r}: only nearest UpSampling2D has a known bound (it copies entries).")
+    return 1.0 if norm == "linf" else math.sqrt(math.prod(layer.size))
+
+
+def _repeat_vector(layer, norm, input_shape):
+    return 1.0 if norm == "linf" else math.sqrt(layer.n)
+
+
+STOCK_LAYERS = {
+    keras.layers.InputLayer: _identity,
+    keras.layers.Flatten: _identity,
+    keras.layers.Reshape: _identity,
+    keras.layers.Permute: _identity,
+    keras.layers.Identity: _identity,
+    keras.layers.Dropout: _identity,  # the bound describes inference
+    keras.layers.ZeroPadding2D: _identity,
+    keras.layers.Cropping2D: _identity,
+    keras.layers.Activation: _activation_layer,
+    keras.layers.ReLU: _relu_layer,
+    keras.layers.LeakyReLU: _leaky_relu_layer,
+    keras.layers.ELU: _elu_layer,
+    keras.layers.Softmax: _identity,  # see ACTIVATIONS[softmax]
+    keras.layers.Dense: _dense_layer,
+    keras.layers.Conv2D: _conv2d_layer,
+    keras.layers.MaxPooling2D: _max_pooling,
+    keras.layers.AveragePooling2D: _average_pooling,
+    keras.layers.GlobalMaxPooling2D: _identity,
+    keras.layers.GlobalAveragePooling2D: _global_average_pooling,
+    keras.layers.Rescaling: _rescaling,
+    keras.layers.UpSampling2D: _upsampling,
+    keras.layers.RepeatVector: _repeat_vector,
+}
+
+
+def stock_layer_lipschitz(layer, norm: str, input_shape=None) -> float:
+    """Lipschitz constant of a stock Keras layer from `STOCK_LAYERS` (exact class), or `ValueError`."""
+    rule = STOCK_LAYERS.get(type(layer))
+    if rule is None:
+        raise ValueError(
+            f"layer {layer.name!r} ({type(layer).__name__}) has no known Lipschitz constant: use deel_lip_ext "
+            "layers or stock layers of deel_lip_ext.lipschitz.STOCK_LAYERS, or pass lip_const= explicitly."
+        )
+    if rule in (_dense_layer, _conv2d_layer) and not layer.built:
+        raise ValueError(f"layer {layer.name!r} must be built before its Lipschitz constant can be computed.")
+    return float(rule(layer, check_bound_norm(norm), input_shape))
+
+
+# Ops of a functional graph: "shape" ops only move entries within a sample; "additive" ones add
+# their tensor arguments (constants shift); "scale" multiplies by a constant; "elementwise" apply a
+# scalar function with the given constant; "concat" concatenates along a non-batch axis.
+def _op_classes(module, names):
+    return tuple(getattr(module, name) for name in names if hasattr(module, name))
+
+
+OPS = {
+    "shape": _op_classes(_ops_numpy, ("Reshape", "Transpose", "ExpandDims", "Squeeze")),
+    "additive": _op_classes(_ops_numpy, ("Add", "Subtract")),
+    "negative": _op_classes(_ops_numpy, ("Negative",)),
+    "multiply": _op_classes(_ops_numpy, ("Multiply",)),
+    "divide": _op_classes(_ops_numpy, ("Divide", "TrueDivide")),
+    "concat": _op_classes(_ops_numpy, ("Concatenate",)),
+    "elementwise": {
+        **{cls: 1.0 for cls in _op_classes(_ops_numpy, ("Absolute", "Abs", "Tanh"))},
+        **{cls: 1.0 for cls in _op_classes(_ops_nn, ("Relu", "Relu6", "Softplus", "Softsign", "Tanh"))},
+        **{cls: 0.25 for cls in _op_classes(_ops_nn, ("Sigmoid",))},
+    },
+}

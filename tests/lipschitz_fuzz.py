@@ -1,0 +1,507 @@
+"""Seeded generator of random small models and the soundness check of their Lipschitz bounds.
+
+`random_model(seed)` builds a Sequential or functional model from the layers of `LAYERS` (every
+layer of `deel_lip_ext.layers` plus stock Keras layers), merges (with broadcasting), Keras ops,
+shared layers and nested models. `check_model(model, norm, seed)` either gets a clear refusal
+(`ValueError`) from `model_lipschitz_bound`, or checks that the bound is >= the exact Jacobian
+norm at random points and >= the best ||f(a) - f(b)|| / ||a - b|| of a gradient pair search.
+
+To fuzz a new layer, add one `Entry` to `LAYERS` (the test suite checks that every class exported
+by `deel_lip_ext.layers` has one).
+"""
+
+import dataclasses
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from deel_lip_ext import layers as lip
+from deel_lip_ext.lipschitz import ACTIVATIONS
+from deel_lip_ext.utils import model_lipschitz_bound
+from deel_lip_ext.zoo.bcop import NearestUpSampling2D
+
+# Known activations by name (constructed through keras.activations.get), plus unknown ones.
+KNOWN_ACTIVATIONS = sorted(f.__name__ for f in ACTIVATIONS if f is not keras.activations.softmax) + [None]
+UNKNOWN_ACTIVATIONS = ["exponential", "mish", lambda x: 3.0 * keras.activations.relu(x)]
+REL_TOL = 1e-4
+
+
+def _activation(rng):
+    if rng.random() < 0.08:
+        return UNKNOWN_ACTIVATIONS[rng.integers(len(UNKNOWN_ACTIVATIONS))]
+    return KNOWN_ACTIVATIONS[rng.integers(len(KNOWN_ACTIVATIONS))]
+
+
+def _init(rng):
+    return keras.initializers.RandomNormal(0.0, float(rng.uniform(0.2, 0.8)), seed=int(rng.integers(1 << 30)))
+
+
+def _bias(rng):
+    return keras.initializers.RandomNormal(0.0, 0.3, seed=int(rng.integers(1 << 30)))
+
+
+def _k(rng):
+    return float(rng.choice([1.0, 1.0, 0.5, 2.0]))
+
+
+@dataclasses.dataclass
+class Entry:
+    """One layer the fuzzer may use: `make(rng, shape)` returns a layer for that input shape, or None."""
+
+    name: str
+    kind: str  # "vector": input (N, d); "image": input (N, H, W, C)
+    make: Callable
+    classes: tuple = ()  # the deel_lip_ext.layers classes it covers
+
+
+def _dense_like(cls):
+    def make(rng, shape):
+        return cls(
+            int(rng.choice([2, 4, 6, 8])),
+            activation=_activation(rng),
+            k_coef_lip=_k(rng),
+            kernel_initializer=_init(rng),
+            bias_initializer=_bias(rng),
+        )
+
+    return make
+
+
+def _conv_like(cls, downsampling=False):
+    def make(rng, shape):
+        size = shape[1]
+        padding = str(rng.choice(["same", "valid", "circular"]))
+        if downsampling and rng.random() < 0.4 and size % 2 == 0 and size >= 4:
+            kernel, strides = 4 if size >= 8 else 2, 2
+        else:
+            kernel, strides = int(rng.choice([1, 2, 3])), 1
+            if not downsampling and rng.random() < 0.3:
+                strides = 2
+        if padding == "valid" and size - kernel < 1:
+            padding = "same"
+        kwargs = {} if cls is lip.BCOPConv2D else {"kernel_initializer": _init(rng)}
+        return cls(
+            int(rng.choice([2, 4])),
+            kernel,
+            strides=strides,
+            padding=padding,
+            activation=_activation(rng),
+            k_coef_lip=_k(rng),
+            bias_initializer=_bias(rng),
+            **kwargs,
+        )
+
+    return make
+
+
+def _even_channels(cls, **kwargs):
+    def make(rng, shape):
+        if shape[-1] % 2:
+            return None
+        return cls(k_coef_lip=_k(rng), **kwargs)
+
+    return make
+
+
+def _pooling(cls):
+    def make(rng, shape):
+        if shape[1] % 2 or shape[1] < 4:
+            return None
+        return cls(2, k_coef_lip=_k(rng))
+
+    return make
+
+
+def _global(cls):
+    def make(rng, shape):
+        return cls(k_coef_lip=_k(rng))
+
+    return make
+
+
+def _stock_dense(rng, shape):
+    return keras.layers.Dense(
+        int(rng.choice([2, 4, 6])),
+        activation=_activation(rng),
+        kernel_initializer=_init(rng),
+        bias_initializer=_bias(rng),
+    )
+
+
+def _stock_conv(rng, shape):
+    size = shape[1]
+    padding = "valid" if size > 3 and rng.random() < 0.4 else "same"
+    return keras.layers.Conv2D(
+        int(rng.choice([2, 4])),
+        int(rng.choice([1, 2, 3])),
+        strides=int(rng.choice([1, 1, 2])),
+        padding=padding,
+        activation=_activation(rng),
+        kernel_initializer=_init(rng),
+        bias_initializer=_bias(rng),
+    )
+
+
+def _linf_dense(rng, shape):
+    return lip.LInfDistDense(
+        int(rng.choice([4, 6])), identity_init=bool(rng.random() < 0.5), negate=bool(rng.random() < 0.3)
+    )
+
+
+def _linf_conv(rng, shape):
+    return lip.LInfDistConv2D(int(rng.choice([2, 4])), int(rng.choice([1, 3])), padding="same")
+
+
+def _upsampling(rng, shape):
+    return lip.InvertibleUpSampling(2) if shape[-1] % 4 == 0 else None
+
+
+def _downsampling(rng, shape):
+    return lip.InvertibleDownSampling(2) if shape[1] % 2 == 0 else None
+
+
+LAYERS = [
+    # deel_lip_ext.layers
+    Entry("SpectralDense", "vector", _dense_like(lip.SpectralDense), (lip.SpectralDense,)),
+    Entry("FrobeniusDense", "vector", _dense_like(lip.FrobeniusDense), (lip.FrobeniusDense,)),
+    Entry(
+        "BjorckDense",
+        "vector",
+        lambda rng, s: lip.BjorckDense(int(rng.choice([2, 4])), k_coef_lip=_k(rng), activation=_activation(rng)),
+        (lip.BjorckDense,),
+    ),
+    Entry("SpectralConv2D", "image", _conv_like(lip.SpectralConv2D), (lip.SpectralConv2D,)),
+    Entry("FrobeniusConv2D", "image", _conv_like(lip.FrobeniusConv2D), (lip.FrobeniusConv2D,)),
+    Entry("BCOPConv2D", "image", _conv_like(lip.BCOPConv2D, True), (lip.BCOPConv2D, lip.StackedOrthogonal)),
+    Entry("RKOConv2D", "image", _conv_like(lip.RKOConv2D, True), (lip.RKOConv2D,)),
+    Entry("OSSNConv2D", "image", _conv_like(lip.OSSNConv2D, True), (lip.OSSNConv2D,)),
+    Entry("SVCMConv2D", "image", _conv_like(lip.SVCMConv2D, True), (lip.SVCMConv2D, lip.SVCMProjection)),
+    Entry("GroupSort2", "vector", _even_channels(lip.GroupSort2), (lip.GroupSort2, lip.GroupSort)),
+    Entry("GroupSort2-image", "image", _even_channels(lip.GroupSort2), (lip.GroupSort2,)),
+    Entry("FullSort", "vector", lambda rng, s: lip.FullSort(k_coef_lip=_k(rng)), (lip.FullSort,)),
+    Entry("MaxMin", "vector", _even_channels(lip.MaxMin), (lip.MaxMin,)),
+    Entry("MaxMin-image", "image", _even_channels(lip.MaxMin), (lip.MaxMin,)),
+    Entry("CReLU", "vector", lambda rng, s: lip.CReLU(k_coef_lip=_k(rng)), (lip.CReLU,)),
+    Entry(
+        "Householder",
+        "vector",
+        _even_channels(lip.Householder, theta_initializer=keras.initializers.RandomUniform(0, 6.3)),
+        (lip.Householder,),
+    ),
+    Entry("ScaledAveragePooling2D", "image", _pooling(lip.ScaledAveragePooling2D), (lip.ScaledAveragePooling2D,)),
+    Entry(
+        "ScaledL2NormPooling2D",
+        "image",
+        _pooling(lip.ScaledL2NormPooling2D),
+        (lip.ScaledL2NormPooling2D, lip.ScaledL2NormPooling),
+    ),
+    Entry(
+        "ScaledGlobalAveragePooling2D",
+        "image",
+        _global(lip.ScaledGlobalAveragePooling2D),
+        (lip.ScaledGlobalAveragePooling2D,),
+    ),
+    Entry(
+        "ScaledGlobalL2NormPooling2D",
+        "image",
+        _global(lip.ScaledGlobalL2NormPooling2D),
+        (lip.ScaledGlobalL2NormPooling2D,),
+    ),
+    Entry("InvertibleDownSampling", "image", _downsampling, (lip.InvertibleDownSampling,)),
+    Entry("InvertibleUpSampling", "image", _upsampling, (lip.InvertibleUpSampling,)),
+    Entry("CircularPadding2D", "image", lambda rng, s: lip.CircularPadding2D(1), (lip.CircularPadding2D,)),
+    Entry("LInfDistDense", "vector", _linf_dense, (lip.LInfDistDense,)),
+    Entry("LInfDistConv2D", "image", _linf_conv, (lip.LInfDistConv2D,)),
+    Entry("LogitScale", "vector", lambda rng, s: lip.LogitScale(), (lip.LogitScale,)),
+    # stock Keras layers
+    Entry("Dense", "vector", _stock_dense),
+    Entry("Conv2D", "image", _stock_conv),
+    Entry("ReLU", "vector", lambda rng, s: keras.layers.ReLU(negative_slope=float(rng.choice([0.0, 0.3, 1.5])))),
+    Entry("LeakyReLU", "vector", lambda rng, s: keras.layers.LeakyReLU(negative_slope=float(rng.choice([0.2, 2.0])))),
+    Entry("Activation", "vector", lambda rng, s: keras.layers.Activation(_activation(rng))),
+    Entry("Dropout", "vector", lambda rng, s: keras.layers.Dropout(0.5)),
+    Entry("Rescaling", "vector", lambda rng, s: keras.layers.Rescaling(float(rng.uniform(-3, 3)), offset=0.5)),
+    Entry("LayerNormalization", "vector", lambda rng, s: keras.layers.LayerNormalization()),
+    Entry(
+        "MaxPooling2D",
+        "image",
+        lambda rng, s: keras.layers.MaxPooling2D(
+            int(rng.choice([2, 3])), strides=int(rng.choice([1, 2])), padding="same"
+        ),
+    ),
+    Entry(
+        "AveragePooling2D",
+        "image",
+        lambda rng, s: (
+            keras.layers.AveragePooling2D(
+                2, strides=int(rng.choice([1, 2])), padding=str(rng.choice(["same", "valid"]))
+            )
+            if s[1] >= 2
+            else None
+        ),
+    ),
+    Entry("GlobalAveragePooling2D", "image", lambda rng, s: keras.layers.GlobalAveragePooling2D()),
+    Entry("GlobalMaxPooling2D", "image", lambda rng, s: keras.layers.GlobalMaxPooling2D()),
+    Entry("UpSampling2D", "image", lambda rng, s: keras.layers.UpSampling2D(2) if s[1] <= 4 else None),
+    Entry("ZeroPadding2D", "image", lambda rng, s: keras.layers.ZeroPadding2D(1) if s[1] <= 6 else None),
+    Entry("Flatten", "image", lambda rng, s: keras.layers.Flatten()),
+    # deel_lip_ext.zoo
+    Entry(
+        "NearestUpSampling2D",
+        "image",
+        lambda rng, s: NearestUpSampling2D(2, isometric=bool(rng.random() < 0.5), k_coef_lip=_k(rng))
+        if s[1] <= 4
+        else None,
+        (NearestUpSampling2D,),
+    ),
+]
+
+
+def _kind(shape):
+    return "image" if len(shape) == 4 else "vector"
+
+
+def _apply_layer(rng, tensor):
+    shape = tuple(tensor.shape)
+    candidates = [entry for entry in LAYERS if entry.kind == _kind(shape)]
+    for _ in range(20):
+        entry = candidates[rng.integers(len(candidates))]
+        layer = entry.make(rng, shape)
+        if layer is not None:
+            try:
+                return layer(tensor)
+            except ValueError:  # a configuration the layer refuses for this shape
+                continue
+    return tensor
+
+
+def _apply_op(rng, tensor):
+    choice = rng.integers(6)
+    if choice == 0:
+        return tensor * float(rng.choice([-2.5, 0.5, 3.0]))
+    if choice == 1:
+        return tensor / float(rng.choice([0.5, 4.0]))
+    if choice == 2:
+        return -tensor + 1.0
+    if choice == 3:
+        return ops.relu(tensor)
+    if choice == 4 and _kind(tuple(tensor.shape)) == "vector" and tensor.shape[-1] % 2 == 0:
+        return keras.layers.Flatten()(ops.reshape(tensor, (-1, 2, tensor.shape[-1] // 2)))
+    return ops.tanh(tensor)
+
+
+def _merge(rng, a, b):
+    if tuple(a.shape) != tuple(b.shape):
+        return a
+    choice = rng.integers(7)
+    merges = [
+        keras.layers.Add(),
+        keras.layers.Subtract(),
+        keras.layers.Average(),
+        keras.layers.Maximum(),
+        keras.layers.Minimum(),
+        keras.layers.Concatenate(),
+    ]
+    if choice < len(merges):
+        return merges[choice]([a, b])
+    return ops.add(a, b)
+
+
+def _branch(rng, tensor, broadcast=False):
+    """Two branches from `tensor`, merged; sometimes one is a (N, 1) branch broadcast against the other."""
+    left = _apply_layer(rng, tensor)
+    if _kind(tuple(tensor.shape)) == "vector" and (broadcast or rng.random() < 0.4):
+        width = int(rng.choice([4, 8, 16]))
+        narrow = keras.layers.Dense(1, kernel_initializer=_init(rng))(tensor)
+        wide = keras.layers.Dense(width, kernel_initializer=_init(rng))(tensor)
+        merge = [keras.layers.Add(), keras.layers.Average(), keras.layers.Maximum()][rng.integers(3)]
+        return merge([narrow, wide]) if rng.random() < 0.7 else ops.add(wide, narrow)
+    right = _apply_layer(rng, tensor)
+    return _merge(rng, left, right)
+
+
+def _shared(rng, tensor):
+    width = tensor.shape[-1]
+    layer = (
+        lip.SpectralDense(width, k_coef_lip=_k(rng), kernel_initializer=_init(rng))
+        if rng.random() < 0.5
+        else keras.layers.Dense(width, kernel_initializer=_init(rng))
+    )
+    if _kind(tuple(tensor.shape)) == "image":
+        layer = keras.layers.Conv2D(width, 3, padding="same", kernel_initializer=_init(rng))
+    if rng.random() < 0.5:
+        return layer(layer(tensor))
+    return _merge(rng, layer(tensor), layer(_apply_op(rng, tensor)))
+
+
+def _nested(rng, tensor):
+    inner_input = keras.Input(tuple(tensor.shape)[1:])
+    inner = _apply_layer(rng, inner_input)
+    if rng.random() < 0.5:
+        inner = _apply_layer(rng, inner)
+    return keras.Model(inner_input, inner)(tensor)
+
+
+STEEP_ACTIVATIONS = ["selu", "gelu", "silu", "hard_silu"]
+
+
+def random_model(seed: int, focus: str | None = None) -> keras.Model:
+    """A random small model (Sequential or functional) from the seed.
+
+    `focus` narrows the draw for the tests that check that the fuzzer can fail: "broadcast" (a
+    vector model whose first block merges a broadcast (N, 1) branch) or "activation" (a chain of
+    constrained dense layers with steep activations).
+    """
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    image = focus is None and rng.random() < 0.45
+    shape = (
+        (int(rng.choice([4, 6, 8])),) * 2 + (int(rng.choice([1, 2, 4])),) if image else (int(rng.choice([4, 6, 8])),)
+    )
+    inputs = keras.Input(shape)
+    if focus == "broadcast":
+        return keras.Model(inputs, _branch(rng, inputs, broadcast=True))
+    if focus == "activation":
+        tensor = inputs
+        for _ in range(2):
+            activation = STEEP_ACTIVATIONS[rng.integers(len(STEEP_ACTIVATIONS))]
+            tensor = lip.SpectralDense(6, activation=activation, bias_initializer=_bias(rng))(tensor)
+        return keras.Model(inputs, tensor)
+    if rng.random() < 0.25:  # Sequential: a chain of single-input layers
+        tensor, layers = inputs, []
+        for _ in range(int(rng.integers(2, 5))):
+            before = tensor
+            tensor = _apply_layer(rng, tensor)
+            if tensor is not before:
+                layers.append(tensor._keras_history.operation)
+        return keras.Sequential([keras.Input(shape)] + layers) if layers else keras.Sequential([keras.Input(shape)])
+    tensor = inputs
+    for _ in range(int(rng.integers(2, 5))):
+        action = rng.random()
+        if action < 0.45:
+            tensor = _apply_layer(rng, tensor)
+        elif action < 0.6:
+            tensor = _apply_op(rng, tensor)
+        elif action < 0.8:
+            tensor = _branch(rng, tensor)
+        elif action < 0.9:
+            tensor = _shared(rng, tensor)
+        else:
+            tensor = _nested(rng, tensor)
+    if rng.random() < 0.5 and _kind(tuple(tensor.shape)) == "image":
+        tensor = keras.layers.Flatten()(tensor)
+    return keras.Model(inputs, tensor)
+
+
+# ---------------------------------------------------------------- lower bounds of the true constant
+
+
+def _flat(model, x):
+    y = model(x, training=False)
+    return tf.reshape(y, (tf.shape(x)[0], -1))
+
+
+def _norm(v, norm, axes):
+    return tf.reduce_max(tf.abs(v), axis=axes) if norm == "linf" else tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes))
+
+
+def _output_dim(model, x):
+    return int(np.prod(model.compute_output_shape((1,) + tuple(x.shape[1:]))[1:]))
+
+
+def jacobians(model, x):
+    """Input Jacobians (N, out, in) at the points x, float64, from one batched backward pass.
+
+    Each point is repeated once per output entry and each copy's gradient of
+    its own output entry is one Jacobian row (no per-model tracing).
+    """
+    n, in_shape = x.shape[0], x.shape[1:]
+    out_dim = _output_dim(model, x)
+    repeated = tf.Variable(np.repeat(x, out_dim, axis=0))
+    select = tf.constant(np.tile(np.eye(out_dim, dtype="float32"), (n, 1)))
+    with tf.GradientTape() as tape:
+        picked = tf.reduce_sum(_flat(model, repeated) * select)
+    grad = tape.gradient(picked, repeated)
+    if grad is None:  # the output does not depend on the input
+        return np.zeros((n, out_dim, int(np.prod(in_shape))))
+    return grad.numpy().astype(np.float64).reshape(n, out_dim, -1)
+
+
+def jacobian_norm(jac, norm):
+    """Largest operator norm of the Jacobians (l_inf: max absolute row sum; L2: spectral norm)."""
+    if norm == "linf":
+        return float(np.max(np.sum(np.abs(jac), axis=2)))
+    return float(np.max(np.linalg.svd(jac, compute_uv=False)[:, 0]))
+
+
+def pair_search(model, x, norm, rng, steps=4, step_size=0.05):
+    """Best ||f(a) - f(b)|| / ||a - b|| found by gradient ascent on the ratio from pairs around x.
+
+    Uses len(x) * output size / 2 pairs (a and b in one batch of the size `jacobians` used:
+    every call of a model then has one batch shape, traced once).
+    """
+    n = len(x) * _output_dim(model, x) // 2
+    starts = x[rng.integers(len(x), size=n)] + rng.normal(scale=0.3, size=(n,) + x.shape[1:]).astype("float32")
+    pairs = tf.Variable(np.concatenate([starts, starts + rng.normal(scale=0.05, size=starts.shape).astype("float32")]))
+    axes = list(range(1, len(x.shape)))
+    best = 0.0
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            out = _flat(model, pairs)
+            ratio = _norm(out[:n] - out[n:], norm, [1]) / tf.maximum(_norm(pairs[:n] - pairs[n:], norm, axes), 1e-12)
+            objective = tf.reduce_sum(ratio)
+        best = max(best, float(tf.reduce_max(ratio)))
+        grad = tape.gradient(objective, pairs)
+        if grad is None:
+            break
+        pairs.assign_add(step_size * grad / (tf.reduce_max(tf.abs(grad), axis=axes, keepdims=True) + 1e-12))
+    return best
+
+
+@dataclasses.dataclass
+class Outcome:
+    seed: int
+    norm: str
+    bound: float | None  # None: refused
+    lower: float = 0.0
+    refusal: str = ""
+
+    @property
+    def violated(self):
+        return self.bound is not None and self.lower > self.bound * (1 + REL_TOL) + 1e-6
+
+
+def check_model(model, norms, seed):
+    """Outcomes of `model` for each norm: its bound (or refusal, a ValueError) and the best lower bound found."""
+    rng = np.random.default_rng(seed + 7)
+    x = rng.normal(size=(4,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+    outcomes, jac = [], None
+    for norm in norms:
+        try:
+            bound = model_lipschitz_bound(model, norm)
+        except ValueError as error:
+            outcomes.append(Outcome(seed, norm, None, refusal=str(error)))
+            continue
+        jac = jacobians(model, x) if jac is None else jac
+        lower = max(jacobian_norm(jac, norm), pair_search(model, x, norm, rng))
+        outcomes.append(Outcome(seed, norm, bound, lower))
+    return outcomes
+
+
+def fuzz(seeds, norms=("l2", "linf"), focus=None):
+    """Outcomes of every seed and norm; raises with the seed of any unexpected exception."""
+    outcomes = []
+    for seed in seeds:
+        try:
+            model = random_model(seed, focus)
+            outcomes.extend(check_model(model, norms, seed))
+        except Exception as error:  # anything but a clear refusal is a bug; say how to replay it
+            raise AssertionError(
+                f"seed {seed}: {type(error).__name__}: {error} (replay: random_model({seed}))"
+            ) from error
+        finally:
+            keras.backend.clear_session(free_memory=False)
+    return outcomes

@@ -1,0 +1,70 @@
+"""Soundness fuzzer: random models either get a clear refusal or a bound above every measured slope.
+
+The generator lives in `tests/lipschitz_fuzz.py` (`LAYERS` is the one list to extend with new
+layers). A failure message names the seed: `random_model(seed)` rebuilds the model.
+"""
+
+import inspect
+
+import pytest
+
+from deel_lip_ext import layers as lip
+from deel_lip_ext.layers import base
+from deel_lip_ext import lipschitz, utils
+
+import lipschitz_fuzz
+
+
+def _report(outcomes):
+    return "; ".join(
+        f"seed {o.seed} ({o.norm}): bound {o.bound:.6g} < measured {o.lower:.6g} (replay: random_model({o.seed}))"
+        for o in outcomes
+        if o.violated
+    )
+
+
+def _assert_sound(outcomes):
+    violations = [o for o in outcomes if o.violated]
+    assert not violations, _report(outcomes)
+    for norm in ("l2", "linf"):
+        bounded = [o for o in outcomes if o.norm == norm and o.bound is not None]
+        assert bounded, f"every {norm} model was refused: the fuzzer checked nothing"
+    for outcome in outcomes:
+        if outcome.bound is None:
+            assert (
+                "lip_const" in outcome.refusal
+                or "norm=" in outcome.refusal
+                or "bounded" in outcome.refusal
+                or ("built" in outcome.refusal)
+            ), f"seed {outcome.seed}: unclear refusal {outcome.refusal!r}"
+
+
+def test_every_library_layer_is_registered():
+    covered = {cls for entry in lipschitz_fuzz.LAYERS for cls in entry.classes}
+    exported = {obj for obj in vars(lip).values() if inspect.isclass(obj) and obj.__module__.startswith("deel_lip_ext")}
+    exported -= {base.LipschitzLayer, base.ParametrizedLayer}
+    missing = sorted(cls.__name__ for cls in exported - covered)
+    assert not missing, f"add these layers to tests/lipschitz_fuzz.py LAYERS: {missing}"
+
+
+def test_fuzzer_fast():
+    _assert_sound(lipschitz_fuzz.fuzz(range(50)))
+
+
+@pytest.mark.slow
+def test_fuzzer_slow():
+    _assert_sound(lipschitz_fuzz.fuzz(range(1000, 1500)))
+
+
+def test_fuzzer_catches_a_bound_that_drops_broadcasting(monkeypatch):
+    monkeypatch.setattr(utils, "_broadcast_factor", lambda tensor, output, norm, operation: 1.0)
+    outcomes = lipschitz_fuzz.fuzz(range(8), norms=("l2",), focus="broadcast")
+    assert any(o.violated for o in outcomes), "the fuzzer missed a bound that ignores broadcasting"
+
+
+def test_fuzzer_catches_a_bound_that_ignores_activations(monkeypatch):
+    ignore = lambda activation, owner="": 1.0  # noqa: E731
+    monkeypatch.setattr(base, "activation_lipschitz", ignore)
+    monkeypatch.setattr(lipschitz, "activation_lipschitz", ignore)
+    outcomes = lipschitz_fuzz.fuzz(range(8), norms=("l2",), focus="activation")
+    assert any(o.violated for o in outcomes), "the fuzzer missed a bound that ignores activations"
