@@ -42,6 +42,10 @@ __all__ = [
     "reshaped_kernel_orthogonalization",
     "frobenius_normalization",
     "spectral_normalization_conv",
+    "residual_conv_kernel",
+    "adjoint_conv_kernel",
+    "operator_power_iteration",
+    "chord_orthogonalization",
 ]
 
 
@@ -307,3 +311,112 @@ def spectral_normalization_conv(
     u = ops.stop_gradient(_iterate(step, _l2_normalize(ops.stop_gradient(u)), eps, maxiter, distance))
     sigma = ops.sqrt(ops.sum(ops.square(first(u, kernel))))
     return kernel / sigma, u, sigma
+
+
+# ---------------------------------------------------------------------------
+# Residual blocks, CHORD (LiResNet; helper M3)
+# ---------------------------------------------------------------------------
+
+
+def residual_conv_kernel(kernel: ArrayLike) -> Any:
+    """Kernel of the linear residual block x + conv(x): `kernel` plus the identity at the kernel centre.
+
+    A stride-1 convolution with odd kernel sizes, "same" zero or circular
+    padding and as many output as input channels computes x + conv(x, W)
+    exactly as one convolution whose kernel is W with the identity matrix
+    added at the centre tap (kh // 2, kw // 2).
+
+    Args:
+        kernel: array (kh, kw, c, c) with odd kh and kw.
+
+    Returns:
+        The block's kernel, same shape and dtype.
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    if kh % 2 == 0 or kw % 2 == 0 or c_in != c_out:
+        raise ValueError(
+            f"kernel must have odd spatial sizes and as many output as input channels, got shape {tuple(kernel.shape)}."
+        )
+    centre = ops.reshape(ops.one_hot(kh // 2 * kw + kw // 2, kh * kw, dtype=kernel.dtype), (kh, kw, 1, 1))
+    return kernel + centre * ops.eye(c_in, dtype=kernel.dtype)
+
+
+def adjoint_conv_kernel(kernel: ArrayLike) -> Any:
+    """Kernel of the adjoint of a stride-1 convolution with symmetric padding: flipped, channels swapped.
+
+    Valid for odd kernel sizes with "same" zero padding or circular padding
+    (k // 2 on both sides): conv(., adjoint_conv_kernel(W)) with the same
+    padding is the transpose of conv(., W).
+
+    Args:
+        kernel: array (kh, kw, c_in, c_out).
+    """
+    return ops.transpose(ops.flip(ops.flip(kernel, axis=0), axis=1), (0, 1, 3, 2))
+
+
+def operator_power_iteration(
+    apply: Any,
+    apply_adjoint: Any,
+    u: ArrayLike,
+    maxiter: int = 1,
+    eps: float = 0.0,
+) -> tuple[Any, Any]:
+    """Largest singular value of a linear operator A by power iteration on A^T A, from a persistent vector.
+
+    The vector iterates without gradient; the returned sigma = ||A u|| carries
+    the gradient of A (as in spectral normalization). Power iteration
+    converges from below: sigma is an estimate for training, never a
+    certificate (certify with the exact norm of the resulting operator).
+
+    Args:
+        apply: callable x -> A x (x has the shape of `u`).
+        apply_adjoint: callable y -> A^T y.
+        u: the previous vector (any shape accepted by `apply`).
+        maxiter: number of iterations (>= 0).
+        eps: stop once the vector moves less than eps (0: exactly `maxiter` iterations).
+
+    Returns:
+        (sigma, new_u).
+    """
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 0:
+        raise ValueError(f"maxiter must be an integer >= 0, got {maxiter!r}.")
+
+    def step(vec):
+        return _l2_normalize(ops.stop_gradient(apply_adjoint(apply(vec))))
+
+    def distance(a, b):
+        return ops.sqrt(ops.sum(ops.square(a - b)))
+
+    u = ops.stop_gradient(_l2_normalize(u))
+    if maxiter:
+        u = ops.stop_gradient(_iterate(step, u, eps, maxiter, distance))
+    sigma = ops.sqrt(ops.sum(ops.square(apply(u))))
+    return sigma, u
+
+
+def chord_orthogonalization(kernel: ArrayLike, eps: float = 1e-6) -> Any:
+    """CHORD: orthonormalize the rows (or columns) of a dense kernel by a Cholesky factorization.
+
+    For the operator P = kernel^T (units x n_in) with units <= n_in:
+    G = P P^T + eps I = L L^T and P' = L^-1 P, so P' P'^T = I - eps L^-1 L^-T:
+    every singular value is <= 1 and within eps of 1 for a well-conditioned
+    kernel. With units > n_in, the columns are orthonormalized instead
+    (kernel^T kernel is replaced by the same construction on kernel).
+
+    Args:
+        kernel: array (n_in, units), Keras layout (y = x @ kernel).
+        eps: ridge added to the Gram matrix (> 0 keeps the factorization defined).
+
+    Returns:
+        The orthogonalized kernel, shape (n_in, units).
+    """
+    if len(kernel.shape) != 2:
+        raise ValueError(f"kernel must be 2-D (n_in, units), got shape {tuple(kernel.shape)}.")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}.")
+    n_in, units = kernel.shape
+    rows = ops.transpose(kernel) if units <= n_in else kernel
+    gram = ops.matmul(rows, ops.transpose(rows)) + eps * ops.eye(rows.shape[0], dtype=rows.dtype)
+    factor = ops.cholesky(gram)
+    orthogonal = ops.solve_triangular(factor, rows, lower=True)
+    return ops.transpose(orthogonal) if units <= n_in else orthogonal

@@ -1,0 +1,324 @@
+"""Lipschitz residual layers: `LiResNetBlock`, `ChordDense` and the `LipResidual` wrapper.
+
+* `LiResNetBlock` (Hu et al., NeurIPS 2023): the linear residual block
+  x + conv(x), normalized by the spectral norm of the WHOLE block operator
+  I + W (estimated during training by power iteration on the block with a
+  persistent vector), not by 1 + ||W||. Power iteration converges from below,
+  so the certified constant is not the estimate: `lipschitz_constant` is the
+  exact operator norm of the normalized block at the real input size
+  (per-frequency SVD for circular padding, SVD of the impulse responses on
+  small inputs) or, on large zero-padded inputs, the largest singular value
+  of the circular convolution on the (n + k - 1) torus, a provable upper
+  bound (the zero-padded operator is a compression of it). The block is one
+  convolution whose kernel is W plus the identity at its centre, exported as
+  one stock `Conv2D`.
+* `ChordDense` (the LiResNet++ "recipe"): a dense layer whose kernel is
+  orthogonalized by a Cholesky factorization of its Gram matrix.
+* `LipResidual` (deel-torchlip's name and formula): s * x + (1 - s) * f(x),
+  s = sigmoid(alpha) with a trainable alpha, for any layer f of known
+  constant L_f; its constant is s + (1 - s) * L_f.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+from numpy.typing import ArrayLike
+
+from deel_lip_ext import normalizers
+from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
+from deel_lip_ext.layers.convolutional import LipschitzConv2DBase
+from deel_lip_ext.layers.dense import LipschitzDenseBase
+from deel_lip_ext.layers.padding import circular_pad
+from deel_lip_ext.lipschitz import stock_layer_lipschitz
+from deel_lip_ext.spectrum import circular_pad_widths
+
+__all__ = ["LiResNetBlock", "ChordDense", "LipResidual"]
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class LiResNetBlock(LipschitzConv2DBase):
+    """Linear residual block k * (x + conv(x)) / ||I + W||, LiResNet's building block.
+
+    The block operator I + W (W: a stride-1 convolution with as many output
+    as input channels) is divided by its spectral norm, estimated at every
+    training step by `n_power_iterations` steps of power iteration on the
+    block with a persistent vector u of the input's shape (1, H, W, C). The
+    block then multiplies by the kernel W + identity-at-centre, scaled.
+
+    `lipschitz_constant` does not trust the estimate (power iteration
+    converges from below): it is the exact operator norm of the normalized
+    block at the input size (or a provable upper bound on large zero-padded
+    inputs, see the module docstring), usually k up to a fraction of a
+    percent once u has converged.
+
+    Args:
+        kernel_size: odd int or pair of odd ints.
+        padding: "same" (zero) or "circular".
+        activation: activation after the block (counts in the constant; None by default).
+        use_bias: whether to add a bias.
+        kernel_initializer: initializer of the residual kernel W (small values: the block starts near k * I).
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of W.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: output regularizer.
+        kernel_constraint: constraint on W.
+        bias_constraint: constraint on the bias.
+        k_coef_lip: target Lipschitz constant of the block.
+        n_power_iterations: power iterations per call (>= 1) from the persistent vector.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+
+    The input height and width must be known at build time (the power
+    iteration vector has the input's shape) and the layer refuses other sizes.
+
+    Examples:
+        >>> block = LiResNetBlock(3, padding="circular")
+        >>> y = block(keras.random.normal((2, 16, 16, 8)))
+        >>> block.lipschitz_constant()  # exact norm of the normalized block, about 1
+        >>> (conv,) = block.vanilla_export()[-1:]  # one keras Conv2D, identity folded in
+    """
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int] = 3,
+        padding: str = "same",
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer | None = None,
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
+        k_coef_lip: float = 1.0,
+        n_power_iterations: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if padding not in ("same", "circular"):
+            raise ValueError(f"padding must be 'same' or 'circular' (the block keeps the size), got {padding!r}.")
+        if kernel_initializer is None:
+            kernel_initializer = keras.initializers.RandomNormal(0.0, 0.02)
+        super().__init__(
+            1,
+            kernel_size,
+            strides=1,
+            padding=padding,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            k_coef_lip=k_coef_lip,
+            **kwargs,
+        )
+        if any(k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"kernel_size must be odd (the identity sits at the centre tap), got {kernel_size!r}.")
+        if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 1:
+            raise ValueError(f"n_power_iterations must be an integer >= 1, got {n_power_iterations!r}.")
+        self.n_power_iterations = n_power_iterations
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        height, width, channels = input_shape[1], input_shape[2], input_shape[3]
+        if height is None or width is None or channels is None:
+            raise ValueError(
+                f"LiResNetBlock needs known height, width and channels (its power-iteration vector has the input's "
+                f"shape), got input shape {tuple(input_shape)}: give the model a fixed input size."
+            )
+        self.filters = int(channels)
+        super().build(input_shape)
+
+    def build_parametrization_state(self):
+        height, width = self.input_spatial_size
+        self.u = self.add_weight(
+            name="u",
+            shape=(1, height, width, self.filters),
+            initializer=keras.initializers.RandomNormal(0.0, 1.0),
+            trainable=False,
+            dtype="float32",
+            autocast=False,
+        )
+
+    def kernel_dependencies(self):
+        return [self.kernel, self.u]
+
+    def _conv(self, x, kernel):
+        if self.padding == "circular":
+            return ops.conv(circular_pad(x, circular_pad_widths(self.kernel_size)), kernel, padding="valid")
+        return ops.conv(x, kernel, padding="same")
+
+    def compute_kernel(self, training: bool | None = False):
+        block = normalizers.residual_conv_kernel(ops.cast(self.kernel, "float32"))
+        adjoint = normalizers.adjoint_conv_kernel(ops.stop_gradient(block))
+        sigma, u = normalizers.operator_power_iteration(
+            lambda x: self._conv(x, block),
+            lambda y: self._conv(y, adjoint),
+            self.u,
+            maxiter=self.n_power_iterations,
+        )
+        return block * (self.k_coef_lip / sigma), [(self.u, u)]
+
+    def condense(self):
+        """Not available: the block's raw kernel excludes the identity, so the constrained kernel cannot be written back."""
+        raise ValueError(
+            f"layer {self.name!r} (LiResNetBlock) cannot be condensed: use vanilla_export() for a plain Conv2D."
+        )
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        for key in ("filters", "strides"):
+            config.pop(key)
+        config["n_power_iterations"] = self.n_power_iterations
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class ChordDense(LipschitzDenseBase):
+    """Dense layer with a CHORD (Cholesky-orthogonalized) kernel, times `k_coef_lip`.
+
+    With P = kernel^T (units x n_in), G = P P^T + eps I = L L^T and the
+    layer uses L^-1 P: orthonormal rows (orthonormal columns when
+    units > n_in), up to the ridge eps; every singular value is <= k. One
+    Cholesky factorization and one triangular solve per step, no iteration.
+
+    Args:
+        units: output dimension.
+        activation: activation applied to the output (counts in the constant).
+        use_bias: whether to add a bias.
+        kernel_initializer: initializer of the raw kernel.
+        k_coef_lip: Lipschitz constant of the layer.
+        eps: ridge added to the Gram matrix (> 0).
+        **kwargs: other arguments of `SpectralDense`'s base (bias_initializer, regularizers, constraints, name).
+
+    Examples:
+        >>> head = ChordDense(10)
+        >>> logits = head(keras.random.normal((4, 64)))
+        >>> plain = head.vanilla_export()[0]  # a keras.layers.Dense
+    """
+
+    def __init__(
+        self,
+        units: int,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        k_coef_lip: float = 1.0,
+        eps: float = 1e-6,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            units,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            k_coef_lip=k_coef_lip,
+            **kwargs,
+        )
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
+        self.eps = float(eps)
+
+    def kernel_dependencies(self):
+        return [self.kernel]
+
+    def compute_kernel(self, training: bool | None = False):
+        kernel = normalizers.chord_orthogonalization(ops.cast(self.kernel, "float32"), self.eps)
+        return kernel * self.k_coef_lip, []
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "eps": self.eps}
+
+
+def _inner_constant(layer, norm, input_shape):
+    if isinstance(layer, LipschitzBounded):
+        return layer.lipschitz_constant(norm, input_shape)
+    return stock_layer_lipschitz(layer, norm, input_shape if input_shape is not None else built_input_shape(layer))
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class LipResidual(LipschitzBounded, keras.layers.Layer):
+    """Convex residual connection s * x + (1 - s) * f(x), s = sigmoid(alpha) trainable (deel-torchlip's LipResidual).
+
+    deel-torchlip's `LipResidual` takes x and y = f(x) and returns
+    sigmoid(alpha) x + (1 - sigmoid(alpha)) y; this wrapper owns f. Its
+    Lipschitz constant is s + (1 - s) * L_f where L_f is f's own constant
+    from the protocol (`lipschitz_constant` of a library layer, the stock
+    table otherwise): a convex combination, so it is 1-Lipschitz when f is.
+
+    Args:
+        layer: the branch f, a Keras layer whose output has its input's shape.
+        alpha_initializer: initial value of alpha (0: s = 0.5).
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Examples:
+        >>> res = LipResidual(SpectralConv2D(8, 3, activation="relu"))
+        >>> y = res(keras.random.normal((2, 16, 16, 8)))
+        >>> res.lipschitz_constant()  # <= 1
+    """
+
+    def __init__(self, layer: keras.layers.Layer, alpha_initializer: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(f"layer must be a Keras layer, got {layer!r}.")
+        self.layer = layer
+        self.alpha_initializer = float(alpha_initializer)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        output_shape = tuple(self.layer.compute_output_shape(input_shape))
+        if output_shape[1:] != tuple(input_shape)[1:]:
+            raise ValueError(
+                f"LipResidual needs a branch that keeps the shape: {self.layer.name!r} maps {tuple(input_shape)} "
+                f"to {output_shape}."
+            )
+        self.alpha = self.add_weight(
+            name="alpha", shape=(), initializer=keras.initializers.Constant(self.alpha_initializer), autocast=False
+        )
+
+    def _share(self):
+        return 1.0 / (1.0 + math.exp(-float(np.asarray(ops.convert_to_numpy(self.alpha), dtype=np.float64))))
+
+    def _lipschitz_constant(self, norm, input_shape):
+        if not self.built:
+            raise ValueError(f"layer {self.name!r} must be built before its Lipschitz constant can be computed.")
+        share = self._share()
+        return share + (1.0 - share) * _inner_constant(self.layer, norm, input_shape)
+
+    def call(self, inputs: ArrayLike, training: bool | None = None):
+        share = ops.cast(ops.sigmoid(self.alpha), inputs.dtype)
+        return share * inputs + (1.0 - share) * self.layer(inputs, training=training)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
+        return tuple(input_shape)
+
+    def vanilla_export(self):
+        """A copy of the wrapper around the branch's export (no stock layer computes a convex combination)."""
+        inner = self.layer.vanilla_export() if hasattr(self.layer, "vanilla_export") else [self.layer]
+        branch = inner[0] if len(inner) == 1 else keras.Sequential(inner)
+        clone = LipResidual(branch, alpha_initializer=self.alpha_initializer, name=self.name, dtype=self.dtype_policy)
+        clone.build(built_input_shape(self))
+        clone.alpha.assign(self.alpha)
+        return [clone]
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "layer": keras.saving.serialize_keras_object(self.layer),
+            "alpha_initializer": self.alpha_initializer,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> LipResidual:
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)
