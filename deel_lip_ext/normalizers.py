@@ -335,7 +335,8 @@ def residual_conv_kernel(kernel: ArrayLike) -> Any:
     kh, kw, c_in, c_out = kernel.shape
     if kh % 2 == 0 or kw % 2 == 0 or c_in != c_out:
         raise ValueError(
-            f"kernel must have odd spatial sizes and as many output as input channels, got shape {tuple(kernel.shape)}."
+            "kernel must have odd spatial sizes and as many output as input channels, "
+            f"got shape {tuple(kernel.shape)}."
         )
     centre = ops.reshape(ops.one_hot(kh // 2 * kw + kw // 2, kh * kw, dtype=kernel.dtype), (kh, kw, 1, 1))
     return kernel + centre * ops.eye(c_in, dtype=kernel.dtype)

@@ -168,7 +168,7 @@ class LiResNetBlock(LipschitzConv2DBase):
         return block * (self.k_coef_lip / sigma), [(self.u, u)]
 
     def condense(self):
-        """Not available: the block's raw kernel excludes the identity, so the constrained kernel cannot be written back."""
+        """Not available: the raw kernel excludes the identity, so the constrained kernel cannot be written back."""
         raise ValueError(
             f"layer {self.name!r} (LiResNetBlock) cannot be condensed: use vanilla_export() for a plain Conv2D."
         )

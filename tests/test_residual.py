@@ -1,0 +1,211 @@
+"""LiResNetBlock, ChordDense and LipResidual: certified constants against exact operator norms."""
+
+import keras
+import numpy as np
+import pytest
+
+from deel_lip_ext import normalizers
+from deel_lip_ext.layers import ChordDense, LiResNetBlock, LipResidual, SpectralConv2D, SpectralDense
+from deel_lip_ext.spectrum import conv_operator_matrix, operator_singular_values
+from deel_lip_ext.utils import model_lipschitz_bound
+from lipschitz_fuzz import jacobian_norm, jacobians
+
+
+def _exact_block_norm(block, input_shape, padding):
+    """Largest singular value of the normalized block at input_shape: float64 SVD of its impulse responses."""
+    kernel = keras.ops.convert_to_numpy(block.effective_kernel()).astype(np.float64)
+    return operator_singular_values(conv_operator_matrix(kernel, input_shape, padding=padding)).max()
+
+
+def _exported_operator_norm(layers, input_shape):
+    """Exact norm of the exported stock layers' linear map (impulses through the plain model, bias removed)."""
+    model = keras.Sequential([keras.Input(input_shape), *layers])
+    size = int(np.prod(input_shape))
+    impulses = np.eye(size, dtype="float32").reshape((size,) + input_shape)
+    zero = keras.ops.convert_to_numpy(model(np.zeros((1,) + input_shape, "float32")))
+    matrix = (keras.ops.convert_to_numpy(model(impulses)) - zero).reshape(size, -1)
+    return operator_singular_values(matrix).max()
+
+
+def _trained_block(padding, shape, k=1.0, steps=20, std=0.3, seed=0):
+    block = LiResNetBlock(
+        3, padding=padding, k_coef_lip=k, kernel_initializer=keras.initializers.RandomNormal(0.0, std, seed=seed)
+    )
+    x = np.random.default_rng(seed).normal(size=(2,) + shape).astype("float32")
+    for _ in range(steps):
+        block(x, training=True)
+    return block, x
+
+
+@pytest.mark.parametrize("padding", ["same", "circular"])
+@pytest.mark.parametrize("k", [1.0, 2.0])
+def test_block_bound_is_the_exact_norm_and_close_to_k(padding, k):
+    shape = (8, 8, 4)
+    block, _ = _trained_block(padding, shape, k=k, steps=60)
+    exact = _exact_block_norm(block, shape, padding)
+    bound = block.lipschitz_constant()
+    assert bound >= exact * (1 - 1e-9)
+    assert bound <= exact * 1.05
+    # The power-iteration normalization makes the block about k-Lipschitz once u converged.
+    assert abs(exact / k - 1) < 0.05
+    # Much tighter than normalizing by 1 + ||W||.
+    raw = keras.ops.convert_to_numpy(block.kernel).astype(np.float64)
+    w_norm = operator_singular_values(conv_operator_matrix(raw, shape, padding=padding)).max()
+    block_kernel = np.asarray(normalizers.residual_conv_kernel(keras.ops.convert_to_tensor(raw, "float64")))
+    i_plus_w = operator_singular_values(conv_operator_matrix(block_kernel, shape, padding=padding)).max()
+    assert i_plus_w < 1 + w_norm
+
+
+def test_bound_on_a_large_zero_padded_input_is_provable_and_within_5_percent():
+    # 20 x 20 x 8 = 3200 entries: above the dense-SVD size, the bound is the (n + k - 1) torus symbol.
+    shape = (20, 20, 8)
+    block, _ = _trained_block("same", shape, steps=30, std=0.2)
+    bound = block.lipschitz_constant()
+    exact = _exact_block_norm(block, shape, "same")
+    assert exact <= bound <= exact * 1.05
+
+
+def test_block_is_x_plus_conv_and_exports_to_one_conv():
+    shape = (6, 6, 3)
+    block, x = _trained_block("circular", shape, steps=5)
+    raw = keras.ops.convert_to_numpy(block.kernel)
+    kernel = keras.ops.convert_to_numpy(block.effective_kernel())
+    scale = kernel[0, 0] / raw[0, 0]  # k / sigma, the same for every entry off the centre
+    # x + conv(x, W) from stock ops, scaled: the block's function
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="wrap")
+    conv = keras.ops.convert_to_numpy(keras.ops.conv(padded, raw, padding="valid"))
+    expected = scale[0, 0] * (x + conv) + keras.ops.convert_to_numpy(block.bias)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x)), expected, atol=1e-5)
+    exported = block.vanilla_export()
+    assert isinstance(exported[-1], keras.layers.Conv2D) and len(exported) == 2  # CircularPadding2D + Conv2D
+    np.testing.assert_allclose(keras.Sequential(exported)(x), block(x), atol=1e-5)
+    assert _exported_operator_norm(exported, shape) <= block.lipschitz_constant() * (1 + 1e-6)
+
+
+def test_same_padding_block_exports_to_one_conv_and_model_bound_covers_it():
+    shape = (6, 6, 4)
+    model = keras.Sequential([keras.Input(shape), LiResNetBlock(3, padding="same"), LiResNetBlock(3)])
+    x = np.random.default_rng(1).normal(size=(3,) + shape).astype("float32")
+    for _ in range(5):
+        model(x, training=True)
+    for layer in model.layers:
+        (conv,) = layer.vanilla_export()
+        assert type(conv) is keras.layers.Conv2D
+        assert _exported_operator_norm([conv], shape) <= layer.lipschitz_constant() * (1 + 1e-6)
+    bound = model_lipschitz_bound(model)
+    assert bound == pytest.approx(np.prod([layer.lipschitz_constant() for layer in model.layers]))
+    jac = jacobians(model, x)
+    assert jacobian_norm(jac, "l2") <= bound * (1 + 1e-5)
+
+
+def test_block_refusals():
+    with pytest.raises(ValueError, match="padding"):
+        LiResNetBlock(3, padding="valid")
+    with pytest.raises(ValueError, match="kernel_size"):
+        LiResNetBlock(2)
+    with pytest.raises(ValueError, match="n_power_iterations"):
+        LiResNetBlock(3, n_power_iterations=0)
+    with pytest.raises(ValueError, match="known height"):
+        LiResNetBlock(3).build((None, None, None, 3))
+    block = LiResNetBlock(3)
+    block(np.zeros((1, 5, 5, 2), "float32"))
+    with pytest.raises(ValueError, match="condense"):
+        block.condense()
+    with pytest.raises(ValueError, match="built for"):
+        block(np.zeros((1, 6, 6, 2), "float32"))
+
+
+def test_block_keras_round_trip(tmp_path):
+    shape = (6, 6, 2)
+    model = keras.Sequential([keras.Input(shape), LiResNetBlock(3, padding="circular", n_power_iterations=2)])
+    x = np.random.default_rng(2).normal(size=(2,) + shape).astype("float32")
+    model(x, training=True)
+    path = tmp_path / "block.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+    assert loaded.layers[0].n_power_iterations == 2
+    assert loaded.layers[0].lipschitz_constant() == pytest.approx(model.layers[0].lipschitz_constant(), rel=1e-6)
+
+
+@pytest.mark.parametrize("units,n_in", [(5, 12), (12, 5), (7, 7)])
+def test_chord_is_orthonormal_and_exports(units, n_in):
+    # Well-conditioned raw kernels (a square Gaussian one may have a tiny singular value, see the next test).
+    init = "orthogonal" if units == n_in else keras.initializers.RandomNormal(0.0, 1.0, seed=3)
+    layer = ChordDense(units, kernel_initializer=init, k_coef_lip=1.0)
+    x = np.random.default_rng(3).normal(size=(4, n_in)).astype("float32")
+    layer(x)
+    kernel = keras.ops.convert_to_numpy(layer.effective_kernel()).astype(np.float64)
+    gram = kernel.T @ kernel if units <= n_in else kernel @ kernel.T
+    np.testing.assert_allclose(gram, np.eye(min(units, n_in)), atol=1e-5)
+    exact = np.linalg.svd(kernel, compute_uv=False).max()
+    assert layer.lipschitz_constant() >= exact * (1 - 1e-12)
+    (dense,) = layer.vanilla_export()
+    assert type(dense) is keras.layers.Dense
+    np.testing.assert_allclose(dense(x), layer(x), atol=1e-5)
+
+
+def test_chord_ridge_keeps_every_singular_value_below_one():
+    # An ill-conditioned raw kernel: the ridge shrinks the small directions, never grows any.
+    rotation = np.linalg.qr(np.random.default_rng(7).normal(size=(4, 4)))[0]
+    raw = keras.ops.convert_to_tensor(np.diag([1.0, 1.0, 1e-3, 1e-4]) @ rotation, "float32")
+    kernel = keras.ops.convert_to_numpy(normalizers.chord_orthogonalization(raw))
+    values = np.linalg.svd(kernel.astype(np.float64), compute_uv=False)
+    assert values.max() <= 1 + 1e-5
+    assert values.min() < 0.5  # the 1e-4 direction: 1e-8 / (1e-8 + 1e-6) of its square
+
+
+def test_chord_matches_numpy_cholesky_and_round_trips(tmp_path):
+    rng = np.random.default_rng(4)
+    raw = rng.normal(size=(9, 4))
+    p = raw.T
+    chol = np.linalg.cholesky(p @ p.T + 1e-6 * np.eye(4))
+    expected = np.linalg.solve(chol, p).T
+    got = keras.ops.convert_to_numpy(normalizers.chord_orthogonalization(keras.ops.convert_to_tensor(raw, "float32")))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    model = keras.Sequential([keras.Input((9,)), ChordDense(4, eps=1e-5, k_coef_lip=2.0)])
+    path = tmp_path / "chord.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = rng.normal(size=(3, 9)).astype("float32")
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+    assert loaded.layers[0].eps == 1e-5 and loaded.layers[0].lipschitz_constant() == pytest.approx(2.0, rel=1e-4)
+    with pytest.raises(ValueError, match="eps"):
+        ChordDense(3, eps=0.0)
+
+
+@pytest.mark.parametrize("alpha", [-2.0, 0.0, 1.5])
+def test_lip_residual_constant_covers_the_jacobian(alpha):
+    shape = (6, 6, 3)
+    inner = SpectralConv2D(3, 3, k_coef_lip=2.0, kernel_initializer=keras.initializers.RandomNormal(0, 1, seed=5))
+    res = LipResidual(inner, alpha_initializer=alpha)
+    model = keras.Sequential([keras.Input(shape), res])
+    x = np.random.default_rng(5).normal(size=(3,) + shape).astype("float32")
+    share = 1 / (1 + np.exp(-alpha))
+    assert res.lipschitz_constant() == pytest.approx(share + (1 - share) * inner.lipschitz_constant(), rel=1e-6)
+    assert jacobian_norm(jacobians(model, x), "l2") <= res.lipschitz_constant() * (1 + 1e-5)
+    assert model_lipschitz_bound(model) == pytest.approx(res.lipschitz_constant())
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(res(x)), share * x + (1 - share) * keras.ops.convert_to_numpy(inner(x)), atol=1e-5
+    )
+
+
+def test_lip_residual_of_a_stock_layer_round_trip_and_export(tmp_path):
+    res = LipResidual(keras.layers.ReLU(), alpha_initializer=0.3)
+    inner = SpectralDense(5)
+    model = keras.Sequential([keras.Input((5,)), LipResidual(inner), res])
+    x = np.random.default_rng(6).normal(size=(4, 5)).astype("float32")
+    assert res.lipschitz_constant() == pytest.approx(1.0)
+    path = tmp_path / "res.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+    exported = [layer.vanilla_export()[0] for layer in model.layers]
+    assert type(exported[0].layer) is keras.layers.Dense
+    np.testing.assert_allclose(keras.Sequential(exported)(x), model(x), atol=1e-5)
+    with pytest.raises(ValueError, match="keeps the shape"):
+        LipResidual(keras.layers.Dense(3)).build((None, 5))
+    with pytest.raises(ValueError, match="no known|STOCK_LAYERS|lip_const"):
+        unknown = LipResidual(keras.layers.Lambda(lambda t: t * 3.0))
+        unknown.build((None, 5))
+        unknown.lipschitz_constant()
