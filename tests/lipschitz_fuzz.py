@@ -216,6 +216,28 @@ LAYERS = [
     Entry("LInfDistDense", "vector", _linf_dense, (lip.LInfDistDense,)),
     Entry("LInfDistConv2D", "image", _linf_conv, (lip.LInfDistConv2D,)),
     Entry("LogitScale", "vector", lambda rng, s: lip.LogitScale(), (lip.LogitScale,)),
+    Entry(
+        "LiResNetBlock",
+        "image",
+        lambda rng, s: lip.LiResNetBlock(
+            int(rng.choice([1, 3])),
+            str(rng.choice(["same", "circular"])),
+            kernel_initializer=_init(rng),
+            k_coef_lip=_k(rng),
+        ),
+        (lip.LiResNetBlock,),
+    ),
+    Entry("ChordDense", "vector", _dense_like(lip.ChordDense), (lip.ChordDense,)),
+    Entry(
+        "LipResidual",
+        "vector",
+        lambda rng, s: lip.LipResidual(
+            lip.SpectralDense(s[-1], k_coef_lip=_k(rng), kernel_initializer=_init(rng)), float(rng.normal())
+        ),
+        (lip.LipResidual,),
+    ),
+    Entry("LayerCentering", "image", lambda rng, s: lip.LayerCentering(), (lip.LayerCentering,)),
+    Entry("BatchCentering", "vector", lambda rng, s: lip.BatchCentering(), (lip.BatchCentering,)),
     # stock Keras layers
     Entry("Dense", "vector", _stock_dense),
     Entry("Conv2D", "image", _stock_conv),

@@ -10,6 +10,11 @@ import pytest
 from keras.src.backend import AutocastScope  # no public name: the scope Layer.__call__ enters
 
 from deel_lip_ext.layers import (
+    BatchCentering,
+    ChordDense,
+    LayerCentering,
+    LiResNetBlock,
+    LipResidual,
     BCOPConv2D,
     BjorckDense,
     CircularPadding2D,
@@ -53,6 +58,8 @@ KERNEL_LAYERS = {
     "OSSNConv2D": (CONV_INPUT, lambda: OSSNConv2D(3, 3, padding="same")),
     "RKOConv2D": (CONV_INPUT, lambda: RKOConv2D(3, 3)),
     "SVCMConv2D": (CONV_INPUT, lambda: SVCMConv2D(3, 3)),
+    "LiResNetBlock": (CONV_INPUT, lambda: LiResNetBlock(3, padding="circular")),
+    "ChordDense": (DENSE_INPUT, lambda: ChordDense(6, kernel_initializer="glorot_uniform")),
 }
 OTHER_LAYERS = {
     "LInfDistDense": (DENSE_INPUT, lambda: LInfDistDense(6)),
@@ -69,6 +76,9 @@ OTHER_LAYERS = {
     "ScaledGlobalL2NormPooling2D": (CONV_INPUT, lambda: ScaledGlobalL2NormPooling2D()),
     "InvertibleDownSampling": (CONV_INPUT, lambda: InvertibleDownSampling(2)),
     "InvertibleUpSampling": ((3, 3, 8), lambda: InvertibleUpSampling(2)),
+    "LayerCentering": (CONV_INPUT, lambda: LayerCentering()),
+    "BatchCentering": (CONV_INPUT, lambda: BatchCentering()),
+    "LipResidual": (DENSE_INPUT, lambda: LipResidual(SpectralDense(8))),
 }
 
 
