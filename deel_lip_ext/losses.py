@@ -29,6 +29,8 @@ Deliberate differences from deel-lip, each repeated in the class docstring:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -708,12 +710,15 @@ class MulticlassSoftHKR(_ParametrizedLoss):
         softmax = exp / ops.sum(exp, axis=-1, keepdims=True)
         return ops.where(target > 0, ops.ones_like(y_pred), softmax)
 
-    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
-        target = _target_mask(y_true, y_pred)
+    def _soft_terms(self, target, y_pred):
+        """Per-sample (soft hinge, soft KR) terms; updates the running mean."""
         weights = self._softmax_weights(target, y_pred)
         signed = y_pred * (2.0 * target - 1.0)
         hinge = ops.sum(weights * ops.relu(self._param("min_margin", y_pred.dtype) / 2.0 - signed), axis=-1)
-        kr = ops.sum(weights * -signed, axis=-1)
+        return hinge, ops.sum(weights * -signed, axis=-1)
+
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
+        hinge, kr = self._soft_terms(_target_mask(y_true, y_pred), y_pred)
         is_inf = ops.isinf(self.alpha)
         inverse_alpha = ops.cast(ops.where(is_inf, ops.zeros_like(self.alpha), 1.0 / self.alpha), y_pred.dtype)
         return hinge + inverse_alpha * kr
@@ -721,6 +726,213 @@ class MulticlassSoftHKR(_ParametrizedLoss):
     def get_config(self):
         return {**super().get_config(), "alpha_mean": self.alpha_mean, "temperature": self.temperature}
 
+
+
+# ---------------------------------------------------------------- torchlip HKR variants, EMMA (helper M3)
+
+
+def _check_unit_interval(name, value):
+    if value is None or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1] (deel-torchlip's convention), got {value!r}.")
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class SoftHKR(MulticlassSoftHKR):
+    """deel-torchlip's `SoftHKRMulticlassLoss`: (1 - alpha) * soft KR + alpha * soft hinge, alpha in [0, 1].
+
+    The soft terms, the softmax weights over the non-target classes and the
+    running mean of |f| are those of `MulticlassSoftHKR` (deel-lip's loss,
+    alpha_deel_lip = alpha / (1 - alpha), up to the factor alpha); only the
+    weighting follows torchlip: alpha = 0 is the soft KR alone, alpha = 1 the
+    soft hinge alone. Labels are one-hot (or +/-1 one-hot), shaped as the logits.
+    Stateful like `MulticlassSoftHKR` (not on JAX).
+
+    Args:
+        alpha: weight of the hinge, in [0, 1]; schedulable.
+        min_margin: hinge margin m (> 0); schedulable.
+        alpha_mean: momentum of the running mean of |f|, in [0, 1].
+        temperature: softmax temperature factor (> 0).
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
+
+    Examples:
+        >>> model.compile(optimizer="adam", loss=SoftHKR(alpha=0.9, min_margin=1.0))
+    """
+
+    _labels = staticmethod(one_hot_labels)
+
+    def __init__(
+        self,
+        alpha: float = 0.9,
+        min_margin: float = 1.0,
+        alpha_mean: float = 0.99,
+        temperature: float = 1.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "SoftHKR",
+        dtype: str | None = None,
+    ) -> None:
+        alpha = _check_unit_interval("alpha", alpha)
+        super().__init__(1.0, min_margin, alpha_mean, temperature, reduction=reduction, name=name, dtype=dtype)
+        self._set_params(alpha=alpha)
+
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
+        target = _target_mask(self._labels(y_true, y_pred, self.name), y_pred)
+        hinge, kr = self._soft_terms(target, y_pred)
+        alpha = self._param("alpha", y_pred.dtype)
+        return (1.0 - alpha) * kr + alpha * hinge
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class LseHKR(_ParametrizedLoss):
+    """deel-torchlip's `LseHKRMulticlassLoss`: HKR on the target logit against a log-sum-exp of the others.
+
+    With g = temperature * f, the target logit g_y and
+    lse = (1 / t) log sum_{j != y} exp(t g_j), t = log(C - 1) / (penalty * m / 2)
+    (so max_j g_j <= lse <= max_j g_j + penalty * m / 2):
+
+        loss = (1 - alpha) (lse - g_y) + alpha (relu(m/2 - g_y) + relu(m/2 + lse))
+
+    With two classes the sum has one term and lse is the other logit.
+
+    Args:
+        alpha: weight of the hinge, in [0, 1] (torchlip's convention); schedulable.
+        temperature: factor applied to the logits (> 0).
+        penalty: slack of the log-sum-exp over the max, in margins (> 0).
+        min_margin: hinge margin m (> 0); schedulable.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
+
+    Examples:
+        >>> model.compile(optimizer="adam", loss=LseHKR(alpha=0.9, min_margin=1.0))
+    """
+
+    _labels = staticmethod(one_hot_labels)
+
+    _params = ("alpha", "min_margin")
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        temperature: float = 1.0,
+        penalty: float = 1.0,
+        min_margin: float = 1.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "LseHKR",
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.temperature = _check_positive("temperature", temperature)
+        self.penalty = _check_positive("penalty", penalty)
+        self._set_params(
+            alpha=_check_unit_interval("alpha", alpha), min_margin=_check_positive("min_margin", min_margin)
+        )
+
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
+        target = _target_mask(self._labels(y_true, y_pred, self.name), y_pred)
+        logits = y_pred * self.temperature
+        margin = self._param("min_margin", y_pred.dtype)
+        positive = ops.sum(logits * target, axis=-1)
+        classes = y_pred.shape[-1]
+        if classes == 2:
+            lse = ops.sum(logits * (1.0 - target), axis=-1)
+        else:
+            sharpness = math.log(classes - 1) / (self.penalty * margin / 2.0)
+            negatives = ops.where(target > 0, ops.min(logits, axis=-1, keepdims=True), logits) * sharpness
+            shift = ops.max(negatives, axis=-1, keepdims=True)
+            exp = ops.exp(negatives - shift) * (1.0 - target)
+            lse = (ops.log(ops.sum(exp, axis=-1)) + ops.squeeze(shift, -1)) / sharpness
+        hinge = ops.relu(margin / 2.0 - positive) + ops.relu(margin / 2.0 + lse)
+        alpha = self._param("alpha", y_pred.dtype)
+        return (1.0 - alpha) * (lse - positive) + alpha * hinge
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "temperature": self.temperature, "penalty": self.penalty}
+
+
+def dense_pairwise_lipschitz(kernel: ArrayLike, body_lipschitz: float = 1.0) -> Any:
+    """Lipschitz constants K_ij of f_i - f_j for logits f = body(x) @ kernel + b: body_lipschitz * ||w_i - w_j||.
+
+    Args:
+        kernel: the last dense layer's kernel (n, C) (e.g. its `effective_kernel()`).
+        body_lipschitz: Lipschitz constant of the network before that layer (e.g. `model_lipschitz_bound`).
+
+    Returns:
+        A (C, C) tensor with a zero diagonal.
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    differences = ops.expand_dims(kernel, -1) - ops.expand_dims(kernel, -2)  # (n, C, C)
+    return body_lipschitz * ops.sqrt(ops.maximum(ops.sum(ops.square(differences), axis=0), 0.0))
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class EMMA(_ParametrizedLoss):
+    """Efficient Margin MAximization (LiResNet, Hu et al. 2023): cross-entropy on margin-shifted logits.
+
+    Each non-target logit is raised by epsilon * K_yj, where K_yj bounds the
+    Lipschitz constant of f_y - f_j (no gradient through K):
+
+        loss = CE(softmax(z), y),  z_j = f_j + epsilon * K_yj (j != y),  z_y = f_y
+
+    so the loss only becomes small once f_y - f_j > epsilon * K_yj, i.e. once
+    the prediction is certified at radius epsilon. K is either one number
+    (`lipschitz`, the same for every pair: sqrt(2) L for an L-Lipschitz
+    network in L2) or a callable returning the (C, C) matrix, e.g.
+    `lambda: dense_pairwise_lipschitz(head.effective_kernel(), body_bound)`
+    (a callable is not serializable: `get_config` refuses).
+
+    Args:
+        epsilon: certification radius targeted (>= 0); schedulable.
+        lipschitz: a number > 0 (K_yj for every pair) or a callable returning the (C, C) matrix K.
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
+
+    Examples:
+        >>> model.compile(optimizer="adam", loss=EMMA(epsilon=36 / 255, lipschitz=math.sqrt(2)))
+    """
+
+    _labels = staticmethod(one_hot_labels)
+
+    _params = ("epsilon",)
+
+    def __init__(
+        self,
+        epsilon: float,
+        lipschitz: float | Callable = math.sqrt(2.0),
+        reduction: str = "sum_over_batch_size",
+        name: str = "EMMA",
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if not callable(lipschitz):
+            lipschitz = _check_positive("lipschitz", lipschitz)
+        self.lipschitz = lipschitz
+        self._set_params(epsilon=_check_nonnegative("epsilon", epsilon))
+
+    def _pair_constants(self, target, dtype):
+        if not callable(self.lipschitz):
+            return ops.full_like(target, self.lipschitz)
+        matrix = ops.cast(ops.stop_gradient(self.lipschitz()), dtype)
+        return ops.matmul(target, matrix)  # row y of K for each sample
+
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
+        target = _target_mask(self._labels(y_true, y_pred, self.name), y_pred)
+        shift = self._param("epsilon", y_pred.dtype) * self._pair_constants(target, y_pred.dtype) * (1.0 - target)
+        return keras.losses.categorical_crossentropy(target, y_pred + shift, from_logits=True)
+
+    def get_config(self) -> dict:
+        if callable(self.lipschitz):
+            raise ValueError(
+                "EMMA with a callable `lipschitz` cannot be serialized: pass a number, or recreate the loss "
+                "with its callable after loading (compile=False)."
+            )
+        return {**super().get_config(), "lipschitz": self.lipschitz}
+
+
+__all__ += ["SoftHKR", "LseHKR", "EMMA", "dense_pairwise_lipschitz"]
 
 # The l_inf-dist losses (v1/v2 hinge and cross-entropy) live with the l_inf-dist training code.
 from deel_lip_ext.linf import ClippedHingeCrossEntropy, HybridIntervalCrossEntropy, LInfDistHinge  # noqa: E402
