@@ -209,3 +209,24 @@ def test_lip_residual_of_a_stock_layer_round_trip_and_export(tmp_path):
         unknown = LipResidual(keras.layers.Lambda(lambda t: t * 3.0))
         unknown.build((None, 5))
         unknown.lipschitz_constant()
+
+
+@pytest.mark.parametrize("padding", ["same", "circular"])
+def test_adjoint_kernel_is_the_transpose_and_power_iteration_converges_from_below(padding):
+    rng = np.random.default_rng(8)
+    shape = (7, 7, 3)
+    kernel = keras.ops.convert_to_tensor(rng.normal(size=(3, 3, 3, 3)), "float32")
+    block = LiResNetBlock(3, padding=padding)
+    x, y = (rng.normal(size=(1,) + shape).astype("float32") for _ in range(2))
+    forward = keras.ops.convert_to_numpy(block._conv(x, kernel))
+    backward = keras.ops.convert_to_numpy(block._conv(y, normalizers.adjoint_conv_kernel(kernel)))
+    assert np.sum(forward * y) == pytest.approx(np.sum(x * backward), rel=1e-5)
+    exact = operator_singular_values(conv_operator_matrix(np.asarray(kernel, np.float64), shape, padding=padding))[0]
+    sigma, _ = normalizers.operator_power_iteration(
+        lambda v: block._conv(v, kernel),
+        lambda v: block._conv(v, normalizers.adjoint_conv_kernel(kernel)),
+        keras.ops.convert_to_tensor(x),
+        maxiter=300,
+    )
+    sigma = float(keras.ops.convert_to_numpy(sigma))
+    assert sigma <= exact * (1 + 1e-5) and sigma == pytest.approx(exact, rel=1e-3)
