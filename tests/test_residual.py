@@ -6,7 +6,13 @@ import pytest
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers import ChordDense, LiResNetBlock, LipResidual, SpectralConv2D, SpectralDense
-from deel_lip_ext.spectrum import conv_operator_matrix, operator_singular_values
+from deel_lip_ext.spectrum import (
+    conv_gram_bound,
+    conv_operator_matrix,
+    conv_singular_values,
+    gram_iteration_bound,
+    operator_singular_values,
+)
 from deel_lip_ext.utils import model_lipschitz_bound
 from lipschitz_fuzz import jacobian_norm, jacobians
 
@@ -230,3 +236,23 @@ def test_adjoint_kernel_is_the_transpose_and_power_iteration_converges_from_belo
     )
     sigma = float(keras.ops.convert_to_numpy(sigma))
     assert sigma <= exact * (1 + 1e-5) and sigma == pytest.approx(exact, rel=1e-3)
+
+
+def test_gram_iteration_bounds_the_block_from_above_within_5_percent():
+    shape = (8, 8, 4)
+    for padding, torus in [("circular", (8, 8)), ("same", (10, 10))]:
+        block, _ = _trained_block(padding, shape, steps=10)
+        kernel = keras.ops.convert_to_numpy(block.effective_kernel()).astype(np.float64)
+        exact = _exact_block_norm(block, shape, padding)
+        bounds = [conv_gram_bound(kernel, torus, n_iter) for n_iter in (0, 2, 6)]
+        assert all(bound >= exact * (1 - 1e-12) for bound in bounds)
+        assert bounds[0] >= bounds[1] >= bounds[2]  # decreasing to the norm
+        assert bounds[2] <= exact * 1.05
+        if padding == "circular":
+            assert bounds[2] == pytest.approx(conv_singular_values(kernel, torus).max(), rel=1e-6)
+    # A batch of complex matrices and the overflow rescaling.
+    matrices = np.random.default_rng(9).normal(size=(5, 6, 4)) * 1e150 + 1j
+    exact = np.linalg.svd(matrices, compute_uv=False).max()
+    assert exact <= gram_iteration_bound(matrices, 8) <= exact * (1 + 1e-6)
+    with pytest.raises(ValueError, match="n_iter"):
+        gram_iteration_bound(matrices, -1)
