@@ -31,7 +31,10 @@ EXPORTED_AS_THEMSELVES = {
     "ScaledAveragePooling2D", "ScaledGlobalAveragePooling2D", "ScaledL2NormPooling",
     "ScaledL2NormPooling2D", "ScaledGlobalL2NormPooling2D",
     "Householder", "LInfDistDense", "LInfDistConv2D", "LogitScale",
+    "LayerCentering", "LipResidual",
 }  # fmt: skip
+# Not parametrized, but exported to stock layers (README.md says so).
+EXPORTED_AS_STOCK = {"BatchCentering"}
 # What a parametrized layer may leave besides its stock Dense/Conv2D.
 PARAMETRIZED_HELPERS = {"CircularPadding2D", "InvertibleDownSampling"}
 
@@ -63,7 +66,7 @@ def test_every_library_layer_is_either_parametrized_or_listed():
     """A layer that is not parametrized is exported as itself: it must be in the README's list."""
     unlisted = [
         name for name, cls in _library_layer_classes().items()
-        if not issubclass(cls, ParametrizedLayer) and name not in EXPORTED_AS_THEMSELVES
+        if not issubclass(cls, ParametrizedLayer) and name not in EXPORTED_AS_THEMSELVES | EXPORTED_AS_STOCK
         and cls.__name__ not in ("LipschitzLayer",)
     ]  # fmt: skip
     assert not unlisted, f"layers exported as themselves but missing from README's list: {unlisted}"
@@ -95,6 +98,7 @@ def _models():
     yield "functional", deel_lip_ext.Model(x, lip.SpectralDense(2)(h))
     for conv in ("bcop", "rko", "ossn", "svcm"):
         yield f"kw_small_{conv}", zoo.kw_small(conv, (8, 8, 1), 3)
+    yield "liresnet", zoo.liresnet((8, 8, 1), 3, width=4, depth=2, neck_filters=4, dense_width=4)
 
 
 @pytest.mark.parametrize("name, model", list(_models()), ids=lambda value: value if isinstance(value, str) else "")
@@ -145,3 +149,12 @@ def test_export_keeps_the_weights_of_the_layers_it_copies():
     np.testing.assert_array_equal(np.asarray(exported.theta), np.float32([0.3, 1.1]))
     x = np.random.default_rng(2).normal(size=(5, 4)).astype("float32")
     np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_layers_exported_as_stock_leave_only_stock_layers_and_are_in_the_readme():
+    readme = (ROOT / "README.md").read_text().split("## What the export contains", 1)[1].split("\n## ", 1)[0]
+    for name in EXPORTED_AS_STOCK:
+        assert f"`{name}` becomes a stock" in readme
+        layer = getattr(lip, name)()
+        layer(np.zeros((2, 3, 3, 4), "float32"))
+        assert all(type(plain).__module__.startswith("keras") for plain in layer.vanilla_export())
