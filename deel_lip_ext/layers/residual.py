@@ -168,10 +168,12 @@ class LiResNetBlock(LipschitzConv2DBase):
         return block * (self.k_coef_lip / sigma), [(self.u, u)]
 
     def condense(self):
-        """Not available: the raw kernel excludes the identity, so the constrained kernel cannot be written back."""
-        raise ValueError(
-            f"layer {self.name!r} (LiResNetBlock) cannot be condensed: use vanilla_export() for a plain Conv2D."
-        )
+        """Nothing to do: the raw kernel W excludes the identity and is renormalized every step.
+
+        Writing the constrained kernel back into W would change the function
+        (the identity would be counted twice), so `condense` (and
+        `deel_lip_ext.callbacks.CondenseCallback`) leaves the block as it is.
+        """
 
     def get_config(self) -> dict:
         config = super().get_config()
