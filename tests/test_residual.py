@@ -258,3 +258,31 @@ def test_gram_iteration_bounds_the_block_from_above_within_5_percent():
     assert exact <= gram_iteration_bound(matrices, 8) <= exact * (1 + 1e-6)
     with pytest.raises(ValueError, match="n_iter"):
         gram_iteration_bound(matrices, -1)
+
+
+def test_lip_residual_with_a_sequential_branch_and_its_export():
+    shape = (5, 5, 2)
+    inner = SpectralConv2D(2, 3, padding="circular", kernel_initializer=keras.initializers.RandomNormal(0, 1, seed=10))
+    model = keras.Sequential([keras.Input(shape), LipResidual(inner, alpha_initializer=-1.0)])
+    x = np.random.default_rng(10).normal(size=(2,) + shape).astype("float32")
+    (exported,) = model.layers[0].vanilla_export()
+    assert isinstance(exported.layer, keras.Sequential)  # CircularPadding2D + Conv2D
+    plain = keras.Sequential([keras.Input(shape), exported])
+    np.testing.assert_allclose(plain(x), model(x), atol=1e-5)
+    # A CircularPadding2D alone has no constant: the export's wrapper refuses rather than guess.
+    with pytest.raises(ValueError, match="CircularPadding2D"):
+        model_lipschitz_bound(plain)
+    # A Sequential branch of layers with constants: the product.
+    branch = keras.Sequential([keras.Input((6,)), SpectralDense(6, k_coef_lip=3.0), keras.layers.ReLU()])
+    res = LipResidual(branch, alpha_initializer=0.5)
+    dense_model = keras.Sequential([keras.Input((6,)), res])
+    share = 1 / (1 + np.exp(-0.5))
+    assert res.lipschitz_constant() == pytest.approx(share + (1 - share) * 3.0, rel=1e-5)
+    v = np.random.default_rng(11).normal(size=(3, 6)).astype("float32")
+    assert jacobian_norm(jacobians(dense_model, v), "l2") <= res.lipschitz_constant() * (1 + 1e-5)
+    functional_input = keras.Input((6,))
+    functional = keras.Model(functional_input, keras.layers.ReLU()(functional_input))
+    with pytest.raises(ValueError, match="functional model"):
+        wrapped = LipResidual(functional)
+        wrapped.build((None, 6))
+        wrapped.lipschitz_constant()

@@ -241,6 +241,18 @@ class ChordDense(LipschitzDenseBase):
 
 
 def _inner_constant(layer, norm, input_shape):
+    """The branch's constant: the protocol, the stock table, or the product over a `keras.Sequential`."""
+    if isinstance(layer, keras.Sequential):
+        constant, shape = 1.0, input_shape if input_shape is not None else built_input_shape(layer)
+        for sub in layer.layers:
+            constant *= _inner_constant(sub, norm, shape)
+            shape = None if shape is None else tuple(sub.compute_output_shape(shape))
+        return constant
+    if isinstance(layer, keras.Model):
+        raise ValueError(
+            f"LipResidual's branch {layer.name!r} is a functional model: bound it with "
+            "deel_lip_ext.utils.model_lipschitz_bound and use its layers in a Sequential branch instead."
+        )
     if isinstance(layer, LipschitzBounded):
         return layer.lipschitz_constant(norm, input_shape)
     return stock_layer_lipschitz(layer, norm, input_shape if input_shape is not None else built_input_shape(layer))
@@ -254,7 +266,12 @@ class LipResidual(LipschitzBounded, keras.layers.Layer):
     sigmoid(alpha) x + (1 - sigmoid(alpha)) y; this wrapper owns f. Its
     Lipschitz constant is s + (1 - s) * L_f where L_f is f's own constant
     from the protocol (`lipschitz_constant` of a library layer, the stock
-    table otherwise): a convex combination, so it is 1-Lipschitz when f is.
+    table otherwise, the product of its layers' constants for a
+    `keras.Sequential` branch): a convex combination, so it is 1-Lipschitz
+    when f is. The export wraps the branch's export; a branch exported to
+    several layers (e.g. `CircularPadding2D` + `Conv2D`) becomes a
+    `keras.Sequential` whose constant the wrapper cannot bound (it refuses:
+    bound the original model instead).
 
     Args:
         layer: the branch f, a Keras layer whose output has its input's shape.
