@@ -871,16 +871,18 @@ def dense_pairwise_lipschitz(kernel: ArrayLike, body_lipschitz: float = 1.0) -> 
 class EMMA(_ParametrizedLoss):
     """Efficient Margin MAximization (LiResNet, Hu et al. 2023): cross-entropy on margin-shifted logits.
 
-    Each non-target logit is raised by epsilon * K_yj, where K_yj bounds the
-    Lipschitz constant of f_y - f_j (no gradient through K):
+    With K_yj a bound of the Lipschitz constant of f_y - f_j, the pair's
+    certified radius (f_y - f_j) / K_yj is capped at epsilon and floored at
+    0.01 epsilon: e_j = clip((f_y - f_j) / (epsilon K_yj), 0.01, 1) (no
+    gradient through e_j nor K), and each non-target logit is raised by
+    e_j * epsilon * K_yj, its worst value within that radius (the reference
+    implementation's formula, hukkai/liresnet and ntuaislab/BRONet):
 
-        loss = CE(softmax(z), y),  z_j = f_j + epsilon * K_yj (j != y),  z_y = f_y
+        loss = CE(softmax(z), y),  z_j = f_j + e_j epsilon K_yj (j != y),  z_y = f_y
 
-    so the loss only becomes small once f_y - f_j > epsilon * K_yj, i.e. once
-    the prediction is certified at radius epsilon. K is either one number
-    (`lipschitz`, the same for every pair: sqrt(2) L for an L-Lipschitz
-    network in L2) or a callable returning the (C, C) matrix, e.g.
-    `lambda: dense_pairwise_lipschitz(head.effective_kernel(), body_bound)`
+    K is either one number (`lipschitz`, the same for every pair: sqrt(2) L
+    for an L-Lipschitz network in L2) or a callable returning the (C, C)
+    matrix, e.g. `lambda: dense_pairwise_lipschitz(head.effective_kernel(), body_bound)`
     (a callable is not serializable: `get_config` refuses).
 
     Args:
@@ -918,10 +920,16 @@ class EMMA(_ParametrizedLoss):
         matrix = ops.cast(ops.stop_gradient(self.lipschitz()), dtype)
         return ops.matmul(target, matrix)  # row y of K for each sample
 
+    def shifted_logits(self, target: ArrayLike, y_pred: ArrayLike):
+        """The logits z (relative to the target logit) of the formula, for a 0/1 target mask."""
+        relative = y_pred - ops.sum(y_pred * target, axis=-1, keepdims=True)
+        margin = self._param("epsilon", y_pred.dtype) * self._pair_constants(target, y_pred.dtype) * (1.0 - target)
+        radius = ops.stop_gradient(ops.clip(-relative / ops.maximum(margin, 1e-8), 0.01, 1.0))
+        return relative + radius * margin
+
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         target = _target_mask(self._labels(y_true, y_pred, self.name), y_pred)
-        shift = self._param("epsilon", y_pred.dtype) * self._pair_constants(target, y_pred.dtype) * (1.0 - target)
-        return keras.losses.categorical_crossentropy(target, y_pred + shift, from_logits=True)
+        return keras.losses.categorical_crossentropy(target, self.shifted_logits(target, y_pred), from_logits=True)
 
     def get_config(self) -> dict:
         if callable(self.lipschitz):
@@ -932,7 +940,59 @@ class EMMA(_ParametrizedLoss):
         return {**super().get_config(), "lipschitz": self.lipschitz}
 
 
-__all__ += ["SoftHKR", "LseHKR", "EMMA", "dense_pairwise_lipschitz"]
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class LogitAnnealing(EMMA):
+    """Logit Annealing loss (BRONet, Lai et al., ICML 2025) on EMMA's shifted logits.
+
+    With z the logits of `EMMA` and o = (z - offset * onehot(y)) / temperature,
+    CE = -log softmax(o)_y and p = exp(-CE):
+
+        loss = temperature * (1 - p)^gamma * CE
+
+    (a focal-style factor that anneals the push on samples already far from
+    the decision boundary).
+
+    Args:
+        epsilon: certification radius targeted (>= 0); schedulable.
+        lipschitz: as in `EMMA`.
+        gamma: annealing exponent (>= 0).
+        offset: margin subtracted from the target logit.
+        temperature: softmax temperature (> 0).
+        reduction: as in `keras.losses.Loss`.
+        name: as in `keras.losses.Loss`.
+        dtype: as in `keras.losses.Loss`.
+
+    Examples:
+        >>> model.compile(optimizer="adam", loss=LogitAnnealing(epsilon=36 / 255, lipschitz=math.sqrt(2)))
+    """
+
+    def __init__(
+        self,
+        epsilon: float,
+        lipschitz: float | Callable = math.sqrt(2.0),
+        gamma: float = 5.0,
+        offset: float = 2.0,
+        temperature: float = 0.75,
+        reduction: str = "sum_over_batch_size",
+        name: str = "LogitAnnealing",
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(epsilon, lipschitz, reduction=reduction, name=name, dtype=dtype)
+        self.gamma = _check_nonnegative("gamma", gamma)
+        self.offset = _check_nonnegative("offset", offset)
+        self.temperature = _check_positive("temperature", temperature)
+
+    def call(self, y_true: ArrayLike, y_pred: ArrayLike):
+        target = _target_mask(self._labels(y_true, y_pred, self.name), y_pred)
+        logits = (self.shifted_logits(target, y_pred) - self.offset * target) / self.temperature
+        cross_entropy = keras.losses.categorical_crossentropy(target, logits, from_logits=True)
+        return self.temperature * (1.0 - ops.exp(-cross_entropy)) ** self.gamma * cross_entropy
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "gamma": self.gamma, "offset": self.offset, "temperature": self.temperature}
+
+
+__all__ += ["SoftHKR", "LseHKR", "EMMA", "LogitAnnealing", "dense_pairwise_lipschitz"]
 
 # The l_inf-dist losses (v1/v2 hinge and cross-entropy) live with the l_inf-dist training code.
 from deel_lip_ext.linf import ClippedHingeCrossEntropy, HybridIntervalCrossEntropy, LInfDistHinge  # noqa: E402

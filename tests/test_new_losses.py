@@ -55,12 +55,29 @@ def np_torchlip_lse_hkr(y, f, alpha, temperature, penalty, min_margin):
     return np.array(out)
 
 
-def np_emma(y, f, epsilon, pair):
+def np_emma_logits(y, f, epsilon, pair):
+    """BRONet/LiResNet reference (margin_layer.py emma_loss): z = f - f_y + clip(-(f - f_y) / (eps K), .01, 1) eps K."""
     out = []
     for yr, fr in zip(y, f):
         t = int(np.argmax(yr))
-        z = fr.astype(np.float64) + epsilon * pair[t] * (np.arange(len(fr)) != t)
-        out.append(logsumexp(z) - z[t])
+        relative = fr.astype(np.float64) - fr[t]
+        margin = epsilon * pair[t] * (np.arange(len(fr)) != t)
+        out.append(relative + np.clip(-relative / np.maximum(margin, 1e-8), 0.01, 1.0) * margin)
+    return np.array(out)
+
+
+def np_emma(y, f, epsilon, pair):
+    z = np_emma_logits(y, f, epsilon, pair)
+    return np.array([logsumexp(zr) - zr[int(np.argmax(yr))] for yr, zr in zip(y, z)])
+
+
+def np_logit_annealing(y, f, epsilon, pair, gamma, offset, temperature):
+    out = []
+    for yr, zr in zip(y, np_emma_logits(y, f, epsilon, pair)):
+        t = int(np.argmax(yr))
+        o = (zr - offset * yr) / temperature
+        ce = logsumexp(o) - o[t]
+        out.append(temperature * (1 - np.exp(-ce)) ** gamma * ce)
     return np.array(out)
 
 
@@ -111,6 +128,12 @@ def test_emma_with_a_global_constant_and_with_pairwise_constants():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(pairwise(y, f)), np_emma(y, f, 0.25, pair), rtol=1e-5)
     with pytest.raises(ValueError, match="callable"):
         pairwise.get_config()
+    # The per-class radius: a logit far below the target (pair certified beyond epsilon) gets the full shift
+    # epsilon K, one above it (pair not certified) 1% of it.
+    y2 = np.array([[1.0, 0.0, 0.0]], "float32")
+    f2 = np.array([[0.0, -10.0, 1.0]], "float32")
+    z = losses.EMMA(1.0, lipschitz=2.0).shifted_logits(keras.ops.convert_to_tensor(y2), keras.ops.convert_to_tensor(f2))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(z), [[0.0, -10.0 + 2.0, 1.0 + 0.02]], atol=1e-6)
     # epsilon = 0 is the cross-entropy
     ce = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)(y, f)
     np.testing.assert_allclose(losses.EMMA(0.0, reduction=None)(y, f), ce, rtol=1e-5)
@@ -122,6 +145,7 @@ def test_emma_with_a_global_constant_and_with_pairwise_constants():
         losses.SoftHKR(alpha=0.8, min_margin=0.5, alpha_mean=0.95, temperature=3.0),
         losses.LseHKR(alpha=0.6, temperature=2.0, penalty=0.5, min_margin=0.8),
         losses.EMMA(epsilon=0.1, lipschitz=2.0),
+        losses.LogitAnnealing(epsilon=0.2, lipschitz=1.5, gamma=3.0, offset=1.0, temperature=0.5),
     ],
     ids=lambda loss: type(loss).__name__,
 )
@@ -141,14 +165,26 @@ def test_config_keras_round_trip_and_label_checks(loss, tmp_path):
         loss(np.array([0, 1, 2], "float32"), np.zeros((3, 4), "float32"))
 
 
+@pytest.mark.parametrize("gamma,offset,temperature", [(5.0, 2.0, 0.75), (0.0, 0.0, 1.0), (2.0, 1.0, 0.3)])
+def test_logit_annealing_matches_the_reference(gamma, offset, temperature):
+    y, f = _data(classes=5, seed=6)
+    pair = np.abs(np.random.default_rng(6).normal(size=(5, 5))) + 0.5
+    loss = losses.LogitAnnealing(0.3, lipschitz=lambda: pair, gamma=gamma, offset=offset, temperature=temperature)
+    loss.reduction = None
+    expected = np_logit_annealing(y, f, 0.3, pair, gamma, offset, temperature)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss(y, f)), expected, rtol=1e-5, atol=1e-6)
+    if gamma == 0.0 and offset == 0.0 and temperature == 1.0:  # then it is EMMA
+        np.testing.assert_allclose(expected, np_emma(y, f, 0.3, pair), rtol=1e-12)
+
+
 def test_emma_epsilon_is_schedulable():
-    """A frozen model outputs 0: EMMA = log(1 + (C - 1) exp(eps K)), following the scheduled epsilon."""
+    """A frozen model outputs 0: EMMA = log(1 + (C - 1) exp(0.01 eps K)) (radius clipped at 0.01), scheduled eps."""
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, kernel_initializer="zeros", trainable=False)])
     model.compile(optimizer="sgd", loss=losses.EMMA(epsilon=0.0, lipschitz=2.0))
     scheduler = callbacks.LossParamScheduler("epsilon", fp=[0.0, 1.0], xp=[0, 2])
     y = _one_hot(np.arange(8) % 4, 4)
     history = model.fit(np.ones((8, 3), "float32"), y, batch_size=8, epochs=3, callbacks=[scheduler], verbose=0)
-    expected = [math.log(1 + 3 * math.exp(eps * 2.0)) for eps in (0.0, 0.5, 1.0)]
+    expected = [math.log(1 + 3 * math.exp(0.01 * eps * 2.0)) for eps in (0.0, 0.5, 1.0)]
     np.testing.assert_allclose(history.history["loss"], expected, rtol=1e-5)
     assert model.loss.get_config()["epsilon"] == 1.0
 
@@ -160,6 +196,8 @@ def test_parameters_are_checked():
         (lambda: losses.LseHKR(temperature=-1.0), "temperature"),
         (lambda: losses.EMMA(epsilon=-0.1), "epsilon"),
         (lambda: losses.EMMA(0.1, lipschitz=0.0), "lipschitz"),
+        (lambda: losses.LogitAnnealing(0.1, temperature=0.0), "temperature"),
+        (lambda: losses.LogitAnnealing(0.1, gamma=-1.0), "gamma"),
     ]:
         with pytest.raises(ValueError, match=match):
             make()
