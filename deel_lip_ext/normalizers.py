@@ -42,6 +42,12 @@ __all__ = [
     "reshaped_kernel_orthogonalization",
     "frobenius_normalization",
     "spectral_normalization_conv",
+    "kernel_self_correlation",
+    "gram_row_sums",
+    "aol_rescaling",
+    "sll_scale",
+    "conv_adjoint_kernel",
+    "cpl_power_iteration",
 ]
 
 
@@ -307,3 +313,87 @@ def spectral_normalization_conv(
     u = ops.stop_gradient(_iterate(step, _l2_normalize(ops.stop_gradient(u)), eps, maxiter, distance))
     sigma = ops.sqrt(ops.sum(ops.square(first(u, kernel))))
     return kernel / sigma, u, sigma
+
+
+# ---------------------------------------------------------------------------------------------------
+# AOL / SLL / CPL parametrizations (Prach & Lampert 2022; Araujo et al. 2023; Meunier et al. 2022).
+#
+# Conventions: a dense kernel K is (n_in, n_out) with y = x K; a conv kernel is (kh, kw, c_in, c_out).
+# Every bound below is a Gershgorin-type bound on a Gram operator whose entries are (sums of) entries of
+# the kernel's self-correlation; the proofs are in the layers' docstrings (deel_lip_ext/layers/aol.py and
+# deel_lip_ext/layers/residual.py).
+# ---------------------------------------------------------------------------------------------------
+
+
+def kernel_self_correlation(kernel: ArrayLike) -> Any:
+    """Self-correlation of a conv kernel over its output channels.
+
+    For `kernel` (kh, kw, c_in, c_out) returns M (c_in, 2 kh - 1, 2 kw - 1, c_in) with
+    M[c1, u, v, c2] = sum_{a, b, o} K[a + u - kh + 1, b + v - kw + 1, c1, o] K[a, b, c2, o]
+    (zero outside the kernel): the kernel of the stride-1 operator P^T P of the conv P on a large
+    enough torus. A 2-D kernel (n_in, n_out) gives K K^T as (n_in, 1, 1, n_in).
+    """
+    if len(kernel.shape) == 2:
+        return ops.reshape(ops.matmul(kernel, ops.transpose(kernel)), (kernel.shape[0], 1, 1, kernel.shape[0]))
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    images = ops.transpose(kernel, (2, 0, 1, 3))  # (c_in, kh, kw, c_out): one image per input channel
+    images = ops.pad(images, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    filters = ops.transpose(kernel, (0, 1, 3, 2))  # (kh, kw, c_out, c_in)
+    return ops.conv(images, filters, strides=1, padding="valid")
+
+
+def gram_row_sums(kernel: ArrayLike, weights: ArrayLike | None = None) -> Any:
+    """Weighted absolute row sums r_i = sum_{j, delta} |M[i, delta, j]| w_j / w_i of `kernel_self_correlation`.
+
+    They bound the largest eigenvalue of D^-1 (P^T P) D for every padding (Gershgorin on the rows), hence
+    `diag(r) - P^T P` is positive semi-definite (Schur test with positive weights `w`, all ones if None).
+    """
+    absolute = ops.sum(ops.abs(kernel_self_correlation(kernel)), axis=(1, 2))  # (n, n)
+    if weights is None:
+        return ops.sum(absolute, axis=1)
+    return ops.matmul(absolute, weights) / weights
+
+
+def aol_rescaling(kernel: ArrayLike, eps: float = 1e-12) -> Any:
+    """AOL: multiply each input channel of `kernel` by (sum_j |P^T P|_ij + eps)^(-1/2).
+
+    Works on dense kernels (n_in, n_out) and conv kernels (kh, kw, c_in, c_out); the result has
+    operator norm <= 1 for every input size, stride and padding (zero, valid or circular).
+    """
+    scale = ops.rsqrt(gram_row_sums(kernel) + eps)
+    if len(kernel.shape) == 2:
+        return kernel * scale[:, None]
+    return kernel * scale[None, None, :, None]
+
+
+def _hidden_major(kernel):
+    """The kernel with input and output channels swapped: its Gram is P P^T (hidden channels)."""
+    return ops.transpose(kernel) if len(kernel.shape) == 2 else ops.transpose(kernel, (0, 1, 3, 2))
+
+
+def sll_scale(kernel: ArrayLike, log_q: ArrayLike, eps: float) -> Any:
+    """SLL: the per-hidden-channel factor s = 2 / (t + eps), t_i = sum_j |P P^T|_ij q_j / q_i, q = exp(log_q).
+
+    `kernel` maps the input to the hidden units (x -> P x, i.e. x K or conv(x, K)); the layer computes
+    x - P^T (s * relu(P x + b)). diag(t + eps) - P P^T is PSD, which makes it 1-Lipschitz.
+    """
+    return 2.0 / (gram_row_sums(_hidden_major(kernel), ops.exp(log_q)) + eps)
+
+
+def conv_adjoint_kernel(kernel: ArrayLike) -> Any:
+    """Kernel of the adjoint of a stride-1 "same"/circular conv with an odd-sized `kernel` (flipped, channels swapped)."""
+    if len(kernel.shape) == 2:
+        return ops.transpose(kernel)
+    return ops.flip(ops.flip(ops.transpose(kernel, (0, 1, 3, 2)), axis=0), axis=1)
+
+
+def cpl_power_iteration(apply: Any, adjoint: Any, u: ArrayLike, iterations: int) -> tuple[Any, Any]:
+    """`iterations` steps of power iteration on P^T P from `u`; returns (sigma_estimate, new_u).
+
+    sigma_estimate = ||P u|| for the final unit vector u: a lower bound of ||P||_2 (it converges from
+    below), differentiable with respect to the kernel inside `apply`; u carries no gradient.
+    """
+    u = ops.stop_gradient(u)
+    for _ in range(iterations):
+        u = ops.stop_gradient(_l2_normalize(adjoint(apply(u))))
+    return ops.sqrt(ops.sum(ops.square(apply(u)))), u
