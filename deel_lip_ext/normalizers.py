@@ -45,6 +45,7 @@ __all__ = [
     "kernel_self_correlation",
     "gram_row_sums",
     "aol_rescaling",
+    "hidden_major_kernel",
     "sll_scale",
     "conv_adjoint_kernel",
     "cpl_power_iteration",
@@ -366,7 +367,7 @@ def aol_rescaling(kernel: ArrayLike, eps: float = 1e-12) -> Any:
     return kernel * scale[None, None, :, None]
 
 
-def _hidden_major(kernel):
+def hidden_major_kernel(kernel):
     """The kernel with input and output channels swapped: its Gram is P P^T (hidden channels)."""
     return ops.transpose(kernel) if len(kernel.shape) == 2 else ops.transpose(kernel, (0, 1, 3, 2))
 
@@ -377,7 +378,7 @@ def sll_scale(kernel: ArrayLike, log_q: ArrayLike, eps: float) -> Any:
     `kernel` maps the input to the hidden units (x -> P x, i.e. x K or conv(x, K)); the layer computes
     x - P^T (s * relu(P x + b)). diag(t + eps) - P P^T is PSD, which makes it 1-Lipschitz.
     """
-    return 2.0 / (gram_row_sums(_hidden_major(kernel), ops.exp(log_q)) + eps)
+    return 2.0 / (gram_row_sums(hidden_major_kernel(kernel), ops.exp(log_q)) + eps)
 
 
 def conv_adjoint_kernel(kernel: ArrayLike) -> Any:

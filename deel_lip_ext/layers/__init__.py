@@ -21,3 +21,4 @@ from deel_lip_ext.layers.pad_conv import PadConv2D
 from deel_lip_ext.layers.transposed import SpectralConv2DTranspose
 from deel_lip_ext.layers.conv1d import SpectralConv1D
 from deel_lip_ext.layers.aol import AOLConv2D, AOLDense
+from deel_lip_ext.layers.residual import CPLConv2D, CPLDense, SLLConv2D, SLLDense
