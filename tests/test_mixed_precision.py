@@ -10,6 +10,12 @@ import pytest
 from keras.src.backend import AutocastScope  # no public name: the scope Layer.__call__ enters
 
 from deel_lip_ext.layers import (
+    AOLConv2D,
+    AOLDense,
+    CPLConv2D,
+    CPLDense,
+    SLLConv2D,
+    SLLDense,
     BCOPConv2D,
     BjorckDense,
     CircularPadding2D,
@@ -53,6 +59,8 @@ KERNEL_LAYERS = {
     "OSSNConv2D": (CONV_INPUT, lambda: OSSNConv2D(3, 3, padding="same")),
     "RKOConv2D": (CONV_INPUT, lambda: RKOConv2D(3, 3)),
     "SVCMConv2D": (CONV_INPUT, lambda: SVCMConv2D(3, 3)),
+    "AOLDense": (DENSE_INPUT, lambda: AOLDense(6, kernel_initializer="glorot_uniform")),
+    "AOLConv2D": (CONV_INPUT, lambda: AOLConv2D(3, 3, padding="circular", kernel_initializer="glorot_uniform")),
 }
 OTHER_LAYERS = {
     "LInfDistDense": (DENSE_INPUT, lambda: LInfDistDense(6)),
@@ -69,6 +77,10 @@ OTHER_LAYERS = {
     "ScaledGlobalL2NormPooling2D": (CONV_INPUT, lambda: ScaledGlobalL2NormPooling2D()),
     "InvertibleDownSampling": (CONV_INPUT, lambda: InvertibleDownSampling(2)),
     "InvertibleUpSampling": ((3, 3, 8), lambda: InvertibleUpSampling(2)),
+    "SLLDense": (DENSE_INPUT, lambda: SLLDense(6)),
+    "SLLConv2D": (CONV_INPUT, lambda: SLLConv2D(3, 3)),
+    "CPLDense": (DENSE_INPUT, lambda: CPLDense(6)),
+    "CPLConv2D": (CONV_INPUT, lambda: CPLConv2D(3, 3, padding="circular")),
 }
 
 
