@@ -262,6 +262,11 @@ class _ConvMixin:
 
 
 class _SLLMixin:
+    def _lipschitz_constant(self, norm, input_shape):
+        if norm == "l2" and not self.built:
+            return 1.0  # by construction (diag(t + eps) - P P^T is PSD for every kernel); built: checked on the weights
+        return super()._lipschitz_constant(norm, input_shape)
+
     def build_scale_state(self, input_shape):
         self.log_q = self.add_weight(name="log_q", shape=(self.units,), initializer="zeros", autocast=False)
 
