@@ -317,7 +317,7 @@ _RESIDUAL_ARGS = """
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class SLLDense(_SLLMixin, ResidualLipschitzBase):
-    """SDP-based Lipschitz residual layer x - 2 K T^-1 relu(K^T x + b)... in Keras layout (see the module docstring).
+    """SDP-based Lipschitz residual layer (SLL), dense: x - 2 W T^-1 relu(W^T x + b) in Keras layout.
 
     Computes `x - (s * relu(x K + b)) K^T` with s = 2 / (t + eps), t_i = sum_j |K^T K|_ij q_j / q_i and trainable
     q = exp(log_q): 1-Lipschitz (L2) for every kernel and q. Exports to a functional block of Dense, ReLU, Subtract.
