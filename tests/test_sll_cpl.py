@@ -171,3 +171,15 @@ def test_residual_layers_refuse_bad_arguments_and_linf():
 def test_residual_config_round_trip(layer):
     clone = type(layer).from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+
+
+def test_sll_conv_built_for_every_size_is_certified_at_every_size():
+    # Unknown spatial size: the certificate comes from the weighted Gershgorin bound (no input size needed).
+    rng = np.random.default_rng(3)
+    layer = SLLConv2D(6, 3, kernel_initializer="glorot_normal")
+    layer.build((None, None, None, 3))
+    layer.log_q.assign(rng.normal(size=6).astype("float32"))
+    assert layer.lipschitz_constant() <= 1 + 1e-5
+    for size in (3, 6):
+        assert layer.lipschitz_constant(input_shape=(None, size, size, 3)) <= 1 + 1e-5
+        assert _jacobian_norm(layer, rng.normal(size=(size, size, 3)).astype("float32")) <= 1 + 1e-4

@@ -12,7 +12,7 @@ the Jacobian is J = I - B D B^T with B = P^T S^(1/2) and D = diag(relu') in [0, 
 the symmetric J lie in [1 - ||B||^2, 1] and ||J||_2 <= max(1, ||B||_2^2 - 1). ||B||_2 is bounded from above
 (exact dense SVD, exact/upper conv operator norm from `deel_lip_ext.spectrum.conv_sv_range`, or a weighted
 Gershgorin bound, whichever is smaller); no power-iteration estimate enters the certificate. For SLL,
-||B||^2 <= 2 max_i t_i / (t_i + eps) < 2 (Gershgorin with the weights q), so the bound is 1; for CPL it is 1
+||B||^2 <= 2 max_i t_i / (t_i + eps) < 2 (Gershgorin with the weights q / sqrt(s)), so the bound is 1; for CPL it is 1
 when sigma is the true norm and max(1, 2 ||P||^2 / (sigma^2 + eps) - 1) otherwise (power iteration
 converges from below, so the certificate may exceed 1 by a little, never be below the truth).
 
@@ -106,8 +106,11 @@ class ResidualLipschitzBase(LipschitzBounded, keras.layers.Layer):
     def scale(self, training: bool | None = False):
         raise NotImplementedError
 
-    def gershgorin_weights(self):
-        """Positive weights (one per hidden channel) of the Gershgorin bound of ||B||^2, or None (all ones)."""
+    def gershgorin_weights(self, factor: np.ndarray):
+        """Positive weights (one per hidden channel) of the Gershgorin bound of ||B||^2, or None (all ones).
+
+        Any positive weights give a valid bound; `factor` is the effective s.
+        """
         return None
 
     def call(self, inputs: ArrayLike, training: bool | None = None):
@@ -139,7 +142,7 @@ class ResidualLipschitzBase(LipschitzBounded, keras.layers.Layer):
         """Upper bound of ||P^T S^(1/2)||_2^2 for the effective weights (float64)."""
         kernel, factor = self.effective_weights()
         scaled = kernel.astype(np.float64) * np.sqrt(factor.astype(np.float64))
-        weights = self.gershgorin_weights()
+        weights = self.gershgorin_weights(factor.astype(np.float64))
         weights = None if weights is None else ops.convert_to_tensor(np.asarray(weights, np.float64))
         rows = normalizers.gram_row_sums(normalizers.hidden_major_kernel(ops.convert_to_tensor(scaled)), weights)
         rows = ops.convert_to_numpy(rows)
@@ -278,8 +281,9 @@ class _SLLMixin:
     def scale(self, training: bool | None = False):
         return normalizers.sll_scale(ops.cast(self.kernel, "float32"), self.log_q, self.eps), []
 
-    def gershgorin_weights(self):
-        return np.exp(ops.convert_to_numpy(self.log_q).astype(np.float64))
+    def gershgorin_weights(self, factor):
+        # w = q / sqrt(s): the weighted row sums of S^1/2 |P P^T| S^1/2 are then s_i t_i = 2 t_i / (t_i + eps) < 2.
+        return np.exp(ops.convert_to_numpy(self.log_q).astype(np.float64)) / np.sqrt(factor)
 
 
 class _CPLMixin:
