@@ -4,7 +4,8 @@ Timings: every model is built and warmed up first, then the timed calls are alte
 plain, AOL, ...) so that a loaded machine slows all variants alike. Figures: `train_step` (`train_on_batch`)
 and `infer_export` (`predict_on_batch` of `model.vanilla_export()`; plain: the plain model), ms per batch of 256,
 median over `--repeats`. Peak memory: `ru_maxrss` of a fresh subprocess per variant that builds the model and
-runs 2 train steps (RSS cannot be attributed to one model inside a shared process).
+runs 2 train steps (RSS cannot be attributed to one model inside a shared process), started before the parent
+grows (a child inherits its parent's ru_maxrss at fork).
 
     PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/modern_layers.py --repeats 3
 
@@ -97,7 +98,14 @@ def peak_memory(variant):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _peak_memory_subprocess(variant):
+    command = [sys.executable, os.path.abspath(__file__), "--memory", variant]
+    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+
 def run(variants, repeats, warmup):
+    # First, while this process is still small: Linux children inherit the parent's ru_maxrss at fork.
+    memory = {v: _peak_memory_subprocess(v) for v in variants}
     x, y = fixed_batch(WORKLOAD)
     models = {v: _compiled(v) for v in variants}
     for _ in range(warmup):
@@ -119,11 +127,9 @@ def run(variants, repeats, warmup):
             times[v]["infer_export"].append(1e3 * (time.perf_counter() - start))
     results = {}
     for v in variants:
-        command = [sys.executable, os.path.abspath(__file__), "--memory", v]
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[v] = {key: statistics.median(values) for key, values in times[v].items()}
         results[v]["raw_ms"] = times[v]
-        results[v]["peak_rss_mib"] = float(out)
+        results[v]["peak_rss_mib"] = memory[v]
     plain = results["plain"]
     for v in variants:
         for key in ("train_step", "infer_export", "peak_rss_mib"):

@@ -183,3 +183,34 @@ def test_sll_conv_built_for_every_size_is_certified_at_every_size():
     for size in (3, 6):
         assert layer.lipschitz_constant(input_shape=(None, size, size, 3)) <= 1 + 1e-5
         assert _jacobian_norm(layer, rng.normal(size=(size, size, 3)).astype("float32")) <= 1 + 1e-4
+
+
+@pytest.mark.slow
+def test_soundness_fuzzer_on_models_with_the_modern_layers():
+    import lipschitz_fuzz
+
+    from deel_lip_ext import layers as lip
+
+    mine = (lip.AOLDense, lip.AOLConv2D, lip.SLLDense, lip.SLLConv2D, lip.CPLDense, lip.CPLConv2D)
+
+    def uses_mine(model):
+        stack = list(model.layers)
+        while stack:
+            layer = stack.pop()
+            if isinstance(layer, mine):
+                return True
+            stack += list(getattr(layer, "layers", []))
+        return False
+
+    checked, bounded = 0, 0
+    for seed in range(2000, 4000):
+        model = lipschitz_fuzz.random_model(seed)
+        if uses_mine(model):
+            for outcome in lipschitz_fuzz.check_model(model, ("l2", "linf"), seed):
+                assert not outcome.violated, outcome
+                bounded += outcome.bound is not None
+            checked += 1
+        keras.backend.clear_session(free_memory=False)
+        if checked >= 20:
+            break
+    assert checked >= 20 and bounded >= 10
