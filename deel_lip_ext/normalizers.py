@@ -382,7 +382,7 @@ def sll_scale(kernel: ArrayLike, log_q: ArrayLike, eps: float) -> Any:
 
 
 def conv_adjoint_kernel(kernel: ArrayLike) -> Any:
-    """Kernel of the adjoint of a stride-1 "same"/circular conv with an odd-sized `kernel` (flipped, channels swapped)."""
+    """Kernel of the adjoint of a stride-1 "same"/circular conv with an odd `kernel` (flipped, channels swapped)."""
     if len(kernel.shape) == 2:
         return ops.transpose(kernel)
     return ops.flip(ops.flip(ops.transpose(kernel, (0, 1, 3, 2)), axis=0), axis=1)

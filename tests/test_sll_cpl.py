@@ -50,7 +50,9 @@ def _trained(layer, shape, steps=3):
     return model
 
 
-DENSE_CASES = [(1, 64), (64, 1), (16, 8), pytest.param(1, 1, marks=pytest.mark.slow), pytest.param(8, 16, marks=pytest.mark.slow), pytest.param(32, 32, marks=pytest.mark.slow)]
+SLOW = pytest.mark.slow
+DENSE_CASES = [(1, 64), (64, 1), (16, 8), pytest.param(1, 1, marks=SLOW), pytest.param(8, 16, marks=SLOW)]
+DENSE_CASES.append(pytest.param(32, 32, marks=SLOW))
 CONV_CASES = [
     # (channels, filters, kernel, size, padding)
     (1, 1, 1, 5, "same"),

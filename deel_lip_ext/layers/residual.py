@@ -217,7 +217,9 @@ class _ConvMixin:
         if any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"kernel_size must be odd (the adjoint is then a 'same' conv), got {kernel_size!r}.")
         if padding not in RESIDUAL_PADDINGS:
-            raise ValueError(f"padding must be one of {RESIDUAL_PADDINGS} (the output has the input's shape), got {padding!r}.")
+            raise ValueError(
+                f"padding must be one of {RESIDUAL_PADDINGS} (the output has the input's shape), got {padding!r}."
+            )
         self.padding = padding
 
     def kernel_shape(self, input_shape):
@@ -256,7 +258,12 @@ class _ConvMixin:
                 layers.append(CircularPadding2D(circular_pad_widths(self.kernel_size), name=f"{name}_pad"))
                 padding = "valid"
             layer = keras.layers.Conv2D(
-                filters, self.kernel_size, padding=padding, use_bias=len(weights) > 1, name=name, dtype=self.dtype_policy
+                filters,
+                self.kernel_size,
+                padding=padding,
+                use_bias=len(weights) > 1,
+                name=name,
+                dtype=self.dtype_policy,
             )
             layer.build((None, None, None, weights[0].shape[2]))
             layer.set_weights(weights)
