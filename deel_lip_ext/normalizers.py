@@ -46,6 +46,11 @@ __all__ = [
     "adjoint_conv_kernel",
     "operator_power_iteration",
     "chord_orthogonalization",
+    "kernel_self_correlation",
+    "gram_row_sums",
+    "aol_rescaling",
+    "hidden_major_kernel",
+    "sll_scale",
 ]
 
 
@@ -347,11 +352,14 @@ def adjoint_conv_kernel(kernel: ArrayLike) -> Any:
 
     Valid for odd kernel sizes with "same" zero padding or circular padding
     (k // 2 on both sides): conv(., adjoint_conv_kernel(W)) with the same
-    padding is the transpose of conv(., W).
+    padding is the transpose of conv(., W). A dense kernel (2-D) gives its
+    transpose (the adjoint of x -> x W).
 
     Args:
-        kernel: array (kh, kw, c_in, c_out).
+        kernel: array (kh, kw, c_in, c_out), or (n_in, n_out).
     """
+    if len(kernel.shape) == 2:
+        return ops.transpose(kernel)
     return ops.transpose(ops.flip(ops.flip(kernel, axis=0), axis=1), (0, 1, 3, 2))
 
 
@@ -421,3 +429,68 @@ def chord_orthogonalization(kernel: ArrayLike, eps: float = 1e-6) -> Any:
     factor = ops.cholesky(gram)
     orthogonal = ops.solve_triangular(factor, rows, lower=True)
     return ops.transpose(orthogonal) if units <= n_in else orthogonal
+# ---------------------------------------------------------------------------------------------------
+# AOL / SLL / CPL parametrizations (Prach & Lampert 2022; Araujo et al. 2023; Meunier et al. 2022).
+#
+# Conventions: a dense kernel K is (n_in, n_out) with y = x K; a conv kernel is (kh, kw, c_in, c_out).
+# Every bound below is a Gershgorin-type bound on a Gram operator whose entries are (sums of) entries of
+# the kernel's self-correlation; the proofs are in the layers' docstrings (deel_lip_ext/layers/aol.py and
+# deel_lip_ext/layers/sll_cpl.py).
+# ---------------------------------------------------------------------------------------------------
+
+
+def kernel_self_correlation(kernel: ArrayLike) -> Any:
+    """Self-correlation of a conv kernel over its output channels.
+
+    For `kernel` (kh, kw, c_in, c_out) returns M (c_in, 2 kh - 1, 2 kw - 1, c_in) with
+    M[c1, u, v, c2] = sum_{a, b, o} K[a + u - kh + 1, b + v - kw + 1, c1, o] K[a, b, c2, o]
+    (zero outside the kernel): the kernel of the stride-1 operator P^T P of the conv P on a large
+    enough torus. A 2-D kernel (n_in, n_out) gives K K^T as (n_in, 1, 1, n_in).
+    """
+    if len(kernel.shape) == 2:
+        return ops.reshape(ops.matmul(kernel, ops.transpose(kernel)), (kernel.shape[0], 1, 1, kernel.shape[0]))
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    images = ops.transpose(kernel, (2, 0, 1, 3))  # (c_in, kh, kw, c_out): one image per input channel
+    images = ops.pad(images, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    filters = ops.transpose(kernel, (0, 1, 3, 2))  # (kh, kw, c_out, c_in)
+    return ops.conv(images, filters, strides=1, padding="valid")
+
+
+def gram_row_sums(kernel: ArrayLike, weights: ArrayLike | None = None) -> Any:
+    """Weighted absolute row sums r_i = sum_{j, delta} |M[i, delta, j]| w_j / w_i of `kernel_self_correlation`.
+
+    They bound the largest eigenvalue of D^-1 (P^T P) D for every padding (Gershgorin on the rows), hence
+    `diag(r) - P^T P` is positive semi-definite (Schur test with positive weights `w`, all ones if None).
+    """
+    absolute = ops.sum(ops.abs(kernel_self_correlation(kernel)), axis=(1, 2))  # (n, n)
+    if weights is None:
+        return ops.sum(absolute, axis=1)
+    return ops.matmul(absolute, weights) / weights
+
+
+def aol_rescaling(kernel: ArrayLike, eps: float = 1e-12) -> Any:
+    """AOL: multiply each input channel of `kernel` by (sum_j |P^T P|_ij + eps)^(-1/2).
+
+    Works on dense kernels (n_in, n_out) and conv kernels (kh, kw, c_in, c_out); the result has
+    operator norm <= 1 for every input size, stride and padding (zero, valid or circular).
+    """
+    scale = ops.rsqrt(gram_row_sums(kernel) + eps)
+    if len(kernel.shape) == 2:
+        return kernel * scale[:, None]
+    return kernel * scale[None, None, :, None]
+
+
+def hidden_major_kernel(kernel):
+    """The kernel with input and output channels swapped: its Gram is P P^T (hidden channels)."""
+    return ops.transpose(kernel) if len(kernel.shape) == 2 else ops.transpose(kernel, (0, 1, 3, 2))
+
+
+def sll_scale(kernel: ArrayLike, log_q: ArrayLike, eps: float) -> Any:
+    """SLL: the per-hidden-channel factor s = 2 / (t + eps), t_i = sum_j |P P^T|_ij q_j / q_i, q = exp(log_q).
+
+    `kernel` maps the input to the hidden units (x -> P x, i.e. x K or conv(x, K)); the layer computes
+    x - P^T (s * relu(P x + b)). diag(t + eps) - P P^T is PSD, which makes it 1-Lipschitz.
+    """
+    return 2.0 / (gram_row_sums(hidden_major_kernel(kernel), ops.exp(log_q)) + eps)
+
+

@@ -163,6 +163,20 @@ def _downsampling(rng, shape):
     return lip.InvertibleDownSampling(2) if shape[1] % 2 == 0 else None
 
 
+
+def _residual(cls):
+    def make(rng, shape):
+        kwargs = {"kernel_initializer": _init(rng), "bias_initializer": _bias(rng)}
+        if len(shape) == 4:
+            padding = str(rng.choice(["same", "circular"]))
+            kernel = int(rng.choice([1, 3]))
+            if padding == "circular" and shape[1] < kernel // 2 + 1:
+                padding = "same"
+            kwargs.update(kernel_size=kernel, padding=padding)
+        return cls(int(rng.choice([2, 4, 6])), **kwargs)
+
+    return make
+
 LAYERS = [
     # deel_lip_ext.layers
     Entry("SpectralDense", "vector", _dense_like(lip.SpectralDense), (lip.SpectralDense,)),
@@ -238,6 +252,12 @@ LAYERS = [
     ),
     Entry("LayerCentering", "image", lambda rng, s: lip.LayerCentering(), (lip.LayerCentering,)),
     Entry("BatchCentering", "vector", lambda rng, s: lip.BatchCentering(), (lip.BatchCentering,)),
+    Entry("AOLDense", "vector", _dense_like(lip.AOLDense), (lip.AOLDense,)),
+    Entry("AOLConv2D", "image", _conv_like(lip.AOLConv2D), (lip.AOLConv2D,)),
+    Entry("SLLDense", "vector", _residual(lip.SLLDense), (lip.SLLDense,)),
+    Entry("SLLConv2D", "image", _residual(lip.SLLConv2D), (lip.SLLConv2D,)),
+    Entry("CPLDense", "vector", _residual(lip.CPLDense), (lip.CPLDense,)),
+    Entry("CPLConv2D", "image", _residual(lip.CPLConv2D), (lip.CPLConv2D,)),
     # stock Keras layers
     Entry("Dense", "vector", _stock_dense),
     Entry("Conv2D", "image", _stock_conv),

@@ -15,6 +15,12 @@ from deel_lip_ext.layers import (
     LayerCentering,
     LiResNetBlock,
     LipResidual,
+    AOLConv2D,
+    AOLDense,
+    CPLConv2D,
+    CPLDense,
+    SLLConv2D,
+    SLLDense,
     BCOPConv2D,
     BjorckDense,
     CircularPadding2D,
@@ -60,6 +66,8 @@ KERNEL_LAYERS = {
     "SVCMConv2D": (CONV_INPUT, lambda: SVCMConv2D(3, 3)),
     "LiResNetBlock": (CONV_INPUT, lambda: LiResNetBlock(3, padding="circular")),
     "ChordDense": (DENSE_INPUT, lambda: ChordDense(6, kernel_initializer="glorot_uniform")),
+    "AOLDense": (DENSE_INPUT, lambda: AOLDense(6, kernel_initializer="glorot_uniform")),
+    "AOLConv2D": (CONV_INPUT, lambda: AOLConv2D(3, 3, padding="circular", kernel_initializer="glorot_uniform")),
 }
 OTHER_LAYERS = {
     "LInfDistDense": (DENSE_INPUT, lambda: LInfDistDense(6)),
@@ -79,6 +87,10 @@ OTHER_LAYERS = {
     "LayerCentering": (CONV_INPUT, lambda: LayerCentering()),
     "BatchCentering": (CONV_INPUT, lambda: BatchCentering()),
     "LipResidual": (DENSE_INPUT, lambda: LipResidual(SpectralDense(8))),
+    "SLLDense": (DENSE_INPUT, lambda: SLLDense(6)),
+    "SLLConv2D": (CONV_INPUT, lambda: SLLConv2D(3, 3)),
+    "CPLDense": (DENSE_INPUT, lambda: CPLDense(6)),
+    "CPLConv2D": (CONV_INPUT, lambda: CPLConv2D(3, 3, padding="circular")),
 }
 
 

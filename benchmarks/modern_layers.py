@@ -1,0 +1,187 @@
+"""W2 (shared/bench/WORKLOADS.md) with each modern 1-Lipschitz convolution vs plain Keras, in ONE process.
+
+Timings: every model is built and warmed up first, then the timed calls are alternated (plain, AOL, SLL, CPL,
+plain, AOL, ...) so that a loaded machine slows all variants alike. Figures: `train_step` (`train_on_batch`)
+and `infer_export` (`predict_on_batch` of `model.vanilla_export()`; plain: the plain model), ms per batch of 256,
+median over `--repeats`. Peak memory: `ru_maxrss` of a fresh subprocess per variant that builds the model and
+runs 2 train steps (RSS cannot be attributed to one model inside a shared process), started before the parent
+grows (a child inherits its parent's ru_maxrss at fork).
+
+    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/modern_layers.py --repeats 3
+
+To add a convolution family, append one entry to `CONVS`: name -> function(filters, in_channels) returning
+the Keras layers that replace "SConv filters + GS2" of W2.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import BATCH_SIZE, LEARNING_RATE, WORKLOADS, _layer_factories, fixed_batch  # noqa: E402
+
+WORKLOAD = "W2"
+
+
+def _aol(filters, in_channels):
+    from deel_lip_ext import layers as lip
+
+    return [lip.AOLConv2D(filters, 3), lip.GroupSort2()]
+
+
+def _residual(cls_name):
+    def make(filters, in_channels):
+        from deel_lip_ext import layers as lip
+
+        # A residual layer keeps the channel count: a 1x1 AOL conv changes it first when needed. The residual
+        # block is its own nonlinearity (no GroupSort2).
+        change = [lip.AOLConv2D(filters, 1)] if filters != in_channels else []
+        return change + [getattr(lip, cls_name)(filters, 3)]
+
+    return make
+
+
+# name -> function(filters, in_channels) -> layers replacing "SConv filters + GS2" of W2.
+CONVS = {
+    "AOL": _aol,
+    "SLL": _residual("SLLConv2D"),
+    "CPL": _residual("CPLConv2D"),
+}
+
+
+def build_model(variant):
+    """W2 for `variant`: "plain" or a key of `CONVS` (dense/pool/act as the library's W2 "lip" variant)."""
+    import keras
+
+    spec = WORKLOADS[WORKLOAD]
+    if variant == "plain":
+        factories = _layer_factories("plain", None, "same")
+        layers = [keras.Input(spec["input_shape"])]
+        for kind, *size in spec["layers"]:
+            layers.extend(factories[kind](*size))
+        return keras.Sequential(layers, name="W2_plain")
+    from deel_lip_ext.model import Sequential
+
+    factories = _layer_factories("lip", "SpectralConv2D", "same")
+    layers, channels, kinds = [keras.Input(spec["input_shape"])], spec["input_shape"][-1], spec["layers"]
+    for index, (kind, *size) in enumerate(kinds):
+        if kind == "conv":
+            layers.extend(CONVS[variant](size[0], channels))
+            channels = size[0]
+        elif kind == "act" and index > 0 and kinds[index - 1][0] == "conv":
+            continue  # part of the conv family's block
+        else:
+            layers.extend(factories[kind](*size))
+    return Sequential(layers, name=f"W2_{variant}")
+
+
+def _compiled(variant):
+    import keras
+
+    model = build_model(variant)
+    model.compile(keras.optimizers.Adam(LEARNING_RATE), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def peak_memory(variant):
+    """Peak RSS (MiB) of this process after building `variant` and running 2 train steps."""
+    model = _compiled(variant)
+    x, y = fixed_batch(WORKLOAD)
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_memory_subprocess(variant):
+    command = [sys.executable, os.path.abspath(__file__), "--memory", variant]
+    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+
+def run(variants, repeats, warmup):
+    # First, while this process is still small: Linux children inherit the parent's ru_maxrss at fork.
+    memory = {v: _peak_memory_subprocess(v) for v in variants}
+    x, y = fixed_batch(WORKLOAD)
+    models = {v: _compiled(v) for v in variants}
+    for _ in range(warmup):
+        for v in variants:
+            models[v].train_on_batch(x, y)
+    exported = {v: (models[v] if v == "plain" else models[v].vanilla_export()) for v in variants}
+    for _ in range(warmup):
+        for v in variants:
+            exported[v].predict_on_batch(x)
+    times = {v: {"train_step": [], "infer_export": []} for v in variants}
+    for _ in range(repeats):
+        for v in variants:
+            start = time.perf_counter()
+            models[v].train_on_batch(x, y)
+            times[v]["train_step"].append(1e3 * (time.perf_counter() - start))
+        for v in variants:
+            start = time.perf_counter()
+            exported[v].predict_on_batch(x)
+            times[v]["infer_export"].append(1e3 * (time.perf_counter() - start))
+    results = {}
+    for v in variants:
+        results[v] = {key: statistics.median(values) for key, values in times[v].items()}
+        results[v]["raw_ms"] = times[v]
+        results[v]["peak_rss_mib"] = memory[v]
+    plain = results["plain"]
+    for v in variants:
+        for key in ("train_step", "infer_export", "peak_rss_mib"):
+            results[v][f"{key}_ratio"] = results[v][key] / plain[key]
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=["plain", *CONVS])
+    parser.add_argument("--out", default="benchmarks/results/modern_layers_W2.json")
+    parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
+    parser.add_argument("--memory", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory:
+        print(peak_memory(args.memory))
+        return
+    variants = ["plain"] + [v for v in args.variants if v != "plain"]
+    unknown = [v for v in variants[1:] if v not in CONVS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {sorted(CONVS)}")
+    results = run(variants, args.repeats, args.warmup)
+    print(f"W2, batch {BATCH_SIZE}, median of {args.repeats} alternated calls (ms), peak RSS of a fresh process")
+    print("| variant | train_step ms | ratio | infer_export ms | ratio | peak RSS MiB | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for v in variants:
+        r = results[v]
+        print(
+            f"| {v} | {r['train_step']:.1f} | {r['train_step_ratio']:.2f} | {r['infer_export']:.1f} | "
+            f"{r['infer_export_ratio']:.2f} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib_ratio']:.2f} |"
+        )
+    import keras
+
+    meta = {
+        "workload": WORKLOAD,
+        "batch_size": BATCH_SIZE,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": args.note,
+    }
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump({"meta": meta, "results": results}, handle, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

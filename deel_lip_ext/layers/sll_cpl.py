@@ -1,0 +1,504 @@
+"""1-Lipschitz residual layers: SLL (Araujo et al., ICLR 2023) and CPL (Meunier et al., ICML 2022).
+
+Both compute h(x) = x - P^T (s * relu(P x + b)) with P the linear map x -> x K (dense) or the stride-1
+convolution with K (conv; P^T is then the convolution with the flipped, channel-swapped kernel), and a
+positive factor s per hidden channel:
+
+* SLL: s = 2 / (t + eps), t_i = sum_j |P P^T|_ij q_j / q_i with trainable q = exp(log_q);
+* CPL: s = 2 / (sigma^2 + eps), sigma a power-iteration estimate of ||P||_2 with a persistent vector.
+
+Certificate (what `lipschitz_constant` computes, for the weights as they are, rounded to the compute dtype):
+the Jacobian is J = I - B D B^T with B = P^T S^(1/2) and D = diag(relu') in [0, 1], so the eigenvalues of
+the symmetric J lie in [1 - ||B||^2, 1] and ||J||_2 <= max(1, ||B||_2^2 - 1). ||B||_2 is bounded from above
+(exact dense SVD, exact/upper conv operator norm from `deel_lip_ext.spectrum.conv_sv_range`, or a weighted
+Gershgorin bound, whichever is smaller); no power-iteration estimate enters the certificate. For SLL,
+||B||^2 <= 2 max_i t_i / (t_i + eps) < 2 (Gershgorin with the weights q / sqrt(s)), so the bound is 1; for CPL it is 1
+when sigma is the true norm and max(1, 2 ||P||^2 / (sigma^2 + eps) - 1) otherwise (power iteration
+converges from below, so the certificate may exceed 1 by a little, never be below the truth).
+
+For convolutions the Gershgorin bound holds for zero ("same") and circular padding: P P^T is (a principal
+sub-matrix of, after E E^T <= I for zero padding) the circular Gram on a large enough torus, whose entries are
+(sums of) the kernel's self-correlation entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+from numpy.typing import ArrayLike
+
+from deel_lip_ext import normalizers
+from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
+from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad, int_pair
+from deel_lip_ext.spectrum import circular_pad_widths, conv_sv_range, dense_sv_range
+
+__all__ = ["SLLDense", "SLLConv2D", "CPLDense", "CPLConv2D"]
+
+RESIDUAL_PADDINGS = ("same", "circular")
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def _positive_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a positive finite number (it keeps the factor finite), got {eps!r}.")
+    return float(eps)
+
+
+class ResidualLipschitzBase(LipschitzBounded, keras.layers.Layer):
+    """Plumbing of the residual layers h(x) = x - P^T (s * relu(P x + b)) (see the module docstring).
+
+    Subclasses say how the factor s (one per hidden channel, float32) is computed: `scale(training)` returns
+    `(s, state_updates)`, and `gershgorin_weights()` the positive weights of their Gershgorin bound.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        use_bias: bool,
+        kernel_initializer: str | keras.initializers.Initializer,
+        bias_initializer: str | keras.initializers.Initializer,
+        eps: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.units = _positive_int(units, "units" if self._is_dense else "filters")
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.eps = _positive_eps(eps)
+
+    _is_dense = True
+
+    # --- the linear map P and its adjoint -------------------------------------------------------------
+    def apply_p(self, x, kernel):
+        """P x."""
+        return ops.matmul(x, kernel)
+
+    def apply_p_adjoint(self, z, kernel):
+        """P^T z."""
+        return ops.matmul(z, ops.transpose(kernel))
+
+    def kernel_shape(self, input_shape):
+        return (input_shape[-1], self.units)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if input_shape[-1] is None:
+            raise ValueError(f"{type(self).__name__} needs a known channel dimension, got {input_shape}.")
+        self.kernel = self.add_weight(
+            name="kernel", shape=self.kernel_shape(input_shape), initializer=self.kernel_initializer, autocast=False
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
+        self.build_scale_state(input_shape)
+
+    def build_scale_state(self, input_shape):
+        """Create the factor's state (none by default)."""
+
+    def scale(self, training: bool | None = False):
+        raise NotImplementedError
+
+    def gershgorin_weights(self, factor: np.ndarray):
+        """Positive weights (one per hidden channel) of the Gershgorin bound of ||B||^2, or None (all ones).
+
+        Any positive weights give a valid bound; `factor` is the effective s.
+        """
+        return None
+
+    def call(self, inputs: ArrayLike, training: bool | None = None):
+        factor, updates = self.scale(training=bool(training))
+        if training:
+            for variable, value in updates:
+                variable.assign(value)
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        hidden = self.apply_p(inputs, kernel)
+        if self.use_bias:
+            hidden = hidden + self.bias
+        hidden = ops.relu(hidden) * ops.cast(factor, self.compute_dtype)
+        return inputs - self.apply_p_adjoint(hidden, kernel)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
+        return tuple(input_shape)
+
+    def effective_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(kernel, factor) as the layer multiplies with them: rounded to the compute dtype, as float32 numpy."""
+        if not self.built:
+            raise RuntimeError(f"Layer {self.name!r} must be built before its weights exist.")
+
+        def rounded(value):
+            return ops.convert_to_numpy(ops.cast(ops.cast(value, self.compute_dtype), "float32"))
+
+        return rounded(self.kernel), rounded(self.scale(training=False)[0])
+
+    def _b_norm_squared(self, input_shape):
+        """Upper bound of ||P^T S^(1/2)||_2^2 for the effective weights (float64)."""
+        kernel, factor = self.effective_weights()
+        scaled = kernel.astype(np.float64) * np.sqrt(factor.astype(np.float64))
+        weights = self.gershgorin_weights(factor.astype(np.float64))
+        weights = None if weights is None else ops.convert_to_tensor(np.asarray(weights, np.float64))
+        rows = normalizers.gram_row_sums(normalizers.hidden_major_kernel(ops.convert_to_tensor(scaled)), weights)
+        rows = ops.convert_to_numpy(rows)
+        gershgorin = float(np.max(rows))
+        if rows.dtype != np.float64:
+            # A backend without float64 (JAX by default) summed in float32: relative error <= n u with n the
+            # number of terms (< 1e4 for these layers), u = 6e-8; inflate so that the bound stays a bound.
+            gershgorin *= 1 + 1e-3
+        return min(gershgorin, self._operator_norm(scaled, input_shape) ** 2)
+
+    def _operator_norm(self, scaled, input_shape):
+        return dense_sv_range(scaled)[1]
+
+    def _lipschitz_constant(self, norm, input_shape):
+        if norm != "l2":
+            raise ValueError(
+                f"layer {self.name!r} ({type(self).__name__}) is 1-Lipschitz for the L2 norm only; its l_inf "
+                "constant is not known: use norm='l2' or l_inf-distance layers (LInfDistDense)."
+            )
+        if not self.built:
+            raise ValueError(f"layer {self.name!r} must be built before its Lipschitz constant can be computed.")
+        return max(1.0, self._b_norm_squared(input_shape) - 1.0)
+
+    # --- export ------------------------------------------------------------------------------------------
+    def plain_hidden_layers(self, kernel, bias, factor):
+        """Stock layers computing P x + b and P^T (s z)."""
+        first = keras.layers.Dense(self.units, use_bias=self.use_bias, name=f"{self.name}_in", dtype=self.dtype_policy)
+        first.build((None, kernel.shape[0]))
+        first.set_weights([kernel] + ([bias] if self.use_bias else []))
+        second = keras.layers.Dense(kernel.shape[0], use_bias=False, name=f"{self.name}_out", dtype=self.dtype_policy)
+        second.build((None, self.units))
+        second.set_weights([np.transpose(kernel * factor)])
+        return [first], [second]
+
+    def vanilla_export(self) -> list:
+        """A functional `keras.Model` of stock layers (Dense/Conv2D, ReLU, Subtract) computing the same function."""
+        kernel, factor = self.effective_weights()
+        bias = None if self.bias is None else ops.convert_to_numpy(self.bias)
+        into, back = self.plain_hidden_layers(kernel, bias, factor)
+        shape = built_input_shape(self)
+        inputs = keras.Input(batch_shape=shape, dtype=self.compute_dtype)
+        x = inputs
+        for layer in into:
+            x = layer(x)
+        x = keras.layers.ReLU(name=f"{self.name}_relu", dtype=self.dtype_policy)(x)
+        for layer in back:
+            x = layer(x)
+        outputs = keras.layers.Subtract(name=f"{self.name}_subtract", dtype=self.dtype_policy)([inputs, x])
+        return [keras.Model(inputs, outputs, name=self.name)]
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "units" if self._is_dense else "filters": self.units,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "eps": self.eps,
+            }
+        )
+        return config
+
+
+class _ConvMixin:
+    """Stride-1 convolution P ("same" zero or circular padding, odd kernel) and its adjoint."""
+
+    _is_dense = False
+
+    def _init_conv(self, kernel_size, padding):
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        if any(k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"kernel_size must be odd (the adjoint is then a 'same' conv), got {kernel_size!r}.")
+        if padding not in RESIDUAL_PADDINGS:
+            raise ValueError(
+                f"padding must be one of {RESIDUAL_PADDINGS} (the output has the input's shape), got {padding!r}."
+            )
+        self.padding = padding
+
+    def kernel_shape(self, input_shape):
+        return (*self.kernel_size, input_shape[-1], self.units)
+
+    def _conv(self, x, kernel):
+        if self.padding == "circular":
+            return ops.conv(circular_pad(x, circular_pad_widths(self.kernel_size)), kernel, padding="valid")
+        return ops.conv(x, kernel, padding="same")
+
+    def apply_p(self, x, kernel):
+        return self._conv(x, kernel)
+
+    def apply_p_adjoint(self, z, kernel):
+        return self._conv(z, normalizers.adjoint_conv_kernel(kernel))
+
+    def check_circular_size(self, input_shape):
+        if self.padding == "circular":
+            for size, pads in zip(input_shape[1:3], circular_pad_widths(self.kernel_size)):
+                if size is None or max(pads) > size:
+                    raise ValueError(
+                        f"padding='circular' needs known spatial dimensions >= kernel_size // 2, got {input_shape}."
+                    )
+
+    def _operator_norm(self, scaled, input_shape):
+        shape = tuple(input_shape)[1:3] if input_shape is not None else (None, None)
+        return conv_sv_range(scaled, (*shape, scaled.shape[2]), (1, 1), self.padding)[1]
+
+    def plain_hidden_layers(self, kernel, bias, factor):
+        adjoint = ops.convert_to_numpy(normalizers.adjoint_conv_kernel(ops.convert_to_tensor(kernel * factor)))
+
+        def conv(filters, weights, name):
+            layers = []
+            padding = "same"
+            if self.padding == "circular":
+                layers.append(CircularPadding2D(circular_pad_widths(self.kernel_size), name=f"{name}_pad"))
+                padding = "valid"
+            layer = keras.layers.Conv2D(
+                filters,
+                self.kernel_size,
+                padding=padding,
+                use_bias=len(weights) > 1,
+                name=name,
+                dtype=self.dtype_policy,
+            )
+            layer.build((None, None, None, weights[0].shape[2]))
+            layer.set_weights(weights)
+            return layers + [layer]
+
+        into = conv(self.units, [kernel] + ([bias] if self.use_bias else []), f"{self.name}_in")
+        return into, conv(kernel.shape[2], [adjoint], f"{self.name}_out")
+
+    def _conv_config(self):
+        return {"kernel_size": self.kernel_size, "padding": self.padding}
+
+
+class _SLLMixin:
+    def _lipschitz_constant(self, norm, input_shape):
+        if norm == "l2" and not self.built:
+            return 1.0  # by construction (diag(t + eps) - P P^T is PSD for every kernel); built: checked on the weights
+        return super()._lipschitz_constant(norm, input_shape)
+
+    def build_scale_state(self, input_shape):
+        self.log_q = self.add_weight(name="log_q", shape=(self.units,), initializer="zeros", autocast=False)
+
+    def scale(self, training: bool | None = False):
+        return normalizers.sll_scale(ops.cast(self.kernel, "float32"), self.log_q, self.eps), []
+
+    def gershgorin_weights(self, factor):
+        # w = q / sqrt(s): the weighted row sums of S^1/2 |P P^T| S^1/2 are then s_i t_i = 2 t_i / (t_i + eps) < 2.
+        return np.exp(ops.convert_to_numpy(self.log_q).astype(np.float64)) / np.sqrt(factor)
+
+
+class _CPLMixin:
+    def _init_power_iterations(self, power_iterations):
+        self.power_iterations = _positive_int(power_iterations, "power_iterations")
+
+    def _vector_shape(self, input_shape):
+        return (1, input_shape[-1])
+
+    def build_scale_state(self, input_shape):
+        self.u = self.add_weight(
+            name="u",
+            shape=self._vector_shape(input_shape),
+            initializer=keras.initializers.RandomNormal(0.0, 1.0),
+            trainable=False,
+            autocast=False,
+        )
+        # Start from a converged vector for the initial kernel (only the estimate's quality depends on it).
+        self.u.assign(self._power_iteration(50)[1])
+
+    def _power_iteration(self, iterations):
+        kernel = ops.cast(self.kernel, "float32")
+        return normalizers.operator_power_iteration(
+            lambda u: self.apply_p(u, kernel), lambda z: self.apply_p_adjoint(z, kernel), self.u, maxiter=iterations
+        )
+
+    def scale(self, training: bool | None = False):
+        sigma, u = self._power_iteration(self.power_iterations)
+        factor = ops.ones((self.units,), "float32") * (2.0 / (ops.square(sigma) + self.eps))
+        return factor, [(self.u, u)]
+
+
+_RESIDUAL_ARGS = """
+        use_bias: whether to add a bias to the hidden units (it does not change the constant).
+        kernel_initializer: initializer of the kernel.
+        bias_initializer: initializer of the bias.
+        eps: positive number added to the factor's denominator (keeps it finite; a larger denominator
+            keeps the layer 1-Lipschitz)."""
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class SLLDense(_SLLMixin, ResidualLipschitzBase):
+    """SDP-based Lipschitz residual layer (SLL), dense: x - 2 W T^-1 relu(W^T x + b) in Keras layout.
+
+    Computes `x - (s * relu(x K + b)) K^T` with s = 2 / (t + eps), t_i = sum_j |K^T K|_ij q_j / q_i and trainable
+    q = exp(log_q): 1-Lipschitz (L2) for every kernel and q. Exports to a functional block of Dense, ReLU, Subtract.
+
+    Args:
+        units: number of hidden units.
+        use_bias: whether to add a bias to the hidden units.
+        kernel_initializer: initializer of the kernel (input_dim, units).
+        bias_initializer: initializer of the bias.
+        eps: positive number added to t (SLL diverges without it when some t_i is ~0).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype).
+
+    Examples:
+        >>> layer = SLLDense(32)
+        >>> y = layer(keras.random.normal((4, 16)))  # same shape as the input
+        >>> block = layer.vanilla_export()[0]  # a functional keras.Model of stock layers
+    """
+
+    def __init__(
+        self,
+        units: int,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        eps: float = 1e-6,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(units, use_bias, kernel_initializer, bias_initializer, eps, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class SLLConv2D(_SLLMixin, _ConvMixin, ResidualLipschitzBase):
+    """Convolutional SLL layer: x - P^T (s * relu(P x + b)), P the stride-1 conv with the kernel.
+
+    s = 2 / (t + eps) per hidden channel, t from the kernel's self-correlation over the input channels weighted
+    by q = exp(log_q). 1-Lipschitz (L2) for every kernel, "same" or circular padding and input size. Exports to
+    a functional block of Conv2D (after CircularPadding2D when circular), ReLU, Conv2D (the adjoint), Subtract.
+
+    Args:
+        filters: number of hidden channels.
+        kernel_size: odd int or pair of odd ints.
+        padding: "same" (zero) or "circular".
+        use_bias: whether to add a bias to the hidden channels.
+        kernel_initializer: initializer of the kernel (kh, kw, channels, filters).
+        bias_initializer: initializer of the bias.
+        eps: positive number added to t.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype).
+
+    Examples:
+        >>> layer = SLLConv2D(32, 3)
+        >>> y = layer(keras.random.normal((2, 16, 16, 8)))  # same shape as the input
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int] = 3,
+        padding: str = "same",
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        eps: float = 1e-6,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(filters, use_bias, kernel_initializer, bias_initializer, eps, **kwargs)
+        self._init_conv(kernel_size, padding)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.check_circular_size(input_shape)
+        super().build(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self._conv_config()}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class CPLDense(_CPLMixin, ResidualLipschitzBase):
+    """Convex Potential Layer x - 2 / ||K||^2 K relu(K^T x + b), in Keras layout (see the module docstring).
+
+    Computes `x - s (relu(x K + b)) K^T`, s = 2 / (sigma^2 + eps), sigma a power-iteration estimate of ||K||_2
+    with a persistent vector (`power_iterations` steps per call, stored in training). The certificate
+    (`lipschitz_constant`) uses the exact ||K||_2, not the estimate: max(1, 2 ||K||^2 / (sigma^2 + eps) - 1).
+
+    Args:
+        units: number of hidden units.
+        use_bias: whether to add a bias to the hidden units.
+        kernel_initializer: initializer of the kernel (input_dim, units).
+        bias_initializer: initializer of the bias.
+        eps: positive number added to sigma^2.
+        power_iterations: power-iteration steps per call (>= 1).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype).
+
+    Examples:
+        >>> layer = CPLDense(32)
+        >>> y = layer(keras.random.normal((4, 16)))
+        >>> layer.lipschitz_constant()  # ~1 (>= 1)
+    """
+
+    def __init__(
+        self,
+        units: int,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        eps: float = 1e-6,
+        power_iterations: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(units, use_bias, kernel_initializer, bias_initializer, eps, **kwargs)
+        self._init_power_iterations(power_iterations)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "power_iterations": self.power_iterations}
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class CPLConv2D(_CPLMixin, _ConvMixin, ResidualLipschitzBase):
+    """Convolutional Convex Potential Layer: x - s P^T relu(P x + b), s = 2 / (sigma^2 + eps).
+
+    sigma is a power-iteration estimate of the conv operator's norm at the build input size (which must be
+    known), with a persistent image-shaped vector. The certificate uses the exact (or an upper bound of the)
+    operator norm at the input size: max(1, s ||P||^2 - 1).
+
+    Args:
+        filters: number of hidden channels.
+        kernel_size: odd int or pair of odd ints.
+        padding: "same" (zero) or "circular".
+        use_bias: whether to add a bias to the hidden channels.
+        kernel_initializer: initializer of the kernel (kh, kw, channels, filters).
+        bias_initializer: initializer of the bias.
+        eps: positive number added to sigma^2.
+        power_iterations: power-iteration steps per call (>= 1).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype).
+
+    Examples:
+        >>> layer = CPLConv2D(16, 3)
+        >>> y = layer(keras.random.normal((2, 16, 16, 8)))
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int] = 3,
+        padding: str = "same",
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        eps: float = 1e-6,
+        power_iterations: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(filters, use_bias, kernel_initializer, bias_initializer, eps, **kwargs)
+        self._init_conv(kernel_size, padding)
+        self._init_power_iterations(power_iterations)
+
+    def _vector_shape(self, input_shape):
+        if input_shape[1] is None or input_shape[2] is None:
+            raise ValueError(
+                f"CPLConv2D needs known spatial dimensions (its power iteration runs at that size), got {input_shape}."
+            )
+        return (1, *input_shape[1:])
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.check_circular_size(input_shape)
+        super().build(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self._conv_config(), "power_iterations": self.power_iterations}
