@@ -20,3 +20,4 @@ from deel_lip_ext.layers.padding import Padding2D
 from deel_lip_ext.layers.pad_conv import PadConv2D
 from deel_lip_ext.layers.transposed import SpectralConv2DTranspose
 from deel_lip_ext.layers.conv1d import SpectralConv1D
+from deel_lip_ext.layers.aoc import AOCConv2D, AOCConv2DTranspose
