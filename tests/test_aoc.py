@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from deel_lip_ext import layers as lip
+from deel_lip_ext.layers import aoc
 from deel_lip_ext.layers.aoc import strided_conv_norm
 from deel_lip_ext.normalizers import compose_conv_kernels
 from deel_lip_ext.spectrum import conv_operator_matrix
@@ -20,8 +21,8 @@ def _size(k, s):
     return max(4, 2 * s, k + (k % 2))
 
 
-def _trained(cls, c_in, c_out, k, s, padding, klip, size, steps=4, seed=0):
-    layer = cls(c_out, k, strides=s, padding=padding, k_coef_lip=klip, bias_initializer="random_normal")
+def _trained(cls, c_in, c_out, k, s, padding, klip, size, steps=4, seed=0, **kwargs):
+    layer = cls(c_out, k, strides=s, padding=padding, k_coef_lip=klip, bias_initializer="random_normal", **kwargs)
     model = keras.Sequential([keras.Input((size, size, c_in)), layer])
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     rng = np.random.default_rng(seed)
@@ -42,9 +43,9 @@ def _exported_matrix(layer, input_shape):
     return (out[1:] - out[:1]).reshape(size, -1), exported
 
 
-def _check_layer(cls, c_in, c_out, k, s, padding, klip, seed=0):
-    size = _size(k, s)
-    model, layer = _trained(cls, c_in, c_out, k, s, padding, klip, size, seed=seed)
+def _check_layer(cls, c_in, c_out, k, s, padding, klip, seed=0, size=None, **kwargs):
+    size = size or _size(k, s)
+    model, layer = _trained(cls, c_in, c_out, k, s, padding, klip, size, seed=seed, **kwargs)
     input_shape = (size, size, c_in)
     matrix, exported = _exported_matrix(layer, input_shape)
     # Export parity on random inputs (bias and all).
@@ -68,27 +69,32 @@ def _check_layer(cls, c_in, c_out, k, s, padding, klip, seed=0):
 
 
 # (c_in, c_out, kernel, stride, padding, k): both channel directions, kernel > stride, every padding.
-FAST_CASES = [
+CONV_CASES = [
     (1, 8, 3, 1, "circular", 1.0),
-    (16, 4, 3, 1, "circular", 0.5),
+    (16, 3, 3, 2, "circular", 5.0),
+    (2, 64, 2, 2, "circular", 1.0),
+    (64, 2, 1, 1, "circular", 0.5),
+    (8, 8, 3, 2, "same", 0.5),
+    (4, 8, 5, 1, "valid", 5.0),
+]
+# c_in < c_out with kernel > stride is the case orthogonium's PRs #1/#2 fixed for transposed layers.
+TRANSPOSED_CASES = [
     (3, 16, 3, 2, "circular", 1.0),
     (16, 3, 3, 2, "circular", 5.0),
-    (4, 4, 5, 2, "circular", 1.0),
-    (2, 64, 2, 2, "circular", 1.0),
-    (64, 2, 1, 1, "circular", 1.0),
+    (4, 4, 5, 2, "circular", 0.5),
     (8, 8, 3, 2, "same", 0.5),
     (4, 8, 5, 1, "valid", 5.0),
 ]
 
 
-@pytest.mark.parametrize("c_in, c_out, k, s, padding, klip", FAST_CASES)
+@pytest.mark.parametrize("c_in, c_out, k, s, padding, klip", CONV_CASES)
 def test_conv_is_orthogonal_after_adam_steps(c_in, c_out, k, s, padding, klip):
     layer, _ = _check_layer(lip.AOCConv2D, c_in, c_out, k, s, padding, klip)
     assert layer.effective_kernel().shape == (k, k, c_in, c_out)
     assert layer.vanilla_export()[-1].strides == (s, s)
 
 
-@pytest.mark.parametrize("c_in, c_out, k, s, padding, klip", FAST_CASES)
+@pytest.mark.parametrize("c_in, c_out, k, s, padding, klip", TRANSPOSED_CASES)
 def test_transposed_is_orthogonal_after_adam_steps(c_in, c_out, k, s, padding, klip):
     layer, matrix = _check_layer(lip.AOCConv2DTranspose, c_in, c_out, k, s, padding, klip)
     # The transposed layer is exactly the adjoint of the strided conv with its kernel on the output space.
@@ -113,6 +119,19 @@ def test_grid_orthogonal_after_adam_steps(cls, c_in, c_out, k, s, padding, klip)
     _check_layer(cls, c_in, c_out, k, s, padding, klip, seed=3)
 
 
+@pytest.mark.parametrize("c_in, c_out, padding, size", [(3, 8, "circular", 7), (8, 3, "circular", 6), (4, 4, "same", 6)])
+def test_dilated_conv_is_orthogonal_at_every_size(c_in, c_out, padding, size):
+    layer, _ = _check_layer(lip.AOCConv2D, c_in, c_out, 3, 1, padding, 1.0, size=size, dilation_rate=2)
+    assert layer.vanilla_export()[-1].dilation_rate == (2, 2)
+
+
+@pytest.mark.parametrize("c_in, c_out, k, s, groups", [(4, 8, 3, 2, 2), (12, 6, 3, 1, 3)])
+def test_grouped_conv_is_orthogonal(c_in, c_out, k, s, groups):
+    layer, _ = _check_layer(lip.AOCConv2D, c_in, c_out, k, s, "circular", 1.0, groups=groups)
+    assert layer.effective_kernel().shape == (k, k, c_in // groups, c_out)
+    assert layer.vanilla_export()[-1].groups == groups
+
+
 def test_compose_conv_kernels_is_the_composition():
     rng = np.random.default_rng(0)
     first, second = rng.normal(size=(2, 3, 2, 4)), rng.normal(size=(2, 2, 4, 3))
@@ -125,14 +144,20 @@ def test_compose_conv_kernels_is_the_composition():
 
 
 @pytest.mark.parametrize("padding", ["circular", "same", "valid"])
-def test_strided_conv_norm_exact_and_large_input_bound(padding):
+def test_strided_conv_norm_exact_and_large_input_bound(padding, monkeypatch):
     kernel = np.random.default_rng(1).normal(size=(3, 3, 2, 5))
-    exact = np.linalg.svd(conv_operator_matrix(kernel, (8, 8, 2), (2, 2), padding), compute_uv=False).max()
-    assert abs(strided_conv_norm(kernel, (8, 8), (2, 2), padding) - exact) <= 1e-9 * exact
-    # Large zero-padded inputs get the enclosing torus's norm: an upper bound, close for a random kernel.
-    big = strided_conv_norm(kernel, (40, 40), (2, 2), padding)
-    big_exact = np.linalg.svd(conv_operator_matrix(kernel, (40, 40, 2), (2, 2), padding), compute_uv=False).max()
-    assert big >= big_exact * (1 - 1e-9) and big <= 1.1 * big_exact
+
+    def exact(size):
+        return np.linalg.svd(conv_operator_matrix(kernel, (size, size, 2), (2, 2), padding), compute_uv=False).max()
+
+    assert abs(strided_conv_norm(kernel, (8, 8), (2, 2), padding) - exact(8)) <= 1e-9 * exact(8)
+    # Above the dense-SVD size, zero padding gets the enclosing torus's norm: an upper bound, close for a random
+    # kernel (circular stays exact). Lower the threshold to check it against the exact norm quickly.
+    monkeypatch.setattr(aoc, "MAX_DENSE_OPERATOR_SIZE", 100)
+    bound = strided_conv_norm(kernel, (12, 12), (2, 2), padding)
+    assert bound >= exact(12) * (1 - 1e-9) and bound <= 1.2 * exact(12)
+    if padding == "circular":
+        assert abs(bound - exact(12)) <= 1e-9 * bound
 
 
 def test_lipschitz_constant_holds_on_random_pairs():
@@ -155,6 +180,7 @@ def test_keras_round_trip_and_config(tmp_path):
         np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
         config = layer.get_config()
         assert config["k_coef_lip"] == 0.5 and config["strides"] == (2, 2) and config["bjorck_iterations"] == 20
+        assert config["padding"] == "circular" and config["filters"] == 8
         clone = cls.from_config(config)
         assert clone.get_config() == config
 
@@ -171,8 +197,10 @@ def test_condense_keeps_the_function():
     "cls, kwargs, match",
     [
         (lip.AOCConv2D, {"kernel_size": 1, "strides": 2}, "must be >= strides"),
-        (lip.AOCConv2D, {"kernel_size": 3, "dilation_rate": 2}, "dilation_rate"),
-        (lip.AOCConv2D, {"kernel_size": 3, "groups": 2}, "groups"),
+        (lip.AOCConv2D, {"kernel_size": 3, "dilation_rate": 2, "strides": 2}, "dilation_rate"),
+        (lip.AOCConv2DTranspose, {"kernel_size": 3, "dilation_rate": 2}, "dilation_rate"),
+        (lip.AOCConv2D, {"kernel_size": 3, "groups": 3}, "divisible by groups"),
+        (lip.AOCConv2D, {"kernel_size": 3, "groups": 0}, "groups"),
         (lip.AOCConv2D, {"kernel_size": 3, "padding": "reflect"}, "padding"),
         (lip.AOCConv2D, {"kernel_size": 3, "bjorck_iterations": 0}, "bjorck_iterations"),
         (lip.AOCConv2D, {"kernel_size": 3, "k_coef_lip": -1.0}, "k_coef_lip"),
@@ -191,6 +219,8 @@ def test_construction_errors(cls, kwargs, match):
         (lip.AOCConv2D, {"strides": 2}, (None, 7, 8, 3), "divisible"),
         (lip.AOCConv2D, {}, (None, None, 8, 3), "known spatial"),
         (lip.AOCConv2D, {"kernel_size": 5}, (None, 1, 1, 3), "too large"),
+        (lip.AOCConv2D, {"dilation_rate": 3}, (None, 2, 2, 3), "too large"),
+        (lip.AOCConv2D, {"groups": 2}, (None, 4, 4, 3), "divisible by groups"),
         (lip.AOCConv2D, {"padding": "valid"}, (None, 2, 8, 3), "at least kernel_size"),
         (lip.AOCConv2DTranspose, {"kernel_size": 5}, (None, 1, 1, 3), "too large"),
     ],

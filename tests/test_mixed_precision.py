@@ -10,6 +10,7 @@ import pytest
 from keras.src.backend import AutocastScope  # no public name: the scope Layer.__call__ enters
 
 from deel_lip_ext.layers import (
+    AOCConv2D,
     BCOPConv2D,
     BjorckDense,
     CircularPadding2D,
@@ -50,6 +51,7 @@ KERNEL_LAYERS = {
     "SpectralConv2D": (CONV_INPUT, lambda: SpectralConv2D(3, 3, padding="same", kernel_initializer="glorot_uniform")),
     "FrobeniusConv2D": (CONV_INPUT, lambda: FrobeniusConv2D(3, 3, padding="valid")),
     "BCOPConv2D": (CONV_INPUT, lambda: BCOPConv2D(4, 2)),
+    "AOCConv2D": (CONV_INPUT, lambda: AOCConv2D(4, 3)),
     "OSSNConv2D": (CONV_INPUT, lambda: OSSNConv2D(3, 3, padding="same")),
     "RKOConv2D": (CONV_INPUT, lambda: RKOConv2D(3, 3)),
     "SVCMConv2D": (CONV_INPUT, lambda: SVCMConv2D(3, 3)),

@@ -29,6 +29,12 @@ co-isometry otherwise, for its own padding: "same"/"valid" (Keras'
 transposed layer is orthogonal because it is the exact adjoint of an
 orthogonal convolution, whatever c_in, c_out and k > s (orthogonium PRs
 #1/#2 fixed failures of exactly these cases).
+
+Dilation (stride-1 `AOCConv2D` only): the stride-1 kernel's symbol is unitary
+at every frequency (a product of unitary BCOP factors and an orthogonal
+1 x 1 map), so the dilated circular convolution, whose symbol samples it at
+other frequencies, is orthogonal at every input size. Groups (`AOCConv2D`
+only): one AOC kernel per group, a block-diagonal operator.
 """
 
 from __future__ import annotations
@@ -144,12 +150,14 @@ class _AOCKernelMixin:
                 )
         self.bcop_kernel_size = tuple(k - s + 1 for k, s in zip(self.kernel_size, self.strides))
 
-    def _build_aoc_weights(self, aoc_in, aoc_out):
-        self.aoc_in, self.aoc_out = aoc_in, aoc_out
+    def _build_aoc_weights(self, aoc_in, aoc_out, groups):
+        """Raw matrices of `groups` independent AOC kernels (aoc_in / groups -> aoc_out / groups each)."""
+        self.aoc_in, self.aoc_out = aoc_in // groups, aoc_out // groups
         kh, kw = self.bcop_kernel_size
-        self.bcop_matrices = self._add_raw_kernel((kh + kw - 1, aoc_in, aoc_in), name="bcop_matrices")
-        rows = self.strides[0] * self.strides[1] * aoc_in
-        self.rko_matrix = self._add_raw_kernel((1, rows, aoc_out), name="rko_matrix")
+        count = groups * (kh + kw - 1)
+        self.bcop_matrices = self._add_raw_kernel((count, self.aoc_in, self.aoc_in), name="bcop_matrices")
+        rows = self.strides[0] * self.strides[1] * self.aoc_in
+        self.rko_matrix = self._add_raw_kernel((groups, rows, self.aoc_out), name="rko_matrix")
         self.bcop_vectors, self.rko_vectors = (
             self.add_weight(
                 name=name,
@@ -159,30 +167,38 @@ class _AOCKernelMixin:
                 dtype="float32",
                 autocast=False,
             )
-            for name, shape in (("bcop_vectors", (kh + kw - 1, aoc_in)), ("rko_vectors", (1, aoc_out)))
+            for name, shape in (("bcop_vectors", (count, self.aoc_in)), ("rko_vectors", (groups, self.aoc_out)))
         )
 
     def kernel_dependencies(self):
         return [self.bcop_matrices, self.rko_matrix, self.bcop_vectors, self.rko_vectors]
 
-    def compute_kernel(self, training: bool | None = False):
+    def _orthonormal(self):
         squares, bcop_vectors = orthonormalize_stack(
             self.bcop_matrices, self.bcop_vectors, self.bjorck_iterations, self.power_iterations
         )
-        matrix, rko_vectors = orthonormalize_stack(
+        matrices, rko_vectors = orthonormalize_stack(
             self.rko_matrix, self.rko_vectors, self.bjorck_iterations, self.power_iterations
         )
-        first = bcop_kernel(squares, self.bcop_kernel_size, self.aoc_in, self.aoc_in)
-        second = rko_strided_kernel(matrix[0], self.strides, self.aoc_in)
-        kernel = compose_conv_kernels(first, second) * self.k_coef_lip
-        return kernel, [(self.bcop_vectors, bcop_vectors), (self.rko_vectors, rko_vectors)]
+        return squares, matrices, [(self.bcop_vectors, bcop_vectors), (self.rko_vectors, rko_vectors)]
+
+    def compute_kernel(self, training: bool | None = False):
+        squares, matrices, updates = self._orthonormal()
+        per_group = squares.shape[0] // self.groups
+        kernels = []
+        for group in range(self.groups):
+            first = bcop_kernel(squares[group * per_group : (group + 1) * per_group], self.bcop_kernel_size, self.aoc_in, self.aoc_in)
+            second = rko_strided_kernel(matrices[group], self.strides, self.aoc_in)
+            kernels.append(compose_conv_kernels(first, second))
+        # Grouped convolutions read the output channels of group j as the j-th contiguous block.
+        kernel = kernels[0] if self.groups == 1 else ops.concatenate(kernels, axis=-1)
+        return kernel * self.k_coef_lip, updates
 
     def condense(self):
         """Replace the raw matrices by their orthonormalized values (the layer's function is unchanged)."""
-        squares, _ = orthonormalize_stack(self.bcop_matrices, self.bcop_vectors, self.bjorck_iterations, self.power_iterations)
-        matrix, _ = orthonormalize_stack(self.rko_matrix, self.rko_vectors, self.bjorck_iterations, self.power_iterations)
+        squares, matrices, _ = self._orthonormal()
         self.bcop_matrices.assign(squares)
-        self.rko_matrix.assign(matrix)
+        self.rko_matrix.assign(matrices)
 
     def _check_spatial(self, input_shape, divisible):
         """Refuse input sizes the padding cannot handle (circular: known sizes, divisible by the strides if asked)."""
@@ -203,17 +219,28 @@ class _AOCKernelMixin:
         return {"bjorck_iterations": self.bjorck_iterations, "power_iterations": self.power_iterations}
 
 
-def _refuse_unsupported(dilation_rate, groups):
-    if int_pair(dilation_rate, "dilation_rate") != (1, 1):
+def _refuse_unsupported(dilation_rate, groups, strides, transposed):
+    """The dilation as a pair; refuse what the AOC layers do not implement."""
+    dilation = int_pair(dilation_rate, "dilation_rate")
+    if dilation != (1, 1) and (transposed or int_pair(strides, "strides") != (1, 1)):
         raise ValueError(
-            f"dilation_rate must be 1 for AOC layers in this version, got {dilation_rate!r}: dilated AOC "
-            "convolutions are not implemented (use strides, or a BCOPConv2D on an InvertibleDownSampling)."
+            f"dilation_rate must be 1 for {'AOCConv2DTranspose' if transposed else 'a strided AOCConv2D'}, got "
+            f"{dilation_rate!r}: dilation is implemented for stride-1 AOCConv2D only (Keras has no strided dilated "
+            "convolution either)."
         )
-    if groups != 1:
-        raise ValueError(
-            f"groups must be 1 for AOC layers in this version, got {groups!r}: grouped AOC convolutions are not "
-            "implemented (split the channels and use one AOC layer per group)."
-        )
+    if transposed and groups != 1:
+        raise ValueError(f"groups must be 1 for AOCConv2DTranspose (Keras has no grouped transposed conv), got {groups!r}.")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be an integer >= 1, got {groups!r}.")
+    return dilation
+
+
+def _dilated(kernel: np.ndarray, dilation: tuple[int, int]) -> np.ndarray:
+    """The kernel with d - 1 zero taps between taps: a dilated conv is the plain conv with it."""
+    kh, kw = kernel.shape[:2]
+    expanded = np.zeros(((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1) + kernel.shape[2:])
+    expanded[:: dilation[0], :: dilation[1]] = kernel
+    return expanded
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -230,7 +257,7 @@ class AOCConv2D(_AOCKernelMixin, LipschitzConv2DBase):
     "valid" zero padding it is k-Lipschitz (not orthogonal). `operator_norm`
     is exact (FFT of the polyphase kernel for circular padding) or a
     certified upper bound. `vanilla_export()` gives [CircularPadding2D (if
-    circular), Conv2D] with the composed kernel and the real stride.
+    circular), Conv2D] with the composed kernel, the real stride, dilation and groups.
 
     Args:
         filters: number of output channels.
@@ -238,8 +265,10 @@ class AOCConv2D(_AOCKernelMixin, LipschitzConv2DBase):
         strides: int or pair.
         padding: "circular" (orthogonal), "same" or "valid" (k-Lipschitz).
         data_format: "channels_last" or None.
-        dilation_rate: must be 1 (dilated AOC is not implemented; refused).
-        groups: must be 1 (grouped AOC is not implemented; refused).
+        dilation_rate: int or pair; with strides 1 only (refused otherwise). The stride-1 kernel's symbol is
+            unitary at every frequency, so the dilated circular convolution is orthogonal at every input size.
+        groups: number of channel groups (input channels and `filters` divisible by it): one independent AOC
+            kernel per group, block diagonal, so orthogonal as a whole when each group is.
         activation: activation after the bias; must be 1-Lipschitz for the layer to stay k-Lipschitz.
         use_bias: whether to add a bias.
         kernel_initializer: initializer of the raw matrices (`StackedOrthogonal` by default, so that
@@ -284,7 +313,7 @@ class AOCConv2D(_AOCKernelMixin, LipschitzConv2DBase):
         power_iterations: int = BCOP_POWER_ITERATIONS,
         **kwargs: Any,
     ) -> None:
-        _refuse_unsupported(dilation_rate, groups)
+        dilation = _refuse_unsupported(dilation_rate, groups, strides, transposed=False)
         super().__init__(
             filters,
             kernel_size,
@@ -304,6 +333,11 @@ class AOCConv2D(_AOCKernelMixin, LipschitzConv2DBase):
             **kwargs,
         )
         self._init_aoc(bjorck_iterations, power_iterations)
+        if filters % groups:
+            raise ValueError(f"filters ({filters}) must be divisible by groups ({groups}).")
+        self.groups = groups
+        self.dilation_rate = dilation
+        self.dilated_size = tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, dilation))
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         height, width, channels = input_shape[1:]
@@ -311,25 +345,84 @@ class AOCConv2D(_AOCKernelMixin, LipschitzConv2DBase):
             raise ValueError(f"AOCConv2D needs a known number of input channels >= 1, got {input_shape}.")
         self._check_spatial(input_shape, divisible=True)
         if self.padding == "circular":
-            for size, pads in zip((height, width), circular_pad_widths(self.kernel_size)):
+            for size, pads in zip((height, width), circular_pad_widths(self.dilated_size)):
                 if max(pads) > size:
                     raise ValueError(
-                        f"kernel_size {self.kernel_size} is too large for circular padding of a {height}x{width} input."
+                        f"kernel_size {self.kernel_size} (dilation {self.dilation_rate}) is too large for circular "
+                        f"padding of a {height}x{width} input."
                     )
+        elif self.padding == "valid" and any(n is not None and n < d for n, d in zip((height, width), self.dilated_size)):
+            raise ValueError(
+                f"padding='valid' needs inputs at least the dilated kernel {self.dilated_size}, got {input_shape}."
+            )
         self.input_spatial_size = (height, width)
-        self._build_aoc_weights(channels, self.filters)
+        if channels % self.groups:
+            raise ValueError(f"the input channels ({channels}) must be divisible by groups ({self.groups}).")
+        self._build_aoc_weights(channels, self.filters, self.groups)
         self._add_bias(self.filters)
-        self.build_kernel_cache(self.kernel_size + (channels, self.filters))
+        self.build_kernel_cache(self.kernel_size + (channels // self.groups, self.filters))
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
 
+    def call(self, inputs: ArrayLike, training: bool | None = None):
+        self.check_input_size(inputs.shape)
+        padding = self.padding
+        if padding == "circular":
+            inputs = circular_pad(inputs, circular_pad_widths(self.dilated_size))
+            padding = "valid"
+        kernel = self.kernel_for_call(training)
+        outputs = ops.conv(inputs, kernel, strides=self.strides, padding=padding, dilation_rate=self.dilation_rate)
+        return self._bias_and_activation(outputs)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
+        sizes = []
+        for size, k, s in zip(input_shape[1:3], self.dilated_size, self.strides):
+            if size is None:
+                sizes.append(None)
+            elif self.padding == "valid":
+                sizes.append((size - k) // s + 1)
+            else:
+                sizes.append(-(-size // s))
+        return (input_shape[0], *sizes, self.filters)
+
+    def plain_layers(self, kernel: ArrayLike):
+        layers = []
+        in_shape = (None, *self.input_spatial_size, kernel.shape[2] * self.groups)
+        padding = self.padding
+        if padding == "circular":
+            pad = CircularPadding2D(circular_pad_widths(self.dilated_size), name=f"{self.name}_circular_pad")
+            layers.append(pad)
+            in_shape = pad.compute_output_shape(in_shape)
+            padding = "valid"
+        conv = keras.layers.Conv2D(
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            groups=self.groups,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            name=self.name,
+            dtype=self.dtype_policy,
+        )
+        conv.build(in_shape)
+        conv.set_weights(self._plain_weights(kernel))
+        return layers + [conv]
+
     def operator_norm(self, input_shape: tuple | None = None) -> float:
-        """L2 norm of the bias-free strided convolution at `input_shape` (see `strided_conv_norm`)."""
+        """L2 norm of the bias-free (strided or dilated) convolution at `input_shape` (see `strided_conv_norm`)."""
         shape = self._checked_shape(input_shape)
-        return strided_conv_norm(self.effective_kernel(), shape[1:3], self.strides, self.padding)
+        kernel = _dilated(np.asarray(ops.convert_to_numpy(self.effective_kernel())), self.dilation_rate)
+        # A grouped conv is block diagonal (group j: input block j -> output block j): the max over groups.
+        width = self.filters // self.groups
+        return max(
+            strided_conv_norm(kernel[..., j * width : (j + 1) * width], shape[1:3], self.strides, self.padding)
+            for j in range(self.groups)
+        )
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(self._aoc_config())
+        config.update({"dilation_rate": self.dilation_rate, "groups": self.groups, **self._aoc_config()})
         return config
 
 
@@ -401,7 +494,7 @@ class AOCConv2DTranspose(_AOCKernelMixin, LipschitzConv2DBase):
         power_iterations: int = BCOP_POWER_ITERATIONS,
         **kwargs: Any,
     ) -> None:
-        _refuse_unsupported(dilation_rate, groups)
+        _refuse_unsupported(dilation_rate, groups, strides, transposed=True)
         if output_padding is not None:
             raise ValueError(f"output_padding must be None for AOCConv2DTranspose, got {output_padding!r}.")
         super().__init__(
@@ -423,6 +516,7 @@ class AOCConv2DTranspose(_AOCKernelMixin, LipschitzConv2DBase):
             **kwargs,
         )
         self._init_aoc(bjorck_iterations, power_iterations)
+        self.groups = 1
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         height, width, channels = input_shape[1:]
@@ -437,7 +531,7 @@ class AOCConv2DTranspose(_AOCKernelMixin, LipschitzConv2DBase):
                         f"kernel_size {self.kernel_size} is too large for circular padding of a {height}x{width} "
                         f"input with strides {self.strides}."
                     )
-        self._build_aoc_weights(self.filters, channels)
+        self._build_aoc_weights(self.filters, channels, 1)
         self._add_bias(self.filters)
         self.build_kernel_cache(self.kernel_size + (self.filters, channels))
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
