@@ -65,6 +65,8 @@ def _check_layer(cls, c_in, c_out, k, s, padding, klip, seed=0, size=None, **kwa
         gram = matrix @ matrix.T if n_in <= n_out else matrix.T @ matrix
         np.testing.assert_allclose(gram, klip**2 * np.eye(min(n_in, n_out)), atol=2 * TOL * klip**2)
         assert np.abs(values[: min(n_in, n_out)] - klip).max() <= TOL * klip
+        low, high = layer.lipschitz_sv()
+        assert abs(low - values[: min(n_in, n_out)].min()) <= 1e-5 * klip and abs(high - exact) <= 1e-5 * klip
     return layer, matrix
 
 
@@ -119,7 +121,9 @@ def test_grid_orthogonal_after_adam_steps(cls, c_in, c_out, k, s, padding, klip)
     _check_layer(cls, c_in, c_out, k, s, padding, klip, seed=3)
 
 
-@pytest.mark.parametrize("c_in, c_out, padding, size", [(3, 8, "circular", 7), (8, 3, "circular", 6), (4, 4, "same", 6)])
+@pytest.mark.parametrize(
+    "c_in, c_out, padding, size", [(3, 8, "circular", 7), (8, 3, "circular", 6), (4, 4, "same", 6)]
+)
 def test_dilated_conv_is_orthogonal_at_every_size(c_in, c_out, padding, size):
     layer, _ = _check_layer(lip.AOCConv2D, c_in, c_out, 3, 1, padding, 1.0, size=size, dilation_rate=2)
     assert layer.vanilla_export()[-1].dilation_rate == (2, 2)

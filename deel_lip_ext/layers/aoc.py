@@ -39,7 +39,6 @@ only): one AOC kernel per group, a block-diagonal operator.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
@@ -106,7 +105,8 @@ def strided_conv_norm(
     if padding == "circular":
         if None in sizes or any(n % s for n, s in zip(sizes, strides)):
             raise ValueError(f"a circular strided conv needs a size divisible by strides {strides}, got {sizes}.")
-        return float(conv_singular_values(_polyphase_kernel(kernel, strides), (sizes[0] // strides[0], sizes[1] // strides[1])).max())
+        torus = (sizes[0] // strides[0], sizes[1] // strides[1])
+        return float(conv_singular_values(_polyphase_kernel(kernel, strides), torus).max())
     if None in sizes or np.prod(sizes) * kernel.shape[2] <= MAX_DENSE_OPERATOR_SIZE:
         return conv_sv_range(kernel, sizes + (kernel.shape[2],), strides, padding)[1]
     torus = tuple(-(-(n + k) // s) for n, k, s in zip(sizes, kernel.shape[:2], strides))
@@ -187,7 +187,8 @@ class _AOCKernelMixin:
         per_group = squares.shape[0] // self.groups
         kernels = []
         for group in range(self.groups):
-            first = bcop_kernel(squares[group * per_group : (group + 1) * per_group], self.bcop_kernel_size, self.aoc_in, self.aoc_in)
+            stack = squares[group * per_group : (group + 1) * per_group]
+            first = bcop_kernel(stack, self.bcop_kernel_size, self.aoc_in, self.aoc_in)
             second = rko_strided_kernel(matrices[group], self.strides, self.aoc_in)
             kernels.append(compose_conv_kernels(first, second))
         # Grouped convolutions read the output channels of group j as the j-th contiguous block.
@@ -211,9 +212,31 @@ class _AOCKernelMixin:
                     f"padding='circular' with strides {self.strides} needs sizes divisible by the strides (the "
                     f"operator is orthogonal on such tori only), got input shape {input_shape}."
                 )
-        elif self.padding == "valid" and divisible:
-            if any(size is not None and size < k for size, k in zip(sizes, self.kernel_size)):
-                raise ValueError(f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}.")
+
+    def lipschitz_sv(self, input_shape: tuple | None = None) -> tuple[float, float]:
+        """(min, max) singular values of the bias-free map at `input_shape` (default: the build shape).
+
+        Circular padding: exact, from the FFT of each group's polyphase kernel
+        (`min` over the min(#inputs, #outputs) singular values). Zero padding:
+        `(0.0, operator_norm)`, a range (the max exact or a certified bound).
+        """
+        norm = self.operator_norm(input_shape)
+        if self.padding != "circular":
+            return 0.0, norm
+        shape = self._checked_shape(input_shape)
+        kernel = np.asarray(ops.convert_to_numpy(self.effective_kernel()), dtype=np.float64)
+        if self._transposed:
+            sizes = self.compute_output_shape(shape)[1:3]
+        else:
+            sizes, kernel = shape[1:3], _dilated(kernel, self.dilation_rate)
+        torus = tuple(n // s for n, s in zip(sizes, self.strides))
+        width, low = kernel.shape[-1] // self.groups, np.inf
+        for j in range(self.groups):
+            poly = _polyphase_kernel(kernel[..., j * width : (j + 1) * width], self.strides)
+            values = conv_singular_values(poly, torus)
+            full = values.size >= torus[0] * torus[1] * min(poly.shape[2:])
+            low = min(low, float(values.min()) if full else 0.0)
+        return low, norm
 
     def _aoc_config(self):
         return {"bjorck_iterations": self.bjorck_iterations, "power_iterations": self.power_iterations}
@@ -229,7 +252,9 @@ def _refuse_unsupported(dilation_rate, groups, strides, transposed):
             "convolution either)."
         )
     if transposed and groups != 1:
-        raise ValueError(f"groups must be 1 for AOCConv2DTranspose (Keras has no grouped transposed conv), got {groups!r}.")
+        raise ValueError(
+            f"groups must be 1 for AOCConv2DTranspose (Keras has no grouped transposed conv), got {groups!r}."
+        )
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups must be an integer >= 1, got {groups!r}.")
     return dilation
@@ -336,6 +361,7 @@ class AOCConv2D(_AOCKernelMixin, LipschitzConv2DBase):
         if filters % groups:
             raise ValueError(f"filters ({filters}) must be divisible by groups ({groups}).")
         self.groups = groups
+        self._transposed = False
         self.dilation_rate = dilation
         self.dilated_size = tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, dilation))
 
@@ -351,9 +377,12 @@ class AOCConv2D(_AOCKernelMixin, LipschitzConv2DBase):
                         f"kernel_size {self.kernel_size} (dilation {self.dilation_rate}) is too large for circular "
                         f"padding of a {height}x{width} input."
                     )
-        elif self.padding == "valid" and any(n is not None and n < d for n, d in zip((height, width), self.dilated_size)):
+        elif self.padding == "valid" and any(
+            n is not None and n < k for n, k in zip((height, width), self.dilated_size)
+        ):
             raise ValueError(
-                f"padding='valid' needs inputs at least the dilated kernel {self.dilated_size}, got {input_shape}."
+                f"padding='valid' needs inputs at least kernel_size {self.kernel_size} (dilated: {self.dilated_size}), "
+                f"got {input_shape}."
             )
         self.input_spatial_size = (height, width)
         if channels % self.groups:
@@ -517,6 +546,7 @@ class AOCConv2DTranspose(_AOCKernelMixin, LipschitzConv2DBase):
         )
         self._init_aoc(bjorck_iterations, power_iterations)
         self.groups = 1
+        self._transposed = True
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         height, width, channels = input_shape[1:]
@@ -537,7 +567,8 @@ class AOCConv2DTranspose(_AOCKernelMixin, LipschitzConv2DBase):
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
 
     def _circular_geometry(self):
-        pads = [_transposed_circular_pads(n, k, s) for n, k, s in zip(self.input_spatial_size, self.kernel_size, self.strides)]
+        geometry = zip(self.input_spatial_size, self.kernel_size, self.strides)
+        pads = [_transposed_circular_pads(n, k, s) for n, k, s in geometry]
         return tuple(p[0] for p in pads), tuple(p[1] for p in pads)
 
     def call(self, inputs: ArrayLike, training: bool | None = None):
