@@ -494,3 +494,62 @@ def sll_scale(kernel: ArrayLike, log_q: ArrayLike, eps: float) -> Any:
     return 2.0 / (gram_row_sums(hidden_major_kernel(kernel), ops.exp(log_q)) + eps)
 
 
+# --------------------------------------------------------------------------------------------------
+# AOC (Boissin et al., 2025): an RKO strided kernel composed with a BCOP kernel (helper M2's section)
+# --------------------------------------------------------------------------------------------------
+
+__all__ += ["rko_strided_kernel", "compose_conv_kernels"]
+
+
+def rko_strided_kernel(matrix: ArrayLike, strides: tuple[int, int], in_channels: int) -> Any:
+    """The (sh, sw, c_in, c_out) kernel of a stride-s conv whose reshaped kernel is `matrix`.
+
+    A convolution with kernel size = stride = s reads each input pixel exactly
+    once: it is an `InvertibleDownSampling(s)` (a permutation) followed by the
+    1 x 1 map `x -> x @ matrix`, so its operator has the singular values of
+    `matrix` (orthonormal columns: co-isometry, rows: isometry) at every input
+    size divisible by s, with circular or zero padding alike.
+
+    Args:
+        matrix: (sh * sw * c_in, c_out), rows ordered (row, column, channel).
+        strides: (sh, sw).
+        in_channels: c_in.
+
+    Returns:
+        The Keras kernel (sh, sw, c_in, c_out).
+
+    Examples:
+        >>> kernel = rko_strided_kernel(orthonormal_matrix, (2, 2), 16)  # matrix (64, c_out)
+    """
+    return ops.reshape(matrix, (strides[0], strides[1], in_channels, matrix.shape[-1]))
+
+
+def compose_conv_kernels(first: ArrayLike, second: ArrayLike) -> Any:
+    """Kernel of `conv(conv(x, first, stride 1), second, stride s)` as one stride-s convolution.
+
+    With Keras' cross-correlation and row-vector taps, z[i] = sum_p x[i + p] first[p]
+    and y[o] = sum_q z[o s + q] second[q] give y[o] = sum_t x[o s + t] K[t] with
+    K[t] = sum_{p + q = t} first[p] @ second[q]: a kernel of size
+    (kh1 + kh2 - 1, kw1 + kw2 - 1). The stride is the second conv's and does not
+    enter the formula. Under circular padding the composed conv equals the
+    composition up to a circular shift (a permutation), so it has the same
+    singular values.
+
+    Args:
+        first: (kh1, kw1, c_in, c_mid), the stride-1 kernel applied first.
+        second: (kh2, kw2, c_mid, c_out), the (strided) kernel applied second.
+
+    Returns:
+        The kernel (kh1 + kh2 - 1, kw1 + kw2 - 1, c_in, c_out).
+
+    Examples:
+        >>> kernel = compose_conv_kernels(bcop_kernel_2x2, rko_kernel_2x2)  # a 3 x 3 kernel for stride 2
+    """
+    kh1, kw1 = first.shape[:2]
+    kh2, kw2 = second.shape[:2]
+    composed = None
+    for a in range(kh2):
+        for b in range(kw2):
+            term = ops.pad(ops.matmul(first, second[a, b]), ((a, kh2 - 1 - a), (b, kw2 - 1 - b), (0, 0), (0, 0)))
+            composed = term if composed is None else composed + term
+    return composed

@@ -193,6 +193,8 @@ LAYERS = [
     Entry("RKOConv2D", "image", _conv_like(lip.RKOConv2D, True), (lip.RKOConv2D,)),
     Entry("OSSNConv2D", "image", _conv_like(lip.OSSNConv2D, True), (lip.OSSNConv2D,)),
     Entry("SVCMConv2D", "image", _conv_like(lip.SVCMConv2D, True), (lip.SVCMConv2D, lip.SVCMProjection)),
+    Entry("AOCConv2D", "image", _conv_like(lip.AOCConv2D, True), (lip.AOCConv2D,)),
+    Entry("AOCConv2DTranspose", "image", _conv_like(lip.AOCConv2DTranspose, True), (lip.AOCConv2DTranspose,)),
     Entry("GroupSort2", "vector", _even_channels(lip.GroupSort2), (lip.GroupSort2, lip.GroupSort)),
     Entry("GroupSort2-image", "image", _even_channels(lip.GroupSort2), (lip.GroupSort2,)),
     Entry("FullSort", "vector", lambda rng, s: lip.FullSort(k_coef_lip=_k(rng)), (lip.FullSort,)),

@@ -24,3 +24,4 @@ from deel_lip_ext.layers.residual import ChordDense, LipResidual, LiResNetBlock
 from deel_lip_ext.layers.centering import BatchCentering, LayerCentering
 from deel_lip_ext.layers.aol import AOLConv2D, AOLDense
 from deel_lip_ext.layers.sll_cpl import CPLConv2D, CPLDense, SLLConv2D, SLLDense
+from deel_lip_ext.layers.aoc import AOCConv2D, AOCConv2DTranspose
