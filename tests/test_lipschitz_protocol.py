@@ -366,11 +366,6 @@ def test_sequential_warns_for_an_activation_that_is_not_1_lipschitz():
         Sequential([keras.Input((3,)), lip.SpectralDense(3, activation="gelu", name="gelu_layer")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the inference cache saved at the old size is trusted on load; fixed by issue 11 item 5 (cache not "
-    "saved / recomputed on load, helper S2's branch): remove this mark when merging it",
-)
 @pytest.mark.parametrize("padding, small", [("valid", 3), ("same", 2)])
 def test_conv_weights_saved_at_one_size_loaded_at_another(tmp_path, padding, small):
     path = str(tmp_path / "small.weights.h5")

@@ -27,6 +27,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.base import LipschitzBounded
+from deel_lip_ext.spectrum import pad_index
 
 __all__ = [
     "CircularPadding2D",
@@ -227,13 +228,16 @@ def mode_pad(x, padding, mode):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class Padding2D(keras.layers.Layer):
+class Padding2D(LipschitzBounded, keras.layers.Layer):
     """Zero, reflect or symmetric padding of the spatial axes, channels-last.
 
     The parameter-free padding of an exported `PadConv2D`: the exported model
-    is this layer followed by a plain "valid" `Conv2D`. Reflect and symmetric
-    padding copy pixels, so on their own they are not 1-Lipschitz (the
-    Lipschitz object is the padded convolution); no `k_coef_lip`.
+    is this layer followed by a plain "valid" `Conv2D` (which
+    `deel_lip_ext.utils.model_lipschitz_bound` bounds as one padded
+    convolution). Reflect and symmetric padding copy pixels, so on their own
+    they are not 1-Lipschitz: the L2 constant is the square root of the
+    largest number of copies of one pixel (1 for zeros), the l_inf constant 1;
+    no `k_coef_lip`.
 
     Args:
         padding: an int (all sides), a pair `(pad_h, pad_w)` (symmetric) or
@@ -271,18 +275,18 @@ class Padding2D(keras.layers.Layer):
         return (input_shape[0], *sizes, input_shape[3])
 
     def _lipschitz_constant(self, norm, input_shape):
-        if norm == "linf":
+        if norm == "linf" or self.mode == "constant":
             return 1.0
-        # Along an axis of size n padded (before, after), index i is copied 1 + [i >= n - before] + [i < after]
-        # times; the constant is the square root of the largest product of copies over the two axes.
+        # Each pad copies an entry at most once per side (reflect: pad < size, symmetric: pad <= size), so
+        # an entry has at most 1 + [before > 0] + [after > 0] copies per axis; exact counts at a known size.
         sizes = (None, None) if input_shape is None else tuple(input_shape)[1:3]
         copies = 1
         for size, (before, after) in zip(sizes, self.padding):
             if size is None:
                 copies *= 1 + (before > 0) + (after > 0)
             else:
-                index = np.arange(size)
-                copies *= int(np.max(1 + (index >= size - before) + (index < after)))
+                index = pad_index(size, before, after, self.mode)
+                copies *= int(np.bincount(index, minlength=size).max())
         return math.sqrt(copies)
 
     def get_config(self):

@@ -18,6 +18,7 @@ from keras import ops
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers._spectral_conv import SpectralConvBase, max_overlap
+from deel_lip_ext.spectrum import linf_transposed_kernel_norm
 
 __all__ = ["SpectralConv2DTranspose"]
 
@@ -125,6 +126,15 @@ class SpectralConv2DTranspose(SpectralConvBase):
 
     def linear(self, inputs, kernel):
         return ops.conv_transpose(inputs, kernel, strides=self.strides, padding="same")
+
+    def linf_operator_norm(self, input_shape: tuple | None = None) -> float:
+        """Upper bound of the l_inf operator norm (`deel_lip_ext.spectrum.linf_transposed_kernel_norm`).
+
+        An output entry of a transposed convolution sums the taps of one
+        residue class modulo the stride over the input channels, not the
+        column sums of a direct convolution.
+        """
+        return linf_transposed_kernel_norm(self.effective_kernel(), self.strides)
 
     def compute_output_shape(self, input_shape):
         sizes = [None if size is None else size * s for size, s in zip(input_shape[1:3], self.strides)]
