@@ -272,6 +272,8 @@ LAYERS = [
     Entry("FullSort", "vector", lambda rng, s: lip.FullSort(k_coef_lip=_k(rng)), (lip.FullSort,)),
     Entry("MaxMin", "vector", _even_channels(lip.MaxMin), (lip.MaxMin,)),
     Entry("MaxMin-image", "image", _even_channels(lip.MaxMin), (lip.MaxMin,)),
+    Entry("MaxMinHalves", "vector", _even_channels(lip.MaxMinHalves), (lip.MaxMinHalves,)),
+    Entry("MaxMinHalves-image", "image", _even_channels(lip.MaxMinHalves), (lip.MaxMinHalves,)),
     Entry("CReLU", "vector", lambda rng, s: lip.CReLU(k_coef_lip=_k(rng)), (lip.CReLU,)),
     Entry(
         "Householder",

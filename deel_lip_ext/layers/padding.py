@@ -133,6 +133,23 @@ def circular_pad(x: ArrayLike, padding: tuple[tuple[int, int], tuple[int, int]])
     return _wrap_axis(_wrap_axis(x, top, bottom, axis=1), left, right, axis=2)
 
 
+def _copies_constant(padding, input_shape, mode):
+    """L2 constant of a copying padding: sqrt of the largest number of copies of one pixel.
+
+    Each pad copies an entry at most once per side (circular and symmetric: pad <= size, reflect:
+    pad < size), so an entry has at most 1 + [before > 0] + [after > 0] copies per axis at any size;
+    at a known size, the exact counts of the padded index map.
+    """
+    sizes = (None, None) if input_shape is None else tuple(input_shape)[1:3]
+    copies = 1
+    for size, (before, after) in zip(sizes, padding):
+        if size is None:
+            copies *= 1 + (before > 0) + (after > 0)
+        else:
+            copies *= int(np.bincount(pad_index(size, before, after, mode), minlength=size).max())
+    return math.sqrt(copies)
+
+
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
     """Wrap-around padding of the spatial axes (a torus), channels-last.
@@ -172,6 +189,9 @@ class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
 
     def call(self, inputs: ArrayLike):
         return circular_pad(inputs, self.padding)
+
+    def _lipschitz_constant(self, norm, input_shape):
+        return 1.0 if norm == "linf" else _copies_constant(self.padding, input_shape, "circular")
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         sizes = [
@@ -275,19 +295,7 @@ class Padding2D(LipschitzBounded, keras.layers.Layer):
         return (input_shape[0], *sizes, input_shape[3])
 
     def _lipschitz_constant(self, norm, input_shape):
-        if norm == "linf" or self.mode == "constant":
-            return 1.0
-        # Each pad copies an entry at most once per side (reflect: pad < size, symmetric: pad <= size), so
-        # an entry has at most 1 + [before > 0] + [after > 0] copies per axis; exact counts at a known size.
-        sizes = (None, None) if input_shape is None else tuple(input_shape)[1:3]
-        copies = 1
-        for size, (before, after) in zip(sizes, self.padding):
-            if size is None:
-                copies *= 1 + (before > 0) + (after > 0)
-            else:
-                index = pad_index(size, before, after, self.mode)
-                copies *= int(np.bincount(index, minlength=size).max())
-        return math.sqrt(copies)
+        return 1.0 if norm == "linf" or self.mode == "constant" else _copies_constant(self.padding, input_shape, self.mode)
 
     def get_config(self):
         config = super().get_config()
