@@ -162,7 +162,8 @@ def _conv2d_layer(layer, norm, input_shape):
 
 
 def _check_plain_conv(layer, rank):
-    if tuple(layer.dilation_rate) != (1,) * rank or getattr(layer, "groups", 1) != 1 or layer.data_format != "channels_last":
+    groups = getattr(layer, "groups", 1)  # Conv2DTranspose has none
+    if tuple(layer.dilation_rate) != (1,) * rank or groups != 1 or layer.data_format != "channels_last":
         raise ValueError(
             f"layer {layer.name!r}: only channels_last {type(layer).__name__} with dilation 1 and groups 1 "
             "have a known bound."

@@ -310,7 +310,9 @@ def _impulse_matrix(model, shape):
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "symmetric"])
-@pytest.mark.parametrize("padding, shape", [(((2, 1), (1, 3)), (5, 4, 1)), (1, (2, 3, 2)), (((0, 2), (2, 2)), (3, 3, 1))])
+@pytest.mark.parametrize(
+    "padding, shape", [(((2, 1), (1, 3)), (5, 4, 1)), (1, (2, 3, 2)), (((0, 2), (2, 2)), (3, 3, 1))]
+)
 def test_padding2d_constant_is_the_exact_norm(mode, padding, shape):
     from deel_lip_ext.utils import model_lipschitz_bound
 

@@ -295,7 +295,9 @@ class Padding2D(LipschitzBounded, keras.layers.Layer):
         return (input_shape[0], *sizes, input_shape[3])
 
     def _lipschitz_constant(self, norm, input_shape):
-        return 1.0 if norm == "linf" or self.mode == "constant" else _copies_constant(self.padding, input_shape, self.mode)
+        if norm == "linf" or self.mode == "constant":
+            return 1.0
+        return _copies_constant(self.padding, input_shape, self.mode)
 
     def get_config(self):
         config = super().get_config()
