@@ -19,6 +19,7 @@ Nothing here imports a layer of this library.
 """
 
 import math
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -89,7 +90,7 @@ def _activation_label(activation):
     return getattr(activation, "__name__", repr(activation))
 
 
-def activation_lipschitz(activation, owner: str = "the layer") -> float:
+def activation_lipschitz(activation: Callable | None, owner: str = "the layer") -> float:
     """Lipschitz constant of a `keras.activations` function (None: identity), or `ValueError`.
 
     Args:

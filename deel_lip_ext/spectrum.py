@@ -19,6 +19,7 @@ import math
 
 import keras
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "MAX_DENSE_OPERATOR_SIZE",
@@ -46,7 +47,7 @@ def circular_pad_widths(kernel_size):
 MAX_DENSE_OPERATOR_SIZE = 3072
 
 
-def conv_singular_values(kernel, input_size):
+def conv_singular_values(kernel: ArrayLike, input_size: int | tuple[int, int]) -> np.ndarray:
     """All singular values of the circular, stride-1 convolution with `kernel` on n x n inputs.
 
     Args:
@@ -76,7 +77,9 @@ def conv_singular_values(kernel, input_size):
     return np.linalg.svd(symbols, compute_uv=False).ravel()
 
 
-def conv_operator_matrix(kernel, input_shape, strides=(1, 1), padding="same"):
+def conv_operator_matrix(
+    kernel: ArrayLike, input_shape: tuple[int, int, int], strides: tuple[int, int] = (1, 1), padding: str = "same"
+) -> np.ndarray:
     """Dense matrix (in_size, out_size) of a bias-free convolution, built from unit impulses.
 
     Args:
@@ -108,7 +111,9 @@ def operator_singular_values(matrix):
     return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
 
 
-def conv_sv_range(kernel, input_shape, strides, padding):
+def conv_sv_range(
+    kernel: ArrayLike, input_shape: tuple[int | None, int | None, int], strides: tuple[int, int], padding: str
+) -> tuple[float, float]:
     """(min, max) singular values of a bias-free conv operator: exact, or a certified max bound on big inputs.
 
     Args:
@@ -222,7 +227,7 @@ def _impulses(input_shape):
     return size, np.eye(size, dtype="float32").reshape((size,) + tuple(input_shape))
 
 
-def padded_conv_norm(kernel, input_shape: tuple, pads: tuple, mode: str, strides: tuple) -> float:
+def padded_conv_norm(kernel: ArrayLike, input_shape: tuple, pads: tuple, mode: str, strides: tuple) -> float:
     """L2 norm of x -> valid_conv(pad(x)): exact on small inputs, a proven upper bound otherwise.
 
     Args:
@@ -255,7 +260,13 @@ def padded_conv_norm(kernel, input_shape: tuple, pads: tuple, mode: str, strides
     return float(math.sqrt(overlap) * np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2))
 
 
-def conv_transpose_norm(kernel, input_shape: tuple, strides: tuple, padding: str, output_padding=None) -> float:
+def conv_transpose_norm(
+    kernel: ArrayLike,
+    input_shape: tuple,
+    strides: tuple,
+    padding: str,
+    output_padding: tuple[int, int] | None = None,
+) -> float:
     """L2 norm of a bias-free transposed 2-D convolution: exact on small inputs, a proven upper bound otherwise.
 
     A transposed convolution T is the adjoint of the strided convolution C with the same kernel
@@ -289,7 +300,7 @@ def conv_transpose_norm(kernel, input_shape: tuple, strides: tuple, padding: str
     return float(math.sqrt(overlap) * np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2))
 
 
-def linf_transposed_kernel_norm(kernel, strides: tuple) -> float:
+def linf_transposed_kernel_norm(kernel: ArrayLike, strides: tuple) -> float:
     """Upper bound of the l_inf -> l_inf norm of a transposed 2-D convolution with `kernel` (kh, kw, filters, c_in).
 
     Output entry (p, f) receives input entry (q, c) through tap t only when t = p + pad - s q, so

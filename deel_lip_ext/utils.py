@@ -62,7 +62,7 @@ __all__ = [
 _conv_sv = conv_sv_range
 
 
-def layer_lipschitz_constant(layer, norm: str = "l2", input_shape: tuple | None = None) -> float:
+def layer_lipschitz_constant(layer: keras.layers.Layer, norm: str = "l2", input_shape: tuple | None = None) -> float:
     """Upper bound of one layer's Lipschitz constant (bias and activation included) at `input_shape`.
 
     deel-lip-ext layers answer through their `lipschitz_constant` method,
@@ -454,7 +454,7 @@ def _fused_padded_conv(node, inputs, norm):
     return inputs[id(producer.input_tensors[0])] * high * act
 
 
-def model_lipschitz_bound(model, norm: str = "l2") -> float:
+def model_lipschitz_bound(model: keras.Model, norm: str = "l2") -> float:
     """Certified upper bound of a model's Lipschitz constant (L2 or l_inf), from its real graph.
 
     Walks every node of the functional graph (a Sequential model's too), in

@@ -273,7 +273,13 @@ class Padding2D(LipschitzBounded, keras.layers.Layer):
         (1, 6, 6, 3)
     """
 
-    def __init__(self, padding=1, mode="reflect", data_format="channels_last", **kwargs):
+    def __init__(
+        self,
+        padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 1,
+        mode: str = "reflect",
+        data_format: str = "channels_last",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.padding = normalize_padding_2d(padding)
         self.mode = _check_mode(mode)
