@@ -176,7 +176,7 @@ class PhaseTimer:
     busy shared machine inflates wall time but not CPU time; on an idle n-core machine
     wall time is at least CPU time / n.
 
-    Example:
+    Examples:
         >>> timer = PhaseTimer()
         >>> with timer.phase("training"):
         ...     model.fit(...)

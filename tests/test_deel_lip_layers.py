@@ -381,3 +381,20 @@ def test_spectral_conv_transpose_linf_norm_is_the_row_sum_not_the_column_sum():
     exact = np.abs(matrix).sum(axis=0).max()
     assert layer.lipschitz_constant("linf") == pytest.approx(exact, rel=1e-5)
     assert linf_kernel_norm(layer.effective_kernel()) != pytest.approx(exact, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: PadConv2D(3, 3, padding="reflect", k_coef_lip=2.0), (5, 5, 2)),
+        (lambda: PadConv2D(2, 3, strides=2, padding="circular"), (6, 6, 3)),
+        (lambda: SpectralConv1D(3, 3, strides=2), (9, 2)),
+    ],
+)
+def test_direct_spectral_convs_linf_norm_is_the_largest_row_sum(make, shape):
+    layer = make()
+    model = _model(layer, shape)
+    _set_kernel(layer, "random")
+    exact = np.abs(_impulse_matrix(model, shape)).sum(axis=0).max()
+    # An upper bound (reflect/circular copies can only repeat a tap's input), reached by an interior output.
+    assert layer.lipschitz_constant("linf") == pytest.approx(exact, rel=1e-5)
