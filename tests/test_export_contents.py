@@ -26,14 +26,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # The library layers an export may contain (README.md lists exactly these).
 EXPORTED_AS_THEMSELVES = {
-    "CircularPadding2D", "InvertibleDownSampling", "InvertibleUpSampling",
-    "GroupSort", "GroupSort2", "FullSort", "MaxMin", "CReLU",
+    "CircularPadding2D", "Padding2D", "InvertibleDownSampling", "InvertibleUpSampling",
+    "GroupSort", "GroupSort2", "FullSort", "MaxMin", "MaxMinHalves", "CReLU",
     "ScaledAveragePooling2D", "ScaledGlobalAveragePooling2D", "ScaledL2NormPooling",
     "ScaledL2NormPooling2D", "ScaledGlobalL2NormPooling2D",
     "Householder", "LInfDistDense", "LInfDistConv2D", "LogitScale",
 }  # fmt: skip
 # What a parametrized layer may leave besides its stock Dense/Conv2D.
-PARAMETRIZED_HELPERS = {"CircularPadding2D", "InvertibleDownSampling"}
+PARAMETRIZED_HELPERS = {"CircularPadding2D", "Padding2D", "InvertibleDownSampling"}
 
 
 def _library_layer_classes():
