@@ -44,7 +44,9 @@ def bars(rows):
     """[(label, plain ms, Lipschitz ms)] for every figure both variants measured; the exported
     model's inference is compared with the plain model's inference."""
     plain, lip = rows.get("plain", {}), rows.get("lip", {})
-    return [(label, plain[plain_key], lip[key]) for key, label, plain_key in FIGURES if key in lip and plain_key in plain]
+    return [
+        (label, plain[plain_key], lip[key]) for key, label, plain_key in FIGURES if key in lip and plain_key in plain
+    ]
 
 
 def plot(meta, rows, path):

@@ -48,7 +48,9 @@ class LossParamScheduler(keras.callbacks.Callback):
         fp = np.asarray(fp, dtype="float64")
         xp = np.asarray(xp, dtype="float64")
         if fp.ndim != 1 or fp.shape != xp.shape or fp.size == 0:
-            raise ValueError(f"fp and xp must be 1-D of the same non-zero length, got shapes {fp.shape} and {xp.shape}.")
+            raise ValueError(
+                f"fp and xp must be 1-D of the same non-zero length, got shapes {fp.shape} and {xp.shape}."
+            )
         if np.any(np.diff(xp) < 0):
             raise ValueError(f"xp must be increasing, got {xp.tolist()}.")
         self.param_name = param_name
@@ -255,6 +257,6 @@ class MonitorCallback(keras.callbacks.Callback):
 
 
 # The l_inf-dist p schedule lives with the rest of the l_inf-dist training code.
-from deel_lip_ext.linf import LpScheduler  # noqa: E402
+from deel_lip_ext.linf import LpScheduler  # noqa: E402, F401  (re-exported: deel-lip's callbacks.LpScheduler)
 
 __all__.append("LpScheduler")

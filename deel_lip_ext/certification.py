@@ -110,11 +110,14 @@ def check_labels(logits: ArrayLike, labels: ArrayLike):
     if num_classes == 1:
         if not np.all(np.isin(labels, (-1, 0, 1))):
             raise ValueError(
-                f"binary labels (single-logit model) must be in {{0, 1}} or {{-1, 1}}, got values {np.unique(labels)[:5]}."
+                "binary labels (single-logit model) must be in {0, 1} or {-1, 1}, "
+                f"got values {np.unique(labels)[:5]}."
             )
         return labels.astype("float32").reshape(n, 1)
     if not np.all(np.equal(np.mod(labels, 1), 0)) or np.any(labels < 0) or np.any(labels >= num_classes):
-        raise ValueError(f"integer labels must be class indices in [0, {num_classes}), got values {np.unique(labels)[:5]}.")
+        raise ValueError(
+            f"integer labels must be class indices in [0, {num_classes}), got values {np.unique(labels)[:5]}."
+        )
     return np.eye(num_classes, dtype="float32")[labels.astype("int64")]
 
 

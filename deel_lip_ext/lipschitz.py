@@ -19,13 +19,21 @@ Nothing here imports a layer of this library.
 """
 
 import math
+from collections.abc import Callable
 
 import keras
 import numpy as np
 from keras.src.ops import nn as _ops_nn
 from keras.src.ops import numpy as _ops_numpy
 
-from deel_lip_ext.spectrum import conv_sv_range, dense_sv_range, linf_kernel_norm
+from deel_lip_ext.spectrum import (
+    conv_sv_range,
+    conv_transpose_norm,
+    dense_sv_range,
+    linf_kernel_norm,
+    linf_transposed_kernel_norm,
+    padded_conv_norm,
+)
 
 __all__ = [
     "NORMS",
@@ -82,7 +90,7 @@ def _activation_label(activation):
     return getattr(activation, "__name__", repr(activation))
 
 
-def activation_lipschitz(activation, owner: str = "the layer") -> float:
+def activation_lipschitz(activation: Callable | None, owner: str = "the layer") -> float:
     """Lipschitz constant of a `keras.activations` function (None: identity), or `ValueError`.
 
     Args:
@@ -154,6 +162,47 @@ def _conv2d_layer(layer, norm, input_shape):
     return linear * activation_lipschitz(layer.activation, f"layer {layer.name!r}")
 
 
+def _check_plain_conv(layer, rank):
+    groups = getattr(layer, "groups", 1)  # Conv2DTranspose has none
+    if tuple(layer.dilation_rate) != (1,) * rank or groups != 1 or layer.data_format != "channels_last":
+        raise ValueError(
+            f"layer {layer.name!r}: only channels_last {type(layer).__name__} with dilation 1 and groups 1 "
+            "have a known bound."
+        )
+
+
+def _conv1d_layer(layer, norm, input_shape):
+    _check_plain_conv(layer, 1)
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    if norm == "linf":
+        linear = linf_kernel_norm(kernel)
+    else:
+        # A 1-D convolution is a 2-D one on (1, L) inputs with a (1, k) kernel; "causal" left-pads k - 1 zeros.
+        kernel_2d = kernel[None]
+        length = None if input_shape is None else input_shape[1]
+        channels = kernel.shape[1]
+        strides = (1,) + tuple(layer.strides)
+        if layer.padding != "causal":
+            linear = conv_sv_range(kernel_2d, (1, length, channels), strides, layer.padding)[1]
+        elif length is None:
+            linear = conv_sv_range(kernel_2d, (1, None, channels), strides, "valid")[1]  # any-size bound
+        else:
+            pads = ((0, 0), (kernel.shape[0] - 1, 0))
+            linear = padded_conv_norm(kernel_2d, (1, length, channels), pads, "constant", strides)
+    return linear * activation_lipschitz(layer.activation, f"layer {layer.name!r}")
+
+
+def _conv2d_transpose_layer(layer, norm, input_shape):
+    _check_plain_conv(layer, 2)
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    if norm == "l2":
+        shape = tuple(input_shape[1:]) if input_shape is not None else (None, None, kernel.shape[3])
+        linear = conv_transpose_norm(kernel, shape, layer.strides, layer.padding, layer.output_padding)
+    else:
+        linear = linf_transposed_kernel_norm(kernel, layer.strides)
+    return linear * activation_lipschitz(layer.activation, f"layer {layer.name!r}")
+
+
 def _window_overlap(layer):
     """Most windows one input entry is in: at most ceil(pool / stride) per axis, for any size and padding."""
     return math.prod(math.ceil(p / s) for p, s in zip(layer.pool_size, layer.strides))
@@ -209,6 +258,8 @@ STOCK_LAYERS = {
     keras.layers.Softmax: _identity,  # see ACTIVATIONS[softmax]
     keras.layers.Dense: _dense_layer,
     keras.layers.Conv2D: _conv2d_layer,
+    keras.layers.Conv1D: _conv1d_layer,
+    keras.layers.Conv2DTranspose: _conv2d_transpose_layer,
     keras.layers.MaxPooling2D: _max_pooling,
     keras.layers.AveragePooling2D: _average_pooling,
     keras.layers.GlobalMaxPooling2D: _identity,
@@ -227,7 +278,7 @@ def stock_layer_lipschitz(layer, norm: str, input_shape=None) -> float:
             f"layer {layer.name!r} ({type(layer).__name__}) has no known Lipschitz constant: use deel_lip_ext "
             "layers or stock layers of deel_lip_ext.lipschitz.STOCK_LAYERS, or pass lip_const= explicitly."
         )
-    if rule in (_dense_layer, _conv2d_layer) and not layer.built:
+    if rule in (_dense_layer, _conv2d_layer, _conv1d_layer, _conv2d_transpose_layer) and not layer.built:
         raise ValueError(f"layer {layer.name!r} must be built before its Lipschitz constant can be computed.")
     return float(rule(layer, check_bound_norm(norm), input_shape))
 

@@ -664,7 +664,9 @@ class MulticlassSoftHKR(_ParametrizedLoss):
         min_margin: hinge margin m (> 0); schedulable.
         alpha_mean: momentum of the running mean of |f|, in [0, 1].
         temperature: softmax temperature factor (> 0).
-        reduction, name, dtype: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
+        name: name of the loss.
+        dtype: as in `keras.losses.Loss`.
 
     Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassSoftHKR(alpha=10.0, min_margin=1.0))
@@ -674,14 +676,14 @@ class MulticlassSoftHKR(_ParametrizedLoss):
 
     def __init__(
         self,
-        alpha=10.0,
-        min_margin=1.0,
-        alpha_mean=0.99,
-        temperature=1.0,
-        reduction="sum_over_batch_size",
-        name="MulticlassSoftHKR",
-        dtype=None,
-    ):
+        alpha: float = 10.0,
+        min_margin: float = 1.0,
+        alpha_mean: float = 0.99,
+        temperature: float = 1.0,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "MulticlassSoftHKR",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if alpha is None or not float(alpha) > 0:
             raise ValueError(f"alpha must be a number > 0 (inf: hinge only), got {alpha!r}.")

@@ -126,7 +126,9 @@ def power_iteration(
     def step(vec):
         return _l2_normalize(ops.matmul(ops.matmul(vec, ops.transpose(matrix_sg)), matrix_sg))
 
-    u = _iterate(step, _l2_normalize(ops.stop_gradient(u)), eps, maxiter, lambda a, b: ops.sqrt(ops.sum(ops.square(a - b))))
+    u = _iterate(
+        step, _l2_normalize(ops.stop_gradient(u)), eps, maxiter, lambda a, b: ops.sqrt(ops.sum(ops.square(a - b)))
+    )
     u = ops.stop_gradient(u)
     sigma = ops.sqrt(ops.sum(ops.square(ops.matmul(u, ops.transpose(matrix)))))
     return u, sigma

@@ -30,7 +30,6 @@ def layer_spectrum(layer: keras.layers.Layer):
     on small inputs.
 
     Examples:
-        Example:
         >>> before = layer_spectrum(model.get_layer("conv1"))
     """
     return np.asarray(layer_singular_values(layer), dtype=np.float64)

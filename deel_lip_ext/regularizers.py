@@ -51,7 +51,9 @@ class Lorth2D:
 
     dim = 2
 
-    def __init__(self, kernel_shape=None, stride=1, conv_transpose=False):
+    def __init__(
+        self, kernel_shape: tuple[int, int, int, int] | None = None, stride: int = 1, conv_transpose: bool = False
+    ) -> None:
         if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or stride < 1:
             raise ValueError(f"stride must be an int >= 1, got {stride!r}.")
         self.stride = int(stride)
@@ -121,7 +123,14 @@ class LorthRegularizer(keras.regularizers.Regularizer):
         >>> conv = keras.layers.Conv2D(16, 3, kernel_regularizer=LorthRegularizer((3, 3, 8, 16), lambda_lorth=10.0))
     """
 
-    def __init__(self, kernel_shape=None, stride=1, lambda_lorth=1.0, dim=2, conv_transpose=False):
+    def __init__(
+        self,
+        kernel_shape: tuple[int, int, int, int] | None = None,
+        stride: int = 1,
+        lambda_lorth: float = 1.0,
+        dim: int = 2,
+        conv_transpose: bool = False,
+    ) -> None:
         if dim != 2:
             raise NotImplementedError(f"LorthRegularizer supports dim=2 only, got dim={dim!r}.")
         self.dim = 2
@@ -164,7 +173,7 @@ class OrthDenseRegularizer(keras.regularizers.Regularizer):
         >>> dense = keras.layers.Dense(8, kernel_regularizer=OrthDenseRegularizer(1.0))
     """
 
-    def __init__(self, lambda_orth=1.0):
+    def __init__(self, lambda_orth: float = 1.0) -> None:
         self.lambda_orth = _check_non_negative("lambda_orth", lambda_orth)
 
     def __call__(self, x):

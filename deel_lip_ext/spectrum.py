@@ -12,6 +12,9 @@
   bounds by Gram iteration (Delattre et al., 2023), converging from above.
 * `linf_kernel_norm(kernel)`: the l_inf -> l_inf operator norm bound of x -> x W or of a
   convolution with that kernel (largest absolute column sum of the reshaped kernel).
+* `padded_axis_counts`, `padded_conv_norm`: an explicitly padded (zero, reflect, symmetric,
+  circular) "valid" convolution: how often each input entry is read, and its L2 norm.
+* `conv_transpose_norm`, `linf_transposed_kernel_norm`: L2 and l_inf norms of a transposed convolution.
 """
 
 import math
@@ -31,6 +34,11 @@ __all__ = [
     "linf_kernel_norm",
     "gram_iteration_bound",
     "conv_gram_bound",
+    "pad_index",
+    "padded_axis_counts",
+    "padded_conv_norm",
+    "conv_transpose_norm",
+    "linf_transposed_kernel_norm",
 ]
 
 
@@ -43,7 +51,7 @@ def circular_pad_widths(kernel_size):
 MAX_DENSE_OPERATOR_SIZE = 3072
 
 
-def conv_singular_values(kernel, input_size):
+def conv_singular_values(kernel: ArrayLike, input_size: int | tuple[int, int]) -> np.ndarray:
     """All singular values of the circular, stride-1 convolution with `kernel` on n x n inputs.
 
     Args:
@@ -73,7 +81,9 @@ def conv_singular_values(kernel, input_size):
     return np.linalg.svd(symbols, compute_uv=False).ravel()
 
 
-def conv_operator_matrix(kernel, input_shape, strides=(1, 1), padding="same"):
+def conv_operator_matrix(
+    kernel: ArrayLike, input_shape: tuple[int, int, int], strides: tuple[int, int] = (1, 1), padding: str = "same"
+) -> np.ndarray:
     """Dense matrix (in_size, out_size) of a bias-free convolution, built from unit impulses.
 
     Args:
@@ -105,7 +115,9 @@ def operator_singular_values(matrix):
     return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
 
 
-def conv_sv_range(kernel, input_shape, strides, padding):
+def conv_sv_range(
+    kernel: ArrayLike, input_shape: tuple[int | None, int | None, int], strides: tuple[int, int], padding: str
+) -> tuple[float, float]:
     """(min, max) singular values of a bias-free conv operator: exact, or a certified max bound on big inputs.
 
     Args:
@@ -224,3 +236,156 @@ def conv_gram_bound(kernel: ArrayLike, input_size: int | tuple[int, int], n_iter
     if kernel.ndim != 4 or kernel.shape[0] > n_h or kernel.shape[1] > n_w:
         raise ValueError(f"kernel must be (kh, kw, c_in, c_out) with kh <= n_h and kw <= n_w, got {kernel.shape}.")
     return gram_iteration_bound(np.fft.fft2(kernel, s=(n_h, n_w), axes=(0, 1)), n_iter)
+# np.pad names of the explicit paddings ("constant" pads zeros).
+_NP_PAD_MODES = {"constant": "constant", "reflect": "reflect", "symmetric": "symmetric", "circular": "wrap"}
+
+
+def _np_pad_mode(mode):
+    if mode not in _NP_PAD_MODES:
+        raise ValueError(f"mode must be one of {tuple(_NP_PAD_MODES)}, got {mode!r}.")
+    return _NP_PAD_MODES[mode]
+
+
+def pad_index(size: int, before: int, after: int, mode: str) -> np.ndarray:
+    """Input index that each position of a padded axis copies (-1 for a zero of "constant" padding).
+
+    Args:
+        size: length of the axis.
+        before: pad before the first entry.
+        after: pad after the last entry.
+        mode: "constant", "reflect", "symmetric" or "circular".
+
+    Returns:
+        An int array of length `before + size + after`.
+
+    Examples:
+        >>> pad_index(4, 2, 1, "reflect")  # array([2, 1, 0, 1, 2, 3, 2])
+    """
+    np_mode = _np_pad_mode(mode)
+    index = np.arange(size)
+    if np_mode == "constant":
+        return np.pad(index, (before, after), mode="constant", constant_values=-1)
+    return np.pad(index, (before, after), mode=np_mode)
+
+
+def padded_axis_counts(size: int, kernel: int, stride: int, pads: tuple[int, int], mode: str) -> np.ndarray:
+    """How many (output window, kernel tap) pairs read each input entry of one axis, padding copies included.
+
+    Args:
+        size: input length.
+        kernel: kernel length.
+        stride: stride of the "valid" convolution run on the padded axis.
+        pads: (before, after) pad widths.
+        mode: "constant", "reflect", "symmetric" or "circular".
+
+    Returns:
+        A numpy int array of length `size`.
+
+    Examples:
+        >>> padded_axis_counts(4, 3, 1, (1, 1), "reflect")  # array([2, 4, 4, 2])
+    """
+    index = pad_index(size, pads[0], pads[1], mode)
+    counts = np.zeros(size, dtype=int)
+    for start in range(0, len(index) - kernel + 1, stride):
+        window = index[start : start + kernel]
+        np.add.at(counts, window[window >= 0], 1)
+    return counts
+
+
+def _impulses(input_shape):
+    size = int(np.prod(input_shape))
+    return size, np.eye(size, dtype="float32").reshape((size,) + tuple(input_shape))
+
+
+def padded_conv_norm(kernel: ArrayLike, input_shape: tuple, pads: tuple, mode: str, strides: tuple) -> float:
+    """L2 norm of x -> valid_conv(pad(x)): exact on small inputs, a proven upper bound otherwise.
+
+    Args:
+        kernel: array (kh, kw, c_in, c_out).
+        input_shape: (H, W, c_in) of the unpadded input, all known.
+        pads: ((top, bottom), (left, right)).
+        mode: "constant", "reflect", "symmetric" or "circular".
+        strides: pair of ints.
+
+    Returns:
+        The largest singular value of the dense operator (from unit impulses) when the input has at
+        most `MAX_DENSE_OPERATOR_SIZE` entries; otherwise ||M||_2 sqrt(max count), M the kernel
+        reshaped to (kh kw c_in, c_out) and count the number of reads of an input entry
+        (`padded_axis_counts`, per axis): ||y||^2 = sum_o ||M^T patch_o||^2 <= ||M||^2 sum_i count_i x_i^2.
+
+    Examples:
+        >>> padded_conv_norm(conv.kernel, (8, 8, 3), ((1, 1), (1, 1)), "reflect", (1, 1))
+    """
+    kernel = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
+    np_mode = _np_pad_mode(mode)
+    height, width, channels = input_shape
+    if height * width * channels <= MAX_DENSE_OPERATOR_SIZE:
+        size, impulses = _impulses(input_shape)
+        padded = np.pad(impulses, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)), mode=np_mode)
+        out = keras.ops.conv(padded, kernel.astype("float32"), strides=tuple(strides), padding="valid")
+        return float(operator_singular_values(np.asarray(keras.ops.convert_to_numpy(out)).reshape(size, -1))[0])
+    overlap = 1
+    for n, k, s, axis_pads in zip((height, width), kernel.shape[:2], strides, pads):
+        overlap *= int(padded_axis_counts(n, k, s, tuple(axis_pads), mode).max(initial=1))
+    return float(math.sqrt(overlap) * np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2))
+
+
+def conv_transpose_norm(
+    kernel: ArrayLike,
+    input_shape: tuple,
+    strides: tuple,
+    padding: str,
+    output_padding: tuple[int, int] | None = None,
+) -> float:
+    """L2 norm of a bias-free transposed 2-D convolution: exact on small inputs, a proven upper bound otherwise.
+
+    A transposed convolution T is the adjoint of the strided convolution C with the same kernel
+    (kh, kw, filters, c_in) from its output space to its input space, and ||T|| = ||C||. C reads
+    each entry at most ceil(k/s) times per axis, so ||T|| <= ||M||_2 sqrt(prod ceil(k/s)), M the
+    kernel reshaped to (kh kw filters, c_in), at every input size.
+
+    Args:
+        kernel: array (kh, kw, filters, c_in) (Keras's `Conv2DTranspose` layout).
+        input_shape: (H, W, c_in); H, W may be None (any size: the bound).
+        strides: pair of ints.
+        padding: "same" or "valid".
+        output_padding: Keras's `output_padding` (None or a pair).
+
+    Returns:
+        The largest singular value of the dense operator (from unit impulses) when the input is known
+        and has at most `MAX_DENSE_OPERATOR_SIZE` entries, otherwise the bound above.
+
+    Examples:
+        >>> conv_transpose_norm(layer.kernel, (7, 7, 16), (2, 2), "same")
+    """
+    kernel = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
+    height, width, channels = input_shape
+    if height is not None and width is not None and height * width * channels <= MAX_DENSE_OPERATOR_SIZE:
+        size, impulses = _impulses(input_shape)
+        out = keras.ops.conv_transpose(
+            impulses, kernel.astype("float32"), strides=tuple(strides), padding=padding, output_padding=output_padding
+        )
+        return float(operator_singular_values(np.asarray(keras.ops.convert_to_numpy(out)).reshape(size, -1))[0])
+    overlap = math.prod(math.ceil(k / s) for k, s in zip(kernel.shape[:2], strides))
+    return float(math.sqrt(overlap) * np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2))
+
+
+def linf_transposed_kernel_norm(kernel: ArrayLike, strides: tuple) -> float:
+    """Upper bound of the l_inf -> l_inf norm of a transposed 2-D convolution with `kernel` (kh, kw, filters, c_in).
+
+    Output entry (p, f) receives input entry (q, c) through tap t only when t = p + pad - s q, so
+    the taps of one output position are those of one residue class t = r (mod s) per axis:
+    |y| <= max over r and f of sum |kernel[r_h::s_h, r_w::s_w, f, :]| times ||x||_inf. (The column sum
+    of a convolution, `linf_kernel_norm`, sums over the wrong axis here.)
+
+    Args:
+        kernel: array (kh, kw, filters, c_in).
+        strides: pair of ints.
+
+    Examples:
+        >>> linf_transposed_kernel_norm(layer.kernel, (2, 2))
+    """
+    kernel = np.abs(np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64))
+    s_h, s_w = tuple(strides)
+    sums = [kernel[r_h::s_h, r_w::s_w].sum(axis=(0, 1, 3)) for r_h in range(s_h) for r_w in range(s_w)]
+    return float(max(np.max(values, initial=0.0) for values in sums))

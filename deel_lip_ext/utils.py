@@ -22,10 +22,11 @@ import keras
 import numpy as np
 from numpy.typing import ArrayLike
 
+from deel_lip_ext.layers._spectral_conv import SpectralConvBase
 from deel_lip_ext.layers.base import LipschitzBounded, LipschitzLayer, ParametrizedLayer, built_input_shape
 from deel_lip_ext.layers.bcop import DownsamplingConv2DBase
 from deel_lip_ext.layers.convolutional import LipschitzConv2DBase
-from deel_lip_ext.layers.padding import CircularPadding2D
+from deel_lip_ext.layers.padding import CircularPadding2D, Padding2D
 from deel_lip_ext.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
 from deel_lip_ext.lipschitz import (
     OPS,
@@ -41,6 +42,7 @@ from deel_lip_ext.spectrum import (
     conv_sv_range,
     dense_sv_range,
     operator_singular_values,
+    padded_conv_norm,
 )
 
 __all__ = [
@@ -60,7 +62,7 @@ __all__ = [
 _conv_sv = conv_sv_range
 
 
-def layer_lipschitz_constant(layer, norm: str = "l2", input_shape: tuple | None = None) -> float:
+def layer_lipschitz_constant(layer: keras.layers.Layer, norm: str = "l2", input_shape: tuple | None = None) -> float:
     """Upper bound of one layer's Lipschitz constant (bias and activation included) at `input_shape`.
 
     deel-lip-ext layers answer through their `lipschitz_constant` method,
@@ -92,7 +94,14 @@ def layer_singular_values(layer: keras.layers.Layer, input_shape: tuple[int | No
     Dense: SVD of the (constrained) kernel. Convolution: exact on small
     inputs (dense operator) and for circular stride-1 (FFT at the input
     size); otherwise the spectrum of the circular convolution on the
-    enclosing torus, whose largest value bounds the real one.
+    enclosing torus, whose largest value bounds the real one. The spectral
+    convolutions of `PadConv2D`, `SpectralConv2DTranspose` and
+    `SpectralConv1D`: exact, from the dense operator of the layer's own map,
+    on inputs of at most 3072 entries (ValueError beyond).
+
+    Args:
+        layer: a built Dense/Conv2D-like layer (stock or of deel-lip-ext).
+        input_shape: Keras input shape with the batch dimension (default: the build shape).
 
     Examples:
         >>> values = layer_singular_values(model.get_layer("conv1"))
@@ -100,6 +109,14 @@ def layer_singular_values(layer: keras.layers.Layer, input_shape: tuple[int | No
     if isinstance(layer, DownsamplingConv2DBase):
         return layer.singular_values(input_shape)
     input_shape = tuple(input_shape) if input_shape is not None else built_input_shape(layer)
+    if isinstance(layer, SpectralConvBase):
+        matrix = layer.operator_matrix(input_shape)
+        if matrix is None:
+            raise ValueError(
+                f"{type(layer).__name__} {layer.name!r}: the input {input_shape} has unknown dimensions or more than "
+                f"{MAX_DENSE_OPERATOR_SIZE} entries, too many for an exact spectrum; use compute_layer_sv for a bound."
+            )
+        return np.linalg.svd(matrix, compute_uv=False)
     if isinstance(layer, ParametrizedLayer):
         kernel = keras.ops.convert_to_numpy(layer.effective_kernel())
     elif isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
@@ -202,6 +219,18 @@ def _circular_pair(layer, consumer):
         and tuple(consumer.dilation_rate) == (1, 1)
         and consumer.groups == 1
         and tuple(map(tuple, layer.padding)) == circular_pad_widths(consumer.kernel_size)
+    )
+
+
+def _padding_pair(layer, consumer):
+    """Whether `layer` is a Padding2D feeding `consumer`, a valid Conv2D (dilation 1, groups 1, channels-last)."""
+    return (
+        isinstance(layer, Padding2D)
+        and type(consumer) is keras.layers.Conv2D
+        and consumer.padding == "valid"
+        and consumer.data_format == "channels_last"
+        and tuple(consumer.dilation_rate) == (1, 1)
+        and consumer.groups == 1
     )
 
 
@@ -405,20 +434,27 @@ def _node_constant(node, inputs, norm):
     )
 
 
-def _fused_circular_conv(node, inputs, norm):
-    """For a valid Conv2D fed by the CircularPadding2D that makes it circular: its constant as one circular conv."""
+def _fused_padded_conv(node, inputs, norm):
+    """For a valid Conv2D fed by a CircularPadding2D that makes it circular, or by a Padding2D (an exported
+    `PadConv2D`) on an input of known size: its constant as one padded convolution (None: not such a pair)."""
     if norm != "l2" or len(node.input_tensors) != 1:
         return None
     producer = _producer(node.input_tensors[0])
-    if producer is None or not _circular_pair(producer.operation, node.operation):
+    if producer is None:
         return None
-    conv = node.operation
-    high = _circular_conv_sv(conv, tuple(producer.input_tensors[0].shape))[1]
+    conv, pad = node.operation, producer.operation
+    if _circular_pair(pad, conv):
+        high = _circular_conv_sv(conv, tuple(producer.input_tensors[0].shape))[1]
+    elif _padding_pair(pad, conv) and None not in tuple(producer.input_tensors[0].shape)[1:]:
+        unpadded = tuple(producer.input_tensors[0].shape)[1:]
+        high = padded_conv_norm(conv.kernel, unpadded, pad.padding, pad.mode, conv.strides)
+    else:
+        return None
     act = activation_lipschitz(conv.activation, f"layer {conv.name!r}")
     return inputs[id(producer.input_tensors[0])] * high * act
 
 
-def model_lipschitz_bound(model, norm: str = "l2") -> float:
+def model_lipschitz_bound(model: keras.Model, norm: str = "l2") -> float:
     """Certified upper bound of a model's Lipschitz constant (L2 or l_inf), from its real graph.
 
     Walks every node of the functional graph (a Sequential model's too), in
@@ -436,7 +472,9 @@ def model_lipschitz_bound(model, norm: str = "l2") -> float:
       keep each sample, negation and the elementwise activations of
       `deel_lip_ext.lipschitz.OPS`; anything else is refused;
     * a `CircularPadding2D` feeding the valid `Conv2D` it makes circular (an
-      exported circular convolution) counts as one circular convolution;
+      exported circular convolution) counts as one circular convolution, a
+      `Padding2D` feeding a valid `Conv2D` (an exported `PadConv2D`) as one
+      padded convolution (exact on small inputs);
     * several outputs: root of the sum of squares (L2) or max (l_inf).
 
     Args:
@@ -462,7 +500,7 @@ def model_lipschitz_bound(model, norm: str = "l2") -> float:
                 f"operation {_operation_label(node.operation)} reads a tensor that does not come from the model's "
                 "inputs: its constant cannot be bounded."
             )
-        value = _fused_circular_conv(node, inputs, norm)
+        value = _fused_padded_conv(node, inputs, norm)
         if value is None:
             value = _node_constant(node, inputs, norm)
         for output in node.outputs:

@@ -139,7 +139,8 @@ def parse_demo_arguments(
     keras.utils.set_random_seed(args.seed)
     estimate = expected_time(round(budget["cpu_minutes"], 1)) if "cpu_minutes" in budget else "not measured"
     print(
-        f"demos/{demo_name}.py, {'the default' if name == 'full' else name} run ({budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''}): "
+        f"demos/{demo_name}.py, {'the default' if name == 'full' else name} run "
+        f"({budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''}): "
         f"expected time {estimate}. Outputs go to {args.output_dir}/.",
         flush=True,
     )
@@ -175,7 +176,7 @@ class PhaseTimer:
     busy shared machine inflates wall time but not CPU time; on an idle n-core machine
     wall time is at least CPU time / n.
 
-    Example:
+    Examples:
         >>> timer = PhaseTimer()
         >>> with timer.phase("training"):
         ...     model.fit(...)

@@ -175,7 +175,10 @@ def main(argv=None):
 
     with timer.phase("certification"):
         result = certify(model, (x_test, y_test), EPSILONS, verbose=False)
-    result.plot(out / "certified_accuracy.png", title=f"MNIST test set, {args.network} {args.conv} network, L = {result.lip_const:.6f}")
+    result.plot(
+        out / "certified_accuracy.png",
+        title=f"MNIST test set, {args.network} {args.conv} network, L = {result.lip_const:.6f}",
+    )
 
     n = min(budget.num_verified, len(x_test))
     with timer.phase("PGD check"):

@@ -158,7 +158,10 @@ def main(argv=None):
     budget, out = args.budget, args.output_dir
     timer = PhaseTimer()
     (x_train, y_train), (x_test, y_test) = load_binary_mnist(args)
-    print(f"MNIST {POSITIVE_DIGIT} (label +1) vs {NEGATIVE_DIGIT} (label -1): {len(x_train)} training, {len(x_test)} test images")
+    print(
+        f"MNIST {POSITIVE_DIGIT} (label +1) vs {NEGATIVE_DIGIT} (label -1): "
+        f"{len(x_train)} training, {len(x_test)} test images"
+    )
 
     model = hkr_classifier(x_train.shape[1:])
     with timer.phase("training"):
@@ -168,7 +171,10 @@ def main(argv=None):
     print_table(
         ["eps (L2)"] + [str(e) for e in EPSILONS],
         [["certified accuracy %"] + [f"{100 * a:.2f}" for a in result.certified_accuracy]],
-        title=f"Test set: accuracy {100 * result.clean_accuracy:.2f} %, Lipschitz bound L = {result.lip_const:.7f} (computed)",
+        title=(
+            f"Test set: accuracy {100 * result.clean_accuracy:.2f} %, "
+            f"Lipschitz bound L = {result.lip_const:.7f} (computed)"
+        ),
     )
 
     # Spread the checked points over both classes (the test set is sorted by nothing useful).
@@ -182,10 +188,16 @@ def main(argv=None):
     check = check_radius_below_distance(radii, distances)
     print_table(
         ["points", "correct", "adversarial found", "violations (d < r)", "min d / r", "median d / r"],
-        [(
-            check["n_points"], check["n_correct"], check["n_adversarial_found"], check["n_violations"],
-            f"{check['min_distance_over_radius']:.3f}", f"{check['median_distance_over_radius']:.3f}",
-        )],
+        [
+            (
+                check["n_points"],
+                check["n_correct"],
+                check["n_adversarial_found"],
+                check["n_violations"],
+                f"{check['min_distance_over_radius']:.3f}",
+                f"{check['median_distance_over_radius']:.3f}",
+            )
+        ],
         title="Check: r = |f(x)| / L lower-bounds the distance d of the nearest adversarial example found by PGD",
     )
     print(f"nearest adversarial distance >= |f(x)| / L for every point: {check['n_violations'] == 0}")
@@ -198,8 +210,13 @@ def main(argv=None):
     shown = np.concatenate([usable[labels > 0][: k // 2], usable[labels < 0][: k - k // 2]])
     with timer.phase("figures"):
         draw_examples(
-            out / "hkr_adversarial_examples.png", model, x_test[checked[shown]], y_test[checked[shown]],
-            x_adv[shown], distances[shown], budget,
+            out / "hkr_adversarial_examples.png",
+            model,
+            x_test[checked[shown]],
+            y_test[checked[shown]],
+            x_adv[shown],
+            distances[shown],
+            budget,
         )
     print_table(["phase", "wall s", "CPU s"], timer.rows(), title="Time")
     write_results(

@@ -80,9 +80,17 @@ def train_and_certify(conv, data, epochs, seed, timer):
 def print_paper_table(results, epochs, n_test):
     names = [conv.upper() for conv in CONVOLUTIONS]
     rows = [
-        (f"this run ({epochs} epoch{'s' if epochs > 1 else ''})", "Clean", *(f"{results[c]['clean']:.2f}" for c in CONVOLUTIONS)),
+        (
+            f"this run ({epochs} epoch{'s' if epochs > 1 else ''})",
+            "Clean",
+            *(f"{results[c]['clean']:.2f}" for c in CONVOLUTIONS),
+        ),
         ("", "Robust", *(f"{results[c]['robust']:.2f}" for c in CONVOLUTIONS)),
-        ("paper (200 epochs, 5 runs)", "Clean", *("{:.2f}±{:.2f}".format(*PAPER_TABLE1[c]["clean"]) for c in CONVOLUTIONS)),
+        (
+            "paper (200 epochs, 5 runs)",
+            "Clean",
+            *("{:.2f}±{:.2f}".format(*PAPER_TABLE1[c]["clean"]) for c in CONVOLUTIONS),
+        ),
         ("", "Robust", *("{:.2f}±{:.2f}".format(*PAPER_TABLE1[c]["robust"]) for c in CONVOLUTIONS)),
     ]
     print_table(
@@ -110,7 +118,13 @@ def main(argv=None):
     print_table(["phase", "wall s", "CPU s"], timer.rows(), title="Time")
     write_results(
         args.output_dir,
-        {"epochs": budget.epochs, "epsilon": EPSILON, "results": results, "paper": PAPER_TABLE1, "time": timer.as_dict()},
+        {
+            "epochs": budget.epochs,
+            "epsilon": EPSILON,
+            "results": results,
+            "paper": PAPER_TABLE1,
+            "time": timer.as_dict(),
+        },
     )
     return 0
 

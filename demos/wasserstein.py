@@ -176,13 +176,18 @@ class EstimateHistory(keras.callbacks.Callback):
 
 def critic_output(model, x, batch_size=2048):
     return np.concatenate(
-        [keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False))[:, 0] for i in range(0, len(x), batch_size)]
+        [
+            keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False))[:, 0]
+            for i in range(0, len(x), batch_size)
+        ]
     )
 
 
 def kr_estimate(model, x_p, x_q):
     """E_P f - E_Q f over the given samples (float64 means)."""
-    return float(np.mean(critic_output(model, x_p), dtype="float64") - np.mean(critic_output(model, x_q), dtype="float64"))
+    return float(
+        np.mean(critic_output(model, x_p), dtype="float64") - np.mean(critic_output(model, x_q), dtype="float64")
+    )
 
 
 def train_critic(method, critic, x_p, x_q, held_out, epochs, batch_size, per_epoch=1):
@@ -274,8 +279,9 @@ def plot_translate(path, x_p, x_q, critics, curves, truth):
     fig.colorbar(contours, ax=left, label="critic value f(x) (SpectralDense MLP)")
     left.scatter(*x_p[:400].T, s=4, c="navy", label="P")
     left.scatter(*x_q[:400].T, s=4, c="darkred", label="Q = P + v")
-    left.annotate("", xy=MIXTURE_CENTERS[0] + TRANSLATION, xytext=MIXTURE_CENTERS[0],
-                  arrowprops={"arrowstyle": "->", "lw": 2})
+    left.annotate(
+        "", xy=MIXTURE_CENTERS[0] + TRANSLATION, xytext=MIXTURE_CENTERS[0], arrowprops={"arrowstyle": "->", "lw": 2}
+    )
     left.set_title("samples and the learned 1-Lipschitz potential")
     left.set_xlabel("x1 (same units as ||v||)")
     left.set_ylabel("x2")

@@ -19,6 +19,8 @@ import tensorflow as tf
 from keras import ops
 
 from deel_lip_ext import layers as lip
+from deel_lip_ext.layers.pad_conv import PAD_CONV_PADDINGS
+from deel_lip_ext.layers.padding import PAD_MODES
 from deel_lip_ext.lipschitz import ACTIVATIONS
 from deel_lip_ext.utils import model_lipschitz_bound
 from deel_lip_ext.zoo.bcop import NearestUpSampling2D
@@ -177,6 +179,92 @@ def _residual(cls):
 
     return make
 
+def _pad_conv(rng, shape):
+    return lip.PadConv2D(
+        int(rng.choice([2, 4])),
+        int(rng.choice([1, 2, 3])),
+        strides=int(rng.choice([1, 1, 2])),
+        padding=str(rng.choice(PAD_CONV_PADDINGS)),
+        activation=_activation(rng),
+        k_coef_lip=_k(rng),
+        kernel_initializer=_init(rng),
+        bias_initializer=_bias(rng),
+    )
+
+
+def _conv_transpose(cls):
+    def make(rng, shape):
+        strides = int(rng.choice([1, 2])) if shape[1] <= 4 else 1
+        kwargs = {"k_coef_lip": _k(rng)} if cls is lip.SpectralConv2DTranspose else {}
+        return cls(
+            int(rng.choice([2, 4])),
+            int(rng.choice([1, 2, 3])),
+            strides=strides,
+            padding="same",
+            activation=_activation(rng),
+            kernel_initializer=_init(rng),
+            bias_initializer=_bias(rng),
+            **kwargs,
+        )
+
+    return make
+
+
+def _sequence(cls):
+    """A 1-D convolution on the pixels of an image as a sequence: Reshape, the conv ("same", stride 1), Reshape."""
+
+    def make(rng, shape):
+        _, height, width, channels = shape
+        filters = int(rng.choice([2, 4]))
+        kwargs = {"k_coef_lip": _k(rng)} if cls is lip.SpectralConv1D else {}
+        padding = "same" if cls is lip.SpectralConv1D else str(rng.choice(["same", "causal"]))
+        conv = cls(
+            filters,
+            int(rng.choice([1, 2, 3])),
+            padding=padding,
+            activation=_activation(rng),
+            kernel_initializer=_init(rng),
+            bias_initializer=_bias(rng),
+            **kwargs,
+        )
+        return keras.Sequential(
+            [
+                keras.Input(shape[1:]),
+                keras.layers.Reshape((height * width, channels)),
+                conv,
+                keras.layers.Reshape((height, width, filters)),
+            ]
+        )
+
+    return make
+
+
+def _padding(rng, shape):
+    if shape[1] < 2 or shape[2] < 2:
+        return None
+    return lip.Padding2D(int(rng.choice([1, 2])) if min(shape[1:3]) > 2 else 1, mode=str(rng.choice(PAD_MODES)))
+
+
+def _padded_conv(rng, shape):
+    """An exported PadConv2D: Padding2D then a valid Conv2D (the walk fuses the pair)."""
+    if shape[1] < 2 or shape[2] < 2:
+        return None
+    return keras.Sequential(
+        [
+            keras.Input(shape[1:]),
+            lip.Padding2D(1, mode=str(rng.choice(PAD_MODES))),
+            keras.layers.Conv2D(
+                int(rng.choice([2, 4])),
+                3,
+                strides=int(rng.choice([1, 2])),
+                padding="valid",
+                activation=_activation(rng),
+                kernel_initializer=_init(rng),
+            ),
+        ]
+    )
+
+
 LAYERS = [
     # deel_lip_ext.layers
     Entry("SpectralDense", "vector", _dense_like(lip.SpectralDense), (lip.SpectralDense,)),
@@ -200,6 +288,8 @@ LAYERS = [
     Entry("FullSort", "vector", lambda rng, s: lip.FullSort(k_coef_lip=_k(rng)), (lip.FullSort,)),
     Entry("MaxMin", "vector", _even_channels(lip.MaxMin), (lip.MaxMin,)),
     Entry("MaxMin-image", "image", _even_channels(lip.MaxMin), (lip.MaxMin,)),
+    Entry("MaxMinHalves", "vector", _even_channels(lip.MaxMinHalves), (lip.MaxMinHalves,)),
+    Entry("MaxMinHalves-image", "image", _even_channels(lip.MaxMinHalves), (lip.MaxMinHalves,)),
     Entry("CReLU", "vector", lambda rng, s: lip.CReLU(k_coef_lip=_k(rng)), (lip.CReLU,)),
     Entry(
         "Householder",
@@ -260,9 +350,21 @@ LAYERS = [
     Entry("SLLConv2D", "image", _residual(lip.SLLConv2D), (lip.SLLConv2D,)),
     Entry("CPLDense", "vector", _residual(lip.CPLDense), (lip.CPLDense,)),
     Entry("CPLConv2D", "image", _residual(lip.CPLConv2D), (lip.CPLConv2D,)),
+    Entry("PadConv2D", "image", _pad_conv, (lip.PadConv2D,)),
+    Entry(
+        "SpectralConv2DTranspose",
+        "image",
+        _conv_transpose(lip.SpectralConv2DTranspose),
+        (lip.SpectralConv2DTranspose,),
+    ),
+    Entry("SpectralConv1D", "image", _sequence(lip.SpectralConv1D), (lip.SpectralConv1D,)),
+    Entry("Padding2D", "image", _padding, (lip.Padding2D,)),
     # stock Keras layers
     Entry("Dense", "vector", _stock_dense),
     Entry("Conv2D", "image", _stock_conv),
+    Entry("Conv2DTranspose", "image", _conv_transpose(keras.layers.Conv2DTranspose)),
+    Entry("Conv1D", "image", _sequence(keras.layers.Conv1D)),
+    Entry("Padding2D+Conv2D", "image", _padded_conv),
     Entry("ReLU", "vector", lambda rng, s: keras.layers.ReLU(negative_slope=float(rng.choice([0.0, 0.3, 1.5])))),
     Entry("LeakyReLU", "vector", lambda rng, s: keras.layers.LeakyReLU(negative_slope=float(rng.choice([0.2, 2.0])))),
     Entry("Activation", "vector", lambda rng, s: keras.layers.Activation(_activation(rng))),

@@ -154,7 +154,9 @@ def test_verify_certificates_catches_a_wrong_lipschitz_constant():
     x = rng.uniform(size=(60, 6)).astype("float32")
     labels = np.argmax(np.asarray(model(x)), axis=1)
     true_lip = float(np.linalg.norm(w, 2))
-    honest = attacks.verify_certificates(model, x, labels, 0.2, lip_const=true_lip, steps=30, clip_min=None, clip_max=None)
+    honest = attacks.verify_certificates(
+        model, x, labels, 0.2, lip_const=true_lip, steps=30, clip_min=None, clip_max=None
+    )
     assert honest.n_broken == 0 and honest.n_certified > 0
     false = attacks.verify_certificates(
         model, x, labels, 0.2, lip_const=true_lip / 10, steps=30, clip_min=None, clip_max=None
@@ -225,9 +227,7 @@ def test_mnist_certificates_survive_pgd_and_pgd_breaks_an_unconstrained_model():
             assert result.n_certified > 0, str(result)
     assert result.clean_accuracy > 0.7
 
-    plain = keras.Sequential(
-        [keras.Input((784,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)]
-    )
+    plain = keras.Sequential([keras.Input((784,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
     _train(plain, keras.losses.CategoricalCrossentropy(from_logits=True), x_train, y_train, steps=300)
     x_adv = attacks.pgd(plain, x_test, y_test, 1.58, steps=100, loss="cw", restarts=1)
     clean = np.mean(np.argmax(np.asarray(plain(x_test)), 1) == y_test)

@@ -71,7 +71,11 @@ def test_radius_bad_input_raises(logits, labels, kwargs, match):
 
 def dense_model(seed=0, inputs=6, outputs=3, activation=None):
     keras.utils.set_random_seed(seed)
-    stack = [keras.Input((inputs,)), keras.layers.Dense(16, activation=activation or "relu"), keras.layers.Dense(outputs)]
+    stack = [
+        keras.Input((inputs,)),
+        keras.layers.Dense(16, activation=activation or "relu"),
+        keras.layers.Dense(outputs),
+    ]
     return keras.Sequential(stack)
 
 
@@ -99,7 +103,9 @@ def test_certify_folds_input_scale_and_norm_conversions():
     base = certify(model, (x, y), 0.01, lip_const=2.0).radii
     np.testing.assert_allclose(certify(model, (x, y), 0.01, lip_const=2.0, input_scale=[0.3, 0.5]).radii, 0.3 * base)
     # An L2 bound certifies l_inf balls of radius r_2 / sqrt(d).
-    np.testing.assert_allclose(certify(model, (x, y), 0.01, norm="linf", lip_const=2.0).radii, base / math.sqrt(6), rtol=1e-6)
+    np.testing.assert_allclose(
+        certify(model, (x, y), 0.01, norm="linf", lip_const=2.0).radii, base / math.sqrt(6), rtol=1e-6
+    )
     # An l_inf bound (l_inf-dist nets): margin / (2 L), valid for L2 balls too.
     margin_radius = certified_radius(np.asarray(model(x)), y, "linf", 2.0)
     for norm in ("linf", "l2"):
@@ -141,7 +147,10 @@ def test_certify_computes_the_bound_of_a_lipschitz_model():
 
 @pytest.mark.parametrize(
     "unknown",
-    [keras.layers.LayerNormalization(name="layer_norm"), keras.layers.Dense(16, activation="exponential", name="exp_dense")],
+    [
+        keras.layers.LayerNormalization(name="layer_norm"),
+        keras.layers.Dense(16, activation="exponential", name="exp_dense"),
+    ],
     ids=["LayerNormalization", "exponential"],
 )
 def test_certify_refuses_a_layer_with_unknown_constant(unknown):
@@ -207,12 +216,23 @@ def _conv_stack(*body, shape=(8, 8, 2)):
 
 LIPSCHITZ_MODELS = {
     "dense": lambda: [keras.Input((10,)), layers.SpectralDense(12), layers.GroupSort2(), layers.SpectralDense(4)],
-    "frobenius_dense": lambda: [keras.Input((10,)), layers.SpectralDense(8), layers.FullSort(), layers.FrobeniusDense(1)],
+    "frobenius_dense": lambda: [
+        keras.Input((10,)),
+        layers.SpectralDense(8),
+        layers.FullSort(),
+        layers.FrobeniusDense(1),
+    ],
     "conv_same_maxmin": lambda: _conv_stack(
-        layers.SpectralConv2D(4, 3, padding="same"), layers.MaxMinHalves(), keras.layers.Flatten(), layers.SpectralDense(3)
+        layers.SpectralConv2D(4, 3, padding="same"),
+        layers.MaxMinHalves(),
+        keras.layers.Flatten(),
+        layers.SpectralDense(3),
     ),
     "conv_valid_groupsort": lambda: _conv_stack(
-        layers.SpectralConv2D(4, 3, padding="valid"), layers.GroupSort(n=4), keras.layers.Flatten(), layers.SpectralDense(3)
+        layers.SpectralConv2D(4, 3, padding="valid"),
+        layers.GroupSort(n=4),
+        keras.layers.Flatten(),
+        layers.SpectralDense(3),
     ),
     "conv_circular_householder": lambda: _conv_stack(
         layers.SpectralConv2D(4, 3, padding="circular"), layers.Householder(), layers.ScaledGlobalL2NormPooling2D()

@@ -249,15 +249,30 @@ def test_demo_without_data_prints_the_fix_and_exits_nonzero_without_traceback(na
         DEEL_LIP_EXT_DATA="", KERAS_HOME=str(empty / "keras"), TFDS_DATA_DIR=str(empty / "tfds"),
     )
     completed = subprocess.run(
-        [sys.executable, "-c", _RUN_WITHOUT_DATA, str(empty / "shared"), str(DEMOS / f"{name}.py"), str(tmp_path / "out")],
-        cwd=REPOSITORY_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-c",
+            _RUN_WITHOUT_DATA,
+            str(empty / "shared"),
+            str(DEMOS / f"{name}.py"),
+            str(tmp_path / "out"),
+        ],
+        cwd=REPOSITORY_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode != 0
     assert "Traceback" not in completed.stderr and "Traceback" not in completed.stdout, completed.stderr[-3000:]
     assert "expected time" in completed.stdout  # printed before the data is looked for
     message = completed.stderr
     dataset_file = "mnist.npz"
-    for place in (empty / "shared" / dataset_file, empty / "keras" / "datasets" / dataset_file, empty / "tfds" / "mnist"):
+    for place in (
+        empty / "shared" / dataset_file,
+        empty / "keras" / "datasets" / dataset_file,
+        empty / "tfds" / "mnist",
+    ):
         assert str(place) in message, message
     command = f"python demos/{name}.py --quick"
     assert f"`{command} --data-dir <folder>`" in message and f"`{command} --download`" in message, message
@@ -321,7 +336,9 @@ def test_parse_demo_arguments_budget_and_overrides(tmp_path):
     args = _common.parse_demo_arguments("demo", "doc", budgets, ["--output-dir", str(tmp_path / "out")])
     assert (args.budget.epochs, args.budget.size, args.quick) == (7, 100, False)
     assert (tmp_path / "out").is_dir()
-    args = _common.parse_demo_arguments("demo", "doc", budgets, ["--quick", "--epochs", "3", "--output-dir", str(tmp_path)])
+    args = _common.parse_demo_arguments(
+        "demo", "doc", budgets, ["--quick", "--epochs", "3", "--output-dir", str(tmp_path)]
+    )
     assert (args.budget.epochs, args.budget.size) == (3, 10)
     assert args.data_dir == os.environ.get("DEEL_LIP_EXT_DATA", args.data_dir)
     with pytest.raises(SystemExit):
@@ -343,7 +360,7 @@ def test_phase_timer_rows_and_totals():
     timer = _common.PhaseTimer()
     with timer.phase("work"):
         sum(i * i for i in range(300000))
-    (name, wall, cpu), = timer.phases
+    ((name, wall, cpu),) = timer.phases
     assert name == "work" and wall > 0 and cpu > 0
     rows = timer.rows()
     assert [row[0] for row in rows] == ["work", "total"]

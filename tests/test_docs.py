@@ -95,11 +95,15 @@ def test_names_written_in_the_docs_exist():
     assert not unresolved, f"names in the docs that the package does not define: {unresolved}"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install -e .[docs])")
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install -e .[docs])"
+)
 def test_site_builds_in_strict_mode(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "site" / "index.html").is_file()
@@ -256,8 +260,16 @@ def _benchmark_script():
         # WORKLOADS.md: kernels + biases of SConv 16, SConv 32, SDense 64, SDense 10 on 28x28x1 ...
         ("W1", 7 * 7 * 32, (9 * 1 * 16 + 16) + (9 * 16 * 32 + 32) + (1568 * 64 + 64) + (64 * 10 + 10)),
         # ... and of SConv 64, 64, 128, 128, SDense 256, SDense 10 on 32x32x3.
-        ("W2", 8 * 8 * 128, (9 * 3 * 64 + 64) + (9 * 64 * 64 + 64) + (9 * 64 * 128 + 128)
-         + (9 * 128 * 128 + 128) + (8192 * 256 + 256) + (256 * 10 + 10)),
+        (
+            "W2",
+            8 * 8 * 128,
+            (9 * 3 * 64 + 64)
+            + (9 * 64 * 64 + 64)
+            + (9 * 64 * 128 + 128)
+            + (9 * 128 * 128 + 128)
+            + (8192 * 256 + 256)
+            + (256 * 10 + 10),
+        ),
     ],
 )
 def test_benchmark_builds_the_reference_workloads(workload, flattened, trainable):
@@ -284,18 +296,25 @@ def test_benchmark_builds_the_reference_workloads(workload, flattened, trainable
 @pytest.mark.slow
 def test_benchmark_one_row_reports_every_figure():
     bench = _benchmark_script()
-    row = bench.measure_one("W1", "lip", steps=1, warmup=0, conv_name="SpectralConv2D", padding="same",
-                            jit_compile="auto")
+    row = bench.measure_one(
+        "W1", "lip", steps=1, warmup=0, conv_name="SpectralConv2D", padding="same", jit_compile="auto"
+    )
     for key in ("train_step_ms", "infer_ms", "infer_trainflag_ms", "infer_export_ms", "peak_rss_mb", "cpu_util"):
         assert row[key] > 0
     assert row["losses_finite"] and row["export_max_abs_diff"] < 1e-4
-    plain = {"workload": "W1", "variant": "plain", "train_step_ms": 2 * row["train_step_ms"],
-             "infer_ms": row["infer_ms"], "infer_trainflag_ms": row["infer_trainflag_ms"]}
+    plain = {
+        "workload": "W1",
+        "variant": "plain",
+        "train_step_ms": 2 * row["train_step_ms"],
+        "infer_ms": row["infer_ms"],
+        "infer_trainflag_ms": row["infer_trainflag_ms"],
+    }
     bench.add_ratios([plain, row])
     assert row["train_step_ratio"] == pytest.approx(0.5) and row["infer_ratio"] == pytest.approx(1.0)
     assert row["infer_export_ratio"] == pytest.approx(row["infer_export_ms"] / row["infer_ms"])
-    table = bench.markdown_table([plain | {"conv": "Conv2D(same)", "first_loss": 2.3, "final_loss": 2.2,
-                                           "losses_finite": True}, row])
+    table = bench.markdown_table(
+        [plain | {"conv": "Conv2D(same)", "first_loss": 2.3, "final_loss": 2.2, "losses_finite": True}, row]
+    )
     lines = table.splitlines()
     assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
 
@@ -306,7 +325,9 @@ def test_benchmark_one_row_reports_every_figure():
 def _build_site(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return tmp_path / "site"
@@ -325,7 +346,9 @@ INTERNAL_NAMES = (
 )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install -e .[docs])")
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install -e .[docs])"
+)
 def test_rendered_api_pages_show_examples_as_code_math_and_public_names_only(tmp_path):
     """Snag 4 of the newcomer issue: `>>>` examples rendered as nested blockquotes, raw
     formulas, internal helpers on the API pages, docstring warnings turned off."""
@@ -387,10 +410,23 @@ def test_benchmark_plot_script_draws_the_json_of_train_step(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     rows = [
-        {"workload": "W1", "variant": "plain", "train_step_ms": 10.0, "infer_ms": 4.0, "infer_trainflag_ms": 5.0,
-         "cpu_util": 1.9},
-        {"workload": "W1", "variant": "lip", "train_step_ms": 15.0, "infer_ms": 5.0, "infer_trainflag_ms": 9.0,
-         "infer_export_ms": 6.0, "cpu_util": 1.8},
+        {
+            "workload": "W1",
+            "variant": "plain",
+            "train_step_ms": 10.0,
+            "infer_ms": 4.0,
+            "infer_trainflag_ms": 5.0,
+            "cpu_util": 1.9,
+        },
+        {
+            "workload": "W1",
+            "variant": "lip",
+            "train_step_ms": 15.0,
+            "infer_ms": 5.0,
+            "infer_trainflag_ms": 9.0,
+            "infer_export_ms": 6.0,
+            "cpu_util": 1.8,
+        },
         {"workload": "W2", "variant": "lip", "error": "killed"},
     ]
     path = tmp_path / "bench.json"
@@ -398,7 +434,9 @@ def test_benchmark_plot_script_draws_the_json_of_train_step(tmp_path):
     meta, by_workload = module.load_rows(path)
     assert set(by_workload) == {"W1"}
     assert module.bars(by_workload["W1"]) == [
-        ("training step", 10.0, 15.0), ("inference", 4.0, 5.0), ("forward, training=True", 5.0, 9.0),
+        ("training step", 10.0, 15.0),
+        ("inference", 4.0, 5.0),
+        ("forward, training=True", 5.0, 9.0),
         ("exported inference", 4.0, 6.0),
     ]
     assert module.main([str(path), str(tmp_path / "plot.png")]) == 0

@@ -26,8 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # The library layers an export may contain (README.md lists exactly these).
 EXPORTED_AS_THEMSELVES = {
-    "CircularPadding2D", "InvertibleDownSampling", "InvertibleUpSampling",
-    "GroupSort", "GroupSort2", "FullSort", "MaxMin", "CReLU",
+    "CircularPadding2D", "Padding2D", "InvertibleDownSampling", "InvertibleUpSampling",
+    "GroupSort", "GroupSort2", "FullSort", "MaxMin", "MaxMinHalves", "CReLU",
     "ScaledAveragePooling2D", "ScaledGlobalAveragePooling2D", "ScaledL2NormPooling",
     "ScaledL2NormPooling2D", "ScaledGlobalL2NormPooling2D",
     "Householder", "LInfDistDense", "LInfDistConv2D", "LogitScale",
@@ -38,7 +38,7 @@ EXPORTED_AS_STOCK = {"BatchCentering"}
 # Residual layers exported as a functional block of stock layers (README.md says so).
 EXPORTED_AS_STOCK_BLOCKS = {"SLLDense", "SLLConv2D", "CPLDense", "CPLConv2D"}
 # What a parametrized layer may leave besides its stock Dense/Conv2D.
-PARAMETRIZED_HELPERS = {"CircularPadding2D", "InvertibleDownSampling"}
+PARAMETRIZED_HELPERS = {"CircularPadding2D", "Padding2D", "InvertibleDownSampling"}
 
 
 def _library_layer_classes():

@@ -81,7 +81,9 @@ def test_spectral_constraint_and_initializer_give_orthogonal_kernels():
     model.compile(keras.optimizers.Adam(1e-1), "mse")
     rng = np.random.default_rng(1)
     model.train_on_batch(rng.normal(size=(8, 9)), rng.normal(size=(8, 6)))
-    np.testing.assert_allclose(np.linalg.svd(keras.ops.convert_to_numpy(dense.kernel), compute_uv=False), 2.0, atol=1e-2)
+    np.testing.assert_allclose(
+        np.linalg.svd(keras.ops.convert_to_numpy(dense.kernel), compute_uv=False), 2.0, atol=1e-2
+    )
 
     kernel = keras.ops.convert_to_numpy(SpectralInitializer(k_coef_lip=0.5)((3, 3, 4, 8)))
     np.testing.assert_allclose(np.linalg.svd(kernel.reshape(-1, 8), compute_uv=False), 0.5, atol=1e-3)
@@ -93,6 +95,11 @@ def test_spectral_constraint_and_initializer_give_orthogonal_kernels():
     assert keras.ops.convert_to_numpy(WeightClipConstraint(0.1)(np.array([-1.0, 0.05, 2.0]))).tolist() == pytest.approx(
         [-0.1, 0.05, 0.1]
     )
-    for obj in (SpectralConstraint(2.0), SpectralInitializer(k_coef_lip=0.5), FrobeniusConstraint(), WeightClipConstraint(0.1)):
+    for obj in (
+        SpectralConstraint(2.0),
+        SpectralInitializer(k_coef_lip=0.5),
+        FrobeniusConstraint(),
+        WeightClipConstraint(0.1),
+    ):
         restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
         assert restored.get_config() == obj.get_config()

@@ -59,7 +59,9 @@ K_VALUES = [pytest.param(0.5, marks=pytest.mark.slow), 1.0, pytest.param(5.0, ma
 def test_conv_exported_operator_norm_at_most_k(layer_cls, padding, c_in, c_out, kernel, stride, size, k):
     if padding == "valid" and kernel > size:
         pytest.skip("kernel larger than the input")
-    model = _single_layer_model(layer_cls(c_out, kernel, strides=stride, padding=padding, k_coef_lip=k), (size, size, c_in))
+    model = _single_layer_model(
+        layer_cls(c_out, kernel, strides=stride, padding=padding, k_coef_lip=k), (size, size, c_in)
+    )
     _train_a_few_steps(model)
     sigma_max = np.linalg.svd(_exported_operator(model), compute_uv=False).max()
     assert sigma_max <= k * (1 + 1e-3)

@@ -28,7 +28,9 @@ def np_kr(y, f):
 
 
 def np_hinge(y, f, m):
-    return np.array([np.mean([max(0.0, m / 2 - (1 if yi > 0 else -1) * fi) for yi, fi in zip(yr, fr)]) for yr, fr in zip(y, f)])
+    return np.array(
+        [np.mean([max(0.0, m / 2 - (1 if yi > 0 else -1) * fi) for yi, fi in zip(yr, fr)]) for yr, fr in zip(y, f)]
+    )
 
 
 def np_multiclass_hinge(y, f, m):
@@ -99,20 +101,36 @@ BINARY_CASES = [
         lambda: losses.HKR(2.5, 2.0, reduction="none"),
         lambda y, f: -np_kr((y > 0).astype(float), f) + 2.5 * np_hinge(y, f, 2.0),
     ),
-    ("TauBinaryCrossentropy", lambda: losses.TauBinaryCrossentropy(0.5, reduction="none"), lambda y, f: np_tau_bce(y, f, 0.5)),
+    (
+        "TauBinaryCrossentropy",
+        lambda: losses.TauBinaryCrossentropy(0.5, reduction="none"),
+        lambda y, f: np_tau_bce(y, f, 0.5),
+    ),
 ]
 
 MULTICLASS_CASES = [
     ("MulticlassKR", lambda: losses.MulticlassKR(reduction="none"), lambda y, f: np_kr((y > 0).astype(float), f)),
-    ("MulticlassHinge", lambda: losses.MulticlassHinge(1.3, reduction="none"), lambda y, f: np_multiclass_hinge(y, f, 1.3)),
+    (
+        "MulticlassHinge",
+        lambda: losses.MulticlassHinge(1.3, reduction="none"),
+        lambda y, f: np_multiclass_hinge(y, f, 1.3),
+    ),
     (
         "MulticlassHKR",
         lambda: losses.MulticlassHKR(reduction="none"),
         lambda y, f: -np_kr((y > 0).astype(float), f) + 10.0 * np_multiclass_hinge(y, f, 1.0),
     ),
     ("MultiMargin", lambda: losses.MultiMargin(0.7, reduction="none"), lambda y, f: np_multi_margin(y, f, 0.7)),
-    ("CategoricalHinge", lambda: losses.CategoricalHinge(1.1, reduction="none"), lambda y, f: np_categorical_hinge(y, f, 1.1)),
-    ("TauCategoricalCrossentropy", lambda: losses.TauCategoricalCrossentropy(2.0, reduction="none"), lambda y, f: np_tau_cce(y, f, 2.0)),
+    (
+        "CategoricalHinge",
+        lambda: losses.CategoricalHinge(1.1, reduction="none"),
+        lambda y, f: np_categorical_hinge(y, f, 1.1),
+    ),
+    (
+        "TauCategoricalCrossentropy",
+        lambda: losses.TauCategoricalCrossentropy(2.0, reduction="none"),
+        lambda y, f: np_tau_cce(y, f, 2.0),
+    ),
 ]
 
 
@@ -127,7 +145,9 @@ def _check_against_reference(make_loss, reference, y, f):
     weights = np.linspace(0.0, 2.0, len(y)).astype("float32")
     loss = make_loss()
     loss.reduction = "sum_over_batch_size"
-    np.testing.assert_allclose(float(loss(y, f, sample_weight=weights)), np.mean(weights * expected), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        float(loss(y, f, sample_weight=weights)), np.mean(weights * expected), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("minus_one", [False, True], ids=["labels01", "labels-11"])
@@ -161,7 +181,9 @@ def test_sparse_tau_crossentropy_matches_numpy_and_dense_variant():
     sparse = losses.TauSparseCategoricalCrossentropy(2.0, reduction="none")
     for shaped in (labels, labels[:, None], labels.astype("int32")):
         np.testing.assert_allclose(np.asarray(sparse(shaped, f)), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(float(losses.TauSparseCategoricalCrossentropy(2.0)(labels, f)), expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(losses.TauSparseCategoricalCrossentropy(2.0)(labels, f)), expected.mean(), rtol=1e-5
+    )
 
 
 def test_kr_all_positive_batch():
@@ -267,9 +289,9 @@ def test_configs_are_plain_and_round_trip():
 
 @pytest.mark.parametrize(
     "loss,multiclass",
-    [(loss, False) for loss in ALL_LOSSES] + [(loss, True) for loss in ALL_MULTICLASS_LOSSES] + [
-        (losses.TauSparseCategoricalCrossentropy(tau=2.0), "sparse")
-    ],
+    [(loss, False) for loss in ALL_LOSSES]
+    + [(loss, True) for loss in ALL_MULTICLASS_LOSSES]
+    + [(losses.TauSparseCategoricalCrossentropy(tau=2.0), "sparse")],
     ids=lambda v: type(v).__name__ if not isinstance(v, (bool, str)) else str(v),
 )
 def test_serialization_inside_a_compiled_model(loss, multiclass, tmp_path):
@@ -334,7 +356,9 @@ def test_loss_param_scheduler_and_log_errors_and_output(capsys):
     model.fit(np.ones((4, 3)), np.ones((4, 1)), epochs=1, callbacks=[log], verbose=0)
     assert "alpha = 2" in capsys.readouterr().out
     with pytest.raises(ValueError, match="tau"):
-        model.fit(np.ones((4, 3)), np.ones((4, 1)), callbacks=[callbacks.LossParamScheduler("tau", [1.0], [0])], verbose=0)
+        model.fit(
+            np.ones((4, 3)), np.ones((4, 1)), callbacks=[callbacks.LossParamScheduler("tau", [1.0], [0])], verbose=0
+        )
     with pytest.raises(ValueError, match="xp"):
         callbacks.LossParamScheduler("alpha", fp=[1.0, 2.0], xp=[5, 0])
     with pytest.raises(ValueError, match="rate"):

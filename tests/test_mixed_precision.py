@@ -38,12 +38,16 @@ from deel_lip_ext.layers import (
     LogitScale,
     MaxMin,
     OSSNConv2D,
+    PadConv2D,
+    Padding2D,
     RKOConv2D,
     ScaledAveragePooling2D,
     ScaledGlobalAveragePooling2D,
     ScaledGlobalL2NormPooling2D,
     ScaledL2NormPooling2D,
+    SpectralConv1D,
     SpectralConv2D,
+    SpectralConv2DTranspose,
     SpectralDense,
     SVCMConv2D,
 )
@@ -70,6 +74,9 @@ KERNEL_LAYERS = {
     "ChordDense": (DENSE_INPUT, lambda: ChordDense(6, kernel_initializer="glorot_uniform")),
     "AOLDense": (DENSE_INPUT, lambda: AOLDense(6, kernel_initializer="glorot_uniform")),
     "AOLConv2D": (CONV_INPUT, lambda: AOLConv2D(3, 3, padding="circular", kernel_initializer="glorot_uniform")),
+    "PadConv2D": (CONV_INPUT, lambda: PadConv2D(3, 3, padding="reflect")),
+    "SpectralConv2DTranspose": (CONV_INPUT, lambda: SpectralConv2DTranspose(3, 3)),
+    "SpectralConv1D": ((6, 2), lambda: SpectralConv1D(3, 3, padding="same")),
 }
 OTHER_LAYERS = {
     "LInfDistDense": (DENSE_INPUT, lambda: LInfDistDense(6)),
@@ -93,6 +100,7 @@ OTHER_LAYERS = {
     "SLLConv2D": (CONV_INPUT, lambda: SLLConv2D(3, 3)),
     "CPLDense": (DENSE_INPUT, lambda: CPLDense(6)),
     "CPLConv2D": (CONV_INPUT, lambda: CPLConv2D(3, 3, padding="circular")),
+    "Padding2D": (CONV_INPUT, lambda: Padding2D(1, mode="symmetric")),
 }
 
 
@@ -150,6 +158,22 @@ def _exported_operator_norm(exported_layers, input_shape):
     for layer in exported_layers:
         if isinstance(layer, CircularPadding2D):
             x = np.pad(x, ((0, 0), *layer.padding, (0, 0)), mode="wrap")
+        elif isinstance(layer, Padding2D):
+            x = np.pad(x, ((0, 0), *layer.padding, (0, 0)), mode=layer.mode)
+        elif isinstance(layer, keras.layers.Conv1D):
+            # A stride-1 "same" 1-D correlation: the 2-D one on (1, L) inputs with a (1, k) kernel.
+            assert tuple(layer.strides) == (1,) and layer.padding == "same"
+            kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)[None]
+            k = kernel.shape[1]
+            x = np.pad(x[:, None], ((0, 0), (0, 0), ((k - 1) // 2, k - 1 - (k - 1) // 2), (0, 0)))
+            x = _conv_operator(x, kernel, "valid")
+        elif isinstance(layer, keras.layers.Conv2DTranspose):
+            # Stride 1, "same", odd kernel: the correlation with the spatially flipped kernel, channels swapped.
+            assert tuple(layer.strides) == (1, 1) and layer.padding == "same"
+            kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)
+            assert all(k % 2 for k in kernel.shape[:2])
+            x = np.pad(x, ((0, 0), *[(k // 2, k // 2) for k in kernel.shape[:2]], (0, 0)))
+            x = _conv_operator(x, kernel[::-1, ::-1].transpose(0, 1, 3, 2), "valid")
         elif isinstance(layer, keras.layers.Conv2D):
             assert tuple(layer.strides) == (1, 1)
             kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)

@@ -123,7 +123,9 @@ def test_keras_round_trip_and_identical_continued_training(build, tmp_path):
         loaded.train_on_batch(x, y)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     for original, restored in zip(model.weights, loaded.weights):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(restored), keras.ops.convert_to_numpy(original), atol=1e-5)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(restored), keras.ops.convert_to_numpy(original), atol=1e-5
+        )
 
 
 def test_condense_on_model_keeps_outputs():

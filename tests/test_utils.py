@@ -51,7 +51,9 @@ def test_compute_layer_sv_for_each_kind():
 
     plain = keras.layers.Dense(3, use_bias=True)
     plain.build((None, 4))
-    assert compute_layer_sv(plain)[1] == pytest.approx(np.linalg.svd(keras.ops.convert_to_numpy(plain.kernel), compute_uv=False).max())
+    assert compute_layer_sv(plain)[1] == pytest.approx(
+        np.linalg.svd(keras.ops.convert_to_numpy(plain.kernel), compute_uv=False).max()
+    )
     assert compute_layer_sv(keras.layers.ReLU()) == (0.0, 1.0)
     assert compute_layer_sv(lip.GroupSort2(k_coef_lip=3.0)) == (3.0, 3.0)
     assert compute_layer_sv(keras.layers.Dense(3, activation="gelu")) is None
@@ -73,8 +75,13 @@ def test_large_zero_padded_conv_bound_is_an_upper_bound():
 
 def test_model_bound_product_sum_and_exported_circular_pairs():
     model = Sequential(
-        [keras.Input((6, 6, 2)), lip.SpectralConv2D(4, 3, padding="circular", name="c"), lip.GroupSort2(),
-         keras.layers.Flatten(), lip.SpectralDense(5, k_coef_lip=0.5, name="d")]
+        [
+            keras.Input((6, 6, 2)),
+            lip.SpectralConv2D(4, 3, padding="circular", name="c"),
+            lip.GroupSort2(),
+            keras.layers.Flatten(),
+            lip.SpectralDense(5, k_coef_lip=0.5, name="d"),
+        ]
     )
     per_layer = compute_model_sv(model)
     expected = per_layer["c"][1] * per_layer["d"][1]
@@ -92,7 +99,9 @@ def test_model_bound_product_sum_and_exported_circular_pairs():
 
 
 def test_model_bound_names_the_unknown_layer():
-    model = keras.Sequential([keras.Input((3,)), lip.SpectralDense(3), keras.layers.Dense(2, activation="exponential", name="mystery")])
+    model = keras.Sequential(
+        [keras.Input((3,)), lip.SpectralDense(3), keras.layers.Dense(2, activation="exponential", name="mystery")]
+    )
     with pytest.raises(ValueError, match="mystery"):
         model_lipschitz_bound(model)
 
@@ -104,7 +113,13 @@ def test_evaluate_lip_const_is_exact_for_linear_and_below_the_bound():
     assert evaluate_lip_const(linear, x) == pytest.approx(np.linalg.svd(kernel, compute_uv=False).max(), rel=1e-5)
 
     lip_model = Sequential(
-        [keras.Input((6, 6, 1)), lip.SpectralConv2D(4, 3), lip.GroupSort2(), keras.layers.Flatten(), lip.SpectralDense(3)]
+        [
+            keras.Input((6, 6, 1)),
+            lip.SpectralConv2D(4, 3),
+            lip.GroupSort2(),
+            keras.layers.Flatten(),
+            lip.SpectralDense(3),
+        ]
     )
     xs = np.random.default_rng(1).normal(size=(8, 6, 6, 1)).astype("float32")
     assert 0 < evaluate_lip_const(lip_model, xs) <= model_lipschitz_bound(lip_model) * (1 + 1e-5)

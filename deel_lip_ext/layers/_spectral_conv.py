@@ -17,6 +17,8 @@ inputs of another size. (deel-lip's factor for these paddings is the
 zero-padding one, which their copies can exceed.)
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 
@@ -25,13 +27,14 @@ import numpy as np
 from keras import ops
 
 from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer, SpectralMixin
+from deel_lip_ext.spectrum import MAX_DENSE_OPERATOR_SIZE, linf_kernel_norm, padded_axis_counts
 
 __all__ = ["ZERO_PADDINGS", "pad_widths", "axis_overlap_counts", "max_overlap", "SpectralConvBase"]
 
 ZERO_PADDINGS = ("same", "valid", "constant")
 
 # Above this many input entries the dense operator matrix of `operator_norm` is too big: use the bound.
-MAX_IMPULSE_SIZE = 3072
+MAX_IMPULSE_SIZE = MAX_DENSE_OPERATOR_SIZE
 
 
 def pad_widths(size, kernel, stride, padding):
@@ -43,19 +46,6 @@ def pad_widths(size, kernel, stride, padding):
         total = max((n_out - 1) * stride + kernel - size, 0)
         return (total // 2, total - total // 2)
     return (kernel // 2, kernel - 1 - kernel // 2)
-
-
-def _source_index(position, size, padding):
-    """Input index that padded position `position` (relative to the first input entry) copies, or None (a zero)."""
-    if 0 <= position < size:
-        return position
-    if padding in ZERO_PADDINGS:
-        return None
-    if padding == "circular":
-        return position % size
-    if padding == "reflect":
-        return -position if position < 0 else 2 * (size - 1) - position
-    return -position - 1 if position < 0 else 2 * size - 1 - position  # symmetric
 
 
 def axis_overlap_counts(size, kernel, stride, padding):
@@ -71,17 +61,10 @@ def axis_overlap_counts(size, kernel, stride, padding):
         A numpy int array of length `size`.
 
     Examples:
-        >>> axis_overlap_counts(4, 3, 1, "reflect")  # array([2, 4, 3, 3]) (edge copies counted)
+        >>> axis_overlap_counts(4, 3, 1, "reflect")  # array([2, 4, 4, 2]) (edge copies counted)
     """
-    before, after = pad_widths(size, kernel, stride, padding)
-    n_out = (size + before + after - kernel) // stride + 1
-    counts = np.zeros(size, dtype=int)
-    for out in range(max(n_out, 0)):
-        for tap in range(kernel):
-            source = _source_index(out * stride + tap - before, size, padding)
-            if source is not None:
-                counts[source] += 1
-    return counts
+    mode = "constant" if padding in ZERO_PADDINGS else padding
+    return padded_axis_counts(size, kernel, stride, pad_widths(size, kernel, stride, padding), mode)
 
 
 def max_overlap(sizes, kernel_size, strides, padding):
@@ -194,8 +177,15 @@ class SpectralConvBase(KernelBiasMixin, SpectralMixin, ParametrizedLayer):
     def call(self, inputs, training=None):
         return self._bias_and_activation(self.linear(inputs, self.kernel_for_call(training)))
 
-    def _operator_matrix(self, input_shape):
-        """Dense matrix (inputs, outputs) of the bias-free map at `input_shape` from unit impulses (None if too big)."""
+    def operator_matrix(self, input_shape: tuple) -> np.ndarray | None:
+        """Dense matrix (inputs, outputs) of the bias-free map at `input_shape` from unit impulses.
+
+        Args:
+            input_shape: Keras input shape with the batch dimension.
+
+        Returns:
+            A float64 array, or None when a dimension is unknown or the input has more than 3072 entries.
+        """
         entries = tuple(input_shape[1:])
         if any(dim is None for dim in entries) or int(np.prod(entries)) > MAX_IMPULSE_SIZE:
             return None
@@ -212,38 +202,20 @@ class SpectralConvBase(KernelBiasMixin, SpectralMixin, ParametrizedLayer):
         ||M||_2 * sqrt(max overlap), M the reshaped effective kernel.
         """
         self._check_input_size(input_shape)
-        matrix = self._operator_matrix(input_shape)
+        matrix = self.operator_matrix(input_shape)
         if matrix is not None:
             return float(np.linalg.norm(matrix, 2))
         kernel = ops.convert_to_numpy(self.effective_kernel()).astype(np.float64)
         return float(np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2) * math.sqrt(self._overlap(input_shape)))
 
-    def _build_input_shape(self):
-        return (None, *self.input_spatial_size, self.kernel_channels_in)
+    def linf_operator_norm(self, input_shape: tuple | None = None) -> float:
+        """Upper bound of the l_inf operator norm: the largest absolute column sum of the reshaped kernel.
 
-    def lipschitz_sv(self):
-        """(min, max) singular values at the build input size (`deel_lip_ext.utils.compute_layer_sv` reads it).
-
-        Exact on inputs of at most 3072 entries; beyond, min is 0 and max the
-        upper bound of `operator_norm`.
+        Each output entry is a sum of kernel entries times input entries
+        (padding adds zeros or copies): valid for every padding of a direct
+        convolution (transposed convolutions override it).
         """
-        input_shape = self._build_input_shape()
-        matrix = self._operator_matrix(input_shape)
-        if matrix is None:
-            return 0.0, self.operator_norm(input_shape)
-        values = np.linalg.svd(matrix, compute_uv=False)
-        full_rank = min(matrix.shape)
-        return float(values[:full_rank].min()), float(values.max())
-
-    def singular_values(self):
-        """Every singular value (descending) of the bias-free map at the build input size (at most 3072 entries)."""
-        matrix = self._operator_matrix(self._build_input_shape())
-        if matrix is None:
-            raise ValueError(
-                f"{type(self).__name__} {self.name!r}: the input {self._build_input_shape()} has more than "
-                f"{MAX_IMPULSE_SIZE} entries, too many for an exact spectrum; use lipschitz_sv() for a bound."
-            )
-        return np.linalg.svd(matrix, compute_uv=False)
+        return linf_kernel_norm(self.effective_kernel())
 
     def _conv_config(self):
         return {

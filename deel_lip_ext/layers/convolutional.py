@@ -127,7 +127,9 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
         if data_format not in (None, "channels_last"):
             raise ValueError(f"data_format must be 'channels_last' (or None), got {data_format!r}.")
         if int_pair(dilation_rate, "dilation_rate") != (1, 1):
-            raise ValueError(f"dilation_rate must be 1: dilated Lipschitz convolutions are not supported, got {dilation_rate!r}.")
+            raise ValueError(
+                f"dilation_rate must be 1: dilated Lipschitz convolutions are not supported, got {dilation_rate!r}."
+            )
         if groups != 1:
             raise ValueError(f"groups must be 1, got {groups!r}.")
         self._init_lipschitz(k_coef_lip)
@@ -162,9 +164,13 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
         elif self.padding == "valid":
             for size, k in zip((height, width), self.kernel_size):
                 if size is not None and size < k:
-                    raise ValueError(f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}.")
+                    raise ValueError(
+                        f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}."
+                    )
         self.input_spatial_size = (height, width)
-        self.lipschitz_coefficient = conv_lipschitz_coefficient((height, width), self.kernel_size, self.strides, self.padding)
+        self.lipschitz_coefficient = conv_lipschitz_coefficient(
+            (height, width), self.kernel_size, self.strides, self.padding
+        )
         kernel_shape = self.kernel_size + (channels, self.filters)
         self._add_kernel_and_bias(kernel_shape, self.filters)
         self.build_parametrization_state()

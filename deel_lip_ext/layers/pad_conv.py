@@ -8,6 +8,11 @@ where the overlap counts the copies that reflect, symmetric and circular
 padding make of the border pixels (see `deel_lip_ext.layers._spectral_conv`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -76,30 +81,30 @@ class PadConv2D(SpectralConvBase):
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="same",
-        data_format=None,
-        dilation_rate=(1, 1),
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        k_coef_lip=1.0,
-        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral=normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck=normalizers.DEFAULT_MAXITER_BJORCK,
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "same",
+        data_format: str | None = None,
+        dilation_rate: int | tuple[int, int] = (1, 1),
+        groups: int = 1,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
+        k_coef_lip: float = 1.0,
+        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self._init_conv(
             2,

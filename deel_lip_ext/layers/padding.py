@@ -27,6 +27,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.base import LipschitzBounded
+from deel_lip_ext.spectrum import pad_index
 
 __all__ = [
     "CircularPadding2D",
@@ -132,6 +133,23 @@ def circular_pad(x: ArrayLike, padding: tuple[tuple[int, int], tuple[int, int]])
     return _wrap_axis(_wrap_axis(x, top, bottom, axis=1), left, right, axis=2)
 
 
+def _copies_constant(padding, input_shape, mode):
+    """L2 constant of a copying padding: sqrt of the largest number of copies of one pixel.
+
+    Each pad copies an entry at most once per side (circular and symmetric: pad <= size, reflect:
+    pad < size), so an entry has at most 1 + [before > 0] + [after > 0] copies per axis at any size;
+    at a known size, the exact counts of the padded index map.
+    """
+    sizes = (None, None) if input_shape is None else tuple(input_shape)[1:3]
+    copies = 1
+    for size, (before, after) in zip(sizes, padding):
+        if size is None:
+            copies *= 1 + (before > 0) + (after > 0)
+        else:
+            copies *= int(np.bincount(pad_index(size, before, after, mode), minlength=size).max())
+    return math.sqrt(copies)
+
+
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
     """Wrap-around padding of the spatial axes (a torus), channels-last.
@@ -171,6 +189,9 @@ class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
 
     def call(self, inputs: ArrayLike):
         return circular_pad(inputs, self.padding)
+
+    def _lipschitz_constant(self, norm, input_shape):
+        return 1.0 if norm == "linf" else _copies_constant(self.padding, input_shape, "circular")
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         sizes = [
@@ -227,13 +248,16 @@ def mode_pad(x, padding, mode):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class Padding2D(keras.layers.Layer):
+class Padding2D(LipschitzBounded, keras.layers.Layer):
     """Zero, reflect or symmetric padding of the spatial axes, channels-last.
 
     The parameter-free padding of an exported `PadConv2D`: the exported model
-    is this layer followed by a plain "valid" `Conv2D`. Reflect and symmetric
-    padding copy pixels, so on their own they are not 1-Lipschitz (the
-    Lipschitz object is the padded convolution); no `k_coef_lip`.
+    is this layer followed by a plain "valid" `Conv2D` (which
+    `deel_lip_ext.utils.model_lipschitz_bound` bounds as one padded
+    convolution). Reflect and symmetric padding copy pixels, so on their own
+    they are not 1-Lipschitz: the L2 constant is the square root of the
+    largest number of copies of one pixel (1 for zeros), the l_inf constant 1;
+    no `k_coef_lip`.
 
     Args:
         padding: an int (all sides), a pair `(pad_h, pad_w)` (symmetric) or
@@ -249,7 +273,13 @@ class Padding2D(keras.layers.Layer):
         (1, 6, 6, 3)
     """
 
-    def __init__(self, padding=1, mode="reflect", data_format="channels_last", **kwargs):
+    def __init__(
+        self,
+        padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 1,
+        mode: str = "reflect",
+        data_format: str = "channels_last",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.padding = normalize_padding_2d(padding)
         self.mode = _check_mode(mode)
@@ -271,19 +301,9 @@ class Padding2D(keras.layers.Layer):
         return (input_shape[0], *sizes, input_shape[3])
 
     def _lipschitz_constant(self, norm, input_shape):
-        if norm == "linf":
+        if norm == "linf" or self.mode == "constant":
             return 1.0
-        # Along an axis of size n padded (before, after), index i is copied 1 + [i >= n - before] + [i < after]
-        # times; the constant is the square root of the largest product of copies over the two axes.
-        sizes = (None, None) if input_shape is None else tuple(input_shape)[1:3]
-        copies = 1
-        for size, (before, after) in zip(sizes, self.padding):
-            if size is None:
-                copies *= 1 + (before > 0) + (after > 0)
-            else:
-                index = np.arange(size)
-                copies *= int(np.max(1 + (index >= size - before) + (index < after)))
-        return math.sqrt(copies)
+        return _copies_constant(self.padding, input_shape, self.mode)
 
     def get_config(self):
         config = super().get_config()

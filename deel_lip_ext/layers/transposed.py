@@ -13,11 +13,17 @@ norm is not the one in the bound above (for 1x1 kernels the two reshapes
 are transposes of each other and agree); see the migration guide.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import keras
 from keras import ops
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers._spectral_conv import SpectralConvBase, max_overlap
+from deel_lip_ext.spectrum import linf_transposed_kernel_norm
 
 __all__ = ["SpectralConv2DTranspose"]
 
@@ -63,30 +69,30 @@ class SpectralConv2DTranspose(SpectralConvBase):
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="same",
-        output_padding=None,
-        data_format=None,
-        dilation_rate=(1, 1),
-        activation=None,
-        use_bias=True,
-        kernel_initializer="orthogonal",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        k_coef_lip=1.0,
-        eps_spectral=normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck=normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck=normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral=normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck=normalizers.DEFAULT_MAXITER_BJORCK,
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "same",
+        output_padding: None = None,
+        data_format: str | None = None,
+        dilation_rate: int | tuple[int, int] = (1, 1),
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
+        k_coef_lip: float = 1.0,
+        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if output_padding is not None:
             raise ValueError(f"output_padding must be None (as in deel-lip), got {output_padding!r}.")
@@ -125,6 +131,15 @@ class SpectralConv2DTranspose(SpectralConvBase):
 
     def linear(self, inputs, kernel):
         return ops.conv_transpose(inputs, kernel, strides=self.strides, padding="same")
+
+    def linf_operator_norm(self, input_shape: tuple | None = None) -> float:
+        """Upper bound of the l_inf operator norm (`deel_lip_ext.spectrum.linf_transposed_kernel_norm`).
+
+        An output entry of a transposed convolution sums the taps of one
+        residue class modulo the stride over the input channels, not the
+        column sums of a direct convolution.
+        """
+        return linf_transposed_kernel_norm(self.effective_kernel(), self.strides)
 
     def compute_output_shape(self, input_shape):
         sizes = [None if size is None else size * s for size, s in zip(input_shape[1:3], self.strides)]

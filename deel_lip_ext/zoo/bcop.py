@@ -22,7 +22,6 @@ from typing import Any
 
 import keras
 from keras import ops
-from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.activations import MaxMinHalves
 from deel_lip_ext.layers.base import LipschitzLayer
