@@ -23,9 +23,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers._spectral_conv import SpectralConvBase
+from deel_lip_ext.layers.aoc import AOCConv2DTranspose
 from deel_lip_ext.layers.base import LipschitzBounded, LipschitzLayer, ParametrizedLayer, built_input_shape
 from deel_lip_ext.layers.bcop import DownsamplingConv2DBase
-from deel_lip_ext.layers.convolutional import LipschitzConv2DBase
 from deel_lip_ext.layers.padding import CircularPadding2D, Padding2D
 from deel_lip_ext.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
 from deel_lip_ext.lipschitz import (
@@ -125,6 +125,14 @@ def layer_singular_values(layer: keras.layers.Layer, input_shape: tuple[int | No
         raise ValueError(f"layer_singular_values needs a Dense or Conv2D-like layer, got {type(layer).__name__}.")
     if kernel.ndim == 2:
         return np.linalg.svd(kernel, compute_uv=False)
+    if isinstance(layer, (keras.layers.Conv2DTranspose, AOCConv2DTranspose)) or (
+        tuple(getattr(layer, "dilation_rate", (1, 1))) != (1, 1) or getattr(layer, "groups", 1) != 1
+    ):
+        # The spectrum below is that of a plain convolution with this kernel, strides and padding.
+        raise ValueError(
+            "layer_singular_values: no full spectrum for the transposed, dilated or grouped convolution "
+            f"{layer.name!r}; use compute_layer_sv for its (min, max) range."
+        )
     strides, padding = tuple(layer.strides), layer.padding
     height, width, channels = input_shape[1:]
     if padding == "circular" and tuple(strides) == (1, 1):
@@ -147,15 +155,8 @@ _SHAPE_ONLY_LAYERS = (
 
 def _linear_sv(layer, input_shape):
     """(min, max) singular values of the bias-free linear map of a parametrized or stock Dense/Conv2D layer."""
-    if isinstance(layer, DownsamplingConv2DBase):
-        return layer.lipschitz_sv(input_shape)
-    if isinstance(layer, LipschitzConv2DBase):
-        shape = layer._checked_shape(input_shape)
-        kernel = keras.ops.convert_to_numpy(layer.effective_kernel())
-        return conv_sv_range(kernel, shape[1:3] + (kernel.shape[2],), layer.strides, layer.padding)
     if isinstance(layer, ParametrizedLayer):
-        kernel = layer.effective_kernel()
-        return dense_sv_range(kernel) if len(kernel.shape) == 2 else (0.0, layer.operator_norm(input_shape))
+        return layer.singular_value_range(input_shape)
     if not layer.built:
         raise ValueError(f"Layer {layer.name!r} must be built before its singular values can be computed.")
     if type(layer) is keras.layers.Dense:

@@ -233,3 +233,24 @@ def test_build_errors(cls, kwargs, input_shape, match):
     kwargs = {"kernel_size": 3, **kwargs}
     with pytest.raises(ValueError, match=match):
         cls(4, **kwargs).build(input_shape)
+
+
+def test_compute_layer_sv_describes_transposed_and_dilated_aoc_layers():
+    """The (min, max) range of compute_layer_sv is the layer's own operator's, not a plain strided conv's."""
+    from deel_lip_ext.utils import compute_layer_sv, layer_singular_values
+
+    cases = [
+        (lip.AOCConv2DTranspose(4, 3, strides=2, padding="circular"), (1, 4, 4, 2)),
+        (lip.AOCConv2D(3, 3, dilation_rate=2, padding="circular"), (1, 8, 8, 3)),
+        (lip.AOCConv2D(4, 3, groups=2, padding="same"), (1, 6, 6, 4)),
+    ]
+    for layer, shape in cases:
+        layer(np.zeros(shape, "float32"))
+        low, high = compute_layer_sv(layer, shape)
+        matrix = _exported_matrix(layer, shape[1:])[0]
+        exact = np.linalg.svd(matrix, compute_uv=False)
+        assert high >= exact.max() * (1 - 1e-5), layer.name
+        assert high <= exact.max() * (1 + 1e-5) or layer.padding != "circular", layer.name
+        assert low <= exact[: min(matrix.shape)].min() + 1e-5, layer.name
+        with pytest.raises(ValueError, match="no full spectrum"):
+            layer_singular_values(layer, shape)

@@ -238,6 +238,10 @@ class _AOCKernelMixin:
             low = min(low, float(values.min()) if full else 0.0)
         return low, norm
 
+    def singular_value_range(self, input_shape: tuple | None = None) -> tuple[float, float]:
+        """(min, max) singular values at `input_shape`: `lipschitz_sv` (transposition, dilation, groups included)."""
+        return self.lipschitz_sv(input_shape)
+
     def _aoc_config(self):
         return {"bjorck_iterations": self.bjorck_iterations, "power_iterations": self.power_iterations}
 

@@ -31,7 +31,7 @@ from numpy.typing import ArrayLike
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm
-from deel_lip_ext.spectrum import linf_kernel_norm
+from deel_lip_ext.spectrum import dense_sv_range, linf_kernel_norm
 
 __all__ = [
     "check_k_coef_lip",
@@ -219,6 +219,18 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     def operator_norm(self, input_shape: tuple | None = None) -> float:
         """Exact (or provable upper bound of the) L2 operator norm of the bias-free linear map at `input_shape`."""
         raise NotImplementedError(f"{type(self).__name__} must implement operator_norm(input_shape).")
+
+    def singular_value_range(self, input_shape: tuple | None = None) -> tuple[float, float]:
+        """(min, max) singular values of the bias-free linear map at `input_shape` (diagnostics, e.g. monitoring).
+
+        The max is `operator_norm` (exact, or a certified upper bound); the
+        min is exact for a dense kernel and 0 (unknown) otherwise. Layers that
+        know their whole operator override this.
+        """
+        kernel = self.effective_kernel()
+        if len(kernel.shape) == 2:
+            return dense_sv_range(kernel)
+        return 0.0, self.operator_norm(input_shape)
 
     def linf_operator_norm(self, input_shape: tuple | None = None) -> float:
         """Upper bound of the l_inf operator norm of the bias-free linear map, from the effective kernel.

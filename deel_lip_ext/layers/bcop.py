@@ -457,6 +457,10 @@ class DownsamplingConv2DBase(LipschitzConv2DBase):
         kernel = ops.convert_to_numpy(self.effective_kernel())
         return conv_sv_range(kernel, self._conv_input_shape(input_shape), (1, 1), self.padding)
 
+    def singular_value_range(self, input_shape: tuple | None = None) -> tuple[float, float]:
+        """(min, max) singular values at `input_shape`: `lipschitz_sv`."""
+        return self.lipschitz_sv(input_shape)
+
     def operator_norm(self, input_shape: tuple | None = None) -> float:
         """L2 operator norm of downsampling + stride-1 conv at `input_shape` (the max of `lipschitz_sv`)."""
         return self.lipschitz_sv(input_shape)[1]

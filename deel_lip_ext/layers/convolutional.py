@@ -200,6 +200,12 @@ class LipschitzConv2DBase(KernelBiasMixin, ParametrizedLayer):
         kernel = ops.convert_to_numpy(self.effective_kernel())
         return conv_sv_range(kernel, shape[1:3] + (kernel.shape[2],), self.strides, self.padding)[1]
 
+    def singular_value_range(self, input_shape: tuple | None = None) -> tuple[float, float]:
+        """(min, max) singular values of the bias-free convolution (`deel_lip_ext.spectrum.conv_sv_range`)."""
+        shape = self._checked_shape(input_shape)
+        kernel = ops.convert_to_numpy(self.effective_kernel())
+        return conv_sv_range(kernel, shape[1:3] + (kernel.shape[2],), self.strides, self.padding)
+
     def _checked_shape(self, input_shape):
         shape = (None, *self.input_spatial_size, None) if input_shape is None else tuple(input_shape)
         self.check_input_size(shape)
