@@ -38,17 +38,35 @@ WORKLOADS = {
     "W1": {
         "input_shape": (28, 28, 1),
         "layers": [
-            ("conv", 16), ("act",), ("pool",),
-            ("conv", 32), ("act",), ("pool",),
-            ("flatten",), ("dense", 64), ("act",), ("dense", NUM_CLASSES),
+            ("conv", 16),
+            ("act",),
+            ("pool",),
+            ("conv", 32),
+            ("act",),
+            ("pool",),
+            ("flatten",),
+            ("dense", 64),
+            ("act",),
+            ("dense", NUM_CLASSES),
         ],
     },
     "W2": {
         "input_shape": (32, 32, 3),
         "layers": [
-            ("conv", 64), ("act",), ("conv", 64), ("act",), ("pool",),
-            ("conv", 128), ("act",), ("conv", 128), ("act",), ("pool",),
-            ("flatten",), ("dense", 256), ("act",), ("dense", NUM_CLASSES),
+            ("conv", 64),
+            ("act",),
+            ("conv", 64),
+            ("act",),
+            ("pool",),
+            ("conv", 128),
+            ("act",),
+            ("conv", 128),
+            ("act",),
+            ("pool",),
+            ("flatten",),
+            ("dense", 256),
+            ("act",),
+            ("dense", NUM_CLASSES),
         ],
     },
 }
@@ -64,6 +82,7 @@ def _layer_factories(variant, conv_name, padding):
     import keras
 
     if variant == "plain":
+
         def conv(filters):
             if padding == "circular":
                 # Stock Keras has no circular padding: explicit wrap-around, then "valid",
@@ -198,20 +217,30 @@ def measure_one(workload, variant, steps, warmup, conv_name, padding, jit_compil
 def run_subprocess(workload, variant, args):
     """Run `--one workload variant` in a fresh interpreter and return its result dict."""
     command = [
-        sys.executable, os.path.abspath(__file__), "--one", workload, variant,
-        "--steps", str(args.steps), "--warmup", str(args.warmup),
-        "--conv", args.conv, "--padding", args.padding, "--jit-compile", args.jit_compile,
+        sys.executable,
+        os.path.abspath(__file__),
+        "--one",
+        workload,
+        variant,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--conv",
+        args.conv,
+        "--padding",
+        args.padding,
+        "--jit-compile",
+        args.jit_compile,
     ]
     environment = dict(os.environ)
     environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [repository, environment.get("PYTHONPATH")])
-    )
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [repository, environment.get("PYTHONPATH")]))
     completed = subprocess.run(command, capture_output=True, text=True, env=environment)
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER):])
+            return json.loads(line[len(RESULT_MARKER) :])
     error_tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
     return {"workload": workload, "variant": variant, "error": " | ".join(error_tail)}
 
@@ -262,7 +291,9 @@ def _versions():
     versions = {"python": platform.python_version()}
     code = "import keras, tensorflow as tf; print(keras.__version__, tf.__version__)"
     output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     ).stdout.split()
     if len(output) == 2:
@@ -287,24 +318,28 @@ def markdown_table(results):
             lines.append(f"| {result['workload']} | {result['variant']} | failed: {result['error']} |")
             continue
         lines.append(
-            "| " + " | ".join([
-                result["workload"],
-                result["variant"],
-                result["conv"],
-                _cell(result, "train_step_ms", "{:.1f}"),
-                _cell(result, "train_step_ratio", "{:.2f}x"),
-                _cell(result, "infer_ms", "{:.1f}"),
-                _cell(result, "infer_ratio", "{:.2f}x"),
-                _cell(result, "infer_trainflag_ms", "{:.1f}"),
-                _cell(result, "infer_trainflag_ratio", "{:.2f}x"),
-                _cell(result, "infer_export_ms", "{:.1f}"),
-                _cell(result, "infer_export_ratio", "{:.2f}x"),
-                _cell(result, "peak_rss_mb", "{:.0f}"),
-                _cell(result, "export_max_abs_diff", "{:.1e}"),
-                f"{result['first_loss']:.4f} / {result['final_loss']:.4f}",
-                "yes" if result["losses_finite"] else "NO",
-                _cell(result, "cpu_util", "{:.2f}"),
-            ]) + " |"
+            "| "
+            + " | ".join(
+                [
+                    result["workload"],
+                    result["variant"],
+                    result["conv"],
+                    _cell(result, "train_step_ms", "{:.1f}"),
+                    _cell(result, "train_step_ratio", "{:.2f}x"),
+                    _cell(result, "infer_ms", "{:.1f}"),
+                    _cell(result, "infer_ratio", "{:.2f}x"),
+                    _cell(result, "infer_trainflag_ms", "{:.1f}"),
+                    _cell(result, "infer_trainflag_ratio", "{:.2f}x"),
+                    _cell(result, "infer_export_ms", "{:.1f}"),
+                    _cell(result, "infer_export_ratio", "{:.2f}x"),
+                    _cell(result, "peak_rss_mb", "{:.0f}"),
+                    _cell(result, "export_max_abs_diff", "{:.1e}"),
+                    f"{result['first_loss']:.4f} / {result['final_loss']:.4f}",
+                    "yes" if result["losses_finite"] else "NO",
+                    _cell(result, "cpu_util", "{:.2f}"),
+                ]
+            )
+            + " |"
         )
     return "\n".join(lines)
 
@@ -313,16 +348,26 @@ def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=["W1"])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--conv", default="SpectralConv2D",
-                        help="convolution class of deel_lip_ext.layers for the lip variant")
-    parser.add_argument("--padding", choices=PADDINGS, default="same",
-                        help="padding of every convolution, plain ones included (circular: W3)")
+    parser.add_argument(
+        "--conv", default="SpectralConv2D", help="convolution class of deel_lip_ext.layers for the lip variant"
+    )
+    parser.add_argument(
+        "--padding",
+        choices=PADDINGS,
+        default="same",
+        help="padding of every convolution, plain ones included (circular: W3)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed calls per figure (>= 20 for reporting)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="subprocesses per (workload, variant); figures are medians over them")
-    parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
-                        help="Keras compile(jit_compile=...); auto = no XLA on CPU-only machines")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="subprocesses per (workload, variant); figures are medians over them"
+    )
+    parser.add_argument(
+        "--jit-compile",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="Keras compile(jit_compile=...); auto = no XLA on CPU-only machines",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the results to this JSON file")
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

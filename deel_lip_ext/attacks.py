@@ -26,7 +26,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from deel_lip_ext.certification import (
-
     certified_radius,
     check_epsilon,
     check_labels,
@@ -204,8 +203,16 @@ def _attack_batch(model, x, target, eps, norm, steps, step_sizes, loss, random_s
         for _ in range(restarts):
             x_start = _random_start(x, eps, norm, low, high, rng) if random_start else x
             best_x, best_loss = run(
-                x_start, x, target, best_x, best_loss, constants[0], tf.constant(step_size, tf.float32),
-                constants[1], constants[2], tf.constant(steps, tf.int32),
+                x_start,
+                x,
+                target,
+                best_x,
+                best_loss,
+                constants[0],
+                tf.constant(step_size, tf.float32),
+                constants[1],
+                constants[2],
+                tf.constant(steps, tf.int32),
             )
     return best_x, best_loss
 
@@ -233,8 +240,19 @@ def _run_attack(
     for start in range(0, len(x), batch_size):
         stop = start + batch_size
         best_x, best_loss = _attack_batch(
-            model, x[start:stop], target[start:stop], eps, norm, steps, step_sizes, loss, random_start, restarts,
-            low, high, rng,
+            model,
+            x[start:stop],
+            target[start:stop],
+            eps,
+            norm,
+            steps,
+            step_sizes,
+            loss,
+            random_start,
+            restarts,
+            low,
+            high,
+            rng,
         )
         adversarial.append(best_x.numpy())
         margin_losses.append(best_loss.numpy())

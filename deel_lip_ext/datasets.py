@@ -73,12 +73,28 @@ _NPZ_FILE_NAMES = {
 CLASS_NAMES = {
     "mnist": tuple(str(digit) for digit in range(10)),
     "fashion_mnist": (
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ),
     "cifar10": (
-        "airplane", "automobile", "bird", "cat", "deer",
-        "dog", "frog", "horse", "ship", "truck",
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
     ),
 }
 
@@ -132,9 +148,7 @@ class DatasetFileError(ValueError):
 
 def _check_choice(argument, value, allowed):
     if value not in allowed:
-        raise ValueError(
-            f"`{argument}` must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}."
-        )
+        raise ValueError(f"`{argument}` must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}.")
 
 
 def _check_count(argument, value, allow_none=True):
@@ -146,9 +160,7 @@ def _check_count(argument, value, allow_none=True):
 
 
 def _tfds_cache_dir():
-    return pathlib.Path(
-        os.environ.get("TFDS_DATA_DIR", pathlib.Path.home() / "tensorflow_datasets")
-    ).expanduser()
+    return pathlib.Path(os.environ.get("TFDS_DATA_DIR", pathlib.Path.home() / "tensorflow_datasets")).expanduser()
 
 
 def _keras_cache_dir():
@@ -206,15 +218,12 @@ def _read_npz(path):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise _unreadable(path, error) from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DatasetFileError(
-            f"{path} holds a single array, not an .npz archive with the keys {', '.join(NPZ_KEYS)}."
-        )
+        raise DatasetFileError(f"{path} holds a single array, not an .npz archive with the keys {', '.join(NPZ_KEYS)}.")
     with archive:
         missing = [key for key in NPZ_KEYS if key not in archive.files]
         if missing:
             raise DatasetFileError(
-                f"{path} lacks the key(s) {missing}; a dataset file must hold "
-                f"{', '.join(NPZ_KEYS)}."
+                f"{path} lacks the key(s) {missing}; a dataset file must hold {', '.join(NPZ_KEYS)}."
             )
         try:
             arrays = tuple(archive[key] for key in NPZ_KEYS)
@@ -240,8 +249,12 @@ def _read_tfds(name, download):
         return None
     splits = tfds.as_numpy(
         tfds.load(
-            name, split=list(SPLITS), batch_size=-1, as_supervised=True,
-            data_dir=str(_tfds_cache_dir()), download=download,
+            name,
+            split=list(SPLITS),
+            batch_size=-1,
+            as_supervised=True,
+            data_dir=str(_tfds_cache_dir()),
+            download=download,
         )
     )
     (x_train, y_train), (x_test, y_test) = splits
@@ -432,17 +445,13 @@ def binary_subset(
     """
     y = np.asarray(y).reshape(-1)
     if positive == negative:
-        raise ValueError(
-            f"`positive` and `negative` must be two different classes; both are {positive!r}."
-        )
+        raise ValueError(f"`positive` and `negative` must be two different classes; both are {positive!r}.")
     if len(labels) != 2 or labels[0] == labels[1]:
         raise ValueError(f"`labels` must be two different values, e.g. (1, -1); got {labels!r}.")
     for argument, value in (("positive", positive), ("negative", negative)):
         if not np.any(y == value):
             present = sorted(np.unique(y).tolist())
-            raise ValueError(
-                f"`{argument}`={value!r} is not a class of `y`; present classes: {present}."
-            )
+            raise ValueError(f"`{argument}`={value!r} is not a class of `y`; present classes: {present}.")
     keep = (y == positive) | (y == negative)
     binary = np.where(y[keep] == positive, labels[0], labels[1]).astype(np.float32)
     return np.asarray(x)[keep], binary[:, np.newaxis]

@@ -395,9 +395,11 @@ class HybridIntervalCrossEntropy(_EpsLoss):
         reduction: str = "sum_over_batch_size",
     ) -> None:
         super().__init__(eps, name=name, reduction=reduction)
-        self.head = _sublayers(head) if not isinstance(head, (list, tuple)) else [
-            leaf for layer in head for leaf in _sublayers(layer)
-        ]
+        self.head = (
+            _sublayers(head)
+            if not isinstance(head, (list, tuple))
+            else [leaf for layer in head for leaf in _sublayers(layer)]
+        )
         if not self.head or not isinstance(self.head[-1], keras.layers.Dense):
             raise ValueError("head must end with a keras.layers.Dense layer (its weights give the elided margins).")
         self.kappa = _check_number("kappa", kappa, low=0, high=1)

@@ -692,9 +692,7 @@ class MulticlassSoftHKR(_ParametrizedLoss):
         self._set_params(alpha=float(alpha), min_margin=_check_positive("min_margin", min_margin))
         self.alpha_mean = float(alpha_mean)
         self.temperature = _check_positive("temperature", temperature)
-        self.current_mean = keras.Variable(
-            float(min_margin), dtype="float32", trainable=False, name="current_mean"
-        )
+        self.current_mean = keras.Variable(float(min_margin), dtype="float32", trainable=False, name="current_mean")
 
     def _softmax_weights(self, target, y_pred):
         """w_y = 1, w_j = softmax over the other classes of t f_j; updates the running mean."""
@@ -727,7 +725,6 @@ class MulticlassSoftHKR(_ParametrizedLoss):
 
     def get_config(self):
         return {**super().get_config(), "alpha_mean": self.alpha_mean, "temperature": self.temperature}
-
 
 
 # ---------------------------------------------------------------- torchlip HKR variants, EMMA (helper M3)

@@ -265,4 +265,3 @@ class BinaryProvableAvgRobustness(_RadiusMetric):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "negative_robustness": self.negative_robustness}
-

@@ -20,6 +20,7 @@ from deel_lip_ext.utils import layer_lipschitz_constant
 
 __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]
 
+
 def is_known_lipschitz(layer: keras.layers.Layer) -> bool:
     """Whether `layer` is known to be 1-Lipschitz in L2 (`k_coef_lip`-Lipschitz for deel-lip-ext layers).
 

@@ -66,8 +66,7 @@ def check_normalizer_args(
         raise ValueError(f"eps_spectral must be a number >= 0, got {eps_spectral!r}.")
     if eps_bjorck is not None and (not _is_number(eps_bjorck) or eps_bjorck < 0):
         raise ValueError(
-            f"eps_bjorck must be None (no Björck) or a number >= 0 (0 = fixed "
-            f"iterations), got {eps_bjorck!r}."
+            f"eps_bjorck must be None (no Björck) or a number >= 0 (0 = fixed iterations), got {eps_bjorck!r}."
         )
     if not _is_number(beta_bjorck) or not 0 < beta_bjorck <= 0.5:
         raise ValueError(f"beta_bjorck must be in ]0, 0.5], got {beta_bjorck!r}.")
@@ -342,8 +341,7 @@ def residual_conv_kernel(kernel: ArrayLike) -> Any:
     kh, kw, c_in, c_out = kernel.shape
     if kh % 2 == 0 or kw % 2 == 0 or c_in != c_out:
         raise ValueError(
-            "kernel must have odd spatial sizes and as many output as input channels, "
-            f"got shape {tuple(kernel.shape)}."
+            f"kernel must have odd spatial sizes and as many output as input channels, got shape {tuple(kernel.shape)}."
         )
     centre = ops.reshape(ops.one_hot(kh // 2 * kw + kw // 2, kh * kw, dtype=kernel.dtype), (kh, kw, 1, 1))
     return kernel + centre * ops.eye(c_in, dtype=kernel.dtype)
@@ -431,6 +429,8 @@ def chord_orthogonalization(kernel: ArrayLike, eps: float = 1e-6) -> Any:
     factor = ops.cholesky(gram)
     orthogonal = ops.solve_triangular(factor, rows, lower=True)
     return ops.transpose(orthogonal) if units <= n_in else orthogonal
+
+
 # ---------------------------------------------------------------------------------------------------
 # AOL / SLL / CPL parametrizations (Prach & Lampert 2022; Araujo et al. 2023; Meunier et al. 2022).
 #

@@ -181,9 +181,7 @@ def cross_entropy_loss(y_true: ArrayLike, logits: ArrayLike):
     Examples:
         >>> cross_entropy_loss(y, model(x))  # shape (batch,)
     """
-    return keras.losses.sparse_categorical_crossentropy(
-        _labels_as_indices(y_true), logits, from_logits=True
-    )
+    return keras.losses.sparse_categorical_crossentropy(_labels_as_indices(y_true), logits, from_logits=True)
 
 
 def margin_loss(y_true: ArrayLike, logits: ArrayLike):
@@ -624,16 +622,30 @@ class PGDTraining(PlainTraining):
 
     def perturb(self, model: keras.Model, loss_fn: Callable, x: ArrayLike, y: ArrayLike):
         return pgd_perturbation(
-            model, loss_fn, x, y, self.epsilon, norm=self.norm, steps=self.steps,
-            step_size=self.step_size, random_start=self.random_start,
-            clip_min=self.clip_min, clip_max=self.clip_max, seed=self._seed_generator,
+            model,
+            loss_fn,
+            x,
+            y,
+            self.epsilon,
+            norm=self.norm,
+            steps=self.steps,
+            step_size=self.step_size,
+            random_start=self.random_start,
+            clip_min=self.clip_min,
+            clip_max=self.clip_max,
+            seed=self._seed_generator,
         )
 
     def get_config(self) -> dict:
         return {
-            "epsilon": self.epsilon, "norm": self.norm, "steps": self.steps,
-            "step_size": self.step_size, "random_start": self.random_start,
-            "clip_min": self.clip_min, "clip_max": self.clip_max, "seed": self.seed,
+            "epsilon": self.epsilon,
+            "norm": self.norm,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "random_start": self.random_start,
+            "clip_min": self.clip_min,
+            "clip_max": self.clip_max,
+            "seed": self.seed,
         }
 
 
@@ -759,16 +771,12 @@ class RobustTrainingModel(keras.Model):
 
         def scaled_objective():
             y_pred, penalty = self.objective.forward(self.model, self._per_sample_loss, x_train, y)
-            data_loss = self._compute_loss(
-                x=x_train, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
+            data_loss = self._compute_loss(x=x_train, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             penalty = ops.cast(penalty, data_loss.dtype)
             total = data_loss + penalty
             return self.optimizer.scale_loss(total), (total, penalty, y_pred)
 
-        _, (total, penalty, y_pred), gradients = autodiff.parameter_gradients(
-            scaled_objective, self.trainable_weights
-        )
+        _, (total, penalty, y_pred), gradients = autodiff.parameter_gradients(scaled_objective, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
         self._loss_tracker.update_state(total, sample_weight=ops.shape(x)[0])
         self.penalty_tracker.update_state(penalty)
@@ -800,7 +808,7 @@ def _labels_array(y):
 
 def _predicted_labels(model, x, batch_size):
     # Direct calls rather than `model.predict`, which retraces for every new model.
-    batches = (model(x[start:start + batch_size], training=False) for start in range(0, len(x), batch_size))
+    batches = (model(x[start : start + batch_size], training=False) for start in range(0, len(x), batch_size))
     return np.concatenate([ops.convert_to_numpy(ops.argmax(logits, axis=-1)) for logits in batches])
 
 
@@ -817,8 +825,16 @@ def _battery_function(model, norm, attack_steps, clip_min, clip_max):
         smallest = ops.full((ops.shape(x)[0],), np.inf, dtype=x.dtype)
         for attack_loss in ATTACK_LOSSES:
             x_adv = pgd_perturbation(
-                model, _ATTACK_LOSS_FUNCTIONS[attack_loss], x, y, epsilon, norm=norm,
-                steps=attack_steps, random_start=False, clip_min=clip_min, clip_max=clip_max,
+                model,
+                _ATTACK_LOSS_FUNCTIONS[attack_loss],
+                x,
+                y,
+                epsilon,
+                norm=norm,
+                steps=attack_steps,
+                random_start=False,
+                clip_min=clip_min,
+                clip_max=clip_max,
             )
             success = ops.not_equal(
                 ops.cast(ops.argmax(model(x_adv, training=False), axis=-1), "int32"), ops.cast(y, "int32")
@@ -892,7 +908,7 @@ def adversarial_distances(
     misclassified = _predicted_labels(model, x, batch_size) != labels
     distances = np.zeros(len(x))
     for start in range(0, len(x), batch_size):
-        x_batch, y_batch = x[start:start + batch_size], labels[start:start + batch_size]
+        x_batch, y_batch = x[start : start + batch_size], labels[start : start + batch_size]
         fooled, size = (np.asarray(t) for t in battery(x_batch, y_batch, np.full(len(x_batch), max_epsilon, x.dtype)))
         high = np.where(fooled, size, max_epsilon)
         low = np.zeros_like(high)
@@ -901,7 +917,7 @@ def adversarial_distances(
             success, size = (np.asarray(t) for t in battery(x_batch, y_batch, middle))
             high = np.where(success, np.minimum(middle, size), high)
             low = np.where(success, np.minimum(low, high), middle)
-        distances[start:start + batch_size] = np.where(fooled, high, np.inf)
+        distances[start : start + batch_size] = np.where(fooled, high, np.inf)
     distances[misclassified] = 0.0
     return distances
 
@@ -969,8 +985,17 @@ def error_at_eps(
     if epsilon > 0:
         for attack_loss in ATTACK_LOSSES:
             x_adv = attacks.pgd(
-                model, x, labels, epsilon, norm=norm, steps=attack_steps, loss=attack_loss,
-                random_start=False, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+                model,
+                x,
+                labels,
+                epsilon,
+                norm=norm,
+                steps=attack_steps,
+                loss=attack_loss,
+                random_start=False,
+                clip_min=clip_min,
+                clip_max=clip_max,
+                batch_size=batch_size,
             )
             wrong |= _predicted_labels(model, x_adv, batch_size) != labels
     return float(np.mean(wrong))

@@ -236,6 +236,8 @@ def conv_gram_bound(kernel: ArrayLike, input_size: int | tuple[int, int], n_iter
     if kernel.ndim != 4 or kernel.shape[0] > n_h or kernel.shape[1] > n_w:
         raise ValueError(f"kernel must be (kh, kw, c_in, c_out) with kh <= n_h and kw <= n_w, got {kernel.shape}.")
     return gram_iteration_bound(np.fft.fft2(kernel, s=(n_h, n_w), axes=(0, 1)), n_iter)
+
+
 # np.pad names of the explicit paddings ("constant" pads zeros).
 _NP_PAD_MODES = {"constant": "constant", "reflect": "reflect", "symmetric": "symmetric", "circular": "wrap"}
 

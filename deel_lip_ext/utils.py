@@ -88,7 +88,7 @@ def layer_lipschitz_constant(layer: keras.layers.Layer, norm: str = "l2", input_
     return stock_layer_lipschitz(layer, norm, input_shape if input_shape is not None else built_input_shape(layer))
 
 
-def layer_singular_values(layer: keras.layers.Layer, input_shape: tuple[int | None, ...]=None):
+def layer_singular_values(layer: keras.layers.Layer, input_shape: tuple[int | None, ...] = None):
     """The whole spectrum of a Dense/Conv2D-like layer's linear operator (for histograms).
 
     Dense: SVD of the (constrained) kernel. Convolution: exact on small
@@ -166,7 +166,7 @@ def _linear_sv(layer, input_shape):
     return conv_sv_range(kernel, tuple(input_shape[1:]), layer.strides, layer.padding)
 
 
-def compute_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int, ...] | None=None):
+def compute_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int, ...] | None = None):
     """Exact (min, max) singular values of one layer's linear operator, or its Lipschitz range.
 
     * deel-lip-ext parametrized layers: computed from a fresh

@@ -61,7 +61,7 @@ def positive_int(text):
 
 
 def default_budget_name(args):
-    """"quick" with --quick, else "full" (the default run)."""
+    """ "quick" with --quick, else "full" (the default run)."""
     return "quick" if args.quick else "full"
 
 

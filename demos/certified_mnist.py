@@ -158,9 +158,7 @@ def main(argv=None):
     args = parse_demo_arguments("certified_mnist", __doc__, BUDGETS, argv, add_arguments)
     budget, out = args.budget, args.output_dir
     timer = PhaseTimer()
-    x_train, y_train, x_test, y_test = load_dataset(
-        args, "mnist", num_train=budget.num_train, num_test=budget.num_test
-    )
+    x_train, y_train, x_test, y_test = load_dataset(args, "mnist", num_train=budget.num_train, num_test=budget.num_test)
     print(
         f"MNIST: {len(x_train)} training and {len(x_test)} test images; {args.network} {args.conv} network, "
         f"{budget.epochs} epochs"

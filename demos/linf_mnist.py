@@ -64,8 +64,12 @@ EPSILON_CURVE = np.linspace(0.0, 0.45, 10)  # l_inf radii (pixels) of the accura
 def add_arguments(parser):
     """The demo's own flags, besides the shared ones of `_common.parse_demo_arguments`."""
     parser.add_argument("--full", action="store_true", help="the papers' setting (needs a GPU)")
-    parser.add_argument("--model", choices=("net", "hybrid"), default="net",
-                        help="l_inf-dist Net (v2 loss) or l_inf-dist Net + MLP (v1 loss)")
+    parser.add_argument(
+        "--model",
+        choices=("net", "hybrid"),
+        default="net",
+        help="l_inf-dist Net (v2 loss) or l_inf-dist Net + MLP (v1 loss)",
+    )
     parser.add_argument("--depth", type=int, help="l_inf-dist layers (net: output layer included)")
     parser.add_argument("--width", type=int, help="units of the hidden l_inf-dist layers")
     parser.add_argument("--hidden-units", type=int, default=512, help="hybrid head width")

@@ -46,11 +46,23 @@ DATASET_SETTINGS = {
     "cifar10": {"eps_train": 0.05, "eps_table": 0.1, "lip_weight": 0.1, "max_epsilon": 2.0},
 }
 BUDGETS = {
-    "quick": {"num_train": 4000, "epochs": 2, "num_test": 100, "bisection_steps": 8, "attack_steps": 10,
-              "cpu_minutes": 1},
+    "quick": {
+        "num_train": 4000,
+        "epochs": 2,
+        "num_test": 100,
+        "bisection_steps": 8,
+        "attack_steps": 10,
+        "cpu_minutes": 1,
+    },
     # 204 s of CPU time on MNIST (docs/tutorials/tulip.md).
-    "full": {"num_train": 20000, "epochs": 4, "num_test": 500, "bisection_steps": 10, "attack_steps": 20,
-             "cpu_minutes": 3.5},
+    "full": {
+        "num_train": 20000,
+        "epochs": 4,
+        "num_test": 500,
+        "bisection_steps": 10,
+        "attack_steps": 20,
+        "cpu_minutes": 3.5,
+    },
 }
 METHODS = ("J0", "J1", "J2", "J2-Lip")
 
@@ -116,8 +128,13 @@ def train(method, data, settings, budget, seed):
 
 def measure(model, x_test, y_test, settings, budget):
     distances = regularization.adversarial_distances(
-        model, x_test, y_test, norm="l2", max_epsilon=settings["max_epsilon"],
-        bisection_steps=budget["bisection_steps"], attack_steps=budget["attack_steps"],
+        model,
+        x_test,
+        y_test,
+        norm="l2",
+        max_epsilon=settings["max_epsilon"],
+        bisection_steps=budget["bisection_steps"],
+        attack_steps=budget["attack_steps"],
     )
     return {
         "distances": distances,
@@ -173,17 +190,24 @@ def main(argv=None):
     args = parse_demo_arguments("tulip", __doc__, BUDGETS, argv, add_arguments)
     settings = dict(DATASET_SETTINGS[args.dataset])
     budget = vars(args.budget)
-    for key, value in (("num_train", args.num_train), ("num_test", args.num_test),
-                       ("eps_train", args.eps_train), ("eps_table", args.eps), ("lip_weight", args.lip_weight)):
+    for key, value in (
+        ("num_train", args.num_train),
+        ("num_test", args.num_test),
+        ("eps_train", args.eps_train),
+        ("eps_table", args.eps),
+        ("lip_weight", args.lip_weight),
+    ):
         if value is not None:
             (budget if key in budget else settings)[key] = value
     timer = PhaseTimer()
     x_train, y_train, x_test, y_test = load_dataset(
         args, args.dataset, num_train=budget["num_train"], num_test=budget["num_test"]
     )
-    print(f"{args.dataset}: {len(x_train)} training and {len(x_test)} test images, "
-          f"{budget['epochs']} epochs, eps_train={settings['eps_train']:g}, lip_weight={settings['lip_weight']:g}",
-          flush=True)
+    print(
+        f"{args.dataset}: {len(x_train)} training and {len(x_test)} test images, "
+        f"{budget['epochs']} epochs, eps_train={settings['eps_train']:g}, lip_weight={settings['lip_weight']:g}",
+        flush=True,
+    )
     results = {}
     for index, method in enumerate(METHODS, start=1):
         print(f"\n[{index}/{len(METHODS)}] {method}: training", flush=True)

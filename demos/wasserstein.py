@@ -141,13 +141,23 @@ def dense_critic(method, input_dim, width=64):
     """A 3-layer MLP critic: SpectralDense + GroupSort2 (Lipschitz) or Dense + ReLU (for GP)."""
     if method == "gp":
         return keras.Sequential(
-            [keras.Input((input_dim,)), keras.layers.Dense(width, activation="relu"),
-             keras.layers.Dense(width, activation="relu"), keras.layers.Dense(1)],
+            [
+                keras.Input((input_dim,)),
+                keras.layers.Dense(width, activation="relu"),
+                keras.layers.Dense(width, activation="relu"),
+                keras.layers.Dense(1),
+            ],
             name="mlp_plain",
         )
     return Sequential(
-        [keras.Input((input_dim,)), SpectralDense(width), GroupSort2(), SpectralDense(width), GroupSort2(),
-         SpectralDense(1)],
+        [
+            keras.Input((input_dim,)),
+            SpectralDense(width),
+            GroupSort2(),
+            SpectralDense(width),
+            GroupSort2(),
+            SpectralDense(1),
+        ],
         name="mlp_spectral",
     )
 

@@ -165,7 +165,6 @@ def _downsampling(rng, shape):
     return lip.InvertibleDownSampling(2) if shape[1] % 2 == 0 else None
 
 
-
 def _residual(cls):
     def make(rng, shape):
         kwargs = {"kernel_initializer": _init(rng), "bias_initializer": _bias(rng)}
@@ -178,6 +177,7 @@ def _residual(cls):
         return cls(int(rng.choice([2, 4, 6])), **kwargs)
 
     return make
+
 
 def _pad_conv(rng, shape):
     return lip.PadConv2D(
@@ -398,9 +398,9 @@ LAYERS = [
     Entry(
         "NearestUpSampling2D",
         "image",
-        lambda rng, s: NearestUpSampling2D(2, isometric=bool(rng.random() < 0.5), k_coef_lip=_k(rng))
-        if s[1] <= 4
-        else None,
+        lambda rng, s: (
+            NearestUpSampling2D(2, isometric=bool(rng.random() < 0.5), k_coef_lip=_k(rng)) if s[1] <= 4 else None
+        ),
         (NearestUpSampling2D,),
     ),
 ]

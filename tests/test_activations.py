@@ -192,8 +192,11 @@ def test_householder_theta_gradient_matches_finite_differences():
     gradient = _numpy(tape.gradient(objective, layer.theta.value))
     step = 1e-6
     numeric = [
-        (np.sum(_householder_reference(x, theta + step * e) * upstream)
-         - np.sum(_householder_reference(x, theta - step * e) * upstream)) / (2 * step)
+        (
+            np.sum(_householder_reference(x, theta + step * e) * upstream)
+            - np.sum(_householder_reference(x, theta - step * e) * upstream)
+        )
+        / (2 * step)
         for e in np.eye(4)
     ]
     np.testing.assert_allclose(gradient, numeric, rtol=1e-6, atol=1e-8)

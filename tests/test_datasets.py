@@ -13,9 +13,7 @@ from deel_lip_ext import datasets
 
 def _needs(name):
     file_name = {"cifar10": "cifar10_jpeg_20k"}.get(name, name)
-    return pytest.mark.skipif(
-        not data_available(file_name), reason=f"{file_name}.npz not in $DEEL_LIP_EXT_DATA"
-    )
+    return pytest.mark.skipif(not data_available(file_name), reason=f"{file_name}.npz not in $DEEL_LIP_EXT_DATA")
 
 
 def _write_npz(folder, file_name, n_train=6, n_test=4, shape=(5, 5), fill=0):
@@ -53,8 +51,7 @@ def test_mnist_arrays_match_the_published_facts():
     assert x_train.min() == 0.0 and x_train.max() == 1.0
     assert y_train[:5].tolist() == [5, 0, 4, 1, 9]
     assert y_test[:5].tolist() == [7, 2, 1, 0, 4]
-    assert np.bincount(y_train).tolist() == [
-        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert np.bincount(y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert x_train.mean(dtype=np.float64) * 255 == pytest.approx(33.3184, abs=1e-3)
     assert x_test.mean(dtype=np.float64) * 255 == pytest.approx(33.7912, abs=1e-3)
@@ -131,9 +128,7 @@ def test_train_pipeline_is_a_reshuffled_permutation():
 
 @_needs("cifar10")
 def test_drop_remainder_keeps_full_batches_only():
-    pipeline = datasets.load(
-        "cifar10", split="test", batch_size=64, num_examples=200, drop_remainder=True
-    )
+    pipeline = datasets.load("cifar10", split="test", batch_size=64, num_examples=200, drop_remainder=True)
     shapes = [tuple(x.shape) for x, _ in pipeline.as_numpy_iterator()]
     assert shapes == [(64, 32, 32, 3)] * 3
 
@@ -161,9 +156,7 @@ def test_cifar10_accepts_both_file_names_preferring_the_plain_one(no_default_sou
     np.testing.assert_allclose(x_train, 0.4)
 
 
-def test_missing_dataset_error_lists_every_place_and_every_remedy(
-    no_default_sources, monkeypatch, tmp_path
-):
+def test_missing_dataset_error_lists_every_place_and_every_remedy(no_default_sources, monkeypatch, tmp_path):
     monkeypatch.setenv(datasets.ENV_VAR, str(tmp_path / "env_folder"))
     with pytest.raises(datasets.DatasetNotFoundError) as caught:
         datasets.load_numpy("cifar10", data_dir=tmp_path / "arg_folder")
@@ -191,9 +184,7 @@ def test_file_without_the_expected_keys_is_rejected(no_default_sources, tmp_path
         datasets.load_numpy("mnist", data_dir=tmp_path)
 
 
-def test_search_order_is_argument_environment_checkout_then_keras_cache(
-    no_default_sources, monkeypatch, tmp_path
-):
+def test_search_order_is_argument_environment_checkout_then_keras_cache(no_default_sources, monkeypatch, tmp_path):
     """Each source is found when the ones before it lack the file, and wins over the ones after."""
     sources = {
         "argument": tmp_path / "argument",
@@ -334,4 +325,3 @@ def test_binary_subset_rejects_bad_classes(kwargs, argument):
     y = np.arange(10)
     with pytest.raises(ValueError, match=f"`{argument}`"):
         datasets.binary_subset(np.zeros((10, 2)), y, **kwargs)
-

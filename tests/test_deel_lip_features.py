@@ -41,8 +41,10 @@ def _soft_hkr_reference(y_true, y_pred, alpha, min_margin, alpha_mean, temperatu
     return (hinge if math.isinf(alpha) else kr / alpha + hinge), mean
 
 
-@pytest.mark.parametrize("alpha, min_margin, alpha_mean, temperature", [(10.0, 1.0, 0.99, 1.0), (5.0, 0.2, 0.5, 3.0),
-                                                                        (float("inf"), 2.0, 0.9, 0.5)])
+@pytest.mark.parametrize(
+    "alpha, min_margin, alpha_mean, temperature",
+    [(10.0, 1.0, 0.99, 1.0), (5.0, 0.2, 0.5, 3.0), (float("inf"), 2.0, 0.9, 0.5)],
+)
 def test_multiclass_soft_hkr_matches_deel_lip_formula_over_batches(alpha, min_margin, alpha_mean, temperature):
     rng = np.random.default_rng(0)
     loss = MulticlassSoftHKR(alpha=alpha, min_margin=min_margin, alpha_mean=alpha_mean, temperature=temperature)
@@ -70,8 +72,15 @@ def test_multiclass_soft_hkr_trains_and_round_trips():
     assert float(loss.current_mean) != 0.5  # the running mean moved during fit
 
 
-@pytest.mark.parametrize("kwargs, match", [({"alpha": 0.0}, "alpha"), ({"min_margin": 0.0}, "min_margin"),
-                                           ({"alpha_mean": 1.5}, "alpha_mean"), ({"temperature": -1.0}, "temperature")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"min_margin": 0.0}, "min_margin"),
+        ({"alpha_mean": 1.5}, "alpha_mean"),
+        ({"temperature": -1.0}, "temperature"),
+    ],
+)
 def test_multiclass_soft_hkr_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MulticlassSoftHKR(**kwargs)

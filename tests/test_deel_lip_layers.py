@@ -86,8 +86,10 @@ def test_pad_conv_exported_norm_at_most_k(padding, c_in, c_out, kernel, stride, 
     assert layer.operator_norm((None, size, size, c_in)) == pytest.approx(exact, rel=1e-6, abs=1e-7)
 
 
-@pytest.mark.parametrize("c_in, c_out, kernel, stride, size", [(1, 1, 3, 1, 5), (2, 3, 3, 2, 4), (3, 2, 4, 2, 5),
-                                                               (1, 2, 5, 1, 3), (4, 4, 2, 2, 4), (2, 1, 5, 3, 3)])
+@pytest.mark.parametrize(
+    "c_in, c_out, kernel, stride, size",
+    [(1, 1, 3, 1, 5), (2, 3, 3, 2, 4), (3, 2, 4, 2, 5), (1, 2, 5, 1, 3), (4, 4, 2, 2, 4), (2, 1, 5, 3, 3)],
+)
 @pytest.mark.parametrize("kind", ["random", "coherent"])
 def test_conv_transpose_exported_norm_at_most_k(c_in, c_out, kernel, stride, size, kind):
     k = 1.0 if kind == "random" else 0.5
@@ -100,8 +102,10 @@ def test_conv_transpose_exported_norm_at_most_k(c_in, c_out, kernel, stride, siz
 
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
-@pytest.mark.parametrize("c_in, c_out, kernel, stride, size", [(1, 1, 3, 1, 8), (3, 5, 3, 2, 9), (2, 2, 5, 1, 12),
-                                                               (4, 1, 4, 3, 10), (1, 6, 1, 1, 5)])
+@pytest.mark.parametrize(
+    "c_in, c_out, kernel, stride, size",
+    [(1, 1, 3, 1, 8), (3, 5, 3, 2, 9), (2, 2, 5, 1, 12), (4, 1, 4, 3, 10), (1, 6, 1, 1, 5)],
+)
 @pytest.mark.parametrize("kind", ["random", "coherent"])
 def test_conv1d_exported_norm_at_most_k(padding, c_in, c_out, kernel, stride, size, kind):
     k = 1.0 if kind == "random" else 3.0
@@ -170,8 +174,10 @@ def test_export_parity_training_and_keras_round_trip(make, shape, tmp_path):
     out = _numpy(model(x))
     exported = vanilla_model(model)
     np.testing.assert_allclose(_numpy(exported(x)), out, atol=1e-5)
-    assert all(type(plain).__module__.startswith("keras") or isinstance(plain, (Padding2D, CircularPadding2D))
-               for plain in exported.layers)
+    assert all(
+        type(plain).__module__.startswith("keras") or isinstance(plain, (Padding2D, CircularPadding2D))
+        for plain in exported.layers
+    )
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)

@@ -39,13 +39,16 @@ def git_status():
     """`git status --porcelain --ignored` of the checkout (None outside a git checkout)."""
     completed = subprocess.run(
         ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
-        cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
     )
     if completed.returncode != 0:
         return None
     # Bytecode caches are Python's and .pytest_cache pytest's, not the demo's.
     return sorted(
-        line for line in completed.stdout.splitlines()
+        line
+        for line in completed.stdout.splitlines()
         if not any(cache in line for cache in ("__pycache__", ".pyc", ".pytest_cache"))
     )
 
@@ -245,8 +248,13 @@ def test_demo_without_data_prints_the_fix_and_exits_nonzero_without_traceback(na
     empty = tmp_path / "empty"
     empty.mkdir()
     env = dict(
-        os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPOSITORY_ROOT),
-        DEEL_LIP_EXT_DATA="", KERAS_HOME=str(empty / "keras"), TFDS_DATA_DIR=str(empty / "tfds"),
+        os.environ,
+        MPLBACKEND="Agg",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=str(REPOSITORY_ROOT),
+        DEEL_LIP_EXT_DATA="",
+        KERAS_HOME=str(empty / "keras"),
+        TFDS_DATA_DIR=str(empty / "tfds"),
     )
     completed = subprocess.run(
         [

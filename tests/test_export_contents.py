@@ -103,8 +103,17 @@ def _models():
         yield f"kw_small_{conv}", zoo.kw_small(conv, (8, 8, 1), 3)
     yield "liresnet", zoo.liresnet((8, 8, 1), 3, width=4, depth=2, neck_filters=4, dense_width=4)
     yield "sll_net", zoo.sll_net((8, 8, 1), 3, width=2, depth=1)
-    yield "modern_functional", deel_lip_ext.Model(x, lip.CPLDense(3)(keras.layers.Flatten()(
-        lip.CPLConv2D(2, 3, padding="circular")(lip.AOLConv2D(2, 3, padding="circular")(x)))))
+    yield (
+        "modern_functional",
+        deel_lip_ext.Model(
+            x,
+            lip.CPLDense(3)(
+                keras.layers.Flatten()(
+                    lip.CPLConv2D(2, 3, padding="circular")(lip.AOLConv2D(2, 3, padding="circular")(x))
+                )
+            ),
+        ),
+    )
 
 
 @pytest.mark.parametrize("name, model", list(_models()), ids=lambda value: value if isinstance(value, str) else "")
@@ -138,7 +147,11 @@ def test_exported_keras_file_loads_in_a_fresh_process_after_import_deel_lip_ext(
         """
     )
     completed = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert completed.returncode == 0 and "ok" in completed.stdout, completed.stderr[-3000:]

@@ -78,9 +78,7 @@ def test_custom_gradient_matches_autodiff_of_naive_reference(p, dynamic):
     order = tf.Variable(p) if dynamic else p
     chunked = gradients(lambda a, b: linf_distance(a, b, order, chunk_size=4), x, kernel, upstream.astype("float32"))
     # The reference is the naive broadcast with plain autodiff, in float64.
-    naive = gradients(
-        lambda a, b: naive_distance(tf.cast(a, "float64"), tf.cast(b, "float64"), p), x, kernel, upstream
-    )
+    naive = gradients(lambda a, b: naive_distance(tf.cast(a, "float64"), tf.cast(b, "float64"), p), x, kernel, upstream)
     for actual, expected in zip(chunked, naive):
         assert relative_error(actual, expected) <= 1e-4
 

@@ -29,7 +29,11 @@ def _all_modules():
 def _run_python(code, cwd):
     env_code = "import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')\n" + textwrap.dedent(code)
     completed = subprocess.run(
-        [sys.executable, "-c", env_code], cwd=cwd, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", env_code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

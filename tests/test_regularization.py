@@ -203,8 +203,19 @@ def test_pgd_perturbation_stays_in_ball_and_box_and_raises_the_loss(norm, random
     y = rng.integers(0, 3, size=8)
     epsilon = np.linspace(0.05, 0.4, 8).astype("float32")  # one radius per sample
     x_adv = np.asarray(
-        R.pgd_perturbation(model, ce_per_sample, x, y, epsilon, norm=norm, steps=10,
-                           random_start=random_start, clip_min=0.0, clip_max=1.0, seed=3)
+        R.pgd_perturbation(
+            model,
+            ce_per_sample,
+            x,
+            y,
+            epsilon,
+            norm=norm,
+            steps=10,
+            random_start=random_start,
+            clip_min=0.0,
+            clip_max=1.0,
+            seed=3,
+        )
     )
     sizes = np.linalg.norm(x_adv - x, axis=1) if norm == "l2" else np.abs(x_adv - x).max(axis=1)
     assert np.all(sizes <= epsilon * (1 + 1e-5))
@@ -428,8 +439,9 @@ def test_error_at_eps_matches_the_exact_error_of_a_linear_classifier():
         measured = R.error_at_eps(model, x, y, epsilon, clip_min=None, clip_max=None)
         # Points within 2% of the radius may go either way.
         assert np.mean(exact <= 0.98 * epsilon) <= measured <= np.mean(exact <= 1.02 * epsilon)
-    np.testing.assert_allclose(R.error_curve(exact, [0.0, 0.5, np.inf]),
-                               [np.mean(exact == 0), np.mean(exact <= 0.5), 1.0])
+    np.testing.assert_allclose(
+        R.error_curve(exact, [0.0, 0.5, np.inf]), [np.mean(exact == 0), np.mean(exact <= 0.5), 1.0]
+    )
 
 
 def test_lipschitz_estimate_of_linear_and_relu_networks():
@@ -458,14 +470,19 @@ def test_tulip_enlarges_the_median_adversarial_distance_on_mnist():
     medians = {}
     for name, objective in (("J0", R.PlainTraining()), ("J2-Lip", R.Tulip(0.5, 0.1, penalty_scaling="sample"))):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([
-            keras.Input((28, 28, 1)), keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(128, activation="relu"),
+                keras.layers.Dense(10),
+            ]
+        )
         trainer = R.RobustTrainingModel(model, objective)
         trainer.compile(keras.optimizers.Adam(1e-3), SPARSE_CE)
         trainer.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0)
-        medians[name] = R.median_adversarial_distance(model, x_test, y_test, norm="l2", max_epsilon=6.0,
-                                                      bisection_steps=10)
+        medians[name] = R.median_adversarial_distance(
+            model, x_test, y_test, norm="l2", max_epsilon=6.0, bisection_steps=10
+        )
     print(f"median l2 adversarial distance on 200 MNIST test images: {medians}")
     assert medians["J2-Lip"] > 1.2 * medians["J0"], medians

@@ -86,8 +86,13 @@ def test_dense_residual_is_1_lipschitz(cls, d, units):
 @pytest.mark.parametrize("channels, filters, kernel, size, padding", CONV_CASES)
 def test_conv_residual_is_1_lipschitz(cls, channels, filters, kernel, size, padding):
     rng = np.random.default_rng(channels * 100 + filters)
-    layer = cls(filters, kernel, padding=padding, kernel_initializer="glorot_normal",
-                bias_initializer=keras.initializers.RandomNormal(0, 0.5))
+    layer = cls(
+        filters,
+        kernel,
+        padding=padding,
+        kernel_initializer="glorot_normal",
+        bias_initializer=keras.initializers.RandomNormal(0, 0.5),
+    )
     shape = (size, size, channels)
     _trained(layer, shape)
     measured = _measured(layer, shape, rng)
@@ -126,8 +131,16 @@ def _residual_model(functional):
         x = CPLDense(5, name="cpl_dense")(x)
         outputs = SLLDense(7, name="sll_dense")(x)
         return keras.Model(inputs, outputs)
-    return keras.Sequential([keras.Input((6, 6, 3)), SLLConv2D(8, 3), CPLConv2D(4, 3, padding="circular"),
-                             keras.layers.Flatten(), CPLDense(5), SLLDense(7)])
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            SLLConv2D(8, 3),
+            CPLConv2D(4, 3, padding="circular"),
+            keras.layers.Flatten(),
+            CPLDense(5),
+            SLLDense(7),
+        ]
+    )
 
 
 @pytest.mark.parametrize("functional", [False, True])

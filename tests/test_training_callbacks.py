@@ -10,8 +10,13 @@ from deel_lip_ext.utils import compute_layer_sv
 
 def _model():
     model = Sequential(
-        [keras.Input((6, 6, 1)), lip.SpectralConv2D(4, 3, padding="circular", name="conv"), lip.GroupSort2(),
-         keras.layers.Flatten(), lip.SpectralDense(3, name="dense", kernel_initializer="glorot_uniform")]
+        [
+            keras.Input((6, 6, 1)),
+            lip.SpectralConv2D(4, 3, padding="circular", name="conv"),
+            lip.GroupSort2(),
+            keras.layers.Flatten(),
+            lip.SpectralDense(3, name="dense", kernel_initializer="glorot_uniform"),
+        ]
     )
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     return model

@@ -20,7 +20,10 @@ def test_quick_demo_prints_the_table_and_saves_the_plot(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "demos" / "tulip.py"), "--quick", "--output-dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {}

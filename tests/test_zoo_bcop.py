@@ -30,7 +30,10 @@ def test_kw_large_structure_on_cifar():
     model = zoo.kw_large("rko", (32, 32, 3))
     convs = [layer for layer in model.layers if isinstance(layer, lip.RKOConv2D)]
     assert [(c.conv_input_shape[2], c.filters, c.conv_kernel_size) for c in convs] == [
-        (3, 32, (3, 3)), (128, 32, (2, 2)), (32, 64, (3, 3)), (256, 64, (2, 2))
+        (3, 32, (3, 3)),
+        (128, 32, (2, 2)),
+        (32, 64, (3, 3)),
+        (256, 64, (2, 2)),
     ]
     dense = [layer.units for layer in model.layers if isinstance(layer, lip.BjorckDense)]
     assert dense == [512, 512, 10]

@@ -231,4 +231,3 @@ class SpectralConvBase(KernelBiasMixin, SpectralMixin, ParametrizedLayer):
         config = super().get_config()
         config.update(self._conv_config())
         return config
-

@@ -28,7 +28,6 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.bcop import (
-
     BCOP_BJORCK_ITERATIONS,
     BCOP_POWER_ITERATIONS,
     DownsamplingConv2DBase,

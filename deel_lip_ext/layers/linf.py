@@ -687,9 +687,7 @@ class LInfDistConv2D(_LInfDistBase):
         if self.input_channels > self.units:
             return None
         kernel_height, kernel_width = self.kernel_size
-        centre = ops.one_hot(
-            (kernel_height // 2) * kernel_width + kernel_width // 2, kernel_height * kernel_width
-        )
+        centre = ops.one_hot((kernel_height // 2) * kernel_width + kernel_width // 2, kernel_height * kernel_width)
         channel = ops.one_hot(ops.arange(self.units) % self.input_channels, self.input_channels)
         mask = ops.einsum("s,oc->sco", centre, channel)
         return ops.reshape(mask, self.kernel_size + (self.input_channels, self.units)) > 0.5

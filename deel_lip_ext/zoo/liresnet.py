@@ -58,8 +58,9 @@ def liresnet(
     """
     valid = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
     if not (valid and all(isinstance(d, int) and d > 0 for d in input_shape) and not input_shape[0] % 4):
-        raise ValueError(f"input_shape must be (height, width, channels), height and width divisible by 4, "
-                         f"got {input_shape!r}.")
+        raise ValueError(
+            f"input_shape must be (height, width, channels), height and width divisible by 4, got {input_shape!r}."
+        )
     if input_shape[1] % 4:
         raise ValueError(f"input_shape's width must be divisible by 4, got {input_shape!r}.")
     _positive_int(num_classes, "num_classes")
