@@ -7,12 +7,11 @@ versions would be added to this module only; until then `require_supported_backe
 turns their use into a clear error instead of a failure deep inside a backend op.
 """
 
+import importlib.util
+
 import keras
 
-try:
-    import tensorflow as tf
-except ImportError:  # a JAX/torch installation without TensorFlow
-    tf = None
+from deel_lip_ext._optional import tensorflow
 
 SUPPORTED_BACKENDS = ("tensorflow",)
 
@@ -20,7 +19,7 @@ SUPPORTED_BACKENDS = ("tensorflow",)
 def require_supported_backend(feature):
     """Raises NotImplementedError naming the active backend when it is not supported."""
     backend = keras.backend.backend()
-    if backend not in SUPPORTED_BACKENDS or tf is None:
+    if backend not in SUPPORTED_BACKENDS or importlib.util.find_spec("tensorflow") is None:
         raise NotImplementedError(
             f"{feature} needs input gradients (nested autodiff), which deel_lip_ext "
             f"implements for the Keras backend(s) {SUPPORTED_BACKENDS} only; the active "
@@ -36,6 +35,7 @@ def value_and_input_gradient(fn, x):
     Called under an outer `GradientTape` (as in `parameter_gradients`), the returned
     gradient stays differentiable w.r.t. the parameters: this is the double backprop.
     """
+    tf = tensorflow("input gradients")
     x = tf.convert_to_tensor(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -47,6 +47,7 @@ def value_and_input_gradient(fn, x):
 
 def parameter_gradients(fn, variables):
     """Evaluates `loss, aux = fn()` and the gradients of `loss` w.r.t. `variables`."""
+    tf = tensorflow("parameter gradients")
     with tf.GradientTape() as tape:
         loss, aux = fn()
     gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -55,4 +56,4 @@ def parameter_gradients(fn, variables):
 
 def graph_function(fn):
     """Compiles a measurement function to a graph (eager PGD would be far slower)."""
-    return tf.function(fn, reduce_retracing=True)
+    return tensorflow("graph_function").function(fn, reduce_retracing=True)

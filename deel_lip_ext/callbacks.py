@@ -1,17 +1,33 @@
-"""Keras callbacks for Lipschitz training (deel-lip's names)."""
+"""Keras callbacks for Lipschitz training: deel-lip's names, the SVCM projection and the l_inf-dist p schedule."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._optional import tensorflow
+from deel_lip_ext._validation import ArgumentTypeError, check_int, check_number
+from deel_lip_ext.distance import check_p
+from deel_lip_ext.layers.conv_baselines import SVCMConv2D
+from deel_lip_ext.layers.linf import set_p
 from deel_lip_ext.utils import compute_layer_sv, layer_singular_values
 
-__all__ = ["LossParamScheduler", "LossParamLog", "CondenseCallback", "MonitorCallback"]
+__all__ = [
+    "LossParamScheduler",
+    "LossParamLog",
+    "CondenseCallback",
+    "MonitorCallback",
+    "SVCMProjection",
+    "LpScheduler",
+    "schedule_ratio",
+    "scheduled_p",
+]
 
 
 def _loss_parameter(model, param_name):
@@ -84,10 +100,8 @@ class LossParamLog(keras.callbacks.Callback):
 
     def __init__(self, param_name: str, rate: int = 1) -> None:
         super().__init__()
-        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
-            raise ValueError(f"rate must be a positive integer, got {rate!r}.")
         self.param_name = param_name
-        self.rate = rate
+        self.rate = check_int(rate, "rate")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None):
         value = float(ops.convert_to_numpy(_loss_parameter(self.model, self.param_name)))
@@ -223,8 +237,7 @@ class MonitorCallback(keras.callbacks.Callback):
             if logs is not None:
                 logs[f"{name}_sv_min"], logs[f"{name}_sv_max"] = values
             if self.logdir is not None:
-                import tensorflow as tf
-
+                tf = tensorflow("MonitorCallback(logdir=...)")
                 if self._writer is None:
                     self._writer = tf.summary.create_file_writer(self.logdir)
                 with self._writer.as_default(step=self._step):
@@ -256,7 +269,159 @@ class MonitorCallback(keras.callbacks.Callback):
         }
 
 
-# The l_inf-dist p schedule lives with the rest of the l_inf-dist training code.
-from deel_lip_ext.linf import LpScheduler  # noqa: E402, F401  (re-exported: deel-lip's callbacks.LpScheduler)
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class SVCMProjection(keras.callbacks.Callback):
+    """Project every `SVCMConv2D` of the model every N training batches and at the end of each epoch.
 
-__all__.append("LpScheduler")
+    As in the BCOP code: on every batch whose index within the epoch is a
+    multiple of `every_n_steps` (after its update) and after the last batch
+    of each epoch. The measured norms of the last projection are in
+    `self.measured_norms` (layer name -> largest singular value).
+
+    Args:
+        every_n_steps: projection period in batches (100 in the BCOP paper).
+        on_epoch_end: also project after the last batch of each epoch.
+
+    Examples:
+        >>> model.fit(x, y, epochs=10, callbacks=[SVCMProjection(every_n_steps=100)])
+    """
+
+    def __init__(self, every_n_steps: int = 100, on_epoch_end: bool = True) -> None:
+        super().__init__()
+        self.every_n_steps = check_int(every_n_steps, "every_n_steps")
+        self.project_on_epoch_end = bool(on_epoch_end)
+        self.measured_norms = {}
+
+    def project(self):
+        """Project every `SVCMConv2D` of the model now."""
+        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, SVCMConv2D) and layer.built:
+                self.measured_norms[layer.name] = layer.project()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None):
+        if batch % self.every_n_steps == 0:
+            self.project()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
+        if self.project_on_epoch_end:
+            self.project()
+
+    def get_config(self) -> dict:
+        return {"every_n_steps": self.every_n_steps, "on_epoch_end": self.project_on_epoch_end}
+
+
+# ---------------------------------------------------------------- the l_inf-dist norm-order schedule
+
+
+def schedule_ratio(step: int, steps_per_epoch: int, constant_epochs: float, growth_epochs: float) -> float:
+    """r in [0, 1]: 0 during the constant phase, then linear in the step over the growth phase.
+
+    Examples:
+        >>> schedule_ratio(150, 100, constant_epochs=1, growth_epochs=1)
+        0.5
+    """
+    growth_steps = max(growth_epochs * steps_per_epoch, 1e-12)
+    return float(np.clip((step - constant_epochs * steps_per_epoch) / growth_steps, 0.0, 1.0))
+
+
+def scheduled_p(ratio: float, p_start: float = 8.0, p_end: float = 1000.0, inf_threshold: float = 100.0):
+    """p = p_start (p_end / p_start) ** r, and inf once r = 1 when p_end >= inf_threshold (the papers' rule)."""
+    if ratio >= 1.0 and p_end >= inf_threshold:
+        return math.inf
+    return float(p_start * (p_end / p_start) ** ratio)
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class LpScheduler(keras.callbacks.Callback):
+    """Set p of every l_inf-dist layer before each batch: constant, geometric growth, then inf.
+
+    With r = clip((step - constant_epochs * steps_per_epoch) /
+    (growth_epochs * steps_per_epoch), 0, 1), p = p_start (p_end / p_start)
+    ** r, and p = inf once r reaches 1 (if p_end >= inf_threshold). v2 MNIST:
+    constant 25, growth 375 epochs, then 50 epochs at p = inf.
+
+    Args:
+        p_start: p of the first phase (8).
+        p_end: p reached at the end of the growth (1000).
+        constant_epochs: length of the first phase, in epochs (may be fractional).
+        growth_epochs: length of the growth phase, in epochs (> 0).
+        steps_per_epoch: batches per epoch; None takes it from `fit`.
+        inf_threshold: switch to p = inf after the growth only if p_end >= it.
+        followers: objects with `set_progress(ratio)` that follow the same r
+            (e.g. `ClippedHingeCrossEntropy`, whose cross-entropy weight decays).
+        initial_epoch: the epoch to start from when resuming.
+
+    Examples:
+        >>> loss = ClippedHingeCrossEntropy(eps=1.46)
+        >>> scheduler = LpScheduler(8, 1000, constant_epochs=25, growth_epochs=375, followers=[loss])
+        >>> model.fit(x, y, epochs=450, batch_size=512, callbacks=[scheduler])
+    """
+
+    def __init__(
+        self,
+        p_start: float = 8.0,
+        p_end: float = 1000.0,
+        constant_epochs: float = 0.0,
+        growth_epochs: float = 1.0,
+        steps_per_epoch: int | None = None,
+        inf_threshold: float = 100.0,
+        followers: Sequence[Any] = (),
+        initial_epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        self.p_start = check_p(p_start)
+        self.p_end = check_p(p_end)
+        if math.isinf(self.p_start) or math.isinf(self.p_end):
+            raise ValueError(
+                f"p_start and p_end must be finite (p = inf comes after the growth), got {p_start!r}, {p_end!r}."
+            )
+        self.constant_epochs = check_number(constant_epochs, "constant_epochs", minimum=0)
+        self.growth_epochs = check_number(growth_epochs, "growth_epochs", minimum=0, strict=True)
+        self.steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch", allow_none=True)
+        self.inf_threshold = check_number(inf_threshold, "inf_threshold", minimum=1)
+        for follower in followers:
+            if not callable(getattr(follower, "set_progress", None)):
+                raise ArgumentTypeError(f"every follower needs a set_progress(ratio) method, got {follower!r}.")
+        self.followers = list(followers)
+        self._epoch = int(initial_epoch)
+        self.p = self.p_start
+
+    def ratio_at(self, step: int):
+        """The schedule ratio r at a global training step."""
+        return schedule_ratio(step, self._steps_per_epoch(), self.constant_epochs, self.growth_epochs)
+
+    def p_at(self, step: int):
+        """The norm order at a global training step."""
+        return scheduled_p(self.ratio_at(step), self.p_start, self.p_end, self.inf_threshold)
+
+    def _steps_per_epoch(self):
+        steps = self.steps_per_epoch or (self.params or {}).get("steps")
+        if not steps:
+            raise ValueError("LpScheduler needs steps_per_epoch: fit did not report it (pass steps_per_epoch=...).")
+        return steps
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None):
+        step = self._epoch * self._steps_per_epoch() + batch
+        ratio = self.ratio_at(step)
+        self.p = scheduled_p(ratio, self.p_start, self.p_end, self.inf_threshold)
+        set_p(self.model, self.p)
+        for follower in self.followers:
+            follower.set_progress(ratio)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None):
+        if logs is not None:
+            logs["p"] = self.p
+
+    def get_config(self) -> dict:
+        return {
+            "p_start": self.p_start,
+            "p_end": self.p_end,
+            "constant_epochs": self.constant_epochs,
+            "growth_epochs": self.growth_epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "inf_threshold": self.inf_threshold,
+            "initial_epoch": self._epoch,
+        }

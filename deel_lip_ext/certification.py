@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -35,6 +34,8 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._optional import optional_import, tensorflow
+from deel_lip_ext._validation import NORMS, check_int, check_labels, check_norm, check_number
 from deel_lip_ext.utils import evaluate_lip_const, model_lipschitz_bound
 
 __all__ = [
@@ -47,78 +48,9 @@ __all__ = [
     "lipschitz_bounds",
 ]
 
-NORMS = ("l2", "linf")
 
 # Progress bars appear from this many batches on.
 _PROGBAR_MIN_BATCHES = 4
-
-
-def check_norm(norm: str, name: str = "norm"):
-    """Return `norm` if it is one of `NORMS`, else raise `ValueError`."""
-    if norm not in NORMS:
-        raise ValueError(f"{name} must be one of {NORMS}, got {norm!r}.")
-    return norm
-
-
-def check_epsilon(epsilon: float, name: str = "eps"):
-    """Return `epsilon` as a float, or raise `ValueError` if it is not >= 0 and finite."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon):
-        raise ValueError(f"{name} must be a finite number >= 0, got {epsilon!r}.")
-    if epsilon < 0:
-        raise ValueError(f"{name} must be >= 0, got {epsilon!r}.")
-    return float(epsilon)
-
-
-def check_lip_const(lip_const: float, name: str = "lip_const"):
-    """Return `lip_const` as a float, or raise `ValueError` if it is not > 0 and finite."""
-    if isinstance(lip_const, bool) or not isinstance(lip_const, numbers.Real) or not math.isfinite(lip_const):
-        raise ValueError(f"{name} must be a finite number > 0, got {lip_const!r}.")
-    if lip_const <= 0:
-        raise ValueError(f"{name} must be > 0, got {lip_const!r}.")
-    return float(lip_const)
-
-
-def check_labels(logits: ArrayLike, labels: ArrayLike):
-    """Validate labels against `(N, C)` logits and return them as a float target array.
-
-    Accepted: integer class indices `(N,)` / `(N, 1)` or one-hot `(N, C)` with
-    values in {0, 1} or {-1, 1} when C > 1; labels in {0, 1} or {-1, 1} of
-    shape `(N,)` / `(N, 1)` when C == 1. The result has shape `(N, C)`: a
-    one-hot (or +-1) target for C > 1, the labels themselves for C == 1.
-    """
-    logits_shape = tuple(np.shape(logits))
-    if len(logits_shape) != 2:
-        raise ValueError(f"logits must have shape (N, C), got shape {logits_shape}.")
-    n, num_classes = logits_shape
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.shape[0:1] != (n,) or labels.ndim not in (1, 2):
-        raise ValueError(
-            f"labels must have shape ({n},), ({n}, 1) or ({n}, {num_classes}) to match logits of "
-            f"shape {logits_shape}, got shape {np.shape(labels)}."
-        )
-    if labels.ndim == 2:
-        if labels.shape[1] != num_classes:
-            raise ValueError(
-                f"labels must have shape ({n},), ({n}, 1) or ({n}, {num_classes}) to match logits of "
-                f"shape {logits_shape}, got shape {labels.shape}."
-            )
-        if not np.all(np.isin(labels, (-1, 0, 1))) or np.any(np.sum(labels > 0, axis=1) != 1):
-            raise ValueError("one-hot labels must hold exactly one positive entry per row, in {0, 1} or {-1, 1}.")
-        return labels.astype("float32")
-    if num_classes == 1:
-        if not np.all(np.isin(labels, (-1, 0, 1))):
-            raise ValueError(
-                "binary labels (single-logit model) must be in {0, 1} or {-1, 1}, "
-                f"got values {np.unique(labels)[:5]}."
-            )
-        return labels.astype("float32").reshape(n, 1)
-    if not np.all(np.equal(np.mod(labels, 1), 0)) or np.any(labels < 0) or np.any(labels >= num_classes):
-        raise ValueError(
-            f"integer labels must be class indices in [0, {num_classes}), got values {np.unique(labels)[:5]}."
-        )
-    return np.eye(num_classes, dtype="float32")[labels.astype("int64")]
 
 
 def logit_margin(y_true: ArrayLike, y_pred: ArrayLike) -> Any:
@@ -201,7 +133,7 @@ def certified_radius(
         >>> certified_radius([[3.0, 1.0]], [0])  # sqrt(2) = 2 / sqrt(2)
     """
     check_norm(norm)
-    lip_const = check_lip_const(lip_const)
+    lip_const = check_number(lip_const, "lip_const", minimum=0, strict=True)
     logits = np.asarray(logits, dtype="float32")
     if logits.size == 0:
         raise ValueError(f"logits is empty (shape {logits.shape}): certified_radius needs at least one sample.")
@@ -242,8 +174,8 @@ def _input_scale_factor(input_scale):
 def resolve_lip_const(model, lip_const, norm="l2"):
     """`lip_const` if given (checked), else the computed `norm` bound of `model` (`model_lipschitz_bound`)."""
     if lip_const is not None:
-        return check_lip_const(lip_const)
-    return check_lip_const(model_lipschitz_bound(model, norm), "the computed Lipschitz bound")
+        return check_number(lip_const, "lip_const", minimum=0, strict=True)
+    return check_number(model_lipschitz_bound(model, norm), "the computed Lipschitz bound", minimum=0, strict=True)
 
 
 def iterate_batches(data: tuple[ArrayLike, ArrayLike], batch_size: int):
@@ -284,12 +216,6 @@ def make_progbar(n_batches: int, verbose: bool | str):
     if verbose == "auto":
         verbose = n_batches is None or n_batches >= _PROGBAR_MIN_BATCHES
     return keras.utils.Progbar(n_batches) if verbose else None
-
-
-def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    return int(batch_size)
 
 
 @dataclasses.dataclass
@@ -344,15 +270,15 @@ class CertifyResult:
 
     def plot(self, path: str | os.PathLike, title: str | None = None):
         """Save a PNG of certified accuracy versus epsilon (curve over the radii) to `path`."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        # A bare Figure on an Agg canvas: no pyplot state, the user's backend is left alone.
+        figure = optional_import("matplotlib.figure", "CertifyResult.plot")
+        canvas = optional_import("matplotlib.backends.backend_agg", "CertifyResult.plot")
         top = max(float(np.max(self.epsilons)) if self.epsilons.size else 0.0, float(np.max(self.radii, initial=0.0)))
         grid = np.linspace(0.0, top if top > 0 else 1.0, 200)
         curve = [np.mean(self.radii > eps) for eps in grid]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig = figure.Figure(figsize=(5, 3.5))
+        canvas.FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
         ax.plot(grid, curve, label="certified accuracy")
         ax.scatter(self.epsilons, self.certified_accuracy, color="C1", zorder=3, label="requested epsilons")
         ax.set_xlabel(f"epsilon ({self.norm} radius, in input units)")
@@ -363,7 +289,6 @@ class CertifyResult:
         ax.set_title(title or f"L = {self.lip_const:.4g}, clean accuracy {self.clean_accuracy:.2%}")
         fig.tight_layout()
         fig.savefig(path, dpi=150)
-        plt.close(fig)
         return path
 
 
@@ -413,14 +338,14 @@ def certify(
     """
     check_norm(norm)
     check_norm(lip_norm, "lip_norm")
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int(batch_size, "batch_size")
     epsilons = np.atleast_1d(np.asarray(epsilons, dtype="float64"))
     if epsilons.ndim != 1 or epsilons.size == 0:
         raise ValueError(
             f"epsilons must be a number or a flat, non-empty list of numbers, got an array of shape {epsilons.shape}."
         )
     for eps in epsilons:
-        check_epsilon(float(eps), "epsilons")
+        check_number(float(eps), "epsilons", minimum=0)
     scale = _input_scale_factor(input_scale)
     lip_source = "user" if lip_const is not None else "computed"
     lip_const = resolve_lip_const(model, lip_const, lip_norm)
@@ -453,8 +378,7 @@ def certify(
 
 
 def _flat_output(model, x):
-    import tensorflow as tf
-
+    tf = tensorflow("search_lipschitz_lower_bound")
     out = model(x, training=False)
     return tf.reshape(out, (tf.shape(out)[0], -1))
 
@@ -472,8 +396,7 @@ def search_lipschitz_lower_bound(
     Both points of each pair move; ||a - b|| is kept >= `min_distance` so that
     float32 rounding cannot inflate the ratio. Returns the best ratio seen.
     """
-    import tensorflow as tf
-
+    tf = tensorflow("search_lipschitz_lower_bound")
     x = np.asarray(x, dtype="float32")
     rng = np.random.default_rng(seed)
     axes = tuple(range(1, x.ndim))

@@ -12,8 +12,8 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext import normalizers
-from deel_lip_ext.layers.base import check_k_coef_lip
+from deel_lip_ext import parametrizations
+from deel_lip_ext._validation import check_k_coef_lip
 
 __all__ = ["WeightClipConstraint", "AutoWeightClipConstraint", "FrobeniusConstraint", "SpectralConstraint"]
 
@@ -111,13 +111,13 @@ class SpectralConstraint(keras.constraints.Constraint):
     def __init__(
         self,
         k_coef_lip: float = 1.0,
-        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+        eps_spectral: float = parametrizations.DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = parametrizations.DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = parametrizations.DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = parametrizations.DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = parametrizations.DEFAULT_MAXITER_BJORCK,
     ) -> None:
-        normalizers.check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
+        parametrizations.check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
         self.k_coef_lip = check_k_coef_lip(k_coef_lip)
         self.eps_spectral = eps_spectral
         self.eps_bjorck = eps_bjorck
@@ -127,7 +127,7 @@ class SpectralConstraint(keras.constraints.Constraint):
 
     def __call__(self, w: ArrayLike):
         u = keras.random.normal((1, w.shape[-1]), dtype="float32")
-        kernel, _, _ = normalizers.reshaped_kernel_orthogonalization(
+        kernel, _, _ = parametrizations.reshaped_kernel_orthogonalization(
             ops.cast(w, "float32"),
             u,
             adjustment_coef=self.k_coef_lip,

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deel_lip_ext._optional import optional_import, tensorflow
+
 if TYPE_CHECKING:  # pragma: no cover - only for the annotations
     import tensorflow as tf
 
@@ -241,7 +243,7 @@ def _read_tfds(name, download):
     if not download and not tfds_name_dir.is_dir():
         return None  # skip the slow tfds import when its cache cannot hold the dataset
     try:
-        import tensorflow_datasets as tfds
+        tfds = optional_import("tensorflow_datasets", "loading from the tensorflow-datasets cache")
     except ImportError:
         return None
     builder = tfds.builder(name, data_dir=str(_tfds_cache_dir()))
@@ -392,8 +394,7 @@ def load(
         >>> x.shape, y.dtype.name
         (TensorShape([256, 28, 28, 1]), 'int64')
     """
-    import tensorflow as tf
-
+    tf = tensorflow("deel_lip_ext.datasets.load (a tf.data pipeline)")
     _check_choice("name", name, DATASETS)
     _check_choice("split", split, SPLITS)
     _check_count("batch_size", batch_size, allow_none=False)

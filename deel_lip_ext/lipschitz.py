@@ -26,6 +26,7 @@ import numpy as np
 from keras.src.ops import nn as _ops_nn
 from keras.src.ops import numpy as _ops_numpy
 
+from deel_lip_ext._validation import NORMS, check_norm
 from deel_lip_ext.spectrum import (
     conv_sv_range,
     conv_transpose_norm,
@@ -46,7 +47,6 @@ __all__ = [
     "stock_layer_lipschitz",
 ]
 
-NORMS = ("l2", "linf")
 
 # gelu: max of Phi(x) + x phi(x) is 1.1281 (at sqrt 2), of its tanh approximation 1.1289;
 # silu/swish: max of s(x)(1 + x(1 - s(x))) is 1.0998; selu: scale * alpha = 1.7581 (x -> 0-).
@@ -81,9 +81,7 @@ ACTIVATIONS = {
 
 def check_bound_norm(norm: str) -> str:
     """Return `norm` ("l2" or "linf"), or raise `ValueError` naming the accepted values."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
-    return norm
+    return check_norm(norm)
 
 
 def _activation_label(activation):

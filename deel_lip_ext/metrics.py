@@ -19,7 +19,8 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext.certification import certificate_factor, check_epsilon, check_lip_const, check_norm, logit_margin
+from deel_lip_ext._validation import check_norm, check_number
+from deel_lip_ext.certification import certificate_factor, logit_margin
 
 __all__ = [
     "CertifiedAccuracy",
@@ -35,7 +36,7 @@ class _RadiusMetric(keras.metrics.Mean):
 
     def __init__(self, lip_const, norm, disjoint_neurons, name, dtype):
         super().__init__(name=name, dtype=dtype)
-        self.lip_const = check_lip_const(lip_const)
+        self.lip_const = check_number(lip_const, "lip_const", minimum=0, strict=True)
         self.norm = check_norm(norm)
         self.disjoint_neurons = bool(disjoint_neurons)
 
@@ -84,7 +85,7 @@ class CertifiedAccuracy(_RadiusMetric):
         dtype: str | None = None,
     ) -> None:
         super().__init__(lip_const, norm, disjoint_neurons, name, dtype)
-        self.epsilon = check_epsilon(epsilon, "epsilon")
+        self.epsilon = check_number(epsilon, "epsilon", minimum=0)
 
     def _values(self, signed_radius):
         return ops.cast(ops.greater(signed_radius, self.epsilon), "float32")

@@ -17,6 +17,7 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only: plotting does not need Keras at import time
     import keras
 
+from deel_lip_ext._optional import optional_import
 from deel_lip_ext.utils import layer_singular_values
 
 __all__ = ["layer_spectrum", "plot_singular_values"]
@@ -62,8 +63,8 @@ def plot_singular_values(
         >>> plot_singular_values({"before": before, "after": conv}, "bcop_spectrum.png")
     """
     # A bare Figure on an Agg canvas: no pyplot state, the user's backend is left alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    figure = optional_import("matplotlib.figure", "plot_singular_values")
+    canvas = optional_import("matplotlib.backends.backend_agg", "plot_singular_values")
 
     if not isinstance(spectra, dict) or not spectra:
         raise ValueError(
@@ -80,9 +81,9 @@ def plot_singular_values(
         value_range = (0.0, max(1.0, max(float(array.max()) for array in values.values())) * 1.02)
     edges = np.linspace(value_range[0], value_range[1], bins + 1)
 
-    figure = Figure(figsize=(6, 4))
-    FigureCanvasAgg(figure)
-    axis = figure.add_subplot()
+    fig = figure.Figure(figsize=(6, 4))
+    canvas.FigureCanvasAgg(fig)
+    axis = fig.add_subplot()
     histograms = {}
     for label, array in values.items():
         counts, _, _ = axis.hist(array, bins=edges, alpha=0.55, label=f"{label} (n={array.size})")
@@ -92,6 +93,6 @@ def plot_singular_values(
     if title:
         axis.set_title(title)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, format="png", dpi=150)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=150)
     return histograms

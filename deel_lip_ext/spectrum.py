@@ -15,6 +15,8 @@
 * `padded_axis_counts`, `padded_conv_norm`: an explicitly padded (zero, reflect, symmetric,
   circular) "valid" convolution: how often each input entry is read, and its L2 norm.
 * `conv_transpose_norm`, `linf_transposed_kernel_norm`: L2 and l_inf norms of a transposed convolution.
+* `strided_conv_norm`, `polyphase_kernel`, `dilated_kernel`: exact norms of strided circular
+  convolutions (polyphase FFT), certified bounds for zero-padded ones, dilated kernels.
 """
 
 import math
@@ -39,6 +41,9 @@ __all__ = [
     "padded_conv_norm",
     "conv_transpose_norm",
     "linf_transposed_kernel_norm",
+    "polyphase_kernel",
+    "dilated_kernel",
+    "strided_conv_norm",
 ]
 
 
@@ -391,3 +396,72 @@ def linf_transposed_kernel_norm(kernel: ArrayLike, strides: tuple) -> float:
     s_h, s_w = tuple(strides)
     sums = [kernel[r_h::s_h, r_w::s_w].sum(axis=(0, 1, 3)) for r_h in range(s_h) for r_w in range(s_w)]
     return float(max(np.max(values, initial=0.0) for values in sums))
+
+
+def polyphase_kernel(kernel: np.ndarray, strides: tuple[int, int]) -> np.ndarray:
+    """Stride-1 kernel (ceil(kh/sh), ceil(kw/sw), sh * sw * c_in, c_out) of a stride-s conv after a downsampling.
+
+    A circular stride-s convolution on an (s n_h, s n_w) torus equals, up to
+    permutations of its input, the circular stride-1 convolution of this
+    kernel on the (n_h, n_w) torus: same singular values.
+
+    Examples:
+        >>> polyphase_kernel(np.ones((3, 3, 2, 4)), (2, 2)).shape
+        (2, 2, 8, 4)
+    """
+    (kh, kw, c_in, c_out), (sh, sw) = kernel.shape, strides
+    nh, nw = -(-kh // sh), -(-kw // sw)
+    padded = np.zeros((nh * sh, nw * sw, c_in, c_out))
+    padded[:kh, :kw] = kernel
+    return padded.reshape(nh, sh, nw, sw, c_in, c_out).transpose(0, 2, 1, 3, 4, 5).reshape(nh, nw, -1, c_out)
+
+
+def dilated_kernel(kernel: np.ndarray, dilation: tuple[int, int]) -> np.ndarray:
+    """The kernel with d - 1 zero taps between taps: a dilated conv is the plain conv with it.
+
+    Examples:
+        >>> dilated_kernel(np.ones((3, 3, 1, 1)), (2, 2)).shape
+        (5, 5, 1, 1)
+    """
+    kh, kw = kernel.shape[:2]
+    expanded = np.zeros(((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1) + kernel.shape[2:])
+    expanded[:: dilation[0], :: dilation[1]] = kernel
+    return expanded
+
+
+def strided_conv_norm(
+    kernel: ArrayLike, input_size: tuple[int | None, int | None], strides: tuple[int, int], padding: str
+) -> float:
+    """L2 norm of the bias-free conv `ops.conv(x, kernel, strides, padding)` (circular: wrap pad, then valid).
+
+    Exact for circular padding (FFT of the polyphase kernel at the
+    downsampled size; the size must be divisible by the stride) and for zero
+    padding on inputs of at most `MAX_DENSE_OPERATOR_SIZE` values (SVD of the
+    dense operator). Larger zero-padded inputs: the norm of the circular conv
+    on a torus that contains the padded input without wrap-around (a
+    sub-matrix, hence a certified upper bound); unknown sizes: the
+    size-independent bound of `conv_sv_range`.
+
+    Args:
+        kernel: (kh, kw, c_in, c_out).
+        input_size: (H, W); None for an unknown size.
+        strides: (sh, sw).
+        padding: "circular", "same" or "valid".
+
+    Returns:
+        The norm (or its upper bound) as a float.
+
+    Examples:
+        >>> strided_conv_norm(layer.effective_kernel(), (16, 16), (2, 2), "circular")
+    """
+    kernel = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
+    sizes = tuple(input_size)
+    if padding == "circular":
+        if None in sizes or any(n % s for n, s in zip(sizes, strides)):
+            raise ValueError(f"a circular strided conv needs a size divisible by strides {strides}, got {sizes}.")
+        torus = (sizes[0] // strides[0], sizes[1] // strides[1])
+        return float(conv_singular_values(polyphase_kernel(kernel, strides), torus).max())
+    if None in sizes or np.prod(sizes) * kernel.shape[2] <= MAX_DENSE_OPERATOR_SIZE:
+        return conv_sv_range(kernel, sizes + (kernel.shape[2],), strides, padding)[1]
+    torus = tuple(-(-(n + k) // s) for n, k, s in zip(sizes, kernel.shape[:2], strides))
+    return float(conv_singular_values(polyphase_kernel(kernel, strides), torus).max())

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from deel_lip_ext import callbacks
 from deel_lip_ext import layers as lip
 from deel_lip_ext.layers.pad_conv import PAD_CONV_PADDINGS
 from deel_lip_ext.layers.padding import PAD_MODES
@@ -280,7 +281,7 @@ LAYERS = [
     Entry("BCOPConv2D", "image", _conv_like(lip.BCOPConv2D, True), (lip.BCOPConv2D, lip.StackedOrthogonal)),
     Entry("RKOConv2D", "image", _conv_like(lip.RKOConv2D, True), (lip.RKOConv2D,)),
     Entry("OSSNConv2D", "image", _conv_like(lip.OSSNConv2D, True), (lip.OSSNConv2D,)),
-    Entry("SVCMConv2D", "image", _conv_like(lip.SVCMConv2D, True), (lip.SVCMConv2D, lip.SVCMProjection)),
+    Entry("SVCMConv2D", "image", _conv_like(lip.SVCMConv2D, True), (lip.SVCMConv2D, callbacks.SVCMProjection)),
     Entry("AOCConv2D", "image", _conv_like(lip.AOCConv2D, True), (lip.AOCConv2D,)),
     Entry("AOCConv2DTranspose", "image", _conv_like(lip.AOCConv2DTranspose, True), (lip.AOCConv2DTranspose,)),
     Entry("GroupSort2", "vector", _even_channels(lip.GroupSort2), (lip.GroupSort2, lip.GroupSort)),

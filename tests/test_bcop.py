@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from deel_lip_ext import layers as lip
-from deel_lip_ext.layers.bcop import batched_bjorck, bcop_kernel, orthonormalize_stack
+from deel_lip_ext.parametrizations import batched_bjorck, bcop_kernel, orthonormalize_stack
 from deel_lip_ext.model import Sequential
 from deel_lip_ext.utils import compute_layer_sv, conv_singular_values, model_lipschitz_bound
 

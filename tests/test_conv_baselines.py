@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+from deel_lip_ext import callbacks
 from deel_lip_ext import layers as lip
-from deel_lip_ext.layers.conv_baselines import clip_and_mask
+from deel_lip_ext.parametrizations import clip_and_mask
 from deel_lip_ext.model import Sequential
 from deel_lip_ext.utils import conv_operator_matrix, conv_singular_values, model_lipschitz_bound
 
@@ -126,7 +127,7 @@ def test_svcm_callback_projects_every_n_steps_and_at_epoch_end():
     model.compile(keras.optimizers.Adam(5e-2), "mse")
     projections = []
 
-    class CountingProjection(lip.SVCMProjection):
+    class CountingProjection(callbacks.SVCMProjection):
         def project(self):
             projections.append(1)
             super().project()
@@ -163,4 +164,4 @@ def test_argument_errors(layer_class, kwargs, match):
 
 def test_callback_argument_error():
     with pytest.raises(ValueError, match="every_n_steps"):
-        lip.SVCMProjection(every_n_steps=0)
+        callbacks.SVCMProjection(every_n_steps=0)

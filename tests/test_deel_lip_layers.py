@@ -20,7 +20,7 @@ from deel_lip_ext.layers import (
     SpectralConv1D,
     SpectralConv2DTranspose,
 )
-from deel_lip_ext.layers._spectral_conv import axis_overlap_counts, max_overlap
+from deel_lip_ext.parametrizations import axis_overlap_counts, max_overlap
 from deel_lip_ext.model import vanilla_model
 
 RTOL_LIP = 1e-3

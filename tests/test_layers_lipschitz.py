@@ -94,7 +94,7 @@ def test_zero_padding_correction_is_a_real_bound_where_deel_lip_is_not():
     # A kernel whose reshaped matrix has norm 1 (all taps equal): its "same"
     # conv on 28x28 has norm close to 3; deel-lip's average-overlap factor
     # (28 / 82 per axis) leaves it above 1, our max-overlap factor does not.
-    from deel_lip_ext.layers.convolutional import conv_lipschitz_coefficient
+    from deel_lip_ext.parametrizations import conv_lipschitz_coefficient
     from deel_lip_ext.utils import _conv_sv
 
     kernel = np.full((3, 3, 1, 1), 1.0 / 3.0, dtype="float32")

@@ -197,7 +197,7 @@ def test_kernel_layer_trains_infers_exports_and_its_bound_holds(name, policy):
     # The effective kernel is the float32 parametrization rounded to the compute dtype, as float32.
     kernel = keras.ops.convert_to_numpy(layer.effective_kernel())
     assert kernel.dtype == np.float32
-    float32_kernel = keras.ops.convert_to_numpy(layer.compute_kernel(training=False)[0]).astype(np.float64)
+    float32_kernel = keras.ops.convert_to_numpy(layer.compute_kernel()[0]).astype(np.float64)
     np.testing.assert_array_equal(kernel, _rounded(float32_kernel, compute_dtype))
 
     out = _check_runs_and_export_matches(model, x, compute_dtype)

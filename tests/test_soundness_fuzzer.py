@@ -10,7 +10,7 @@ import pytest
 
 from deel_lip_ext import layers as lip
 from deel_lip_ext.layers import base
-from deel_lip_ext import lipschitz, utils
+from deel_lip_ext import lipschitz, model_bound
 
 import lipschitz_fuzz
 
@@ -57,7 +57,7 @@ def test_fuzzer_slow():
 
 
 def test_fuzzer_catches_a_bound_that_drops_broadcasting(monkeypatch):
-    monkeypatch.setattr(utils, "_broadcast_factor", lambda tensor, output, norm, operation: 1.0)
+    monkeypatch.setattr(model_bound, "_broadcast_factor", lambda tensor, output, norm, operation: 1.0)
     outcomes = lipschitz_fuzz.fuzz(range(8), norms=("l2",), focus="broadcast")
     assert any(o.violated for o in outcomes), "the fuzzer missed a bound that ignores broadcasting"
 

@@ -1,6 +1,7 @@
 """Keras layers that are k-Lipschitz by construction (deel-lip's names)."""
 
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, check_k_coef_lip
+from deel_lip_ext.layers.conv_base import ConvGeometry, LipschitzConv
 from deel_lip_ext.layers.dense import FrobeniusDense, SpectralDense
 from deel_lip_ext.layers.convolutional import FrobeniusConv2D, SpectralConv2D
 from deel_lip_ext.layers.activations import CReLU, FullSort, GroupSort, GroupSort2, Householder, MaxMin, MaxMinHalves
@@ -14,7 +15,7 @@ from deel_lip_ext.layers.pooling import (
 from deel_lip_ext.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
 from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad
 from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense, StackedOrthogonal
-from deel_lip_ext.layers.conv_baselines import OSSNConv2D, RKOConv2D, SVCMConv2D, SVCMProjection
+from deel_lip_ext.layers.conv_baselines import OSSNConv2D, RKOConv2D, SVCMConv2D
 from deel_lip_ext.layers.linf import LInfDistConv2D, LInfDistDense, LogitScale
 from deel_lip_ext.layers.padding import Padding2D
 from deel_lip_ext.layers.pad_conv import PadConv2D

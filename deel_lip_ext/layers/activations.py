@@ -33,9 +33,9 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext.layers._xla import compiled_by_xla
+from deel_lip_ext._validation import check_channels_last
+from deel_lip_ext._xla import compiled_by_xla
 from deel_lip_ext.layers.base import LipschitzLayer
-from deel_lip_ext.layers.padding import check_channels_last
 
 __all__ = ["GroupSort", "GroupSort2", "FullSort", "MaxMin", "MaxMinHalves", "CReLU", "Householder"]
 
@@ -43,7 +43,7 @@ __all__ = ["GroupSort", "GroupSort2", "FullSort", "MaxMin", "MaxMinHalves", "CRe
 class _ChannelActivation(LipschitzLayer, keras.layers.Layer):
     """Plumbing shared by the activations: k, channels-last check, config, last-axis size."""
 
-    def __init__(self, k_coef_lip: float = 1.0, data_format: str = "channels_last", **kwargs: Any):
+    def __init__(self, k_coef_lip: float = 1.0, data_format: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._init_lipschitz(k_coef_lip)
         self.data_format = check_channels_last(data_format)
@@ -170,7 +170,7 @@ class GroupSort(_ChannelActivation):
     """
 
     def __init__(
-        self, n: int | None = None, k_coef_lip: float = 1.0, data_format: str = "channels_last", **kwargs: Any
+        self, n: int | None = None, k_coef_lip: float = 1.0, data_format: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
         if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
@@ -342,7 +342,7 @@ class Householder(_ChannelActivation):
         self,
         theta_initializer: str | keras.initializers.Initializer | None = None,
         k_coef_lip: float = 1.0,
-        data_format: str = "channels_last",
+        data_format: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)

@@ -4,7 +4,7 @@ The kernel's input channels are rescaled by d_i = (sum_j |P^T P|_ij)^(-1/2), P t
 so that ||P D||_2 <= 1 (Schur test: D P^T P D has absolute row sums <= 1 after the rescaling).
 
 For a convolution, P^T P is (on a torus large enough not to wrap) the convolution whose kernel is the
-kernel's self-correlation M (`deel_lip_ext.normalizers.kernel_self_correlation`), and the rescaling is one
+kernel's self-correlation M (`deel_lip_ext.parametrizations.kernel_self_correlation`), and the rescaling is one
 factor per input channel. It holds for every padding and stride:
 
 * circular: the operator's Gram is the torus Gram with wrapped entries merged, |a + b| <= |a| + |b|;
@@ -24,9 +24,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from deel_lip_ext import normalizers
-from deel_lip_ext.layers.convolutional import LipschitzConv2DBase
+from deel_lip_ext.layers.conv_base import LipschitzConv
 from deel_lip_ext.layers.dense import LipschitzDenseBase
+from deel_lip_ext.parametrizations import aol_rescaling
 
 __all__ = ["AOLDense", "AOLConv2D"]
 
@@ -35,8 +35,8 @@ class _AOLMixin:
     def kernel_dependencies(self):
         return [self.kernel]
 
-    def compute_kernel(self, training: bool | None = False):
-        return normalizers.aol_rescaling(ops.cast(self.kernel, "float32")) * self.k_coef_lip, []
+    def compute_kernel(self):
+        return aol_rescaling(ops.cast(self.kernel, "float32")) * self.k_coef_lip, []
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -81,7 +81,7 @@ class AOLDense(_AOLMixin, LipschitzDenseBase):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class AOLConv2D(_AOLMixin, LipschitzConv2DBase):
+class AOLConv2D(_AOLMixin, LipschitzConv):
     """2-D convolution with the AOL rescaling, k-Lipschitz for every padding, stride and input size.
 
     Each input channel c of the kernel is multiplied by (sum_{c2, delta} |M[c, delta, c2]|)^(-1/2), M the

@@ -22,15 +22,13 @@ invalidates it.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext import normalizers
+from deel_lip_ext._validation import check_k_coef_lip
 from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm
+from deel_lip_ext.parametrizations import check_normalizer_args, reshaped_kernel_orthogonalization
 from deel_lip_ext.spectrum import dense_sv_range, linf_kernel_norm
 
 __all__ = [
@@ -43,15 +41,6 @@ __all__ = [
     "SpectralMixin",
     "KernelBiasMixin",
 ]
-
-
-def check_k_coef_lip(k_coef_lip: float):
-    """Return `k_coef_lip` as a float, or raise `ValueError` if it is not > 0 and finite."""
-    if isinstance(k_coef_lip, bool) or not isinstance(k_coef_lip, numbers.Real):
-        raise ValueError(f"k_coef_lip must be a positive number, got {k_coef_lip!r}.")
-    if not math.isfinite(float(k_coef_lip)) or k_coef_lip <= 0:
-        raise ValueError(f"k_coef_lip must be a positive finite number, got {k_coef_lip!r}.")
-    return float(k_coef_lip)
 
 
 def built_input_shape(layer: keras.layers.Layer) -> tuple | None:
@@ -193,7 +182,7 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
 
     Subclasses implement:
 
-    * `compute_kernel(training)` -> `(kernel, state_updates)`: the constrained
+    * `compute_kernel()` -> `(kernel, state_updates)`: the constrained
       kernel in float32 (already scaled by `k_coef_lip`) and a list of
       `(variable, new_value)` pairs of state to store after a training step
       (e.g. the power-iteration vector). Pure: it must not assign anything.
@@ -288,7 +277,7 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
             self._kernel_cache.invalidate()
         super().load_own_variables(store)
 
-    def compute_kernel(self, training: bool | None = False):
+    def compute_kernel(self):
         raise NotImplementedError
 
     def kernel_dependencies(self):
@@ -308,7 +297,7 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         """
         if not self.built:
             raise RuntimeError(f"Layer {self.name!r} must be built before its kernel exists.")
-        return ops.cast(self._to_compute_dtype(self.compute_kernel(training=False)[0]), "float32")
+        return ops.cast(self._to_compute_dtype(self.compute_kernel()[0]), "float32")
 
     def kernel_for_call(self, training: bool | None = None):
         """Kernel to use in `call`: the float32 constrained kernel rounded to the compute dtype.
@@ -317,7 +306,7 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         state; inference reads the cache, refreshed if any dependency changed.
         """
         if training:
-            kernel, updates = self.compute_kernel(training=True)
+            kernel, updates = self.compute_kernel()
             for variable, value in updates:
                 variable.assign(value)
         else:
@@ -335,7 +324,7 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
             stale = ops.logical_or(stale, ops.any(ops.not_equal(variable, snapshot)))
         kernel = ops.cond(
             stale,
-            lambda: ops.stop_gradient(self.compute_kernel(training=False)[0]),
+            lambda: ops.stop_gradient(self.compute_kernel()[0]),
             lambda: ops.convert_to_tensor(cache.kernel),
         )
         # Writing the cache is invisible: it holds a function of the variables.
@@ -367,7 +356,7 @@ class SpectralMixin:
     """
 
     def _init_spectral(self, eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck):
-        normalizers.check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
+        check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
         self.eps_spectral = eps_spectral
         self.eps_bjorck = eps_bjorck
         self.beta_bjorck = beta_bjorck
@@ -386,7 +375,7 @@ class SpectralMixin:
 
     def _spectral_kernel(self, adjustment_coef):
         """(kernel, [(u, new_u)]) of the RKO parametrization, in float32."""
-        kernel, u, _ = normalizers.reshaped_kernel_orthogonalization(
+        kernel, u, _ = reshaped_kernel_orthogonalization(
             ops.cast(self.kernel, "float32"),
             self.u,
             adjustment_coef=adjustment_coef,

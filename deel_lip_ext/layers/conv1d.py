@@ -6,10 +6,15 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-from keras import ops
 
-from deel_lip_ext import normalizers
-from deel_lip_ext.layers._spectral_conv import SpectralConvBase, max_overlap
+from deel_lip_ext.layers._spectral_conv import SpectralConvBase
+from deel_lip_ext.parametrizations import (
+    DEFAULT_BETA_BJORCK,
+    DEFAULT_EPS_BJORCK,
+    DEFAULT_EPS_SPECTRAL,
+    DEFAULT_MAXITER_BJORCK,
+    DEFAULT_MAXITER_SPECTRAL,
+)
 
 __all__ = ["SpectralConv1D"]
 
@@ -56,6 +61,9 @@ class SpectralConv1D(SpectralConvBase):
         (2, 50, 8)
     """
 
+    rank = 1
+    paddings = ("same", "valid")
+
     def __init__(
         self,
         filters: int,
@@ -75,75 +83,31 @@ class SpectralConv1D(SpectralConvBase):
         kernel_constraint: str | keras.constraints.Constraint | None = None,
         bias_constraint: str | keras.constraints.Constraint | None = None,
         k_coef_lip: float = 1.0,
-        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+        eps_spectral: float = DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
         **kwargs: Any,
     ) -> None:
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self._init_conv(
-            1,
+        super().__init__(
             filters,
             kernel_size,
-            strides,
-            padding,
-            ("same", "valid"),
-            data_format,
-            dilation_rate,
-            groups,
-            k_coef_lip,
-            (eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck),
-            (
-                activation,
-                use_bias,
-                kernel_initializer,
-                bias_initializer,
-                kernel_regularizer,
-                bias_regularizer,
-                kernel_constraint,
-                bias_constraint,
-            ),
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            groups=groups,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            k_coef_lip=k_coef_lip,
+            **kwargs,
         )
-
-    def build(self, input_shape):
-        length, channels = input_shape[1], input_shape[2]
-        if channels is None:
-            raise ValueError(f"SpectralConv1D needs a known channel dimension, got input shape {input_shape}.")
-        if self.padding == "valid" and length is not None and length < self.kernel_size[0]:
-            raise ValueError(
-                f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}."
-            )
-        self._finish_build(self.kernel_size + (channels, self.filters), (length,), channels)
-
-    def _overlap(self, input_shape):
-        return max_overlap(input_shape[1:2], self.kernel_size, self.strides, self.padding)
-
-    def linear(self, inputs, kernel):
-        return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding)
-
-    def compute_output_shape(self, input_shape):
-        size, k, s = input_shape[1], self.kernel_size[0], self.strides[0]
-        if size is None:
-            out = None
-        elif self.padding == "valid":
-            out = (size - k) // s + 1
-        else:
-            out = -(-size // s)
-        return (input_shape[0], out, self.filters)
-
-    def plain_layers(self, kernel):
-        conv = keras.layers.Conv1D(
-            self.filters,
-            self.kernel_size,
-            strides=self.strides,
-            padding=self.padding,
-            activation=self.activation,
-            use_bias=self.use_bias,
-            name=self.name,
-            dtype=self.dtype_policy,
-        )
-        conv.build((None, *self.input_spatial_size, kernel.shape[1]))
-        conv.set_weights(self._plain_weights(kernel))
-        return [conv]
+        self._init_spectral(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)

@@ -1,4 +1,4 @@
-"""The convolutions the BCOP paper compares with (its Table 1 ablation), in the same wrapper as BCOP.
+"""The convolutions the BCOP paper compares with (its Table 1 ablation), in the same geometry as BCOP.
 
 All three use `DownsamplingConv2DBase`: a stride is an invertible
 downsampling followed by a stride-1 convolution, circular padding by default.
@@ -10,55 +10,54 @@ downsampling followed by a stride-1 convolution, circular padding by default.
 * `RKOConv2D`: reshaped kernel orthogonalization. Björck (BCOP code settings)
   on the (kh * kw * c_in, c_out) matrix, times 1 / sqrt(max overlap), the
   exact factor for the padding (1/k for a circular k x k conv).
-* `SVCMConv2D` + the `SVCMProjection` callback: singular value clipping and
-  masking (Sedghi et al.). The kernel is unconstrained between projections;
-  every N steps it is projected (FFT at the real input size, clip, inverse
-  FFT, crop to the k x k support, 50 times). Cropping leaves the norm
-  slightly above the target: certify with the *measured* norm
-  (`deel_lip_ext.utils.model_lipschitz_bound` measures it).
+* `SVCMConv2D` + the `deel_lip_ext.callbacks.SVCMProjection` callback:
+  singular value clipping and masking (Sedghi et al.). The kernel is
+  unconstrained between projections; every N steps it is projected (FFT at
+  the real input size, clip, inverse FFT, crop to the k x k support, 50
+  times). Cropping leaves the norm slightly above the target: certify with
+  the *measured* norm (`deel_lip_ext.utils.model_lipschitz_bound` measures it).
+
+The constraints themselves are `deel_lip_ext.parametrizations.ossn_normalization`,
+`orthonormalize_stack` and `clip_and_mask`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext.layers.bcop import (
+from deel_lip_ext._validation import check_int
+from deel_lip_ext.layers.bcop import DownsamplingConv2DBase, OrthonormalStackMixin
+from deel_lip_ext.parametrizations import (
     BCOP_BJORCK_ITERATIONS,
     BCOP_POWER_ITERATIONS,
-    DownsamplingConv2DBase,
-    OrthonormalStackMixin,
-    _check_iterations,
+    clip_and_mask,
+    ossn_normalization,
+    ossn_spectral_norm,
+    padded_conv_operator,
 )
-from deel_lip_ext.layers.padding import circular_pad
 
-__all__ = ["OSSNConv2D", "RKOConv2D", "SVCMConv2D", "SVCMProjection", "clip_and_mask"]
-
-
-def _pad_then_conv(x, kernel, pads, circular):
-    """Stride-1 "valid" convolution after a wrap-around or zero pad of `pads` ((top, bottom), (left, right))."""
-    if circular:
-        x = circular_pad(x, pads)
-    elif any(p for pair in pads for p in pair):
-        x = ops.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-    return ops.conv(x, kernel, strides=1, padding="valid")
+__all__ = ["OSSNConv2D", "RKOConv2D", "SVCMConv2D"]
 
 
-def _adjoint_kernel(kernel):
-    """Kernel of the adjoint convolution: spatially flipped, input and output channels swapped."""
-    return ops.transpose(ops.flip(ops.flip(kernel, 0), 1), (0, 1, 3, 2))
+class _RealSizeMixin:
+    """Parametrizations that act on the operator at the real input size: they need known spatial dimensions."""
 
-
-def _l2_normalize(x, eps=1e-12):
-    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x)), eps))
+    def check_build_shape(self, input_shape):
+        conv_sizes = self.conv_geometry().conv_input_shape(input_shape)[1:-1]
+        if None in conv_sizes:
+            raise ValueError(
+                f"{type(self).__name__} {self.constrained_operator} at the real input size: it needs known spatial "
+                f"dimensions, got {tuple(input_shape[1:-1])}."
+            )
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class OSSNConv2D(DownsamplingConv2DBase):
+class OSSNConv2D(_RealSizeMixin, DownsamplingConv2DBase):
     """Convolution with one-sided spectral normalization on its true operator (Gouk et al.).
 
     A persistent vector shaped like one output sample warm-starts
@@ -72,18 +71,30 @@ class OSSNConv2D(DownsamplingConv2DBase):
     Its cost grows with the image size, unlike BCOP's.
 
     Args:
-        filters: as `BCOPConv2D`.
-        kernel_size: as `BCOPConv2D`.
-        strides: as `BCOPConv2D`.
-        padding: as `BCOPConv2D`.
-        k_coef_lip: as `BCOPConv2D`.
+        filters: number of output channels.
+        kernel_size: int or pair; a multiple of `strides`.
+        strides: int or pair; implemented as an invertible downsampling.
+        padding: "circular", "same" or "valid".
+        data_format: "channels_last" or None (the only layout supported).
+        activation: activation applied after the bias (counts in the Lipschitz constant).
+        use_bias: whether to add a bias.
+        kernel_initializer: initializer of the raw kernel.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the raw kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the raw kernel.
+        bias_constraint: constraint of the bias.
+        k_coef_lip: Lipschitz constant targeted.
         power_iterations: iterations per call (10, as in the BCOP paper).
-        **kwargs: other arguments of `keras.layers.Conv2D`.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
         >>> conv = OSSNConv2D(16, 3)
         >>> y = conv(keras.random.normal((2, 16, 16, 3)))
     """
+
+    constrained_operator = "normalizes the operator"
 
     def __init__(
         self,
@@ -91,19 +102,41 @@ class OSSNConv2D(DownsamplingConv2DBase):
         kernel_size: int | tuple[int, int],
         strides: int | tuple[int, int] = (1, 1),
         padding: str = "circular",
+        data_format: str | None = None,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
         k_coef_lip: float = 1.0,
         power_iterations: int = BCOP_POWER_ITERATIONS,
         **kwargs: Any,
     ) -> None:
-        super().__init__(filters, kernel_size, strides=strides, padding=padding, k_coef_lip=k_coef_lip, **kwargs)
-        self.power_iterations = _check_iterations(power_iterations, "power_iterations")
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            k_coef_lip=k_coef_lip,
+            **kwargs,
+        )
+        self.power_iterations = check_int(power_iterations, "power_iterations")
 
     def build_parametrization_state(self):
-        if None in self.conv_input_shape:
-            raise ValueError(
-                f"OSSNConv2D normalizes the operator at the real input size: it needs known spatial dimensions, "
-                f"got {self.input_spatial_size}."
-            )
         output_shape = self.compute_output_shape((1,) + self.input_spatial_size + (None,))
         self.u = self.add_weight(
             name="u",
@@ -117,38 +150,29 @@ class OSSNConv2D(DownsamplingConv2DBase):
     def kernel_dependencies(self):
         return [self.kernel, self.u]
 
+    def _operator(self):
+        """(pads, circular) of the stride-1 conv after the downsampling: explicit zero or wrap-around pads."""
+        pads = self.conv_geometry().pads()
+        if self.padding == "same":
+            pads = tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in self.conv_kernel_size)
+        return pads or ((0, 0), (0, 0)), self.padding == "circular"
+
     def _operator_and_adjoint(self, kernel):
-        # y[p] = sum_a x[p + a - before] K[a], so x[q] = sum_a y[q - a + before] K[a]^T: a correlation with
-        # the flipped kernel padded by (k - 1 - before, k - 1 - after), wrap-around or zeros alike.
-        pads = self.conv_padding_widths()
-        adjoint_pads = tuple((k - 1 - before, k - 1 - after) for k, (before, after) in zip(self.conv_kernel_size, pads))
-        circular = self.padding == "circular"
-        adjoint = _adjoint_kernel(kernel)
-
-        def forward(v):
-            return _pad_then_conv(v, kernel, pads, circular)
-
-        def backward(u):
-            return _pad_then_conv(u, adjoint, adjoint_pads, circular)
-
-        return forward, backward
+        """(forward, adjoint) callables of the stride-1 conv after the downsampling, with `kernel`."""
+        return padded_conv_operator(kernel, *self._operator())
 
     def spectral_norm_estimate(self, kernel: ArrayLike | None = None):
         """`(sigma, new_u)`: power-iteration estimate of the operator norm (differentiable in the kernel)."""
         kernel = ops.cast(self.kernel if kernel is None else kernel, "float32")
-        forward_sg, backward_sg = self._operator_and_adjoint(ops.stop_gradient(kernel))
-        u = _l2_normalize(ops.convert_to_tensor(self.u))
-        for _ in range(self.power_iterations):
-            v = _l2_normalize(backward_sg(u))
-            u = _l2_normalize(forward_sg(v))
-        u, v = ops.stop_gradient(u), ops.stop_gradient(_l2_normalize(backward_sg(u)))
-        forward, _ = self._operator_and_adjoint(kernel)
-        return ops.sum(u * forward(v)), u
+        pads, circular = self._operator()
+        return ossn_spectral_norm(kernel, self.u, pads, circular, self.power_iterations)
 
-    def compute_kernel(self, training: bool | None = False):
-        kernel = ops.cast(self.kernel, "float32")
-        sigma, u = self.spectral_norm_estimate(kernel)
-        return kernel * (self.k_coef_lip / ops.maximum(sigma, 1.0)), [(self.u, u)]
+    def compute_kernel(self):
+        pads, circular = self._operator()
+        kernel, u = ossn_normalization(
+            ops.cast(self.kernel, "float32"), self.u, pads, circular, self.power_iterations, self.k_coef_lip
+        )
+        return kernel, [(self.u, u)]
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -168,14 +192,24 @@ class RKOConv2D(OrthonormalStackMixin, DownsamplingConv2DBase):
     many singular values of the operator end well below 1.
 
     Args:
-        filters: as `BCOPConv2D`.
-        kernel_size: as `BCOPConv2D`.
-        strides: as `BCOPConv2D`.
-        padding: as `BCOPConv2D`.
-        k_coef_lip: as `BCOPConv2D`.
-        bjorck_iterations: as `BCOPConv2D` (20 and 10).
-        power_iterations: as `BCOPConv2D` (20 and 10).
-        **kwargs: other arguments of `keras.layers.Conv2D`.
+        filters: number of output channels.
+        kernel_size: int or pair; a multiple of `strides`.
+        strides: int or pair; implemented as an invertible downsampling.
+        padding: "circular", "same" or "valid".
+        data_format: "channels_last" or None (the only layout supported).
+        activation: activation applied after the bias (counts in the Lipschitz constant).
+        use_bias: whether to add a bias.
+        kernel_initializer: initializer of the raw kernel.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the raw kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the raw kernel.
+        bias_constraint: constraint of the bias.
+        k_coef_lip: Lipschitz constant.
+        bjorck_iterations: fixed Björck iterations (20).
+        power_iterations: power iterations of the Björck pre-scaling (10).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
         >>> conv = RKOConv2D(16, 3)
@@ -188,92 +222,19 @@ class RKOConv2D(OrthonormalStackMixin, DownsamplingConv2DBase):
         kernel_size: int | tuple[int, int],
         strides: int | tuple[int, int] = (1, 1),
         padding: str = "circular",
+        data_format: str | None = None,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
         k_coef_lip: float = 1.0,
         bjorck_iterations: int = BCOP_BJORCK_ITERATIONS,
         power_iterations: int = BCOP_POWER_ITERATIONS,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(filters, kernel_size, strides=strides, padding=padding, k_coef_lip=k_coef_lip, **kwargs)
-        self._init_orthonormalization(bjorck_iterations, power_iterations)
-
-    def compute_kernel(self, training: bool | None = False):
-        orthonormal, vectors = self.orthonormal_matrices()
-        kernel = ops.reshape(orthonormal, self.kernel.shape)
-        return kernel * (self.lipschitz_coefficient * self.k_coef_lip), [(self.power_vectors, vectors)]
-
-
-def clip_and_mask(
-    kernel: ArrayLike, input_size: int | tuple[int, int], max_singular_value: float = 1.0, iterations: int = 50
-) -> np.ndarray:
-    """Sedghi et al.'s projection of a conv kernel: clip the operator's singular values, crop to the support.
-
-    Each iteration takes the kernel's symbol on the n_h x n_w torus (FFT),
-    clips every frequency matrix's singular values to `max_singular_value`,
-    goes back (inverse FFT, real part) and keeps the kh x kw support. The
-    crop undoes part of the clipping: the norm converges to the target from
-    above without reaching it.
-
-    Args:
-        kernel: array (kh, kw, c_in, c_out).
-        input_size: (n_h, n_w), at least the kernel size.
-        max_singular_value: clipping level.
-        iterations: number of clip-and-crop rounds.
-
-    Returns:
-        The projected kernel (numpy float64).
-
-    Examples:
-        >>> projected = clip_and_mask(kernel, (16, 16), iterations=50)
-    """
-    kernel = np.asarray(kernel, dtype=np.float64)
-    kh, kw = kernel.shape[:2]
-    if kh > input_size[0] or kw > input_size[1]:
-        raise ValueError(f"input_size {tuple(input_size)} must be at least the kernel size {(kh, kw)}.")
-    for _ in range(iterations):
-        symbol = np.fft.fft2(kernel, s=tuple(input_size), axes=(0, 1))
-        left, values, right = np.linalg.svd(symbol, full_matrices=False)
-        symbol = (left * np.minimum(values, max_singular_value)[..., None, :]) @ right
-        kernel = np.real(np.fft.ifft2(symbol, axes=(0, 1)))[:kh, :kw]
-    return kernel
-
-
-@keras.saving.register_keras_serializable(package="deel_lip_ext")
-class SVCMConv2D(DownsamplingConv2DBase):
-    """Convolution kept near `k_coef_lip`-Lipschitz by singular value clipping and masking (Sedghi et al.).
-
-    The kernel is an ordinary trainable kernel; `project()` (called every N
-    training steps by the `SVCMProjection` callback) clips the singular
-    values of the operator at the real input size (after downsampling; for
-    zero padding, of the enclosing circular operator) and crops back to the
-    kernel support, `num_projections` times. Between projections nothing
-    constrains the kernel, and right after one the norm is slightly above
-    `k_coef_lip` (e.g. 1.003 after 50 rounds): certify with the measured
-    norm, `lipschitz_sv()` or `deel_lip_ext.utils.model_lipschitz_bound`.
-
-    Args:
-        filters: as `BCOPConv2D`.
-        kernel_size: as `BCOPConv2D`.
-        strides: as `BCOPConv2D`.
-        padding: as `BCOPConv2D`.
-        k_coef_lip: clipping level of the projection.
-        num_projections: clip-and-crop rounds per projection (50).
-        kernel_initializer: "glorot_uniform" (the kernel is unconstrained).
-        **kwargs: other arguments of `keras.layers.Conv2D`.
-
-    Examples:
-        >>> conv = SVCMConv2D(16, 3)
-        >>> model.fit(x, y, callbacks=[SVCMProjection(every_n_steps=100)])
-    """
-
-    def __init__(
-        self,
-        filters: int,
-        kernel_size: int | tuple[int, int],
-        strides: int | tuple[int, int] = (1, 1),
-        padding: str = "circular",
-        k_coef_lip: float = 1.0,
-        num_projections: int = 50,
-        kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -281,18 +242,107 @@ class SVCMConv2D(DownsamplingConv2DBase):
             kernel_size,
             strides=strides,
             padding=padding,
-            k_coef_lip=k_coef_lip,
+            data_format=data_format,
+            activation=activation,
+            use_bias=use_bias,
             kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            k_coef_lip=k_coef_lip,
             **kwargs,
         )
-        self.num_projections = _check_iterations(num_projections, "num_projections")
+        self._init_orthonormalization(bjorck_iterations, power_iterations)
+
+    def compute_kernel(self):
+        orthonormal, vectors = self.orthonormal_matrices()
+        kernel = ops.reshape(orthonormal, self.kernel.shape)
+        return kernel * (self.lipschitz_coefficient * self.k_coef_lip), [(self.power_vectors, vectors)]
+
+
+@keras.saving.register_keras_serializable(package="deel_lip_ext")
+class SVCMConv2D(_RealSizeMixin, DownsamplingConv2DBase):
+    """Convolution kept near `k_coef_lip`-Lipschitz by singular value clipping and masking (Sedghi et al.).
+
+    The kernel is an ordinary trainable kernel; `project()` (called every N
+    training steps by the `deel_lip_ext.callbacks.SVCMProjection` callback)
+    clips the singular values of the operator at the real input size (after
+    downsampling; for zero padding, of the enclosing circular operator) and
+    crops back to the kernel support, `num_projections` times. Between
+    projections nothing constrains the kernel, and right after one the norm
+    is slightly above `k_coef_lip` (e.g. 1.003 after 50 rounds): certify with
+    the measured norm, `lipschitz_sv()` or `deel_lip_ext.utils.model_lipschitz_bound`.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: int or pair; a multiple of `strides`.
+        strides: int or pair; implemented as an invertible downsampling.
+        padding: "circular", "same" or "valid".
+        data_format: "channels_last" or None (the only layout supported).
+        activation: activation applied after the bias (counts in the Lipschitz constant).
+        use_bias: whether to add a bias.
+        kernel_initializer: initializer of the kernel ("glorot_uniform": it is unconstrained).
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the kernel.
+        bias_constraint: constraint of the bias.
+        k_coef_lip: clipping level of the projection.
+        num_projections: clip-and-crop rounds per projection (50).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
+
+    Examples:
+        >>> conv = SVCMConv2D(16, 3)
+        >>> model.fit(x, y, callbacks=[SVCMProjection(every_n_steps=100)])
+    """
+
+    constrained_operator = "projects the operator"
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "circular",
+        data_format: str | None = None,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "glorot_uniform",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
+        k_coef_lip: float = 1.0,
+        num_projections: int = 50,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            k_coef_lip=k_coef_lip,
+            **kwargs,
+        )
+        self.num_projections = check_int(num_projections, "num_projections")
 
     def build_parametrization_state(self):
-        if None in self.conv_input_shape:
-            raise ValueError(
-                f"SVCMConv2D projects the operator at the real input size: it needs known spatial dimensions, "
-                f"got {self.input_spatial_size}."
-            )
         if any(k > n for k, n in zip(self.conv_kernel_size, self.projection_size())):
             raise ValueError(f"kernel_size {self.kernel_size} is larger than the input {self.input_spatial_size}.")
 
@@ -306,7 +356,7 @@ class SVCMConv2D(DownsamplingConv2DBase):
     def kernel_dependencies(self):
         return [self.kernel]
 
-    def compute_kernel(self, training: bool | None = False):
+    def compute_kernel(self):
         return ops.cast(self.kernel, "float32"), []
 
     def project(self, num_projections: int | None = None):
@@ -324,44 +374,3 @@ class SVCMConv2D(DownsamplingConv2DBase):
         config = super().get_config()
         config["num_projections"] = self.num_projections
         return config
-
-
-@keras.saving.register_keras_serializable(package="deel_lip_ext")
-class SVCMProjection(keras.callbacks.Callback):
-    """Project every `SVCMConv2D` of the model every N training batches and at the end of each epoch.
-
-    As in the BCOP code: on every batch whose index within the epoch is a
-    multiple of `every_n_steps` (after its update) and after the last batch
-    of each epoch. The measured norms of the last projection are in
-    `self.measured_norms` (layer name -> largest singular value).
-
-    Args:
-        every_n_steps: projection period in batches (100 in the BCOP paper).
-        on_epoch_end: also project after the last batch of each epoch.
-
-    Examples:
-        >>> model.fit(x, y, epochs=10, callbacks=[SVCMProjection(every_n_steps=100)])
-    """
-
-    def __init__(self, every_n_steps: int = 100, on_epoch_end: bool = True) -> None:
-        super().__init__()
-        self.every_n_steps = _check_iterations(every_n_steps, "every_n_steps")
-        self.project_on_epoch_end = bool(on_epoch_end)
-        self.measured_norms = {}
-
-    def project(self):
-        """Project every `SVCMConv2D` of the model now."""
-        for layer in self.model._flatten_layers(include_self=False, recursive=True):
-            if isinstance(layer, SVCMConv2D) and layer.built:
-                self.measured_norms[layer.name] = layer.project()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None):
-        if batch % self.every_n_steps == 0:
-            self.project()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None):
-        if self.project_on_epoch_end:
-            self.project()
-
-    def get_config(self) -> dict:
-        return {"every_n_steps": self.every_n_steps, "on_epoch_end": self.project_on_epoch_end}

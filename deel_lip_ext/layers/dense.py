@@ -9,8 +9,16 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext import normalizers
+from deel_lip_ext._validation import check_bool, check_int
 from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer, SpectralMixin
+from deel_lip_ext.parametrizations import (
+    DEFAULT_BETA_BJORCK,
+    DEFAULT_EPS_BJORCK,
+    DEFAULT_EPS_SPECTRAL,
+    DEFAULT_MAXITER_BJORCK,
+    DEFAULT_MAXITER_SPECTRAL,
+    frobenius_normalization,
+)
 from deel_lip_ext.spectrum import dense_sv_range
 
 __all__ = ["SpectralDense", "FrobeniusDense"]
@@ -40,10 +48,8 @@ class LipschitzDenseBase(KernelBiasMixin, ParametrizedLayer):
         **kwargs: Any,
     ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(f"units must be a positive integer, got {units!r}.")
+        self.units = check_int(units, "units")
         self._init_lipschitz(k_coef_lip)
-        self.units = units
         self._init_kernel_bias(
             activation,
             use_bias,
@@ -136,11 +142,11 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
         use_bias: bool = True,
         kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
         k_coef_lip: float = 1.0,
-        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+        eps_spectral: float = DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -159,7 +165,7 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
     def kernel_dependencies(self):
         return [self.kernel, self.u]
 
-    def compute_kernel(self, training: bool | None = False):
+    def compute_kernel(self):
         return self._spectral_kernel(self.k_coef_lip)
 
     def get_config(self) -> dict:
@@ -189,15 +195,13 @@ class FrobeniusDense(LipschitzDenseBase):
 
     def __init__(self, units: int, disjoint_neurons: bool = True, k_coef_lip: float = 1.0, **kwargs: Any) -> None:
         super().__init__(units, k_coef_lip=k_coef_lip, **kwargs)
-        if not isinstance(disjoint_neurons, bool):
-            raise TypeError(f"disjoint_neurons must be a bool, got {disjoint_neurons!r}.")
-        self.disjoint_neurons = disjoint_neurons
+        self.disjoint_neurons = check_bool(disjoint_neurons, "disjoint_neurons")
 
     def kernel_dependencies(self):
         return [self.kernel]
 
-    def compute_kernel(self, training: bool | None = False):
-        kernel = normalizers.frobenius_normalization(ops.cast(self.kernel, "float32"), self.disjoint_neurons)
+    def compute_kernel(self):
+        kernel = frobenius_normalization(ops.cast(self.kernel, "float32"), self.disjoint_neurons)
         return kernel * self.k_coef_lip, []
 
     def get_config(self) -> dict:

@@ -5,7 +5,7 @@ deel-lip's `PadConv2D` (in `deel.lip.layers.unconstrained`) is a plain,
 (the library's promise is that every layer it exports is k-Lipschitz): the
 reshaped kernel is orthonormalized (RKO) and scaled by k / sqrt(max overlap),
 where the overlap counts the copies that reflect, symmetric and circular
-padding make of the border pixels (see `deel_lip_ext.layers._spectral_conv`).
+padding make of the border pixels (see `deel_lip_ext.parametrizations.overlap`).
 """
 
 from __future__ import annotations
@@ -14,20 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-from keras import ops
 
-from deel_lip_ext import normalizers
-from deel_lip_ext.layers._spectral_conv import (
-    ZERO_PADDINGS,
-    SpectralConvBase,
-    max_overlap,
-    pad_widths,
-)
-from deel_lip_ext.layers.padding import (
-    CircularPadding2D,
-    Padding2D,
-    circular_pad,
-    mode_pad,
+from deel_lip_ext.layers._spectral_conv import SpectralConvBase
+from deel_lip_ext.parametrizations import (
+    DEFAULT_BETA_BJORCK,
+    DEFAULT_EPS_BJORCK,
+    DEFAULT_EPS_SPECTRAL,
+    DEFAULT_MAXITER_BJORCK,
+    DEFAULT_MAXITER_SPECTRAL,
 )
 
 __all__ = ["PadConv2D", "PAD_CONV_PADDINGS"]
@@ -79,6 +73,8 @@ class PadConv2D(SpectralConvBase):
         >>> pad, plain = conv.vanilla_export()  # Padding2D + keras Conv2D
     """
 
+    paddings = PAD_CONV_PADDINGS
+
     def __init__(
         self,
         filters: int,
@@ -98,111 +94,31 @@ class PadConv2D(SpectralConvBase):
         kernel_constraint: str | keras.constraints.Constraint | None = None,
         bias_constraint: str | keras.constraints.Constraint | None = None,
         k_coef_lip: float = 1.0,
-        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+        eps_spectral: float = DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
         **kwargs: Any,
     ) -> None:
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self._init_conv(
-            2,
+        super().__init__(
             filters,
             kernel_size,
-            strides,
-            padding,
-            PAD_CONV_PADDINGS,
-            data_format,
-            dilation_rate,
-            groups,
-            k_coef_lip,
-            (eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck),
-            (
-                activation,
-                use_bias,
-                kernel_initializer,
-                bias_initializer,
-                kernel_regularizer,
-                bias_regularizer,
-                kernel_constraint,
-                bias_constraint,
-            ),
-        )
-
-    def _explicit_pads(self, spatial_size):
-        """((top, bottom), (left, right)) of the explicit padding (modes other than same/valid)."""
-        geometry = zip(spatial_size, self.kernel_size, self.strides)
-        return tuple(pad_widths(size, k, s, self.padding) for size, k, s in geometry)
-
-    def build(self, input_shape):
-        height, width, channels = input_shape[1], input_shape[2], input_shape[3]
-        if channels is None:
-            raise ValueError(f"PadConv2D needs a known channel dimension, got input shape {input_shape}.")
-        if self.padding not in ZERO_PADDINGS:
-            if height is None or width is None:
-                raise ValueError(
-                    f"padding={self.padding!r} needs known spatial dimensions, got input shape {input_shape}."
-                )
-            limit_offset = 1 if self.padding == "reflect" else 0
-            for size, (before, after) in zip((height, width), self._explicit_pads((height, width))):
-                if max(before, after) > size - limit_offset:
-                    raise ValueError(
-                        f"kernel_size {self.kernel_size} is too large for {self.padding} padding of a "
-                        f"{height}x{width} input."
-                    )
-        if self.padding == "valid":
-            for size, k in zip((height, width), self.kernel_size):
-                if size is not None and size < k:
-                    raise ValueError(
-                        f"padding='valid' needs inputs at least kernel_size {self.kernel_size}, got {input_shape}."
-                    )
-        self._finish_build(self.kernel_size + (channels, self.filters), (height, width), channels)
-
-    def _overlap(self, input_shape):
-        return max_overlap(input_shape[1:3], self.kernel_size, self.strides, self.padding)
-
-    def linear(self, inputs, kernel):
-        if self.padding in ("same", "valid"):
-            return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding)
-        pads = self._explicit_pads(inputs.shape[1:3])
-        padded = circular_pad(inputs, pads) if self.padding == "circular" else mode_pad(inputs, pads, self.padding)
-        return ops.conv(padded, kernel, strides=self.strides, padding="valid")
-
-    def compute_output_shape(self, input_shape):
-        sizes = []
-        for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides):
-            if size is None:
-                sizes.append(None)
-            else:
-                before, after = pad_widths(size, k, s, self.padding)
-                sizes.append((size + before + after - k) // s + 1)
-        return (input_shape[0], *sizes, self.filters)
-
-    def plain_layers(self, kernel):
-        layers = []
-        in_shape = (None, *self.input_spatial_size, kernel.shape[2])
-        padding = self.padding
-        if padding not in ("same", "valid"):
-            pads = self._explicit_pads(self.input_spatial_size)
-            if padding == "circular":
-                pad = CircularPadding2D(pads, name=f"{self.name}_circular_pad")
-            else:
-                pad = Padding2D(pads, mode=padding, name=f"{self.name}_{padding}_pad")
-            layers.append(pad)
-            in_shape = pad.compute_output_shape(in_shape)
-            padding = "valid"
-        conv = keras.layers.Conv2D(
-            self.filters,
-            self.kernel_size,
-            strides=self.strides,
+            strides=strides,
             padding=padding,
-            activation=self.activation,
-            use_bias=self.use_bias,
-            name=self.name,
-            dtype=self.dtype_policy,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            groups=groups,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            k_coef_lip=k_coef_lip,
+            **kwargs,
         )
-        conv.build(in_shape)
-        conv.set_weights(self._plain_weights(kernel))
-        layers.append(conv)
-        return layers
+        self._init_spectral(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)

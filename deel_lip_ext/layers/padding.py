@@ -1,32 +1,32 @@
-"""Circular (wrap-around) and mode padding, and the argument checks shared by the parameter-free layers.
+"""`CircularPadding2D` and `Padding2D`: the parameter-free padding layers of exported convolutions.
 
-Keras's `ops.pad` has no circular mode on the TensorFlow backend, so the
-padding is built from slices and `ops.concatenate`: the last `top` rows are
-put before the image and the first `bottom` rows after it, then the same on
-the width axis. With it, a "valid" convolution computes a circular
-convolution, whose singular values are given exactly by the FFT of its
-kernel (see `deel_lip_ext.layers.convolutional`).
-
-Circular padding copies pixels, so on its own it is *not* 1-Lipschitz; it is
-the circular convolution as a whole (pad + valid conv) that the library
-certifies. `Padding2D` adds the other modes of `PadConv2D` ("constant",
-"reflect", "symmetric"), with the same caveat: reflect and symmetric padding
-copy pixels too.
+The padding itself is a pure function (`deel_lip_ext.parametrizations.padding`:
+`circular_pad`, `mode_pad`, re-exported here). Circular padding copies pixels,
+so on its own it is *not* 1-Lipschitz; it is the circular convolution as a
+whole (pad + valid conv) that the library certifies. `Padding2D` adds the
+other modes of `PadConv2D` ("constant", "reflect", "symmetric"), with the same
+caveat: reflect and symmetric padding copy pixels too.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._validation import check_channels_last, int_pair, is_int
 from deel_lip_ext.layers.base import LipschitzBounded
+from deel_lip_ext.parametrizations.padding import (
+    PAD_MODES,
+    check_mode,
+    check_mode_pad_fits,
+    check_pad_fits,
+    circular_pad,
+    mode_pad,
+)
 from deel_lip_ext.spectrum import pad_index
 
 __all__ = [
@@ -35,49 +35,18 @@ __all__ = [
     "PAD_MODES",
     "circular_pad",
     "mode_pad",
-    "check_channels_last",
-    "int_pair",
     "normalize_padding_2d",
 ]
 
-# Modes of `Padding2D` / `mode_pad` (`keras.ops.pad` names); "circular" is `CircularPadding2D`.
-PAD_MODES = ("constant", "reflect", "symmetric")
 
-
-def check_channels_last(data_format: str):
-    """Return "channels_last", or raise `ValueError`: every layer of the library is channels-last.
-
-    `None` means Keras's global `image_data_format()`.
-    """
-    resolved = keras.config.image_data_format() if data_format is None else data_format
-    if resolved != "channels_last":
-        raise ValueError(
-            f"data_format must be 'channels_last' (or None with a channels-last global setting), "
-            f"got {data_format!r} (resolved to {resolved!r}); deel-lip-ext layers are channels-last only."
-        )
-    return "channels_last"
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def int_pair(value: int | Sequence[int], name: str, minimum: int = 1):
-    """`value` (an int or a pair of ints, each >= `minimum`) as a tuple `(height, width)`."""
-    pair = (value, value) if _is_int(value) else value
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) and v >= minimum for v in pair)):
-        raise ValueError(f"{name} must be an int >= {minimum} or a pair of such ints, got {value!r}.")
-    return tuple(int(v) for v in pair)
-
-
-def normalize_padding_2d(padding: str):
+def normalize_padding_2d(padding: int | tuple) -> tuple[tuple[int, int], tuple[int, int]]:
     """`padding` as `((top, bottom), (left, right))`.
 
     Accepts an int (all four sides), a pair `(pad_h, pad_w)` (symmetric), or
     `((top, bottom), (left, right))`.
     """
-    if _is_int(padding) or (
-        isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding)
+    if is_int(padding) or (
+        isinstance(padding, (tuple, list)) and len(padding) == 2 and all(is_int(p) for p in padding)
     ):
         pad_h, pad_w = int_pair(padding, "padding", minimum=0)
         return ((pad_h, pad_h), (pad_w, pad_w))
@@ -90,47 +59,6 @@ def normalize_padding_2d(padding: str):
         "padding must be an int >= 0, a pair (pad_h, pad_w) or ((top, bottom), (left, right)) "
         f"of ints >= 0, got {padding!r}."
     )
-
-
-def _check_pad_fits(padding, spatial_size):
-    """Wrap-around can only copy pixels that exist: each pad must be <= the size of its axis."""
-    for (before, after), size, axis in zip(padding, spatial_size, ("height", "width")):
-        if size is not None and max(before, after) > size:
-            raise ValueError(
-                f"padding {padding!r} is larger than the input {axis} {size}: circular padding "
-                f"needs each pad <= the size of its axis."
-            )
-
-
-def _wrap_axis(x, before, after, axis):
-    """Concatenate the last `before` and the first `after` slices of `axis` around `x`."""
-
-    def along_axis(start, stop):
-        index = [slice(None)] * len(x.shape)
-        index[axis] = slice(start, stop)
-        return x[tuple(index)]
-
-    # Zero pads are skipped: x[-0:] would be the whole axis, not an empty slice.
-    pieces = ([along_axis(-before, None)] if before else []) + [x] + ([along_axis(0, after)] if after else [])
-    return ops.concatenate(pieces, axis=axis) if len(pieces) > 1 else x
-
-
-def circular_pad(x: ArrayLike, padding: tuple[tuple[int, int], tuple[int, int]]) -> Any:
-    """Wrap-around pad of a channels-last batch `x` (N, H, W, C).
-
-    Args:
-        x: a rank-4 tensor.
-        padding: `((top, bottom), (left, right))`, each pad <= the size of its axis.
-
-    Returns:
-        The padded tensor, (N, H + top + bottom, W + left + right, C).
-
-    Examples:
-        >>> circular_pad(x, ((1, 1), (0, 2)))
-    """
-    (top, bottom), (left, right) = padding
-    _check_pad_fits(padding, x.shape[1:3])
-    return _wrap_axis(_wrap_axis(x, top, bottom, axis=1), left, right, axis=2)
 
 
 def _copies_constant(padding, input_shape, mode):
@@ -175,7 +103,7 @@ class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
     def __init__(
         self,
         padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 1,
-        data_format: str = "channels_last",
+        data_format: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -184,7 +112,7 @@ class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        _check_pad_fits(self.padding, input_shape[1:3])
+        check_pad_fits(self.padding, input_shape[1:3])
         super().build(input_shape)
 
     def call(self, inputs: ArrayLike):
@@ -204,47 +132,6 @@ class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
         config = super().get_config()
         config.update({"padding": self.padding, "data_format": self.data_format})
         return config
-
-
-def _check_mode(mode):
-    if mode not in PAD_MODES:
-        raise ValueError(
-            f"mode must be one of {PAD_MODES} (use CircularPadding2D for wrap-around padding), got {mode!r}."
-        )
-    return mode
-
-
-def _check_mode_pad_fits(padding, spatial_size, mode):
-    """Reflect copies pixels strictly inside the axis (pad < size), symmetric includes the edge (pad <= size)."""
-    for (before, after), size, axis in zip(padding, spatial_size, ("height", "width")):
-        if size is None or mode == "constant":
-            continue
-        limit = size - 1 if mode == "reflect" else size
-        if max(before, after) > limit:
-            raise ValueError(
-                f"padding {padding!r} is too large for {mode} padding of an input {axis} of {size}: "
-                f"each pad must be <= {limit}."
-            )
-
-
-def mode_pad(x, padding, mode):
-    """Pad the spatial axes of a channels-last batch `x` (N, H, W, C) with zeros, a reflection or a mirror.
-
-    Args:
-        x: a rank-4 tensor.
-        padding: `((top, bottom), (left, right))`.
-        mode: "constant" (zeros), "reflect" (mirror without the edge pixel,
-            pad < size) or "symmetric" (mirror with the edge pixel, pad <= size).
-
-    Returns:
-        The padded tensor, (N, H + top + bottom, W + left + right, C).
-
-    Examples:
-        >>> mode_pad(x, ((1, 1), (2, 2)), "reflect")
-    """
-    _check_mode(mode)
-    _check_mode_pad_fits(padding, x.shape[1:3], mode)
-    return ops.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)), mode=mode)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -277,17 +164,17 @@ class Padding2D(LipschitzBounded, keras.layers.Layer):
         self,
         padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 1,
         mode: str = "reflect",
-        data_format: str = "channels_last",
+        data_format: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.padding = normalize_padding_2d(padding)
-        self.mode = _check_mode(mode)
+        self.mode = check_mode(mode)
         self.data_format = check_channels_last(data_format)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        _check_mode_pad_fits(self.padding, input_shape[1:3], self.mode)
+        check_mode_pad_fits(self.padding, input_shape[1:3], self.mode)
         super().build(input_shape)
 
     def call(self, inputs):

@@ -24,8 +24,8 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._validation import check_channels_last, int_pair
 from deel_lip_ext.layers.base import LipschitzLayer
-from deel_lip_ext.layers.padding import check_channels_last, int_pair
 
 __all__ = [
     "ScaledAveragePooling2D",

@@ -20,16 +20,47 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._validation import check_channels_last, int_pair
 from deel_lip_ext.layers.base import LipschitzBounded
-from deel_lip_ext.layers.padding import check_channels_last, int_pair
 
-__all__ = ["InvertibleDownSampling", "InvertibleUpSampling"]
+__all__ = ["InvertibleDownSampling", "InvertibleUpSampling", "pixel_unshuffle", "pixel_shuffle"]
+
+
+def pixel_unshuffle(inputs: ArrayLike, pool_size: tuple[int, int]):
+    """Space-to-depth with PixelUnshuffle channel order: (N, H, W, C) -> (N, H/s_h, W/s_w, C s_h s_w).
+
+    Examples:
+        >>> pixel_unshuffle(keras.ops.ones((1, 8, 8, 3)), (2, 2)).shape
+        (1, 4, 4, 12)
+    """
+    (sh, sw), (height, width, channels) = pool_size, inputs.shape[1:]
+    height, width = _spatial_sizes(inputs, height, width)
+    blocks = ops.reshape(inputs, (-1, height // sh, sh, width // sw, sw, channels))
+    # (N, H/s, s_h, W/s, s_w, C) -> (N, H/s, W/s, C, s_h, s_w): channel-major, then block offset.
+    blocks = ops.transpose(blocks, (0, 1, 3, 5, 2, 4))
+    return ops.reshape(blocks, (-1, height // sh, width // sw, channels * sh * sw))
+
+
+def pixel_shuffle(inputs: ArrayLike, pool_size: tuple[int, int]):
+    """Depth-to-space, the inverse of `pixel_unshuffle`: (N, H, W, C s_h s_w) -> (N, H s_h, W s_w, C).
+
+    Examples:
+        >>> pixel_shuffle(keras.ops.ones((1, 4, 4, 12)), (2, 2)).shape
+        (1, 8, 8, 3)
+    """
+    (sh, sw), (height, width, channels) = pool_size, inputs.shape[1:]
+    height, width = _spatial_sizes(inputs, height, width)
+    out_channels = channels // (sh * sw)
+    blocks = ops.reshape(inputs, (-1, height, width, out_channels, sh, sw))
+    # (N, H, W, C, s_h, s_w) -> (N, H, s_h, W, s_w, C): undo pixel_unshuffle's transpose.
+    blocks = ops.transpose(blocks, (0, 1, 4, 2, 5, 3))
+    return ops.reshape(blocks, (-1, height * sh, width * sw, out_channels))
 
 
 class _PixelShuffleBase(LipschitzBounded, keras.layers.Layer):
     """pool_size, layout checks and config shared by the two permutations."""
 
-    def __init__(self, pool_size: int | tuple[int, int], data_format: str = "channels_last", **kwargs: Any):
+    def __init__(self, pool_size: int | tuple[int, int], data_format: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.pool_size = int_pair(pool_size, "pool_size")
         self.data_format = check_channels_last(data_format)
@@ -80,12 +111,7 @@ class InvertibleDownSampling(_PixelShuffleBase):
         super().build(input_shape)
 
     def call(self, inputs: ArrayLike):
-        (sh, sw), (height, width, channels) = self.pool_size, inputs.shape[1:]
-        height, width = _spatial_sizes(inputs, height, width)
-        blocks = ops.reshape(inputs, (-1, height // sh, sh, width // sw, sw, channels))
-        # (N, H/s, s_h, W/s, s_w, C) -> (N, H/s, W/s, C, s_h, s_w): channel-major, then block offset.
-        blocks = ops.transpose(blocks, (0, 1, 3, 5, 2, 4))
-        return ops.reshape(blocks, (-1, height // sh, width // sw, channels * sh * sw))
+        return pixel_unshuffle(inputs, self.pool_size)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         (sh, sw), (batch, height, width, channels) = self.pool_size, input_shape
@@ -124,13 +150,7 @@ class InvertibleUpSampling(_PixelShuffleBase):
         super().build(input_shape)
 
     def call(self, inputs: ArrayLike):
-        (sh, sw), (height, width, channels) = self.pool_size, inputs.shape[1:]
-        height, width = _spatial_sizes(inputs, height, width)
-        out_channels = channels // (sh * sw)
-        blocks = ops.reshape(inputs, (-1, height, width, out_channels, sh, sw))
-        # (N, H, W, C, s_h, s_w) -> (N, H, s_h, W, s_w, C): undo InvertibleDownSampling's transpose.
-        blocks = ops.transpose(blocks, (0, 1, 4, 2, 5, 3))
-        return ops.reshape(blocks, (-1, height * sh, width * sw, out_channels))
+        return pixel_shuffle(inputs, self.pool_size)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]):
         (sh, sw), (batch, height, width, channels) = self.pool_size, input_shape

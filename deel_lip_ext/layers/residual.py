@@ -30,19 +30,18 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext import normalizers
+from deel_lip_ext._validation import check_int, check_number
 from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
-from deel_lip_ext.layers.convolutional import LipschitzConv2DBase
+from deel_lip_ext.layers.conv_base import LipschitzConv
 from deel_lip_ext.layers.dense import LipschitzDenseBase
-from deel_lip_ext.layers.padding import circular_pad
 from deel_lip_ext.lipschitz import stock_layer_lipschitz
-from deel_lip_ext.spectrum import circular_pad_widths
+from deel_lip_ext.parametrizations import chord_orthogonalization, residual_block_normalization
 
 __all__ = ["LiResNetBlock", "ChordDense", "LipResidual"]
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class LiResNetBlock(LipschitzConv2DBase):
+class LiResNetBlock(LipschitzConv):
     """Linear residual block k * (x + conv(x)) / ||I + W||, LiResNet's building block.
 
     The block operator I + W (W: a stride-1 convolution with as many output
@@ -71,7 +70,7 @@ class LiResNetBlock(LipschitzConv2DBase):
         bias_constraint: constraint on the bias.
         k_coef_lip: target Lipschitz constant of the block.
         n_power_iterations: power iterations per call (>= 1) from the persistent vector.
-        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     The input height and width must be known at build time (the power
     iteration vector has the input's shape) and the layer refuses other sizes.
@@ -82,6 +81,9 @@ class LiResNetBlock(LipschitzConv2DBase):
         >>> block.lipschitz_constant()  # exact norm of the normalized block, about 1
         >>> (conv,) = block.vanilla_export()[-1:]  # one keras Conv2D, identity folded in
     """
+
+    paddings = ("same", "circular")
+    filters_from_input = True
 
     def __init__(
         self,
@@ -100,12 +102,10 @@ class LiResNetBlock(LipschitzConv2DBase):
         n_power_iterations: int = 1,
         **kwargs: Any,
     ) -> None:
-        if padding not in ("same", "circular"):
-            raise ValueError(f"padding must be 'same' or 'circular' (the block keeps the size), got {padding!r}.")
         if kernel_initializer is None:
             kernel_initializer = keras.initializers.RandomNormal(0.0, 0.02)
         super().__init__(
-            1,
+            None,
             kernel_size,
             strides=1,
             padding=padding,
@@ -123,19 +123,14 @@ class LiResNetBlock(LipschitzConv2DBase):
         )
         if any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"kernel_size must be odd (the identity sits at the centre tap), got {kernel_size!r}.")
-        if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int) or n_power_iterations < 1:
-            raise ValueError(f"n_power_iterations must be an integer >= 1, got {n_power_iterations!r}.")
-        self.n_power_iterations = n_power_iterations
+        self.n_power_iterations = check_int(n_power_iterations, "n_power_iterations")
 
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        height, width, channels = input_shape[1], input_shape[2], input_shape[3]
-        if height is None or width is None or channels is None:
+    def check_build_shape(self, input_shape):
+        if None in tuple(input_shape)[1:]:
             raise ValueError(
                 f"LiResNetBlock needs known height, width and channels (its power-iteration vector has the input's "
                 f"shape), got input shape {tuple(input_shape)}: give the model a fixed input size."
             )
-        self.filters = int(channels)
-        super().build(input_shape)
 
     def build_parametrization_state(self):
         height, width = self.input_spatial_size
@@ -151,21 +146,11 @@ class LiResNetBlock(LipschitzConv2DBase):
     def kernel_dependencies(self):
         return [self.kernel, self.u]
 
-    def _conv(self, x, kernel):
-        if self.padding == "circular":
-            return ops.conv(circular_pad(x, circular_pad_widths(self.kernel_size)), kernel, padding="valid")
-        return ops.conv(x, kernel, padding="same")
-
-    def compute_kernel(self, training: bool | None = False):
-        block = normalizers.residual_conv_kernel(ops.cast(self.kernel, "float32"))
-        adjoint = normalizers.adjoint_conv_kernel(ops.stop_gradient(block))
-        sigma, u = normalizers.operator_power_iteration(
-            lambda x: self._conv(x, block),
-            lambda y: self._conv(y, adjoint),
-            self.u,
-            maxiter=self.n_power_iterations,
+    def compute_kernel(self):
+        block, u = residual_block_normalization(
+            ops.cast(self.kernel, "float32"), self.u, self.padding, self.n_power_iterations, self.k_coef_lip
         )
-        return block * (self.k_coef_lip / sigma), [(self.u, u)]
+        return block, [(self.u, u)]
 
     def condense(self):
         """Nothing to do: the raw kernel W excludes the identity and is renormalized every step.
@@ -225,15 +210,13 @@ class ChordDense(LipschitzDenseBase):
             k_coef_lip=k_coef_lip,
             **kwargs,
         )
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
-        self.eps = float(eps)
+        self.eps = check_number(eps, "eps", minimum=0, strict=True)
 
     def kernel_dependencies(self):
         return [self.kernel]
 
-    def compute_kernel(self, training: bool | None = False):
-        kernel = normalizers.chord_orthogonalization(ops.cast(self.kernel, "float32"), self.eps)
+    def compute_kernel(self):
+        kernel = chord_orthogonalization(ops.cast(self.kernel, "float32"), self.eps)
         return kernel * self.k_coef_lip, []
 
     def get_config(self) -> dict:

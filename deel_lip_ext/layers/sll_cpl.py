@@ -30,26 +30,23 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext import normalizers
+from deel_lip_ext._validation import check_choice, check_int, check_number, int_pair
 from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
-from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad, int_pair
-from deel_lip_ext.spectrum import circular_pad_widths, conv_sv_range, dense_sv_range
+from deel_lip_ext.layers.conv_base import ConvGeometry
+from deel_lip_ext.parametrizations import (
+    adjoint_conv_kernel,
+    conv_with_padding,
+    cpl_scale,
+    gram_row_sums,
+    hidden_major_kernel,
+    operator_power_iteration,
+    sll_scale,
+)
+from deel_lip_ext.spectrum import conv_sv_range, dense_sv_range
 
 __all__ = ["SLLDense", "SLLConv2D", "CPLDense", "CPLConv2D"]
 
 RESIDUAL_PADDINGS = ("same", "circular")
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
-def _positive_eps(eps):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a positive finite number (it keeps the factor finite), got {eps!r}.")
-    return float(eps)
 
 
 class ResidualLipschitzBase(LipschitzBounded, keras.layers.Layer):
@@ -69,11 +66,11 @@ class ResidualLipschitzBase(LipschitzBounded, keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.units = _positive_int(units, "units" if self._is_dense else "filters")
+        self.units = check_int(units, "units" if self._is_dense else "filters")
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.eps = _positive_eps(eps)
+        self.eps = check_number(eps, "eps", minimum=0, strict=True)
 
     _is_dense = True
 
@@ -144,7 +141,7 @@ class ResidualLipschitzBase(LipschitzBounded, keras.layers.Layer):
         scaled = kernel.astype(np.float64) * np.sqrt(factor.astype(np.float64))
         weights = self.gershgorin_weights(factor.astype(np.float64))
         weights = None if weights is None else ops.convert_to_tensor(np.asarray(weights, np.float64))
-        rows = normalizers.gram_row_sums(normalizers.hidden_major_kernel(ops.convert_to_tensor(scaled)), weights)
+        rows = gram_row_sums(hidden_major_kernel(ops.convert_to_tensor(scaled)), weights)
         rows = ops.convert_to_numpy(rows)
         gershgorin = float(np.max(rows))
         if rows.dtype != np.float64:
@@ -216,58 +213,43 @@ class _ConvMixin:
         self.kernel_size = int_pair(kernel_size, "kernel_size")
         if any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"kernel_size must be odd (the adjoint is then a 'same' conv), got {kernel_size!r}.")
-        if padding not in RESIDUAL_PADDINGS:
-            raise ValueError(
-                f"padding must be one of {RESIDUAL_PADDINGS} (the output has the input's shape), got {padding!r}."
-            )
-        self.padding = padding
+        self.padding = check_choice(padding, "padding", RESIDUAL_PADDINGS)
 
     def kernel_shape(self, input_shape):
         return (*self.kernel_size, input_shape[-1], self.units)
 
-    def _conv(self, x, kernel):
-        if self.padding == "circular":
-            return ops.conv(circular_pad(x, circular_pad_widths(self.kernel_size)), kernel, padding="valid")
-        return ops.conv(x, kernel, padding="same")
-
     def apply_p(self, x, kernel):
-        return self._conv(x, kernel)
+        return conv_with_padding(x, kernel, self.padding)
 
     def apply_p_adjoint(self, z, kernel):
-        return self._conv(z, normalizers.adjoint_conv_kernel(kernel))
+        return conv_with_padding(z, adjoint_conv_kernel(kernel), self.padding)
+
+    def geometry(self):
+        """The stride-1 convolution P: "same" zero padding, or a circular pad then a valid conv."""
+        return ConvGeometry(self.kernel_size, (1, 1), self.padding)
 
     def check_circular_size(self, input_shape):
-        if self.padding == "circular":
-            for size, pads in zip(input_shape[1:3], circular_pad_widths(self.kernel_size)):
-                if size is None or max(pads) > size:
-                    raise ValueError(
-                        f"padding='circular' needs known spatial dimensions >= kernel_size // 2, got {input_shape}."
-                    )
+        if self.padding == "circular" and None in tuple(input_shape)[1:3]:
+            raise ValueError(
+                f"padding='circular' needs known spatial dimensions >= kernel_size // 2, got {input_shape}."
+            )
+        self.geometry().check_input(tuple(input_shape), self.name)
 
     def _operator_norm(self, scaled, input_shape):
         shape = tuple(input_shape)[1:3] if input_shape is not None else (None, None)
         return conv_sv_range(scaled, (*shape, scaled.shape[2]), (1, 1), self.padding)[1]
 
     def plain_hidden_layers(self, kernel, bias, factor):
-        adjoint = ops.convert_to_numpy(normalizers.adjoint_conv_kernel(ops.convert_to_tensor(kernel * factor)))
+        adjoint = ops.convert_to_numpy(adjoint_conv_kernel(ops.convert_to_tensor(kernel * factor)))
+        geometry = self.geometry()
 
         def conv(filters, weights, name):
-            layers = []
-            padding = "same"
-            if self.padding == "circular":
-                layers.append(CircularPadding2D(circular_pad_widths(self.kernel_size), name=f"{name}_pad"))
-                padding = "valid"
-            layer = keras.layers.Conv2D(
-                filters,
-                self.kernel_size,
-                padding=padding,
-                use_bias=len(weights) > 1,
-                name=name,
-                dtype=self.dtype_policy,
-            )
-            layer.build((None, None, None, weights[0].shape[2]))
-            layer.set_weights(weights)
-            return layers + [layer]
+            def stock():
+                return geometry.stock_conv(filters, None, len(weights) > 1, name, self.dtype_policy)
+
+            layers = geometry.plain_layers(name, (None, None, None, weights[0].shape[2]), stock, self.dtype_policy)
+            layers[-1].set_weights(weights)
+            return layers
 
         into = conv(self.units, [kernel] + ([bias] if self.use_bias else []), f"{self.name}_in")
         return into, conv(kernel.shape[2], [adjoint], f"{self.name}_out")
@@ -286,7 +268,7 @@ class _SLLMixin:
         self.log_q = self.add_weight(name="log_q", shape=(self.units,), initializer="zeros", autocast=False)
 
     def scale(self, training: bool | None = False):
-        return normalizers.sll_scale(ops.cast(self.kernel, "float32"), self.log_q, self.eps), []
+        return sll_scale(ops.cast(self.kernel, "float32"), self.log_q, self.eps), []
 
     def gershgorin_weights(self, factor):
         # w = q / sqrt(s): the weighted row sums of S^1/2 |P P^T| S^1/2 are then s_i t_i = 2 t_i / (t_i + eps) < 2.
@@ -295,7 +277,7 @@ class _SLLMixin:
 
 class _CPLMixin:
     def _init_power_iterations(self, power_iterations):
-        self.power_iterations = _positive_int(power_iterations, "power_iterations")
+        self.power_iterations = check_int(power_iterations, "power_iterations")
 
     def _vector_shape(self, input_shape):
         return (1, input_shape[-1])
@@ -313,22 +295,21 @@ class _CPLMixin:
 
     def _power_iteration(self, iterations):
         kernel = ops.cast(self.kernel, "float32")
-        return normalizers.operator_power_iteration(
+        return operator_power_iteration(
             lambda u: self.apply_p(u, kernel), lambda z: self.apply_p_adjoint(z, kernel), self.u, maxiter=iterations
         )
 
     def scale(self, training: bool | None = False):
-        sigma, u = self._power_iteration(self.power_iterations)
-        factor = ops.ones((self.units,), "float32") * (2.0 / (ops.square(sigma) + self.eps))
+        kernel = ops.cast(self.kernel, "float32")
+        factor, u = cpl_scale(
+            lambda x: self.apply_p(x, kernel),
+            lambda z: self.apply_p_adjoint(z, kernel),
+            self.u,
+            self.units,
+            self.power_iterations,
+            self.eps,
+        )
         return factor, [(self.u, u)]
-
-
-_RESIDUAL_ARGS = """
-        use_bias: whether to add a bias to the hidden units (it does not change the constant).
-        kernel_initializer: initializer of the kernel.
-        bias_initializer: initializer of the bias.
-        eps: positive number added to the factor's denominator (keeps it finite; a larger denominator
-            keeps the layer 1-Lipschitz)."""
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")

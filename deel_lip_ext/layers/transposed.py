@@ -19,11 +19,15 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-from keras import ops
 
-from deel_lip_ext import normalizers
-from deel_lip_ext.layers._spectral_conv import SpectralConvBase, max_overlap
-from deel_lip_ext.spectrum import linf_transposed_kernel_norm
+from deel_lip_ext.layers._spectral_conv import SpectralConvBase
+from deel_lip_ext.parametrizations import (
+    DEFAULT_BETA_BJORCK,
+    DEFAULT_EPS_BJORCK,
+    DEFAULT_EPS_SPECTRAL,
+    DEFAULT_MAXITER_BJORCK,
+    DEFAULT_MAXITER_SPECTRAL,
+)
 
 __all__ = ["SpectralConv2DTranspose"]
 
@@ -67,6 +71,9 @@ class SpectralConv2DTranspose(SpectralConvBase):
         (2, 14, 14, 8)
     """
 
+    paddings = ("same",)
+    transposed = True
+
     def __init__(
         self,
         filters: int,
@@ -86,81 +93,37 @@ class SpectralConv2DTranspose(SpectralConvBase):
         kernel_constraint: str | keras.constraints.Constraint | None = None,
         bias_constraint: str | keras.constraints.Constraint | None = None,
         k_coef_lip: float = 1.0,
-        eps_spectral: float = normalizers.DEFAULT_EPS_SPECTRAL,
-        eps_bjorck: float | None = normalizers.DEFAULT_EPS_BJORCK,
-        beta_bjorck: float = normalizers.DEFAULT_BETA_BJORCK,
-        maxiter_spectral: int = normalizers.DEFAULT_MAXITER_SPECTRAL,
-        maxiter_bjorck: int = normalizers.DEFAULT_MAXITER_BJORCK,
+        eps_spectral: float = DEFAULT_EPS_SPECTRAL,
+        eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
+        beta_bjorck: float = DEFAULT_BETA_BJORCK,
+        maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
+        maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
         **kwargs: Any,
     ) -> None:
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if output_padding is not None:
             raise ValueError(f"output_padding must be None (as in deel-lip), got {output_padding!r}.")
-        self._init_conv(
-            2,
+        super().__init__(
             filters,
             kernel_size,
-            strides,
-            padding,
-            ("same",),
-            data_format,
-            dilation_rate,
-            1,
-            k_coef_lip,
-            (eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck),
-            (
-                activation,
-                use_bias,
-                kernel_initializer,
-                bias_initializer,
-                kernel_regularizer,
-                bias_regularizer,
-                kernel_constraint,
-                bias_constraint,
-            ),
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            k_coef_lip=k_coef_lip,
+            **kwargs,
         )
+        self._init_spectral(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
 
-    def build(self, input_shape):
-        channels = input_shape[3]
-        if channels is None:
-            raise ValueError(f"SpectralConv2DTranspose needs a known channel dimension, got input shape {input_shape}.")
-        self._finish_build(self.kernel_size + (self.filters, channels), tuple(input_shape[1:3]), channels)
-
-    def _overlap(self, input_shape):
-        return max_overlap((None, None), self.kernel_size, self.strides, "same")
-
-    def linear(self, inputs, kernel):
-        return ops.conv_transpose(inputs, kernel, strides=self.strides, padding="same")
-
-    def linf_operator_norm(self, input_shape: tuple | None = None) -> float:
-        """Upper bound of the l_inf operator norm (`deel_lip_ext.spectrum.linf_transposed_kernel_norm`).
-
-        An output entry of a transposed convolution sums the taps of one
-        residue class modulo the stride over the input channels, not the
-        column sums of a direct convolution.
-        """
-        return linf_transposed_kernel_norm(self.effective_kernel(), self.strides)
-
-    def compute_output_shape(self, input_shape):
-        sizes = [None if size is None else size * s for size, s in zip(input_shape[1:3], self.strides)]
-        return (input_shape[0], *sizes, self.filters)
-
-    def plain_layers(self, kernel):
-        conv = keras.layers.Conv2DTranspose(
-            self.filters,
-            self.kernel_size,
-            strides=self.strides,
-            padding="same",
-            activation=self.activation,
-            use_bias=self.use_bias,
-            name=self.name,
-            dtype=self.dtype_policy,
-        )
-        conv.build((None, *self.input_spatial_size, kernel.shape[3]))
-        conv.set_weights(self._plain_weights(kernel))
-        return [conv]
-
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         config["output_padding"] = None
         return config

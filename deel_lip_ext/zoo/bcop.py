@@ -23,11 +23,11 @@ from typing import Any
 import keras
 from keras import ops
 
+from deel_lip_ext._validation import int_pair
 from deel_lip_ext.layers.activations import MaxMinHalves
 from deel_lip_ext.layers.base import LipschitzLayer
 from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense
 from deel_lip_ext.layers.conv_baselines import OSSNConv2D, RKOConv2D, SVCMConv2D
-from deel_lip_ext.layers.padding import int_pair
 from deel_lip_ext.layers.resampling import InvertibleDownSampling
 from deel_lip_ext.model import Sequential
 

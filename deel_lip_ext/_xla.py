@@ -2,6 +2,8 @@
 
 import keras
 
+from deel_lip_ext._optional import tensorflow
+
 
 def compiled_by_xla(function):
     """`function` as one XLA computation on the TensorFlow backend; unchanged on JAX and torch.
@@ -14,6 +16,5 @@ def compiled_by_xla(function):
     """
     if keras.backend.backend() != "tensorflow":
         return function
-    import tensorflow as tf  # only for its compiler
-
+    tf = tensorflow("compiled_by_xla")  # only for its compiler
     return tf.function(function, jit_compile=True, reduce_retracing=True, autograph=False)

@@ -1,0 +1,38 @@
+"""Gradient attacks (FGSM, PGD) and an empirical check of certificates (TensorFlow backend).
+
+* `deel_lip_ext.attacks.gradient_attacks`: the one projected-gradient
+  machinery (`pgd_step`), `fgsm` and `pgd` (numpy in, numpy out) and
+  `pgd_perturbation` (in-graph, for adversarial training in
+  `deel_lip_ext.regularization`).
+* `deel_lip_ext.attacks.verification`: `verify_certificates`, which tries to
+  break every certified point.
+"""
+
+from deel_lip_ext.attacks.gradient_attacks import (
+    LOSSES,
+    ascent_direction,
+    clip_to_box,
+    fgsm,
+    pgd,
+    pgd_perturbation,
+    pgd_step,
+    project_to_ball,
+    random_ball_start,
+    sample_norms,
+)
+from deel_lip_ext.attacks.verification import VerificationResult, verify_certificates
+
+__all__ = [
+    "fgsm",
+    "pgd",
+    "pgd_perturbation",
+    "verify_certificates",
+    "VerificationResult",
+    "LOSSES",
+    "pgd_step",
+    "ascent_direction",
+    "project_to_ball",
+    "clip_to_box",
+    "random_ball_start",
+    "sample_norms",
+]

@@ -1,0 +1,142 @@
+"""Interval bound propagation (IBP) through chains of l_inf-dist, Dense, monotone activation and reshaping layers.
+
+`interval_bounds` propagates an input box through a chain of layers in
+inference mode; `elided_margins` bounds the logit differences z_j - z_t over
+the box directly through a last linear Dense layer (tighter). The l_inf-dist
+losses (`deel_lip_ext.losses.linf`) train on these bounds and
+`deel_lip_ext.linf.certify_ibp` certifies with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+from numpy.typing import ArrayLike
+
+from deel_lip_ext._validation import ArgumentTypeError
+from deel_lip_ext.layers.linf import LogitScale, sublayers
+from deel_lip_ext.lipschitz import is_non_decreasing_activation
+
+__all__ = ["interval_bounds", "elided_margins", "chain_layers"]
+
+_SHAPE_LAYERS = (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
+
+
+def _is_linear(activation):
+    return activation is None or activation is keras.activations.linear
+
+
+def _check_monotone(activation, layer):
+    """Elementwise non-decreasing activations (known by identity in `deel_lip_ext.lipschitz.ACTIVATIONS`) only."""
+    if not is_non_decreasing_activation(activation):
+        raise ArgumentTypeError(
+            f"layer {layer.name!r}: interval bounds need a non-decreasing `keras.activations` function "
+            f"(relu, tanh, sigmoid, ...), got {getattr(activation, '__name__', activation)!r}."
+        )
+
+
+def _is_monotone_relu(layer):
+    return isinstance(layer, keras.layers.ReLU) and layer.negative_slope >= 0
+
+
+def _dense_bounds(layer, lower, upper):
+    """Centre/radius form: W c + b +- |W| r, then the (monotone) activation."""
+    centre, radius = (upper + lower) / 2.0, (upper - lower) / 2.0
+    kernel = ops.cast(layer.kernel, centre.dtype)
+    mid = ops.matmul(centre, kernel)
+    if layer.use_bias:
+        mid = mid + ops.cast(layer.bias, centre.dtype)
+    spread = ops.matmul(radius, ops.abs(kernel))
+    _check_monotone(layer.activation, layer)
+    return layer.activation(mid - spread), layer.activation(mid + spread)
+
+
+def _layer_bounds(layer, lower, upper):
+    if hasattr(layer, "interval_bounds"):
+        return layer.interval_bounds(lower, upper)
+    if isinstance(layer, _SHAPE_LAYERS):
+        return layer(lower, training=False), layer(upper, training=False)
+    if isinstance(layer, keras.layers.Rescaling):
+        # Elementwise affine: the image of the box is spanned by the images of its corners.
+        low, high = layer(lower), layer(upper)
+        return ops.minimum(low, high), ops.maximum(low, high)
+    if isinstance(layer, keras.layers.Dense):
+        return _dense_bounds(layer, lower, upper)
+    if isinstance(layer, keras.layers.Activation) or _is_monotone_relu(layer):
+        if isinstance(layer, keras.layers.Activation):
+            _check_monotone(layer.activation, layer)
+        # A non-decreasing elementwise map sends the box's ends to the image's ends.
+        return layer(lower), layer(upper)
+    raise ArgumentTypeError(
+        f"layer {layer.name!r} ({type(layer).__name__}) has no interval bounds: supported are l_inf-dist layers, "
+        "Dense, non-decreasing activations (Activation, ReLU), Rescaling, Flatten, Reshape, Dropout and LogitScale."
+    )
+
+
+def interval_bounds(model: keras.Model, lower: ArrayLike, upper: ArrayLike) -> tuple[Any, Any]:
+    """Bounds of the inference-mode outputs of a chain of layers over the box [lower, upper].
+
+    Args:
+        model: a Sequential / chain-shaped functional model, a layer, or a list of layers.
+        lower: arrays of the input shape with lower <= upper.
+        upper: arrays of the input shape with lower <= upper.
+
+    Returns:
+        (lower, upper) tensors of the output shape.
+
+    Examples:
+        >>> low, high = interval_bounds(model, np.clip(x - 0.3, 0, 1), np.clip(x + 0.3, 0, 1))
+    """
+    layers = chain_layers(model)
+    lower, upper = ops.convert_to_tensor(lower, "float32"), ops.convert_to_tensor(upper, "float32")
+    for layer in layers:
+        lower, upper = _layer_bounds(layer, lower, upper)
+    return lower, upper
+
+
+def chain_layers(model: keras.Model | keras.layers.Layer | list) -> list:
+    """The leaf layers of a model, a layer or a list of them, in order."""
+    layers = model if isinstance(model, (list, tuple)) else [model]
+    return [leaf for layer in layers for leaf in sublayers(layer)]
+
+
+def _strip_identities(layers):
+    while layers and isinstance(layers[-1], (LogitScale, keras.layers.Dropout)):
+        layers = layers[:-1]
+    return layers
+
+
+def elided_margins(layers: list, lower: ArrayLike, upper: ArrayLike, is_target: ArrayLike) -> Any:
+    """Upper bounds of z_j - z_t over the box (entry t is 0), eliding a last linear Dense layer.
+
+    Bounding (W_j - W_t) h + b_j - b_t directly is tighter than u_j - l_t.
+
+    Args:
+        layers: the chain of layers (see `interval_bounds`).
+        lower: lower corner of the input box.
+        upper: upper corner of the input box.
+        is_target: boolean (N, C) mask of the true classes.
+
+    Examples:
+        >>> margins = elided_margins(chain_layers(model), x - 0.1, x + 0.1, np.eye(10, dtype=bool)[y])
+    """
+    layers = _strip_identities(list(layers))
+    last = layers[-1]
+    if isinstance(last, keras.layers.Dense) and _is_linear(last.activation):
+        for layer in layers[:-1]:
+            lower, upper = _layer_bounds(layer, lower, upper)
+        centre, radius = (upper + lower) / 2.0, (upper - lower) / 2.0
+        kernel = ops.cast(last.kernel, centre.dtype)
+        target_weights = ops.matmul(ops.cast(is_target, kernel.dtype), ops.transpose(kernel))  # (N, H)
+        differences = ops.expand_dims(kernel, 0) - ops.expand_dims(target_weights, 2)  # (N, H, C)
+        bound = ops.einsum("nh,nhc->nc", centre, differences) + ops.einsum("nh,nhc->nc", radius, ops.abs(differences))
+        if last.use_bias:
+            bias = ops.cast(last.bias, centre.dtype)
+            bound = bound + bias - ops.sum(ops.where(is_target, bias, 0.0), axis=-1, keepdims=True)
+        return ops.where(is_target, 0.0, bound)
+    for layer in layers:
+        lower, upper = _layer_bounds(layer, lower, upper)
+    lower_target = ops.sum(ops.where(is_target, lower, 0.0), axis=-1, keepdims=True)
+    return ops.where(is_target, 0.0, upper - lower_target)

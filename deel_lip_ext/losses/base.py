@@ -1,0 +1,190 @@
+"""What every loss of `deel_lip_ext.losses` shares: label shape checks, per-sample terms, schedulable parameters."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+from numpy.typing import ArrayLike
+
+from deel_lip_ext._validation import check_number
+
+__all__ = [
+    "binary_labels",
+    "one_hot_labels",
+    "sparse_labels",
+    "kr_terms",
+    "hinge_margin_terms",
+    "multiclass_hinge_terms",
+    "process_labels_for_multi_gpu",
+]
+
+_KR_EPSILON = 1e-7
+
+
+# ---------------------------------------------------------------- label shapes
+
+
+def _shape_mismatch(y_true, y_pred):
+    if len(y_true.shape) != len(y_pred.shape):
+        return True
+    return any(a is not None and b is not None and a != b for a, b in zip(y_true.shape, y_pred.shape))
+
+
+def binary_labels(y_true, y_pred, loss_name):
+    """Labels of a binary / multi-label loss, shaped as the predictions (checked at trace time).
+
+    Labels (N,) against one output per sample (N, 1) become (N, 1); any other
+    shape difference is refused instead of broadcast (labels (N,) against
+    outputs (N, 1) would otherwise give an (N, N) loss).
+    """
+    if len(y_true.shape) == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
+        y_true = ops.expand_dims(y_true, -1)
+    if _shape_mismatch(y_true, y_pred):
+        raise ValueError(
+            f"{loss_name}: labels of shape {tuple(y_true.shape)} do not match predictions of shape "
+            f"{tuple(y_pred.shape)}; give one label per output (e.g. y of shape (N, 1) for one output)."
+        )
+    return y_true
+
+
+def one_hot_labels(y_true, y_pred, loss_name):
+    """Labels of a multi-class loss: one-hot, shaped as the predictions (checked at trace time).
+
+    Integer class indices ((N,) or (N, 1) against (N, C) logits, C > 1) are
+    refused with the fix, as is any other shape difference.
+    """
+    classes = y_pred.shape[-1]
+    if classes != 1 and (len(y_true.shape) == len(y_pred.shape) - 1 or y_true.shape[-1] == 1):
+        raise ValueError(
+            f"{loss_name} takes one-hot labels of the predictions' shape {tuple(y_pred.shape)}, got labels of "
+            f"shape {tuple(y_true.shape)}, which look like integer class indices: one-hot encode them "
+            f"(keras.utils.to_categorical(y, {classes})) or use TauSparseCategoricalCrossentropy."
+        )
+    if _shape_mismatch(y_true, y_pred):
+        raise ValueError(
+            f"{loss_name}: one-hot labels of shape {tuple(y_true.shape)} do not match predictions of shape "
+            f"{tuple(y_pred.shape)}."
+        )
+    return y_true
+
+
+def sparse_labels(y_true, y_pred, loss_name):
+    """Integer class indices (N,) or (N, 1) against logits (N, C), returned as (N,) (checked at trace time)."""
+    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, axis=-1)
+    if len(y_true.shape) != len(y_pred.shape) - 1 or _shape_mismatch(y_true, y_pred[..., 0]):
+        raise ValueError(
+            f"{loss_name} takes integer class indices of shape {tuple(y_pred.shape[:-1])} or "
+            f"{tuple(y_pred.shape[:-1]) + (1,)} for predictions of shape {tuple(y_pred.shape)}, got labels of "
+            f"shape {tuple(y_true.shape)}; for one-hot labels use TauCategoricalCrossentropy."
+        )
+    return y_true
+
+
+# ---------------------------------------------------------------- element-wise terms
+
+
+def kr_terms(y_true: ArrayLike, y_pred: ArrayLike, multi_gpu: bool = False):
+    """Per-sample KR terms; their batch mean is mean_c(mean_{P_c} f_c - mean_{N_c} f_c).
+
+    P_c are the samples with y_c == 1, N_c the others. With `multi_gpu=True` the
+    labels must come from `process_labels_for_multi_gpu` and the terms are
+    mean_c f_c * y_c (summing them over replicas gives the global KR).
+    """
+    y_true = ops.cast(y_true, y_pred.dtype)
+    if multi_gpu:
+        return ops.mean(y_pred * y_true, axis=-1)
+    batch_size = ops.cast(ops.shape(y_true)[0], y_pred.dtype)
+    positive = ops.cast(ops.equal(y_true, 1), y_pred.dtype)
+    n_positive = ops.sum(positive, axis=0)
+    weights = positive / (n_positive + _KR_EPSILON) - (1 - positive) / (batch_size - n_positive + _KR_EPSILON)
+    return ops.mean(batch_size * y_pred * weights, axis=-1)
+
+
+def _sign(y_true, dtype):
+    return ops.where(ops.greater(y_true, 0), ops.ones((), dtype), -ops.ones((), dtype))
+
+
+def hinge_margin_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float):
+    """Per-sample mean_c relu(m/2 - s_c f_c), s_c = +1 if y_c > 0 else -1."""
+    sign = _sign(ops.cast(y_true, y_pred.dtype), y_pred.dtype)
+    return ops.mean(ops.relu(min_margin / 2.0 - sign * y_pred), axis=-1)
+
+
+def _target_mask(y_true, y_pred):
+    return ops.cast(ops.greater(ops.cast(y_true, y_pred.dtype), 0), y_pred.dtype)
+
+
+def multiclass_hinge_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float):
+    """Per-sample (1/C) sum_{j != y} [relu(m/2 - f_y) + relu(m/2 + f_j)]."""
+    target = _target_mask(y_true, y_pred)
+    target_logit = ops.sum(y_pred * target, axis=-1, keepdims=True)
+    hinge = ops.relu(min_margin / 2.0 - target_logit) + ops.relu(min_margin / 2.0 + y_pred)
+    return ops.mean((1 - target) * hinge, axis=-1)
+
+
+def _hkr(kr, hinge, alpha):
+    # alpha = inf means hinge only; inf never enters an arithmetic branch, so
+    # neither the value nor the gradient can become NaN.
+    is_inf = ops.isinf(alpha)
+    finite_alpha = ops.where(is_inf, ops.zeros_like(alpha), alpha)
+    return ops.where(is_inf, hinge, -kr + ops.cast(finite_alpha, hinge.dtype) * hinge)
+
+
+def process_labels_for_multi_gpu(labels: ArrayLike):
+    """Labels for KR losses with `multi_gpu=True` (deel-lip's helper).
+
+    Each column becomes B * (y / n_pos - (1 - y) / (B - n_pos)) with y = 1[label == 1],
+    so that the KR terms are per-sample and add up across replicas with
+    `reduction="sum"`. Hinge terms only look at the sign, which is preserved.
+
+    Examples:
+        >>> y_multi = process_labels_for_multi_gpu(y_train)
+    """
+    labels = ops.convert_to_tensor(labels)
+    dtype = labels.dtype if "float" in str(labels.dtype) else "float32"
+    positive = ops.cast(ops.equal(ops.cast(labels, dtype), 1), dtype)
+    batch_size = ops.cast(ops.shape(labels)[0], dtype)
+    n_positive = ops.sum(positive, axis=0)
+    return batch_size * (
+        positive / (n_positive + _KR_EPSILON) - (1 - positive) / (batch_size - n_positive + _KR_EPSILON)
+    )
+
+
+# ---------------------------------------------------------------- base class
+
+
+class _ParametrizedLoss(keras.losses.Loss):
+    """A Loss whose float hyper-parameters live in non-trainable float32 variables.
+
+    Subclasses list them in `_params`; `get_config` returns their current values.
+    """
+
+    _params = ()
+
+    def _set_params(self, **values):
+        for name, value in values.items():
+            value = float(value)
+            if math.isnan(value):
+                raise ValueError(f"{name} must be a number, got {value!r}.")
+            variable = keras.Variable(value, dtype="float32", trainable=False, name=name)
+            setattr(self, name, variable)
+
+    def _param(self, name, dtype):
+        return ops.cast(getattr(self, name), dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        for name in self._params:
+            config[name] = float(ops.convert_to_numpy(getattr(self, name)))
+        return config
+
+
+def _check_nonnegative(name, value):
+    return check_number(value, name, minimum=0, allow_inf=True)
+
+
+def _check_positive(name, value):
+    return check_number(value, name, minimum=0, strict=True)

@@ -1,0 +1,240 @@
+"""Generic machinery of the parametrizations: normalization, fixed or tolerance loops, power iteration, Björck.
+
+The concrete constraints (`deel_lip_ext.parametrizations.orthogonal`,
+`convolution`, `rescaling`) are written with these few functions, as
+`torch.nn.utils.parametrizations` builds on `torch.nn.utils.parametrize`:
+
+* `l2_normalize`: x / ||x|| over all entries, or per row of a batch (`axis`).
+* `iterate`: `state = body(state)` either exactly `maxiter` times (eps = 0,
+  unrolled: what XLA likes best) or until the state moves less than eps
+  (deel-lip's semantics, a `while_loop`).
+* `power_iterate`: the power iteration of A^T A for any linear operator A
+  given as two callables (a matrix, a batch of matrices, a convolution...),
+  without gradient; the caller forms sigma from the returned vector.
+* `bjorck`: Björck-Bowie orthonormalization of a matrix or a batch of
+  matrices (..., m, n).
+
+Defaults are deel-lip's (`DEFAULT_EPS_SPECTRAL`, ...). All of it is `keras.ops`
+only (TensorFlow, JAX, PyTorch) and stateless: vectors go in and come out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from keras import ops
+from numpy.typing import ArrayLike
+
+from deel_lip_ext._validation import check_int, check_number
+
+__all__ = [
+    "DEFAULT_EPS_SPECTRAL",
+    "DEFAULT_MAXITER_SPECTRAL",
+    "DEFAULT_EPS_BJORCK",
+    "DEFAULT_MAXITER_BJORCK",
+    "DEFAULT_BETA_BJORCK",
+    "check_normalizer_args",
+    "l2_normalize",
+    "frobenius_distance",
+    "iterate",
+    "power_iterate",
+    "operator_power_iteration",
+    "bjorck",
+]
+
+DEFAULT_EPS_SPECTRAL = 1e-3
+DEFAULT_MAXITER_SPECTRAL = 10
+DEFAULT_EPS_BJORCK = 1e-3
+DEFAULT_MAXITER_BJORCK = 15
+DEFAULT_BETA_BJORCK = 0.5
+
+
+def check_normalizer_args(
+    eps_spectral: float = DEFAULT_EPS_SPECTRAL,
+    eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
+    beta_bjorck: float = DEFAULT_BETA_BJORCK,
+    maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
+    maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
+) -> None:
+    """Validate the spectral/Björck hyper-parameters; raise `ValueError` naming the bad one.
+
+    Args:
+        eps_spectral: power-iteration tolerance, >= 0 (0: fixed iterations).
+        eps_bjorck: Björck tolerance, >= 0 (0: fixed iterations), or None (no Björck).
+        beta_bjorck: Björck step, in ]0, 0.5].
+        maxiter_spectral: power iterations, an integer >= 1.
+        maxiter_bjorck: Björck iterations, an integer >= 1.
+
+    Examples:
+        >>> check_normalizer_args(eps_spectral=0.0, maxiter_spectral=3)
+    """
+    check_number(eps_spectral, "eps_spectral", minimum=0)
+    if eps_bjorck is not None:
+        try:
+            check_number(eps_bjorck, "eps_bjorck", minimum=0)
+        except ValueError:
+            raise ValueError(
+                f"eps_bjorck must be None (no Björck) or a number >= 0 (0 = fixed iterations), got {eps_bjorck!r}."
+            ) from None
+    check_number(beta_bjorck, "beta_bjorck", minimum=0, maximum=0.5, strict=True)
+    check_int(maxiter_spectral, "maxiter_spectral")
+    check_int(maxiter_bjorck, "maxiter_bjorck")
+
+
+def l2_normalize(x: ArrayLike, axis: int | None = None, eps: float = 1e-12) -> Any:
+    """`x` divided by its L2 norm over all entries (`axis=None`) or along `axis`; the squared norm is floored at eps.
+
+    Examples:
+        >>> l2_normalize(keras.ops.ones((2, 3)), axis=-1)  # each row of norm 1
+    """
+    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), eps))
+
+
+def frobenius_distance(a: ArrayLike, b: ArrayLike) -> Any:
+    """||a - b|| over all entries: the stopping distance of `iterate`."""
+    return ops.sqrt(ops.sum(ops.square(a - b)))
+
+
+def iterate(
+    body: Callable[[Any], Any],
+    state: Any,
+    eps: float,
+    maxiter: int,
+    distance: Callable[[Any, Any], Any] = frobenius_distance,
+) -> Any:
+    """Run `state = body(state)` up to `maxiter` times.
+
+    With `eps > 0` stop as soon as `distance(old, new) < eps` (deel-lip's
+    semantics, a `while_loop`); with `eps == 0` unroll exactly `maxiter` steps.
+
+    Examples:
+        >>> iterate(lambda x: x / 2.0, keras.ops.ones(()), eps=0.0, maxiter=3)  # 0.125
+    """
+    if not eps:
+        for _ in range(maxiter):
+            state = body(state)
+        return state
+
+    def cond(i, current, previous):
+        return ops.logical_and(i < maxiter, distance(current, previous) >= eps)
+
+    def step(i, current, previous):
+        return i + 1, body(current), current
+
+    _, state, _ = ops.while_loop(cond, step, (1, body(state), state), maximum_iterations=maxiter)
+    return state
+
+
+def power_iterate(
+    apply: Callable[[Any], Any],
+    apply_adjoint: Callable[[Any], Any],
+    vector: ArrayLike,
+    maxiter: int,
+    eps: float = 0.0,
+    axis: int | None = None,
+    normalize_halves: bool = False,
+) -> Any:
+    """Power iteration of A^T A from `vector`: the normalized vector after `maxiter` steps, without gradient.
+
+    One step is v <- N(A^T A v), or v <- N(A^T N(A v)) with `normalize_halves`
+    (the two half-steps of the alternating form u = N(A v), v = N(A^T u)), N
+    the `l2_normalize` over all entries or along `axis` (one vector per row of
+    a batch). The vector is normalized first. Power iteration converges to the
+    top singular vector from below: the sigma it gives is for training, never
+    a certificate.
+
+    Args:
+        apply: callable v -> A v (on a vector shaped like `vector`).
+        apply_adjoint: callable u -> A^T u.
+        vector: start vector (warm start); its gradient is stopped.
+        maxiter: number of steps (exactly, when eps is 0).
+        eps: stop once the vector moves less than eps (0: exactly `maxiter` steps).
+        axis: normalize along this axis (None: over all entries).
+        normalize_halves: normalize after A as well as after A^T.
+
+    Returns:
+        The new vector, gradient stopped.
+
+    Examples:
+        >>> w = keras.random.normal((16, 8))
+        >>> v = power_iterate(lambda v: v @ keras.ops.transpose(w), lambda u: u @ w, keras.ops.ones((1, 8)), 10)
+    """
+
+    def normalize(x):
+        return l2_normalize(x, axis)
+
+    def step(v):
+        u = apply(v)
+        return ops.stop_gradient(normalize(apply_adjoint(normalize(u) if normalize_halves else u)))
+
+    vector = normalize(ops.stop_gradient(vector))
+    return ops.stop_gradient(iterate(step, vector, eps, maxiter))
+
+
+def operator_power_iteration(
+    apply: Callable[[Any], Any],
+    apply_adjoint: Callable[[Any], Any],
+    u: ArrayLike,
+    maxiter: int = 1,
+    eps: float = 0.0,
+) -> tuple[Any, Any]:
+    """Largest singular value of a linear operator A by power iteration on A^T A, from a persistent vector.
+
+    The vector iterates without gradient (`power_iterate`); the returned
+    sigma = ||A u|| carries the gradient of A (as in spectral normalization).
+    Power iteration converges from below: sigma is an estimate for training,
+    never a certificate (certify with the exact norm of the resulting operator).
+
+    Args:
+        apply: callable x -> A x (x has the shape of `u`).
+        apply_adjoint: callable y -> A^T y.
+        u: the previous vector (any shape accepted by `apply`).
+        maxiter: number of iterations (>= 0).
+        eps: stop once the vector moves less than eps (0: exactly `maxiter` iterations).
+
+    Returns:
+        (sigma, new_u).
+
+    Examples:
+        >>> sigma, u = operator_power_iteration(lambda x: 2.0 * x, lambda y: 2.0 * y, keras.ops.ones((1, 3)))
+    """
+    maxiter = check_int(maxiter, "maxiter", minimum=0)
+    u = power_iterate(apply, apply_adjoint, u, maxiter, eps)
+    sigma = ops.sqrt(ops.sum(ops.square(apply(u))))
+    return sigma, u
+
+
+def bjorck(
+    matrices: ArrayLike,
+    eps: float = DEFAULT_EPS_BJORCK,
+    beta: float = DEFAULT_BETA_BJORCK,
+    maxiter: int = DEFAULT_MAXITER_BJORCK,
+) -> Any:
+    """Björck-Bowie orthonormalization (order 1) of a matrix (m, n) or of every matrix of a batch (..., m, n).
+
+    Iterates `W <- (1 + beta) W - beta W W^T W` (the product is taken on the
+    smaller Gram matrix). Every singular value s < sqrt(3) moves to
+    `1.5 s - 0.5 s^3 <= 1` (beta = 0.5), so after one iteration the largest
+    singular value is at most 1 even when the iteration has not converged.
+
+    Args:
+        matrices: tensor (..., m, n) with singular values below sqrt(3)
+            (e.g. divided by a power-iteration estimate of the largest one).
+        eps: stop when `||W_t - W_{t-1}||_F < eps` (over the whole batch); 0
+            runs exactly `maxiter` unrolled iterations.
+        beta: step, in ]0, 0.5].
+        maxiter: maximal number of iterations.
+
+    Examples:
+        >>> orthonormal = bjorck(keras.random.normal((5, 8, 8)) / 8.0, eps=0.0, maxiter=20)
+    """
+    tall = matrices.shape[-2] >= matrices.shape[-1]
+
+    def step(w):
+        w_t = ops.swapaxes(w, -1, -2)
+        if tall:
+            return (1 + beta) * w - beta * ops.matmul(w, ops.matmul(w_t, w))
+        return (1 + beta) * w - beta * ops.matmul(ops.matmul(w, w_t), w)
+
+    return iterate(step, matrices, eps, maxiter)

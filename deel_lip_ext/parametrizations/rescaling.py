@@ -1,0 +1,119 @@
+"""Rescalings that make a kernel Lipschitz without iterating to convergence: AOL, SLL, CPL.
+
+AOL (Prach & Lampert 2022), SLL (Araujo et al. 2023) and CPL (Meunier et al.
+2022). A dense kernel K is (n_in, n_out) with y = x K; a conv kernel is
+(kh, kw, c_in, c_out). Every bound below is a Gershgorin-type bound on a Gram
+operator whose entries are (sums of) entries of the kernel's self-correlation;
+the proofs are in the layers' docstrings (`deel_lip_ext.layers.aol`,
+`deel_lip_ext.layers.sll_cpl`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from keras import ops
+from numpy.typing import ArrayLike
+
+from deel_lip_ext.parametrizations.iteration import operator_power_iteration
+
+__all__ = [
+    "kernel_self_correlation",
+    "gram_row_sums",
+    "aol_rescaling",
+    "hidden_major_kernel",
+    "sll_scale",
+    "cpl_scale",
+]
+
+
+def kernel_self_correlation(kernel: ArrayLike) -> Any:
+    """Self-correlation of a conv kernel over its output channels.
+
+    For `kernel` (kh, kw, c_in, c_out) returns M (c_in, 2 kh - 1, 2 kw - 1, c_in) with
+    M[c1, u, v, c2] = sum_{a, b, o} K[a + u - kh + 1, b + v - kw + 1, c1, o] K[a, b, c2, o]
+    (zero outside the kernel): the kernel of the stride-1 operator P^T P of the conv P on a large
+    enough torus. A 2-D kernel (n_in, n_out) gives K K^T as (n_in, 1, 1, n_in).
+
+    Examples:
+        >>> kernel_self_correlation(keras.random.normal((3, 3, 2, 4))).shape  # (2, 5, 5, 2)
+    """
+    if len(kernel.shape) == 2:
+        return ops.reshape(ops.matmul(kernel, ops.transpose(kernel)), (kernel.shape[0], 1, 1, kernel.shape[0]))
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    images = ops.transpose(kernel, (2, 0, 1, 3))  # (c_in, kh, kw, c_out): one image per input channel
+    images = ops.pad(images, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    filters = ops.transpose(kernel, (0, 1, 3, 2))  # (kh, kw, c_out, c_in)
+    return ops.conv(images, filters, strides=1, padding="valid")
+
+
+def gram_row_sums(kernel: ArrayLike, weights: ArrayLike | None = None) -> Any:
+    """Weighted absolute row sums r_i = sum_{j, delta} |M[i, delta, j]| w_j / w_i of `kernel_self_correlation`.
+
+    They bound the largest eigenvalue of D^-1 (P^T P) D for every padding (Gershgorin on the rows), hence
+    `diag(r) - P^T P` is positive semi-definite (Schur test with positive weights `w`, all ones if None).
+
+    Examples:
+        >>> gram_row_sums(keras.random.normal((8, 4)))  # (8,)
+    """
+    absolute = ops.sum(ops.abs(kernel_self_correlation(kernel)), axis=(1, 2))  # (n, n)
+    if weights is None:
+        return ops.sum(absolute, axis=1)
+    return ops.matmul(absolute, weights) / weights
+
+
+def aol_rescaling(kernel: ArrayLike, eps: float = 1e-12) -> Any:
+    """AOL: multiply each input channel of `kernel` by (sum_j |P^T P|_ij + eps)^(-1/2).
+
+    Works on dense kernels (n_in, n_out) and conv kernels (kh, kw, c_in, c_out); the result has
+    operator norm <= 1 for every input size, stride and padding (zero, valid or circular).
+
+    Examples:
+        >>> kernel = aol_rescaling(keras.random.normal((16, 8)))
+    """
+    scale = ops.rsqrt(gram_row_sums(kernel) + eps)
+    if len(kernel.shape) == 2:
+        return kernel * scale[:, None]
+    return kernel * scale[None, None, :, None]
+
+
+def hidden_major_kernel(kernel: ArrayLike) -> Any:
+    """The kernel with input and output channels swapped: its Gram is P P^T (hidden channels).
+
+    Examples:
+        >>> hidden_major_kernel(keras.ops.ones((3, 3, 2, 5))).shape  # (3, 3, 5, 2)
+    """
+    return ops.transpose(kernel) if len(kernel.shape) == 2 else ops.transpose(kernel, (0, 1, 3, 2))
+
+
+def sll_scale(kernel: ArrayLike, log_q: ArrayLike, eps: float) -> Any:
+    """SLL: the per-hidden-channel factor s = 2 / (t + eps), t_i = sum_j |P P^T|_ij q_j / q_i, q = exp(log_q).
+
+    `kernel` maps the input to the hidden units (x -> P x, i.e. x K or conv(x, K)); the layer computes
+    x - P^T (s * relu(P x + b)). diag(t + eps) - P P^T is PSD, which makes it 1-Lipschitz.
+
+    Examples:
+        >>> s = sll_scale(keras.random.normal((16, 8)), keras.ops.zeros((8,)), 1e-6)
+    """
+    return 2.0 / (gram_row_sums(hidden_major_kernel(kernel), ops.exp(log_q)) + eps)
+
+
+def cpl_scale(
+    apply: Callable[[Any], Any], apply_adjoint: Callable[[Any], Any], u: ArrayLike, units: int, maxiter: int, eps: float
+) -> tuple[Any, Any]:
+    """CPL: the factor s = 2 / (sigma^2 + eps) for every hidden unit, sigma a power-iteration estimate of ||P||.
+
+    Args:
+        apply: callable x -> P x.
+        apply_adjoint: callable z -> P^T z.
+        u: the persistent power-iteration vector (shaped like one input).
+        units: number of hidden units.
+        maxiter: power iterations.
+        eps: positive number added to sigma^2.
+
+    Returns:
+        `(factor (units,), new_u)`.
+    """
+    sigma, u = operator_power_iteration(apply, apply_adjoint, u, maxiter=maxiter)
+    return ops.ones((units,), "float32") * (2.0 / (ops.square(sigma) + eps)), u
