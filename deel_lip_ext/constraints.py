@@ -13,15 +13,9 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext import parametrizations
-from deel_lip_ext._validation import check_k_coef_lip
+from deel_lip_ext._validation import check_k_coef_lip, check_number
 
 __all__ = ["WeightClipConstraint", "AutoWeightClipConstraint", "FrobeniusConstraint", "SpectralConstraint"]
-
-
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    return float(value)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -36,7 +30,7 @@ class WeightClipConstraint(keras.constraints.Constraint):
     """
 
     def __init__(self, c: float = 2.0) -> None:
-        self.c = _check_positive(c, "c")
+        self.c = check_number(c, "c", minimum=0, strict=True)
 
     def __call__(self, w: ArrayLike):
         return ops.clip(w, -self.c, self.c)
@@ -57,7 +51,7 @@ class AutoWeightClipConstraint(keras.constraints.Constraint):
     """
 
     def __init__(self, scale: float = 1.0) -> None:
-        self.scale = _check_positive(scale, "scale")
+        self.scale = check_number(scale, "scale", minimum=0, strict=True)
 
     def __call__(self, w):
         # The static shape: a Python number, also while `fit` traces the constraint symbolically.

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deel_lip_ext._optional import optional_import, tensorflow
+from deel_lip_ext._validation import check_choice, check_int
 
 if TYPE_CHECKING:  # pragma: no cover - only for the annotations
     import tensorflow as tf
@@ -146,19 +147,6 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class DatasetFileError(ValueError):
     """Raised when a dataset file exists but cannot be read (truncated, not an .npz, wrong keys)."""
-
-
-def _check_choice(argument, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"`{argument}` must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}.")
-
-
-def _check_count(argument, value, allow_none=True):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        allowed = "a positive integer" + (" or None" if allow_none else "")
-        raise ValueError(f"`{argument}` must be {allowed}; got {value!r}.")
 
 
 def _tfds_cache_dir():
@@ -277,7 +265,7 @@ def _searched_places(name, candidates):
 
 def _load_raw(name, data_dir, download):
     """(x_train, y_train, x_test, y_test) as stored: uint8 images, integer labels."""
-    _check_choice("name", name, DATASETS)
+    check_choice(name, "`name`", DATASETS)
     candidates = _npz_candidates(name, data_dir)
     for path in candidates:
         if path.is_file():
@@ -340,8 +328,8 @@ def load_numpy(
         >>> x_test.shape
         (500, 28, 28, 1)
     """
-    _check_count("num_train", num_train)
-    _check_count("num_test", num_test)
+    check_int(num_train, "`num_train`", allow_none=True)
+    check_int(num_test, "`num_test`", allow_none=True)
     x_train, y_train, x_test, y_test = _load_raw(name, data_dir, download)
     return (
         _prepare_images(x_train[:num_train]),
@@ -395,10 +383,10 @@ def load(
         (TensorShape([256, 28, 28, 1]), 'int64')
     """
     tf = tensorflow("deel_lip_ext.datasets.load (a tf.data pipeline)")
-    _check_choice("name", name, DATASETS)
-    _check_choice("split", split, SPLITS)
-    _check_count("batch_size", batch_size, allow_none=False)
-    _check_count("num_examples", num_examples)
+    check_choice(name, "`name`", DATASETS)
+    check_choice(split, "`split`", SPLITS)
+    check_int(batch_size, "`batch_size`")
+    check_int(num_examples, "`num_examples`", allow_none=True)
     if shuffle is None:
         shuffle = split == "train"
 

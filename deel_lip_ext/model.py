@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import keras
 
-from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, check_k_coef_lip
+from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
+from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
 from deel_lip_ext.utils import layer_lipschitz_constant
 
 __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]
@@ -85,7 +86,7 @@ def vanilla_model(model: keras.Model) -> keras.Model:
             layers.extend(_exported_layers(layer))
         return keras.Sequential(layers, name=model.name)
     if not getattr(model, "_functional", False) and not hasattr(model, "_operations"):
-        raise TypeError(f"vanilla_model needs a Sequential or functional model, got {type(model).__name__}.")
+        raise ArgumentTypeError(f"vanilla_model needs a Sequential or functional model, got {type(model).__name__}.")
 
     prefixes = {}
 

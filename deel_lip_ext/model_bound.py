@@ -57,7 +57,6 @@ def layer_lipschitz_constant(layer: keras.layers.Layer, norm: str = "l2", input_
     return stock_layer_lipschitz(layer, norm, input_shape if input_shape is not None else built_input_shape(layer))
 
 
-
 def circular_pair(layer, consumer):
     """Whether `layer` is a CircularPadding2D feeding `consumer`, a valid Conv2D it pads exactly."""
     return (
@@ -86,7 +85,6 @@ def _padding_pair(layer, consumer):
 def circular_conv_sv(conv, padded_input_shape):
     kernel = keras.ops.convert_to_numpy(conv.kernel)
     return conv_sv_range(kernel, tuple(padded_input_shape[1:]), conv.strides, "circular")
-
 
 
 # ---------------------------------------------------------------- the graph walk
@@ -315,5 +313,3 @@ def model_lipschitz_bound(model: keras.Model, norm: str = "l2") -> float:
             raise ValueError(f"output {tensor.name!r} of model {model.name!r} is not computed from its inputs.")
         outputs.append(inputs[id(tensor)])
     return float(_joint(outputs, norm))
-
-

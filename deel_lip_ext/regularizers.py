@@ -26,13 +26,9 @@ import warnings
 import keras
 from keras import ops
 
+from deel_lip_ext._validation import check_number
+
 __all__ = ["Lorth2D", "LorthRegularizer", "OrthDenseRegularizer"]
-
-
-def _check_non_negative(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
-    return float(value)
 
 
 class Lorth2D:
@@ -134,7 +130,7 @@ class LorthRegularizer(keras.regularizers.Regularizer):
         if dim != 2:
             raise NotImplementedError(f"LorthRegularizer supports dim=2 only, got dim={dim!r}.")
         self.dim = 2
-        self.lambda_lorth = _check_non_negative("lambda_lorth", lambda_lorth)
+        self.lambda_lorth = check_number(lambda_lorth, "lambda_lorth", minimum=0)
         self.stride = stride
         self.conv_transpose = bool(conv_transpose)
         self.lorth = Lorth2D(kernel_shape=kernel_shape, stride=stride, conv_transpose=conv_transpose)
@@ -174,7 +170,7 @@ class OrthDenseRegularizer(keras.regularizers.Regularizer):
     """
 
     def __init__(self, lambda_orth: float = 1.0) -> None:
-        self.lambda_orth = _check_non_negative("lambda_orth", lambda_orth)
+        self.lambda_orth = check_number(lambda_orth, "lambda_orth", minimum=0)
 
     def __call__(self, x):
         if len(x.shape) != 2:

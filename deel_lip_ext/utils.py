@@ -235,7 +235,6 @@ def _activation_or_none(layer):
         return None
 
 
-
 def evaluate_lip_const(model: keras.Model, x: ArrayLike, batch_size: int = 32):
     """Largest spectral norm of the model's input Jacobian over the points `x`.
 

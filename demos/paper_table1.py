@@ -37,7 +37,7 @@ from _common import (
 )
 
 from deel_lip_ext.certification import certify  # noqa: E402
-from deel_lip_ext.layers.conv_baselines import SVCMProjection  # noqa: E402
+from deel_lip_ext.callbacks import SVCMProjection  # noqa: E402
 
 import keras  # noqa: E402
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -169,7 +170,7 @@ def pgd_perturbation(
     clip_min: float | None = None,
     clip_max: float | None = None,
     seed: int | None = None,
-):
+) -> Any:
     """In-graph projected gradient ascent on the loss (Madry et al.), for training steps.
 
     Unlike `pgd` (numpy in, numpy out), this runs inside `train_step` on

@@ -209,15 +209,17 @@ class GroupSort2(GroupSort):
     """`GroupSort` with n=2: each pair of consecutive channels becomes (min, max).
 
     Args:
-        **kwargs: `GroupSort` arguments except `n` (k_coef_lip, name, ...).
+        k_coef_lip: Lipschitz constant of the layer (output multiplied by it).
+        data_format: "channels_last" or None (the only layout supported).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Examples:
         >>> model = keras.Sequential([keras.Input((8,)), SpectralDense(8), GroupSort2()])
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.pop("n", None)
-        super().__init__(n=2, **kwargs)
+    def __init__(self, k_coef_lip: float = 1.0, data_format: str | None = None, **kwargs: Any) -> None:
+        kwargs.pop("n", None)  # the config holds n=2 (GroupSort's)
+        super().__init__(n=2, k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -225,15 +227,17 @@ class FullSort(GroupSort):
     """`GroupSort` with n=None: sort the whole channel vector ascending.
 
     Args:
-        **kwargs: `GroupSort` arguments except `n` (k_coef_lip, name, ...).
+        k_coef_lip: Lipschitz constant of the layer (output multiplied by it).
+        data_format: "channels_last" or None (the only layout supported).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Examples:
         >>> FullSort()(keras.ops.convert_to_tensor([[3.0, 1.0, 2.0]]))  # [[1, 2, 3]]
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.pop("n", None)
-        super().__init__(n=None, **kwargs)
+    def __init__(self, k_coef_lip: float = 1.0, data_format: str | None = None, **kwargs: Any) -> None:
+        kwargs.pop("n", None)  # the config holds n=None (GroupSort's)
+        super().__init__(n=None, k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")

@@ -52,8 +52,14 @@ class AOLDense(_AOLMixin, LipschitzDenseBase):
             `SpectralDense`.
         use_bias: whether to add a bias.
         kernel_initializer: initializer of the raw kernel (orthogonal: the rescaling is then the identity).
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the raw kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the raw kernel.
+        bias_constraint: constraint of the bias.
         k_coef_lip: Lipschitz constant of the layer.
-        **kwargs: other arguments of `keras.layers.Dense` (regularizers, constraints, name, dtype).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
         >>> layer = AOLDense(16)
@@ -67,6 +73,12 @@ class AOLDense(_AOLMixin, LipschitzDenseBase):
         activation: str | Callable | None = None,
         use_bias: bool = True,
         kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
         k_coef_lip: float = 1.0,
         **kwargs: Any,
     ) -> None:
@@ -75,6 +87,12 @@ class AOLDense(_AOLMixin, LipschitzDenseBase):
             activation=activation,
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
             k_coef_lip=k_coef_lip,
             **kwargs,
         )
@@ -93,11 +111,20 @@ class AOLConv2D(_AOLMixin, LipschitzConv):
         kernel_size: int or pair.
         strides: int or pair.
         padding: "same" (zero), "valid" or "circular".
+        data_format: "channels_last" or None (the only layout supported).
+        dilation_rate: must be 1.
+        groups: must be 1.
         activation: activation applied to the output (counts in the Lipschitz constant).
         use_bias: whether to add a bias.
         kernel_initializer: initializer of the raw kernel.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the raw kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the raw kernel.
+        bias_constraint: constraint of the bias.
         k_coef_lip: Lipschitz constant of the layer.
-        **kwargs: other arguments of `keras.layers.Conv2D` (dilation and groups must be 1).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
         >>> conv = AOLConv2D(16, 3, padding="same")
@@ -111,9 +138,18 @@ class AOLConv2D(_AOLMixin, LipschitzConv):
         kernel_size: int | tuple[int, int],
         strides: int | tuple[int, int] = (1, 1),
         padding: str = "same",
+        data_format: str | None = None,
+        dilation_rate: int | tuple[int, int] = (1, 1),
+        groups: int = 1,
         activation: str | Callable | None = None,
         use_bias: bool = True,
         kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
         k_coef_lip: float = 1.0,
         **kwargs: Any,
     ) -> None:
@@ -122,9 +158,18 @@ class AOLConv2D(_AOLMixin, LipschitzConv):
             kernel_size,
             strides=strides,
             padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            groups=groups,
             activation=activation,
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
             k_coef_lip=k_coef_lip,
             **kwargs,
         )

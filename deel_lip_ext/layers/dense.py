@@ -120,14 +120,21 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
         kernel_initializer: initializer of the raw kernel. Orthogonal by
             default (Björck then starts converged; deel-lip's
             `SpectralInitializer` gives the same kernel direction).
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the raw kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the raw kernel.
+        bias_constraint: constraint of the bias.
         k_coef_lip: Lipschitz constant of the layer.
         eps_spectral: power-iteration tolerance (0: exactly
             `maxiter_spectral` iterations).
         eps_bjorck: Björck tolerance (0: exactly `maxiter_bjorck` iterations;
             None: no Björck).
         beta_bjorck: Björck step in ]0, 0.5].
-        maxiter_spectral: iteration caps.
-        maxiter_bjorck: iteration caps.
+        maxiter_spectral: maximal number of power iterations.
+        maxiter_bjorck: maximal number of Björck iterations.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
         >>> layer = SpectralDense(64, k_coef_lip=1.0)
@@ -141,6 +148,12 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
         activation: str | Callable | None = None,
         use_bias: bool = True,
         kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
         k_coef_lip: float = 1.0,
         eps_spectral: float = DEFAULT_EPS_SPECTRAL,
         eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
@@ -154,6 +167,12 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
             activation=activation,
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
             k_coef_lip=k_coef_lip,
             **kwargs,
         )
@@ -185,16 +204,53 @@ class FrobeniusDense(LipschitzDenseBase):
 
     Args:
         units: output dimension.
+        activation: activation applied to the output (counts in the Lipschitz constant).
+        use_bias: whether to add a bias.
+        kernel_initializer: initializer of the raw kernel.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the raw kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the raw kernel.
+        bias_constraint: constraint of the bias.
         disjoint_neurons: normalize each output neuron separately.
         k_coef_lip: Lipschitz constant (per neuron when disjoint).
-        **kwargs: other arguments of `keras.layers.Dense`.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
         >>> head = FrobeniusDense(1)  # a 1-Lipschitz scalar output, e.g. for HKR
     """
 
-    def __init__(self, units: int, disjoint_neurons: bool = True, k_coef_lip: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(units, k_coef_lip=k_coef_lip, **kwargs)
+    def __init__(
+        self,
+        units: int,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
+        disjoint_neurons: bool = True,
+        k_coef_lip: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            units,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            k_coef_lip=k_coef_lip,
+            **kwargs,
+        )
         self.disjoint_neurons = check_bool(disjoint_neurons, "disjoint_neurons")
 
     def kernel_dependencies(self):

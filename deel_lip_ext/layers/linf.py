@@ -19,7 +19,7 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext._validation import check_bool, check_int, check_number, int_pair
+from deel_lip_ext._validation import check_bool, check_choice, check_int, check_number, int_pair
 from deel_lip_ext.distance import (
     NOMINAL_BATCH,
     automatic_chunk_size,
@@ -276,10 +276,18 @@ class LInfDistConv2D(_LInfDistBase):
         kernel_size: int or pair, the patch size.
         strides: int or pair.
         padding: "valid" or "same".
-        **kwargs: `p`, `mean_shift`, `use_bias`, `identity_init`, `identity_value`,
-            `negate`, `momentum`, `kernel_initializer`, `bias_initializer`,
-            `chunk_size` as in `LInfDistDense`; the identity init sets the kernel
-            centre of channel i mod c_in of filter i (when c_in <= filters).
+        p: norm order in [1, inf], as in `LInfDistDense`.
+        mean_shift: subtract the per-filter batch mean (training) / running mean (inference).
+        use_bias: add a bias; None means `not mean_shift`.
+        identity_init: when c_in <= filters, set the kernel centre of channel i mod c_in of
+            filter i to -identity_value (the papers' init).
+        identity_value: the value above.
+        negate: return the negated output.
+        momentum: running mean momentum (Keras convention).
+        kernel_initializer: initializer of the centres, N(0, 1) by default.
+        bias_initializer: initializer of the bias.
+        chunk_size: output filters computed at once; None: automatic.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
 
     Examples:
         >>> layer = LInfDistConv2D(8, 3, padding="same", p=8.0)
@@ -292,14 +300,35 @@ class LInfDistConv2D(_LInfDistBase):
         kernel_size: int | tuple[int, int],
         strides: int | tuple[int, int] = 1,
         padding: str = "valid",
+        p: float = math.inf,
+        mean_shift: bool = True,
+        use_bias: bool | None = None,
+        identity_init: bool = True,
+        identity_value: float = 10.0,
+        negate: bool = False,
+        momentum: float = 0.9,
+        kernel_initializer: str | keras.initializers.Initializer | None = None,
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        chunk_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(filters, **kwargs)
+        super().__init__(
+            filters,
+            p=p,
+            mean_shift=mean_shift,
+            use_bias=use_bias,
+            identity_init=identity_init,
+            identity_value=identity_value,
+            negate=negate,
+            momentum=momentum,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            chunk_size=chunk_size,
+            **kwargs,
+        )
         self.kernel_size = int_pair(kernel_size, "kernel_size")
         self.strides = int_pair(strides, "strides")
-        if padding not in _PADDINGS:
-            raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}.")
-        self.padding = padding
+        self.padding = check_choice(padding, "padding", _PADDINGS)
 
     @property
     def filters(self):

@@ -17,14 +17,13 @@ of the true norm, and with gradient 0 at x = 0.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext._validation import check_channels_last, int_pair
+from deel_lip_ext._validation import check_channels_last, check_number, int_pair
 from deel_lip_ext.layers.base import LipschitzLayer
 
 __all__ = [
@@ -36,17 +35,6 @@ __all__ = [
 ]
 
 DEFAULT_EPS_GRAD_SQRT = 1e-6
-
-
-def _check_eps_grad_sqrt(eps_grad_sqrt):
-    if (
-        isinstance(eps_grad_sqrt, bool)
-        or not isinstance(eps_grad_sqrt, numbers.Real)
-        or not math.isfinite(eps_grad_sqrt)
-        or eps_grad_sqrt < 0
-    ):
-        raise ValueError(f"eps_grad_sqrt must be a finite number >= 0, got {eps_grad_sqrt!r}.")
-    return float(eps_grad_sqrt)
 
 
 def _smooth_norm(sum_of_squares, eps, scale):
@@ -169,7 +157,7 @@ class ScaledL2NormPooling2D(_WindowPooling):
         **kwargs: Any,
     ) -> None:
         super().__init__(pool_size, strides, padding, k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
-        self.eps_grad_sqrt = _check_eps_grad_sqrt(eps_grad_sqrt)
+        self.eps_grad_sqrt = check_number(eps_grad_sqrt, "eps_grad_sqrt", minimum=0)
 
     def call(self, inputs: ArrayLike):
         # sum(x^2) = area * mean(x^2), folded into the final scale: k sqrt(A) sqrt(mean + eps^2 / A).
@@ -269,7 +257,7 @@ class ScaledGlobalL2NormPooling2D(_GlobalPooling):
         **kwargs: Any,
     ) -> None:
         super().__init__(k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
-        self.eps_grad_sqrt = _check_eps_grad_sqrt(eps_grad_sqrt)
+        self.eps_grad_sqrt = check_number(eps_grad_sqrt, "eps_grad_sqrt", minimum=0)
 
     def call(self, inputs: ArrayLike):
         return _smooth_norm(ops.sum(ops.square(inputs), axis=(1, 2)), self.eps_grad_sqrt, self.k_coef_lip)

@@ -35,7 +35,7 @@ from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
 from deel_lip_ext.layers.conv_base import LipschitzConv
 from deel_lip_ext.layers.dense import LipschitzDenseBase
 from deel_lip_ext.lipschitz import stock_layer_lipschitz
-from deel_lip_ext.parametrizations import chord_orthogonalization, residual_block_normalization
+from deel_lip_ext.parametrizations import chord_orthogonalization, conv_with_padding, residual_block_normalization
 
 __all__ = ["LiResNetBlock", "ChordDense", "LipResidual"]
 
@@ -146,6 +146,10 @@ class LiResNetBlock(LipschitzConv):
     def kernel_dependencies(self):
         return [self.kernel, self.u]
 
+    def _conv(self, x, kernel):
+        """The block's stride-1 convolution with `kernel` ("same" zero or circular padding)."""
+        return conv_with_padding(x, kernel, self.padding)
+
     def compute_kernel(self):
         block, u = residual_block_normalization(
             ops.cast(self.kernel, "float32"), self.u, self.padding, self.n_power_iterations, self.k_coef_lip
@@ -182,9 +186,15 @@ class ChordDense(LipschitzDenseBase):
         activation: activation applied to the output (counts in the constant).
         use_bias: whether to add a bias.
         kernel_initializer: initializer of the raw kernel.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the raw kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the output.
+        kernel_constraint: constraint of the raw kernel.
+        bias_constraint: constraint of the bias.
         k_coef_lip: Lipschitz constant of the layer.
         eps: ridge added to the Gram matrix (> 0).
-        **kwargs: other arguments of `SpectralDense`'s base (bias_initializer, regularizers, constraints, name).
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
         >>> head = ChordDense(10)
@@ -198,6 +208,12 @@ class ChordDense(LipschitzDenseBase):
         activation: str | Callable | None = None,
         use_bias: bool = True,
         kernel_initializer: str | keras.initializers.Initializer = "orthogonal",
+        bias_initializer: str | keras.initializers.Initializer = "zeros",
+        kernel_regularizer: str | keras.regularizers.Regularizer | None = None,
+        bias_regularizer: str | keras.regularizers.Regularizer | None = None,
+        activity_regularizer: str | keras.regularizers.Regularizer | None = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        bias_constraint: str | keras.constraints.Constraint | None = None,
         k_coef_lip: float = 1.0,
         eps: float = 1e-6,
         **kwargs: Any,
@@ -207,6 +223,12 @@ class ChordDense(LipschitzDenseBase):
             activation=activation,
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
             k_coef_lip=k_coef_lip,
             **kwargs,
         )

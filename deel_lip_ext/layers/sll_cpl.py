@@ -86,7 +86,11 @@ class ResidualLipschitzBase(LipschitzBounded, keras.layers.Layer):
     def kernel_shape(self, input_shape):
         return (input_shape[-1], self.units)
 
+    def check_build_shape(self, input_shape: tuple) -> None:
+        """Refuse input shapes the map P cannot handle (none by default)."""
+
     def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.check_build_shape(input_shape)
         if input_shape[-1] is None:
             raise ValueError(f"{type(self).__name__} needs a known channel dimension, got {input_shape}.")
         self.kernel = self.add_weight(
@@ -228,7 +232,7 @@ class _ConvMixin:
         """The stride-1 convolution P: "same" zero padding, or a circular pad then a valid conv."""
         return ConvGeometry(self.kernel_size, (1, 1), self.padding)
 
-    def check_circular_size(self, input_shape):
+    def check_build_shape(self, input_shape):
         if self.padding == "circular" and None in tuple(input_shape)[1:3]:
             raise ValueError(
                 f"padding='circular' needs known spatial dimensions >= kernel_size // 2, got {input_shape}."
@@ -382,10 +386,6 @@ class SLLConv2D(_SLLMixin, _ConvMixin, ResidualLipschitzBase):
         super().__init__(filters, use_bias, kernel_initializer, bias_initializer, eps, **kwargs)
         self._init_conv(kernel_size, padding)
 
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        self.check_circular_size(input_shape)
-        super().build(input_shape)
-
     def get_config(self) -> dict:
         return {**super().get_config(), **self._conv_config()}
 
@@ -476,10 +476,6 @@ class CPLConv2D(_CPLMixin, _ConvMixin, ResidualLipschitzBase):
                 f"CPLConv2D needs known spatial dimensions (its power iteration runs at that size), got {input_shape}."
             )
         return (1, *input_shape[1:])
-
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        self.check_circular_size(input_shape)
-        super().build(input_shape)
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self._conv_config(), "power_iterations": self.power_iterations}

@@ -35,7 +35,15 @@ Deliberate differences from deel-lip, each repeated in the class docstring:
 * `MulticlassHinge` has no `soft_hinge_tau` (removed in deel-lip's keras3 branch too).
 """
 
-from deel_lip_ext.losses.base import process_labels_for_multi_gpu
+from deel_lip_ext.losses.base import (
+    binary_labels,
+    hinge_margin_terms,
+    kr_terms,
+    multiclass_hinge_terms,
+    one_hot_labels,
+    process_labels_for_multi_gpu,
+    sparse_labels,
+)
 from deel_lip_ext.losses.cross_entropy import (
     TauBinaryCrossentropy,
     TauCategoricalCrossentropy,

@@ -23,7 +23,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from deel_lip_ext._validation import int_pair
+from deel_lip_ext._validation import check_bool, check_int, int_pair
 from deel_lip_ext.layers.activations import MaxMinHalves
 from deel_lip_ext.layers.base import LipschitzLayer
 from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense
@@ -48,11 +48,6 @@ def _input(input_shape):
     if not (valid and all(isinstance(d, int) and d > 0 for d in input_shape)):
         raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}.")
     return keras.Input(tuple(input_shape))
-
-
-def _check_num_classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
 
 
 def _activation(activation, name):
@@ -96,7 +91,7 @@ def kw_small(conv: str = "bcop", input_shape: tuple[int, ...] = (28, 28, 1), num
         >>> model = kw_small("bcop", (32, 32, 3))  # CIFAR-10: flatten 32 * 8 * 8 = 2048
     """
     conv_class, inputs = _conv_class(conv), _input(input_shape)
-    _check_num_classes(num_classes)
+    check_int(num_classes, "num_classes")
     layers = [inputs]
     layers += _conv_block(conv_class, 16, 2, 1, downsample=True)
     layers += _conv_block(conv_class, 32, 2, 2, downsample=True)
@@ -120,7 +115,7 @@ def kw_large(conv: str = "bcop", input_shape: tuple[int, ...] = (28, 28, 1), num
         >>> model = kw_large("rko", (28, 28, 1))  # MNIST: flatten 64 * 7 * 7 = 3136
     """
     conv_class, inputs = _conv_class(conv), _input(input_shape)
-    _check_num_classes(num_classes)
+    check_int(num_classes, "num_classes")
     layers = [inputs]
     layers += _conv_block(conv_class, 32, 3, 1, downsample=False)
     layers += _conv_block(conv_class, 32, 2, 2, downsample=True)
@@ -142,7 +137,7 @@ def fc3(input_shape: tuple[int, ...] = (28, 28, 1), num_classes: int = 10, width
         >>> model = fc3((32, 32, 3))
     """
     inputs = _input(input_shape)
-    _check_num_classes(num_classes)
+    check_int(num_classes, "num_classes")
     if isinstance(width, bool) or not isinstance(width, int) or width < 2 or width % 2:
         raise ValueError(f"width must be an even integer >= 2 (MaxMinHalves pairs units), got {width!r}.")
     return Sequential([inputs] + _dense_head([width] * 3, num_classes), name="fc3")
@@ -172,9 +167,7 @@ class NearestUpSampling2D(LipschitzLayer, keras.layers.Layer):
         super().__init__(**kwargs)
         self._init_lipschitz(k_coef_lip)
         self.size = int_pair(size, "size")
-        if not isinstance(isometric, bool):
-            raise TypeError(f"isometric must be a bool, got {isometric!r}.")
-        self.isometric = isometric
+        self.isometric = check_bool(isometric, "isometric")
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def gain(self):

@@ -16,17 +16,13 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from deel_lip_ext._validation import check_int
+
 from deel_lip_ext.layers.linf import LInfDistDense, LogitScale
 
 __all__ = ["linf_dist_net", "linf_dist_net_mlp", "hybrid_head", "hybrid_training_model"]
 
 FEATURES_LAYER = "features"
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 def _stem(input_shape, mean, std):
@@ -103,9 +99,9 @@ def linf_dist_net(
     Examples:
         >>> model = linf_dist_net(depth=5, width=5120, mean=0.1307, std=0.3081)
     """
-    depth = _check_positive_int("depth", depth)
-    width = _check_positive_int("width", width)
-    num_classes = _check_positive_int("num_classes", num_classes)
+    depth = check_int(depth, "depth")
+    width = check_int(width, "width")
+    num_classes = check_int(num_classes, "num_classes")
     layers = _stem(input_shape, mean, std)
     layers += _hidden_layers(depth - 1, width, p, identity_value, chunk_size)
     layers.append(
@@ -164,10 +160,10 @@ def linf_dist_net_mlp(
     Examples:
         >>> model = linf_dist_net_mlp(depth=4, width=5120, mean=0.1307, std=0.3081)
     """
-    depth = _check_positive_int("depth", depth)
-    width = _check_positive_int("width", width)
-    hidden_units = _check_positive_int("hidden_units", hidden_units)
-    num_classes = _check_positive_int("num_classes", num_classes)
+    depth = check_int(depth, "depth")
+    width = check_int(width, "width")
+    hidden_units = check_int(hidden_units, "hidden_units")
+    num_classes = check_int(num_classes, "num_classes")
     layers = _stem(input_shape, mean, std)
     layers += _hidden_layers(depth, width, p, identity_value, chunk_size, last_name=FEATURES_LAYER)
     for units, fan_in, activation, layer_name in (

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import keras
 
+from deel_lip_ext._validation import check_int
+
 from deel_lip_ext.layers.activations import GroupSort2
 from deel_lip_ext.layers.convolutional import SpectralConv2D
 from deel_lip_ext.layers.residual import ChordDense, LiResNetBlock
@@ -23,9 +25,9 @@ __all__ = ["liresnet"]
 
 
 def _positive_int(value, name, even=False):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (even and value % 2):
-        kind = "a positive even integer (GroupSort2 sorts channel pairs)" if even else "a positive integer"
-        raise ValueError(f"{name} must be {kind}, got {value!r}.")
+    value = check_int(value, name)
+    if even and value % 2:
+        raise ValueError(f"{name} must be a positive even integer (GroupSort2 sorts channel pairs), got {value!r}.")
     return value
 
 

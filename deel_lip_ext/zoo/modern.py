@@ -14,14 +14,10 @@ from deel_lip_ext.layers.activations import MaxMin
 from deel_lip_ext.layers.aol import AOLConv2D, AOLDense
 from deel_lip_ext.layers.sll_cpl import SLLConv2D, SLLDense
 from deel_lip_ext.model import Sequential
-from deel_lip_ext.zoo.bcop import _check_num_classes, _input
+from deel_lip_ext._validation import check_int
+from deel_lip_ext.zoo.bcop import _input
 
 __all__ = ["aol_net", "sll_net"]
-
-
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 def aol_net(
@@ -40,9 +36,9 @@ def aol_net(
         >>> model = aol_net((32, 32, 3), width=16)
     """
     inputs = _input(input_shape)
-    _check_num_classes(num_classes)
-    _check_positive(width, "width")
-    _check_positive(depth, "depth")
+    check_int(num_classes, "num_classes")
+    check_int(width, "width")
+    check_int(depth, "depth")
     layers = [inputs]
     for index in range(depth):
         layers += [AOLConv2D(width, 3, name=f"conv1_{index}"), MaxMin(name=f"act1_{index}")]
@@ -71,9 +67,9 @@ def sll_net(
         >>> model = sll_net((28, 28, 1), width=16)
     """
     inputs = _input(input_shape)
-    _check_num_classes(num_classes)
-    _check_positive(width, "width")
-    _check_positive(depth, "depth")
+    check_int(num_classes, "num_classes")
+    check_int(width, "width")
+    check_int(depth, "depth")
     layers = [inputs, AOLConv2D(width, 3, name="stem")]
     layers += [SLLConv2D(width, 3, name=f"sll1_{index}") for index in range(depth)]
     layers.append(AOLConv2D(2 * width, 3, strides=2, name="down"))
