@@ -33,6 +33,7 @@ from deel_lip_ext import (
     parametrizations,
     plotting,
     regularization,
+    regularizers,
     utils,
     zoo,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "parametrizations",
     "plotting",
     "regularization",
+    "regularizers",
     "utils",
     "zoo",
 ]

@@ -47,16 +47,15 @@ OP_PADDINGS = ("same", "valid")
 COPYING_PADDINGS = ("circular", "reflect", "symmetric")
 
 
-def transposed_circular_pads(size: int, kernel: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def transposed_circular_pads(kernel: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """((before, after) wrap pad of the input, (before, after) crop of the valid transposed conv's output).
 
     The transposed conv with circular padding is the adjoint of the circular
     conv (wrap pad k//2 before) on the (s n) output torus: pad the input by
     ceil((k - 1 - k//2) / s) before and floor((k//2 - 1) / s) + 1 after, run the
     'valid' transposed conv, keep the s n outputs from k//2 + s * before on.
-    The widths do not depend on `size`.
+    The widths are the same at every input size n.
     """
-    del size  # the widths are the same at every size
     shift = kernel // 2
     pad_before = -(-(kernel - 1 - shift) // stride)
     pad_after = (shift - 1) // stride + 1
@@ -107,14 +106,14 @@ class ConvGeometry:
         if self.padding in OP_PADDINGS:
             return None
         if self.transposed:
-            return tuple(transposed_circular_pads(None, k, s)[0] for k, s in zip(self.kernel_size, self.strides))
+            return tuple(transposed_circular_pads(k, s)[0] for k, s in zip(self.kernel_size, self.strides))
         return circular_pad_widths(self.dilated_kernel_size)
 
     def crops(self) -> tuple[tuple[int, int], ...] | None:
         """The crop after a circular transposed conv, or None."""
         if not (self.transposed and self.padding == "circular"):
             return None
-        return tuple(transposed_circular_pads(None, k, s)[1] for k, s in zip(self.kernel_size, self.strides))
+        return tuple(transposed_circular_pads(k, s)[1] for k, s in zip(self.kernel_size, self.strides))
 
     def conv_input_shape(self, input_shape: tuple) -> tuple:
         """The shape the conv (after the downsampling, before the pad) reads: (N, H / s, W / s, C s^2)."""

@@ -61,6 +61,14 @@ def normalize_padding_2d(padding: int | tuple) -> tuple[tuple[int, int], tuple[i
     )
 
 
+def _padded_shape(input_shape, padding):
+    """(N, H + top + bottom, W + left + right, C) of a padded channels-last batch shape."""
+    sizes = [
+        None if size is None else size + before + after for size, (before, after) in zip(input_shape[1:3], padding)
+    ]
+    return (input_shape[0], *sizes, input_shape[3])
+
+
 def _copies_constant(padding, input_shape, mode):
     """L2 constant of a copying padding: sqrt of the largest number of copies of one pixel.
 
@@ -122,11 +130,7 @@ class CircularPadding2D(LipschitzBounded, keras.layers.Layer):
         return 1.0 if norm == "linf" else _copies_constant(self.padding, input_shape, "circular")
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]):
-        sizes = [
-            None if size is None else size + before + after
-            for size, (before, after) in zip(input_shape[1:3], self.padding)
-        ]
-        return (input_shape[0], *sizes, input_shape[3])
+        return _padded_shape(input_shape, self.padding)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -180,12 +184,8 @@ class Padding2D(LipschitzBounded, keras.layers.Layer):
     def call(self, inputs):
         return mode_pad(inputs, self.padding, self.mode)
 
-    def compute_output_shape(self, input_shape):
-        sizes = [
-            None if size is None else size + before + after
-            for size, (before, after) in zip(input_shape[1:3], self.padding)
-        ]
-        return (input_shape[0], *sizes, input_shape[3])
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]):
+        return _padded_shape(input_shape, self.padding)
 
     def _lipschitz_constant(self, norm, input_shape):
         if norm == "linf" or self.mode == "constant":
