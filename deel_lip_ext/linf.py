@@ -140,7 +140,7 @@ def certify_ibp(
     return np.all(others < 0, axis=1)
 
 
-def linf_lipschitz_bound(model):
+def linf_lipschitz_bound(model: keras.Model | keras.layers.Layer | list) -> float:
     """Upper bound of the l_inf -> l_inf Lipschitz constant of a model, a layer or a chain (list) of layers.
 
     A model's bound walks its real graph (`deel_lip_ext.utils.model_lipschitz_bound(model, "linf")`:

@@ -107,7 +107,7 @@ def activation_lipschitz(activation: Callable | None, owner: str = "the layer") 
     return entry[0]
 
 
-def is_non_decreasing_activation(activation) -> bool:
+def is_non_decreasing_activation(activation: Callable | None) -> bool:
     """Whether a `keras.activations` function (by identity) is known to be non-decreasing (None: identity)."""
     return activation is None or ACTIVATIONS.get(activation, (None, False))[1]
 
@@ -268,7 +268,7 @@ STOCK_LAYERS = {
 }
 
 
-def stock_layer_lipschitz(layer, norm: str, input_shape=None) -> float:
+def stock_layer_lipschitz(layer: keras.layers.Layer, norm: str, input_shape: tuple | None = None) -> float:
     """Lipschitz constant of a stock Keras layer from `STOCK_LAYERS` (exact class), or `ValueError`."""
     rule = STOCK_LAYERS.get(type(layer))
     if rule is None:

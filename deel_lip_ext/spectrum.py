@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-def circular_pad_widths(kernel_size):
+def circular_pad_widths(kernel_size: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """((top, bottom), (left, right)) wrap-around pads of a circular conv: k//2 before, k-1-k//2 after."""
     return tuple((k // 2, k - 1 - k // 2) for k in kernel_size)
 
@@ -108,7 +108,7 @@ def conv_operator_matrix(
     return np.asarray(keras.ops.convert_to_numpy(out)).reshape(size, -1)
 
 
-def operator_singular_values(matrix):
+def operator_singular_values(matrix: ArrayLike) -> np.ndarray:
     """Singular values (descending) of a dense operator matrix, via the smaller Gram matrix.
 
     Eigenvalues of M M^T (or M^T M) cost far less than an SVD of a very
@@ -158,13 +158,13 @@ def conv_sv_range(
     return 0.0, float(conv_singular_values(kernel, size).max())
 
 
-def dense_sv_range(kernel):
+def dense_sv_range(kernel: ArrayLike) -> tuple[float, float]:
     """(min, max) singular values of a matrix (float64 SVD)."""
     values = np.linalg.svd(np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64), compute_uv=False)
     return float(values.min()), float(values.max())
 
 
-def linf_kernel_norm(kernel):
+def linf_kernel_norm(kernel: ArrayLike) -> float:
     """Upper bound of the l_inf -> l_inf norm of x -> x W (W 2-D) or of a convolution with kernel W (4-D).
 
     Each output entry is a sum of kernel entries times input entries (padding

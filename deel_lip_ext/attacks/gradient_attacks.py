@@ -104,7 +104,7 @@ def clip_to_box(x: ArrayLike, clip_min: float | None, clip_max: float | None):
     return ops.clip(x, low, high)
 
 
-def project_to_ball(delta: ArrayLike, epsilon, norm: str):
+def project_to_ball(delta: ArrayLike, epsilon: float | ArrayLike, norm: str) -> Any:
     """The perturbations `delta` projected on the epsilon-ball (l2: rescaled per sample, linf: clipped)."""
     if norm == "linf":
         return ops.clip(delta, -epsilon, epsilon)
@@ -112,7 +112,16 @@ def project_to_ball(delta: ArrayLike, epsilon, norm: str):
     return delta * ops.minimum(1.0, epsilon / ops.maximum(length, 1e-12))
 
 
-def pgd_step(x_adv, x_clean, gradient, epsilon, step_size, norm: str, clip_min, clip_max):
+def pgd_step(
+    x_adv: ArrayLike,
+    x_clean: ArrayLike,
+    gradient: ArrayLike,
+    epsilon: float | ArrayLike,
+    step_size: float | ArrayLike,
+    norm: str,
+    clip_min: float | ArrayLike | None,
+    clip_max: float | ArrayLike | None,
+) -> Any:
     """One projected-gradient step: ascend along `gradient`, project on the ball around `x_clean`, clip to the box.
 
     Examples:
@@ -122,7 +131,9 @@ def pgd_step(x_adv, x_clean, gradient, epsilon, step_size, norm: str, clip_min, 
     return clip_to_box(x_clean + delta, clip_min, clip_max)
 
 
-def random_ball_start(x: ArrayLike, epsilon, norm: str, seed=None):
+def random_ball_start(
+    x: ArrayLike, epsilon: float | ArrayLike, norm: str, seed: int | keras.random.SeedGenerator | None = None
+) -> Any:
     """A uniform random point of the epsilon-ball around each sample (keras.random, in-graph).
 
     l_inf: uniform in the box; l2: a Gaussian direction times eps * U^(1/D).

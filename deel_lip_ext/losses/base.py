@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import keras
 from keras import ops
@@ -32,7 +33,7 @@ def _shape_mismatch(y_true, y_pred):
     return any(a is not None and b is not None and a != b for a, b in zip(y_true.shape, y_pred.shape))
 
 
-def binary_labels(y_true, y_pred, loss_name):
+def binary_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
     """Labels of a binary / multi-label loss, shaped as the predictions (checked at trace time).
 
     Labels (N,) against one output per sample (N, 1) become (N, 1); any other
@@ -49,7 +50,7 @@ def binary_labels(y_true, y_pred, loss_name):
     return y_true
 
 
-def one_hot_labels(y_true, y_pred, loss_name):
+def one_hot_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
     """Labels of a multi-class loss: one-hot, shaped as the predictions (checked at trace time).
 
     Integer class indices ((N,) or (N, 1) against (N, C) logits, C > 1) are
@@ -70,7 +71,7 @@ def one_hot_labels(y_true, y_pred, loss_name):
     return y_true
 
 
-def sparse_labels(y_true, y_pred, loss_name):
+def sparse_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
     """Integer class indices (N,) or (N, 1) against logits (N, C), returned as (N,) (checked at trace time)."""
     if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
         y_true = ops.squeeze(y_true, axis=-1)
