@@ -5,9 +5,11 @@ A difference that is a library defect is an `xfail(strict=True)` naming it: the 
 red (XPASS) the day the library is fixed, so the marker must then go.
 """
 
+import importlib
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -208,7 +210,7 @@ def test_deel_lip_keyword_arguments_are_accepted(call):
 @pytest.mark.xfail(
     strict=True,
     reason="deel-lip SpectralConstraint(k_coef_lip, eps_spectral, eps_bjorck, beta_bjorck, u=None) takes `u`; "
-    "deel_lip_ext.constraints.SpectralConstraint raises TypeError (migration table says 'same')",
+    "deel_lip_ext.constraints.SpectralConstraint raises TypeError (recorded in docs/migration.md)",
 )
 def test_spectral_constraint_takes_deel_lips_u():
     constraints.SpectralConstraint(k_coef_lip=1.0, u=None)
@@ -229,7 +231,7 @@ def test_evaluate_lip_const_takes_deel_lips_eps_and_seed():
 @pytest.mark.xfail(
     strict=True,
     reason="deel-lip compute_layer_sv(layer, supplementary_type2sv={}) / compute_model_sv(model, "
-    "supplementary_type2sv={}); here no such argument (TypeError); not in the migration guide",
+    "supplementary_type2sv={}); here no such argument (TypeError) (recorded in docs/migration.md)",
 )
 def test_compute_sv_takes_deel_lips_supplementary_type2sv():
     model = keras.Sequential([keras.Input((4,)), layers.SpectralDense(3, name="dense")])
@@ -354,7 +356,7 @@ def test_categorical_metrics_take_plus_minus_one_labels_and_disjoint_factor():
 @pytest.mark.xfail(
     strict=True,
     reason="deel-lip spectral_normalization_conv returns kernel / (sigma + eps), like spectral_normalization; "
-    "here kernel / sigma (sigma from below, so the result can exceed norm 1); not in the migration guide",
+    "here kernel / sigma (sigma from below, so the result can exceed norm 1) (recorded in docs/migration.md)",
 )
 def test_spectral_normalization_conv_divides_by_sigma_plus_eps():
     rng = np.random.default_rng(3)
@@ -436,3 +438,50 @@ def test_keras_file_with_orthogonality_regularizers_loads_after_import_deel_lip_
         tmp_path,
     )
     assert out.split() == ["LorthRegularizer", "OrthDenseRegularizer"]
+
+
+# ----------------------------------------------------------------------------- the migration table
+
+DEEL_LIP_PUBLIC_NAMES = """
+LipschitzLayer Condensable SpectralDense FrobeniusDense SpectralConv2D FrobeniusConv2D SpectralConv2DTranspose
+GroupSort GroupSort2 FullSort MaxMin Householder PReLUlip ScaledAveragePooling2D ScaledGlobalAveragePooling2D
+ScaledL2NormPooling2D ScaledGlobalL2NormPooling2D InvertibleDownSampling InvertibleUpSampling PadConv2D
+KR HKR HingeMargin MulticlassKR MulticlassHinge MulticlassHKR MultiMargin CategoricalHinge TauCategoricalCrossentropy
+TauSparseCategoricalCrossentropy TauBinaryCrossentropy MulticlassSoftHKR hinge_margin multiclass_hinge
+CategoricalProvableRobustAccuracy BinaryProvableRobustAccuracy CategoricalProvableAvgRobustness
+BinaryProvableAvgRobustness WeightClipConstraint AutoWeightClipConstraint FrobeniusConstraint SpectralConstraint
+SpectralInitializer Lorth Lorth2D LorthRegularizer OrthDenseRegularizer spectral_normalization bjorck_normalization
+reshaped_kernel_orthogonalization spectral_normalization_conv set_stop_grad_spectral set_swap_memory
+CondenseCallback MonitorCallback LossParamScheduler LossParamLog evaluate_lip_const evaluate_lip_const_gen
+process_labels_for_multi_gpu l2_normalize compute_layer_sv compute_model_sv Sequential Model vanillaModel
+""".split()
+
+
+def _migration_rows():
+    text = (ROOT / "docs" / "migration.md").read_text()
+    return [line.split("|")[1:4] for line in text.splitlines() if line.startswith(("| `", "| —"))]
+
+
+def test_migration_table_lists_every_public_deel_lip_name():
+    """Issue 13: every public deel-lip 1.5.1 / 2.0 name has a row saying "same" or the difference."""
+    rows = _migration_rows()
+    assert len(rows) > 30
+    deel_lip_column = " ".join(row[0] for row in rows)
+    missing = [name for name in DEEL_LIP_PUBLIC_NAMES if not re.search(rf"\b{name}\b", deel_lip_column)]
+    assert not missing, f"deel-lip names without a row in docs/migration.md: {missing}"
+    assert all(row[2].strip() for row in rows), "a row without its difference (or 'same')"
+
+
+def test_migration_rows_saying_same_names_resolve_here():
+    """A row "same names in `deel_lip_ext.x`" promises every name of its first column in that module."""
+    unresolved = []
+    for deel_lip, ours, _ in _migration_rows():
+        match = re.search(r"same names? in `(deel_lip_ext[\w.]*)`", ours)
+        if not match:
+            continue
+        module = importlib.import_module(match.group(1))
+        for name in re.findall(r"`([\w.]+)`", deel_lip):
+            short = name.split(".")[-1]
+            if not hasattr(module, short):
+                unresolved.append(f"{match.group(1)}.{short}")
+    assert not unresolved, unresolved
