@@ -208,3 +208,52 @@ def test_api_pages_have_no_raw_tex_outside_code(tmp_path):
         if hits:
             raw[page.parent.name] = hits[:3]
     assert not raw, textwrap.shorten(str(raw), 1000)
+
+
+# ----------------------------------------------------------------------------- type hints
+
+
+def _unannotated_public_callables():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import deel_lip_ext
+
+    missing = {}
+    for info in pkgutil.walk_packages(deel_lip_ext.__path__, prefix="deel_lip_ext."):
+        if any(part.startswith("_") for part in info.name.split(".")[1:]):
+            continue
+        module = importlib.import_module(info.name)
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if getattr(obj, "__module__", None) != info.name:
+                continue  # re-exported: checked where it is defined
+            if inspect.isclass(obj):
+                if "__init__" not in obj.__dict__:
+                    continue
+                target = obj.__init__
+            elif inspect.isfunction(obj):
+                target = obj
+            else:
+                continue
+            unannotated = [
+                parameter.name
+                for parameter in inspect.signature(target).parameters.values()
+                if parameter.name not in ("self", "cls") and parameter.annotation is inspect.Parameter.empty
+            ]
+            if unannotated:
+                missing[f"{info.name}.{name}"] = unannotated
+    return missing
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="9 public callables added after issue 17 lack type hints (empty Type column on their API page): "
+    "layers.padding.mode_pad, linf.linf_lipschitz_bound, lipschitz.is_non_decreasing_activation, "
+    "lipschitz.stock_layer_lipschitz, normalizers.hidden_major_kernel, spectrum.circular_pad_widths, "
+    "spectrum.dense_sv_range, spectrum.linf_kernel_norm, spectrum.operator_singular_values",
+)
+def test_every_public_callable_has_type_hints():
+    missing = _unannotated_public_callables()
+    assert not missing, missing
