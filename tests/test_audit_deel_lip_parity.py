@@ -485,3 +485,25 @@ def test_migration_rows_saying_same_names_resolve_here():
             if not hasattr(module, short):
                 unresolved.append(f"{match.group(1)}.{short}")
     assert not unresolved, unresolved
+
+
+# ----------------------------------------------------------------------------- PadConv2D's paddings
+
+
+@pytest.mark.parametrize(
+    "padding, numpy_mode",
+    [("constant", "constant"), ("reflect", "reflect"), ("symmetric", "symmetric"), ("circular", "wrap")],
+)
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_pad_conv_is_deel_lips_pad_then_valid_conv_for_odd_kernels(padding, numpy_mode, kernel, stride):
+    """deel-lip PadConv2D: pad k // 2 on every side with the mode, then a "valid" convolution."""
+    layer = layers.PadConv2D(3, kernel, strides=stride, padding=padding, bias_initializer="random_normal")
+    keras.Sequential([keras.Input((7, 7, 2)), layer])
+    x = np.random.default_rng(6).normal(size=(2, 7, 7, 2)).astype("float32")
+    half = kernel // 2
+    padded = np.pad(x, ((0, 0), (half, half), (half, half), (0, 0)), mode=numpy_mode)
+    expected = _numpy(keras.ops.conv(padded, layer.effective_kernel(), strides=stride, padding="valid"))
+    expected = expected + _numpy(layer.bias)
+    out = _numpy(layer(x))
+    assert out.shape == (2, (7 + 2 * half - kernel) // stride + 1, (7 + 2 * half - kernel) // stride + 1, 3)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
