@@ -185,6 +185,7 @@ def test_certify_ibp_prints_no_retracing_warning():
 # ----------------------------------------------------------------------------- formulas on the API pages
 
 
+@pytest.mark.slow  # a full site build
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (.[docs])")
 @pytest.mark.xfail(
     strict=True,
