@@ -248,13 +248,6 @@ def _unannotated_public_callables():
     return missing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="9 public callables added after issue 17 lack type hints (empty Type column on their API page): "
-    "layers.padding.mode_pad, linf.linf_lipschitz_bound, lipschitz.is_non_decreasing_activation, "
-    "lipschitz.stock_layer_lipschitz, normalizers.hidden_major_kernel, spectrum.circular_pad_widths, "
-    "spectrum.dense_sv_range, spectrum.linf_kernel_norm, spectrum.operator_singular_values",
-)
 def test_every_public_callable_has_type_hints():
     missing = _unannotated_public_callables()
     assert not missing, missing
