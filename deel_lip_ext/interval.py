@@ -16,12 +16,15 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import ArgumentTypeError
-from deel_lip_ext.layers.linf import LogitScale, sublayers
+from deel_lip_ext.layers.base import check_bounded_call
+from deel_lip_ext.layers.linf import LogitScale
 from deel_lip_ext.lipschitz import is_non_decreasing_activation
+from deel_lip_ext.model_bound import chain_operations
 
 __all__ = ["interval_bounds", "elided_margins", "chain_layers"]
 
-_SHAPE_LAYERS = (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
+# Stock layers are matched by exact class: a subclass may change `call`.
+_SHAPE_LAYERS = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
 
 
 def _is_linear(activation):
@@ -38,7 +41,7 @@ def _check_monotone(activation, layer):
 
 
 def _is_monotone_relu(layer):
-    return isinstance(layer, keras.layers.ReLU) and layer.negative_slope >= 0
+    return type(layer) is keras.layers.ReLU and layer.negative_slope >= 0 and layer.threshold == 0
 
 
 def _dense_bounds(layer, lower, upper):
@@ -55,17 +58,18 @@ def _dense_bounds(layer, lower, upper):
 
 def _layer_bounds(layer, lower, upper):
     if hasattr(layer, "interval_bounds"):
+        check_bounded_call(layer, ("interval_bounds",))
         return layer.interval_bounds(lower, upper)
-    if isinstance(layer, _SHAPE_LAYERS):
+    if type(layer) in _SHAPE_LAYERS:
         return layer(lower, training=False), layer(upper, training=False)
-    if isinstance(layer, keras.layers.Rescaling):
+    if type(layer) is keras.layers.Rescaling:
         # Elementwise affine: the image of the box is spanned by the images of its corners.
         low, high = layer(lower), layer(upper)
         return ops.minimum(low, high), ops.maximum(low, high)
-    if isinstance(layer, keras.layers.Dense):
+    if type(layer) is keras.layers.Dense:
         return _dense_bounds(layer, lower, upper)
-    if isinstance(layer, keras.layers.Activation) or _is_monotone_relu(layer):
-        if isinstance(layer, keras.layers.Activation):
+    if type(layer) is keras.layers.Activation or _is_monotone_relu(layer):
+        if type(layer) is keras.layers.Activation:
             _check_monotone(layer.activation, layer)
         # A non-decreasing elementwise map sends the box's ends to the image's ends.
         return layer(lower), layer(upper)
@@ -97,9 +101,22 @@ def interval_bounds(model: keras.Model, lower: ArrayLike, upper: ArrayLike) -> t
 
 
 def chain_layers(model: keras.Model | keras.layers.Layer | list) -> list:
-    """The leaf layers of a model, a layer or a list of them, in order."""
-    layers = model if isinstance(model, (list, tuple)) else [model]
-    return [leaf for layer in layers for leaf in sublayers(layer)]
+    """The layers a chain applies, in order: of a model (nested chain models unrolled), a layer or a list of them.
+
+    A model must run its graph (its class does not override `call`) and that
+    graph must be a chain (`deel_lip_ext.model_bound.chain_operations`);
+    otherwise a `ValueError` says why.
+    """
+    items = model if isinstance(model, (list, tuple)) else [model]
+    return [leaf for item in items for leaf in _unrolled(item)]
+
+
+def _unrolled(item):
+    if isinstance(item, keras.layers.InputLayer):
+        return []
+    if not isinstance(item, keras.Model):
+        return [item]
+    return [leaf for operation in chain_operations(item) for leaf in _unrolled(operation)]
 
 
 def _strip_identities(layers):
@@ -124,7 +141,7 @@ def elided_margins(layers: list, lower: ArrayLike, upper: ArrayLike, is_target: 
     """
     layers = _strip_identities(list(layers))
     last = layers[-1]
-    if isinstance(last, keras.layers.Dense) and _is_linear(last.activation):
+    if type(last) is keras.layers.Dense and _is_linear(last.activation):
         for layer in layers[:-1]:
             lower, upper = _layer_bounds(layer, lower, upper)
         centre, radius = (upper + lower) / 2.0, (upper - lower) / 2.0

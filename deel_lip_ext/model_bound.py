@@ -13,6 +13,7 @@ import math
 
 import keras
 import numpy as np
+from keras.src.models.functional import Functional
 
 from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
 from deel_lip_ext.layers.padding import CircularPadding2D, Padding2D
@@ -28,7 +29,10 @@ from deel_lip_ext.spectrum import (
     padded_conv_norm,
 )
 
-__all__ = ["layer_lipschitz_constant", "model_lipschitz_bound"]
+__all__ = ["layer_lipschitz_constant", "model_lipschitz_bound", "check_graph_call", "chain_operations"]
+
+# The `call`s that run the model's functional graph and nothing else (deel_lip_ext.model's classes inherit them).
+_GRAPH_CALLS = (keras.Sequential.call, Functional.call)
 
 
 def layer_lipschitz_constant(layer: keras.layers.Layer, norm: str = "l2", input_shape: tuple | None = None) -> float:
@@ -90,11 +94,34 @@ def circular_conv_sv(conv, padded_input_shape):
 # ---------------------------------------------------------------- the graph walk
 
 
+def check_graph_call(model: keras.Model, purpose: str = "model_lipschitz_bound") -> None:
+    """Refuse a model whose class overrides `call`: what runs is then not (only) its graph.
+
+    A `keras.Sequential` or functional `keras.Model` (and the classes of
+    `deel_lip_ext.model`) run their graph; a subclass whose `call` does
+    something else (normalizes its input, scales the output, ...) computes
+    another function than the graph that a bound or an interval propagation
+    would walk.
+
+    Raises:
+        ValueError: naming the model, its class and what to do.
+    """
+    call = type(model).call
+    if call not in _GRAPH_CALLS:
+        raise ValueError(
+            f"model {model.name!r} ({type(model).__name__}) overrides `call`, so it may compute something else than "
+            f"its graph, which is all that {purpose} can bound: put that computation in layers of the graph "
+            "(e.g. keras.layers.Rescaling for an input normalization), or pass the model's Lipschitz constant "
+            "explicitly (lip_const=...)."
+        )
+
+
 def _graph(model):
     """The functional graph of a Sequential or functional model, or a ValueError saying why there is none."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"model_lipschitz_bound needs a Keras model, got {type(model).__name__}.")
     if isinstance(model, keras.Sequential):
+        check_graph_call(model)
         graph = getattr(model, "_functional", None)
         if graph is None:
             raise ValueError(
@@ -107,6 +134,7 @@ def _graph(model):
             "whose graph cannot be walked, so no bound can be proven. Rebuild it as a functional or Sequential "
             "model, or pass its Lipschitz constant explicitly (lip_const=...)."
         )
+    check_graph_call(model)
     return model
 
 
@@ -114,6 +142,36 @@ def graph_nodes(model):
     """The nodes of the model's graph, producers before consumers."""
     graph = _graph(model)
     return [node for depth in sorted(graph._nodes_by_depth, reverse=True) for node in graph._nodes_by_depth[depth]]
+
+
+def chain_operations(model: keras.Model, purpose: str = "interval bound propagation") -> list:
+    """The operations of a chain-shaped model (one input, each node reading the previous node's output), in order.
+
+    Raises:
+        ValueError: the model overrides `call`, or its graph is not a chain (branches, merges, several
+            inputs or outputs), naming the first node that breaks the chain.
+    """
+    graph = _graph(model)
+    check_graph_call(model, purpose)
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ValueError(
+            f"{purpose} needs a chain of layers with one input and one output; model {model.name!r} has "
+            f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs."
+        )
+    current, operations = graph.inputs[0], []
+    for node in graph_nodes(model):
+        if isinstance(node.operation, keras.layers.InputLayer):
+            continue
+        if len(node.input_tensors) != 1 or node.input_tensors[0] is not current or len(node.outputs) != 1:
+            raise ValueError(
+                f"{purpose} needs a chain of layers, each applied to the previous one's output: operation "
+                f"{_operation_label(node.operation)} of model {model.name!r} breaks the chain (a branch or a merge)."
+            )
+        operations.append(node.operation)
+        current = node.outputs[0]
+    if graph.outputs[0] is not current:
+        raise ValueError(f"{purpose}: the output of model {model.name!r} is not the end of its chain of layers.")
+    return operations
 
 
 def producing_node(tensor):

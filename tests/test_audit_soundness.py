@@ -280,13 +280,6 @@ class _ScaledFunctional(keras.Model):
         return 100.0 * super().call(inputs, training=training, mask=mask)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model_lipschitz_bound walks Sequential._functional / the functional nodes of ANY Sequential or Model "
-    "subclass, even one whose `call` does something else: 1.0 certified for a model of constant 100 (subclassed "
-    "models are refused only when they have no graph; deel_lip_ext/utils.py _graph). Refuse classes that override "
-    "call (as STOCK_LAYERS refuses subclasses of stock layers)",
-)
 @pytest.mark.parametrize(
     "make", [lambda: _NormalizingSequential([keras.Input((3,)), lip.SpectralDense(3)]), _ScaledFunctional]
 )
@@ -305,11 +298,6 @@ class _NegatingSequential(keras.Sequential):
         return -super().call(inputs, training=training, mask=mask)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="certify_ibp / interval_bounds chain `model.layers` (deel_lip_ext/linf.py _chain) and ignore an "
-    "overridden call: a model predicting class 1 at x is IBP-certified as class 0 on the whole ball",
-)
 def test_certify_ibp_never_certifies_a_class_the_model_does_not_predict():
     from deel_lip_ext.linf import certify_ibp
 
@@ -324,12 +312,6 @@ def test_certify_ibp_never_certifies_a_class_the_model_does_not_predict():
     assert not certified
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="interval_bounds' docstring accepts a 'chain-shaped functional model', but _chain keeps the "
-    "InputLayer of model.layers and calls it: a bare TypeError 'too many positional arguments' "
-    "(deel_lip_ext/linf.py _layer_bounds / _SHAPE_LAYERS); walk the graph or refuse with a ValueError",
-)
 def test_ibp_on_a_functional_chain_runs_or_refuses_clearly():
     from deel_lip_ext.linf import certify_ibp
 
@@ -343,12 +325,6 @@ def test_ibp_on_a_functional_chain_runs_or_refuses_clearly():
     assert certified[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="layer_lipschitz_constant trusts every subclass of a library layer (isinstance LipschitzBounded), even "
-    "one overriding call, while STOCK_LAYERS is keyed by exact class for that very reason "
-    "(deel_lip_ext/utils.py layer_lipschitz_constant)",
-)
 def test_library_layer_subclass_overriding_call_is_refused_or_bounded():
     class Louder(lip.SpectralDense):
         def call(self, inputs, training=None):

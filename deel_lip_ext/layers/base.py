@@ -34,6 +34,7 @@ from deel_lip_ext.spectrum import dense_sv_range, linf_kernel_norm
 __all__ = [
     "check_k_coef_lip",
     "built_input_shape",
+    "check_bounded_call",
     "LipschitzBounded",
     "LipschitzLayer",
     "KernelCache",
@@ -55,6 +56,44 @@ def built_input_shape(layer: keras.layers.Layer) -> tuple | None:
     return tuple(shape)
 
 
+# What a class may define to declare its own bound (see `check_bounded_call`).
+_BOUND_METHODS = ("lipschitz_constant", "_lipschitz_constant", "operator_norm", "linf_operator_norm")
+
+
+def _first_definer(cls, names):
+    return next(klass for klass in cls.__mro__ if any(name in vars(klass) for name in names))
+
+
+def check_bounded_call(layer: keras.layers.Layer, bound_methods: tuple[str, ...] = _BOUND_METHODS) -> None:
+    """Refuse a layer whose `call` is not the one its Lipschitz bound describes.
+
+    A library layer's bound describes the library's `call`. A subclass that
+    overrides `call` (e.g. returns `10 * super().call(x)`) computes another
+    function, so it is trusted only if it also declares its own bound (one of
+    `lipschitz_constant`, `_lipschitz_constant`, `operator_norm`,
+    `linf_operator_norm`, defined in the class that defines `call` or below).
+
+    Args:
+        layer: the layer.
+        bound_methods: the methods that declare the bound in question (e.g.
+            `("interval_bounds",)` for interval bound propagation).
+
+    Raises:
+        ValueError: naming the layer and its class, and what to do.
+    """
+    cls = type(layer)
+    call_owner = _first_definer(cls, ("call",))
+    if call_owner.__module__.split(".")[0] == __name__.split(".")[0]:
+        return
+    if cls.__mro__.index(_first_definer(cls, bound_methods)) <= cls.__mro__.index(call_owner):
+        return
+    raise ValueError(
+        f"layer {layer.name!r} ({cls.__name__}) overrides `call` (in {call_owner.__qualname__}) but not its "
+        f"bound, which describes the library's `call`: define {' or '.join(bound_methods)} next to the new `call`, "
+        "or pass the model's constant explicitly (lip_const=...)."
+    )
+
+
 class LipschitzBounded:
     """The Lipschitz protocol: every layer of the library answers `lipschitz_constant`.
 
@@ -69,7 +108,8 @@ class LipschitzBounded:
 
     Subclasses implement `_lipschitz_constant(norm, input_shape)` (the default
     refuses); parametrized layers implement `operator_norm` instead (see
-    `ParametrizedLayer`).
+    `ParametrizedLayer`). A user subclass that overrides `call` must declare
+    its own bound too, or it is refused (`check_bounded_call`).
     """
 
     def lipschitz_constant(self, norm: str = "l2", input_shape: tuple | None = None) -> float:
@@ -93,6 +133,7 @@ class LipschitzBounded:
             >>> layer.lipschitz_constant("l2")  # 2.0, up to float32 rounding
         """
         norm = check_bound_norm(norm)
+        check_bounded_call(self)
         if input_shape is None:
             input_shape = built_input_shape(self)
         return float(self._lipschitz_constant(norm, None if input_shape is None else tuple(input_shape)))

@@ -16,8 +16,8 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import ArgumentTypeError, check_number
-from deel_lip_ext.interval import elided_margins
-from deel_lip_ext.layers.linf import LogitScale, sublayers
+from deel_lip_ext.interval import chain_layers, elided_margins
+from deel_lip_ext.layers.linf import LogitScale
 
 __all__ = ["worst_case_margins", "LInfDistHinge", "ClippedHingeCrossEntropy", "HybridIntervalCrossEntropy"]
 
@@ -205,12 +205,8 @@ class HybridIntervalCrossEntropy(_EpsLoss):
         reduction: str = "sum_over_batch_size",
     ) -> None:
         super().__init__(eps, name=name, reduction=reduction)
-        self.head = (
-            sublayers(head)
-            if not isinstance(head, (list, tuple))
-            else [leaf for layer in head for leaf in sublayers(layer)]
-        )
-        if not self.head or not isinstance(self.head[-1], keras.layers.Dense):
+        self.head = chain_layers(head)
+        if not self.head or type(self.head[-1]) is not keras.layers.Dense:
             raise ValueError("head must end with a keras.layers.Dense layer (its weights give the elided margins).")
         self.kappa = check_number(kappa, "kappa", minimum=0, maximum=1)
 

@@ -1,0 +1,124 @@
+"""What a bound describes: the function that runs (overridden `call`s, chains for IBP, input sizes, dtypes).
+
+Companion of tests/test_audit_soundness.py: these tests pin the exact behaviour chosen for each audit finding
+(a clear refusal, or a bound / an interval propagation that still holds).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from deel_lip_ext import layers as lip
+from deel_lip_ext.interval import chain_layers, interval_bounds
+from deel_lip_ext.linf import certify_ibp
+from deel_lip_ext.model import Model, Sequential
+from deel_lip_ext.utils import layer_lipschitz_constant, model_lipschitz_bound
+
+
+# ---------------------------------------------------------------- overridden `call`
+
+
+class _Louder(lip.SpectralDense):
+    def call(self, inputs, training=None):
+        return 10.0 * super().call(inputs, training=training)
+
+
+class _LouderDeclared(_Louder):
+    """Overrides `call` and declares the matching bound: trusted."""
+
+    def _lipschitz_constant(self, norm, input_shape):
+        return 10.0 * super()._lipschitz_constant(norm, input_shape)
+
+
+class _Scaled(keras.Sequential):
+    def call(self, inputs, training=None, mask=None):
+        return 3.0 * super().call(inputs, training=training, mask=mask)
+
+
+def test_library_layer_subclass_overriding_call_is_refused_with_its_name():
+    layer = _Louder(3, name="louder")
+    layer.build((None, 3))
+    with pytest.raises(ValueError, match="'louder'.*overrides `call`"):
+        layer.lipschitz_constant()
+    with pytest.raises(ValueError, match="overrides `call`"):
+        model_lipschitz_bound(keras.Sequential([keras.Input((3,)), _Louder(3)]))
+
+
+def test_subclass_declaring_its_bound_with_its_call_is_trusted():
+    layer = _LouderDeclared(3)
+    layer.build((None, 3))
+    impulses = keras.ops.convert_to_numpy(layer(np.eye(3, dtype="float32"))) - keras.ops.convert_to_numpy(
+        layer(np.zeros((1, 3), "float32"))
+    )
+    assert layer.lipschitz_constant() >= np.linalg.norm(impulses, 2) * (1 - 1e-6)
+    assert layer.lipschitz_constant() == pytest.approx(10.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("make", [lambda: _Scaled([keras.Input((3,)), keras.layers.Dense(3)])])
+def test_model_overriding_call_is_refused_by_every_bound(make):
+    model = make()
+    with pytest.raises(ValueError, match="overrides `call`"):
+        model_lipschitz_bound(model)
+    with pytest.raises(ValueError, match="overrides `call`"):
+        model_lipschitz_bound(model, "linf")
+    with pytest.raises(ValueError, match="overrides `call`"):
+        chain_layers(model)
+    outer_input = keras.Input((3,))
+    with pytest.raises(ValueError, match="overrides `call`"):  # nested in a plain model
+        model_lipschitz_bound(keras.Model(outer_input, model(outer_input)))
+
+
+def test_library_and_stock_model_classes_are_walked():
+    seq = Sequential([keras.Input((3,)), lip.SpectralDense(3)])
+    inputs = keras.Input((3,))
+    functional = Model(inputs, lip.SpectralDense(3)(inputs))
+    for model in (seq, functional, keras.Sequential([keras.Input((3,)), lip.SpectralDense(3)])):
+        assert model_lipschitz_bound(model) == pytest.approx(1.0, abs=1e-3)
+
+
+# ---------------------------------------------------------------- IBP on functional graphs
+
+
+def _dense(units, seed):
+    return keras.layers.Dense(units, kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=seed))
+
+
+def test_ibp_on_a_functional_chain_matches_the_sequential_one():
+    first, second = _dense(4, 0), _dense(3, 1)
+    inputs = keras.Input((2,))
+    functional = keras.Model(inputs, second(keras.layers.ReLU()(first(inputs))))
+    sequential = keras.Sequential([keras.Input((2,)), first, keras.layers.ReLU(), second])
+    x = np.array([[0.3, -0.2], [1.0, 0.5]], "float32")
+    low_f, high_f = interval_bounds(functional, x - 0.1, x + 0.1)
+    low_s, high_s = interval_bounds(sequential, x - 0.1, x + 0.1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(low_f), keras.ops.convert_to_numpy(low_s))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(high_f), keras.ops.convert_to_numpy(high_s))
+    logits = keras.ops.convert_to_numpy(functional(x))
+    assert np.all(keras.ops.convert_to_numpy(low_f) <= logits) and np.all(logits <= keras.ops.convert_to_numpy(high_f))
+    predicted = np.argmax(logits, axis=1)
+    np.testing.assert_array_equal(
+        certify_ibp(functional, x, predicted, 0.01, None, None), certify_ibp(sequential, x, predicted, 0.01, None, None)
+    )
+
+
+def test_ibp_refuses_a_branching_functional_model_clearly():
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Add()([_dense(2, 0)(inputs), _dense(2, 1)(inputs)]))
+    with pytest.raises(ValueError, match="chain"):
+        certify_ibp(model, np.zeros((1, 2), "float32"), np.array([0]), 0.1, None, None)
+
+
+def test_ibp_refuses_a_subclass_of_a_stock_layer():
+    class Louder(keras.layers.Dense):
+        def call(self, inputs):
+            return 10.0 * super().call(inputs)
+
+    model = keras.Sequential([keras.Input((2,)), Louder(2)])
+    with pytest.raises(ValueError, match="no interval bounds"):
+        interval_bounds(model, np.zeros((1, 2), "float32"), np.ones((1, 2), "float32"))
+
+
+def test_layer_lipschitz_constant_of_a_nested_model_checks_its_call():
+    model = _Scaled([keras.Input((3,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="overrides `call`"):
+        layer_lipschitz_constant(model)
