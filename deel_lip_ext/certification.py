@@ -178,6 +178,28 @@ def resolve_lip_const(model, lip_const, norm="l2"):
     return check_number(model_lipschitz_bound(model, norm), "the computed Lipschitz bound", minimum=0, strict=True)
 
 
+def check_input_shape(model: keras.Model, x: np.ndarray) -> None:
+    """Refuse samples of another shape than the model's input: its Lipschitz bound holds at that shape.
+
+    (A `keras.Sequential` built for 3x3 images runs on 9x9 ones with a mere
+    warning, with another Lipschitz constant.) Models without a known input
+    shape (subclassed) are not checked.
+    """
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return
+    if not inputs or len(inputs) != 1:
+        return
+    expected, got = tuple(inputs[0].shape)[1:], tuple(x.shape)[1:]
+    if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+        raise ValueError(
+            f"data: samples of shape {got} do not match the input shape {expected} of model {model.name!r}, at "
+            "which its Lipschitz bound holds: give data of that shape, or build the model for this size (None "
+            "spatial dimensions for every size)."
+        )
+
+
 def iterate_batches(data: tuple[ArrayLike, ArrayLike], batch_size: int):
     """Yield numpy `(x, y)` batches from `(x, y)` arrays or an iterable of batches."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_batch_pair_list(data):
@@ -354,6 +376,7 @@ def certify(
     progbar = make_progbar(n_batches, verbose)
     radii = []
     for step, (x, y) in enumerate(iterate_batches(data, batch_size)):
+        check_input_shape(model, x)
         logits = ops.convert_to_numpy(model(x, training=False))
         certificate_norm, factor = radius_conversion(norm, lip_norm, int(np.prod(x.shape[1:])))
         radius = certified_radius(logits, y, certificate_norm, lip_const, disjoint_neurons)

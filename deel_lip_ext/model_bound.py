@@ -138,6 +138,20 @@ def _graph(model):
     return model
 
 
+def pin_input_shape(model: keras.Sequential) -> None:
+    """Make a Sequential model refuse inputs of another shape than its graph's, as a functional model does.
+
+    A `keras.Sequential` built with an `Input` of known size runs on other
+    sizes (Keras only warns), while its bound holds at the graph's shapes
+    (e.g. a zero-padded `Conv2D`'s norm grows with the size): once bounded, a
+    Sequential model refuses other shapes with a `ValueError`, like a
+    functional one. A model built with None spatial dimensions still
+    accepts every size (its bound holds at every size).
+    """
+    shape = (None, *tuple(model.inputs[0].shape)[1:])
+    model.input_spec = keras.layers.InputSpec(shape=shape, allow_last_axis_squeeze=True)
+
+
 def graph_nodes(model):
     """The nodes of the model's graph, producers before consumers."""
     graph = _graph(model)
@@ -337,6 +351,10 @@ def model_lipschitz_bound(model: keras.Model, norm: str = "l2") -> float:
       padded convolution (exact on small inputs);
     * several outputs: root of the sum of squares (L2) or max (l_inf).
 
+    The bound holds for inputs of the graph's shape: a functional model
+    refuses other shapes, and so does a Sequential model once bounded
+    (`pin_input_shape`; a bare `keras.Sequential` only warns).
+
     Args:
         model: a built Sequential or functional Keras model.
         norm: "l2" (default) or "linf".
@@ -350,6 +368,8 @@ def model_lipschitz_bound(model: keras.Model, norm: str = "l2") -> float:
     """
     norm = check_bound_norm(norm)
     graph = _graph(model)
+    if isinstance(model, keras.Sequential):
+        pin_input_shape(model)
     inputs = {id(tensor): 1.0 for tensor in graph.inputs}
     for node in graph_nodes(model):
         if isinstance(node.operation, keras.layers.InputLayer):

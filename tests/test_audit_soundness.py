@@ -90,12 +90,6 @@ def _stock_conv_sequential():
     return keras.Sequential([keras.Input((3, 3, 1)), conv])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keras.Sequential built for 3x3 inputs runs on 9x9 inputs (Keras only warns), while model_lipschitz_bound "
-    "bounds every stock layer at the graph's 3x3 shapes: 5.83 certified, 8.42 true (deel_lip_ext/utils.py "
-    "model_lipschitz_bound / _node_constant use the build shapes; nothing pins a Sequential's input size)",
-)
 def test_sequential_run_at_another_size_is_refused_or_bounded():
     model = _stock_conv_sequential()
     bound = model_lipschitz_bound(model)
@@ -106,12 +100,6 @@ def test_sequential_run_at_another_size_is_refused_or_bounded():
     assert bound >= exact * (1 - 1e-6), (bound, exact)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CPLConv2D does not pin its input size (its power iteration runs at the build size) and a Sequential "
-    "built at 3x3 runs at 9x9: lipschitz_constant/model_lipschitz_bound certify 1.0, the Jacobian at 9x9 "
-    "reaches ~1.78 (deel_lip_ext/layers/sll_cpl.py CPLConv2D; same for every size-dependent stock layer)",
-)
 def test_cpl_conv_run_at_another_size_is_refused_or_bounded():
     layer = lip.CPLConv2D(2, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=3))
     model = keras.Sequential([keras.Input((3, 3, 1)), layer])
@@ -124,12 +112,6 @@ def test_cpl_conv_run_at_another_size_is_refused_or_bounded():
     assert bound >= measured * (1 - 1e-5), (bound, measured)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a nested model with a fixed-size Input inside a model with None spatial dimensions runs at the outer "
-    "size, but the walk bounds it with model_lipschitz_bound(inner) at the inner build shapes "
-    "(deel_lip_ext/utils.py _node_constant, keras.Model branch)",
-)
 def test_nested_fixed_size_model_in_an_any_size_model():
     inner = _stock_conv_sequential()
     outer_input = keras.Input((None, None, 1))
@@ -142,12 +124,6 @@ def test_nested_fixed_size_model_in_an_any_size_model():
     assert bound >= exact * (1 - 1e-6), (bound, exact)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_input_size only sees static shapes: under tf.function(reduce_retracing=True) the spatial dims "
-    "become None and a SpectralConv2D pinned at 3x3 runs at 9x9 with the 3x3 coefficient (0.477 certified, "
-    "0.662 true) (deel_lip_ext/layers/convolutional.py LipschitzConv2DBase.check_input_size)",
-)
 def test_pinned_conv_under_a_shape_relaxed_tf_function():
     conv = lip.SpectralConv2D(2, 3, padding="same", use_bias=False)
     model = keras.Sequential([keras.Input((3, 3, 1)), conv])
@@ -162,12 +138,6 @@ def test_pinned_conv_under_a_shape_relaxed_tf_function():
     assert bound >= worst * (1 - 1e-6), (bound, worst)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="certify() runs the model on 9x9 data with the bound of its 3x3 build graph (CPLConv2D and the size "
-    "bug above): L = 1.0 used, the Jacobian on that data reaches ~1.23; certify could check x.shape[1:] against "
-    "the model's input shape (deel_lip_ext/certification.py certify)",
-)
 def test_certify_refuses_or_bounds_inputs_of_another_size():
     layer = lip.CPLConv2D(2, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=3))
     model = keras.Sequential([keras.Input((3, 3, 2)), layer, lip.ScaledGlobalL2NormPooling2D()])

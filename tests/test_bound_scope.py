@@ -122,3 +122,75 @@ def test_layer_lipschitz_constant_of_a_nested_model_checks_its_call():
     model = _Scaled([keras.Input((3,)), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="overrides `call`"):
         layer_lipschitz_constant(model)
+
+
+# ---------------------------------------------------------------- input sizes
+
+
+def _conv_sequential(spatial):
+    conv = keras.layers.Conv2D(1, 3, padding="same", use_bias=False, kernel_initializer="ones")
+    return keras.Sequential([keras.Input((*spatial, 1)), conv])
+
+
+def _l2_norm_at(model, size):
+    eye = np.eye(size * size, dtype="float32").reshape(-1, size, size, 1)
+    return np.linalg.norm(keras.ops.convert_to_numpy(model(eye)).reshape(size * size, -1), 2)
+
+
+def test_a_bounded_sequential_refuses_another_size():
+    model = _conv_sequential((3, 3))
+    model(np.zeros((1, 9, 9, 1), "float32"))  # a bare keras.Sequential runs at 9x9 (Keras warns) ...
+    bound = model_lipschitz_bound(model)
+    assert bound >= _l2_norm_at(model, 3) * (1 - 1e-6)
+    with pytest.raises(ValueError, match="incompatible"):  # ... until its bound pins its input shape
+        model(np.zeros((1, 9, 9, 1), "float32"))
+
+
+def test_a_sequential_of_any_size_is_bounded_at_every_size():
+    model = _conv_sequential((None, None))
+    bound = model_lipschitz_bound(model)
+    for size in (3, 9):
+        assert bound >= _l2_norm_at(model, size) * (1 - 1e-6)
+
+
+def test_nested_fixed_size_model_is_pinned_by_the_outer_bound():
+    inner = _conv_sequential((3, 3))
+    outer_input = keras.Input((None, None, 1))
+    model = keras.Model(outer_input, inner(outer_input))
+    bound = model_lipschitz_bound(model)
+    assert bound >= _l2_norm_at(model, 3) * (1 - 1e-6)
+    with pytest.raises(ValueError):
+        model(np.zeros((1, 9, 9, 1), "float32"))
+
+
+def test_cpl_conv_is_pinned_to_its_build_size():
+    layer = lip.CPLConv2D(2, 3, name="cpl")
+    layer(np.zeros((1, 3, 3, 1), "float32"))
+    with pytest.raises(ValueError, match="'cpl' was built for spatial size"):
+        layer(np.zeros((1, 9, 9, 1), "float32"))
+    with pytest.raises(ValueError, match="'cpl' was built for spatial size"):
+        layer.lipschitz_constant("l2", (None, 9, 9, 1))
+    assert layer.lipschitz_constant("l2", (None, 3, 3, 1)) >= 1.0
+
+
+def test_certify_refuses_data_of_another_shape_even_with_a_given_constant():
+    from deel_lip_ext.certification import certify
+
+    model = keras.Sequential([keras.Input((3, 3, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    x, y = np.zeros((4, 9, 9, 1), "float32"), np.zeros((4,), "int64")
+    with pytest.raises(ValueError, match=r"do not match the input shape \(3, 3, 1\)"):
+        certify(model, (x, y), 0.1, lip_const=1.0, verbose=False)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="only TensorFlow traces unknown sizes")
+@pytest.mark.parametrize("make", [lambda: lip.SpectralConv2D(2, 3, padding="circular"), lambda: lip.CPLConv2D(2, 3)])
+def test_pinned_layer_asserts_its_size_at_run_time_under_a_relaxed_tf_function(make):
+    import tensorflow as tf
+
+    layer = make()
+    layer(np.zeros((1, 3, 3, 1), "float32"))
+    run = tf.function(lambda x: layer(x, training=False), input_signature=[tf.TensorSpec((None, None, None, 1))])
+    x = np.random.default_rng(0).normal(size=(2, 3, 3, 1)).astype("float32")
+    np.testing.assert_allclose(run(x).numpy(), keras.ops.convert_to_numpy(layer(x)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="built for spatial size"):
+        run(np.zeros((1, 9, 9, 1), "float32"))

@@ -19,7 +19,13 @@ OPTIONAL = ("tensorflow", "tensorflow_datasets", "matplotlib")
 
 # Floors of the hierarchy, bottom first: a module may import its own floor and the ones below.
 FLOORS = [
-    ("deel_lip_ext._validation", "deel_lip_ext._optional", "deel_lip_ext._xla", "deel_lip_ext.spectrum"),
+    (
+        "deel_lip_ext._validation",
+        "deel_lip_ext._optional",
+        "deel_lip_ext._xla",
+        "deel_lip_ext._pinned_size",
+        "deel_lip_ext.spectrum",
+    ),
     ("deel_lip_ext.parametrizations", "deel_lip_ext.lipschitz", "deel_lip_ext.distance", "deel_lip_ext.normalizers"),
     ("deel_lip_ext.initializers", "deel_lip_ext.constraints", "deel_lip_ext.regularizers"),
     ("deel_lip_ext.layers", "deel_lip_ext.activations"),

@@ -31,6 +31,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._pinned_size import assert_spatial_size, check_spatial_size
 from deel_lip_ext._validation import check_channels_last, check_choice, check_int, int_tuple
 from deel_lip_ext.layers.base import KernelBiasMixin, ParametrizedLayer
 from deel_lip_ext.layers.padding import CircularPadding2D, Padding2D
@@ -399,7 +400,7 @@ class LipschitzConv(KernelBiasMixin, ParametrizedLayer):
         return geometry.kernel_size + (self.conv_input_shape[-1] // self.groups, self.filters)
 
     def call(self, inputs: ArrayLike, training: bool | None = None) -> Any:
-        self.check_input_size(inputs.shape)
+        inputs = assert_spatial_size(inputs, self.pinned_spatial_size(), self._size_message(inputs.shape))
         outputs = self.conv_geometry().apply(inputs, self.kernel_for_call(training))
         return self._bias_and_activation(outputs)
 
@@ -421,15 +422,20 @@ class LipschitzConv(KernelBiasMixin, ParametrizedLayer):
 
     # --- input size and bounds -----------------------------------------------------------------------
     def check_input_size(self, input_shape: tuple) -> None:
-        """Raise `ValueError` if `input_shape` has another known spatial size than the pinned one."""
-        for size, pinned in zip(tuple(input_shape)[1:-1], self.pinned_spatial_size()):
-            if pinned is not None and size is not None and int(size) != pinned:
-                built = "x".join(str(n) for n in self.input_spatial_size)
-                raise ValueError(
-                    f"layer {self.name!r} was built for spatial size {built} (its Lipschitz constant depends on the "
-                    f"size), got input shape {tuple(input_shape)}: use a new layer for this size, or build with None "
-                    "spatial dimensions to accept every size."
-                )
+        """Raise `ValueError` if `input_shape` has another known spatial size than the pinned one.
+
+        `call` checks the same at run time on TensorFlow when the traced size is unknown
+        (`deel_lip_ext._pinned_size`).
+        """
+        check_spatial_size(input_shape, self.pinned_spatial_size(), self._size_message(input_shape))
+
+    def _size_message(self, input_shape):
+        built = "x".join(str(n) for n in self.input_spatial_size)
+        return (
+            f"layer {self.name!r} was built for spatial size {built} (its Lipschitz constant depends on the "
+            f"size), got input shape {tuple(input_shape)}: use a new layer for this size, or build with None "
+            "spatial dimensions to accept every size."
+        )
 
     def _checked_shape(self, input_shape: tuple | None) -> tuple:
         shape = (None, *self.input_spatial_size, self.input_channels) if input_shape is None else tuple(input_shape)

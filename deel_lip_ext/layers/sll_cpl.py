@@ -30,6 +30,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._pinned_size import assert_spatial_size, check_spatial_size
 from deel_lip_ext._validation import check_choice, check_int, check_number, int_pair
 from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
 from deel_lip_ext.layers.conv_base import ConvGeometry
@@ -476,6 +477,23 @@ class CPLConv2D(_CPLMixin, _ConvMixin, ResidualLipschitzBase):
                 f"CPLConv2D needs known spatial dimensions (its power iteration runs at that size), got {input_shape}."
             )
         return (1, *input_shape[1:])
+
+    # Its factor s comes from a power iteration at the build size: the layer is pinned to that size.
+    def _size_message(self, input_shape):
+        return (
+            f"layer {self.name!r} was built for spatial size {tuple(self.u.shape[1:3])} (its power iteration and "
+            f"Lipschitz constant hold at that size), got input shape {tuple(input_shape)}: use a new layer for "
+            "this size."
+        )
+
+    def call(self, inputs: ArrayLike, training: bool | None = None):
+        inputs = assert_spatial_size(inputs, tuple(self.u.shape[1:3]), self._size_message(inputs.shape))
+        return super().call(inputs, training=training)
+
+    def _lipschitz_constant(self, norm, input_shape):
+        if input_shape is not None and self.built:
+            check_spatial_size(input_shape, tuple(self.u.shape[1:3]), self._size_message(input_shape))
+        return super()._lipschitz_constant(norm, input_shape)
 
     def get_config(self) -> dict:
         return {**super().get_config(), **self._conv_config(), "power_iterations": self.power_iterations}
