@@ -45,6 +45,8 @@ __all__ = [
     "activation_lipschitz",
     "is_non_decreasing_activation",
     "stock_layer_lipschitz",
+    "as_computed",
+    "computed_kernel",
 ]
 
 
@@ -112,6 +114,27 @@ def is_non_decreasing_activation(activation: Callable | None) -> bool:
     return activation is None or ACTIVATIONS.get(activation, (None, False))[1]
 
 
+# Half-precision compute dtypes round weights and constants before they multiply (mixed precision policies).
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def as_computed(value, dtype: str) -> np.ndarray:
+    """`value` as float64 numpy, rounded to `dtype` first when it is a half-precision float dtype.
+
+    Under `mixed_bfloat16` a layer multiplies with its float32 kernel (or a
+    constant) rounded to bfloat16, which may round up (1 + 2^-8 + 2^-9 becomes
+    1 + 2^-7): the bound must use the rounded value.
+    """
+    if str(dtype) in _HALF_DTYPES:
+        value = keras.ops.cast(keras.ops.cast(keras.ops.convert_to_tensor(value, "float32"), dtype), "float32")
+    return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
+
+
+def computed_kernel(layer: keras.layers.Layer) -> np.ndarray:
+    """A stock layer's kernel as its call multiplies with it (rounded to the compute dtype), float64 numpy."""
+    return as_computed(layer.kernel, layer.compute_dtype)
+
+
 def _known_size(shape):
     if shape is None or any(size is None for size in shape):
         return None
@@ -141,7 +164,7 @@ def _elu_layer(layer, norm, input_shape):
 
 
 def _dense_layer(layer, norm, input_shape):
-    kernel = layer.kernel
+    kernel = computed_kernel(layer)
     linear = dense_sv_range(kernel)[1] if norm == "l2" else linf_kernel_norm(kernel)
     return linear * activation_lipschitz(layer.activation, f"layer {layer.name!r}")
 
@@ -151,7 +174,7 @@ def _conv2d_layer(layer, norm, input_shape):
         raise ValueError(
             f"layer {layer.name!r}: only channels_last Conv2D with dilation 1 and groups 1 have a known bound."
         )
-    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    kernel = computed_kernel(layer)
     if norm == "l2":
         shape = tuple(input_shape[1:]) if input_shape is not None else (None, None, kernel.shape[2])
         linear = conv_sv_range(kernel, shape, layer.strides, layer.padding)[1]
@@ -171,7 +194,7 @@ def _check_plain_conv(layer, rank):
 
 def _conv1d_layer(layer, norm, input_shape):
     _check_plain_conv(layer, 1)
-    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    kernel = computed_kernel(layer)
     if norm == "linf":
         linear = linf_kernel_norm(kernel)
     else:
@@ -192,7 +215,7 @@ def _conv1d_layer(layer, norm, input_shape):
 
 def _conv2d_transpose_layer(layer, norm, input_shape):
     _check_plain_conv(layer, 2)
-    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    kernel = computed_kernel(layer)
     if norm == "l2":
         shape = tuple(input_shape[1:]) if input_shape is not None else (None, None, kernel.shape[3])
         linear = conv_transpose_norm(kernel, shape, layer.strides, layer.padding, layer.output_padding)
@@ -222,12 +245,15 @@ def _average_pooling(layer, norm, input_shape):
 def _global_average_pooling(layer, norm, input_shape):
     if norm == "linf":
         return 1.0
-    size = _known_size(input_shape[1:-1]) if input_shape is not None else None
+    spatial = None
+    if input_shape is not None:
+        spatial = input_shape[2:] if layer.data_format == "channels_first" else input_shape[1:-1]
+    size = _known_size(spatial)
     return 1.0 if size is None else 1.0 / math.sqrt(size)
 
 
 def _rescaling(layer, norm, input_shape):
-    return float(np.max(np.abs(np.asarray(layer.scale, dtype="float64"))))
+    return float(np.max(np.abs(as_computed(layer.scale, layer.compute_dtype))))
 
 
 def _upsampling(layer, norm, input_shape):
@@ -275,6 +301,12 @@ def stock_layer_lipschitz(layer: keras.layers.Layer, norm: str, input_shape: tup
         raise ValueError(
             f"layer {layer.name!r} ({type(layer).__name__}) has no known Lipschitz constant: use deel_lip_ext "
             "layers or stock layers of deel_lip_ext.lipschitz.STOCK_LAYERS, or pass lip_const= explicitly."
+        )
+    if getattr(layer, "quantization_mode", None) is not None:
+        raise ValueError(
+            f"layer {layer.name!r} ({type(layer).__name__}) is quantized ({layer.quantization_mode!r}): its weights "
+            "are integers with scales, which the stock table does not read. Bound the float model before "
+            "quantizing it, and pass that constant explicitly (lip_const=...) if the quantized model must be used."
         )
     if rule in (_dense_layer, _conv2d_layer, _conv1d_layer, _conv2d_transpose_layer) and not layer.built:
         raise ValueError(f"layer {layer.name!r} must be built before its Lipschitz constant can be computed.")

@@ -20,7 +20,9 @@ from deel_lip_ext.layers.padding import CircularPadding2D, Padding2D
 from deel_lip_ext.lipschitz import (
     OPS,
     activation_lipschitz,
+    as_computed,
     check_bound_norm,
+    computed_kernel,
     stock_layer_lipschitz,
 )
 from deel_lip_ext.spectrum import (
@@ -67,6 +69,7 @@ def circular_pair(layer, consumer):
         isinstance(layer, CircularPadding2D)
         and type(consumer) is keras.layers.Conv2D
         and consumer.padding == "valid"
+        and consumer.data_format == "channels_last"
         and tuple(consumer.strides) == (1, 1)
         and tuple(consumer.dilation_rate) == (1, 1)
         and consumer.groups == 1
@@ -87,7 +90,7 @@ def _padding_pair(layer, consumer):
 
 
 def circular_conv_sv(conv, padded_input_shape):
-    kernel = keras.ops.convert_to_numpy(conv.kernel)
+    kernel = computed_kernel(conv)
     return conv_sv_range(kernel, tuple(padded_input_shape[1:]), conv.strides, "circular")
 
 
@@ -238,8 +241,9 @@ def _constants(node):
     return [arg for arg in node.arguments.args if not isinstance(arg, keras.KerasTensor)]
 
 
-def _constant_array(value, operation):
-    array = np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
+def _constant_array(value, operation, dtype):
+    """A constant of an op as float64 numpy, rounded as the op computes in `dtype` (its output's dtype)."""
+    array = as_computed(value, dtype)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"operation {_operation_label(operation)} uses a non-finite constant.")
     return array
@@ -295,9 +299,9 @@ def _node_constant(node, inputs, norm):
             raise ValueError(f"operation {_operation_label(operation)}: only a product with one constant is bounded.")
         (constant,) = constants
         spread = _broadcast_factor(tensor, output, norm, operation)
-        return value * spread * float(np.max(np.abs(_constant_array(constant, operation)), initial=0.0))
+        return value * spread * float(np.max(np.abs(_constant_array(constant, operation, output.dtype)), initial=0.0))
     if isinstance(operation, OPS["divide"]) and node.arguments.args[0] is tensor:
-        divisor = np.abs(_constant_array(node.arguments.args[1], operation))
+        divisor = np.abs(_constant_array(node.arguments.args[1], operation, output.dtype))
         if divisor.size == 0 or np.min(divisor) == 0:
             raise ValueError(f"operation {_operation_label(operation)} divides by zero.")
         return value * _broadcast_factor(tensor, output, norm, operation) / float(np.min(divisor))
@@ -321,7 +325,7 @@ def _fused_padded_conv(node, inputs, norm):
         high = circular_conv_sv(conv, tuple(producer.input_tensors[0].shape))[1]
     elif _padding_pair(pad, conv) and None not in tuple(producer.input_tensors[0].shape)[1:]:
         unpadded = tuple(producer.input_tensors[0].shape)[1:]
-        high = padded_conv_norm(conv.kernel, unpadded, pad.padding, pad.mode, conv.strides)
+        high = padded_conv_norm(computed_kernel(conv), unpadded, pad.padding, pad.mode, conv.strides)
     else:
         return None
     act = activation_lipschitz(conv.activation, f"layer {conv.name!r}")

@@ -154,12 +154,6 @@ def test_certify_refuses_or_bounds_inputs_of_another_size():
 # ---------------------------------------------------------------- the table of stock layers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lipschitz._global_average_pooling takes input_shape[1:-1] as the spatial axes: with "
-    "data_format='channels_first' it divides by sqrt(C * H) instead of sqrt(H * W) (0.177 certified, 0.5 true "
-    "on (16, 2, 2)); refuse channels_first or read the layer's data_format (deel_lip_ext/lipschitz.py)",
-)
 def test_channels_first_global_average_pooling():
     inputs = keras.Input((16, 2, 2))
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(data_format="channels_first")(inputs))
@@ -167,12 +161,6 @@ def test_channels_first_global_average_pooling():
     assert model_lipschitz_bound(model) >= exact * (1 - 1e-6), exact
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the stock table reads Dense.kernel of an int8-quantized layer (the raw int8 values, scale ignored): "
-    "bound 268 for a layer of norm 3031 (weights x1000); quantized layers must be refused or dequantized "
-    "(deel_lip_ext/lipschitz.py _dense_layer)",
-)
 def test_int8_quantized_dense_is_refused_or_bounded():
     inputs = keras.Input((4,))
     dense = keras.layers.Dense(4, use_bias=False)
@@ -210,13 +198,6 @@ def _stock_dense_model():
     return model
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="under mixed_bfloat16 the stock table bounds Dense/Conv2D with the float32 kernel (and Rescaling / x * c "
-    "with the float64 constant) while the layer multiplies with the value rounded to bfloat16: 1.00586 certified, "
-    "1.00781 computed; issue 11 item 6 asks for the bound of the kernel that runs (deel_lip_ext/lipschitz.py, "
-    "deel_lip_ext/utils.py _node_constant)",
-)
 @pytest.mark.parametrize("kind", ["dense", "rescaling", "constant"])
 def test_bfloat16_rounding_of_stock_weights_and_constants_is_bounded(bfloat16_policy, kind):
     if kind == "dense":
@@ -309,12 +290,6 @@ def test_library_layer_subclass_overriding_call_is_refused_or_bounded():
     assert bound >= exact * (1 - 1e-6), (bound, exact)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="utils._circular_pair fuses CircularPadding2D + valid Conv2D without checking the conv's data_format "
-    "(_padding_pair does): a channels_first Conv2D, which the stock table refuses alone, is bounded as a "
-    "channels_last circular conv: 8.29 certified, 9.04 true (deel_lip_ext/utils.py _circular_pair)",
-)
 def test_circular_padding_then_channels_first_conv_is_refused_or_bounded():
     inputs = keras.Input((3, 3, 6))
     conv = keras.layers.Conv2D(2, 3, padding="valid", data_format="channels_first", use_bias=False)

@@ -194,3 +194,65 @@ def test_pinned_layer_asserts_its_size_at_run_time_under_a_relaxed_tf_function(m
     np.testing.assert_allclose(run(x).numpy(), keras.ops.convert_to_numpy(layer(x)), rtol=1e-5, atol=1e-6)
     with pytest.raises(tf.errors.InvalidArgumentError, match="built for spatial size"):
         run(np.zeros((1, 9, 9, 1), "float32"))
+
+
+# ---------------------------------------------------------------- the stock table: layouts, quantization, dtypes
+
+
+@pytest.mark.parametrize("data_format, shape", [("channels_first", (16, 2, 2)), ("channels_last", (2, 2, 16))])
+def test_global_average_pooling_divides_by_the_spatial_size(data_format, shape):
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(data_format=data_format)(inputs))
+    assert model_lipschitz_bound(model) == pytest.approx(0.5)  # 1 / sqrt(2 * 2), exact
+
+
+def test_quantized_layers_are_refused_by_name():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="quantized_dense")(inputs))
+    model.quantize("int8")
+    with pytest.raises(ValueError, match="'quantized_dense'.*quantized"):
+        model_lipschitz_bound(model)
+
+
+def test_circular_padding_does_not_fuse_with_a_channels_first_conv():
+    inputs = keras.Input((3, 3, 6))
+    conv = keras.layers.Conv2D(2, 3, padding="valid", data_format="channels_first", name="cf_conv")
+    model = keras.Model(inputs, conv(lip.CircularPadding2D(1)(inputs)))
+    with pytest.raises(ValueError, match="'cf_conv'.*channels_last"):
+        model_lipschitz_bound(model)
+
+
+_ROUNDS_UP = 1.0 + 2.0**-8 + 2.0**-9  # bfloat16 rounds it to 1 + 2^-7
+
+
+@pytest.fixture
+def bfloat16_policy():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "rescaling", "multiply", "divide"])
+def test_bfloat16_bounds_use_the_rounded_weights_and_constants(bfloat16_policy, kind):
+    inputs = keras.Input((1, 1, 1) if kind == "conv" else (1,))
+    if kind in ("dense", "conv"):
+        layer = keras.layers.Dense(1, use_bias=False) if kind == "dense" else keras.layers.Conv2D(1, 1, use_bias=False)
+        outputs = layer(inputs)
+        layer.kernel.assign(np.full(layer.kernel.shape, _ROUNDS_UP, "float32"))
+    elif kind == "rescaling":
+        outputs = keras.layers.Rescaling(_ROUNDS_UP)(inputs)
+    elif kind == "multiply":
+        outputs = keras.layers.Activation("linear")(inputs) * _ROUNDS_UP
+    else:
+        # 0.5 + 2^-11 rounds DOWN to 0.5 in bfloat16: the layer divides by 0.5 (slope 2, exact in bfloat16).
+        outputs = keras.layers.Activation("linear")(inputs) / (0.5 + 2.0**-11)
+    model = keras.Model(inputs, outputs)
+    rounded = float(keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(_ROUNDS_UP, "bfloat16"), "float32")))
+    assert rounded == 1.0 + 2.0**-7
+    bound = model_lipschitz_bound(model)
+    ones = np.ones((1, *inputs.shape[1:]), "float32")
+    slope = float(np.asarray(keras.ops.convert_to_numpy(model(ones)), np.float64).reshape(-1)[0])
+    assert bound >= slope * (1 - 1e-9)
+    assert bound == pytest.approx(2.0 if kind == "divide" else rounded, rel=1e-9)
