@@ -27,12 +27,16 @@ def is_known_lipschitz(layer: keras.layers.Layer) -> bool:
 
     Asks the Lipschitz protocol (`deel_lip_ext.utils.layer_lipschitz_constant`);
     an unbuilt parametrized layer is k-Lipschitz by construction times its
-    activation's constant. Unknown constants (and unbuilt stock layers with
-    weights) give False.
+    activation's constant, unless its constraint does not hold for every raw
+    value (`ParametrizedLayer.lipschitz_by_construction`: e.g. FrobeniusDense
+    with disjoint neurons, SVCMConv2D before a projection, LiResNetBlock).
+    Unknown constants (and unbuilt stock layers with weights) give False.
     """
     target = layer.k_coef_lip if isinstance(layer, LipschitzLayer) else 1.0
     try:
         if isinstance(layer, ParametrizedLayer) and not layer.built:
+            if not layer.lipschitz_by_construction():
+                return False
             constant = layer.k_coef_lip * layer.activation_constant()
         else:
             constant = layer_lipschitz_constant(layer, "l2")

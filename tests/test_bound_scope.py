@@ -256,3 +256,44 @@ def test_bfloat16_bounds_use_the_rounded_weights_and_constants(bfloat16_policy, 
     slope = float(np.asarray(keras.ops.convert_to_numpy(model(ones)), np.float64).reshape(-1)[0])
     assert bound >= slope * (1 - 1e-9)
     assert bound == pytest.approx(2.0 if kind == "divide" else rounded, rel=1e-9)
+
+
+# ---------------------------------------------------------------- model.Sequential's warning
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (
+            lambda: lip.FrobeniusDense(5, name="suspect", kernel_initializer=keras.initializers.RandomNormal(seed=0)),
+            (6,),
+        ),
+        (lambda: lip.SVCMConv2D(3, 3, name="suspect"), (4, 4, 2)),
+        (lambda: lip.LiResNetBlock(3, name="suspect"), (4, 4, 2)),
+    ],
+)
+def test_sequential_warns_for_layers_not_lipschitz_by_construction(make, shape):
+    with pytest.warns(UserWarning, match="'suspect'"):
+        Sequential([keras.Input(shape), make()])
+
+
+def test_frobenius_dense_with_disjoint_neurons_is_not_1_lipschitz_as_a_whole():
+    layer = lip.FrobeniusDense(5, kernel_initializer=keras.initializers.RandomNormal(seed=0))
+    layer.build((None, 6))
+    assert layer.lipschitz_constant() > 1.2  # why model.Sequential warns for it
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: lip.FrobeniusDense(5, disjoint_neurons=False),
+        lambda: lip.FrobeniusDense(1),
+        lambda: lip.SpectralDense(5),
+    ],
+)
+def test_sequential_does_not_warn_for_layers_lipschitz_by_construction(make):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Sequential([keras.Input((6,)), make()])

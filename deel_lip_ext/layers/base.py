@@ -282,6 +282,17 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         """Lipschitz constant of the activation applied after the linear map (1: none)."""
         return 1.0
 
+    def lipschitz_by_construction(self) -> bool:
+        """Whether `k_coef_lip` times the activation's constant bounds the layer (L2) for EVERY raw value.
+
+        True when every call constrains the whole kernel. Layers whose
+        constraint is partial (per output neuron), intermittent (a projection
+        every N steps) or estimated (a power iteration that may not have
+        converged) return False: only their built bound (`lipschitz_constant`)
+        says what they are. `deel_lip_ext.model.Sequential` warns for them.
+        """
+        return True
+
     def _lipschitz_constant(self, norm, input_shape):
         if not self.built:
             raise ValueError(f"layer {self.name!r} must be built before its Lipschitz constant can be computed.")

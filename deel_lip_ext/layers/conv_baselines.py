@@ -359,6 +359,9 @@ class SVCMConv2D(_RealSizeMixin, DownsamplingConv2DBase):
     def compute_kernel(self):
         return ops.cast(self.kernel, "float32"), []
 
+    def lipschitz_by_construction(self) -> bool:
+        return False  # unconstrained between projections
+
     def project(self, num_projections: int | None = None):
         """Clip and mask the kernel now (eagerly, in float64); returns the measured norm afterwards."""
         projected = clip_and_mask(

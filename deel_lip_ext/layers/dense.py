@@ -260,6 +260,10 @@ class FrobeniusDense(LipschitzDenseBase):
         kernel = frobenius_normalization(ops.cast(self.kernel, "float32"), self.disjoint_neurons)
         return kernel * self.k_coef_lip, []
 
+    def lipschitz_by_construction(self) -> bool:
+        # Disjoint neurons: each output is k-Lipschitz, the whole map up to k sqrt(units).
+        return not self.disjoint_neurons or self.units == 1
+
     def get_config(self) -> dict:
         config = super().get_config()
         config["disjoint_neurons"] = self.disjoint_neurons

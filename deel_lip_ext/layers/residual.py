@@ -156,6 +156,9 @@ class LiResNetBlock(LipschitzConv):
         )
         return block, [(self.u, u)]
 
+    def lipschitz_by_construction(self) -> bool:
+        return False  # normalized by a power-iteration estimate, which may be below the norm
+
     def condense(self):
         """Nothing to do: the raw kernel W excludes the identity and is renormalized every step.
 
