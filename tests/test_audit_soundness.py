@@ -306,13 +306,6 @@ def test_circular_padding_then_channels_first_conv_is_refused_or_bounded():
 # ---------------------------------------------------------------- loss inputs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MulticlassSoftHKR.call skips the label check (no one_hot_labels, unlike its subclass SoftHKR): integer "
-    "labels (N, 1) train on another loss (2.88 vs 1.38 for the one-hot labels), (1, C) labels are broadcast, "
-    "(N,) labels crash with a raw InvalidArgumentError (deel_lip_ext/losses.py MulticlassSoftHKR.call); "
-    "tests/test_loss_inputs.py ONE_HOT does not list it",
-)
 @pytest.mark.parametrize("label_shape", ["int (N,)", "int (N, 1)", "one-hot (1, C)"])
 def test_multiclass_soft_hkr_checks_its_labels(label_shape):
     from deel_lip_ext import losses

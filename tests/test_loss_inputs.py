@@ -19,6 +19,11 @@ ONE_HOT = [
     lambda: losses.MultiMargin(),
     lambda: losses.CategoricalHinge(min_margin=1.0),
     lambda: losses.TauCategoricalCrossentropy(tau=2.0),
+    lambda: losses.MulticlassSoftHKR(),
+    lambda: losses.SoftHKR(),
+    lambda: losses.LseHKR(),
+    lambda: losses.EMMA(epsilon=0.1),
+    lambda: losses.LogitAnnealing(epsilon=0.1),
 ]
 LINF = [
     lambda: losses.LInfDistHinge(eps=0.1),
@@ -73,6 +78,15 @@ def test_one_hot_losses_refuse_a_wrong_number_of_classes_and_accept_one_hot(make
     with pytest.raises(ValueError, match="do not match predictions"):
         make_loss()(np.eye(3, dtype="float32")[[0, 1, 2, 0, 1, 2]], logits)
     assert np.isfinite(float(make_loss()(np.eye(4, dtype="float32")[[0, 3, 1, 2, 2, 1]], logits)))
+
+
+@pytest.mark.parametrize("make_loss", ONE_HOT)
+def test_one_hot_losses_refuse_predictions_with_a_class_axis_of_size_1(make_loss):
+    # (N, C, 1) logits with (N, C, 1) labels: every entry would be a one-class problem (loss 0 for EMMA / CE).
+    onehot = np.eye(4, dtype="float32")[[0, 3, 1, 2, 2, 1]]
+    logits = np.random.default_rng(8).normal(size=(6, 4)).astype("float32")
+    with pytest.raises(ValueError, match="class axis"):
+        make_loss()(onehot[:, :, None], logits[:, :, None])
 
 
 def test_sparse_cross_entropy_refuses_one_hot_labels():

@@ -54,9 +54,16 @@ def one_hot_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
     """Labels of a multi-class loss: one-hot, shaped as the predictions (checked at trace time).
 
     Integer class indices ((N,) or (N, 1) against (N, C) logits, C > 1) are
-    refused with the fix, as is any other shape difference.
+    refused with the fix, as is any other shape difference, and predictions
+    whose class axis has size 1 behind other axes ((N, C, 1): each entry
+    would be a one-class problem, with a loss of 0).
     """
     classes = y_pred.shape[-1]
+    if classes == 1 and len(y_pred.shape) > 2:
+        raise ValueError(
+            f"{loss_name}: predictions of shape {tuple(y_pred.shape)} have a class axis (the last) of size 1: "
+            "give logits of shape (N, C), e.g. with a keras.layers.Flatten() or Reshape before the loss."
+        )
     if classes != 1 and (len(y_true.shape) == len(y_pred.shape) - 1 or y_true.shape[-1] == 1):
         raise ValueError(
             f"{loss_name} takes one-hot labels of the predictions' shape {tuple(y_pred.shape)}, got labels of "

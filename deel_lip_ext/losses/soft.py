@@ -96,7 +96,7 @@ class MulticlassSoftHKR(_ParametrizedLoss):
         return hinge, ops.sum(weights * -signed, axis=-1)
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
-        hinge, kr = self._soft_terms(_target_mask(y_true, y_pred), y_pred)
+        hinge, kr = self._soft_terms(_target_mask(one_hot_labels(y_true, y_pred, self.name), y_pred), y_pred)
         is_inf = ops.isinf(self.alpha)
         inverse_alpha = ops.cast(ops.where(is_inf, ops.zeros_like(self.alpha), 1.0 / self.alpha), y_pred.dtype)
         return hinge + inverse_alpha * kr
