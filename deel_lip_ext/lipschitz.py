@@ -172,7 +172,8 @@ def _dense_layer(layer, norm, input_shape):
 def _conv2d_layer(layer, norm, input_shape):
     if tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1 or layer.data_format != "channels_last":
         raise ValueError(
-            f"layer {layer.name!r}: only channels_last Conv2D with dilation 1 and groups 1 have a known bound."
+            f"layer {layer.name!r}: only channels_last Conv2D with dilation 1 and groups 1 have a known bound; "
+            "use such a layer or pass lip_const= explicitly."
         )
     kernel = computed_kernel(layer)
     if norm == "l2":
@@ -188,7 +189,7 @@ def _check_plain_conv(layer, rank):
     if tuple(layer.dilation_rate) != (1,) * rank or groups != 1 or layer.data_format != "channels_last":
         raise ValueError(
             f"layer {layer.name!r}: only channels_last {type(layer).__name__} with dilation 1 and groups 1 "
-            "have a known bound."
+            "have a known bound; use such a layer or pass lip_const= explicitly."
         )
 
 

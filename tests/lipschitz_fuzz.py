@@ -652,3 +652,107 @@ def fuzz(seeds, norms=("l2", "linf"), focus=None):
         finally:
             keras.backend.clear_session(free_memory=False)
     return outcomes
+
+
+# ---------------------------------------------------------------- models of any input size, layouts, subclasses
+
+
+class LouderSpectralConv2D(lip.SpectralConv2D):
+    """A library layer subclass whose `call` is not the library's (100x the output): must be refused."""
+
+    def call(self, inputs, training=None):
+        return 100.0 * super().call(inputs, training=training)
+
+
+class ScaledModel(keras.Model):
+    """A functional model subclass whose `call` scales the graph's output by 100: must be refused."""
+
+    def call(self, inputs, training=None, mask=None):
+        return 100.0 * super().call(inputs, training=training, mask=mask)
+
+
+def _any_size_layer(rng, channels_first):
+    """A layer that accepts inputs of every spatial size (channels_first: stock layers in that layout)."""
+    data_format = "channels_first" if channels_first else "channels_last"
+    filters, kernel = int(rng.choice([1, 2, 3])), int(rng.choice([1, 2, 3]))
+    stock = dict(kernel_initializer=_init(rng), bias_initializer=_bias(rng), data_format=data_format)
+    # Channels-first convolutions are refused by the stock table: draw them rarely.
+    choice = (
+        int(rng.integers(3, 7))
+        if channels_first and rng.random() < 0.8
+        else int(rng.integers(7 if channels_first else 9))
+    )
+    if choice == 0:
+        return keras.layers.Conv2D(filters, kernel, padding=str(rng.choice(["same", "valid"])), **stock)
+    if choice == 1:
+        return keras.layers.Conv2D(filters, kernel, strides=2, padding="same", **stock)
+    if choice == 2:
+        return keras.layers.Conv2DTranspose(filters, kernel, strides=int(rng.choice([1, 2])), padding="same", **stock)
+    if choice == 3:
+        return keras.layers.AveragePooling2D(2, strides=1, padding="same", data_format=data_format)
+    if choice == 4:
+        return keras.layers.MaxPooling2D(2, padding="same", data_format=data_format)
+    if choice == 5:
+        return keras.layers.UpSampling2D(2, data_format=data_format)
+    if choice == 6:
+        return keras.layers.Activation(str(rng.choice(["relu", "tanh", "gelu"])))
+    padding = str(rng.choice(["same", "valid"]))
+    conv = LouderSpectralConv2D if rng.random() < 0.15 else lip.SpectralConv2D
+    return conv(filters, kernel, padding=padding, kernel_initializer=_init(rng), bias_initializer=_bias(rng))
+
+
+def random_any_size_model(seed: int) -> keras.Model:
+    """A random chain of layers on images of unknown size (None, None, C) (or, one time in three, of a fixed
+    size), sometimes channels-first, sometimes ending with a global average pooling, sometimes with a library
+    layer subclass or a model class that overrides `call` (both must be refused). Checked at several sizes by
+    `check_at_sizes`."""
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    channels_first = rng.random() < 0.3
+    # Channels-first: more channels than pixels per row, so that C x H and H x W differ (a layout bug shows).
+    channels = 6 if channels_first else int(rng.choice([1, 2]))
+    size = int(rng.choice([2, 3] if channels_first else [7, 8])) if rng.random() < 0.4 else None
+    inputs = keras.Input((channels, size, size) if channels_first else (size, size, channels))
+    tensor = inputs
+    for _ in range(int(rng.integers(1, 4))):
+        tensor = _any_size_layer(rng, channels_first)(tensor)
+    if rng.random() < (0.7 if channels_first else 0.4):
+        data_format = "channels_first" if channels_first else "channels_last"
+        tensor = keras.layers.GlobalAveragePooling2D(data_format=data_format)(tensor)
+    model_class = ScaledModel if rng.random() < 0.15 else keras.Model
+    return model_class(inputs, tensor)
+
+
+def check_at_sizes(model, norms, seed, sizes=(7, 8)):
+    """Outcomes of an any-size model: its bound against the Jacobians at each spatial size in `sizes` (a model
+    of fixed size: at its size only). The sizes are large enough for three "valid" 3x3 convolutions."""
+    rng = np.random.default_rng(seed + 11)
+    shape = tuple(model.inputs[0].shape[1:])
+    outcomes = []
+    for norm in norms:
+        try:
+            bound = model_lipschitz_bound(model, norm)
+        except ValueError as error:
+            outcomes.append(Outcome(seed, norm, None, refusal=str(error)))
+            continue
+        lower = 0.0
+        for x_shape in sorted({tuple(size if n is None else n for n in shape) for size in sizes}):
+            x = rng.normal(size=(2,) + x_shape).astype("float32")
+            lower = max(lower, jacobian_norm(jacobians(model, x), norm))
+        outcomes.append(Outcome(seed, norm, bound, lower))
+    return outcomes
+
+
+def fuzz_any_size(seeds, norms=("l2", "linf")):
+    """`fuzz` for `random_any_size_model` / `check_at_sizes`."""
+    outcomes = []
+    for seed in seeds:
+        try:
+            outcomes.extend(check_at_sizes(random_any_size_model(seed), norms, seed))
+        except Exception as error:
+            raise AssertionError(
+                f"seed {seed}: {type(error).__name__}: {error} (replay: random_any_size_model({seed}))"
+            ) from error
+        finally:
+            keras.backend.clear_session(free_memory=False)
+    return outcomes

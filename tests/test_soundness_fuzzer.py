@@ -6,6 +6,8 @@ layers). A failure message names the seed: `random_model(seed)` rebuilds the mod
 
 import inspect
 
+import keras
+import numpy as np
 import pytest
 
 from deel_lip_ext import layers as lip
@@ -54,6 +56,33 @@ def test_fuzzer_fast():
 @pytest.mark.slow
 def test_fuzzer_slow():
     _assert_sound(lipschitz_fuzz.fuzz(range(1000, 1500)))
+
+
+def test_fuzzer_any_size_fast():
+    # Models of unknown input size (bounded for every size), channels-first stock layers, subclasses overriding call.
+    _assert_sound(lipschitz_fuzz.fuzz_any_size(range(40)))
+
+
+@pytest.mark.slow
+def test_fuzzer_any_size_slow():
+    _assert_sound(lipschitz_fuzz.fuzz_any_size(range(3000, 3500)))
+
+
+def test_fuzzer_catches_trusted_call_overrides(monkeypatch):
+    monkeypatch.setattr(base, "check_bounded_call", lambda layer, bound_methods=(): None)
+    monkeypatch.setattr(model_bound, "check_graph_call", lambda model, purpose="": None)
+    outcomes = lipschitz_fuzz.fuzz_any_size(range(40), norms=("l2",))
+    assert any(o.violated for o in outcomes), "the fuzzer missed a bound that trusts overridden calls"
+
+
+def test_fuzzer_catches_channels_first_pooling_bounded_as_channels_last(monkeypatch):
+    def channels_last_rule(layer, norm, input_shape):  # the audit's bug: input_shape[1:-1] whatever the layout
+        sizes = input_shape[1:-1]
+        return 1.0 if norm == "linf" or None in sizes else 1.0 / float(np.prod(sizes)) ** 0.5
+
+    monkeypatch.setitem(lipschitz.STOCK_LAYERS, keras.layers.GlobalAveragePooling2D, channels_last_rule)
+    outcomes = lipschitz_fuzz.fuzz_any_size(range(40), norms=("l2",))
+    assert any(o.violated for o in outcomes), "the fuzzer missed channels-first pooling bounded as channels-last"
 
 
 def test_fuzzer_catches_a_bound_that_drops_broadcasting(monkeypatch):
