@@ -683,7 +683,8 @@ def _any_size_layer(rng, channels_first):
         else int(rng.integers(7 if channels_first else 9))
     )
     if choice == 0:
-        return keras.layers.Conv2D(filters, kernel, padding=str(rng.choice(["same", "valid"])), **stock)
+        padding = "same" if channels_first else str(rng.choice(["same", "valid"]))  # channels-first inputs are 2x2
+        return keras.layers.Conv2D(filters, kernel, padding=padding, **stock)
     if choice == 1:
         return keras.layers.Conv2D(filters, kernel, strides=2, padding="same", **stock)
     if choice == 2:
