@@ -27,6 +27,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import check_k_coef_lip
+from deel_lip_ext.layers.kernel_cache import KernelCache
 from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm
 from deel_lip_ext.parametrizations import check_normalizer_args, reshaped_kernel_orthogonalization
 from deel_lip_ext.spectrum import dense_sv_range, linf_kernel_norm
@@ -67,16 +68,11 @@ def _first_definer(cls, names):
 def check_bounded_call(layer: keras.layers.Layer, bound_methods: tuple[str, ...] = _BOUND_METHODS) -> None:
     """Refuse a layer whose `call` is not the one its Lipschitz bound describes.
 
-    A library layer's bound describes the library's `call`. A subclass that
-    overrides `call` (e.g. returns `10 * super().call(x)`) computes another
-    function, so it is trusted only if it also declares its own bound (one of
-    `lipschitz_constant`, `_lipschitz_constant`, `operator_norm`,
-    `linf_operator_norm`, defined in the class that defines `call` or below).
-
-    Args:
-        layer: the layer.
-        bound_methods: the methods that declare the bound in question (e.g.
-            `("interval_bounds",)` for interval bound propagation).
+    A library layer's bound describes the library's `call`; a subclass that
+    overrides `call` (e.g. `10 * super().call(x)`) is trusted only if the
+    class defining that `call` (or one below it) also defines one of
+    `bound_methods` (default: `lipschitz_constant`, `_lipschitz_constant`,
+    `operator_norm`, `linf_operator_norm`; `("interval_bounds",)` for IBP).
 
     Raises:
         ValueError: naming the layer and its class, and what to do.
@@ -185,39 +181,6 @@ class LipschitzLayer(LipschitzBounded):
         return [clone]
 
 
-class KernelCache:
-    """The inference cache of a `ParametrizedLayer`: derived state, never a weight.
-
-    Holds the last constrained kernel, a snapshot of every variable it was
-    computed from and a validity flag. The variables are made by hand (not
-    `add_weight`) so that Keras does not list them in `weights`, hence not in
-    `get_weights()` nor in `.keras` / `.weights.h5` files; the layer lists
-    them in `variables` so that every backend treats them as state.
-
-    Args:
-        kernel_shape: shape of the constrained kernel.
-        dependencies: the variables the kernel is a function of.
-    """
-
-    def __init__(self, kernel_shape: tuple, dependencies: list) -> None:
-        def variable(name, shape, dtype):
-            return keras.Variable(
-                keras.initializers.Zeros(), shape=shape, dtype=dtype, trainable=False, autocast=False, name=name
-            )
-
-        self.kernel = variable("cached_kernel", kernel_shape, "float32")
-        self.snapshots = [variable(f"snapshot_{i}", v.shape, v.dtype) for i, v in enumerate(dependencies)]
-        self.valid = variable("cache_valid", (), "float32")
-
-    @property
-    def variables(self) -> list:
-        return [self.kernel, *self.snapshots, self.valid]
-
-    def invalidate(self) -> None:
-        """Make the next inference call recompute the kernel."""
-        self.valid.assign(0.0)
-
-
 class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     """A layer whose kernel is the image of raw variables by a parametrization.
 
@@ -285,11 +248,10 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     def lipschitz_by_construction(self) -> bool:
         """Whether `k_coef_lip` times the activation's constant bounds the layer (L2) for EVERY raw value.
 
-        True when every call constrains the whole kernel. Layers whose
-        constraint is partial (per output neuron), intermittent (a projection
-        every N steps) or estimated (a power iteration that may not have
-        converged) return False: only their built bound (`lipschitz_constant`)
-        says what they are. `deel_lip_ext.model.Sequential` warns for them.
+        False for a constraint that is partial (per output neuron),
+        intermittent (a projection every N steps) or estimated (a power
+        iteration): only the built bound (`lipschitz_constant`) then says what
+        the layer is, and `deel_lip_ext.model.Sequential` warns.
         """
         return True
 
