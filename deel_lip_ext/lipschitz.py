@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
+from numpy.typing import ArrayLike
 from keras.src.ops import nn as _ops_nn
 from keras.src.ops import numpy as _ops_numpy
 
@@ -118,7 +119,7 @@ def is_non_decreasing_activation(activation: Callable | None) -> bool:
 _HALF_DTYPES = ("float16", "bfloat16")
 
 
-def as_computed(value, dtype: str) -> np.ndarray:
+def as_computed(value: ArrayLike, dtype: str) -> np.ndarray:
     """`value` as float64 numpy, rounded to `dtype` first when it is a half-precision float dtype.
 
     Under `mixed_bfloat16` a layer multiplies with its float32 kernel (or a
