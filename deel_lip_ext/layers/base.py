@@ -27,7 +27,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import check_k_coef_lip
-from deel_lip_ext.layers.kernel_cache import KernelCache
+from deel_lip_ext.layers._kernel_cache import KernelCache
 from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm
 from deel_lip_ext.parametrizations import check_normalizer_args, reshaped_kernel_orthogonalization
 from deel_lip_ext.spectrum import dense_sv_range, linf_kernel_norm
