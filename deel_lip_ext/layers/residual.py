@@ -2,9 +2,13 @@
 
 * `LiResNetBlock` (Hu et al., NeurIPS 2023): the linear residual block
   x + conv(x), normalized by the spectral norm of the WHOLE block operator
-  I + W (estimated during training by power iteration on the block with a
-  persistent vector), not by 1 + ||W||. Power iteration converges from below,
-  so the certified constant is not the estimate: `lipschitz_constant` is the
+  I + W, not by 1 + ||W||: divided by the larger of a power-iteration
+  estimate on the block (persistent vector; it carries the gradient) and a
+  Gram-iteration upper bound at the input size
+  (`deel_lip_ext.parametrizations.norm_bounds`), so the block is k-Lipschitz
+  after every optimizer step (power iteration alone converges from below and
+  lags behind the kernel). The certified constant never uses a float32
+  estimate: `lipschitz_constant` is the
   exact operator norm of the normalized block at the real input size
   (per-frequency SVD for circular padding, SVD of the impulse responses on
   small inputs) or, on large zero-padded inputs, the largest singular value
@@ -45,16 +49,18 @@ class LiResNetBlock(LipschitzConv):
     """Linear residual block k * (x + conv(x)) / ||I + W||, LiResNet's building block.
 
     The block operator I + W (W: a stride-1 convolution with as many output
-    as input channels) is divided by its spectral norm, estimated at every
-    training step by `n_power_iterations` steps of power iteration on the
-    block with a persistent vector u of the input's shape (1, H, W, C). The
-    block then multiplies by the kernel W + identity-at-centre, scaled.
+    as input channels) is divided by an upper bound of its spectral norm at
+    the input size: the larger of `n_power_iterations` steps of power
+    iteration on the block with a persistent vector u of the input's shape
+    (1, H, W, C) and a Gram-iteration bound over the frequencies of the
+    (circular, or for "same" the (n + k - 1)) torus. The block then
+    multiplies by the kernel W + identity-at-centre, scaled: it is
+    k-Lipschitz after every step.
 
-    `lipschitz_constant` does not trust the estimate (power iteration
-    converges from below): it is the exact operator norm of the normalized
-    block at the input size (or a provable upper bound on large zero-padded
-    inputs, see the module docstring), usually k up to a fraction of a
-    percent once u has converged.
+    `lipschitz_constant` is the exact float64 operator norm of the
+    normalized block at the input size (or a provable upper bound on large
+    zero-padded inputs, see the module docstring): <= k, usually within a
+    few percent of it.
 
     Args:
         kernel_size: odd int or pair of odd ints.
