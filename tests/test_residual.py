@@ -187,6 +187,36 @@ def test_chord_is_orthonormal_and_exports(units, n_in):
     np.testing.assert_allclose(dense(x), layer(x), atol=1e-5)
 
 
+CHORD_ADAM_GRID = [
+    # (units, n_in, k)
+    (1, 8, 1.0),
+    (8, 1, 0.5),
+    (16, 16, 1.0),
+    (10, 32, 5.0),
+    (32, 10, 1.0),
+    (64, 64, 0.5),
+    (3, 64, 5.0),
+    (64, 3, 1.0),
+]
+
+
+@pytest.mark.parametrize("units, n_in, k", CHORD_ADAM_GRID)
+def test_chord_certificate_covers_the_exact_norm_after_large_adam_steps(units, n_in, k):
+    layer = ChordDense(units, k_coef_lip=k, kernel_initializer=keras.initializers.RandomNormal(0, 1, seed=units))
+    model = keras.Sequential([keras.Input((n_in,)), layer])
+    model.compile(keras.optimizers.Adam(0.1), "mse")
+    rng = np.random.default_rng(units * 100 + n_in)
+    x = rng.normal(size=(8, n_in)).astype("float32")
+    for _ in range(3):
+        model.train_on_batch(x, rng.normal(size=(8, units)).astype("float32"))
+        bound = layer.lipschitz_constant()
+        (dense,) = layer.vanilla_export()
+        exported = np.linalg.svd(keras.ops.convert_to_numpy(dense.kernel).astype(np.float64), compute_uv=False).max()
+        assert exported <= bound * (1 + 1e-9)
+        assert bound <= k * (1 + 1e-3), (bound, k)
+        assert jacobian_norm(jacobians(model, x[:2]), "l2") <= bound * (1 + 1e-5)
+
+
 def test_chord_ridge_keeps_every_singular_value_below_one():
     # An ill-conditioned raw kernel: the ridge shrinks the small directions, never grows any.
     rotation = np.linalg.qr(np.random.default_rng(7).normal(size=(4, 4)))[0]
