@@ -105,12 +105,6 @@ def test_sequential_run_at_another_size_is_refused_or_bounded():
     assert bound >= exact * (1 - 1e-6), (bound, exact)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CPLConv2D does not pin its input size (its power iteration runs at the build size) and a Sequential "
-    "built at 3x3 runs at 9x9: lipschitz_constant/model_lipschitz_bound certify 1.0, the Jacobian at 9x9 "
-    "reaches ~1.78 (deel_lip_ext/layers/sll_cpl.py CPLConv2D; same for every size-dependent stock layer)",
-)
 def test_cpl_conv_run_at_another_size_is_refused_or_bounded():
     layer = lip.CPLConv2D(2, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=3))
     model = keras.Sequential([keras.Input((3, 3, 1)), layer])
@@ -161,12 +155,6 @@ def test_pinned_conv_under_a_shape_relaxed_tf_function():
     assert bound >= worst * (1 - 1e-6), (bound, worst)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="certify() runs the model on 9x9 data with the bound of its 3x3 build graph (CPLConv2D and the size "
-    "bug above): L = 1.0 used, the Jacobian on that data reaches ~1.23; certify could check x.shape[1:] against "
-    "the model's input shape (deel_lip_ext/certification.py certify)",
-)
 def test_certify_refuses_or_bounds_inputs_of_another_size():
     layer = lip.CPLConv2D(2, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0, seed=3))
     model = keras.Sequential([keras.Input((3, 3, 2)), layer, lip.ScaledGlobalL2NormPooling2D()])
