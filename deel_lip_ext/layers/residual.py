@@ -25,12 +25,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
@@ -315,17 +313,24 @@ class LipResidual(LipschitzBounded, keras.layers.Layer):
             name="alpha", shape=(), initializer=keras.initializers.Constant(self.alpha_initializer), autocast=False
         )
 
-    def _share(self):
-        return 1.0 / (1.0 + math.exp(-float(np.asarray(ops.convert_to_numpy(self.alpha), dtype=np.float64))))
+    def _shares(self):
+        """(s, 1 - s) as `call` multiplies with them: s rounded to the compute dtype, 1 - s computed in it.
+
+        Under mixed precision the rounded pair may sum to more than 1 and s may round down: the constant is
+        computed from this pair, not from the float64 sigmoid (which can be ~3e-4 below the truth in float16).
+        """
+        share = ops.cast(ops.sigmoid(self.alpha), self.compute_dtype)
+        rest = 1.0 - share
+        return tuple(float(ops.convert_to_numpy(ops.cast(value, "float32"))) for value in (share, rest))
 
     def _lipschitz_constant(self, norm, input_shape):
         if not self.built:
             raise ValueError(f"layer {self.name!r} must be built before its Lipschitz constant can be computed.")
-        share = self._share()
-        return share + (1.0 - share) * _inner_constant(self.layer, norm, input_shape)
+        share, rest = self._shares()
+        return share + rest * _inner_constant(self.layer, norm, input_shape)
 
     def call(self, inputs: ArrayLike, training: bool | None = None):
-        share = ops.cast(ops.sigmoid(self.alpha), inputs.dtype)
+        share = ops.cast(ops.sigmoid(self.alpha), self.compute_dtype)
         return share * inputs + (1.0 - share) * self.layer(inputs, training=training)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]):
