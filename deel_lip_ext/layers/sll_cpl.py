@@ -16,7 +16,7 @@ the symmetric J lie in [1 - ||B||^2, 1] and ||J||_2 <= max(1, ||B||_2^2 - 1). ||
 Gershgorin bound, whichever is smaller); no power-iteration estimate enters the certificate. For SLL,
 ||B||^2 <= 2 max_i t_i / (t_i + eps) < 2 (Gershgorin with the weights q / sqrt(s)), so the bound is 1; for CPL
 ||B||^2 = 2 ||P||^2 / (sigma^2 + eps) <= 2 since sigma >= ||P||, so the bound is 1 as well (the certificate
-recomputes ||P|| in float64 and would show any excess, e.g. a kernel assigned by hand since the last call).
+recomputes ||P|| in float64 and shows any excess, e.g. from rounding s and K to float16 under mixed precision).
 
 For convolutions the Gershgorin bound holds for zero ("same") and circular padding: P P^T is (a principal
 sub-matrix of, after E E^T <= I for zero padding) the circular Gram on a large enough torus, whose entries are
@@ -406,7 +406,8 @@ class CPLDense(_CPLMixin, ResidualLipschitzBase):
     Computes `x - s (relu(x K + b)) K^T`, s = 2 / (sigma^2 + eps), sigma an upper bound of ||K||_2: the larger
     of a power-iteration estimate with a persistent vector (`power_iterations` steps per call, stored in
     training; it carries the gradient) and a Gram-iteration bound. The certificate (`lipschitz_constant`) uses
-    the exact float64 ||K||_2: max(1, 2 ||K||^2 / (sigma^2 + eps) - 1), which is 1.
+    the exact float64 ||K||_2: max(1, 2 ||K||^2 / (sigma^2 + eps) - 1), which is 1 (up to the rounding of s
+    and K under mixed precision).
 
     Args:
         units: number of hidden units.
@@ -448,7 +449,7 @@ class CPLConv2D(_CPLMixin, _ConvMixin, ResidualLipschitzBase):
     larger of a power-iteration estimate with a persistent image-shaped vector (it carries the gradient) and
     a Gram-iteration bound over the frequencies of the (circular, or for "same" the (n + k - 1)) torus. The
     certificate uses the exact (or an upper bound of the) float64 operator norm at the input size:
-    max(1, s ||P||^2 - 1), which is 1.
+    max(1, s ||P||^2 - 1), which is 1 (up to the rounding of s and K under mixed precision).
 
     Args:
         filters: number of hidden channels.
