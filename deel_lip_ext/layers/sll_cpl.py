@@ -168,7 +168,9 @@ class ResidualLipschitzBase(LipschitzBounded, keras.layers.Layer):
                 "constant is not known: use norm='l2' or l_inf-distance layers (LInfDistDense)."
             )
         if not self.built:
-            raise ValueError(f"layer {self.name!r} must be built before its Lipschitz constant can be computed.")
+            # By construction for every kernel (SLL: diag(t + eps) - P P^T is PSD; CPL: s ||P||^2 <= 2 since s
+            # divides by an upper bound of ||P||); built: checked on the weights as they are.
+            return 1.0
         return max(1.0, self._b_norm_squared(input_shape) - 1.0)
 
     # --- export ------------------------------------------------------------------------------------------
@@ -267,11 +269,6 @@ class _ConvMixin:
 
 
 class _SLLMixin:
-    def _lipschitz_constant(self, norm, input_shape):
-        if norm == "l2" and not self.built:
-            return 1.0  # by construction (diag(t + eps) - P P^T is PSD for every kernel); built: checked on the weights
-        return super()._lipschitz_constant(norm, input_shape)
-
     def build_scale_state(self, input_shape):
         self.log_q = self.add_weight(name="log_q", shape=(self.units,), initializer="zeros", autocast=False)
 
