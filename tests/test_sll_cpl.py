@@ -123,7 +123,7 @@ CPL_ADAM_CASES = [
     (CPLDense, (8,), 24),
     (CPLConv2D, (4, 4, 6), 12),
     (CPLConv2D, (5, 5, 3), 8),
-    pytest.param(CPLConv2D, (6, 6, 8), 2, marks=SLOW),
+    pytest.param(CPLConv2D, (6, 6, 8), 24, marks=SLOW),
     pytest.param(CPLDense, (64,), 16, marks=SLOW),
 ]
 
