@@ -1,7 +1,7 @@
 """W2 (shared/bench/WORKLOADS.md) with each modern 1-Lipschitz convolution vs plain Keras, in ONE process.
 
-Timings: every model is built and warmed up first, then the timed calls are alternated (plain, AOL, SLL, CPL,
-plain, AOL, ...) so that a loaded machine slows all variants alike. Figures: `train_step` (`train_on_batch`)
+Timings: every model is built and warmed up first, then the timed calls are alternated (plain, AOL, AOC, SLL,
+CPL, plain, AOL, ...) so that a loaded machine slows all variants alike. Figures: `train_step` (`train_on_batch`)
 and `infer_export` (`predict_on_batch` of `model.vanilla_export()`; plain: the plain model), ms per batch of 256,
 median over `--repeats`. Peak memory: `ru_maxrss` of a fresh subprocess per variant that builds the model and
 runs 2 train steps (RSS cannot be attributed to one model inside a shared process), started before the parent
@@ -47,9 +47,17 @@ def _residual(cls_name):
     return make
 
 
+def _aoc(filters, in_channels):
+    from deel_lip_ext import layers as lip
+
+    # "same" zero padding like W2's convolutions (k-Lipschitz; circular would make it exactly orthogonal).
+    return [lip.AOCConv2D(filters, 3, padding="same"), lip.GroupSort2()]
+
+
 # name -> function(filters, in_channels) -> layers replacing "SConv filters + GS2" of W2.
 CONVS = {
     "AOL": _aol,
+    "AOC": _aoc,
     "SLL": _residual("SLLConv2D"),
     "CPL": _residual("CPLConv2D"),
 }

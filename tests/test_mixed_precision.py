@@ -22,6 +22,7 @@ from deel_lip_ext.layers import (
     SLLConv2D,
     SLLDense,
     AOCConv2D,
+    AOCConv2DTranspose,
     BCOPConv2D,
     BjorckDense,
     CircularPadding2D,
@@ -52,6 +53,7 @@ from deel_lip_ext.layers import (
     SVCMConv2D,
 )
 from deel_lip_ext.model import vanilla_model
+from deel_lip_ext.spectrum import conv_operator_matrix
 from deel_lip_ext.utils import model_lipschitz_bound
 
 POLICIES = ["mixed_float16", "mixed_bfloat16"]
@@ -67,6 +69,7 @@ KERNEL_LAYERS = {
     "FrobeniusConv2D": (CONV_INPUT, lambda: FrobeniusConv2D(3, 3, padding="valid")),
     "BCOPConv2D": (CONV_INPUT, lambda: BCOPConv2D(4, 2)),
     "AOCConv2D": (CONV_INPUT, lambda: AOCConv2D(4, 3)),
+    "AOCConv2DTranspose": (CONV_INPUT, lambda: AOCConv2DTranspose(4, 3, padding="same")),
     "OSSNConv2D": (CONV_INPUT, lambda: OSSNConv2D(3, 3, padding="same")),
     "RKOConv2D": (CONV_INPUT, lambda: RKOConv2D(3, 3)),
     "SVCMConv2D": (CONV_INPUT, lambda: SVCMConv2D(3, 3)),
@@ -256,3 +259,60 @@ def test_raw_state_is_read_in_float32_under_autocast(policy):
         kernel = keras.ops.convert_to_numpy(layer.compute_kernel()[0]).astype(np.float64)
     np.testing.assert_allclose(kernel, raw / np.linalg.norm(raw), rtol=1e-6)
     assert model.predict(np.zeros((1, 4), "float32"), verbose=0).shape == (1, 3)
+
+
+RESIDUAL_LAYERS = ("SLLDense", "SLLConv2D", "CPLDense", "CPLConv2D")
+
+
+def _residual_jacobian(layer, x):
+    """Jacobian of x - P^T (s * relu(P x + b)) at x in float64, from the effective (rounded) weights."""
+    kernel, factor = (w.astype(np.float64) for w in layer.effective_weights())
+    shape = x.shape
+    if len(shape) == 1:
+        p = kernel.T
+    else:
+        p = conv_operator_matrix(kernel, shape, padding=layer.padding).T  # rows: hidden entries
+    hidden = p @ x.reshape(-1)  # (positions, units) flattened, units fastest
+    copies = hidden.size // factor.size
+    bias = 0.0 if layer.bias is None else np.tile(keras.ops.convert_to_numpy(layer.bias).astype(np.float64), copies)
+    active = (hidden + bias > 0).astype(np.float64)
+    scale = np.tile(factor, copies) * active
+    return np.eye(p.shape[1]) - p.T @ (scale[:, None] * p)
+
+
+@pytest.mark.parametrize("name", RESIDUAL_LAYERS + ("LipResidual", "LayerCentering", "BatchCentering"))
+def test_residual_and_centering_bounds_hold_under_mixed_precision(name, policy):
+    input_shape, make_layer = OTHER_LAYERS[name]
+    if name == "LipResidual":  # a branch of constant 3: the rounding of the share to the compute dtype matters
+        make_layer = lambda: LipResidual(keras.layers.Rescaling(3.0))  # noqa: E731
+    model, x = _trained(input_shape, make_layer)
+    layer, eps = model.layers[0], EPSILON[policy.compute_dtype]
+    bound = model_lipschitz_bound(model)
+    if name in RESIDUAL_LAYERS:
+        # The certificate is the float64 norm bound of the rounded weights: the exact Jacobians of the function
+        # with those weights stay below it, and rounding s and K costs at most a few units of the compute dtype.
+        assert bound <= 1 + 4 * eps, bound
+        for point in _rounded(x[:3], policy.compute_dtype):
+            assert np.linalg.norm(_residual_jacobian(layer, point), 2) <= bound * (1 + 1e-9)
+    elif name == "LipResidual":
+        # s x + (1 - s) W x with s and 1 - s as the layer computes them (rounded to the compute dtype). At
+        # alpha = -1.3, float16 gives s + (1 - s) 3 about 3e-4 above its float64 value (s rounds down, 1 - s up).
+        layer.alpha.assign(-1.3)
+        bound = model_lipschitz_bound(model)
+        kernel = 3.0 * np.eye(input_shape[0])
+        share = keras.ops.cast(keras.ops.sigmoid(layer.alpha), policy.compute_dtype)
+        rest = float(keras.ops.convert_to_numpy(keras.ops.cast(1.0 - share, "float32")))
+        share = float(keras.ops.convert_to_numpy(keras.ops.cast(share, "float32")))
+        operator = share * np.eye(kernel.shape[0]) + rest * kernel
+        assert np.linalg.norm(operator, 2) <= bound * (1 + 1e-9)
+    else:
+        # Linear maps of norm 1 (a projection, a shift): pairs of points move apart by at most the bound, up to
+        # the rounding of the outputs to the compute dtype.
+        assert bound == 1.0
+        a, b = x[:8], x[8:]
+        fa, fb = (model.predict(v, verbose=0).astype(np.float64) for v in (a, b))
+        axes = tuple(range(1, len(input_shape) + 1))
+        distance = np.sqrt(np.sum((_rounded(a, policy.compute_dtype) - _rounded(b, policy.compute_dtype)) ** 2, axes))
+        moved = np.sqrt(np.sum((fa - fb) ** 2, axes))
+        rounding = 2 * eps * (np.sqrt(np.sum(fa**2, axes)) + np.sqrt(np.sum(fb**2, axes)))
+        assert (moved <= bound * distance + rounding).all()

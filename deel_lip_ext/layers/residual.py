@@ -2,9 +2,13 @@
 
 * `LiResNetBlock` (Hu et al., NeurIPS 2023): the linear residual block
   x + conv(x), normalized by the spectral norm of the WHOLE block operator
-  I + W (estimated during training by power iteration on the block with a
-  persistent vector), not by 1 + ||W||. Power iteration converges from below,
-  so the certified constant is not the estimate: `lipschitz_constant` is the
+  I + W, not by 1 + ||W||: divided by the larger of a power-iteration
+  estimate on the block (persistent vector; it carries the gradient) and a
+  Gram-iteration upper bound at the input size
+  (`deel_lip_ext.parametrizations.norm_bounds`), so the block is k-Lipschitz
+  after every optimizer step (power iteration alone converges from below and
+  lags behind the kernel). The certified constant never uses a float32
+  estimate: `lipschitz_constant` is the
   exact operator norm of the normalized block at the real input size
   (per-frequency SVD for circular padding, SVD of the impulse responses on
   small inputs) or, on large zero-padded inputs, the largest singular value
@@ -21,12 +25,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
@@ -45,16 +47,18 @@ class LiResNetBlock(LipschitzConv):
     """Linear residual block k * (x + conv(x)) / ||I + W||, LiResNet's building block.
 
     The block operator I + W (W: a stride-1 convolution with as many output
-    as input channels) is divided by its spectral norm, estimated at every
-    training step by `n_power_iterations` steps of power iteration on the
-    block with a persistent vector u of the input's shape (1, H, W, C). The
-    block then multiplies by the kernel W + identity-at-centre, scaled.
+    as input channels) is divided by an upper bound of its spectral norm at
+    the input size: the larger of `n_power_iterations` steps of power
+    iteration on the block with a persistent vector u of the input's shape
+    (1, H, W, C) and a Gram-iteration bound over the frequencies of the
+    (circular, or for "same" the (n + k - 1)) torus. The block then
+    multiplies by the kernel W + identity-at-centre, scaled: it is
+    k-Lipschitz after every step.
 
-    `lipschitz_constant` does not trust the estimate (power iteration
-    converges from below): it is the exact operator norm of the normalized
-    block at the input size (or a provable upper bound on large zero-padded
-    inputs, see the module docstring), usually k up to a fraction of a
-    percent once u has converged.
+    `lipschitz_constant` is the exact float64 operator norm of the
+    normalized block at the input size (or a provable upper bound on large
+    zero-padded inputs, see the module docstring): <= k, usually within a
+    few percent of it.
 
     Args:
         kernel_size: odd int or pair of odd ints.
@@ -312,17 +316,24 @@ class LipResidual(LipschitzBounded, keras.layers.Layer):
             name="alpha", shape=(), initializer=keras.initializers.Constant(self.alpha_initializer), autocast=False
         )
 
-    def _share(self):
-        return 1.0 / (1.0 + math.exp(-float(np.asarray(ops.convert_to_numpy(self.alpha), dtype=np.float64))))
+    def _shares(self):
+        """(s, 1 - s) as `call` multiplies with them: s rounded to the compute dtype, 1 - s computed in it.
+
+        Under mixed precision the rounded pair may sum to more than 1 and s may round down: the constant is
+        computed from this pair, not from the float64 sigmoid (which can be ~3e-4 below the truth in float16).
+        """
+        share = ops.cast(ops.sigmoid(self.alpha), self.compute_dtype)
+        rest = 1.0 - share
+        return tuple(float(ops.convert_to_numpy(ops.cast(value, "float32"))) for value in (share, rest))
 
     def _lipschitz_constant(self, norm, input_shape):
         if not self.built:
             raise ValueError(f"layer {self.name!r} must be built before its Lipschitz constant can be computed.")
-        share = self._share()
-        return share + (1.0 - share) * _inner_constant(self.layer, norm, input_shape)
+        share, rest = self._shares()
+        return share + rest * _inner_constant(self.layer, norm, input_shape)
 
     def call(self, inputs: ArrayLike, training: bool | None = None):
-        share = ops.cast(ops.sigmoid(self.alpha), inputs.dtype)
+        share = ops.cast(ops.sigmoid(self.alpha), self.compute_dtype)
         return share * inputs + (1.0 - share) * self.layer(inputs, training=training)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]):

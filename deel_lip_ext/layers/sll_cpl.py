@@ -5,16 +5,18 @@ convolution with K (conv; P^T is then the convolution with the flipped, channel-
 positive factor s per hidden channel:
 
 * SLL: s = 2 / (t + eps), t_i = sum_j |P P^T|_ij q_j / q_i with trainable q = exp(log_q);
-* CPL: s = 2 / (sigma^2 + eps), sigma a power-iteration estimate of ||P||_2 with a persistent vector.
+* CPL: s = 2 / (sigma^2 + eps), sigma an upper bound of ||P||_2: in value the larger of a power-iteration estimate
+  (persistent vector; it carries the gradient) and a Gram-iteration bound (`deel_lip_ext.parametrizations.
+  norm_bounds`, at the build input size for convolutions), so s ||P||^2 <= 2 at every step.
 
 Certificate (what `lipschitz_constant` computes, for the weights as they are, rounded to the compute dtype):
 the Jacobian is J = I - B D B^T with B = P^T S^(1/2) and D = diag(relu') in [0, 1], so the eigenvalues of
 the symmetric J lie in [1 - ||B||^2, 1] and ||J||_2 <= max(1, ||B||_2^2 - 1). ||B||_2 is bounded from above
 (exact dense SVD, exact/upper conv operator norm from `deel_lip_ext.spectrum.conv_sv_range`, or a weighted
 Gershgorin bound, whichever is smaller); no power-iteration estimate enters the certificate. For SLL,
-||B||^2 <= 2 max_i t_i / (t_i + eps) < 2 (Gershgorin with the weights q / sqrt(s)), so the bound is 1; for CPL it is 1
-when sigma is the true norm and max(1, 2 ||P||^2 / (sigma^2 + eps) - 1) otherwise (power iteration
-converges from below, so the certificate may exceed 1 by a little, never be below the truth).
+||B||^2 <= 2 max_i t_i / (t_i + eps) < 2 (Gershgorin with the weights q / sqrt(s)), so the bound is 1; for CPL
+||B||^2 = 2 ||P||^2 / (sigma^2 + eps) <= 2 since sigma >= ||P||, so the bound is 1 as well (the certificate
+recomputes ||P|| in float64 and shows any excess, e.g. from rounding s and K to float16 under mixed precision).
 
 For convolutions the Gershgorin bound holds for zero ("same") and circular padding: P P^T is (a principal
 sub-matrix of, after E E^T <= I for zero padding) the circular Gram on a large enough torus, whose entries are
@@ -36,8 +38,10 @@ from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
 from deel_lip_ext.layers.conv_base import ConvGeometry
 from deel_lip_ext.parametrizations import (
     adjoint_conv_kernel,
+    conv_norm_bound,
     conv_with_padding,
     cpl_scale,
+    dense_norm_bound,
     gram_row_sums,
     hidden_major_kernel,
     operator_power_iteration,
@@ -165,7 +169,9 @@ class ResidualLipschitzBase(LipschitzBounded, keras.layers.Layer):
                 "constant is not known: use norm='l2' or l_inf-distance layers (LInfDistDense)."
             )
         if not self.built:
-            raise ValueError(f"layer {self.name!r} must be built before its Lipschitz constant can be computed.")
+            # By construction for every kernel (SLL: diag(t + eps) - P P^T is PSD; CPL: s ||P||^2 <= 2 since s
+            # divides by an upper bound of ||P||); built: checked on the weights as they are.
+            return 1.0
         return max(1.0, self._b_norm_squared(input_shape) - 1.0)
 
     # --- export ------------------------------------------------------------------------------------------
@@ -264,11 +270,6 @@ class _ConvMixin:
 
 
 class _SLLMixin:
-    def _lipschitz_constant(self, norm, input_shape):
-        if norm == "l2" and not self.built:
-            return 1.0  # by construction (diag(t + eps) - P P^T is PSD for every kernel); built: checked on the weights
-        return super()._lipschitz_constant(norm, input_shape)
-
     def build_scale_state(self, input_shape):
         self.log_q = self.add_weight(name="log_q", shape=(self.units,), initializer="zeros", autocast=False)
 
@@ -313,8 +314,13 @@ class _CPLMixin:
             self.units,
             self.power_iterations,
             self.eps,
+            self.norm_bound(ops.stop_gradient(kernel)),
         )
         return factor, [(self.u, u)]
+
+    def norm_bound(self, kernel):
+        """A provable upper bound of ||P|| (Gram iteration; the conv's at the build input size)."""
+        return dense_norm_bound(kernel)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -395,9 +401,11 @@ class SLLConv2D(_SLLMixin, _ConvMixin, ResidualLipschitzBase):
 class CPLDense(_CPLMixin, ResidualLipschitzBase):
     """Convex Potential Layer x - 2 / ||K||^2 K relu(K^T x + b), in Keras layout (see the module docstring).
 
-    Computes `x - s (relu(x K + b)) K^T`, s = 2 / (sigma^2 + eps), sigma a power-iteration estimate of ||K||_2
-    with a persistent vector (`power_iterations` steps per call, stored in training). The certificate
-    (`lipschitz_constant`) uses the exact ||K||_2, not the estimate: max(1, 2 ||K||^2 / (sigma^2 + eps) - 1).
+    Computes `x - s (relu(x K + b)) K^T`, s = 2 / (sigma^2 + eps), sigma an upper bound of ||K||_2: the larger
+    of a power-iteration estimate with a persistent vector (`power_iterations` steps per call, stored in
+    training; it carries the gradient) and a Gram-iteration bound. The certificate (`lipschitz_constant`) uses
+    the exact float64 ||K||_2: max(1, 2 ||K||^2 / (sigma^2 + eps) - 1), which is 1 (up to the rounding of s
+    and K under mixed precision).
 
     Args:
         units: number of hidden units.
@@ -411,7 +419,7 @@ class CPLDense(_CPLMixin, ResidualLipschitzBase):
     Examples:
         >>> layer = CPLDense(32)
         >>> y = layer(keras.random.normal((4, 16)))
-        >>> layer.lipschitz_constant()  # ~1 (>= 1)
+        >>> layer.lipschitz_constant()  # 1.0
     """
 
     def __init__(
@@ -435,9 +443,11 @@ class CPLDense(_CPLMixin, ResidualLipschitzBase):
 class CPLConv2D(_CPLMixin, _ConvMixin, ResidualLipschitzBase):
     """Convolutional Convex Potential Layer: x - s P^T relu(P x + b), s = 2 / (sigma^2 + eps).
 
-    sigma is a power-iteration estimate of the conv operator's norm at the build input size (which must be
-    known), with a persistent image-shaped vector. The certificate uses the exact (or an upper bound of the)
-    operator norm at the input size: max(1, s ||P||^2 - 1).
+    sigma is an upper bound of the conv operator's norm at the build input size (which must be known): the
+    larger of a power-iteration estimate with a persistent image-shaped vector (it carries the gradient) and
+    a Gram-iteration bound over the frequencies of the (circular, or for "same" the (n + k - 1)) torus. The
+    certificate uses the exact (or an upper bound of the) float64 operator norm at the input size:
+    max(1, s ||P||^2 - 1), which is 1 (up to the rounding of s and K under mixed precision).
 
     Args:
         filters: number of hidden channels.
@@ -470,6 +480,9 @@ class CPLConv2D(_CPLMixin, _ConvMixin, ResidualLipschitzBase):
         super().__init__(filters, use_bias, kernel_initializer, bias_initializer, eps, **kwargs)
         self._init_conv(kernel_size, padding)
         self._init_power_iterations(power_iterations)
+
+    def norm_bound(self, kernel):
+        return conv_norm_bound(kernel, tuple(self.u.shape[1:3]), self.padding)
 
     def _vector_shape(self, input_shape):
         if input_shape[1] is None or input_shape[2] is None:

@@ -12,6 +12,8 @@ Modelled on PyTorch's split between the generic machinery
 * `convolution`: conv kernels: conv spectral normalization, OSSN, LiResNet
   blocks, BCOP kernel assembly, AOC composition, SVCM's projection.
 * `rescaling`: AOL, SLL and CPL factors.
+* `norm_bounds`: provable upper bounds of spectral norms (Gram iteration, dense and conv) that CPL and
+  LiResNet blocks divide by.
 * `overlap`: the 1 / sqrt(max overlap) correction of RKO convolutions.
 * `padding`: circular and mode padding (the operators' building blocks).
 
@@ -64,6 +66,13 @@ from deel_lip_ext.parametrizations.convolution import (
     residual_conv_kernel,
     rko_strided_kernel,
     spectral_normalization_conv,
+)
+from deel_lip_ext.parametrizations.norm_bounds import (
+    GRAM_ITERATIONS,
+    conv_norm_bound,
+    dense_norm_bound,
+    gram_norm_bound,
+    upper_bounded_estimate,
 )
 from deel_lip_ext.parametrizations.rescaling import (
     aol_rescaling,

@@ -22,6 +22,7 @@ from deel_lip_ext.parametrizations.iteration import (
     operator_power_iteration,
     power_iterate,
 )
+from deel_lip_ext.parametrizations.norm_bounds import conv_norm_bound, upper_bounded_estimate
 from deel_lip_ext.parametrizations.padding import circular_pad
 from deel_lip_ext.spectrum import circular_pad_widths
 
@@ -227,7 +228,12 @@ def ossn_normalization(
 def residual_block_normalization(
     kernel: ArrayLike, u: ArrayLike, padding: str, maxiter: int, k_coef_lip: float = 1.0
 ) -> tuple[Any, Any]:
-    """LiResNet: the kernel of k * (x + conv(x, W)) / ||I + W||, ||I + W|| by power iteration on the whole block.
+    """LiResNet: the kernel of k * (x + conv(x, W)) / sigma, sigma an UPPER bound of ||I + W|| at the input size.
+
+    sigma is, in value, max(power iteration on the whole block with the persistent vector, the Gram-iteration
+    bound `conv_norm_bound` at the input size u.shape[1:3]), so the block is k-Lipschitz at every step (power
+    iteration alone converges from below and lags behind an optimizer step); the gradient is the power
+    iteration's (`upper_bounded_estimate`).
 
     Args:
         kernel: the residual kernel W (kh, kw, c, c), odd sizes.
@@ -238,13 +244,18 @@ def residual_block_normalization(
 
     Returns:
         `(block_kernel, new_u)`.
+
+    Examples:
+        >>> block, u = residual_block_normalization(keras.random.normal((3, 3, 4, 4)) * 0.1,
+        ...                                         keras.random.normal((1, 8, 8, 4)), "same", 1)
     """
     block = residual_conv_kernel(kernel)
     adjoint = adjoint_conv_kernel(ops.stop_gradient(block))
     sigma, u = operator_power_iteration(
         lambda x: conv_with_padding(x, block, padding), lambda y: conv_with_padding(y, adjoint, padding), u, maxiter
     )
-    return block * (k_coef_lip / sigma), u
+    bound = conv_norm_bound(ops.stop_gradient(block), tuple(u.shape[1:3]), padding)
+    return block * (k_coef_lip / upper_bounded_estimate(sigma, bound)), u
 
 
 def _block_convolve(kernel, frame, axis, side):

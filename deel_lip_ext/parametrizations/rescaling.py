@@ -4,6 +4,7 @@ AOL (Prach & Lampert 2022), SLL (Araujo et al. 2023) and CPL (Meunier et al.
 2022). A dense kernel K is (n_in, n_out) with y = x K; a conv kernel is
 (kh, kw, c_in, c_out). Every bound below is a Gershgorin-type bound on a Gram
 operator whose entries are (sums of) entries of the kernel's self-correlation;
+CPL divides by an upper bound of ||P|| (`norm_bounds`);
 the proofs are in the layers' docstrings (`deel_lip_ext.layers.aol`,
 `deel_lip_ext.layers.sll_cpl`).
 """
@@ -17,6 +18,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext.parametrizations.iteration import operator_power_iteration
+from deel_lip_ext.parametrizations.norm_bounds import upper_bounded_estimate
 
 __all__ = [
     "kernel_self_correlation",
@@ -100,9 +102,19 @@ def sll_scale(kernel: ArrayLike, log_q: ArrayLike, eps: float) -> Any:
 
 
 def cpl_scale(
-    apply: Callable[[Any], Any], apply_adjoint: Callable[[Any], Any], u: ArrayLike, units: int, maxiter: int, eps: float
+    apply: Callable[[Any], Any],
+    apply_adjoint: Callable[[Any], Any],
+    u: ArrayLike,
+    units: int,
+    maxiter: int,
+    eps: float,
+    norm_bound: ArrayLike,
 ) -> tuple[Any, Any]:
-    """CPL: the factor s = 2 / (sigma^2 + eps) for every hidden unit, sigma a power-iteration estimate of ||P||.
+    """CPL: the factor s = 2 / (sigma^2 + eps) for every hidden unit, sigma an UPPER bound of ||P||.
+
+    sigma is max(power-iteration estimate, `norm_bound`) in value (so s ||P||^2 <= 2 and the layer is
+    1-Lipschitz at every step, however stale the persistent vector), with the power iteration's gradient
+    (`upper_bounded_estimate`).
 
     Args:
         apply: callable x -> P x.
@@ -111,9 +123,16 @@ def cpl_scale(
         units: number of hidden units.
         maxiter: power iterations.
         eps: positive number added to sigma^2.
+        norm_bound: a provable upper bound of ||P|| (e.g. `dense_norm_bound`, `conv_norm_bound`).
 
     Returns:
         `(factor (units,), new_u)`.
+
+    Examples:
+        >>> kernel = keras.random.normal((6, 4))
+        >>> s, u = cpl_scale(lambda x: x @ kernel, lambda z: z @ kernel.T, keras.ops.ones((1, 6)), 4, 1, 1e-6,
+        ...                  dense_norm_bound(kernel))
     """
     sigma, u = operator_power_iteration(apply, apply_adjoint, u, maxiter=maxiter)
+    sigma = upper_bounded_estimate(sigma, norm_bound)
     return ops.ones((units,), "float32") * (2.0 / (ops.square(sigma) + eps)), u

@@ -1,0 +1,65 @@
+"""Gram-iteration norm bounds (keras.ops): never below the float64 exact norm, close to it, no gradient leak."""
+
+import keras
+import numpy as np
+import pytest
+
+from deel_lip_ext.parametrizations import conv_norm_bound, dense_norm_bound, gram_norm_bound, upper_bounded_estimate
+from deel_lip_ext.parametrizations.norm_bounds import FLOAT32_MARGIN
+from deel_lip_ext.spectrum import conv_operator_matrix, operator_singular_values
+
+
+@pytest.mark.parametrize("shape", [(16, 8), (8, 16), (1, 5), (5, 1), (32, 32)])
+def test_dense_bound_is_above_the_norm_and_close(shape):
+    kernel = np.random.default_rng(sum(shape)).normal(size=shape).astype("float32")
+    exact = np.linalg.svd(kernel.astype(np.float64), compute_uv=False).max()
+    bound = float(keras.ops.convert_to_numpy(dense_norm_bound(kernel)))
+    assert exact <= bound * (1 + FLOAT32_MARGIN)
+    assert bound <= exact * min(shape) ** (1 / 256) * (1 + 1e-5)
+
+
+def test_complex_batch_and_equal_singular_values():
+    rng = np.random.default_rng(1)
+    real, imag = rng.normal(size=(2, 4, 5, 3))
+    exact = np.linalg.svd(real + 1j * imag, compute_uv=False).max(axis=-1)
+    bounds = keras.ops.convert_to_numpy(gram_norm_bound(real, imag))
+    assert np.all(exact <= bounds * (1 + FLOAT32_MARGIN)) and np.all(bounds <= exact * 3 ** (1 / 256) * (1 + 1e-5))
+    # Worst case of the Gram iteration: all singular values equal (factor m^(1 / 2^(n_iter + 2))).
+    identity = np.eye(6, dtype="float32") * 3.0
+    assert float(keras.ops.convert_to_numpy(gram_norm_bound(identity, n_iter=2))) == pytest.approx(3.0 * 6**0.0625)
+
+
+CONV_CASES = [
+    # (kernel, c_in, c_out, size, padding)
+    (3, 2, 4, 5, "same"),
+    (3, 4, 2, 5, "circular"),
+    (5, 3, 3, 4, "same"),
+    (5, 3, 3, 3, "circular"),  # the kernel wraps around the torus (folded taps)
+    (1, 2, 3, 4, "same"),
+    (3, 3, 3, 2, "circular"),
+]
+
+
+@pytest.mark.parametrize("kernel_size, c_in, c_out, size, padding", CONV_CASES)
+def test_conv_bound_is_above_the_exact_operator_norm(kernel_size, c_in, c_out, size, padding):
+    rng = np.random.default_rng(kernel_size * 100 + size)
+    kernel = rng.normal(size=(kernel_size, kernel_size, c_in, c_out)).astype("float32")
+    matrix = conv_operator_matrix(kernel.astype(np.float64), (size, size, c_in), padding=padding)
+    exact = operator_singular_values(matrix).max()
+    bound = float(keras.ops.convert_to_numpy(conv_norm_bound(kernel, (size, size), padding)))
+    assert exact <= bound * (1 + FLOAT32_MARGIN)
+    if padding == "circular":  # exact up to the Gram iteration's factor
+        assert bound <= exact * min(c_in, c_out) ** (1 / 256) * (1 + 1e-5)
+    with pytest.raises(ValueError, match="padding"):
+        conv_norm_bound(kernel, (size, size), "valid")
+
+
+def test_upper_bounded_estimate_value_and_gradient():
+    import tensorflow as tf
+
+    estimate = tf.Variable(0.9)
+    with tf.GradientTape() as tape:
+        value = upper_bounded_estimate(estimate * 2.0, tf.constant(3.0))
+    assert float(value) == pytest.approx(3.0 * (1 + FLOAT32_MARGIN))
+    assert float(tape.gradient(value, estimate)) == pytest.approx(2.0)  # the estimate's gradient only
+    assert float(upper_bounded_estimate(tf.constant(5.0), tf.constant(3.0))) == pytest.approx(5.0)
