@@ -135,12 +135,13 @@ def spectral_normalization_conv(
         conv_first: iterate on A^T A (True) or A A^T (False).
         pad_func: must be None ("same" zero padding): the adjoint of an
             arbitrary padding function is not available.
-        eps: stop when u moves less than `eps` (0: exactly `maxiter` steps);
+        eps: stop when u moves less than `eps` (0: exactly `maxiter` steps),
+            also added to sigma like `spectral_normalization` (deel-lip);
             eps < 0 returns the kernel unchanged (deel-lip).
         maxiter: maximal number of iterations.
 
     Returns:
-        `(kernel / sigma, u, sigma)`.
+        `(kernel / (sigma + eps), u, sigma)`, as deel-lip.
 
     Examples:
         >>> w_bar, u, sigma = spectral_normalization_conv(kernel, keras.random.normal((1, 8, 8, 3)))
@@ -167,7 +168,7 @@ def spectral_normalization_conv(
     first, second = (forward, adjoint) if conv_first else (adjoint, forward)
     u = power_iterate(lambda v: first(v, kernel_sg), lambda z: second(z, kernel_sg), u, maxiter, eps)
     sigma = ops.sqrt(ops.sum(ops.square(first(u, kernel))))
-    return kernel / sigma, u, sigma
+    return kernel / (sigma + eps), u, sigma
 
 
 def padded_conv_operator(kernel: ArrayLike, pads: tuple, circular: bool) -> tuple[Callable, Callable]:
