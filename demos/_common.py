@@ -150,15 +150,16 @@ def parse_demo_arguments(
 def load_dataset(args, name, **kwargs):
     """`deel_lip_ext.datasets.load_numpy(name, args.data_dir, download=args.download, **kwargs)`.
 
-    When the data is not found or its file is unreadable, exits with status 1 and one
-    message (no traceback) naming every place searched and the flags that fix it.
+    When the data is not found, its download fails or its file is unreadable (any
+    `datasets.DatasetError`), exits with status 1 and one message (no traceback) naming
+    every place searched and the flags that fix it.
     """
     try:
         return datasets.load_numpy(name, args.data_dir, download=args.download, **kwargs)
-    except datasets.DatasetNotFoundError as error:
+    except datasets.DatasetNotFoundError as error:  # also DatasetDownloadError
         command = f"python demos/{args.demo_name}.py" + (" --quick" if args.quick else "")
         raise SystemExit(f"\n{error.explain(command)}") from None
-    except datasets.DatasetFileError as error:
+    except datasets.DatasetError as error:
         raise SystemExit(f"\n{error}") from None
 
 

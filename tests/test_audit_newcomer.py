@@ -90,12 +90,6 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="demos/_common.py load_dataset catches only DatasetNotFoundError/DatasetFileError: a failing "
-    "download (tensorflow-datasets 4.9.10 without importlib_resources, or no network for keras.datasets) "
-    "ends in a traceback; deel_lip_ext/datasets.py _read_tfds does not fall back to keras.datasets either",
-)
 def test_failing_download_prints_a_message_and_no_traceback(tmp_path):
     fake = tmp_path / "fake_site"
     (fake / "tensorflow_datasets").mkdir(parents=True)
