@@ -333,11 +333,11 @@ def rko_strided_kernel(matrix: ArrayLike, strides: tuple[int, int], in_channels:
 
 
 def compose_conv_kernels(first: ArrayLike, second: ArrayLike) -> Any:
-    """Kernel of `conv(conv(x, first, stride 1), second, stride s)` as one stride-s convolution.
+    r"""Kernel of `conv(conv(x, first, stride 1), second, stride s)` as one stride-s convolution.
 
     With Keras' cross-correlation and row-vector taps, z[i] = sum_p x[i + p] first[p]
     and y[o] = sum_q z[o s + q] second[q] give y[o] = sum_t x[o s + t] K[t] with
-    K[t] = sum_{p + q = t} first[p] @ second[q]: a kernel of size
+    $K[t] = \sum_{p + q = t} \mathrm{first}[p] \, \mathrm{second}[q]$: a kernel of size
     (kh1 + kh2 - 1, kw1 + kw2 - 1). The stride is the second conv's and does not
     enter the formula. Under circular padding the composed conv equals the
     composition up to a circular shift (a permutation), so it has the same

@@ -1,4 +1,5 @@
 // MathJax for pymdownx.arithmatex (generic mode): $...$ / \(...\) inline, $$...$$ / \[...\] display.
+// MathJax itself is javascripts/mathjax/tex-svg-full.js, copied from the docs extra (no CDN).
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"]],
@@ -6,6 +7,7 @@ window.MathJax = {
     processEscapes: true,
     processEnvironments: true,
   },
+  svg: { fontCache: "global" },
   options: {
     ignoreHtmlClass: ".*|",
     processHtmlClass: "arithmatex",
