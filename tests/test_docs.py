@@ -372,6 +372,12 @@ def test_rendered_api_pages_show_examples_as_code_math_and_public_names_only(tmp
     # Signatures carry their types (the Type column of the parameter tables comes from them).
     datasets_page = (site / "api" / "datasets" / "index.html").read_text()
     assert re.search(r"num_train.{0,400}int.{0,40}None", datasets_page, flags=re.DOTALL)
+    # Defaults that name a constant show its value (docs/_hooks/griffe_constant_defaults.py).
+    assert not re.search(r"DEFAULT_[A-Z_]+(</a>)?</code>\s*</td>", layers)
+    assert re.search(r"<code>eps_spectral</code>.{0,1500}?<code>0\.001</code>", layers, flags=re.DOTALL)
+    # The attributes of the loader's errors have their Type column filled.
+    searched_cells = r"DatasetNotFoundError\.searched\">searched</span></code></td>\s*<td>\s*<code>(.*?)</code>"
+    assert re.search(searched_cells, datasets_page).group(1).count("title=") == 2  # list[str]
     # Formulas go through MathJax.
     home = (site / "index.html").read_text()
     assert 'class="arithmatex"' in home and "mathjax" in home.lower()
