@@ -458,3 +458,17 @@ def test_documented_exports_are_quiet():
         for line in page.read_text().splitlines():
             if re.search(r"\.export\(", line) and "def " not in line:
                 assert "verbose=False" in line, f"{page.name}: {line.strip()}"
+
+
+def test_benchmarks_page_table_is_the_figures_results_file():
+    """The W1 figure and the table under it come from one file: the table is what
+    `plot_train_step.py --table` prints for the JSON the figure is drawn from."""
+    spec = importlib.util.spec_from_file_location("plot_train_step", ROOT / "benchmarks" / "plot_train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (DOCS / "benchmarks.md").read_text()
+    marker = "<!-- table: benchmarks/plot_train_step.py --table benchmarks/results/train_step_W1.json -->\n"
+    assert marker in page
+    table = page.split(marker, 1)[1].split("\n<!-- end table -->", 1)[0]
+    _, rows = module.load_rows(ROOT / "benchmarks" / "results" / "train_step_W1.json")
+    assert table == module.markdown_table(rows)
