@@ -281,7 +281,7 @@ def save_image_grid(path, rows, row_labels, captions, title=None, signed_rows=No
     plt = pyplot()
     signed_rows = signed_rows or {}
     n_rows, n_cols = len(rows), len(rows[0])
-    width = 1.6 * n_cols + (1.6 if signed_rows else 0.6)
+    width = 1.6 * n_cols + (2.0 if signed_rows else 0.6)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, 1.9 * n_rows), squeeze=False, layout="constrained")
     for r, (images, label) in enumerate(zip(rows, row_labels)):
         if r in signed_rows:

@@ -135,7 +135,7 @@ def draw_adversarial_examples(model, x, y, radii, path, budget):
             ["" for _ in y],
         ],
         title="certified radius r <= distance d of the nearest adversarial example found",
-        signed_rows={2: "adversarial - clean (pixel value, inputs in [0, 1])"},
+        signed_rows={2: "pixel change (adv. - clean)"},
     )
     return distances
 
