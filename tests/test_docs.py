@@ -1,11 +1,14 @@
 """The documentation stays true to the code: API pages, names used in the pages, the
 site build, the getting-started example, and the migration page's claims."""
 
+import html
 import importlib
 import importlib.util
+import json
 import pathlib
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 
@@ -472,3 +475,38 @@ def test_benchmarks_page_table_is_the_figures_results_file():
     table = page.split(marker, 1)[1].split("\n<!-- end table -->", 1)[0]
     _, rows = module.load_rows(ROOT / "benchmarks" / "results" / "train_step_W1.json")
     assert table == module.markdown_table(rows)
+
+
+def _mathjax_folder():
+    spec = importlib.util.find_spec("mathjax")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = pathlib.Path(list(spec.submodule_search_locations)[0]) / "static" / "mathjax"
+    return folder if (folder / "es5" / "node-main.js").is_file() else None
+
+
+@pytest.mark.slow  # a site build and a node process
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (.[docs])")
+@pytest.mark.skipif(_mathjax_folder() is None, reason="django-static-mathjax is not installed (.[docs])")
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_every_formula_of_the_site_parses_with_the_served_mathjax(tmp_path):
+    """Each arithmatex formula of the built site goes through MathJax's TeX input (the copy the
+    site serves) without an error or an undefined macro."""
+    site = _build_site(tmp_path)
+    formulas = []
+    for page in site.rglob("*.html"):
+        for _, body in re.findall(r'<(span|div) class="arithmatex">(.*?)</\1>', page.read_text(), flags=re.DOTALL):
+            text = html.unescape(body).strip()
+            match = re.fullmatch(r"\\\((.*)\\\)|\\\[(.*)\\\]", text, flags=re.DOTALL)
+            formulas.append(next(group for group in match.groups() if group is not None) if match else text)
+    assert len(formulas) > 20
+    completed = subprocess.run(
+        ["node", str(ROOT / "tests" / "fixtures" / "mathjax_parse.js"), str(_mathjax_folder())],
+        input=json.dumps(formulas),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result == {"n": len(formulas), "bad": []}, result["bad"]

@@ -15,7 +15,10 @@ window.MathJax = {
 };
 
 document$.subscribe(() => {
-  MathJax.startup.output.clearCache();
+  // The SVG output has clearFontCache (CHTML: clearCache); calling a missing one would stop the typesetting.
+  const output = MathJax.startup.output;
+  if (output.clearCache) output.clearCache();
+  else if (output.clearFontCache) output.clearFontCache();
   MathJax.typesetClear();
   MathJax.texReset();
   MathJax.typesetPromise();
