@@ -96,7 +96,7 @@ class SpectralConstraint(keras.constraints.Constraint):
         k_coef_lip: target spectral norm.
         eps_spectral: as in `SpectralDense`.
         eps_bjorck: as in `SpectralDense` (None: spectral normalization only).
-        beta_bjorck: as in `SpectralDense`.
+        beta_bjorck: as in `SpectralDense`; None also skips Björck (deel-lip).
         maxiter_spectral: as in `SpectralDense`.
         maxiter_bjorck: as in `SpectralDense`.
         u: start vector of the power iteration, shape (1, units) (deel-lip),
@@ -111,12 +111,14 @@ class SpectralConstraint(keras.constraints.Constraint):
         k_coef_lip: float = 1.0,
         eps_spectral: float = parametrizations.DEFAULT_EPS_SPECTRAL,
         eps_bjorck: float | None = parametrizations.DEFAULT_EPS_BJORCK,
-        beta_bjorck: float = parametrizations.DEFAULT_BETA_BJORCK,
+        beta_bjorck: float | None = parametrizations.DEFAULT_BETA_BJORCK,
         maxiter_spectral: int = parametrizations.DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck: int = parametrizations.DEFAULT_MAXITER_BJORCK,
         u: ArrayLike | None = None,
     ) -> None:
-        parametrizations.check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
+        # deel-lip: beta_bjorck=None, like eps_bjorck=None, means no Björck (checked as such).
+        checked_beta = parametrizations.DEFAULT_BETA_BJORCK if beta_bjorck is None else beta_bjorck
+        parametrizations.check_normalizer_args(eps_spectral, eps_bjorck, checked_beta, maxiter_spectral, maxiter_bjorck)
         if u is not None:
             u = np.asarray(ops.convert_to_numpy(u), dtype="float32")
             if u.ndim != 2 or u.shape[0] != 1:

@@ -385,6 +385,14 @@ def test_spectral_normalization_conv_divides_by_sigma_plus_eps():
     np.testing.assert_allclose(_numpy(w_bar), kernel / (float(sigma) + 1e-3), rtol=1e-5)
 
 
+def test_spectral_constraint_with_beta_none_skips_bjorck():
+    w = np.random.default_rng(9).normal(size=(6, 4)).astype(np.float32)
+    _, values, vt = np.linalg.svd(w.astype(np.float64))
+    constraint = constraints.SpectralConstraint(beta_bjorck=None, maxiter_spectral=1, u=vt[:1].astype(np.float32))
+    np.testing.assert_allclose(_numpy(constraint(w)), w / (values[0] + EPS_SPECTRAL), rtol=1e-5)
+    assert constraints.SpectralConstraint.from_config(constraint.get_config()).beta_bjorck is None
+
+
 def test_rko_with_beta_none_is_spectral_normalization_only():
     kernel = np.random.default_rng(4).normal(size=(6, 4)).astype(np.float32)
     w_bar, _, _ = normalizers.reshaped_kernel_orthogonalization(kernel, None, 1.0, 0.0, 1e-3, None, 200)
