@@ -172,14 +172,7 @@ class DatasetDownloadError(DatasetNotFoundError):
         super().__init__(name, searched)
 
     def explain(self, command: str | None = None) -> str:
-        """The message: why the downloads failed, the places searched and the offline ways to provide the data.
-
-        Args:
-            command: as in `DatasetNotFoundError.explain`.
-
-        Returns:
-            A multi-line message.
-        """
+        """`DatasetNotFoundError.explain`'s message, after one line per failed download and its cause."""
         reasons = "\n  ".join(self.failures)
         return f"Could not download {self.name!r}:\n  {reasons}\n" + super().explain(command)
 
