@@ -8,7 +8,10 @@ is printed in the title: on a loaded machine the absolute times are inflated, an
 the ratios compare.
 
     PYTHONPATH=. python benchmarks/train_step.py --workloads W1 W2 --json train_step.json
-    python benchmarks/plot_train_step.py train_step.json docs/img/benchmark_train_step.png
+    python benchmarks/plot_train_step.py train_step.json docs/img/benchmark_train_step.png --table
+
+`--table` also prints the same figures as a markdown table (the one under the figure on the
+docs' benchmarks page), so that the page's figure and table come from one results file.
 """
 
 import argparse
@@ -83,15 +86,27 @@ def plot(meta, rows, path):
     return path
 
 
+def markdown_table(rows):
+    """The figures of `bars` as a markdown table: one line per (workload, figure), ms and ratio."""
+    lines = ["| workload | figure | plain Keras ms | deel-lip-ext ms | ratio |", "|---|---|---|---|---|"]
+    for workload in sorted(rows):
+        for label, plain, lip in bars(rows[workload]):
+            lines.append(f"| {workload} | {label} | {plain:.1f} | {lip:.1f} | {lip / plain:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json_path", help="file written by train_step.py --json")
     parser.add_argument("png_path", help="figure to write (PNG, 150 dpi)")
+    parser.add_argument("--table", action="store_true", help="also print the figures as a markdown table")
     args = parser.parse_args(argv)
     meta, rows = load_rows(args.json_path)
     if not rows:
         parser.error(f"{args.json_path} holds no successful row")
     print(plot(meta, rows, args.png_path))
+    if args.table:
+        print(markdown_table(rows))
     return 0
 
 

@@ -1,10 +1,10 @@
-"""Certified robustness of Lipschitz classifiers: radii, one-call certification, bounds.
+r"""Certified robustness of Lipschitz classifiers: radii, one-call certification, bounds.
 
 A classifier f whose logit map is L-Lipschitz cannot change its decision on x
 under any perturbation smaller than the *certified radius*:
 
 * multi-class, L2 (the whole logit map L-Lipschitz): r = M / (sqrt(2) L), with
-  M = f_y - max_{j != y} f_j, because f_y - f_j = (e_y - e_j)^T f and
+  $M = f_y - \max_{j \ne y} f_j$, because f_y - f_j = (e_y - e_j)^T f and
   ||e_y - e_j|| = sqrt(2);
 * multi-class when every logit is *separately* L-Lipschitz (deel-lip's
   `disjoint_neurons=True`, e.g. a last `FrobeniusDense`): r = M / (2 L);
@@ -54,9 +54,9 @@ _PROGBAR_MIN_BATCHES = 4
 
 
 def logit_margin(y_true: ArrayLike, y_pred: ArrayLike) -> Any:
-    """Signed logit margin of each sample (`keras.ops`, differentiable in `y_pred`).
+    r"""Signed logit margin of each sample (`keras.ops`, differentiable in `y_pred`).
 
-    Multi-class (C > 1): f_y - max_{j != y} f_j, where the target is the
+    Multi-class (C > 1): $f_y - \max_{j \ne y} f_j$, where the target is the
     positive entry of a one-hot (or +-1) `y_true` of shape (N, C), or the class
     index when `y_true` has shape (N,) or (N, 1). Binary (C == 1): s * f with
     s = +1 if y > 0 else -1. Positive iff the sample is correctly classified.

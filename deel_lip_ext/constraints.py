@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
@@ -87,16 +88,19 @@ class FrobeniusConstraint(keras.constraints.Constraint):
 class SpectralConstraint(keras.constraints.Constraint):
     """Project the reshaped kernel onto k times the orthogonal matrices (RKO) after each update.
 
-    The power iteration starts from a fresh random vector each time (a
-    constraint has no state) and runs `maxiter_spectral` iterations.
+    The power iteration starts from `u` when given (deel-lip's argument),
+    else from a fresh random vector each time (the constraint does not keep
+    the vector it finds), and runs at most `maxiter_spectral` iterations.
 
     Args:
         k_coef_lip: target spectral norm.
         eps_spectral: as in `SpectralDense`.
         eps_bjorck: as in `SpectralDense` (None: spectral normalization only).
-        beta_bjorck: as in `SpectralDense`.
+        beta_bjorck: as in `SpectralDense`; None also skips Björck (deel-lip).
         maxiter_spectral: as in `SpectralDense`.
         maxiter_bjorck: as in `SpectralDense`.
+        u: start vector of the power iteration, shape (1, units) (deel-lip),
+            or None for a random start at each call.
 
     Examples:
         >>> keras.layers.Dense(8, kernel_constraint=SpectralConstraint(k_coef_lip=1.0))
@@ -107,11 +111,19 @@ class SpectralConstraint(keras.constraints.Constraint):
         k_coef_lip: float = 1.0,
         eps_spectral: float = parametrizations.DEFAULT_EPS_SPECTRAL,
         eps_bjorck: float | None = parametrizations.DEFAULT_EPS_BJORCK,
-        beta_bjorck: float = parametrizations.DEFAULT_BETA_BJORCK,
+        beta_bjorck: float | None = parametrizations.DEFAULT_BETA_BJORCK,
         maxiter_spectral: int = parametrizations.DEFAULT_MAXITER_SPECTRAL,
         maxiter_bjorck: int = parametrizations.DEFAULT_MAXITER_BJORCK,
+        u: ArrayLike | None = None,
     ) -> None:
-        parametrizations.check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)
+        # deel-lip: beta_bjorck=None, like eps_bjorck=None, means no Björck (checked as such).
+        checked_beta = parametrizations.DEFAULT_BETA_BJORCK if beta_bjorck is None else beta_bjorck
+        parametrizations.check_normalizer_args(eps_spectral, eps_bjorck, checked_beta, maxiter_spectral, maxiter_bjorck)
+        if u is not None:
+            u = np.asarray(ops.convert_to_numpy(u), dtype="float32")
+            if u.ndim != 2 or u.shape[0] != 1:
+                raise ValueError(f"u must be None or a start vector of shape (1, units), got shape {u.shape}.")
+        self.u = u
         self.k_coef_lip = check_k_coef_lip(k_coef_lip)
         self.eps_spectral = eps_spectral
         self.eps_bjorck = eps_bjorck
@@ -120,7 +132,14 @@ class SpectralConstraint(keras.constraints.Constraint):
         self.maxiter_bjorck = maxiter_bjorck
 
     def __call__(self, w: ArrayLike):
-        u = keras.random.normal((1, w.shape[-1]), dtype="float32")
+        if self.u is None:
+            u = keras.random.normal((1, w.shape[-1]), dtype="float32")
+        elif self.u.shape[1] != w.shape[-1]:
+            raise ValueError(
+                f"u has shape {self.u.shape}, the kernel has {w.shape[-1]} units: give u of shape (1, units)."
+            )
+        else:
+            u = ops.convert_to_tensor(self.u)
         kernel, _, _ = parametrizations.reshaped_kernel_orthogonalization(
             ops.cast(w, "float32"),
             u,
@@ -141,4 +160,5 @@ class SpectralConstraint(keras.constraints.Constraint):
             "beta_bjorck": self.beta_bjorck,
             "maxiter_spectral": self.maxiter_spectral,
             "maxiter_bjorck": self.maxiter_bjorck,
+            "u": None if self.u is None else self.u.tolist(),
         }

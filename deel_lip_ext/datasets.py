@@ -49,7 +49,9 @@ __all__ = [
     "SPLITS",
     "NPZ_KEYS",
     "CLASS_NAMES",
+    "DatasetError",
     "DatasetNotFoundError",
+    "DatasetDownloadError",
     "DatasetFileError",
     "search_folders",
     "load_numpy",
@@ -102,13 +104,19 @@ CLASS_NAMES = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetError(Exception):
+    """Base class of the loader's errors (catch it to report any of them in one message)."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """Raised when a dataset is in none of the places searched; the message lists them.
 
     Attributes:
-        name: the dataset asked for.
-        searched: every place looked in, in search order (strings).
+        name (str): the dataset asked for.
+        searched (list[str]): every place looked in, in search order.
     """
+
+    _download_when = "to fetch it (needs internet)"
 
     def __init__(self, name: str, searched: Sequence[str]) -> None:
         self.name = name
@@ -131,11 +139,11 @@ class DatasetNotFoundError(FileNotFoundError):
         if command is None:
             folder_remedy = f"pass `data_dir=<folder>` holding {files}"
             env_remedy = f"set the environment variable {ENV_VAR}=<folder> (currently {env_state})"
-            download_remedy = "pass `download=True` to fetch it (needs internet)"
+            download_remedy = f"pass `download=True` {self._download_when}"
         else:
             folder_remedy = f"run `{command} --data-dir <folder>` with a folder holding {files}"
             env_remedy = f"run `{ENV_VAR}=<folder> {command}` ({ENV_VAR} is currently {env_state})"
-            download_remedy = f"run `{command} --download` to fetch it (needs internet)"
+            download_remedy = f"run `{command} --download` {self._download_when}"
         return (
             f"Dataset {self.name!r} not found. Looked in:\n  " + "\n  ".join(self.searched) + "\n"
             f"Provide it in one of these ways (an .npz file holds the keys {', '.join(NPZ_KEYS)}):\n"
@@ -145,7 +153,31 @@ class DatasetNotFoundError(FileNotFoundError):
         )
 
 
-class DatasetFileError(ValueError):
+class DatasetDownloadError(DatasetNotFoundError):
+    """Raised when ``download=True`` was asked for and every download failed (offline, broken package).
+
+    The message says why each download failed, then lists the places searched
+    and the ways to provide the files without a download.
+
+    Attributes:
+        name (str): the dataset asked for.
+        searched (list[str]): every place looked in, in search order.
+        failures (list[str]): one line per download tried: the tool and its error.
+    """
+
+    _download_when = "again once the cause above is fixed (network access, a working tensorflow-datasets)"
+
+    def __init__(self, name: str, searched: Sequence[str], failures: Sequence[str]) -> None:
+        self.failures = list(failures)
+        super().__init__(name, searched)
+
+    def explain(self, command: str | None = None) -> str:
+        """`DatasetNotFoundError.explain`'s message, after one line per failed download and its cause."""
+        reasons = "\n  ".join(self.failures)
+        return f"Could not download {self.name!r}:\n  {reasons}\n" + super().explain(command)
+
+
+class DatasetFileError(DatasetError, ValueError):
     """Raised when a dataset file exists but cannot be read (truncated, not an .npz, wrong keys)."""
 
 
@@ -225,38 +257,55 @@ def _read_npz(path):
     return arrays
 
 
-def _read_tfds(name, download):
-    """uint8 arrays from tensorflow-datasets, or None when not cached and not downloading."""
+def _read_tfds(name, download, failures):
+    """uint8 arrays from tensorflow-datasets, or None when not cached, not downloading or failing.
+
+    A failure (tensorflow-datasets broken, offline, ...) is appended to `failures` as one line.
+    """
     tfds_name_dir = _tfds_cache_dir() / name
     if not download and not tfds_name_dir.is_dir():
         return None  # skip the slow tfds import when its cache cannot hold the dataset
     try:
         tfds = optional_import("tensorflow_datasets", "loading from the tensorflow-datasets cache")
     except ImportError:
-        return None
-    builder = tfds.builder(name, data_dir=str(_tfds_cache_dir()))
-    if not download and not builder.is_prepared():
-        return None
-    splits = tfds.as_numpy(
-        tfds.load(
-            name,
-            split=list(SPLITS),
-            batch_size=-1,
-            as_supervised=True,
-            data_dir=str(_tfds_cache_dir()),
-            download=download,
+        return None  # not installed: keras.datasets downloads instead
+    try:
+        builder = tfds.builder(name, data_dir=str(_tfds_cache_dir()))
+        if not download and not builder.is_prepared():
+            return None
+        splits = tfds.as_numpy(
+            tfds.load(
+                name,
+                split=list(SPLITS),
+                batch_size=-1,
+                as_supervised=True,
+                data_dir=str(_tfds_cache_dir()),
+                download=download,
+            )
         )
-    )
+    except Exception as error:  # any tfds failure (broken install, offline) ends in the loader's message
+        failures.append(f"tensorflow-datasets: {_one_line(error)}")
+        return None
     (x_train, y_train), (x_test, y_test) = splits
     return x_train, y_train, x_test, y_test
 
 
-def _download_with_keras(name):
-    """``keras.datasets.<name>.load_data()``: downloads into Keras's cache folder."""
+def _download_with_keras(name, failures):
+    """``keras.datasets.<name>.load_data()`` (downloads into Keras's cache folder), or None on failure."""
     import keras
 
-    (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+    except Exception as error:  # offline, proxy, disk full: one message, no traceback
+        failures.append(f"keras.datasets.{name}.load_data(): {_one_line(error)}")
+        return None
     return x_train, y_train, x_test, y_test
+
+
+def _one_line(error):
+    """`ErrorType: message` on one line, cut to 300 characters."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _searched_places(name, candidates):
@@ -270,9 +319,12 @@ def _load_raw(name, data_dir, download):
     for path in candidates:
         if path.is_file():
             return _read_npz(str(path.resolve()))
-    arrays = _read_tfds(name, download)
+    failures = []
+    arrays = _read_tfds(name, download, failures)
     if arrays is None and download:
-        arrays = _download_with_keras(name)
+        arrays = _download_with_keras(name, failures)
+    if arrays is None and failures:
+        raise DatasetDownloadError(name, _searched_places(name, candidates), failures)
     if arrays is None:
         raise DatasetNotFoundError(name, _searched_places(name, candidates))
     return arrays

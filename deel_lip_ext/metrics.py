@@ -101,9 +101,9 @@ class CertifiedAccuracy(_RadiusMetric):
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class CategoricalProvableRobustAccuracy(CertifiedAccuracy):
-    """deel-lip's name for `CertifiedAccuracy`, with deel-lip's defaults.
+    r"""deel-lip's name for `CertifiedAccuracy`, with deel-lip's defaults.
 
-    1[(f_y - max_{j != y} f_j) / c > epsilon], c = 2 L if `disjoint_neurons`
+    $\mathbb{1}[(f_y - \max_{j \ne y} f_j) / c > \epsilon]$, $c = 2 L$ if `disjoint_neurons`
     (the default, as in deel-lip: valid for any L-Lipschitz net, conservative)
     else sqrt(2) L.
 
@@ -190,7 +190,7 @@ def _check_multi_logit(metric, y_pred):
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class CategoricalProvableAvgRobustness(_RadiusMetric):
-    """Mean certified radius phi(f_y - max_{j != y} f_j) / c (deel-lip).
+    r"""Mean certified radius $\varphi(f_y - \max_{j \ne y} f_j) / c$ (deel-lip).
 
     c = 2 L if `disjoint_neurons` (default, as in deel-lip) else sqrt(2) L.
     phi = relu (misclassified samples count 0), or the identity when

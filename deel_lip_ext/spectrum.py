@@ -185,9 +185,9 @@ GRAM_ROUNDING_MARGIN = 1e-9
 
 
 def gram_iteration_bound(matrices: ArrayLike, n_iter: int = 6) -> float:
-    """Certified upper bound of the largest spectral norm of a batch of matrices, by Gram iteration.
+    r"""Certified upper bound of the largest spectral norm of a batch of matrices, by Gram iteration.
 
-    G_0 = M, G_{t+1} = G_t^H G_t: ||M||_2 = ||G_t||_2^(1 / 2^t) <= ||G_t||_F^(1 / 2^t),
+    $G_0 = M$, $G_{t+1} = G_t^H G_t$: $\|M\|_2 = \|G_t\|_2^{1/2^t} \le \|G_t\|_F^{1/2^t}$,
     a bound that decreases to the exact norm as t grows (from above, unlike
     power iteration). Each step rescales G_t by its Frobenius norm (kept in
     log form) so that nothing overflows.

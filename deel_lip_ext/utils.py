@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -145,7 +146,11 @@ def _linear_sv(layer, input_shape):
     return conv_sv_range(kernel, tuple(input_shape[1:]), layer.strides, layer.padding)
 
 
-def compute_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int, ...] | None = None):
+def compute_layer_sv(
+    layer: keras.layers.Layer,
+    input_shape: tuple[int, ...] | None = None,
+    supplementary_type2sv: dict[type, Callable] | None = None,
+) -> tuple[float, float] | None:
     """Exact (min, max) singular values of one layer's linear operator, or its Lipschitz range.
 
     * deel-lip-ext parametrized layers: computed from a fresh
@@ -159,16 +164,33 @@ def compute_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int, ...] | N
     * Stock `Dense`/`Conv2D`: their kernel times the activation's constant (bias excluded).
     * Other stock layers of `deel_lip_ext.lipschitz.STOCK_LAYERS`: (1, 1) for
       shape-only layers (Flatten, Reshape, Dropout, Input), else (0, constant).
-    * Anything else: `None` (unknown).
+    * Anything else: `supplementary_type2sv[type(layer)](layer, input_shape)`
+      when given (deel-lip's hook for layer types it does not know), else
+      `None` (unknown).
 
     Args:
         layer: a built Keras layer.
-        input_shape: the layer's input shape (defaults to its build shape).
+        input_shape: the layer's input shape with the batch axis (defaults to
+            its build shape). A dict here is taken as `supplementary_type2sv`
+            (deel-lip's positional order `compute_layer_sv(layer, supplementary_type2sv)`).
+        supplementary_type2sv: deel-lip's dict layer type -> function
+            `(layer, input_shape) -> (min, max)`, used for the layers the
+            library does not know (its own values are exact, so they take precedence).
 
     Examples:
         >>> compute_layer_sv(SpectralDense(8, k_coef_lip=2.0))  # after build -> (2.0, 2.0)
     """
+    if isinstance(input_shape, dict):
+        input_shape, supplementary_type2sv = None, input_shape
     input_shape = tuple(input_shape) if input_shape is not None else built_input_shape(layer)
+    values = _known_layer_sv(layer, input_shape)
+    if values is None and supplementary_type2sv and type(layer) in supplementary_type2sv:
+        return supplementary_type2sv[type(layer)](layer, input_shape)
+    return values
+
+
+def _known_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int | None, ...]) -> tuple[float, float] | None:
+    """`compute_layer_sv` for the layers the library knows; None for the others."""
     try:
         if isinstance(layer, ParametrizedLayer):
             return tuple(float(v) for v in _linear_sv(layer, input_shape))
@@ -189,7 +211,9 @@ def compute_layer_sv(layer: keras.layers.Layer, input_shape: tuple[int, ...] | N
         return None
 
 
-def compute_model_sv(model: keras.Model) -> dict[str, tuple[float, float] | None]:
+def compute_model_sv(
+    model: keras.Model, supplementary_type2sv: dict[type, Callable] | None = None
+) -> dict[str, tuple[float, float] | None]:
     """Exact (min, max) singular values of every layer of a model, by layer name.
 
     Nested models are expanded (their layers' names are prefixed with the
@@ -198,6 +222,10 @@ def compute_model_sv(model: keras.Model) -> dict[str, tuple[float, float] | None
     circular convolution (the padding alone is not 1-Lipschitz). A layer
     called several times is reported at its first call's input shape
     (`model_lipschitz_bound` counts every call).
+
+    Args:
+        model: a built Keras model.
+        supplementary_type2sv: as in `compute_layer_sv` (deel-lip's argument).
 
     Returns:
         dict name -> (min, max), or None for layers whose value is unknown.
@@ -213,7 +241,8 @@ def compute_model_sv(model: keras.Model) -> dict[str, tuple[float, float] | None
         if layer.name in results:
             continue
         if isinstance(layer, keras.Model):
-            results.update({f"{layer.name}/{k}": v for k, v in compute_model_sv(layer).items()})
+            nested = compute_model_sv(layer, supplementary_type2sv)
+            results.update({f"{layer.name}/{k}": v for k, v in nested.items()})
             continue
         shape = tuple(node.input_tensors[0].shape) if node.input_tensors else None
         producer = producing_node(node.input_tensors[0]) if len(node.input_tensors) == 1 else None
@@ -224,7 +253,7 @@ def compute_model_sv(model: keras.Model) -> dict[str, tuple[float, float] | None
             act = _activation_or_none(layer)
             results[layer.name] = None if act is None else (low if act == 1.0 else 0.0, high * act)
             continue
-        results[layer.name] = compute_layer_sv(layer, shape)
+        results[layer.name] = compute_layer_sv(layer, shape, supplementary_type2sv)
     return results
 
 

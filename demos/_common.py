@@ -150,15 +150,16 @@ def parse_demo_arguments(
 def load_dataset(args, name, **kwargs):
     """`deel_lip_ext.datasets.load_numpy(name, args.data_dir, download=args.download, **kwargs)`.
 
-    When the data is not found or its file is unreadable, exits with status 1 and one
-    message (no traceback) naming every place searched and the flags that fix it.
+    When the data is not found, its download fails or its file is unreadable (any
+    `datasets.DatasetError`), exits with status 1 and one message (no traceback) naming
+    every place searched and the flags that fix it.
     """
     try:
         return datasets.load_numpy(name, args.data_dir, download=args.download, **kwargs)
-    except datasets.DatasetNotFoundError as error:
+    except datasets.DatasetNotFoundError as error:  # also DatasetDownloadError
         command = f"python demos/{args.demo_name}.py" + (" --quick" if args.quick else "")
         raise SystemExit(f"\n{error.explain(command)}") from None
-    except datasets.DatasetFileError as error:
+    except datasets.DatasetError as error:
         raise SystemExit(f"\n{error}") from None
 
 
@@ -264,8 +265,8 @@ def pyplot():
     return plt
 
 
-def save_image_grid(path, rows, row_labels, captions, title=None):
-    """Save a grid of grey images: one row per entry of `rows`, one column per sample.
+def save_image_grid(path, rows, row_labels, captions, title=None, signed_rows=None):
+    """Save a grid of images: one row per entry of `rows`, one column per sample.
 
     Args:
         path: PNG file to write.
@@ -273,21 +274,34 @@ def save_image_grid(path, rows, row_labels, captions, title=None):
         row_labels: one label per row (shown on the left).
         captions: list (per row) of lists (per sample) of short strings.
         title: figure title.
+        signed_rows: dict row index -> colour-bar label, for rows of signed values (a
+            perturbation x' - x): drawn with a diverging colour map symmetric around 0 and a
+            colour bar. The other rows are grey images in [0, 1].
     """
     plt = pyplot()
+    signed_rows = signed_rows or {}
     n_rows, n_cols = len(rows), len(rows[0])
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols + 0.6, 1.9 * n_rows), squeeze=False)
+    width = 1.6 * n_cols + (2.0 if signed_rows else 0.6)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, 1.9 * n_rows), squeeze=False, layout="constrained")
     for r, (images, label) in enumerate(zip(rows, row_labels)):
+        if r in signed_rows:
+            limit = float(np.max(np.abs(images))) or 1.0
+            style = {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}
+        else:
+            style = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
         for c in range(n_cols):
             ax = axes[r][c]
-            ax.imshow(np.squeeze(images[c]), cmap="gray", vmin=0.0, vmax=1.0)
+            image = ax.imshow(np.squeeze(images[c]), **style)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(captions[r][c], fontsize=8)
         axes[r][0].set_ylabel(label, fontsize=9)
+        if r in signed_rows:
+            colorbar = fig.colorbar(image, ax=list(axes[r]), shrink=0.9, pad=0.02)
+            colorbar.set_label(signed_rows[r], fontsize=8)
+            colorbar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -424,6 +438,39 @@ def fit_verbosity():
     return 1 if sys.stdout.isatty() else 2
 
 
+class FirstEpochProgress(keras.callbacks.Callback):
+    """Print a line at every tenth of the first epoch (logs only get one line per epoch otherwise).
+
+    `fit(verbose=2)` (logs, subprocesses) is silent until the first epoch ends, a minute or
+    more in the default runs; these lines show the run is alive and how fast it goes.
+    """
+
+    def __init__(self, fraction=0.1):
+        super().__init__()
+        self.fraction = fraction
+
+    def on_train_begin(self, logs=None):
+        self.steps = self.params.get("steps")
+        self.start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch > 0 or not self.steps:
+            return
+        done = batch + 1
+        if done < self.steps and done % max(1, round(self.steps * self.fraction)) == 0:
+            loss = f", loss {float(logs['loss']):.4f}" if logs and "loss" in logs else ""
+            elapsed = time.perf_counter() - self.start
+            print(f"  epoch 1/{self.params['epochs']}: batch {done}/{self.steps}, {elapsed:.0f} s{loss}", flush=True)
+
+
+def progress_callbacks():
+    """`FirstEpochProgress` when `fit` prints one line per epoch (not a terminal), else nothing."""
+    return [] if fit_verbosity() == 1 else [FirstEpochProgress()]
+
+
 def fit_paper_protocol(model, x_train, y_train, epochs, metrics=(), callbacks=(), num_classes=10):
     """Compile and train `model` with the BCOP paper's protocol (see the constants above)."""
     model.compile(
@@ -436,6 +483,10 @@ def fit_paper_protocol(model, x_train, y_train, epochs, metrics=(), callbacks=()
         keras.utils.to_categorical(y_train, num_classes),
         batch_size=PAPER_BATCH_SIZE,
         epochs=epochs,
-        callbacks=[keras.callbacks.LearningRateScheduler(paper_learning_rate(epochs)), *callbacks],
+        callbacks=[
+            keras.callbacks.LearningRateScheduler(paper_learning_rate(epochs)),
+            *progress_callbacks(),
+            *callbacks,
+        ],
         verbose=fit_verbosity(),
     )

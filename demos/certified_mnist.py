@@ -17,8 +17,11 @@ Then:
    certified accuracy against eps;
 2. attacks the test points with PGD at each eps: no certified point may be broken;
 3. draws the nearest adversarial examples PGD finds next to their certified radius;
-4. exports the plain-Keras model (stock Conv2D/Dense) as a TF SavedModel, reloads it with
-   `tf.saved_model.load` and checks that it computes the same logits.
+4. exports the plain-Keras model as a TF SavedModel and checks that `tf.saved_model.load`
+   computes the same logits. The export holds stock Conv2D, Dense and Flatten layers (the
+   constrained kernels) and the library's parameter-free CircularPadding2D,
+   InvertibleDownSampling and MaxMinHalves layers (a `.keras` file of it loads after
+   `import deel_lip_ext`; the SavedModel needs nothing from the library).
 
 Usage:
     python demos/certified_mnist.py                 # default budget (7 to 14 min on an idle 2-core CPU)
@@ -124,7 +127,7 @@ def draw_adversarial_examples(model, x, y, radii, path, budget):
     predicted = np.argmax(keras.ops.convert_to_numpy(model(x_adv, training=False)), axis=-1)
     save_image_grid(
         path,
-        [x, x_adv, np.clip(0.5 + (x_adv - x), 0.0, 1.0)],
+        [x, x_adv, x_adv - x],
         ["clean", "adversarial", "perturbation"],
         [
             [f"label {label}, r = {r:.2f}" for label, r in zip(y, radii)],
@@ -132,6 +135,7 @@ def draw_adversarial_examples(model, x, y, radii, path, budget):
             ["" for _ in y],
         ],
         title="certified radius r <= distance d of the nearest adversarial example found",
+        signed_rows={2: "pixel change (adv. - clean)"},
     )
     return distances
 

@@ -310,6 +310,13 @@ def test_group_size_must_divide_channels():
         GroupSort2()(np.zeros((1, 5), "float32"))
 
 
+def test_group_size_larger_than_channels_is_a_full_sort_like_deel_lip():
+    x = np.array([[3.0, 1.0, -1.0, 2.0, 0.5]], "float32")
+    layer = GroupSort(n=7)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), np.sort(x, axis=-1))
+    assert GroupSort.from_config(layer.get_config()).n == 7
+
+
 @pytest.mark.parametrize("make", [MaxMinHalves, Householder])
 def test_odd_channels_are_rejected(make):
     with pytest.raises(ValueError, match="number of channels .* must be even"):

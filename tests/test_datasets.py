@@ -249,6 +249,59 @@ def test_download_falls_back_to_keras_datasets_without_tensorflow_datasets(no_de
     assert calls == [1] and x_train.shape == (3, 4, 4, 1) and y_train.tolist() == [1, 2, 3]
 
 
+def _broken_tfds_module():
+    """A tensorflow-datasets that imports but fails (4.9.10 without importlib_resources does this)."""
+    import types
+
+    def fail(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'")
+
+    return types.SimpleNamespace(builder=fail, load=fail, as_numpy=fail)
+
+
+def test_broken_tensorflow_datasets_falls_back_to_keras_datasets(no_default_sources, monkeypatch):
+    import sys
+
+    import keras
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", _broken_tfds_module())
+    tiny = np.full((3, 4, 4), 255, np.uint8), np.array([1, 2, 3], np.uint8)
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: (tiny, tiny))
+    x_train, y_train, _, _ = datasets.load_numpy("mnist", download=True)
+    assert x_train.shape == (3, 4, 4, 1) and y_train.tolist() == [1, 2, 3]
+
+
+def test_every_download_failing_is_one_error_saying_why(no_default_sources, monkeypatch):
+    import sys
+
+    import keras
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", _broken_tfds_module())
+
+    def offline():
+        raise Exception("URL fetch failure on https://storage.googleapis.com/mnist.npz: [Errno -3] no network")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    with pytest.raises(datasets.DatasetDownloadError) as caught:
+        datasets.load_numpy("mnist", download=True)
+    error = caught.value
+    assert isinstance(error, datasets.DatasetNotFoundError) and isinstance(error, datasets.DatasetError)
+    assert len(error.failures) == 2
+    assert "tensorflow-datasets: ModuleNotFoundError: No module named 'importlib_resources'" in error.failures[0]
+    assert "keras.datasets.mnist.load_data(): Exception: URL fetch failure" in error.failures[1]
+    message = error.explain("python demos/certified_mnist.py")
+    assert message.startswith("Could not download 'mnist':")
+    assert "`python demos/certified_mnist.py --data-dir <folder>`" in message
+    assert all(place in message for place in error.searched)
+    assert "Traceback" not in message
+
+
+def test_every_loader_error_is_a_dataset_error():
+    assert issubclass(datasets.DatasetFileError, datasets.DatasetError)
+    assert issubclass(datasets.DatasetFileError, ValueError)  # unchanged for existing callers
+    assert issubclass(datasets.DatasetNotFoundError, FileNotFoundError)
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"not a zip archive at all", b"PK\x03\x04truncated"],

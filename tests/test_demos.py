@@ -6,6 +6,7 @@ certificates, a SavedModel that reloads to the same logits, a Wasserstein estima
 that approaches ||v|| from below, |f(x)| below the adversarial distances).
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -432,3 +433,54 @@ def test_paper_learning_rate_schedule():
     assert short(0) == pytest.approx(1e-3) and short(10) == pytest.approx(1e-4)
     paper = _common.paper_learning_rate(200)
     assert paper(60) == pytest.approx(1e-4) and paper(120) == pytest.approx(1e-5)
+
+
+# ---------------------------------------------------------------- certified_mnist: --help, figure, progress
+
+
+def test_certified_mnist_help_names_what_the_export_really_holds():
+    """--help (the module docstring) lists the layer types of the default network's export."""
+    spec = importlib.util.spec_from_file_location("certified_mnist_demo", DEMOS / "certified_mnist.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    claim = demo.__doc__.split("4. exports", 1)[1].split("\n\n", 1)[0]
+    for conv in ("bcop", "spectral"):
+        exported = {type(layer).__name__ for layer in _common.build_network(conv, "wide").vanilla_export().layers}
+        assert exported - {"InputLayer"}, exported
+        missing = [name for name in sorted(exported - {"InputLayer"}) if name not in claim]
+        assert not missing, f"--help does not say the export holds {missing}"
+    assert "stock Conv2D/Dense)" not in demo.__doc__
+
+
+def test_signed_rows_get_a_diverging_colour_scale(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(_common, "save_figure", lambda fig, path: figures.append(fig) or path)
+    images = np.random.default_rng(0).random((3, 5, 5, 1)).astype("float32")
+    _common.save_image_grid(
+        tmp_path / "grid.png",
+        [images, images - 0.5],
+        ["clean", "perturbation"],
+        [["a"] * 3, ["b"] * 3],
+        title="t",
+        signed_rows={1: "x' - x"},
+    )
+    (fig,) = figures
+    colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(colorbars) == 1 and colorbars[0].get_ylabel() == "x' - x"
+    signed = fig.axes[3].images[0]
+    low, high = signed.get_clim()
+    assert low == -high == pytest.approx(-np.max(np.abs(images - 0.5)))
+    assert signed.get_cmap().name == "RdBu_r" and fig.axes[0].images[0].get_cmap().name == "gray"
+    _common.pyplot().close(fig)
+
+
+def test_fit_paper_protocol_prints_progress_during_the_first_epoch(capsys, monkeypatch):
+    monkeypatch.setattr(_common, "fit_verbosity", lambda: 2)  # logs / subprocess, as in CI
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10)])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20 * 128, 4)).astype("float32"), rng.integers(0, 10, 20 * 128)
+    _common.fit_paper_protocol(model, x, y, epochs=2)
+    out = capsys.readouterr().out
+    lines = re.findall(r"epoch 1/2: batch (\d+)/20, \d+ s, loss", out)
+    assert [int(n) for n in lines] == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert out.index("epoch 1/2: batch 2/20") < out.index("20/20 - ")  # before the epoch's own summary line

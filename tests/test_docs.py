@@ -1,11 +1,14 @@
 """The documentation stays true to the code: API pages, names used in the pages, the
 site build, the getting-started example, and the migration page's claims."""
 
+import html
 import importlib
 import importlib.util
+import json
 import pathlib
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 
@@ -372,6 +375,12 @@ def test_rendered_api_pages_show_examples_as_code_math_and_public_names_only(tmp
     # Signatures carry their types (the Type column of the parameter tables comes from them).
     datasets_page = (site / "api" / "datasets" / "index.html").read_text()
     assert re.search(r"num_train.{0,400}int.{0,40}None", datasets_page, flags=re.DOTALL)
+    # Defaults that name a constant show its value (docs/_hooks/griffe_constant_defaults.py).
+    assert not re.search(r"DEFAULT_[A-Z_]+(</a>)?</code>\s*</td>", layers)
+    assert re.search(r"<code>eps_spectral</code>.{0,1500}?<code>0\.001</code>", layers, flags=re.DOTALL)
+    # The attributes of the loader's errors have their Type column filled.
+    searched_cells = r"DatasetNotFoundError\.searched\">searched</span></code></td>\s*<td>\s*<code>(.*?)</code>"
+    assert re.search(searched_cells, datasets_page).group(1).count("title=") == 2  # list[str]
     # Formulas go through MathJax.
     home = (site / "index.html").read_text()
     assert 'class="arithmatex"' in home and "mathjax" in home.lower()
@@ -452,3 +461,52 @@ def test_documented_exports_are_quiet():
         for line in page.read_text().splitlines():
             if re.search(r"\.export\(", line) and "def " not in line:
                 assert "verbose=False" in line, f"{page.name}: {line.strip()}"
+
+
+def test_benchmarks_page_table_is_the_figures_results_file():
+    """The W1 figure and the table under it come from one file: the table is what
+    `plot_train_step.py --table` prints for the JSON the figure is drawn from."""
+    spec = importlib.util.spec_from_file_location("plot_train_step", ROOT / "benchmarks" / "plot_train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (DOCS / "benchmarks.md").read_text()
+    marker = "<!-- table: benchmarks/plot_train_step.py --table benchmarks/results/train_step_W1.json -->\n"
+    assert marker in page
+    table = page.split(marker, 1)[1].split("\n<!-- end table -->", 1)[0]
+    _, rows = module.load_rows(ROOT / "benchmarks" / "results" / "train_step_W1.json")
+    assert table == module.markdown_table(rows)
+
+
+def _mathjax_folder():
+    spec = importlib.util.find_spec("mathjax")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = pathlib.Path(list(spec.submodule_search_locations)[0]) / "static" / "mathjax"
+    return folder if (folder / "es5" / "node-main.js").is_file() else None
+
+
+@pytest.mark.slow  # a site build and a node process
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (.[docs])")
+@pytest.mark.skipif(_mathjax_folder() is None, reason="django-static-mathjax is not installed (.[docs])")
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_every_formula_of_the_site_parses_with_the_served_mathjax(tmp_path):
+    """Each arithmatex formula of the built site goes through MathJax's TeX input (the copy the
+    site serves) without an error or an undefined macro."""
+    site = _build_site(tmp_path)
+    formulas = []
+    for page in site.rglob("*.html"):
+        for _, body in re.findall(r'<(span|div) class="arithmatex">(.*?)</\1>', page.read_text(), flags=re.DOTALL):
+            text = html.unescape(body).strip()
+            match = re.fullmatch(r"\\\((.*)\\\)|\\\[(.*)\\\]", text, flags=re.DOTALL)
+            formulas.append(next(group for group in match.groups() if group is not None) if match else text)
+    assert len(formulas) > 20
+    completed = subprocess.run(
+        ["node", str(ROOT / "tests" / "fixtures" / "mathjax_parse.js"), str(_mathjax_folder())],
+        input=json.dumps(formulas),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result == {"n": len(formulas), "bad": []}, result["bad"]

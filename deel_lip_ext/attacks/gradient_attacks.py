@@ -1,9 +1,9 @@
-"""FGSM and PGD: the one projected-gradient machinery of the library, for attacks and for training.
+r"""FGSM and PGD: the one projected-gradient machinery of the library, for attacks and for training.
 
 The attacks stay in the eps-ball (L2: per-sample projection; l_inf:
 clipping) and in the input box [clip_min, clip_max], and maximize either the
 softmax cross-entropy of the logits (`loss="ce"`) or the Carlini-Wagner margin
-max_{j != y} f_j - f_y (`loss="cw"`, the better choice against confident
+$\max_{j \ne y} f_j - f_y$ (`loss="cw"`, the better choice against confident
 Lipschitz models whose cross-entropy gradient vanishes). A model with a single
 logit (output (N, 1)) is a binary classifier: labels in {0,1} or {-1,1}, "ce"
 is the logistic loss of s f and "cw" is -s f.

@@ -159,7 +159,8 @@ class GroupSort(_ChannelActivation):
 
     Args:
         n: group size, an int >= 1 dividing the number of channels, or None
-            for a full sort.
+            for a full sort; an `n` larger than the number of channels also
+            sorts the whole channel vector (deel-lip).
         k_coef_lip: Lipschitz constant of the layer (output multiplied by it).
         data_format: "channels_last" or None (the only layout supported).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, ...).
@@ -179,11 +180,13 @@ class GroupSort(_ChannelActivation):
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels = self._channels(input_shape)
-        if self.n is not None and channels % self.n:
+        full_sort = self.n is None or self.n > channels  # deel-lip: n > channels is one group
+        if not full_sort and channels % self.n:
             raise ValueError(
-                f"n={self.n} must divide the number of channels {channels} (input shape {tuple(input_shape)})."
+                f"n={self.n} must divide the number of channels {channels} (input shape {tuple(input_shape)}), "
+                "or be None or larger than it (full sort)."
             )
-        self.group_size = channels if self.n is None else self.n
+        self.group_size = channels if full_sort else self.n
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: channels})
         super().build(input_shape)
 

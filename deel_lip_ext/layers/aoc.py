@@ -1,4 +1,4 @@
-"""AOC orthogonal convolutions (Boissin et al., 2025): BCOP composed with a strided RKO, by kernel convolution.
+r"""AOC orthogonal convolutions (Boissin et al., 2025): BCOP composed with a strided RKO, by kernel convolution.
 
 A k x k convolution with stride s (k >= s) is built as the composition of
 
@@ -9,7 +9,7 @@ A k x k convolution with stride s (k >= s) is built as the composition of
    each pixel once, so it is a permutation (`InvertibleDownSampling`)
    followed by an orthogonal 1 x 1 map,
 
-merged into one kernel K[t] = sum_{p + q = t} B[p] R[q] of size k
+merged into one kernel $K[t] = \sum_{p + q = t} B[p] \, R[q]$ of size k
 (`deel_lip_ext.parametrizations.aoc_kernel`). The layer runs ONE plain
 strided convolution with K; its cost at inference is exactly a `Conv2D`'s,
 and the kernel construction depends on k, s and the channels only.

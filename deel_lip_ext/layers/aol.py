@@ -100,9 +100,9 @@ class AOLDense(_AOLMixin, LipschitzDenseBase):
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class AOLConv2D(_AOLMixin, LipschitzConv):
-    """2-D convolution with the AOL rescaling, k-Lipschitz for every padding, stride and input size.
+    r"""2-D convolution with the AOL rescaling, k-Lipschitz for every padding, stride and input size.
 
-    Each input channel c of the kernel is multiplied by (sum_{c2, delta} |M[c, delta, c2]|)^(-1/2), M the
+    Each input channel c of the kernel is multiplied by $(\sum_{c_2, \delta} |M[c, \delta, c_2]|)^{-1/2}$, M the
     kernel's self-correlation (see the module docstring for the proof for "same", "valid" and "circular"
     padding and strides). Exports to a stock `keras.layers.Conv2D` (after `CircularPadding2D` when circular).
 

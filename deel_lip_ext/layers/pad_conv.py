@@ -46,7 +46,8 @@ class PadConv2D(SpectralConvBase):
         filters: number of output channels.
         kernel_size: int or pair.
         strides: int or pair.
-        padding: one of "same", "valid", "constant", "reflect", "symmetric", "circular".
+        padding: one of "same", "valid", "constant", "reflect", "symmetric",
+            "circular", in any case ("REFLECT" is "reflect", as in deel-lip).
         data_format: "channels_last" or None (the only layout supported).
         dilation_rate: must be 1.
         groups: must be 1.
@@ -105,7 +106,7 @@ class PadConv2D(SpectralConvBase):
             filters,
             kernel_size,
             strides=strides,
-            padding=padding,
+            padding=padding.lower() if isinstance(padding, str) else padding,
             data_format=data_format,
             dilation_rate=dilation_rate,
             groups=groups,

@@ -95,7 +95,7 @@ def sparse_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
 
 
 def kr_terms(y_true: ArrayLike, y_pred: ArrayLike, multi_gpu: bool = False):
-    """Per-sample KR terms; their batch mean is mean_c(mean_{P_c} f_c - mean_{N_c} f_c).
+    r"""Per-sample KR terms; their batch mean is $\mathrm{mean}_c(\mathrm{mean}_{P_c} f_c - \mathrm{mean}_{N_c} f_c)$.
 
     P_c are the samples with y_c == 1, N_c the others. With `multi_gpu=True` the
     labels must come from `process_labels_for_multi_gpu` and the terms are
@@ -126,7 +126,7 @@ def _target_mask(y_true, y_pred):
 
 
 def multiclass_hinge_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float):
-    """Per-sample (1/C) sum_{j != y} [relu(m/2 - f_y) + relu(m/2 + f_j)]."""
+    r"""Per-sample $\frac{1}{C} \sum_{j \ne y} [\mathrm{relu}(m/2 - f_y) + \mathrm{relu}(m/2 + f_j)]$."""
     target = _target_mask(y_true, y_pred)
     target_logit = ops.sum(y_pred * target, axis=-1, keepdims=True)
     hinge = ops.relu(min_margin / 2.0 - target_logit) + ops.relu(min_margin / 2.0 + y_pred)

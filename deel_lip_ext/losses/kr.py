@@ -36,9 +36,9 @@ __all__ = [
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class KR(keras.losses.Loss):
-    """Kantorovich-Rubinstein estimate of W1 between positives (y == 1) and the rest.
+    r"""Kantorovich-Rubinstein estimate of W1 between positives (y == 1) and the rest.
 
-    Per output column c: mean_{y_c == 1} f_c - mean_{y_c != 1} f_c, averaged
+    Per output column c: $\mathrm{mean}_{y_c = 1} f_c - \mathrm{mean}_{y_c \ne 1} f_c$, averaged
     over columns. It is positive when the model separates the classes: it is an
     estimate to *maximize* (use it as a metric, or minimize `HKR(alpha=0)`).
     Batch-global: with `reduction="none"` the per-sample terms are B f (1[P]/|P|
@@ -183,7 +183,7 @@ class HKR(_ParametrizedLoss):
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class MulticlassHinge(_ParametrizedLoss):
-    """One-vs-all hinge: (1/C) sum_{j != y} [relu(m/2 - f_y) + relu(m/2 + f_j)].
+    r"""One-vs-all hinge: $\frac{1}{C} \sum_{j \ne y} [\mathrm{relu}(m/2 - f_y) + \mathrm{relu}(m/2 + f_j)]$.
 
     The true-class term is counted C - 1 times, and the sum is divided by C
     (deel-lip). y is one-hot in {0,1} or {-1,1}.
@@ -257,12 +257,12 @@ class MulticlassHKR(HKR):
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class MultiMargin(_ParametrizedLoss):
-    """Multi-class hinge of the BCOP paper (torch `multi_margin_loss`, p = 1).
+    r"""Multi-class hinge of the BCOP paper (torch `multi_margin_loss`, p = 1).
 
-    Per sample: (1/C) sum_{j != y} relu(m - f_y + f_j). The sum over the wrong
+    Per sample: $\frac{1}{C} \sum_{j \ne y} \mathrm{relu}(m - f_y + f_j)$. The sum over the wrong
     classes is divided by C, not C - 1, as in torch, LConvNet and deel-lip. For
     an L-Lipschitz (L2) network trained to certify eps_train, use
-    m = sqrt(2) * eps_train * L.
+    $m = \sqrt{2} \, \epsilon_{\mathrm{train}} L$.
 
     Args:
         min_margin: the margin m (>= 0); schedulable.
@@ -297,7 +297,7 @@ class MultiMargin(_ParametrizedLoss):
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class CategoricalHinge(_ParametrizedLoss):
-    """relu(m - (f_y - max_{j != y} f_j)): hinge on the logit margin.
+    r"""$\mathrm{relu}(m - (f_y - \max_{j \ne y} f_j))$: hinge on the logit margin.
 
     Unlike deel-lip master, the max is over the other logits only (their
     (1 - y) * f can return the masked 0 when every other logit is negative).

@@ -22,10 +22,10 @@ __all__ = ["MulticlassSoftHKR", "SoftHKR", "LseHKR"]
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class MulticlassSoftHKR(_ParametrizedLoss):
-    """Multi-class HKR whose non-target classes are weighted by a softmax (deel-lip 1.5, for many classes).
+    r"""Multi-class HKR whose non-target classes are weighted by a softmax (deel-lip 1.5, for many classes).
 
     Per sample, with s_j = +1 for the target class and -1 otherwise, weights
-    w_y = 1 and w_j = softmax_{j != y}(t f_j), and the temperature
+    w_y = 1 and $w_j = \mathrm{softmax}_{j \ne y}(t f_j)$, and the temperature
     t = clip(temperature * m / clip(mu, m, 20000), 0.005, 250) (no gradient):
 
         loss = (1 / alpha) sum_j w_j (-s_j f_j) + sum_j w_j relu(m/2 - s_j f_j)
@@ -162,11 +162,11 @@ class SoftHKR(MulticlassSoftHKR):
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
 class LseHKR(_ParametrizedLoss):
-    """deel-torchlip's `LseHKRMulticlassLoss`: HKR on the target logit against a log-sum-exp of the others.
+    r"""deel-torchlip's `LseHKRMulticlassLoss`: HKR on the target logit against a log-sum-exp of the others.
 
     With g = temperature * f, the target logit g_y and
-    lse = (1 / t) log sum_{j != y} exp(t g_j), t = log(C - 1) / (penalty * m / 2)
-    (so max_j g_j <= lse <= max_j g_j + penalty * m / 2):
+    $\mathrm{lse} = \frac{1}{t} \log \sum_{j \ne y} e^{t g_j}$, $t = \log(C - 1) / (\mathrm{penalty} \cdot m / 2)$
+    (so $\max_j g_j \le \mathrm{lse} \le \max_j g_j + \mathrm{penalty} \cdot m / 2$):
 
         loss = (1 - alpha) (lse - g_y) + alpha (relu(m/2 - g_y) + relu(m/2 + lse))
 

@@ -136,12 +136,13 @@ def spectral_normalization_conv(
         conv_first: iterate on A^T A (True) or A A^T (False).
         pad_func: must be None ("same" zero padding): the adjoint of an
             arbitrary padding function is not available.
-        eps: stop when u moves less than `eps` (0: exactly `maxiter` steps);
+        eps: stop when u moves less than `eps` (0: exactly `maxiter` steps),
+            also added to sigma like `spectral_normalization` (deel-lip);
             eps < 0 returns the kernel unchanged (deel-lip).
         maxiter: maximal number of iterations.
 
     Returns:
-        `(kernel / sigma, u, sigma)`.
+        `(kernel / (sigma + eps), u, sigma)`, as deel-lip.
 
     Examples:
         >>> w_bar, u, sigma = spectral_normalization_conv(kernel, keras.random.normal((1, 8, 8, 3)))
@@ -168,7 +169,7 @@ def spectral_normalization_conv(
     first, second = (forward, adjoint) if conv_first else (adjoint, forward)
     u = power_iterate(lambda v: first(v, kernel_sg), lambda z: second(z, kernel_sg), u, maxiter, eps)
     sigma = ops.sqrt(ops.sum(ops.square(first(u, kernel))))
-    return kernel / sigma, u, sigma
+    return kernel / (sigma + eps), u, sigma
 
 
 def padded_conv_operator(kernel: ArrayLike, pads: tuple, circular: bool) -> tuple[Callable, Callable]:
@@ -343,11 +344,11 @@ def rko_strided_kernel(matrix: ArrayLike, strides: tuple[int, int], in_channels:
 
 
 def compose_conv_kernels(first: ArrayLike, second: ArrayLike) -> Any:
-    """Kernel of `conv(conv(x, first, stride 1), second, stride s)` as one stride-s convolution.
+    r"""Kernel of `conv(conv(x, first, stride 1), second, stride s)` as one stride-s convolution.
 
     With Keras' cross-correlation and row-vector taps, z[i] = sum_p x[i + p] first[p]
     and y[o] = sum_q z[o s + q] second[q] give y[o] = sum_t x[o s + t] K[t] with
-    K[t] = sum_{p + q = t} first[p] @ second[q]: a kernel of size
+    $K[t] = \sum_{p + q = t} \mathrm{first}[p] \, \mathrm{second}[q]$: a kernel of size
     (kh1 + kh2 - 1, kw1 + kw2 - 1). The stride is the second conv's and does not
     enter the formula. Under circular padding the composed conv equals the
     composition up to a circular shift (a permutation), so it has the same

@@ -137,15 +137,16 @@ def reshaped_kernel_orthogonalization(
     u: ArrayLike,
     adjustment_coef: float = 1.0,
     eps_spectral: float = DEFAULT_EPS_SPECTRAL,
-    eps_bjorck: float = DEFAULT_EPS_BJORCK,
-    beta: float = DEFAULT_BETA_BJORCK,
+    eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
+    beta: float | None = DEFAULT_BETA_BJORCK,
     maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
     maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
 ) -> tuple[Any, Any, Any]:
     """RKO: spectral normalization then Björck on the reshaped kernel.
 
     The kernel is reshaped to (-1, kernel.shape[-1]), normalized, orthonormalized
-    (skipped when `eps_bjorck` is None: spectral normalization only), multiplied
+    (skipped when `eps_bjorck` or `beta` is None: spectral normalization only,
+    as deel-lip), multiplied
     by `adjustment_coef` and reshaped back.
 
     Args:
@@ -154,7 +155,7 @@ def reshaped_kernel_orthogonalization(
         adjustment_coef: factor applied to the orthonormalized kernel.
         eps_spectral: power-iteration tolerance (0: exactly `maxiter_spectral` steps).
         eps_bjorck: Björck tolerance (0: exactly `maxiter_bjorck` steps; None: no Björck).
-        beta: Björck step in ]0, 0.5].
+        beta: Björck step in ]0, 0.5] (None: no Björck).
         maxiter_spectral: maximal number of power iterations.
         maxiter_bjorck: maximal number of Björck iterations.
 
@@ -166,7 +167,7 @@ def reshaped_kernel_orthogonalization(
     """
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
     matrix, u, sigma = spectral_normalization(matrix, u, eps=eps_spectral, maxiter=maxiter_spectral)
-    if eps_bjorck is not None:
+    if eps_bjorck is not None and beta is not None:
         matrix = bjorck_normalization(matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck)
     return ops.reshape(matrix * adjustment_coef, kernel.shape), u, sigma
 

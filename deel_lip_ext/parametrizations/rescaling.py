@@ -31,10 +31,10 @@ __all__ = [
 
 
 def kernel_self_correlation(kernel: ArrayLike) -> Any:
-    """Self-correlation of a conv kernel over its output channels.
+    r"""Self-correlation of a conv kernel over its output channels.
 
     For `kernel` (kh, kw, c_in, c_out) returns M (c_in, 2 kh - 1, 2 kw - 1, c_in) with
-    M[c1, u, v, c2] = sum_{a, b, o} K[a + u - kh + 1, b + v - kw + 1, c1, o] K[a, b, c2, o]
+    $M[c_1, u, v, c_2] = \sum_{a, b, o} K[a + u - k_h + 1, b + v - k_w + 1, c_1, o] \, K[a, b, c_2, o]$
     (zero outside the kernel): the kernel of the stride-1 operator P^T P of the conv P on a large
     enough torus. A 2-D kernel (n_in, n_out) gives K K^T as (n_in, 1, 1, n_in).
 
@@ -51,7 +51,7 @@ def kernel_self_correlation(kernel: ArrayLike) -> Any:
 
 
 def gram_row_sums(kernel: ArrayLike, weights: ArrayLike | None = None) -> Any:
-    """Weighted absolute row sums r_i = sum_{j, delta} |M[i, delta, j]| w_j / w_i of `kernel_self_correlation`.
+    r"""Weighted absolute row sums $r_i = \sum_{j, \delta} |M[i, \delta, j]| \, w_j / w_i$ of `kernel_self_correlation`.
 
     They bound the largest eigenvalue of D^-1 (P^T P) D for every padding (Gershgorin on the rows), hence
     `diag(r) - P^T P` is positive semi-definite (Schur test with positive weights `w`, all ones if None).

@@ -77,7 +77,7 @@ def cross_entropy_loss(y_true: ArrayLike, logits: ArrayLike):
 
 
 def margin_loss(y_true: ArrayLike, logits: ArrayLike):
-    """Carlini-Wagner margin max_{j != y} z_j - z_y: positive exactly when misclassified.
+    r"""Carlini-Wagner margin $\max_{j \ne y} z_j - z_y$: positive exactly when misclassified.
 
     Examples:
         >>> margin_loss(y, model(x))  # shape (batch,)
@@ -96,9 +96,9 @@ ATTACK_LOSS_FUNCTIONS = {"ce": cross_entropy_loss, "cw": margin_loss}
 def loss_input_gradient(
     model: keras.Model, loss_fn: Callable, x: ArrayLike, y: ArrayLike, training: bool = False
 ) -> tuple[Any, Any, Any]:
-    """Per-sample losses, predictions and per-sample input gradients of the loss.
+    r"""Per-sample losses, predictions and per-sample input gradients of the loss.
 
-    The gradient is that of the *summed* loss, so row i is grad_{x_i} l_i (samples are
+    The gradient is that of the *summed* loss, so row i is $\nabla_{x_i} \ell_i$ (samples are
     independent unless the model couples them, e.g. BatchNorm with `training=True`).
     Under an outer parameter tape it stays differentiable (double backprop).
 
@@ -133,7 +133,7 @@ def lipschitz_penalty(
     penalty_scaling: str = "sample",
     training: bool = True,
 ) -> tuple[Any, Any]:
-    """tulip's Lipschitz term lip_weight * max_i ||grad_{x_i} l||_2, by double backprop.
+    r"""tulip's Lipschitz term lip_weight $\cdot \max_i \|\nabla_{x_i} \ell\|_2$, by double backprop.
 
     One forward pass gives both the predictions (for the data term) and the input
     gradient; the penalty is differentiable w.r.t. the model parameters through it.

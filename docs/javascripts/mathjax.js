@@ -1,4 +1,5 @@
 // MathJax for pymdownx.arithmatex (generic mode): $...$ / \(...\) inline, $$...$$ / \[...\] display.
+// MathJax itself is javascripts/mathjax/tex-svg-full.js, copied from the docs extra (no CDN).
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"]],
@@ -6,6 +7,7 @@ window.MathJax = {
     processEscapes: true,
     processEnvironments: true,
   },
+  svg: { fontCache: "global" },
   options: {
     ignoreHtmlClass: ".*|",
     processHtmlClass: "arithmatex",
@@ -13,7 +15,10 @@ window.MathJax = {
 };
 
 document$.subscribe(() => {
-  MathJax.startup.output.clearCache();
+  // The SVG output has clearFontCache (CHTML: clearCache); calling a missing one would stop the typesetting.
+  const output = MathJax.startup.output;
+  if (output.clearCache) output.clearCache();
+  else if (output.clearFontCache) output.clearFontCache();
   MathJax.typesetClear();
   MathJax.texReset();
   MathJax.typesetPromise();
