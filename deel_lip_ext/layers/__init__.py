@@ -23,5 +23,6 @@ from deel_lip_ext.layers.conv1d import SpectralConv1D
 from deel_lip_ext.layers.residual import ChordDense, LipResidual, LiResNetBlock
 from deel_lip_ext.layers.centering import BatchCentering, LayerCentering
 from deel_lip_ext.layers.aol import AOLConv2D, AOLDense
-from deel_lip_ext.layers.sll_cpl import CPLConv2D, CPLDense, SLLConv2D, SLLDense
+from deel_lip_ext.layers.cpl import CPLConv2D, CPLDense
+from deel_lip_ext.layers.sll_cpl import SLLConv2D, SLLDense
 from deel_lip_ext.layers.aoc import AOCConv2D, AOCConv2DTranspose
