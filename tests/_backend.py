@@ -40,14 +40,14 @@ def gradients(fn, *inputs, upstream=None):
     gives them all.
     """
     inputs = [np.asarray(a) for a in inputs]
-    sizes = [a.size for a in inputs]
-    bounds = [int(b) for b in np.cumsum([0] + sizes)]
+    ends = [int(end) for end in np.cumsum([a.size for a in inputs])]
+    spans = list(zip([0] + ends[:-1], ends, [a.shape for a in inputs]))
 
     def unpacked(flat):
-        return fn(*(ops.reshape(flat[a:b], shape) for a, b, shape in zip(bounds[:-1], bounds[1:], [i.shape for i in inputs])))
+        return fn(*(ops.reshape(flat[start:end], shape) for start, end, shape in spans))
 
     flat = input_gradient(unpacked, np.concatenate([a.ravel() for a in inputs]), upstream)
-    return [flat[a:b].reshape(i.shape) for a, b, i in zip(bounds[:-1], bounds[1:], inputs)]
+    return [flat[start:end].reshape(shape) for start, end, shape in spans]
 
 
 def variable_gradients(fn, variables):
@@ -60,15 +60,12 @@ def compiled(fn, variables=()):
     return _autodiff.graph_function(fn, variables)
 
 
-def rounding_slack(values, magnitude=1.0):
-    """0 for float64 results; else a rounding allowance `64 eps magnitude` for `values`' float dtype.
+def float_eps(values):
+    """Machine epsilon of `values`' float dtype, and 0 for float64.
 
-    Tests written for float64 (exact up to ~1e-13) keep their tolerance when float64 is computed;
-    on JAX without x64 a `dtype="float64"` layer computes in float32, whose rounding this adds.
-    `magnitude` is the error amplification of the checked quantity (e.g. |x| / |x - y| for a
-    ratio of differences).
+    Tests written for float64 (rounding negligible next to their tolerance) keep that tolerance
+    where float64 is computed and add `float_eps(result) * error_amplification` where it is not:
+    on JAX without x64, a `dtype="float64"` layer computes in float32.
     """
     dtype = np.asarray(values).dtype
-    if dtype == np.float64:
-        return 0.0
-    return 64.0 * float(np.finfo(dtype).eps) * magnitude
+    return 0.0 if dtype == np.float64 else float(np.finfo(dtype).eps)
