@@ -12,6 +12,9 @@ from deel_lip_ext import _autodiff
 
 BACKEND = keras.backend.backend()
 
+# `(values, aux, gradient)` of `fn(x) -> (values, aux)`: the library's own, tested in test_autodiff.py.
+value_and_input_gradient = _autodiff.value_and_input_gradient
+
 
 def to_numpy(x):
     """Any backend tensor, variable or array as a numpy array (detached on torch)."""
@@ -50,9 +53,33 @@ def gradients(fn, *inputs, upstream=None):
     return [flat[start:end].reshape(shape) for start, end, shape in spans]
 
 
+def batch_jacobian(fn, x):
+    """Per-sample Jacobians (N, out, in) of `fn` at the points `x`, from one batched input gradient.
+
+    Each point is repeated once per output entry and each copy's gradient of its own output entry
+    is one Jacobian row, so `fn` must treat the samples of a batch independently (as layers and
+    models in inference mode do). The dtype is that of the gradient.
+    """
+    x = np.asarray(x)
+    n = x.shape[0]
+    out_dim = int(np.prod(fn(x[:1]).shape[1:]))
+    select = np.tile(np.eye(out_dim, dtype=x.dtype), (n, 1))
+
+    def flat_outputs(inputs):
+        return ops.reshape(fn(inputs), (n * out_dim, out_dim))
+
+    gradient = input_gradient(flat_outputs, np.repeat(x, out_dim, axis=0), select)
+    return gradient.reshape(n, out_dim, -1)
+
+
 def variable_gradients(fn, variables):
     """Gradients of the scalar `fn()` with respect to Keras `variables`, as numpy arrays."""
-    return [to_numpy(g) for g in _autodiff.parameter_gradients(lambda: (fn(), None), variables)[2]]
+    return [to_numpy(g) for g in parameter_gradients(lambda: (fn(), None), variables)[2]]
+
+
+def parameter_gradients(fn, variables):
+    """`(loss, aux, gradients)` of `fn() -> (loss, aux)` with respect to Keras `variables` (backend tensors)."""
+    return _autodiff.parameter_gradients(fn, variables)
 
 
 def compiled(fn, variables=()):
