@@ -172,16 +172,14 @@ def test_householder_applies_k_coef_lip():
 
 
 def test_l2_pooling_is_smooth_at_zero_and_close_to_the_norm():
-    import tensorflow as tf
+    from _backend import input_gradient
 
     from deel_lip_ext.layers import ScaledL2NormPooling2D
 
     pool = ScaledL2NormPooling2D(pool_size=(2, 2))
-    zeros = tf.zeros((1, 2, 2, 1))
-    with tf.GradientTape() as tape:
-        tape.watch(zeros)
-        value = pool(zeros)
-    gradient = tape.gradient(value, zeros).numpy()
+    zeros = np.zeros((1, 2, 2, 1), "float32")
+    value = pool(zeros)
+    gradient = input_gradient(pool, zeros)
     assert np.all(np.isfinite(gradient)) and np.all(gradient == 0.0) and float(np.asarray(value).item()) == 0.0
     window = np.array([[[[3.0], [4.0]], [[0.0], [0.0]]]], np.float32)
     assert float(np.asarray(pool(window)).item()) == pytest.approx(5.0, abs=1e-5)
