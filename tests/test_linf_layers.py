@@ -6,7 +6,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from _backend import compiled, gradients, input_gradient, to_numpy
+from _backend import compiled, float_eps, gradients, input_gradient, to_numpy
 from keras import ops
 
 from deel_lip_ext.layers import LInfDistConv2D, LInfDistDense, LogitScale
@@ -75,8 +75,12 @@ def test_custom_gradient_matches_autodiff_of_naive_reference(p, dynamic):
     naive = gradients(
         lambda a, b: naive_distance(ops.cast(a, "float64"), ops.cast(b, "float64"), p), x, kernel, upstream=upstream
     )
+    # Where float64 is not computed (JAX without x64) the reference rounds |d| to float32 and raises
+    # it to the power p - 1: a relative error of up to (p - 1) eps.
+    reference_eps = float_eps(to_numpy(ops.cast(x, "float64")))
+    tolerance = 1e-4 + (0.0 if math.isinf(p) else (p - 1) * reference_eps)
     for actual, expected in zip(chunked, naive):
-        assert relative_error(actual, expected) <= 1e-4
+        assert relative_error(actual, expected) <= tolerance
 
 
 def test_gradient_at_p_inf_is_one_signed_entry_at_the_argmax():
