@@ -98,7 +98,7 @@ def test_conv_export_and_inference_agree_after_training(layer_cls):
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(exported.kernel), keras.ops.convert_to_numpy(layer.effective_kernel()), atol=0
     )
-    np.testing.assert_allclose(model.predict(x, verbose=0), exported(x), atol=1e-5)
+    np.testing.assert_allclose(model.predict(x, verbose=0), keras.ops.convert_to_numpy(exported(x)), atol=1e-5)
 
 
 def test_condense_keeps_the_function(dense_model):

@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import input_gradient
 
 from deel_lip_ext import normalizers
 
@@ -80,11 +80,13 @@ def test_frobenius_normalization(disjoint):
 
 
 def test_gradient_flows_through_rko():
-    w = tf.Variable(np.random.default_rng(8).normal(size=(12, 6)).astype("float32"))
-    with tf.GradientTape() as tape:
-        bar, _, _ = normalizers.reshaped_kernel_orthogonalization(w, keras.ops.ones((1, 6)))
-        loss = keras.ops.sum(bar[:, 0] * np.arange(12, dtype="float32"))
-    grad = tape.gradient(loss, w)
+    w = np.random.default_rng(8).normal(size=(12, 6)).astype("float32")
+
+    def loss(kernel):
+        bar, _, _ = normalizers.reshaped_kernel_orthogonalization(kernel, keras.ops.ones((1, 6)))
+        return keras.ops.sum(bar[:, 0] * keras.ops.arange(12, dtype="float32"))
+
+    grad = input_gradient(loss, w)
     assert grad is not None and np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
 
 
