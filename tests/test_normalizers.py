@@ -4,6 +4,7 @@ import pytest
 from _backend import input_gradient
 
 from deel_lip_ext import normalizers
+from deel_lip_ext.parametrizations import iteration
 
 
 def _svd(w):
@@ -104,3 +105,34 @@ def test_gradient_flows_through_rko():
 def test_bad_normalizer_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         normalizers.check_normalizer_args(**kwargs)
+
+
+@pytest.mark.parametrize("eps, unrolled_steps", [(1e-30, 5), (1e9, 1)])
+def test_tolerance_loop_has_the_values_and_gradients_of_the_unrolled_loop(eps, unrolled_steps):
+    # eps 1e-30 never converges (all 5 steps run), 1e9 converges after the first: the tolerance loop
+    # must then give the values and input gradients of exactly that many unrolled steps, on every
+    # backend (JAX cannot reverse-differentiate a while_loop: the loop is a fixed count that freezes).
+    w = np.random.default_rng(0).normal(size=(7, 4)).astype("float32") / 4.0
+    weights = np.arange(28, dtype="float32").reshape(7, 4)
+
+    def orthonormalized(eps_bjorck, maxiter):
+        return lambda x: normalizers.bjorck_normalization(x, eps=eps_bjorck, maxiter=maxiter)
+
+    for fn, reference in (
+        (orthonormalized(eps, 5), orthonormalized(0.0, unrolled_steps)),
+        (lambda x: iteration.iterate(lambda s: s * 0.5 + 1.0, x, eps, 5), lambda x: _halve_plus_one(x, unrolled_steps)),
+    ):
+        np.testing.assert_allclose(_numpy(fn(w)), _numpy(reference(w)), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            input_gradient(fn, w, weights), input_gradient(reference, w, weights), rtol=1e-5, atol=1e-5
+        )
+
+
+def _halve_plus_one(x, steps):
+    for _ in range(steps):
+        x = x * 0.5 + 1.0
+    return x
+
+
+def _numpy(tensor):
+    return keras.ops.convert_to_numpy(tensor)

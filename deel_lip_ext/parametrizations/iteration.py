@@ -7,7 +7,7 @@ The concrete constraints (`deel_lip_ext.parametrizations.orthogonal`,
 * `l2_normalize`: x / ||x|| over all entries, or per row of a batch (`axis`).
 * `iterate`: `state = body(state)` either exactly `maxiter` times (eps = 0,
   unrolled: what XLA likes best) or until the state moves less than eps
-  (deel-lip's semantics, a `while_loop`).
+  (deel-lip's semantics, a fixed-count loop that freezes once converged).
 * `power_iterate`: the power iteration of A^T A for any linear operator A
   given as two callables (a matrix, a batch of matrices, a convolution...),
   without gradient; the caller forms sigma from the returned vector.
@@ -106,7 +106,8 @@ def iterate(
     """Run `state = body(state)` up to `maxiter` times.
 
     With `eps > 0` stop as soon as `distance(old, new) < eps` (deel-lip's
-    semantics, a `while_loop`); with `eps == 0` unroll exactly `maxiter` steps.
+    semantics, as a loop of `maxiter` steps whose state freezes once converged,
+    which JAX can differentiate); with `eps == 0` unroll exactly `maxiter` steps.
 
     Examples:
         >>> iterate(lambda x: x / 2.0, keras.ops.ones(()), eps=0.0, maxiter=3)  # 0.125
@@ -116,13 +117,16 @@ def iterate(
             state = body(state)
         return state
 
-    def cond(i, current, previous):
-        return ops.logical_and(i < maxiter, distance(current, previous) >= eps)
+    # Exactly `maxiter - 1` further steps, frozen once converged (`cond` skips the body then, so the
+    # cost stays an early exit's): every backend differentiates it, where JAX cannot
+    # reverse-differentiate a `while_loop` of data-dependent length. Same values as that loop.
+    def step(_, carry):
+        current, previous, converged = carry
+        converged = ops.logical_or(converged, distance(current, previous) < eps)
+        following = ops.cond(converged, lambda: current, lambda: body(current))
+        return following, current, converged
 
-    def step(i, current, previous):
-        return i + 1, body(current), current
-
-    _, state, _ = ops.while_loop(cond, step, (1, body(state), state), maximum_iterations=maxiter)
+    state, _, _ = ops.fori_loop(1, maxiter, step, (body(state), state, ops.convert_to_tensor(False)))
     return state
 
 
