@@ -136,3 +136,33 @@ def _halve_plus_one(x, steps):
 
 def _numpy(tensor):
     return keras.ops.convert_to_numpy(tensor)
+
+
+_RNG = np.random.default_rng(3)
+_MATRIX = (_RNG.normal(size=(6, 4)) / 4).astype("float32")
+_VECTOR = _RNG.normal(size=(1, 4)).astype("float32")
+_CONV = (_RNG.normal(size=(3, 3, 2, 2)) / 4).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("power_iteration", (_MATRIX, _VECTOR)),
+        ("spectral_normalization", (_MATRIX, _VECTOR)),
+        ("bjorck_normalization", (_MATRIX,)),
+        ("reshaped_kernel_orthogonalization", (_MATRIX, _VECTOR)),
+        ("frobenius_normalization", (_MATRIX,)),
+        ("chord_orthogonalization", (_MATRIX,)),
+        ("spectral_normalization_conv", (_CONV, _RNG.normal(size=(1, 4, 4, 2)).astype("float32"))),
+        ("aol_rescaling", (_MATRIX,)),
+        ("kernel_self_correlation", (_CONV,)),
+        ("compose_conv_kernels", (_CONV, _CONV)),
+    ],
+)
+def test_public_functions_accept_numpy_arrays(name, args):
+    # numpy operands meet backend tensors through numpy's operators on torch unless converted first.
+    function = getattr(normalizers, name)
+    from_numpy = function(*args)
+    from_tensors = function(*[keras.ops.convert_to_tensor(a) for a in args])
+    for a, b in zip(keras.tree.flatten(from_numpy), keras.tree.flatten(from_tensors)):
+        np.testing.assert_allclose(_numpy(a), _numpy(b), rtol=1e-6, atol=1e-6)

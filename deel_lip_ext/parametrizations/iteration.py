@@ -88,6 +88,7 @@ def l2_normalize(x: ArrayLike, axis: int | None = None, eps: float = 1e-12) -> A
     Examples:
         >>> l2_normalize(keras.ops.ones((2, 3)), axis=-1)  # each row of norm 1
     """
+    x = ops.convert_to_tensor(x)  # numpy / a torch tensor would go through numpy's operator
     return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), eps))
 
 
@@ -172,7 +173,7 @@ def power_iterate(
         u = apply(v)
         return ops.stop_gradient(normalize(apply_adjoint(normalize(u) if normalize_halves else u)))
 
-    vector = normalize(ops.stop_gradient(vector))
+    vector = normalize(ops.stop_gradient(ops.convert_to_tensor(vector)))
     return ops.stop_gradient(iterate(step, vector, eps, maxiter))
 
 
@@ -233,6 +234,7 @@ def bjorck(
     Examples:
         >>> orthonormal = bjorck(keras.random.normal((5, 8, 8)) / 8.0, eps=0.0, maxiter=20)
     """
+    matrices = ops.convert_to_tensor(matrices)
     tall = matrices.shape[-2] >= matrices.shape[-1]
 
     def step(w):
