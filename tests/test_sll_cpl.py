@@ -230,3 +230,21 @@ def test_soundness_fuzzer_on_models_with_the_modern_layers():
         if checked >= 20:
             break
     assert checked >= 20 and bounded >= 10
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 3, 4, 6), (1, 3, 2, 5)])
+def test_certificate_row_sums_are_the_gram_row_sums_in_float64(shape):
+    # The certificate's numpy float64 twin of `gram_row_sums` (Keras computes float64 in float32 on
+    # JAX and torch) must be the same function.
+    from deel_lip_ext.layers.sll_cpl import _gram_row_sums_float64
+    from deel_lip_ext.parametrizations import gram_row_sums
+
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=shape)
+    weights = np.exp(rng.normal(size=shape[-2]))
+    for w in (None, weights):
+        expected = gram_row_sums(
+            keras.ops.convert_to_tensor(kernel.astype("float32")),
+            None if w is None else keras.ops.convert_to_tensor(w.astype("float32")),
+        )
+        np.testing.assert_allclose(_gram_row_sums_float64(kernel, w), keras.ops.convert_to_numpy(expected), rtol=1e-5)
