@@ -71,6 +71,9 @@ def value_and_input_gradient(
         `(values, aux, gradient)` with `gradient` of the shape and dtype of `x`; zeros where
         `values` does not depend on `x`. `values` and `aux` stay differentiable.
 
+    On JAX what `fn` assigns to variables (inference caches, power-iteration vectors) is dropped:
+    a value computed under differentiation cannot leave it.
+
     Examples:
         >>> def per_sample_loss(x):
         ...     logits = model(x, training=False)
@@ -91,7 +94,8 @@ def value_and_input_gradient(
         import jax
 
         def total_of(inputs):
-            values, aux = fn(inputs)
+            with _discarding_writes():
+                values, aux = fn(inputs)
             return ops.sum(values), (values, aux)
 
         (_, (values, aux)), gradient = jax.value_and_grad(total_of, has_aux=True)(x)
@@ -113,6 +117,23 @@ def value_and_input_gradient(
     if not differentiable:
         gradient = ops.stop_gradient(gradient)
     return values, aux, gradient
+
+
+def _discarding_writes() -> keras.StatelessScope:
+    """JAX: a scope that reads the variables as the enclosing code does and drops what `fn` assigns.
+
+    A value assigned inside `jax.value_and_grad` (e.g. a layer's inference cache) is a tracer of the
+    differentiation; written to a variable or to an enclosing `StatelessScope` (a compiled function's
+    state) it would escape its trace ("UnexpectedTracerError"). The assignments are functions of the
+    variables (caches, power-iteration vectors), so dropping them changes no result.
+    """
+    from keras.src.backend.common.stateless_scope import get_stateless_scope  # no public accessor
+
+    enclosing = get_stateless_scope()
+    scope = keras.StatelessScope()
+    if enclosing is not None:
+        scope.state_mapping.update(enclosing.state_mapping)
+    return scope
 
 
 def parameter_gradients(

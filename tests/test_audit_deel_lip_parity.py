@@ -216,11 +216,6 @@ def test_spectral_constraint_takes_deel_lips_u():
     constraints.SpectralConstraint(k_coef_lip=1.0, u=None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deel-lip evaluate_lip_const(model, x, eps=1e-4, seed=None); here (model, x, batch_size=32): "
-    "eps= raises TypeError and a positional eps becomes the batch size; not in the migration guide",
-)
 def test_evaluate_lip_const_takes_deel_lips_eps_and_seed():
     model = keras.Sequential([keras.Input((4,)), layers.SpectralDense(3)])
     x = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
