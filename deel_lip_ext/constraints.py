@@ -133,7 +133,7 @@ class SpectralConstraint(keras.constraints.Constraint):
 
     def __call__(self, w: ArrayLike):
         if self.u is None:
-            u = keras.random.normal((1, w.shape[-1]), dtype="float32")
+            u = keras.random.normal((1, w.shape[-1]), dtype="float32", seed=0)  # traced JAX takes seeded ops only
         elif self.u.shape[1] != w.shape[-1]:
             raise ValueError(
                 f"u has shape {self.u.shape}, the kernel has {w.shape[-1]} units: give u of shape (1, units)."

@@ -15,7 +15,7 @@ from typing import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
+from _backend import batch_jacobian, to_numpy, value_and_input_gradient
 from keras import ops
 
 from deel_lip_ext import callbacks
@@ -548,11 +548,11 @@ def random_model(seed: int, focus: str | None = None) -> keras.Model:
 
 def _flat(model, x):
     y = model(x, training=False)
-    return tf.reshape(y, (tf.shape(x)[0], -1))
+    return ops.reshape(y, (ops.shape(x)[0], -1))
 
 
 def _norm(v, norm, axes):
-    return tf.reduce_max(tf.abs(v), axis=axes) if norm == "linf" else tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes))
+    return ops.max(ops.abs(v), axis=axes) if norm == "linf" else ops.sqrt(ops.sum(ops.square(v), axis=axes))
 
 
 def _output_dim(model, x):
@@ -562,19 +562,10 @@ def _output_dim(model, x):
 def jacobians(model, x):
     """Input Jacobians (N, out, in) at the points x, float64, from one batched backward pass.
 
-    Each point is repeated once per output entry and each copy's gradient of
-    its own output entry is one Jacobian row (no per-model tracing).
+    Each point is repeated once per output entry and each copy's gradient of its own output entry
+    is one Jacobian row (no per-model tracing); zeros where the output does not depend on the input.
     """
-    n, in_shape = x.shape[0], x.shape[1:]
-    out_dim = _output_dim(model, x)
-    repeated = tf.Variable(np.repeat(x, out_dim, axis=0))
-    select = tf.constant(np.tile(np.eye(out_dim, dtype="float32"), (n, 1)))
-    with tf.GradientTape() as tape:
-        picked = tf.reduce_sum(_flat(model, repeated) * select)
-    grad = tape.gradient(picked, repeated)
-    if grad is None:  # the output does not depend on the input
-        return np.zeros((n, out_dim, int(np.prod(in_shape))))
-    return grad.numpy().astype(np.float64).reshape(n, out_dim, -1)
+    return batch_jacobian(lambda inputs: model(inputs, training=False), x).astype(np.float64)
 
 
 def jacobian_norm(jac, norm):
@@ -592,19 +583,22 @@ def pair_search(model, x, norm, rng, steps=4, step_size=0.05):
     """
     n = len(x) * _output_dim(model, x) // 2
     starts = x[rng.integers(len(x), size=n)] + rng.normal(scale=0.3, size=(n,) + x.shape[1:]).astype("float32")
-    pairs = tf.Variable(np.concatenate([starts, starts + rng.normal(scale=0.05, size=starts.shape).astype("float32")]))
-    axes = list(range(1, len(x.shape)))
+    pairs = np.concatenate([starts, starts + rng.normal(scale=0.05, size=starts.shape).astype("float32")])
+    axes = tuple(range(1, len(x.shape)))
+
+    def ratios(points):
+        out = _flat(model, points)
+        ratio = _norm(out[:n] - out[n:], norm, 1) / ops.maximum(_norm(points[:n] - points[n:], norm, axes), 1e-12)
+        return ratio, ratio
+
     best = 0.0
     for _ in range(steps):
-        with tf.GradientTape() as tape:
-            out = _flat(model, pairs)
-            ratio = _norm(out[:n] - out[n:], norm, [1]) / tf.maximum(_norm(pairs[:n] - pairs[n:], norm, axes), 1e-12)
-            objective = tf.reduce_sum(ratio)
-        best = max(best, float(tf.reduce_max(ratio)))
-        grad = tape.gradient(objective, pairs)
-        if grad is None:
+        _, ratio, grad = value_and_input_gradient(ratios, pairs)
+        best = max(best, float(np.max(to_numpy(ratio))))
+        grad = to_numpy(grad)
+        if not np.any(grad):  # the output does not depend on the input
             break
-        pairs.assign_add(step_size * grad / (tf.reduce_max(tf.abs(grad), axis=axes, keepdims=True) + 1e-12))
+        pairs = pairs + step_size * grad / (np.max(np.abs(grad), axis=axes, keepdims=True) + 1e-12)
     return best
 
 

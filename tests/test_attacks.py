@@ -28,7 +28,7 @@ def mlp(inputs=6, outputs=3, seed=0):
 
 def margin_loss(model, x, labels):
     """max_{j != y} f_j - f_y (binary: -s f), in numpy."""
-    f = np.asarray(model(x, training=False), "float64")
+    f = keras.ops.convert_to_numpy(model(x, training=False)).astype("float64")
     if f.shape[1] == 1:
         return -np.where(np.asarray(labels).reshape(-1) > 0, 1.0, -1.0) * f[:, 0]
     return np.array([np.max(np.delete(row, t)) - row[t] for row, t in zip(f, labels)])
@@ -40,7 +40,7 @@ def binary_linear():
     w = rng.normal(size=(8, 1))
     model = linear_model(w, [0.3])
     x = rng.normal(size=(64, 8)).astype("float32")
-    labels = (np.asarray(model(x))[:, 0] > 0).astype("int64")  # every point correctly classified
+    labels = (keras.ops.convert_to_numpy(model(x))[:, 0] > 0).astype("int64")  # every point correctly classified
     return model, w[:, 0], x, labels
 
 
@@ -48,7 +48,7 @@ def binary_linear():
 def test_pgd_on_a_linear_model_breaks_exactly_the_points_closer_than_eps(binary_linear, norm):
     model, w, x, labels = binary_linear
     dual_norm = np.linalg.norm(w) if norm == "l2" else np.sum(np.abs(w))
-    distance = np.abs(np.asarray(model(x))[:, 0]) / dual_norm  # exact distance to the decision boundary
+    distance = np.abs(keras.ops.convert_to_numpy(model(x))[:, 0]) / dual_norm  # exact distance to the decision boundary
     eps = float(np.median(distance))
     away = np.abs(distance - eps) > 1e-3 * eps
     x_adv = attacks.pgd(model, x, labels, eps, norm=norm, steps=30, loss="cw", clip_min=None, clip_max=None, seed=0)
@@ -137,7 +137,7 @@ def test_verify_certificates_on_a_linear_model_is_exact(binary_linear):
     """A linear binary certificate is tight and PGD is exact: certified == empirically robust."""
     model, w, x, labels = binary_linear
     lip = float(np.linalg.norm(w))
-    distance = np.abs(np.asarray(model(x))[:, 0]) / lip
+    distance = np.abs(keras.ops.convert_to_numpy(model(x))[:, 0]) / lip
     eps = float(np.quantile(distance, 0.4))
     result = attacks.verify_certificates(
         model, x, labels, eps, lip_const=lip, steps=20, restarts=1, clip_min=None, clip_max=None
@@ -152,7 +152,7 @@ def test_verify_certificates_catches_a_wrong_lipschitz_constant():
     w = rng.normal(size=(6, 4))
     model = linear_model(w, np.zeros(4))
     x = rng.uniform(size=(60, 6)).astype("float32")
-    labels = np.argmax(np.asarray(model(x)), axis=1)
+    labels = np.argmax(keras.ops.convert_to_numpy(model(x)), axis=1)
     true_lip = float(np.linalg.norm(w, 2))
     honest = attacks.verify_certificates(
         model, x, labels, 0.2, lip_const=true_lip, steps=30, clip_min=None, clip_max=None
@@ -163,7 +163,7 @@ def test_verify_certificates_catches_a_wrong_lipschitz_constant():
     )
     assert false.n_certified > honest.n_certified and false.n_broken > 0
     # Every broken point really has an adversarial inside the ball (exact distance for a linear model).
-    f = np.asarray(model(x), "float64")
+    f = keras.ops.convert_to_numpy(model(x)).astype("float64")
     distance = [
         min((f[i, t] - f[i, j]) / np.linalg.norm(w[:, t] - w[:, j]) for j in range(4) if j != t)
         for i, t in enumerate(labels)
@@ -230,7 +230,7 @@ def test_mnist_certificates_survive_pgd_and_pgd_breaks_an_unconstrained_model():
     plain = keras.Sequential([keras.Input((784,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
     _train(plain, keras.losses.CategoricalCrossentropy(from_logits=True), x_train, y_train, steps=300)
     x_adv = attacks.pgd(plain, x_test, y_test, 1.58, steps=100, loss="cw", restarts=1)
-    clean = np.mean(np.argmax(np.asarray(plain(x_test)), 1) == y_test)
-    robust = np.mean(np.argmax(np.asarray(plain(x_adv)), 1) == y_test)
+    clean = np.mean(np.argmax(keras.ops.convert_to_numpy(plain(x_test)), 1) == y_test)
+    robust = np.mean(np.argmax(keras.ops.convert_to_numpy(plain(x_adv)), 1) == y_test)
     assert clean > 0.8 and robust < 0.5 * clean, (clean, robust)
     print(f"MNIST certificates check took {time.perf_counter() - start:.1f} s")

@@ -223,11 +223,6 @@ def test_spectral_constraint_takes_deel_lips_u():
         constraints.SpectralConstraint(u=np.ones((1, 3), np.float32))(w)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deel-lip evaluate_lip_const(model, x, eps=1e-4, seed=None); here (model, x, batch_size=32): "
-    "eps= raises TypeError and a positional eps becomes the batch size; not in the migration guide",
-)
 def test_evaluate_lip_const_takes_deel_lips_eps_and_seed():
     model = keras.Sequential([keras.Input((4,)), layers.SpectralDense(3)])
     x = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")

@@ -141,11 +141,6 @@ def _tensorflow_warnings(run):
     return stream.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deel_lip_ext/utils.py evaluate_lip_const: tape.batch_jacobian retraces pfor per call and batch "
-    "shape ('triggered tf.function retracing' on stderr; seen in demos/wasserstein.py via lipschitz_bounds)",
-)
 def test_evaluate_lip_const_prints_no_retracing_warning():
     from deel_lip_ext.layers import GroupSort2, SpectralDense
     from deel_lip_ext.utils import evaluate_lip_const
@@ -253,3 +248,20 @@ def _unannotated_public_callables():
 def test_every_public_callable_has_type_hints():
     missing = _unannotated_public_callables()
     assert not missing, missing
+
+
+def test_attacks_print_no_retracing_warning():
+    from deel_lip_ext import attacks
+    from deel_lip_ext.layers import GroupSort2, SpectralDense
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(70, 6)).astype("float32"), rng.integers(0, 3, 70)
+    models = [keras.Sequential([keras.Input((6,)), SpectralDense(8), GroupSort2(), SpectralDense(3)]) for _ in range(4)]
+
+    def attack_each():
+        for model in models:
+            attacks.pgd(model, x, y, 0.1, steps=3, batch_size=32, clip_min=None, clip_max=None)
+            attacks.fgsm(model, x, y, 0.1, batch_size=32, clip_min=None, clip_max=None)
+
+    log = _tensorflow_warnings(attack_each)
+    assert "retracing" not in log, log[:1000]

@@ -87,11 +87,11 @@ def toy_data(seed=0, n=50, inputs=6, classes=3):
 def test_certify_reports_the_formula():
     model = dense_model()
     x, y = toy_data()
-    radii = certified_radius(np.asarray(model(x)), y, lip_const=3.0)
+    radii = certified_radius(keras.ops.convert_to_numpy(model(x)), y, lip_const=3.0)
     result = certify(model, (x, y), [0.0, 0.01, 0.05], lip_const=3.0, batch_size=16)
     np.testing.assert_allclose(result.radii, radii, rtol=1e-6)
     np.testing.assert_allclose(result.certified_accuracy, [np.mean(radii > e) for e in (0.0, 0.01, 0.05)])
-    assert result.clean_accuracy == np.mean(np.argmax(model(x), 1) == y)
+    assert result.clean_accuracy == np.mean(np.argmax(keras.ops.convert_to_numpy(model(x)), 1) == y)
     assert result.mean_radius == pytest.approx(radii.mean()) and result.median_radius == pytest.approx(np.median(radii))
     assert result.lip_const == 3.0 and result.lip_const_source == "user" and result.n_samples == 50
     assert result.as_dict()["certified_accuracy"][0.01] == pytest.approx(np.mean(radii > 0.01))
@@ -107,7 +107,7 @@ def test_certify_folds_input_scale_and_norm_conversions():
         certify(model, (x, y), 0.01, norm="linf", lip_const=2.0).radii, base / math.sqrt(6), rtol=1e-6
     )
     # An l_inf bound (l_inf-dist nets): margin / (2 L), valid for L2 balls too.
-    margin_radius = certified_radius(np.asarray(model(x)), y, "linf", 2.0)
+    margin_radius = certified_radius(keras.ops.convert_to_numpy(model(x)), y, "linf", 2.0)
     for norm in ("linf", "l2"):
         np.testing.assert_allclose(
             certify(model, (x, y), 0.01, norm=norm, lip_const=2.0, lip_norm="linf").radii, margin_radius, rtol=1e-6

@@ -127,7 +127,7 @@ def test_export_holds_stock_layers_and_only_the_listed_library_layers(name, mode
     stock = {cls for module, cls in classes if module.startswith("keras")}
     assert stock & {"Dense", "Conv2D"}, stock
     x = np.random.default_rng(0).random((3,) + tuple(model.input_shape[1:])).astype("float32")
-    np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(model(x)), atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5)
 
 
 def test_exported_keras_file_loads_in_a_fresh_process_after_import_deel_lip_ext(tmp_path):
@@ -136,13 +136,13 @@ def test_exported_keras_file_loads_in_a_fresh_process_after_import_deel_lip_ext(
     plain.save(tmp_path / "export.keras")
     x = np.random.default_rng(1).random((4, 8, 8, 2)).astype("float32")
     np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", np.asarray(plain(x)))
+    np.save(tmp_path / "y.npy", keras.ops.convert_to_numpy(plain(x)))
     code = textwrap.dedent(
         """
         import numpy as np, keras
         import deel_lip_ext
         loaded = keras.saving.load_model("export.keras")
-        np.testing.assert_allclose(np.asarray(loaded(np.load("x.npy"))), np.load("y.npy"), atol=1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(np.load("x.npy"))), np.load("y.npy"), atol=1e-6)
         print("ok")
         """
     )
@@ -165,9 +165,9 @@ def test_export_keeps_the_weights_of_the_layers_it_copies():
     plain = model.vanilla_export()
     exported = plain.layers[-1]
     assert type(exported).__name__ == "Householder" and exported is not model.layers[-1]
-    np.testing.assert_array_equal(np.asarray(exported.theta), np.float32([0.3, 1.1]))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(exported.theta), np.float32([0.3, 1.1]))
     x = np.random.default_rng(2).normal(size=(5, 4)).astype("float32")
-    np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(model(x)), atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
 
 
 def test_layers_exported_as_stock_leave_only_stock_layers_and_are_in_the_readme():

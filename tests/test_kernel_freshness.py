@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from _backend import input_gradient
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.layers import FrobeniusConv2D, SpectralConv2D, SpectralDense
@@ -98,7 +99,7 @@ def test_conv_export_and_inference_agree_after_training(layer_cls):
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(exported.kernel), keras.ops.convert_to_numpy(layer.effective_kernel()), atol=0
     )
-    np.testing.assert_allclose(model.predict(x, verbose=0), exported(x), atol=1e-5)
+    np.testing.assert_allclose(model.predict(x, verbose=0), keras.ops.convert_to_numpy(exported(x)), atol=1e-5)
 
 
 def test_condense_keeps_the_function(dense_model):
@@ -108,3 +109,26 @@ def test_condense_keeps_the_function(dense_model):
     layer.condense()
     np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-4)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.kernel), _reference_dense_kernel(layer), atol=1e-4)
+
+
+def test_shared_layer_input_gradient_through_two_inference_calls():
+    # The second call rewrites the cache; on torch that write is in place, so the first call must
+    # hold its own copy of the cached kernel or its backward fails ("modified by an inplace operation").
+    layer = SpectralDense(4, kernel_initializer="glorot_uniform")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layer(layer(inputs)))
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    model(x)  # fills the cache: both calls below read it
+    kernel = keras.ops.convert_to_numpy(layer.effective_kernel())
+    gradient = input_gradient(lambda t: model(t, training=False), x)
+    np.testing.assert_allclose(gradient, np.ones((3, 4)) @ (kernel @ kernel).T, atol=1e-5)
+
+
+def test_predict_after_an_eager_call_and_again(dense_model):
+    # JAX's predict donates every state buffer once: the cache snapshot must not share the kernel's.
+    model, layer = dense_model
+    x = np.random.default_rng(1).normal(size=(8, 5)).astype("float32")
+    eager = _inference_output(layer, x)
+    for _ in range(2):
+        np.testing.assert_allclose(model.predict(x, verbose=0), eager, atol=1e-6)
+    np.testing.assert_allclose(_inference_output(layer, x), _expected_dense_output(layer, x), atol=1e-5)

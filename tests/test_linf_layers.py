@@ -6,7 +6,7 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import compiled, float_eps, gradients, input_gradient, to_numpy
 from keras import ops
 
 from deel_lip_ext.layers import LInfDistConv2D, LInfDistDense, LogitScale
@@ -38,20 +38,12 @@ def relative_error(actual, expected):
     return float(np.max(np.abs(np.asarray(actual, np.float64) - expected)) / np.max(np.abs(expected)))
 
 
-def gradients(fn, x, kernel, upstream):
-    x, kernel = tf.constant(x), tf.constant(kernel)
-    with tf.GradientTape() as tape:
-        tape.watch([x, kernel])
-        objective = tf.reduce_sum(fn(x, kernel) * upstream)
-    return [g.numpy() for g in tape.gradient(objective, [x, kernel])]
-
-
 @pytest.mark.parametrize("p", P_VALUES)
 @pytest.mark.parametrize("dynamic", [False, True], ids=["python_p", "variable_p"])
 def test_forward_matches_float64_reference(p, dynamic):
     x, kernel = random_case()
     expected = reference_distance(x, kernel, p)
-    order = tf.Variable(p) if dynamic else p
+    order = keras.Variable(p) if dynamic else p
     actual = ops.convert_to_numpy(linf_distance(x, kernel, order, chunk_size=4))
     assert np.all(np.isfinite(actual))
     assert relative_error(actual, expected) <= 1e-5
@@ -75,24 +67,28 @@ def test_large_p_is_finite_and_sandwiched_with_inputs_around_ten():
 def test_custom_gradient_matches_autodiff_of_naive_reference(p, dynamic):
     x, kernel = random_case(offset=0.0)
     upstream = np.random.default_rng(1).normal(size=(6, 13))
-    order = tf.Variable(p) if dynamic else p
-    chunked = gradients(lambda a, b: linf_distance(a, b, order, chunk_size=4), x, kernel, upstream.astype("float32"))
+    order = keras.Variable(p) if dynamic else p
+    chunked = gradients(
+        lambda a, b: linf_distance(a, b, order, chunk_size=4), x, kernel, upstream=upstream.astype("float32")
+    )
     # The reference is the naive broadcast with plain autodiff, in float64.
-    naive = gradients(lambda a, b: naive_distance(tf.cast(a, "float64"), tf.cast(b, "float64"), p), x, kernel, upstream)
+    naive = gradients(
+        lambda a, b: naive_distance(ops.cast(a, "float64"), ops.cast(b, "float64"), p), x, kernel, upstream=upstream
+    )
+    # Where float64 is not computed (JAX without x64) the reference rounds |d| to float32 and raises
+    # it to the power p - 1: a relative error of up to (p - 1) eps.
+    reference_eps = float_eps(to_numpy(ops.cast(x, "float64")))
+    tolerance = 1e-4 + (0.0 if math.isinf(p) else (p - 1) * reference_eps)
     for actual, expected in zip(chunked, naive):
-        assert relative_error(actual, expected) <= 1e-4
+        assert relative_error(actual, expected) <= tolerance
 
 
 def test_gradient_at_p_inf_is_one_signed_entry_at_the_argmax():
     x, kernel = random_case(offset=0.0)
-    x_t = tf.constant(x)
     for b, o in [(0, 0), (3, 7), (5, 12)]:
         upstream = np.zeros((6, 13), "float32")
         upstream[b, o] = 1.0
-        with tf.GradientTape() as tape:
-            tape.watch(x_t)
-            objective = tf.reduce_sum(linf_distance(x_t, kernel, math.inf, chunk_size=5) * upstream)
-        grad = tape.gradient(objective, x_t).numpy()
+        grad = input_gradient(lambda inputs: linf_distance(inputs, kernel, math.inf, chunk_size=5), x, upstream)
         diff = x[b] - kernel[:, o]
         j = int(np.argmax(np.abs(diff)))
         expected = np.zeros_like(grad)
@@ -107,7 +103,7 @@ def test_chunked_and_unchunked_agree(p):
     results = {}
     for chunk_size in (23, 5, 1):  # one chunk; padded last chunk; one unit at a time
         fn = lambda a, b, c=chunk_size: linf_distance(a, b, p, chunk_size=c)  # noqa: E731
-        results[chunk_size] = [ops.convert_to_numpy(fn(x, kernel))] + gradients(fn, x, kernel, upstream)
+        results[chunk_size] = [ops.convert_to_numpy(fn(x, kernel))] + gradients(fn, x, kernel, upstream=upstream)
     for chunk_size in (5, 1):
         for actual, expected in zip(results[chunk_size], results[23]):
             # Norm-wise: chunks only reorder the float32 sums over units of the input gradient.
@@ -179,12 +175,12 @@ def test_bias_negate_and_setting_p_reach_a_compiled_function():
     x = np.random.default_rng(6).normal(size=(4, 7)).astype("float32")
     layer.build(x.shape)
     layer.bias.assign([1.0, 2.0, 3.0])
-    compiled = tf.function(lambda inputs: layer(inputs))
+    function = compiled(lambda inputs: layer(inputs), layer.variables)
     kernel = ops.convert_to_numpy(layer.kernel)
-    np.testing.assert_allclose(compiled(x).numpy(), -(reference_distance(x, kernel, 8.0) + [1, 2, 3]), rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(function(x)), -(reference_distance(x, kernel, 8.0) + [1, 2, 3]), rtol=1e-5)
     layer.p = "inf"
     assert layer.p == math.inf
-    np.testing.assert_allclose(compiled(x).numpy(), -(reference_distance(x, kernel, math.inf) + [1, 2, 3]), rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(function(x)), -(reference_distance(x, kernel, math.inf) + [1, 2, 3]), rtol=1e-5)
 
 
 def _lipschitz_net():
@@ -211,12 +207,14 @@ def test_network_is_one_lipschitz_in_linf_for_random_and_adversarial_perturbatio
     # Gradient ascent on ||g(x + d) - g(x)||_inf within the l_inf ball (sign steps, as PGD).
     x = x[:64]
     reference = model(x, training=False)
-    delta = tf.Variable(rng.uniform(-0.01, 0.01, size=x.shape).astype("float32"))
+    delta = rng.uniform(-0.01, 0.01, size=x.shape).astype("float32")
+
+    def change_of(d):
+        return ops.max(ops.abs(model(ops.add(x, d), training=False) - reference), axis=1)
+
     for _ in range(30):
-        with tf.GradientTape() as tape:
-            objective = tf.reduce_sum(tf.reduce_max(tf.abs(model(x + delta, training=False) - reference), axis=1))
-        delta.assign(tf.clip_by_value(delta + 0.02 * tf.sign(tape.gradient(objective, delta)), -0.3, 0.3))
-    change, size = _worst_ratio(model, x, delta.numpy())
+        delta = np.clip(delta + 0.02 * np.sign(input_gradient(change_of, delta)), -0.3, 0.3)
+    change, size = _worst_ratio(model, x, delta)
     assert np.all(change <= size * (1 + 1e-6) + 1e-5)
     assert np.max(change / size) > 0.5  # the attack found large changes: the bound is exercised
 

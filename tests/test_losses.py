@@ -5,6 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from _backend import input_gradient
 
 from deel_lip_ext import callbacks, losses
 
@@ -238,13 +239,9 @@ def test_hkr_alpha_limits():
 
 
 def test_hkr_infinite_alpha_has_finite_gradient():
-    import tensorflow as tf
-
     y, f = multiclass_batch(np.random.default_rng(9))
-    logits = tf.Variable(f)
-    with tf.GradientTape() as tape:
-        value = losses.MulticlassHKR(alpha=math.inf)(y, logits)
-    assert np.all(np.isfinite(tape.gradient(value, logits).numpy()))
+    loss = losses.MulticlassHKR(alpha=math.inf)
+    assert np.all(np.isfinite(input_gradient(lambda logits: loss(y, logits), f)))
 
 
 def test_multi_gpu_labels_sum_over_uneven_minibatches():

@@ -1,9 +1,10 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import input_gradient
 
 from deel_lip_ext import normalizers
+from deel_lip_ext.parametrizations import iteration
 
 
 def _svd(w):
@@ -80,11 +81,13 @@ def test_frobenius_normalization(disjoint):
 
 
 def test_gradient_flows_through_rko():
-    w = tf.Variable(np.random.default_rng(8).normal(size=(12, 6)).astype("float32"))
-    with tf.GradientTape() as tape:
-        bar, _, _ = normalizers.reshaped_kernel_orthogonalization(w, keras.ops.ones((1, 6)))
-        loss = keras.ops.sum(bar[:, 0] * np.arange(12, dtype="float32"))
-    grad = tape.gradient(loss, w)
+    w = np.random.default_rng(8).normal(size=(12, 6)).astype("float32")
+
+    def loss(kernel):
+        bar, _, _ = normalizers.reshaped_kernel_orthogonalization(kernel, keras.ops.ones((1, 6)))
+        return keras.ops.sum(bar[:, 0] * keras.ops.arange(12, dtype="float32"))
+
+    grad = input_gradient(loss, w)
     assert grad is not None and np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
 
 
@@ -102,3 +105,64 @@ def test_gradient_flows_through_rko():
 def test_bad_normalizer_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         normalizers.check_normalizer_args(**kwargs)
+
+
+@pytest.mark.parametrize("eps, unrolled_steps", [(1e-30, 5), (1e9, 1)])
+def test_tolerance_loop_has_the_values_and_gradients_of_the_unrolled_loop(eps, unrolled_steps):
+    # eps 1e-30 never converges (all 5 steps run), 1e9 converges after the first: the tolerance loop
+    # must then give the values and input gradients of exactly that many unrolled steps, on every
+    # backend (JAX cannot reverse-differentiate a while_loop: the loop is a fixed count that freezes).
+    w = np.random.default_rng(0).normal(size=(7, 4)).astype("float32") / 4.0
+    weights = np.arange(28, dtype="float32").reshape(7, 4)
+
+    def orthonormalized(eps_bjorck, maxiter):
+        return lambda x: normalizers.bjorck_normalization(x, eps=eps_bjorck, maxiter=maxiter)
+
+    for fn, reference in (
+        (orthonormalized(eps, 5), orthonormalized(0.0, unrolled_steps)),
+        (lambda x: iteration.iterate(lambda s: s * 0.5 + 1.0, x, eps, 5), lambda x: _halve_plus_one(x, unrolled_steps)),
+    ):
+        np.testing.assert_allclose(_numpy(fn(w)), _numpy(reference(w)), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            input_gradient(fn, w, weights), input_gradient(reference, w, weights), rtol=1e-5, atol=1e-5
+        )
+
+
+def _halve_plus_one(x, steps):
+    for _ in range(steps):
+        x = x * 0.5 + 1.0
+    return x
+
+
+def _numpy(tensor):
+    return keras.ops.convert_to_numpy(tensor)
+
+
+_RNG = np.random.default_rng(3)
+_MATRIX = (_RNG.normal(size=(6, 4)) / 4).astype("float32")
+_VECTOR = _RNG.normal(size=(1, 4)).astype("float32")
+_CONV = (_RNG.normal(size=(3, 3, 2, 2)) / 4).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("power_iteration", (_MATRIX, _VECTOR)),
+        ("spectral_normalization", (_MATRIX, _VECTOR)),
+        ("bjorck_normalization", (_MATRIX,)),
+        ("reshaped_kernel_orthogonalization", (_MATRIX, _VECTOR)),
+        ("frobenius_normalization", (_MATRIX,)),
+        ("chord_orthogonalization", (_MATRIX,)),
+        ("spectral_normalization_conv", (_CONV, _RNG.normal(size=(1, 4, 4, 2)).astype("float32"))),
+        ("aol_rescaling", (_MATRIX,)),
+        ("kernel_self_correlation", (_CONV,)),
+        ("compose_conv_kernels", (_CONV, _CONV)),
+    ],
+)
+def test_public_functions_accept_numpy_arrays(name, args):
+    # numpy operands meet backend tensors through numpy's operators on torch unless converted first.
+    function = getattr(normalizers, name)
+    from_numpy = function(*args)
+    from_tensors = function(*[keras.ops.convert_to_tensor(a) for a in args])
+    for a, b in zip(keras.tree.flatten(from_numpy), keras.tree.flatten(from_tensors)):
+        np.testing.assert_allclose(_numpy(a), _numpy(b), rtol=1e-6, atol=1e-6)

@@ -1,11 +1,12 @@
-"""circular_pad / CircularPadding2D: pixel-exact wrap-around against np.pad(mode="wrap"), errors."""
+"""circular_pad, CircularPadding2D and mode_pad: pixel-exact against np.pad (wrap, reflect, symmetric), errors."""
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import input_gradient
 
-from deel_lip_ext.layers import CircularPadding2D, circular_pad
+from deel_lip_ext.layers import CircularPadding2D, Padding2D, circular_pad
+from deel_lip_ext.parametrizations import mode_pad
 
 
 def _numpy(tensor):
@@ -25,6 +26,28 @@ def test_circular_pad_matches_numpy_wrap(padding):
     expected = np.pad(x, ((0, 0), *padding, (0, 0)), mode="wrap")
     np.testing.assert_array_equal(_numpy(circular_pad(x, padding)), expected)
     np.testing.assert_array_equal(_numpy(CircularPadding2D(padding)(x)), expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("mode", ["constant", "reflect", "symmetric"])
+def test_mode_pad_matches_numpy_for_every_pad_size(mode, dtype):
+    # Every pad from 0 to the largest the mode allows (reflect < size, symmetric <= size), on each
+    # backend: Keras's torch `ops.pad` turns "symmetric" into edge replication, which differs from
+    # the mirror (and from the function the certificate bounds) for pads >= 2.
+    x = _image((1, 4, 5, 2)).astype(dtype)
+    for pad in range(5 if mode == "reflect" else 6):
+        padding = ((min(pad, 3 if mode == "reflect" else 4), pad % 3), (pad % 2, pad))
+        expected = np.pad(x, ((0, 0), *padding, (0, 0)), mode=mode)
+        np.testing.assert_array_equal(_numpy(mode_pad(x, padding, mode)), expected)
+        np.testing.assert_array_equal(_numpy(Padding2D(padding, mode=mode)(x)), expected)
+
+
+def test_mode_pad_of_unknown_spatial_size():
+    inputs = keras.Input((None, None, 2))
+    model = keras.Model(inputs, Padding2D(((2, 1), (0, 3)), mode="symmetric")(inputs))
+    x = _image((1, 4, 5, 2))
+    expected = np.pad(x, ((0, 0), (2, 1), (0, 3), (0, 0)), mode="symmetric")
+    np.testing.assert_array_equal(_numpy(model(x)), expected)
 
 
 @pytest.mark.parametrize(
@@ -53,14 +76,11 @@ def test_unknown_spatial_size():
 
 
 def test_gradient_counts_the_copies_of_each_pixel():
-    x = tf.constant(_image((1, 3, 3, 1)))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        total = keras.ops.sum(circular_pad(x, ((1, 1), (1, 1))))
+    gradient = input_gradient(lambda x: circular_pad(x, ((1, 1), (1, 1))), _image((1, 3, 3, 1)))
     # d(sum)/d(pixel) = how many times the pixel appears in the padded image.
     padded_sources = np.pad(np.arange(9).reshape(3, 3), 1, mode="wrap")
     expected = np.bincount(padded_sources.ravel(), minlength=9).reshape(1, 3, 3, 1)
-    np.testing.assert_array_equal(_numpy(tape.gradient(total, x)), expected)
+    np.testing.assert_array_equal(gradient, expected)
 
 
 def test_config_and_keras_file_round_trip(tmp_path):

@@ -5,7 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import batch_jacobian, float_eps, input_gradient
 
 from deel_lip_ext.layers import (
     ScaledAveragePooling2D,
@@ -103,17 +103,17 @@ def test_k_lipschitz_on_random_and_scaled_pairs(name, k):
     x = _random((16, 4, 6, 3), seed=1, dtype="float64")
     # Scaled copies are the worst case of a norm: ||f(x) - f(cx)|| = |1 - c| ||f(x)||.
     for y in (_random((16, 4, 6, 3), seed=2, dtype="float64"), 1.7 * x, x + 1e-4 * _random(x.shape, 3, "float64")):
-        out_dist = np.linalg.norm((_numpy(layer(x)) - _numpy(layer(y))).reshape(16, -1), axis=1)
+        out_x = _numpy(layer(x))
+        out_dist = np.linalg.norm((out_x - _numpy(layer(y))).reshape(16, -1), axis=1)
         in_dist = np.linalg.norm((x - y).reshape(16, -1), axis=1)
-        assert np.all(out_dist <= k * in_dist * (1 + 1e-6)), (out_dist / in_dist).max()
+        # Below float64, rounding x, y, f(x), f(y) moves the ratio by up to 4 eps (|x| + |y|) / |x - y|.
+        sizes = np.linalg.norm(x.reshape(16, -1), axis=1) + np.linalg.norm(y.reshape(16, -1), axis=1)
+        slack = 4 * float_eps(out_x) * sizes / in_dist
+        assert np.all(out_dist <= k * in_dist * (1 + 1e-6 + slack)), (out_dist / in_dist).max()
 
 
 def _jacobian_singular_values(layer, x):
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = layer(x)
-    jacobian = _numpy(tape.batch_jacobian(y, x)).reshape(x.shape[0], int(np.prod(y.shape[1:])), -1)
+    jacobian = batch_jacobian(layer, x)
     return np.linalg.svd(jacobian.astype("float64"), compute_uv=False)
 
 
@@ -128,18 +128,12 @@ def test_jacobian_spectral_norm_is_k(name, k):
 
 @pytest.mark.parametrize("make", [ScaledL2NormPooling2D, ScaledGlobalL2NormPooling2D])
 def test_l2_gradient_at_zero_is_finite(make):
-    x = tf.zeros((2, 4, 4, 3))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = keras.ops.sum(make()(x))
-    gradient = _numpy(tape.gradient(loss, x))
+    x = np.zeros((2, 4, 4, 3), "float32")
+    gradient = input_gradient(make(), x)
     assert np.all(np.isfinite(gradient))
     np.testing.assert_array_equal(gradient, 0.0)
     # Without the smoothing the plain square root has no gradient at 0: the eps is what fixes it.
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = keras.ops.sum(make(eps_grad_sqrt=0.0)(x))
-    assert not np.all(np.isfinite(_numpy(tape.gradient(loss, x))))
+    assert not np.all(np.isfinite(input_gradient(make(eps_grad_sqrt=0.0), x)))
 
 
 def test_scaled_l2_norm_pooling_alias():

@@ -4,7 +4,7 @@ are never below the measured constant (CPL with a stale power-iteration vector i
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import batch_jacobian, parameter_gradients, to_numpy
 from test_layers_lipschitz import _train_a_few_steps
 
 from deel_lip_ext.layers import CPLConv2D, CPLDense, SLLConv2D, SLLDense
@@ -14,29 +14,30 @@ from deel_lip_ext.utils import model_lipschitz_bound
 
 
 def _jacobian_norm(f, x):
-    x = tf.constant(x[None])
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = f(x)
-    jacobian = tape.jacobian(y, x).numpy().reshape(int(np.prod(y.shape)), -1)
+    jacobian = batch_jacobian(f, x[None])[0]
     return np.linalg.norm(jacobian.astype(np.float64), 2)
 
 
 def _pair_search(f, shape, rng, steps=8):
     """Largest ||f(a) - f(b)|| / ||a - b|| found by gradient ascent from random close pairs."""
-    a = tf.Variable(rng.normal(size=(8, *shape)).astype("float32"))
-    b = tf.Variable(a.numpy() + 1e-2 * rng.normal(size=a.shape).astype("float32"))
+    start = rng.normal(size=(8, *shape)).astype("float32")
+    a = keras.Variable(start)
+    b = keras.Variable(start + 1e-2 * rng.normal(size=start.shape).astype("float32"))
     axes = tuple(range(1, len(shape) + 1))
     optimizer = keras.optimizers.Adam(1e-2)
     best = 0.0
+
+    def objective():
+        ops = keras.ops
+        ratio = ops.sqrt(ops.sum(ops.square(f(a.value) - f(b.value)), axis=axes)) / ops.sqrt(
+            ops.sum(ops.square(a.value - b.value), axis=axes)
+        )
+        return -ops.sum(ratio), ratio
+
     for _ in range(steps):
-        with tf.GradientTape() as tape:
-            ratio = tf.sqrt(tf.reduce_sum(tf.square(f(a) - f(b)), axis=axes)) / tf.sqrt(
-                tf.reduce_sum(tf.square(a - b), axis=axes)
-            )
-            loss = -tf.reduce_sum(ratio)
-        best = max(best, float(tf.reduce_max(ratio)))
-        optimizer.apply_gradients(zip(tape.gradient(loss, [a, b]), [a, b]))
+        _, ratio, gradients = parameter_gradients(objective, [a, b])
+        best = max(best, float(np.max(to_numpy(ratio))))
+        optimizer.apply_gradients(zip(gradients, [a, b]))
     return best
 
 
@@ -282,3 +283,21 @@ def test_soundness_fuzzer_on_models_with_the_modern_layers():
         if checked >= 20:
             break
     assert checked >= 20 and bounded >= 10
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 3, 4, 6), (1, 3, 2, 5)])
+def test_certificate_row_sums_are_the_gram_row_sums_in_float64(shape):
+    # The certificate's numpy float64 twin of `gram_row_sums` (Keras computes float64 in float32 on
+    # JAX and torch) must be the same function.
+    from deel_lip_ext.layers.sll_cpl import _gram_row_sums_float64
+    from deel_lip_ext.parametrizations import gram_row_sums
+
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=shape)
+    weights = np.exp(rng.normal(size=shape[-2]))
+    for w in (None, weights):
+        expected = gram_row_sums(
+            keras.ops.convert_to_tensor(kernel.astype("float32")),
+            None if w is None else keras.ops.convert_to_tensor(w.astype("float32")),
+        )
+        np.testing.assert_allclose(_gram_row_sums_float64(kernel, w), keras.ops.convert_to_numpy(expected), rtol=1e-5)

@@ -130,3 +130,22 @@ def test_evaluate_lip_const_on_scalar_outputs():
     x = np.random.default_rng(2).normal(size=(6, 4)).astype("float32")
     kernel = keras.ops.convert_to_numpy(scalar.layers[0].kernel)
     assert evaluate_lip_const(scalar, x) == pytest.approx(np.linalg.norm(kernel), rel=1e-5)
+
+
+def test_evaluate_lip_const_eps_adds_the_jacobians_of_nearby_points():
+    # deel-lip's eps and seed: the Jacobian is also taken at x + noise, noise uniform in [eps / 4, eps].
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 3)).astype("float32")
+    noisy = x + np.random.default_rng(7).uniform(0.25 * 0.5, 0.5, size=x.shape).astype("float32")
+    w1, b1, w2 = (keras.ops.convert_to_numpy(v).astype(np.float64) for v in model.weights[:3])
+
+    def jacobian_norm(point):
+        active = (point @ w1 + b1 > 0).astype(np.float64)
+        return np.linalg.svd((w1 * active) @ w2, compute_uv=False).max()
+
+    at_points = max(jacobian_norm(p) for p in x)
+    assert evaluate_lip_const(model, x, eps=0.0) == pytest.approx(at_points, rel=1e-5)
+    expected = max(at_points, max(jacobian_norm(p) for p in noisy))
+    assert evaluate_lip_const(model, x, eps=0.5, seed=7, batch_size=4) == pytest.approx(expected, rel=1e-5)
+    assert evaluate_lip_const(model, x, 0.5, 7) == evaluate_lip_const(model, x, eps=0.5, seed=7)

@@ -18,7 +18,7 @@ steepest-ascent direction of the loss (`ascent_direction`). It serves
 * `pgd_perturbation`: the same steps on symbolic tensors inside a training
   step (`deel_lip_ext.regularization.PGDTraining`), one epsilon per sample allowed.
 
-Input gradients come from `deel_lip_ext._input_gradients` (TensorFlow backend).
+Input gradients and compilation come from `deel_lip_ext._autodiff` (TensorFlow, JAX, torch).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext import _input_gradients as autodiff
+from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext._validation import check_choice, check_clip_range, check_int, check_labels, check_norm, check_number
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
 
 LOSSES = ("ce", "cw")
 
-# One compiled run per (model, norm, loss): retracing per call would dominate small attacks.
+# One compiled run per (model, norm, loss, steps): retracing per call would dominate small attacks.
 _RUN_CACHE = weakref.WeakKeyDictionary()
 
 
@@ -256,14 +256,16 @@ def _keep_better(best_x, best_loss, candidate, candidate_loss):
     return ops.where(_as_column(better, candidate), candidate, best_x), ops.where(better, candidate_loss, best_loss)
 
 
-def _build_run(model, norm, loss):
+def _build_run(model, norm, loss, steps):
     """A compiled PGD run: `steps` steps from `x_start`, tracking each sample's best point.
 
     Returns (best point, its margin loss); the best is over the incoming
-    `best_x` and every visited point, the last one included.
+    `best_x` and every visited point, the last one included. `steps` is a
+    Python int of the closure (JAX traces every argument; a fixed count is a
+    loop every backend compiles).
     """
 
-    def run(x_start, x_clean, target, best_x, best_loss, eps, step_size, low, high, steps):
+    def run(x_start, x_clean, target, best_x, best_loss, eps, step_size, low, high):
         def body(_, state):
             x_adv, best_x, best_loss = state
             margin_loss, gradient = _loss_and_gradient(model, x_adv, target, loss)
@@ -273,14 +275,14 @@ def _build_run(model, norm, loss):
         x_adv, best_x, best_loss = ops.fori_loop(0, steps, body, (x_start, best_x, best_loss))
         return _keep_better(best_x, best_loss, x_adv, margin_loss_at(model, x_adv, target))
 
-    return autodiff.graph_function(run)
+    return autodiff.graph_function(run, model.variables)
 
 
-def _compiled_run(model, norm, loss):
+def _compiled_run(model, norm, loss, steps):
     per_model = _RUN_CACHE.setdefault(model, {})
-    if (norm, loss) not in per_model:
-        per_model[(norm, loss)] = _build_run(model, norm, loss)
-    return per_model[(norm, loss)]
+    if (norm, loss, steps) not in per_model:
+        per_model[(norm, loss, steps)] = _build_run(model, norm, loss, steps)
+    return per_model[(norm, loss, steps)]
 
 
 def margin_loss_at(model, x, target):
@@ -304,7 +306,7 @@ def _random_start(x, eps, norm, low, high, rng):
 
 def attack_batch(model, x, target, eps, norm, steps, step_sizes, loss, random_start, restarts, low, high, rng):
     """Best point (largest margin loss) over every step, step size and restart, with its margin loss."""
-    run = _compiled_run(model, norm, loss)
+    run = _compiled_run(model, norm, loss, steps)
     x = ops.convert_to_tensor(x, "float32")
     target = ops.convert_to_tensor(target, "float32")
     best_x, best_loss = x, margin_loss_at(model, x, target)
@@ -324,7 +326,6 @@ def attack_batch(model, x, target, eps, norm, steps, step_sizes, loss, random_st
                 ops.convert_to_tensor(step_size, "float32"),
                 constants[1],
                 constants[2],
-                ops.convert_to_tensor(steps, "int32"),
             )
     return best_x, best_loss
 
@@ -340,7 +341,7 @@ def prepare_attack(model, x, y, eps, norm, loss, clip_min, clip_max, batch_size)
     high = np.inf if clip_max is None else float(clip_max)
     x = np.asarray(x, dtype="float32")
     batch_size = len(x) if batch_size is None else check_int(batch_size, "batch_size")
-    logits = np.asarray(model(x[: min(len(x), 2)], training=False))
+    logits = ops.convert_to_numpy(model(x[: min(len(x), 2)], training=False))
     if len(y) != len(x):
         raise ValueError(f"y must hold one label per sample of x: got {len(y)} labels for {len(x)} samples.")
     # Validate on the whole set (cheap) with the model's number of outputs.
@@ -400,12 +401,17 @@ def run_attack(
     """`attack_batch` over `x` in batches: (adversarial points, their margin losses) as numpy arrays."""
     rng = np.random.default_rng(seed)
     adversarial, margin_losses = [], []
+    batch_size = min(batch_size, len(x))
     for start in range(0, len(x), batch_size):
         stop = start + batch_size
+        # The last batch is padded with copies of its last sample: one shape, one compilation.
+        count = len(x[start:stop])
+        padding = np.full(batch_size - count, start + count - 1, dtype=int)
+        rows = np.concatenate([np.arange(start, start + count), padding])
         best_x, best_loss = attack_batch(
             model,
-            x[start:stop],
-            target[start:stop],
+            x[rows],
+            target[rows],
             eps,
             norm,
             steps,
@@ -417,8 +423,8 @@ def run_attack(
             high,
             rng,
         )
-        adversarial.append(ops.convert_to_numpy(best_x))
-        margin_losses.append(ops.convert_to_numpy(best_loss))
+        adversarial.append(ops.convert_to_numpy(best_x)[:count])
+        margin_losses.append(ops.convert_to_numpy(best_loss)[:count])
     if not adversarial:
         return x.copy(), np.zeros((0,), "float32")
     return np.concatenate(adversarial), np.concatenate(margin_losses)

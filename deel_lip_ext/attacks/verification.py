@@ -133,7 +133,7 @@ def verify_certificates(
     correct, certified, robust = [], [], []
     rng = np.random.default_rng(seed)
     for index, (xb, tb) in enumerate(iterate_batches((x, target), batch_size)):
-        logits = np.asarray(model(xb, training=False))
+        logits = ops.convert_to_numpy(model(xb, training=False))
         radius = certified_radius(logits, tb, certificate_norm, lip_const, disjoint_neurons) * factor
         _, margin_loss = attack_batch(model, xb, tb, eps, norm, steps, step_sizes, loss, True, restarts, low, high, rng)
         clean_margin = -ops.convert_to_numpy(margin_loss_at(model, xb, tb))

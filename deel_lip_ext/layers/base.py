@@ -339,12 +339,16 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         kernel = ops.cond(
             stale,
             lambda: ops.stop_gradient(self.compute_kernel()[0]),
-            lambda: ops.convert_to_tensor(cache.kernel),
+            # A copy, not the variable's storage: torch writes the cache in place at the next call
+            # (of a shared layer), which must not change a kernel an earlier call's graph holds.
+            lambda: ops.copy(cache.kernel),
         )
         # Writing the cache is invisible: it holds a function of the variables.
         cache.kernel.assign(kernel)
         for variable, snapshot in zip(dependencies, cache.snapshots):
-            snapshot.assign(variable)
+            # Its own buffer: in eager JAX `assign(variable)` would share the variable's array, and
+            # `predict` donates every state buffer once ("Attempt to donate the same buffer twice").
+            snapshot.assign(ops.copy(variable))
         cache.valid.assign(1.0)
         return kernel
 

@@ -102,7 +102,9 @@ class _LInfDistBase(LipschitzBounded, keras.layers.Layer):
         if self.identity_init:
             positions = self._identity_positions()
             if positions is not None:
-                self.kernel.assign(ops.where(positions, -self.identity_value, self.kernel))
+                # The variable's value: JAX's `where` takes arrays, not a keras.Variable.
+                kernel = ops.convert_to_tensor(self.kernel)
+                self.kernel.assign(ops.where(positions, -self.identity_value, kernel))
         self.bias = (
             self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
             if self.use_bias

@@ -136,6 +136,7 @@ def multiclass_hinge_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: flo
 def _hkr(kr, hinge, alpha):
     # alpha = inf means hinge only; inf never enters an arithmetic branch, so
     # neither the value nor the gradient can become NaN.
+    alpha = ops.convert_to_tensor(alpha)  # a keras.Variable: JAX's isinf/zeros_like take arrays only
     is_inf = ops.isinf(alpha)
     finite_alpha = ops.where(is_inf, ops.zeros_like(alpha), alpha)
     return ops.where(is_inf, hinge, -kr + ops.cast(finite_alpha, hinge.dtype) * hinge)

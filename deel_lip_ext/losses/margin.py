@@ -86,7 +86,8 @@ class EMMA(_ParametrizedLoss):
     def _pair_constants(self, target, dtype):
         if not callable(self.lipschitz):
             return ops.full_like(target, self.lipschitz)
-        matrix = ops.cast(ops.stop_gradient(self.lipschitz()), dtype)
+        # The callable may return numpy (torch: stop_gradient takes tensors only).
+        matrix = ops.cast(ops.stop_gradient(ops.convert_to_tensor(self.lipschitz())), dtype)
         return ops.matmul(target, matrix)  # row y of K for each sample
 
     def shifted_logits(self, target: ArrayLike, y_pred: ArrayLike):

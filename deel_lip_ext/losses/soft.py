@@ -97,8 +97,8 @@ class MulticlassSoftHKR(_ParametrizedLoss):
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         hinge, kr = self._soft_terms(_target_mask(one_hot_labels(y_true, y_pred, self.name), y_pred), y_pred)
-        is_inf = ops.isinf(self.alpha)
-        inverse_alpha = ops.cast(ops.where(is_inf, ops.zeros_like(self.alpha), 1.0 / self.alpha), y_pred.dtype)
+        alpha = ops.convert_to_tensor(self.alpha)  # a keras.Variable: JAX's isinf/zeros_like take arrays only
+        inverse_alpha = ops.cast(ops.where(ops.isinf(alpha), ops.zeros_like(alpha), 1.0 / alpha), y_pred.dtype)
         return hinge + inverse_alpha * kr
 
     def get_config(self):

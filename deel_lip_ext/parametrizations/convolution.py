@@ -158,6 +158,7 @@ def spectral_normalization_conv(
         return kernel, u, ops.ones((), dtype=kernel.dtype)
     if conv_first and any(size % stride for size in u.shape[1:3]):
         raise ValueError(f"the spatial size of u {tuple(u.shape)} must be a multiple of stride {stride}.")
+    kernel = ops.convert_to_tensor(kernel)  # numpy input: torch's stop_gradient takes tensors only
     kernel_sg = ops.stop_gradient(kernel)
 
     def forward(x, w):

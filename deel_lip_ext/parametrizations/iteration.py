@@ -7,7 +7,7 @@ The concrete constraints (`deel_lip_ext.parametrizations.orthogonal`,
 * `l2_normalize`: x / ||x|| over all entries, or per row of a batch (`axis`).
 * `iterate`: `state = body(state)` either exactly `maxiter` times (eps = 0,
   unrolled: what XLA likes best) or until the state moves less than eps
-  (deel-lip's semantics, a `while_loop`).
+  (deel-lip's semantics, a fixed-count loop that freezes once converged).
 * `power_iterate`: the power iteration of A^T A for any linear operator A
   given as two callables (a matrix, a batch of matrices, a convolution...),
   without gradient; the caller forms sigma from the returned vector.
@@ -88,6 +88,7 @@ def l2_normalize(x: ArrayLike, axis: int | None = None, eps: float = 1e-12) -> A
     Examples:
         >>> l2_normalize(keras.ops.ones((2, 3)), axis=-1)  # each row of norm 1
     """
+    x = ops.convert_to_tensor(x)  # numpy / a torch tensor would go through numpy's operator
     return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), eps))
 
 
@@ -106,7 +107,8 @@ def iterate(
     """Run `state = body(state)` up to `maxiter` times.
 
     With `eps > 0` stop as soon as `distance(old, new) < eps` (deel-lip's
-    semantics, a `while_loop`); with `eps == 0` unroll exactly `maxiter` steps.
+    semantics, as a loop of `maxiter` steps whose state freezes once converged,
+    which JAX can differentiate); with `eps == 0` unroll exactly `maxiter` steps.
 
     Examples:
         >>> iterate(lambda x: x / 2.0, keras.ops.ones(()), eps=0.0, maxiter=3)  # 0.125
@@ -116,13 +118,16 @@ def iterate(
             state = body(state)
         return state
 
-    def cond(i, current, previous):
-        return ops.logical_and(i < maxiter, distance(current, previous) >= eps)
+    # Exactly `maxiter - 1` further steps, frozen once converged (`cond` skips the body then, so the
+    # cost stays an early exit's): every backend differentiates it, where JAX cannot
+    # reverse-differentiate a `while_loop` of data-dependent length. Same values as that loop.
+    def step(_, carry):
+        current, previous, converged = carry
+        converged = ops.logical_or(converged, distance(current, previous) < eps)
+        following = ops.cond(converged, lambda: current, lambda: body(current))
+        return following, current, converged
 
-    def step(i, current, previous):
-        return i + 1, body(current), current
-
-    _, state, _ = ops.while_loop(cond, step, (1, body(state), state), maximum_iterations=maxiter)
+    state, _, _ = ops.fori_loop(1, maxiter, step, (body(state), state, ops.convert_to_tensor(False)))
     return state
 
 
@@ -168,7 +173,7 @@ def power_iterate(
         u = apply(v)
         return ops.stop_gradient(normalize(apply_adjoint(normalize(u) if normalize_halves else u)))
 
-    vector = normalize(ops.stop_gradient(vector))
+    vector = normalize(ops.stop_gradient(ops.convert_to_tensor(vector)))
     return ops.stop_gradient(iterate(step, vector, eps, maxiter))
 
 
@@ -229,6 +234,7 @@ def bjorck(
     Examples:
         >>> orthonormal = bjorck(keras.random.normal((5, 8, 8)) / 8.0, eps=0.0, maxiter=20)
     """
+    matrices = ops.convert_to_tensor(matrices)
     tall = matrices.shape[-2] >= matrices.shape[-1]
 
     def step(w):

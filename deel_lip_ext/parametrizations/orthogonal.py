@@ -66,6 +66,7 @@ def power_iteration(
     Examples:
         >>> u, sigma = power_iteration(keras.random.normal((16, 8)), keras.random.normal((1, 8)))
     """
+    matrix = ops.convert_to_tensor(matrix)  # numpy input: torch's stop_gradient takes tensors only
     matrix_sg = ops.stop_gradient(matrix)
     u = power_iterate(
         lambda v: ops.matmul(v, ops.transpose(matrix_sg)), lambda z: ops.matmul(z, matrix_sg), u, maxiter, eps
@@ -104,6 +105,7 @@ def spectral_normalization(
         >>> w = keras.random.normal((16, 8))
         >>> w_bar, u, sigma = spectral_normalization(w, keras.random.normal((1, 8)))
     """
+    kernel = ops.convert_to_tensor(kernel)  # numpy / torch tensor goes through numpy's operator
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
     u = _start_vector(u, kernel.shape[-1], matrix.dtype)
     u, sigma = power_iteration(matrix, u, maxiter=maxiter, eps=eps)

@@ -1,7 +1,8 @@
 """Circular (wrap-around) and mode padding of channels-last batches, as pure `keras.ops` functions.
 
-Keras's `ops.pad` has no circular mode on the TensorFlow backend, so the
-padding is built from slices and `ops.concatenate`: the last `top` rows are
+Keras's `ops.pad` has no circular mode on the TensorFlow backend, and its torch
+"symmetric" mode is edge replication, so circular and mirror padding are built
+from slices and `ops.concatenate`: for circular padding the last `top` rows are
 put before the image and the first `bottom` rows after it, then the same on
 the width axis. With it, a "valid" convolution computes a circular
 convolution, whose singular values are given exactly by the FFT of its
@@ -54,16 +55,33 @@ def check_mode_pad_fits(padding: tuple, spatial_size: tuple, mode: str) -> None:
             )
 
 
+def _along_axis(x, start, stop, axis):
+    """`x[..., start:stop, ...]` on `axis`."""
+    index = [slice(None)] * len(x.shape)
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
 def _wrap_axis(x, before, after, axis):
     """Concatenate the last `before` and the first `after` slices of `axis` around `x`."""
 
     def along_axis(start, stop):
-        index = [slice(None)] * len(x.shape)
-        index[axis] = slice(start, stop)
-        return x[tuple(index)]
+        return _along_axis(x, start, stop, axis)
 
     # Zero pads are skipped: x[-0:] would be the whole axis, not an empty slice.
     pieces = ([along_axis(-before, None)] if before else []) + [x] + ([along_axis(0, after)] if after else [])
+    return ops.concatenate(pieces, axis=axis) if len(pieces) > 1 else x
+
+
+def _mirror_axis(x, before, after, axis, include_edge):
+    """Mirror `before` entries of `axis` before `x` and `after` after it (symmetric: edge included)."""
+    skip = 0 if include_edge else 1
+    pieces = [x]
+    if before:
+        pieces.insert(0, ops.flip(_along_axis(x, skip, skip + before, axis), axis=axis))
+    if after:
+        # Negative bounds: the size of the axis may be unknown when a model is built.
+        pieces.append(ops.flip(_along_axis(x, -after - skip, -skip or None, axis), axis=axis))
     return ops.concatenate(pieces, axis=axis) if len(pieces) > 1 else x
 
 
@@ -102,4 +120,10 @@ def mode_pad(x: ArrayLike, padding: tuple[tuple[int, int], tuple[int, int]], mod
     """
     check_mode(mode)
     check_mode_pad_fits(padding, x.shape[1:3], mode)
-    return ops.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)), mode=mode)
+    if mode == "constant":
+        return ops.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    # Mirrors are built from slices, not `ops.pad`: Keras's torch backend turns "symmetric" into
+    # torch's "replicate" (another function for pads >= 2, whose norm the certificate does not bound).
+    include_edge = mode == "symmetric"
+    x = _mirror_axis(x, *padding[0], axis=1, include_edge=include_edge)
+    return _mirror_axis(x, *padding[1], axis=2, include_edge=include_edge)

@@ -74,6 +74,7 @@ def aol_rescaling(kernel: ArrayLike, eps: float = 1e-12) -> Any:
     Examples:
         >>> kernel = aol_rescaling(keras.random.normal((16, 8)))
     """
+    kernel = ops.convert_to_tensor(kernel)  # numpy * a torch tensor goes through numpy's operator
     scale = ops.rsqrt(gram_row_sums(kernel) + eps)
     if len(kernel.shape) == 2:
         return kernel * scale[:, None]

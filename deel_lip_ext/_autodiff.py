@@ -1,0 +1,244 @@
+"""Gradients with respect to inputs and variables, and compiled functions, on every Keras backend.
+
+`keras.ops` has no gradient operator, so everything that differentiates by hand (adversarial
+directions, the tulip penalty by double backprop, attacks, empirical Lipschitz estimates) goes
+through this module, the only place that knows how each backend does it:
+
+- TensorFlow: `tf.GradientTape`; `tf.function` compiles.
+- JAX: `jax.value_and_grad`; gradients with respect to Keras variables are taken on their values
+  inside a `keras.StatelessScope`; `jax.jit` compiles, with the variables' values passed as
+  arguments (never frozen into the compiled function).
+- torch: `torch.autograd.grad` under `torch.enable_grad()` (Keras runs `predict`/`evaluate` under
+  `no_grad`); functions run eagerly.
+
+The framework of the active backend is imported when a function is called, never at import time,
+so the package imports with any one backend installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+from keras import ops
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "SUPPORTED_BACKENDS",
+    "require_supported_backend",
+    "value_and_input_gradient",
+    "parameter_gradients",
+    "graph_function",
+]
+
+SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def require_supported_backend(feature: str) -> str:
+    """Returns the active backend's name; raises NotImplementedError naming it when unsupported.
+
+    Args:
+        feature: what needs the gradients, named in the error.
+    """
+    backend = keras.backend.backend()
+    if backend not in SUPPORTED_BACKENDS:
+        raise NotImplementedError(
+            f"{feature} needs gradients, which deel_lip_ext implements for the Keras backends "
+            f"{SUPPORTED_BACKENDS}; the active Keras backend is {backend!r}. Set KERAS_BACKEND to one of them."
+        )
+    return backend
+
+
+def value_and_input_gradient(
+    fn: Callable[[Any], tuple[Any, Any]], x: ArrayLike, differentiable: bool = False
+) -> tuple[Any, Any, Any]:
+    """Evaluates `values, aux = fn(x)` and the gradient of `sum(values)` with respect to `x`.
+
+    With per-sample `values` this gives every sample's own input gradient in one pass (samples do
+    not interact unless the model couples them, e.g. train-mode BatchNorm).
+
+    Args:
+        fn: `x -> (values, aux)`; `values` is any float tensor (summed), `aux` any structure of
+            tensors returned as is.
+        x: the float input (array or tensor).
+        differentiable: keep the gradient differentiable with respect to whatever `x` and `fn`
+            depend on (double backprop, for a penalty on the gradient that an outer
+            `parameter_gradients` differentiates). False returns it detached, which torch needs to
+            free the graph early (TensorFlow and JAX give the same values either way).
+
+    Returns:
+        `(values, aux, gradient)` with `gradient` of the shape and dtype of `x`; zeros where
+        `values` does not depend on `x`. `values` and `aux` stay differentiable.
+
+    On JAX what `fn` assigns to variables (inference caches, power-iteration vectors) is dropped:
+    a value computed under differentiation cannot leave it.
+
+    Examples:
+        >>> def per_sample_loss(x):
+        ...     logits = model(x, training=False)
+        ...     return keras.losses.categorical_crossentropy(y, logits, from_logits=True), logits
+        >>> losses, logits, gradient = value_and_input_gradient(per_sample_loss, x)
+    """
+    backend = require_supported_backend("value_and_input_gradient")
+    x = ops.convert_to_tensor(x)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            values, aux = fn(x)
+            total = tf.reduce_sum(values)
+        gradient = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    elif backend == "jax":
+        import jax
+
+        def total_of(inputs):
+            with _discarding_writes():
+                values, aux = fn(inputs)
+            return ops.sum(values), (values, aux)
+
+        (_, (values, aux)), gradient = jax.value_and_grad(total_of, has_aux=True)(x)
+    else:
+        import torch
+
+        with torch.enable_grad():
+            # A tensor that already carries a graph (e.g. a perturbed input that depends on the
+            # parameters) is differentiated where it stands; anything else becomes a leaf.
+            inputs = x if x.requires_grad else x.detach().requires_grad_(True)
+            values, aux = fn(inputs)
+            total = torch.sum(values)
+            gradient = None
+            if total.requires_grad:
+                (gradient,) = torch.autograd.grad(
+                    total, inputs, create_graph=differentiable, retain_graph=True, allow_unused=True
+                )
+        gradient = torch.zeros_like(x) if gradient is None else gradient
+    if not differentiable:
+        gradient = ops.stop_gradient(gradient)
+    return values, aux, gradient
+
+
+def _discarding_writes() -> keras.StatelessScope:
+    """JAX: a scope that reads the variables as the enclosing code does and drops what `fn` assigns.
+
+    A value assigned inside `jax.value_and_grad` (e.g. a layer's inference cache) is a tracer of the
+    differentiation; written to a variable or to an enclosing `StatelessScope` (a compiled function's
+    state) it would escape its trace ("UnexpectedTracerError"). The assignments are functions of the
+    variables (caches, power-iteration vectors), so dropping them changes no result.
+    """
+    from keras.src.backend.common.stateless_scope import get_stateless_scope  # no public accessor
+
+    enclosing = get_stateless_scope()
+    scope = keras.StatelessScope()
+    if enclosing is not None:
+        scope.state_mapping.update(enclosing.state_mapping)
+    return scope
+
+
+def parameter_gradients(
+    fn: Callable[[], tuple[Any, Any]], variables: Sequence[keras.Variable]
+) -> tuple[Any, Any, list[Any]]:
+    """Evaluates `loss, aux = fn()` and the gradients of `loss` with respect to `variables`.
+
+    Args:
+        fn: `() -> (loss, aux)` reading `variables` (e.g. a forward pass of the model that owns
+            them); `loss` is a scalar.
+        variables: the Keras variables to differentiate with respect to.
+
+    Returns:
+        `(loss, aux, gradients)`, one gradient per variable, zeros for a variable `loss` does not
+        depend on.
+
+    On JAX the variables are replaced by their values inside a `keras.StatelessScope` while `fn`
+    runs; values that `fn` assigns to other variables (e.g. BatchNorm statistics in training mode)
+    do not leave that scope: train such models with Keras's own `fit` on JAX.
+
+    Examples:
+        >>> def objective():
+        ...     return ops.sum(layer(x) * upstream), None
+        >>> loss, _, (kernel_gradient,) = parameter_gradients(objective, [layer.kernel])
+    """
+    backend = require_supported_backend("parameter_gradients")
+    variables = list(variables)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss, aux = fn()
+        # Zeros are filled in here: the tape's own ZERO mode fails on an unread Keras variable.
+        gradients = tape.gradient(loss, variables)
+        return loss, aux, [ops.zeros(v.shape, v.dtype) if g is None else g for v, g in zip(variables, gradients)]
+    if backend == "jax":
+        import jax
+
+        def loss_of(values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                loss, aux = fn()
+            return loss, aux
+
+        (loss, aux), gradients = jax.value_and_grad(loss_of, has_aux=True)([v.value for v in variables])
+        return loss, aux, list(gradients)
+    import torch
+
+    with torch.enable_grad():
+        loss, aux = fn()
+        leaves = [v.value for v in variables]
+        gradients = torch.autograd.grad(loss, leaves, allow_unused=True) if loss.requires_grad else [None] * len(leaves)
+    return loss, aux, [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, gradients)]
+
+
+def graph_function(fn: Callable[..., Any], variables: Sequence[keras.Variable] = ()) -> Callable[..., Any]:
+    """`fn` compiled for the active backend (eager attacks and forward passes are far slower).
+
+    Args:
+        fn: a function of positional tensor arguments returning a structure of tensors; it may
+            read Keras variables and call models and `value_and_input_gradient`. Python constants
+            (step counts, norms) belong in its closure: JAX traces every argument.
+        variables: every Keras variable `fn` reads or assigns (e.g. `model.variables` plus a
+            random `SeedGenerator`'s state). On JAX their current values are passed to the compiled
+            function at each call and the values it assigns are written back, so the result always
+            reflects the variables' current values; a variable read by `fn` but not listed would
+            be frozen at its value of the first call. TensorFlow reads variables live, torch runs
+            `fn` eagerly: both ignore the argument.
+
+    Returns:
+        A callable with the signature of `fn`. Each new input shape or dtype costs one compilation
+        on TensorFlow and JAX.
+
+    Examples:
+        >>> forward = graph_function(lambda x: model(x, training=False), model.variables)
+        >>> logits = forward(x_batch)
+    """
+    backend = require_supported_backend("graph_function")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    if backend == "torch":
+        return fn
+    import jax
+
+    variables = list(variables)
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+            initial = [scope.get_current_value(v) for v in variables]
+            outputs = fn(*args)
+        # Which variables `fn` assigned is known at trace time: the dict's keys are static.
+        assigned = {}
+        for index, (variable, value) in enumerate(zip(variables, initial)):
+            current = scope.get_current_value(variable)
+            if current is not value:
+                assigned[index] = current
+        return outputs, assigned
+
+    compiled = jax.jit(pure)
+
+    def run(*args):
+        outputs, assigned = compiled([v.value for v in variables], *args)
+        for index, value in assigned.items():
+            variables[index].assign(value)
+        return outputs
+
+    return run

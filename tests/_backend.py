@@ -1,0 +1,98 @@
+"""Backend-neutral gradients, Jacobians and rounding slack for the tests (TensorFlow, JAX, torch).
+
+The tests never call a backend's autodiff themselves: they go through the library's `_autodiff`
+(itself tested against analytic gradients in test_autodiff.py) and get numpy arrays back.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from deel_lip_ext import _autodiff
+
+BACKEND = keras.backend.backend()
+
+# `(values, aux, gradient)` of `fn(x) -> (values, aux)`: the library's own, tested in test_autodiff.py.
+value_and_input_gradient = _autodiff.value_and_input_gradient
+
+
+def to_numpy(x):
+    """Any backend tensor, variable or array as a numpy array (detached on torch)."""
+    return ops.convert_to_numpy(x)
+
+
+def input_gradient(fn, x, upstream=None):
+    """Gradient of `sum(fn(x) * upstream)` with respect to `x` (a vector-Jacobian product), as numpy.
+
+    `upstream` None sums `fn(x)`; a value of `fn(x)`'s shape weights each entry (TensorFlow's
+    `tape.gradient(y, x, output_gradients=upstream)`).
+    """
+    weights = None if upstream is None else ops.convert_to_tensor(upstream)
+
+    def objective(inputs):
+        y = fn(inputs)
+        return (y if weights is None else y * ops.cast(weights, y.dtype)), None
+
+    return to_numpy(_autodiff.value_and_input_gradient(objective, x)[2])
+
+
+def gradients(fn, *inputs, upstream=None):
+    """Gradients of `sum(fn(*inputs) * upstream)` with respect to every input, as numpy arrays.
+
+    The inputs (arrays of one dtype) are packed into one flat vector, so a single input gradient
+    gives them all.
+    """
+    inputs = [np.asarray(a) for a in inputs]
+    ends = [int(end) for end in np.cumsum([a.size for a in inputs])]
+    spans = list(zip([0] + ends[:-1], ends, [a.shape for a in inputs]))
+
+    def unpacked(flat):
+        return fn(*(ops.reshape(flat[start:end], shape) for start, end, shape in spans))
+
+    flat = input_gradient(unpacked, np.concatenate([a.ravel() for a in inputs]), upstream)
+    return [flat[start:end].reshape(shape) for start, end, shape in spans]
+
+
+def batch_jacobian(fn, x):
+    """Per-sample Jacobians (N, out, in) of `fn` at the points `x`, from one batched input gradient.
+
+    Each point is repeated once per output entry and each copy's gradient of its own output entry
+    is one Jacobian row, so `fn` must treat the samples of a batch independently (as layers and
+    models in inference mode do). The dtype is that of the gradient.
+    """
+    x = np.asarray(x)
+    n = x.shape[0]
+    out_dim = int(np.prod(fn(x[:1]).shape[1:]))
+    select = np.tile(np.eye(out_dim, dtype=x.dtype), (n, 1))
+
+    def flat_outputs(inputs):
+        return ops.reshape(fn(inputs), (n * out_dim, out_dim))
+
+    gradient = input_gradient(flat_outputs, np.repeat(x, out_dim, axis=0), select)
+    return gradient.reshape(n, out_dim, -1)
+
+
+def variable_gradients(fn, variables):
+    """Gradients of the scalar `fn()` with respect to Keras `variables`, as numpy arrays."""
+    return [to_numpy(g) for g in parameter_gradients(lambda: (fn(), None), variables)[2]]
+
+
+def parameter_gradients(fn, variables):
+    """`(loss, aux, gradients)` of `fn() -> (loss, aux)` with respect to Keras `variables` (backend tensors)."""
+    return _autodiff.parameter_gradients(fn, variables)
+
+
+def compiled(fn, variables=()):
+    """`fn` compiled as the backend compiles it (tf.function, jax.jit reading `variables` live, eager torch)."""
+    return _autodiff.graph_function(fn, variables)
+
+
+def float_eps(values):
+    """Machine epsilon of `values`' float dtype, and 0 for float64.
+
+    Tests written for float64 (rounding negligible next to their tolerance) keep that tolerance
+    where float64 is computed and add `float_eps(result) * error_amplification` where it is not:
+    on JAX without x64, a `dtype="float64"` layer computes in float32.
+    """
+    dtype = np.asarray(values).dtype
+    return 0.0 if dtype == np.float64 else float(np.finfo(dtype).eps)
