@@ -24,6 +24,8 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._optional import tensorflow
+
 __all__ = [
     "SUPPORTED_BACKENDS",
     "require_supported_backend",
@@ -83,8 +85,7 @@ def value_and_input_gradient(
     backend = require_supported_backend("value_and_input_gradient")
     x = ops.convert_to_tensor(x)
     if backend == "tensorflow":
-        import tensorflow as tf
-
+        tf = tensorflow("value_and_input_gradient")
         with tf.GradientTape() as tape:
             tape.watch(x)
             values, aux = fn(x)
@@ -162,8 +163,7 @@ def parameter_gradients(
     backend = require_supported_backend("parameter_gradients")
     variables = list(variables)
     if backend == "tensorflow":
-        import tensorflow as tf
-
+        tf = tensorflow("parameter_gradients")
         with tf.GradientTape() as tape:
             loss, aux = fn()
         # Zeros are filled in here: the tape's own ZERO mode fails on an unread Keras variable.
@@ -212,8 +212,7 @@ def graph_function(fn: Callable[..., Any], variables: Sequence[keras.Variable] =
     """
     backend = require_supported_backend("graph_function")
     if backend == "tensorflow":
-        import tensorflow as tf
-
+        tf = tensorflow("graph_function")
         return tf.function(fn, reduce_retracing=True)
     if backend == "torch":
         return fn

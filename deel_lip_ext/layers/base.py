@@ -11,13 +11,10 @@ Two ideas live here:
   inference, export, certification and tests, and `vanilla_export()` is one
   generic fold into stock Keras layers.
 
-Inference uses a cached kernel that can never be stale: the cache stores a
-snapshot of every variable the kernel depends on, and an inference call
-recomputes the kernel whenever any of them differs from its snapshot (after a
-training step, `load_weights`, `set_weights`, an `assign` by hand, ...).
-The cache is derived state: it is not a weight (not in `get_weights()`, not
-saved in `.keras` / `.weights.h5` files) and loading a file always
-invalidates it.
+Inference uses a cached kernel that can never be stale: the cache stores a snapshot of every variable
+the kernel depends on, and an inference call recomputes the kernel whenever any of them differs from its
+snapshot (after a training step, `load_weights`, `set_weights`, an `assign` by hand, ...). The cache is
+derived state: not a weight (not in `get_weights()`, not saved in files); loading a file invalidates it.
 """
 
 from __future__ import annotations
@@ -339,15 +336,13 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         kernel = ops.cond(
             stale,
             lambda: ops.stop_gradient(self.compute_kernel()[0]),
-            # A copy, not the variable's storage: torch writes the cache in place at the next call
-            # (of a shared layer), which must not change a kernel an earlier call's graph holds.
+            # A copy: torch writes the cache in place at a shared layer's next call (earlier graphs hold it).
             lambda: ops.copy(cache.kernel),
         )
         # Writing the cache is invisible: it holds a function of the variables.
         cache.kernel.assign(kernel)
         for variable, snapshot in zip(dependencies, cache.snapshots):
-            # Its own buffer: in eager JAX `assign(variable)` would share the variable's array, and
-            # `predict` donates every state buffer once ("Attempt to donate the same buffer twice").
+            # Own buffer: eager JAX would share the variable's array, which `predict` donates twice.
             snapshot.assign(ops.copy(variable))
         cache.valid.assign(1.0)
         return kernel
