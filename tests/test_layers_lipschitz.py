@@ -50,12 +50,19 @@ CONV_CASES = [
 ]
 # k = 1 always runs; the other constants run with the slow tests.
 K_VALUES = [pytest.param(0.5, marks=pytest.mark.slow), 1.0, pytest.param(5.0, marks=pytest.mark.slow)]
+CONV_PADDINGS = ["same", "valid", "circular"]
+# k = 1 on every case; k = 0.5 and 5 (slow tests) on one padding per case, rotating over the paddings.
+CONV_GRID = [
+    pytest.param(padding, *case, k, marks=[pytest.mark.slow] if k != 1.0 else [])
+    for index, case in enumerate(CONV_CASES)
+    for padding in CONV_PADDINGS
+    for k in (0.5, 1.0, 5.0)
+    if k == 1.0 or padding == CONV_PADDINGS[(index + int(k)) % 3]
+]
 
 
 @pytest.mark.parametrize("layer_cls", [SpectralConv2D, FrobeniusConv2D])
-@pytest.mark.parametrize("padding", ["same", "valid", "circular"])
-@pytest.mark.parametrize("c_in, c_out, kernel, stride, size", CONV_CASES)
-@pytest.mark.parametrize("k", K_VALUES)
+@pytest.mark.parametrize("padding, c_in, c_out, kernel, stride, size, k", CONV_GRID)
 def test_conv_exported_operator_norm_at_most_k(layer_cls, padding, c_in, c_out, kernel, stride, size, k):
     if padding == "valid" and kernel > size:
         pytest.skip("kernel larger than the input")
