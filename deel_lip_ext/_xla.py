@@ -1,5 +1,7 @@
 """Compile a keras.ops function with XLA on the TensorFlow backend (and leave it as is elsewhere)."""
 
+import functools
+
 import keras
 
 from deel_lip_ext._optional import tensorflow
@@ -17,4 +19,23 @@ def compiled_by_xla(function):
     if keras.backend.backend() != "tensorflow":
         return function
     tf = tensorflow("compiled_by_xla")  # only for its compiler
-    return tf.function(function, jit_compile=True, reduce_retracing=True, autograph=False)
+    # One tf.function per signature, each traced once: the compilations are the same as one function's
+    # traces, but TensorFlow does not warn about "retracing" for what is a new static configuration.
+    compiled = {}
+
+    @functools.wraps(function)
+    def run(*args):
+        key = tuple(_signature(value) for value in args)
+        if key not in compiled:
+            # A new Python callable per signature: TensorFlow counts traces per wrapped callable.
+            compiled[key] = tf.function(functools.partial(function), jit_compile=True, autograph=False)
+        return compiled[key](*args)
+
+    return run
+
+
+def _signature(value):
+    """What a traced function specializes on: a tensor's shape and dtype, a Python value itself."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return ("tensor", tuple(value.shape), str(value.dtype))
+    return ("value", value)

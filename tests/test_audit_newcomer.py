@@ -151,11 +151,6 @@ def test_evaluate_lip_const_prints_no_retracing_warning():
     assert "retracing" not in log, log[:1000]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deel_lip_ext/layers/linf.py:390 _interval_bounds is retraced for every batch shape / eps "
-    "('triggered tf.function retracing'; seen in demos/linf_mnist.py --quick)",
-)
 def test_certify_ibp_prints_no_retracing_warning():
     from deel_lip_ext import linf
     from deel_lip_ext.zoo import linf_dist_net
