@@ -16,6 +16,7 @@ from deel_lip_ext._validation import ArgumentTypeError, check_int, check_number
 from deel_lip_ext.distance import check_p
 from deel_lip_ext.layers.conv_baselines import SVCMConv2D
 from deel_lip_ext.layers.linf import set_p
+from deel_lip_ext.losses.state import assign_during_fit, carry_loss_state
 from deel_lip_ext.utils import compute_layer_sv, layer_singular_values
 
 __all__ = [
@@ -47,6 +48,9 @@ def _loss_parameter(model, param_name):
 class LossParamScheduler(keras.callbacks.Callback):
     """Set a loss hyper-parameter to np.interp(step, xp, fp) before every training batch.
 
+    On JAX the loss's variables become state of the compiled train step (`carry_loss_state`), so the
+    schedule reaches the loss on every backend.
+
     Args:
         param_name: name of the loss attribute, e.g. "alpha", "min_margin", "tau".
         fp: values of the parameter at the steps `xp`.
@@ -73,13 +77,22 @@ class LossParamScheduler(keras.callbacks.Callback):
         self.fp = fp.tolist()
         self.xp = xp.tolist()
         self.step = int(step)
+        self._assigned = None  # the value last assigned, to sync JAX's state only when it changes
 
     def value_at(self, step: int):
         """The scheduled value at a training step."""
         return float(np.interp(step, self.xp, self.fp))
 
+    def on_train_begin(self, logs: dict | None = None):
+        _loss_parameter(self.model, self.param_name)
+        carry_loss_state(self.model)
+        self._assigned = None
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None):
-        _loss_parameter(self.model, self.param_name).assign(self.value_at(self.step))
+        value = self.value_at(self.step)
+        if value != self._assigned:
+            assign_during_fit(self.model, _loss_parameter(self.model, self.param_name), value)
+            self._assigned = value
         self.step += 1
 
     def get_config(self) -> dict:
@@ -102,6 +115,10 @@ class LossParamLog(keras.callbacks.Callback):
         super().__init__()
         self.param_name = param_name
         self.rate = check_int(rate, "rate")
+
+    def on_train_begin(self, logs: dict | None = None):
+        _loss_parameter(self.model, self.param_name)
+        carry_loss_state(self.model)  # JAX: the logged value is the one the train step used
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None):
         value = float(ops.convert_to_numpy(_loss_parameter(self.model, self.param_name)))

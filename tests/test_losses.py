@@ -346,6 +346,39 @@ def test_loss_param_scheduler_changes_the_compiled_loss():
     assert model.loss.get_config()["min_margin"] == 4.0
 
 
+def test_loss_param_scheduler_changes_the_loss_between_batches_of_an_epoch():
+    """Four batches per epoch, a new margin every batch: each batch's loss is its own m/2 (JAX carries the state)."""
+    model = _frozen_zero_model()
+    model.compile(optimizer="sgd", loss=losses.HingeMargin(min_margin=0.0))
+    scheduler = callbacks.LossParamScheduler("min_margin", fp=[0.0, 6.0], xp=[0, 6])
+    batch_losses = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: batch_losses.append(logs["loss"]))
+    x = np.ones((8, 3), "float32")
+    y = np.ones((8, 1), "float32")
+    model.fit(x, y, batch_size=2, epochs=2, shuffle=False, callbacks=[scheduler, record], verbose=0)
+    # The logged loss is the running mean of the epoch's batch losses m_k / 2, m_k = min(k, 6).
+    margins = np.minimum(np.arange(8), 6.0) / 2.0
+    expected = [margins[e * 4 : e * 4 + b + 1].mean() for e in range(2) for b in range(4)]
+    np.testing.assert_allclose(batch_losses, expected, atol=1e-6)
+    assert model.loss.get_config()["min_margin"] == 6.0
+
+
+def test_multiclass_soft_hkr_running_mean_moves_during_fit():
+    """A frozen zero model gives mean|f| = 0, so every training batch multiplies the running mean by alpha_mean."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, kernel_initializer="zeros")])
+    model.trainable = False
+    loss = losses.MulticlassSoftHKR(min_margin=1.0, alpha_mean=0.8)
+    model.compile(optimizer="sgd", loss=loss)
+    losses.carry_loss_state(model)
+    x = np.ones((8, 3), "float32")
+    y = np.eye(4, dtype="float32")[[0, 1, 2, 3] * 2]
+    history = model.fit(x, y, batch_size=2, epochs=2, verbose=0)
+    np.testing.assert_allclose(float(loss.current_mean), 0.8**8, rtol=1e-6)
+    assert set(history.history) == {"loss"}  # the carried state adds no log entry
+    model.evaluate(x, y, batch_size=4, verbose=0)
+    np.testing.assert_allclose(float(loss.current_mean), 0.8**10, rtol=1e-6)
+
+
 def test_loss_param_scheduler_and_log_errors_and_output(capsys):
     model = _frozen_zero_model()
     model.compile(optimizer="sgd", loss=losses.HKR(alpha=2.0))

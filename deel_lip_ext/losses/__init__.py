@@ -7,7 +7,8 @@ Every loss is importable as `deel_lip_ext.losses.<Name>`; they are defined by fa
 * `deel_lip_ext.losses.cross_entropy`: the tempered cross-entropies (Tau...);
 * `deel_lip_ext.losses.soft`: MulticlassSoftHKR, SoftHKR, LseHKR;
 * `deel_lip_ext.losses.margin`: EMMA, LogitAnnealing;
-* `deel_lip_ext.losses.linf`: the l_inf-dist losses.
+* `deel_lip_ext.losses.linf`: the l_inf-dist losses;
+* `deel_lip_ext.losses.state`: the loss's variables as state of JAX's train step (`carry_loss_state`).
 
 Label conventions: binary / multi-label losses (`KR`, `HKR`, `HingeMargin`,
 `TauBinaryCrossentropy`) take y in {0, 1} or {-1, 1}; multi-class losses take
@@ -22,8 +23,10 @@ Hyper-parameters (alpha, min_margin, tau) are non-trainable float32
 `keras.Variable`s, so that `deel_lip_ext.callbacks.LossParamScheduler` can
 change them during `fit`; `get_config` returns their current values as floats.
 On the TensorFlow and torch backends the compiled train step reads the new
-value; JAX traces variables that are not model state as constants, so schedules
-need TensorFlow or torch there.
+value; JAX's train step is a pure function of the model's state, so
+`carry_loss_state(model)` (called by the callbacks that change loss parameters)
+makes the loss's variables part of it: schedules and MulticlassSoftHKR's
+running mean then work on every backend.
 
 Deliberate differences from deel-lip, each repeated in the class docstring:
 
@@ -62,6 +65,7 @@ from deel_lip_ext.losses.kr import (
 from deel_lip_ext.losses.linf import ClippedHingeCrossEntropy, HybridIntervalCrossEntropy, LInfDistHinge
 from deel_lip_ext.losses.margin import EMMA, LogitAnnealing, dense_pairwise_lipschitz
 from deel_lip_ext.losses.soft import LseHKR, MulticlassSoftHKR, SoftHKR
+from deel_lip_ext.losses.state import carry_loss_state
 
 __all__ = [
     "KR",
@@ -85,4 +89,5 @@ __all__ = [
     "LInfDistHinge",
     "ClippedHingeCrossEntropy",
     "HybridIntervalCrossEntropy",
+    "carry_loss_state",
 ]

@@ -34,8 +34,10 @@ class MulticlassSoftHKR(_ParametrizedLoss):
     by every call: mu <- clip(alpha_mean mu + (1 - alpha_mean) mean|f|,
     0.005, 1000), starting at m; it lives in the non-trainable variable
     `current_mean`. Being stateful, the loss of a batch depends on the
-    batches seen before, as in deel-lip. The update runs on the TensorFlow and
-    torch backends; JAX traces losses as pure functions (not supported there).
+    batches seen before, as in deel-lip. On JAX call
+    `deel_lip_ext.losses.carry_loss_state(model)` after `compile`: JAX's train
+    step is a pure function of the model's state, and without it the running
+    mean stays a constant.
 
     Args:
         alpha: weight of the hinge relative to the KR term (> 0, inf allowed); schedulable.
