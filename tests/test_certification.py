@@ -97,6 +97,27 @@ def test_certify_reports_the_formula():
     assert result.as_dict()["certified_accuracy"][0.01] == pytest.approx(np.mean(radii > 0.01))
 
 
+def test_certify_runs_one_compiled_forward_for_every_batch():
+    """Batches of 4, 4 and 2 (padded to 4): the model's Python code runs once on the compiling backends."""
+    calls = []
+
+    def identity(x):
+        calls.append(1)
+        return x
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3), keras.layers.Lambda(identity)])
+    x, y = toy_data(n=10)
+    calls.clear()
+    result = certify(model, (x, y), [0.01], lip_const=2.0, batch_size=4, verbose=False)
+    expected = certified_radius(keras.ops.convert_to_numpy(model(x)), y, lip_const=2.0)
+    np.testing.assert_allclose(result.radii, expected, rtol=1e-6)
+    assert result.n_samples == 10
+    compiled = keras.backend.backend() in ("tensorflow", "jax")
+    assert len(calls) == (1 if compiled else 3) + 1  # + the eager reference call above
+    certify(model, (x, y), [0.01], lip_const=2.0, batch_size=4, verbose=False)
+    assert len(calls) == (1 if compiled else 6) + 1  # the compiled forward is reused
+
+
 def test_certify_folds_input_scale_and_norm_conversions():
     model = dense_model()
     x, y = toy_data()
