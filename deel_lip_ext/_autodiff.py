@@ -17,10 +17,12 @@ so the package imports with any one backend installed.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
@@ -32,6 +34,9 @@ __all__ = [
     "value_and_input_gradient",
     "parameter_gradients",
     "graph_function",
+    "compiled_inference",
+    "run_padded",
+    "compiled_pair_ratio_step",
 ]
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
@@ -241,3 +246,50 @@ def graph_function(fn: Callable[..., Any], variables: Sequence[keras.Variable] =
         return outputs
 
     return run
+
+
+def compiled_inference(model: keras.Model):
+    """`x -> model(x, training=False)` compiled once per model (an eager forward pass is far slower on JAX)."""
+    if model not in _FORWARD_CACHE:
+        _FORWARD_CACHE[model] = graph_function(lambda x: model(x, training=False), model.variables)
+    return _FORWARD_CACHE[model]
+
+
+def run_padded(forward, x: np.ndarray, size: int) -> np.ndarray:
+    """`forward(x)` as numpy, with a short batch padded to `size` rows (copies of its last row) so one
+    compiled shape serves every batch; inference treats the samples of a batch independently."""
+    n = len(x)
+    if 0 < n < size:
+        x = np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)])
+    return ops.convert_to_numpy(forward(x))[:n]
+
+
+def compiled_pair_ratio_step(model: keras.Model):
+    """Compiled `pairs -> (ratios, gradient)`: pairs (2N, ...) stack the points a then b of N pairs.
+
+    `ratios` = ||f(a) - f(b)|| / ||a - b|| per pair and `gradient` that of sum(log ratio) with respect
+    to both points (inference mode treats the samples of the batch independently).
+    """
+    if model not in _PAIR_STEP_CACHE:
+
+        def step(pairs):
+            def log_ratios(inputs):
+                outputs = model(inputs, training=False)
+                outputs = ops.reshape(outputs, (ops.shape(outputs)[0], -1))
+                half = ops.shape(inputs)[0] // 2
+                numerator = ops.norm(outputs[:half] - outputs[half:], axis=1)
+                denominator = ops.norm(ops.reshape(inputs[:half] - inputs[half:], (half, -1)), axis=1)
+                ratio = numerator / denominator
+                return ops.log(ratio + 1e-12), ratio
+
+            _, ratio, gradient = value_and_input_gradient(log_ratios, pairs)
+            return ratio, gradient
+
+        _PAIR_STEP_CACHE[model] = graph_function(step, model.variables)
+    return _PAIR_STEP_CACHE[model]
+
+
+# One compiled pair step per model (a new trace per call would dominate).
+_PAIR_STEP_CACHE = weakref.WeakKeyDictionary()
+# One compiled inference forward per model, for `certify`.
+_FORWARD_CACHE = weakref.WeakKeyDictionary()

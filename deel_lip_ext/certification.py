@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -376,13 +375,13 @@ def certify(
 
     n_batches = count_batches(data, batch_size)
     progbar = make_progbar(n_batches, verbose)
-    forward = _inference_forward(model)
+    forward = autodiff.compiled_inference(model)
     radii = []
     largest_batch = 0  # a shorter (last) batch is padded to it: one compiled shape for all
     for step, (x, y) in enumerate(iterate_batches(data, batch_size)):
         check_input_shape(model, x)
         largest_batch = max(largest_batch, len(x))
-        logits = _forward_padded(forward, x, largest_batch)
+        logits = autodiff.run_padded(forward, x, largest_batch)
         certificate_norm, factor = radius_conversion(norm, lip_norm, int(np.prod(x.shape[1:])))
         radius = certified_radius(logits, y, certificate_norm, lip_const, disjoint_neurons)
         radii.append(radius * factor * scale)
@@ -405,53 +404,6 @@ def certify(
     )
 
 
-def _inference_forward(model: keras.Model):
-    """`x -> model(x, training=False)` compiled once per model (an eager forward pass is far slower on JAX)."""
-    if model not in _FORWARD_CACHE:
-        _FORWARD_CACHE[model] = autodiff.graph_function(lambda x: model(x, training=False), model.variables)
-    return _FORWARD_CACHE[model]
-
-
-def _forward_padded(forward, x: np.ndarray, size: int) -> np.ndarray:
-    """`forward(x)` as numpy, with a short batch padded to `size` rows (copies of its last row) so one
-    compiled shape serves every batch; inference treats the samples of a batch independently."""
-    n = len(x)
-    if 0 < n < size:
-        x = np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)])
-    return ops.convert_to_numpy(forward(x))[:n]
-
-
-def _pair_ratio_step(model: keras.Model):
-    """Compiled `pairs -> (ratios, gradient)`: pairs (2N, ...) stack the points a then b of N pairs.
-
-    `ratios` = ||f(a) - f(b)|| / ||a - b|| per pair and `gradient` that of sum(log ratio) with respect
-    to both points (inference mode treats the samples of the batch independently).
-    """
-    if model not in _PAIR_STEP_CACHE:
-
-        def step(pairs):
-            def log_ratios(inputs):
-                outputs = model(inputs, training=False)
-                outputs = ops.reshape(outputs, (ops.shape(outputs)[0], -1))
-                half = ops.shape(inputs)[0] // 2
-                numerator = ops.norm(outputs[:half] - outputs[half:], axis=1)
-                denominator = ops.norm(ops.reshape(inputs[:half] - inputs[half:], (half, -1)), axis=1)
-                ratio = numerator / denominator
-                return ops.log(ratio + 1e-12), ratio
-
-            _, ratio, gradient = autodiff.value_and_input_gradient(log_ratios, pairs)
-            return ratio, gradient
-
-        _PAIR_STEP_CACHE[model] = autodiff.graph_function(step, model.variables)
-    return _PAIR_STEP_CACHE[model]
-
-
-# One compiled pair step per model (a new trace per call would dominate).
-_PAIR_STEP_CACHE = weakref.WeakKeyDictionary()
-# One compiled inference forward per model, for `certify`.
-_FORWARD_CACHE = weakref.WeakKeyDictionary()
-
-
 def search_lipschitz_lower_bound(
     model: keras.Model,
     x: ArrayLike,
@@ -471,7 +423,7 @@ def search_lipschitz_lower_bound(
     direction = rng.standard_normal(x.shape).astype("float32")
     direction /= np.sqrt(np.sum(direction**2, axis=axes, keepdims=True))
     a, b = x, x + 10 * min_distance * direction
-    step = _pair_ratio_step(model)
+    step = autodiff.compiled_pair_ratio_step(model)
     best = 0.0
     for _ in range(steps + 1):
         ratio, gradient = step(ops.convert_to_tensor(np.concatenate([a, b])))
