@@ -6,7 +6,7 @@ margin sqrt(2) * 1.5 (a point whose margin is reached is certified at eps = 1.5)
 inputs in [0, 1] without normalization. The network is Wong et al.'s "Small" as BCOP
 runs it (strides as invertible downsampling, 2 x 2 orthogonal BCOP convolutions,
 MaxMinHalves): by default with twice its widths and a SpectralDense head ("wide"), which
-reaches 97.04 % clean / 41.98 % certified accuracy at eps = 1.58 (seed 0, the run of
+reaches 97.20 % clean / 41.86 % certified accuracy at eps = 1.58 (seed 0, the run of
 docs/tutorials/certified_mnist.md) in about 13.5 min of CPU time, 7 to 14 min of wall
 clock on an idle 2-core machine; `--network small --epochs 200` is the paper's BCOP-Small
 run (97.54 % / 45.84 %).
