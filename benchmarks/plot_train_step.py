@@ -75,9 +75,9 @@ def plot(meta, rows, path):
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(
-        f"Lipschitz vs plain Keras, {meta.get('date', '')[:10]}, {meta.get('machine', '')}\n"
-        f"Keras {meta.get('keras')}, TensorFlow {meta.get('tensorflow')}; exported inference "
-        "is compared with the plain model's inference",
+        f"Lipschitz vs plain Keras, {meta.get('date', '')[:10]}\n{meta.get('machine', '')}\n"
+        f"Keras {meta.get('keras')}, TensorFlow {meta.get('tensorflow')}\n"
+        "exported inference is compared with the plain model's inference",
         fontsize=9,
     )
     fig.tight_layout()
