@@ -73,9 +73,18 @@ PAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("padding", ["same", "valid", "constant", "reflect", "symmetric", "circular"])
-@pytest.mark.parametrize("c_in, c_out, kernel, stride, size", PAD_CASES)
-@pytest.mark.parametrize("kind", ["random", "coherent"])
+PAD_MODES = ["same", "valid", "constant", "reflect", "symmetric", "circular"]
+# Every (padding, case) runs with one kernel kind in the fast suite, alternating, so every padding and every
+# case meets both kinds there; the other kind of each pair runs with the slow tests (the full product in CI).
+PAD_GRID = [
+    pytest.param(padding, *case, kind, marks=[pytest.mark.slow] if (index + row + column) % 2 else [])
+    for row, padding in enumerate(PAD_MODES)
+    for index, case in enumerate(PAD_CASES)
+    for column, kind in enumerate(["random", "coherent"])
+]
+
+
+@pytest.mark.parametrize("padding, c_in, c_out, kernel, stride, size, kind", PAD_GRID)
 def test_pad_conv_exported_norm_at_most_k(padding, c_in, c_out, kernel, stride, size, kind):
     k = 1.0 if kind == "random" else 2.5
     layer = PadConv2D(c_out, kernel, strides=stride, padding=padding, k_coef_lip=k, **_strict())

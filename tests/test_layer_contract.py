@@ -154,8 +154,16 @@ def test_inference_follows_an_optimizer_step(name):
     np.testing.assert_allclose(_numpy(model(x)), _numpy(fresh(x)), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 1e-2), ("mixed_bfloat16", 8e-2)])
-@pytest.mark.parametrize("name", sorted(CASES))
+TOLERANCES = {"mixed_float16": 1e-2, "mixed_bfloat16": 8e-2}
+# Each layer under one policy in the fast suite (alternating along the sorted names), the other with the slow tests.
+MIXED_PRECISION_GRID = [
+    pytest.param(name, policy, tolerance, marks=[pytest.mark.slow] if (index + column) % 2 else [])
+    for index, name in enumerate(sorted(CASES))
+    for column, (policy, tolerance) in enumerate(TOLERANCES.items())
+]
+
+
+@pytest.mark.parametrize("name, policy, tolerance", MIXED_PRECISION_GRID)
 def test_mixed_precision_build_call_export(name, policy, tolerance):
     factory, shape = CASES[name]
     previous = keras.config.dtype_policy()

@@ -107,6 +107,17 @@ OTHER_LAYERS = {
 }
 
 
+def policy_rotation(names):
+    """(policy, name) cases: each name under one policy in the fast suite, alternating along the sorted names so
+    both policies meet every kind of layer there; the other policy of each name runs with the slow tests (CI runs
+    the full product)."""
+    return [
+        pytest.param(policy, name, marks=[pytest.mark.slow] if (index + column) % 2 else [], id=f"{policy}-{name}")
+        for index, name in enumerate(names)
+        for column, policy in enumerate(POLICIES)
+    ]
+
+
 @pytest.fixture(params=POLICIES)
 def policy(request):
     keras.mixed_precision.set_global_policy(request.param)
@@ -190,7 +201,7 @@ def _exported_operator_norm(exported_layers, input_shape):
     return np.linalg.norm(x.reshape(size, -1), 2)
 
 
-@pytest.mark.parametrize("name", sorted(KERNEL_LAYERS))
+@pytest.mark.parametrize("policy, name", policy_rotation(sorted(KERNEL_LAYERS)), indirect=["policy"])
 def test_kernel_layer_trains_infers_exports_and_its_bound_holds(name, policy):
     input_shape, make_layer = KERNEL_LAYERS[name]
     model, x = _trained(input_shape, make_layer)
@@ -223,7 +234,7 @@ def test_kernel_layer_trains_infers_exports_and_its_bound_holds(name, policy):
         assert (np.abs(out - expected) <= tolerance).all()
 
 
-@pytest.mark.parametrize("name", sorted(OTHER_LAYERS))
+@pytest.mark.parametrize("policy, name", policy_rotation(sorted(OTHER_LAYERS)), indirect=["policy"])
 def test_kernel_free_layer_trains_infers_and_exports(name, policy):
     input_shape, make_layer = OTHER_LAYERS[name]
     model, x = _trained(input_shape, make_layer)
@@ -280,7 +291,11 @@ def _residual_jacobian(layer, x):
     return np.eye(p.shape[1]) - p.T @ (scale[:, None] * p)
 
 
-@pytest.mark.parametrize("name", RESIDUAL_LAYERS + ("LipResidual", "LayerCentering", "BatchCentering"))
+@pytest.mark.parametrize(
+    "policy, name",
+    policy_rotation(RESIDUAL_LAYERS + ("LipResidual", "LayerCentering", "BatchCentering")),
+    indirect=["policy"],
+)
 def test_residual_and_centering_bounds_hold_under_mixed_precision(name, policy):
     input_shape, make_layer = OTHER_LAYERS[name]
     if name == "LipResidual":  # a branch of constant 3: the rounding of the share to the compute dtype matters
