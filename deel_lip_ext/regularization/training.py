@@ -12,6 +12,7 @@ from numpy.typing import ArrayLike
 from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext._validation import ArgumentTypeError
 from deel_lip_ext.attacks.gradient_attacks import as_float_tensor
+from deel_lip_ext.losses.state import carry_loss_state
 from deel_lip_ext.regularization.gradients import per_sample_loss
 from deel_lip_ext.regularization.objectives import PlainTraining, get_objective
 
@@ -86,6 +87,7 @@ class RobustTrainingModel(keras.Model):
             )
         self._sample_loss = keras.losses.get(loss)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        carry_loss_state(self)  # JAX: a loss's running mean is train-step state
 
     def compile_from_config(self, config: dict):
         # keras.Model skips a custom `compile` when loading; this one is safe to call.
