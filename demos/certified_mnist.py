@@ -156,7 +156,8 @@ def export_and_reload(model, x, directory):
         import tensorflow as tf
 
         plain.export(str(directory), format="tf_saved_model", verbose=False)
-        reloaded_logits = tf.saved_model.load(str(directory)).serve(tf.constant(x)).numpy()
+        reloaded = tf.saved_model.load(str(directory))  # kept: its variables die with it
+        reloaded_logits = reloaded.serve(tf.constant(x)).numpy()
     return {
         "plain_layers": sorted({type(layer).__name__ for layer in plain.layers}),
         "max_abs_diff_plain_vs_lipschitz": float(np.max(np.abs(plain_logits - lipschitz_logits))),
