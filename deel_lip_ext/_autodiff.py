@@ -293,3 +293,83 @@ def compiled_pair_ratio_step(model: keras.Model):
 _PAIR_STEP_CACHE = weakref.WeakKeyDictionary()
 # One compiled inference forward per model, for `certify`.
 _FORWARD_CACHE = weakref.WeakKeyDictionary()
+
+
+def train_step_gradients(
+    fn: Callable[[], tuple[Any, Any]], variables: Sequence[keras.Variable]
+) -> tuple[Any, Any, list[Any]]:
+    """`parameter_gradients` inside a training step: what `fn` assigns to other variables is kept.
+
+    Args:
+        fn: `() -> (loss, aux)`, a training forward pass (it may update power-iteration vectors,
+            BatchNorm statistics or a loss's running mean).
+        variables: the trainable variables to differentiate with respect to.
+
+    Returns:
+        `(loss, aux, gradients)` as `parameter_gradients`.
+
+    On JAX it must run inside `stateless_train_step`: the other variables are read from the step's
+    state and their new values go back to it (a value computed under `jax.value_and_grad` leaves it
+    as auxiliary output). TensorFlow and torch assign them as they run: this is `parameter_gradients`.
+
+    Examples:
+        >>> loss, _, gradients = train_step_gradients(lambda: (loss_of(model(x, training=True)), None),
+        ...                                           model.trainable_variables)
+    """
+    if require_supported_backend("train_step_gradients") != "jax":
+        return parameter_gradients(fn, variables)
+    import jax
+    from keras.src.backend.common.stateless_scope import get_stateless_scope  # no public accessor
+
+    enclosing = get_stateless_scope()
+    if enclosing is None:
+        raise RuntimeError("train_step_gradients on JAX runs inside stateless_train_step (the step's state).")
+    variables = list(variables)
+
+    def loss_of(values):
+        with keras.StatelessScope() as scope:
+            scope.state_mapping.update(enclosing.state_mapping)
+            scope.state_mapping.update({id(v): value for v, value in zip(variables, values)})
+            initial = dict(scope.state_mapping)
+            loss, aux = fn()
+        updates = {key: value for key, value in scope.state_mapping.items() if initial.get(key) is not value}
+        return loss, (aux, updates)
+
+    (loss, (aux, updates)), gradients = jax.value_and_grad(loss_of, has_aux=True)([v.value for v in variables])
+    enclosing.state_mapping.update(updates)
+    return loss, aux, list(gradients)
+
+
+def stateless_train_step(model: keras.Model, state: Sequence[Sequence[Any]], step: Callable[[], Any]):
+    """JAX: runs a stateful train step `step()` as the pure `(logs, state)` function Keras's trainer calls.
+
+    `model.train_step(state, data)` on JAX receives the values of the trainable, non-trainable,
+    optimizer and metrics variables and returns their new values; `step` is written as on
+    TensorFlow (it assigns variables, calls `optimizer.apply_gradients`, updates metrics), and runs
+    here with the variables mapped to `state` in a `keras.StatelessScope`.
+
+    Args:
+        model: the compiled model being trained.
+        state: `(trainable, non_trainable, optimizer, metrics)` values, in the order of
+            `model.trainable_variables`, `model.non_trainable_variables`, `model.optimizer.variables`
+            and `model.metrics_variables`.
+        step: `() -> logs`, the stateful step on the current batch.
+
+    Returns:
+        `(logs, new_state)` in the structure of `state`.
+
+    Examples:
+        >>> def train_step(self, state, data):  # a keras.Model subclass on JAX
+        ...     return stateless_train_step(self, state, lambda: self.stateful_train_step(data))
+    """
+    groups = (
+        model.trainable_variables,
+        model.non_trainable_variables,
+        model.optimizer.variables,
+        model.metrics_variables,
+    )
+    mapping = [pair for variables, values in zip(groups, state) for pair in zip(variables, values)]
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        logs = step()
+    new_state = tuple([scope.get_current_value(v) for v in variables] for variables in groups)
+    return logs, new_state

@@ -11,7 +11,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext._optional import tensorflow
+from deel_lip_ext._tensorboard import EventWriter
 from deel_lip_ext._validation import ArgumentTypeError, check_int, check_number
 from deel_lip_ext.distance import check_p
 from deel_lip_ext.layers.conv_baselines import SVCMConv2D
@@ -195,7 +195,7 @@ class MonitorCallback(keras.callbacks.Callback):
     Args:
         monitored_layers: names of the layers to monitor.
         logdir: TensorBoard folder, or None (logs only). Writing it needs the
-            `tensorboard` package (in the `dev` extra).
+            `tensorboard` package (in the `dev` extra), not TensorFlow: it works on every backend.
         target: "wbar" (constrained operator) or "kernel" (raw weights).
         what: "max" (min/max scalars) or "all" (also a spectrum histogram).
         on_epoch: record at the end of each epoch.
@@ -254,18 +254,19 @@ class MonitorCallback(keras.callbacks.Callback):
             if logs is not None:
                 logs[f"{name}_sv_min"], logs[f"{name}_sv_max"] = values
             if self.logdir is not None:
-                tf = tensorflow("MonitorCallback(logdir=...)")
-                if self._writer is None:
-                    self._writer = tf.summary.create_file_writer(self.logdir)
-                with self._writer.as_default(step=self._step):
-                    tf.summary.scalar(f"{name}/sv_max", values[1])
-                    tf.summary.scalar(f"{name}/sv_min", values[0])
-                    if self.what == "all":
-                        if spectrum is None:
-                            spectrum = layer_singular_values(layers[name])
-                        tf.summary.histogram(f"{name}/singular_values", spectrum)
+                self._write(name, layers[name], values, spectrum)
         if self._writer is not None:
             self._writer.flush()
+
+    def _write(self, name, layer, values, spectrum):
+        """TensorBoard scalars (and the spectrum's histogram) of one layer, on every backend."""
+        if self._writer is None:
+            self._writer = EventWriter(self.logdir, "MonitorCallback(logdir=...)")
+        self._writer.scalar(f"{name}/sv_max", values[1], self._step)
+        self._writer.scalar(f"{name}/sv_min", values[0], self._step)
+        if self.what == "all":
+            spectrum = layer_singular_values(layer) if spectrum is None else spectrum
+            self._writer.histogram(f"{name}/singular_values", spectrum, self._step)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None):
         if self.on_batch:

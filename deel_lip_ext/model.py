@@ -17,6 +17,7 @@ import keras
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
+from deel_lip_ext.losses.state import carry_loss_state
 from deel_lip_ext.utils import layer_lipschitz_constant
 
 __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]
@@ -118,7 +119,21 @@ def _unwrap(tensors):
 
 
 class LipschitzModelMixin:
-    """`condense()` and `vanilla_export()` for Lipschitz models."""
+    """`condense()` and `vanilla_export()` for Lipschitz models; `compile` carries the loss's state on JAX."""
+
+    def compile(self, *args, **kwargs) -> None:
+        """`keras.Model.compile`; on JAX the loss's variables (e.g. `MulticlassSoftHKR`'s running mean)
+        then move during `fit` without any callback (see `deel_lip_ext.losses.carry_loss_state`).
+
+        Args:
+            *args: passed to `keras.Model.compile`.
+            **kwargs: passed to `keras.Model.compile`.
+
+        Examples:
+            >>> model.compile(optimizer="adam", loss=MulticlassSoftHKR())
+        """
+        super().compile(*args, **kwargs)
+        carry_loss_state(self)
 
     def condense(self):
         """Overwrite every raw kernel with its constrained value (see `ParametrizedLayer.condense`)."""

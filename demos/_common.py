@@ -341,9 +341,12 @@ def nearest_adversarial_examples(model, x, y, epsilons, steps=50, restarts=1, se
         todo = np.flatnonzero(np.isinf(distances))
         if todo.size == 0:
             break
+        # Padded to all samples (copies of the last one): one input shape, so JAX compiles PGD once
+        # rather than once per number of samples left.
+        rows = np.concatenate([todo, np.full(len(x) - todo.size, todo[-1])])
         candidates = attacks.pgd(
-            model, x[todo], y[todo], eps, norm="l2", steps=steps, loss="cw", restarts=restarts, seed=seed
-        )
+            model, x[rows], y[rows], eps, norm="l2", steps=steps, loss="cw", restarts=restarts, seed=seed
+        )[: todo.size]
         fooled = misclassified(model, candidates, y[todo])
         found = todo[fooled]
         x_adv[found] = candidates[fooled]

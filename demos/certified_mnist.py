@@ -141,15 +141,23 @@ def draw_adversarial_examples(model, x, y, radii, path, budget):
 
 
 def export_and_reload(model, x, directory):
-    """Export the plain model as a TF SavedModel, reload it, and compare logits."""
-    import tensorflow as tf
-
+    """Export the plain model as a TF SavedModel (a .keras file on torch), reload it, and compare logits."""
     plain = model.vanilla_export()
-    plain.export(str(directory), format="tf_saved_model", verbose=False)
-    reloaded = tf.saved_model.load(str(directory))
     lipschitz_logits = keras.ops.convert_to_numpy(model(x, training=False))
     plain_logits = keras.ops.convert_to_numpy(plain(x, training=False))
-    reloaded_logits = reloaded.serve(tf.constant(x)).numpy()
+    if keras.backend.backend() == "torch":
+        # Keras exports a SavedModel on torch through torch.export, which refuses these models:
+        # the plain model goes to a .keras file instead, reloaded by Keras.
+        directory.mkdir(parents=True, exist_ok=True)
+        plain.save(directory / "plain_model.keras")
+        reloaded = keras.models.load_model(directory / "plain_model.keras")
+        reloaded_logits = keras.ops.convert_to_numpy(reloaded(x, training=False))
+    else:
+        import tensorflow as tf
+
+        plain.export(str(directory), format="tf_saved_model", verbose=False)
+        reloaded = tf.saved_model.load(str(directory))  # kept: its variables die with it
+        reloaded_logits = reloaded.serve(tf.constant(x)).numpy()
     return {
         "plain_layers": sorted({type(layer).__name__ for layer in plain.layers}),
         "max_abs_diff_plain_vs_lipschitz": float(np.max(np.abs(plain_logits - lipschitz_logits))),

@@ -156,6 +156,20 @@ def test_vjp_preserves_gradient_norm(name, k):
     )
 
 
+@pytest.mark.parametrize("name", ["groupsort2", "maxmin"])
+def test_pairwise_sorts_pass_each_tied_entry_its_own_gradient(name):
+    # TensorFlow's rule, on every backend: at an exact tie the Jacobian is the identity (a
+    # permutation), where min/max on JAX and torch would give each entry half of both gradients.
+    layer = PERMUTATION_LAYERS[name](k_coef_lip=0.5)
+    x = np.full((2, 3, 3, 8), 0.25, dtype="float32")
+    x[1] = _random((3, 3, 8))
+    x[1, 0, 0, :] = 1.0  # ties only in this pixel of the second sample
+    upstream = _random((2, 3, 3, 8), seed=7)
+    vjp = input_gradient(layer, x, upstream)
+    np.testing.assert_array_equal(vjp[0], 0.5 * upstream[0])
+    np.testing.assert_array_equal(vjp[1, 0, 0], 0.5 * upstream[1, 0, 0])
+
+
 def test_householder_at_half_pi_is_min_max_of_the_halves():
     x = _random((4, 3, 3, 8))
     a, b = np.split(x, 2, axis=-1)

@@ -54,14 +54,18 @@ def git_status():
     )
 
 
-def run_demo(name, output_dir, *arguments):
+def run_demo(name, output_dir, *arguments, backend=None):
     """Run `demos/<name>.py --quick` in a subprocess; return (stdout, results.json as a dict).
+
+    `backend` sets KERAS_BACKEND for the subprocess (None: inherit it).
 
     Also checks the shared conventions: the expected time is printed before anything
     else, a time table is printed, and nothing is written outside `output_dir` (the
     checkout's `git status`, ignored files included, is unchanged).
     """
     env = dict(os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3")
+    if backend is not None:
+        env["KERAS_BACKEND"] = backend
     before = git_status()
     completed = subprocess.run(
         [sys.executable, str(DEMOS / f"{name}.py"), "--quick", "--output-dir", str(output_dir), *arguments],
@@ -142,6 +146,20 @@ def test_certified_mnist_quick(tmp_path):
     assert (tmp_path / "saved_model" / "saved_model.pb").is_file()
     assert_png(tmp_path / "certified_accuracy.png")
     assert_png(tmp_path / "adversarial_examples.png")
+
+
+@pytest.mark.slow
+@needs_mnist
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_certified_mnist_quick_on_other_backends(tmp_path, backend):
+    pytest.importorskip(backend)
+    stdout, results = run_demo("certified_mnist", tmp_path, backend=backend)
+    certification = results["certification"]
+    assert certification["clean_accuracy"] > 0.5 and abs(certification["lip_const"] - 1.0) < 1e-4
+    assert results["broken_certificates"] == 0 and "0 certificates broken" in stdout
+    assert results["adversarial_examples"]["radius_below_distance"]
+    assert results["export"]["matches"]
+    assert_png(tmp_path / "certified_accuracy.png")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import pytest
 from _backend import input_gradient
 
 from deel_lip_ext import callbacks, losses
+from deel_lip_ext.model import Sequential
 
 EPS_KR = 1e-7
 
@@ -377,6 +378,18 @@ def test_multiclass_soft_hkr_running_mean_moves_during_fit():
     assert set(history.history) == {"loss"}  # the carried state adds no log entry
     model.evaluate(x, y, batch_size=4, verbose=0)
     np.testing.assert_allclose(float(loss.current_mean), 0.8**10, rtol=1e-6)
+
+
+def test_multiclass_soft_hkr_running_mean_moves_in_a_lipschitz_model_without_callbacks():
+    """deel_lip_ext's Sequential carries the loss's state from `compile` (JAX needs it; no user call)."""
+    model = Sequential([keras.Input((3,)), keras.layers.Dense(4, kernel_initializer="zeros")])
+    model.trainable = False
+    loss = losses.MulticlassSoftHKR(min_margin=1.0, alpha_mean=0.8)
+    model.compile(optimizer="sgd", loss=loss)
+    x = np.ones((8, 3), "float32")
+    y = np.eye(4, dtype="float32")[[0, 1, 2, 3] * 2]
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    np.testing.assert_allclose(float(loss.current_mean), 0.8**4, rtol=1e-6)
 
 
 def test_loss_param_scheduler_and_log_errors_and_output(capsys):

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from conftest import data_available
 
-from deel_lip_ext import _input_gradients as autodiff
+from _backend import to_numpy
+
+from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext import regularization as R
 
 SPARSE_CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -44,7 +46,7 @@ def _batch(n=4, input_dim=5, classes=3, dtype="float64", seed=1):
 
 
 def _losses(model, x, y):
-    return np.asarray(ce_per_sample(y, model(x)))
+    return to_numpy(ce_per_sample(y, model(x)))
 
 
 def _relative_error(actual, expected):
@@ -75,7 +77,7 @@ def test_per_sample_gradients_of_the_summed_loss_are_individual_gradients(float6
     _, _, gradient = R.loss_input_gradient(model, ce_per_sample, x, y)
     for i in range(len(x)):
         _, _, alone = R.loss_input_gradient(model, ce_per_sample, x[i : i + 1], y[i : i + 1])
-        np.testing.assert_allclose(np.asarray(gradient)[i], np.asarray(alone)[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(to_numpy(gradient)[i], to_numpy(alone)[0], rtol=1e-12, atol=1e-14)
 
 
 # ------------------------------------------------------------- double backprop penalty
@@ -92,7 +94,7 @@ def _penalty_gradient_and_finite_differences(model, x, y, lip_weight=0.7, step=1
     rng = np.random.default_rng(0)
     autodiff_values, reference = [], []
     for variable, gradient in zip(variables, gradients):
-        original = np.asarray(variable.numpy())
+        original = to_numpy(variable)
         for flat_index in rng.choice(original.size, size=min(entries_per_variable, original.size), replace=False):
             index = np.unravel_index(flat_index, original.shape)
             values = []
@@ -103,7 +105,7 @@ def _penalty_gradient_and_finite_differences(model, x, y, lip_weight=0.7, step=1
                 values.append(float(penalty()))
             variable.assign(original)
             reference.append((values[0] - values[1]) / (2 * step))
-            autodiff_values.append(float(np.asarray(gradient)[index]))
+            autodiff_values.append(float(to_numpy(gradient)[index]))
     return np.array(autodiff_values), np.array(reference)
 
 
@@ -128,7 +130,7 @@ def test_penalty_scaling(float64, penalty_scaling, divide_by_batch):
     model, (x, y) = _mlp("tanh"), _batch(n=5)
     lip_weight = 0.3
     norms = [
-        np.linalg.norm(np.asarray(R.loss_input_gradient(model, ce_per_sample, x[i : i + 1], y[i : i + 1])[2]))
+        np.linalg.norm(to_numpy(R.loss_input_gradient(model, ce_per_sample, x[i : i + 1], y[i : i + 1])[2]))
         for i in range(len(x))
     ]
     expected = lip_weight * max(norms) / (len(x) if divide_by_batch else 1)
@@ -146,7 +148,7 @@ def test_one_step_surrogate_residual_is_second_order(float64, objective_class):
     """l(x') - l(x) - (first-order term) = O(eps^2): it shrinks 4x when eps halves."""
     model, (x, y) = _mlp("tanh"), _batch(n=3)
     _, _, gradient = R.loss_input_gradient(model, ce_per_sample, x, y)
-    gradient = np.asarray(gradient)
+    gradient = to_numpy(gradient)
     if objective_class is R.L2AdversarialTraining:
         first_order = np.linalg.norm(gradient, axis=1)
     else:  # the step is eps * sign(g) / sqrt(D): first-order gain eps * ||g||_1 / sqrt(D)
@@ -154,8 +156,8 @@ def test_one_step_surrogate_residual_is_second_order(float64, objective_class):
     residuals = []
     for epsilon in 1e-2 / 2.0 ** np.arange(7):
         perturbed = objective_class(epsilon=epsilon).perturb(model, ce_per_sample, x, y)
-        np.testing.assert_allclose(np.linalg.norm(np.asarray(perturbed) - x, axis=1), epsilon, rtol=1e-12)
-        residuals.append(_losses(model, np.asarray(perturbed), y) - _losses(model, x, y) - epsilon * first_order)
+        np.testing.assert_allclose(np.linalg.norm(to_numpy(perturbed) - x, axis=1), epsilon, rtol=1e-12)
+        residuals.append(_losses(model, to_numpy(perturbed), y) - _losses(model, x, y) - epsilon * first_order)
     ratios = np.array(residuals[:-1]) / np.array(residuals[1:])
     # ~4 throughout, and -> 4 as eps -> 0 (third-order terms fade).
     assert np.all((ratios > 3.0) & (ratios < 5.0)), ratios
@@ -165,27 +167,27 @@ def test_one_step_surrogate_residual_is_second_order(float64, objective_class):
 def test_finite_difference_directional_derivative_matches_gradient_norm():
     model, (x, y) = _mlp("tanh", input_dim=8, hidden=16), _batch(n=6, input_dim=8, dtype="float32")
     _, _, gradient = R.loss_input_gradient(model, ce_per_sample, x, y)
-    gradient = np.asarray(gradient, np.float64)
+    gradient = to_numpy(gradient).astype(np.float64)
     for norm, exact in (("l2", np.linalg.norm(gradient, axis=1)), ("linf", np.abs(gradient).sum(axis=1))):
         errors = {}
         for order in (1, 2):
             _, _, derivatives = R.finite_difference_gradient_norms(
                 model, ce_per_sample, x, y, step=1e-2, order=order, norm=norm
             )
-            errors[order] = np.max(np.abs(np.asarray(derivatives) - exact) / exact)
+            errors[order] = np.max(np.abs(to_numpy(derivatives) - exact) / exact)
         assert errors[1] <= 1e-2, (norm, errors)
         assert errors[2] <= 1e-2, (norm, errors)
     # The objective's penalty is lip_weight / 2 * mean(dl^2).
     _, _, derivatives = R.finite_difference_gradient_norms(model, ce_per_sample, x, y, step=1e-2)
     _, penalty = R.GradientNormPenalty(lip_weight=0.4, step=1e-2).forward(model, ce_per_sample, x, y)
-    np.testing.assert_allclose(float(penalty), 0.2 * np.mean(np.asarray(derivatives) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(float(penalty), 0.2 * np.mean(to_numpy(derivatives) ** 2), rtol=1e-5)
 
 
 def test_finite_difference_error_shrinks_with_the_step(float64):
     model, (x, y) = _mlp("tanh"), _batch()
-    exact = np.linalg.norm(np.asarray(R.loss_input_gradient(model, ce_per_sample, x, y)[2]), axis=1)
+    exact = np.linalg.norm(to_numpy(R.loss_input_gradient(model, ce_per_sample, x, y)[2]), axis=1)
     errors = [
-        np.max(np.abs(np.asarray(R.finite_difference_gradient_norms(model, ce_per_sample, x, y, step=h)[2]) - exact))
+        np.max(np.abs(to_numpy(R.finite_difference_gradient_norms(model, ce_per_sample, x, y, step=h)[2]) - exact))
         for h in (1e-1, 1e-2, 1e-3)
     ]
     assert errors[0] > 5 * errors[1] > 25 * errors[2]
@@ -202,7 +204,7 @@ def test_pgd_perturbation_stays_in_ball_and_box_and_raises_the_loss(norm, random
     x = rng.uniform(0.0, 1.0, size=(8, 12)).astype("float32")
     y = rng.integers(0, 3, size=8)
     epsilon = np.linspace(0.05, 0.4, 8).astype("float32")  # one radius per sample
-    x_adv = np.asarray(
+    x_adv = to_numpy(
         R.pgd_perturbation(
             model,
             ce_per_sample,
@@ -257,7 +259,7 @@ def test_one_step_objective_trains_on_the_detached_perturbed_batch():
     plain.set_weights(wrapped.get_weights())
     epsilon = 0.3
     _, _, gradient = R.loss_input_gradient(plain, ce_per_sample, x, y)
-    gradient = np.asarray(gradient)
+    gradient = to_numpy(gradient)
     x_perturbed = x + epsilon * gradient / np.linalg.norm(gradient, axis=1, keepdims=True)
     # One full-batch step each: training the wrapper on x == plain training on x'.
     _compile(R.RobustTrainingModel(wrapped, R.L2AdversarialTraining(epsilon))).fit(
@@ -327,12 +329,41 @@ def test_fit_builds_an_unbuilt_model_and_accepts_loss_names():
     assert np.isfinite(history.history["loss"][0]) and history.history["penalty"][0] > 0
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_unsupported_backend_raises_a_clear_error(monkeypatch, backend):
-    # Neither backend is installed here (Keras's numpy backend needs jax too), so the
-    # active backend's name is faked where the library reads it.
+def _tanh_mlp_penalty_reference(model, x, y, lip_weight):
+    """numpy: mean cross-entropy and lip_weight * max_i ||grad_x l_i||_2 of a Dense-tanh-Dense net."""
+    w1, b1, w2, b2 = [np.asarray(w, np.float64) for w in model.get_weights()]
+    hidden = np.tanh(x.astype(np.float64) @ w1 + b1)
+    logits = hidden @ w2 + b2
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    losses = -np.log(probabilities[np.arange(len(y)), y])
+    upstream = probabilities - np.eye(logits.shape[1])[y]
+    input_gradients = ((upstream @ w2.T) * (1.0 - hidden**2)) @ w1.T
+    return losses.mean(), lip_weight * np.linalg.norm(input_gradients, axis=1).max()
+
+
+def test_tulip_trains_on_the_active_backend_with_the_exact_penalty():
+    # Runs on TensorFlow, JAX and torch (the backend legs of .ci/run): the logged loss and penalty of
+    # a full-batch step are those of the weights before it, here recomputed in numpy.
+    x, y = _toy_data(n=16)
+    model = _mlp("tanh", input_dim=6, hidden=8)
+    lip_weight = 0.5
+    data_loss, penalty = _tanh_mlp_penalty_reference(model, x, y, lip_weight)
+    trainer = _compile(R.RobustTrainingModel(model, R.Tulip(0.0, lip_weight, penalty_scaling="sample")))
+    first = trainer.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+    assert first["penalty"][0] == pytest.approx(penalty, rel=1e-4)
+    assert first["loss"][0] == pytest.approx(data_loss + penalty, rel=1e-4)
+    data_loss_after, penalty_after = _tanh_mlp_penalty_reference(model, x, y, lip_weight)
+    assert (data_loss_after, penalty_after) != (data_loss, penalty)
+    second = trainer.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0).history
+    assert second["penalty"][0] == pytest.approx(penalty_after, rel=1e-4)
+    assert second["loss"][0] == pytest.approx(data_loss_after + penalty_after, rel=1e-4)
+
+
+def test_unsupported_backend_raises_a_clear_error(monkeypatch):
+    # Keras's numpy backend has no autodiff; its name is faked where the library reads it.
     model = _mlp("relu")
-    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
     calls = [
         lambda: R.RobustTrainingModel(model, "J2-Lip"),
         lambda: R.loss_input_gradient(model, ce_per_sample, *_batch(dtype="float32")),
@@ -341,7 +372,7 @@ def test_unsupported_backend_raises_a_clear_error(monkeypatch, backend):
         lambda: R.error_at_eps(model, np.zeros((2, 5)), [0, 1], 0.1),
     ]
     for call in calls:
-        with pytest.raises(NotImplementedError, match=f"'{backend}'.*KERAS_BACKEND=tensorflow"):
+        with pytest.raises(NotImplementedError, match="'numpy'.*Set KERAS_BACKEND"):
             call()
 
 

@@ -5,7 +5,7 @@ import pytest
 from deel_lip_ext import layers as lip
 from deel_lip_ext.callbacks import CondenseCallback, MonitorCallback
 from deel_lip_ext.model import Sequential
-from deel_lip_ext.utils import compute_layer_sv
+from deel_lip_ext.utils import compute_layer_sv, layer_singular_values
 
 
 def _model():
@@ -37,7 +37,27 @@ def test_monitor_callback_logs_exact_singular_values(tmp_path):
     assert history.history["conv_sv_max"][-1] == pytest.approx(hi, rel=1e-6)
     assert history.history["conv_sv_min"][-1] == pytest.approx(lo, rel=1e-6)
     assert 0.99 < history.history["dense_sv_max"][-1] <= 1 + 1e-3
-    assert any((tmp_path / "tb").iterdir())  # TensorBoard event file written
+    events = _tensorboard_events(tmp_path / "tb")
+    assert [step for step, _ in events["conv/sv_max"]] == [1, 2]
+    assert events["conv/sv_max"][-1][1] == pytest.approx(hi, rel=1e-6)
+    assert events["dense/sv_min"][-1][1] == pytest.approx(history.history["dense_sv_min"][-1], rel=1e-6)
+    histogram = events["conv/singular_values"][-1][1]
+    assert histogram.num == np.asarray(layer_singular_values(model.get_layer("conv"))).size
+    assert histogram.max == pytest.approx(hi, rel=1e-6) and histogram.min == pytest.approx(lo, rel=1e-6)
+
+
+def _tensorboard_events(logdir):
+    """{tag: [(step, scalar or HistogramProto)]}: the event files' records, read with TensorBoard's own reader."""
+    loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
+    event_pb2 = pytest.importorskip("tensorboard.compat.proto.event_pb2")
+    events = {}
+    for path in sorted(logdir.iterdir()):
+        for record in loader.RawEventFileLoader(str(path)).Load():
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                content = value.histo if value.HasField("histo") else value.simple_value
+                events.setdefault(value.tag, []).append((event.step, content))
+    return events
 
 
 def test_monitor_callback_rejects_unknown_layers_and_options():

@@ -92,17 +92,18 @@ def _scale(outputs, k_coef_lip):
 def _sort_pairs_along(pairs, axis, larger_first):
     """Sort the two entries of `pairs` along `axis` (of size 2).
 
-    Each entry is compared with its partner (the flipped tensor) and keeps the
-    min or the max according to its position. `minimum`/`maximum` give the
-    gradient to their first argument on ties, here the entry itself, so the
-    Jacobian stays a permutation (GNP) even at ties.
+    Each entry is compared with its partner (the flipped tensor) and keeps itself when it belongs
+    at its position (the smaller one first, or the larger one first), else takes its partner. A
+    select sends the whole gradient to the chosen entry, so on ties each entry keeps its own and
+    the Jacobian stays a permutation (GNP) on every backend: `minimum`/`maximum` would split a
+    tie's gradient in halves on JAX and torch (a rank-1 Jacobian), unlike TensorFlow.
     """
     partners = ops.flip(pairs, axis=axis)
     mask_shape = [1] * len(pairs.shape)
     mask_shape[axis] = 2
-    is_first = ops.convert_to_tensor(np.reshape([True, False], mask_shape))
-    smaller, larger = ops.minimum(pairs, partners), ops.maximum(pairs, partners)
-    return ops.where(is_first, larger, smaller) if larger_first else ops.where(is_first, smaller, larger)
+    wants_smaller = ops.convert_to_tensor(np.reshape([not larger_first, larger_first], mask_shape))
+    keeps_own = ops.where(wants_smaller, ops.less_equal(pairs, partners), ops.greater_equal(pairs, partners))
+    return ops.where(keeps_own, pairs, partners)
 
 
 # The fused functions take tensors of a fixed rank (the layers reshape around them, which is free),

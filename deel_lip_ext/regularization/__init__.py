@@ -23,8 +23,8 @@ over data points, a lower bound, not a certificate).
 The package is split by concept: `gradients` (per-sample losses, input gradients,
 penalties), `objectives` (J0 ... PGD-AT), `training` (`RobustTrainingModel`) and
 `measurement`; the PGD it uses is `deel_lip_ext.attacks.pgd_perturbation`. Input
-gradients need backend autodiff; that code lives in `deel_lip_ext._input_gradients`
-and is implemented for the TensorFlow backend (other backends raise NotImplementedError).
+gradients need backend autodiff; that code lives in `deel_lip_ext._autodiff`
+(TensorFlow, JAX and torch).
 """
 
 from deel_lip_ext.attacks.gradient_attacks import pgd_perturbation, sample_norms

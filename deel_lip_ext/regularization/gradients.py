@@ -9,7 +9,7 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext import _input_gradients as autodiff
+from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext._validation import check_choice, check_number
 from deel_lip_ext.attacks.gradient_attacks import (
     as_float_tensor,
@@ -94,13 +94,19 @@ ATTACK_LOSS_FUNCTIONS = {"ce": cross_entropy_loss, "cw": margin_loss}
 
 
 def loss_input_gradient(
-    model: keras.Model, loss_fn: Callable, x: ArrayLike, y: ArrayLike, training: bool = False
+    model: keras.Model,
+    loss_fn: Callable,
+    x: ArrayLike,
+    y: ArrayLike,
+    training: bool = False,
+    differentiable: bool = False,
 ) -> tuple[Any, Any, Any]:
     r"""Per-sample losses, predictions and per-sample input gradients of the loss.
 
     The gradient is that of the *summed* loss, so row i is $\nabla_{x_i} \ell_i$ (samples are
     independent unless the model couples them, e.g. BatchNorm with `training=True`).
-    Under an outer parameter tape it stays differentiable (double backprop).
+    With `differentiable=True` the gradient stays differentiable with respect to the parameters
+    inside `_autodiff.parameter_gradients` (double backprop).
 
     Args:
         model: a Keras model (or any callable `model(x, training=...)`).
@@ -108,6 +114,7 @@ def loss_input_gradient(
         x: input batch (float).
         y: targets.
         training: mode of the forward pass (False freezes BatchNorm, disables dropout).
+        differentiable: keep the gradient differentiable (double backprop); False detaches it.
 
     Returns:
         `(losses, y_pred, gradient)` with `gradient.shape == x.shape`.
@@ -121,7 +128,7 @@ def loss_input_gradient(
         y_pred = model(inputs, training=training)
         return loss_fn(y, y_pred), y_pred
 
-    return autodiff.value_and_input_gradient(evaluate, as_float_tensor(x))
+    return autodiff.value_and_input_gradient(evaluate, as_float_tensor(x), differentiable=differentiable)
 
 
 def lipschitz_penalty(
@@ -156,7 +163,7 @@ def lipschitz_penalty(
         >>> logits, penalty = lipschitz_penalty(model, cross_entropy_loss, x, y, 0.1)
     """
     check_choice(penalty_scaling, "penalty_scaling", PENALTY_SCALINGS)
-    _, y_pred, gradient = loss_input_gradient(model, loss_fn, x, y, training=training)
+    _, y_pred, gradient = loss_input_gradient(model, loss_fn, x, y, training=training, differentiable=True)
     largest = ops.max(sample_norms(gradient, "l2"))
     if penalty_scaling == "batch_mean":
         largest = largest / ops.cast(ops.shape(gradient)[0], largest.dtype)

@@ -16,7 +16,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext import _input_gradients as autodiff
+from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext import attacks, utils
 from deel_lip_ext._validation import check_choice, check_clip_range, check_int, check_number
 from deel_lip_ext.attacks.gradient_attacks import pgd_perturbation, sample_norms
@@ -70,7 +70,7 @@ def _battery_function(model, norm, attack_steps, clip_min, clip_max):
             smallest = ops.where(success, ops.minimum(smallest, size), smallest)
         return fooled, smallest
 
-    return autodiff.graph_function(run)
+    return autodiff.graph_function(run, model.variables)
 
 
 def _check_measurement_arguments(norm, attack_steps, batch_size, clip_min, clip_max):

@@ -9,9 +9,10 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext import _input_gradients as autodiff
+from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext._validation import ArgumentTypeError
 from deel_lip_ext.attacks.gradient_attacks import as_float_tensor
+from deel_lip_ext.losses.state import carry_loss_state
 from deel_lip_ext.regularization.gradients import per_sample_loss
 from deel_lip_ext.regularization.objectives import PlainTraining, get_objective
 
@@ -36,8 +37,12 @@ class RobustTrainingModel(keras.Model):
             `get_objective` ("J0", "J1", "J2", "J2-Lip", "tulip", "gradient_norm").
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
+    Trains on TensorFlow, JAX and torch: the input gradients and the double backprop go through
+    `deel_lip_ext._autodiff`; on JAX the step runs as the pure function of the model's state that
+    Keras's trainer compiles (`_autodiff.stateless_train_step`).
+
     Raises:
-        NotImplementedError: on a Keras backend other than TensorFlow.
+        NotImplementedError: on a Keras backend other than TensorFlow, JAX and torch.
 
     Examples:
         >>> trainer = RobustTrainingModel(model, Tulip(epsilon=0.3, lip_weight=0.1))
@@ -54,6 +59,8 @@ class RobustTrainingModel(keras.Model):
             raise ArgumentTypeError(f"model must be a keras.Model, got {type(model).__name__}.")
         self.model = model
         self.objective = get_objective(objective)
+        # Tracked by the model, a random start's seed state is train-step state (JAX carries it).
+        self.objective_seed_generator = getattr(self.objective, "_seed_generator", None)
         self.penalty_tracker = keras.metrics.Mean(name="penalty")
         self._sample_loss = None
         # A built wrapped model makes the wrapper built too, so that saving keeps the
@@ -80,6 +87,7 @@ class RobustTrainingModel(keras.Model):
             )
         self._sample_loss = keras.losses.get(loss)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        carry_loss_state(self)  # JAX: a loss's running mean is train-step state
 
     def compile_from_config(self, config: dict):
         # keras.Model skips a custom `compile` when loading; this one is safe to call.
@@ -90,7 +98,14 @@ class RobustTrainingModel(keras.Model):
     def _per_sample_loss(self, y_true, y_pred):
         return per_sample_loss(self._sample_loss, y_true, y_pred)
 
-    def train_step(self, data: tuple[ArrayLike, ArrayLike]):
+    def train_step(self, *args: Any):
+        """One step on a batch: `train_step(data)` on TensorFlow and torch, `train_step(state, data)` on JAX."""
+        if keras.backend.backend() == "jax":
+            state, data = args
+            return autodiff.stateless_train_step(self, state, lambda: self._stateful_train_step(data))
+        return self._stateful_train_step(*args)
+
+    def _stateful_train_step(self, data: tuple[ArrayLike, ArrayLike]):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, (list, tuple, dict)):
             raise ArgumentTypeError("RobustTrainingModel supports models with a single input tensor.")
@@ -106,7 +121,7 @@ class RobustTrainingModel(keras.Model):
             total = data_loss + penalty
             return self.optimizer.scale_loss(total), (total, penalty, y_pred)
 
-        _, (total, penalty, y_pred), gradients = autodiff.parameter_gradients(scaled_objective, self.trainable_weights)
+        _, (total, penalty, y_pred), gradients = autodiff.train_step_gradients(scaled_objective, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
         self._loss_tracker.update_state(total, sample_weight=ops.shape(x)[0])
         self.penalty_tracker.update_state(penalty)
