@@ -17,7 +17,8 @@ Plain counterparts (what each Lipschitz model's speed is judged against):
 Timings: every model is built and warmed up first, then the timed calls are alternated (plain, plain_residual,
 ..., AOL, AOC, SLL, CPL, plain, ...) so that a loaded machine slows all variants alike. Figures: `train_step`
 (`train_on_batch`) and `infer_export` (`predict_on_batch` of `model.vanilla_export()`; plain variants: the plain
-model), ms per batch of 256, median over `--repeats`; `*_ratio` divides by `plain`, `*_ratio_equivalent` by the
+model), ms per batch of 256, median over `--repeats`; `*_ratio`: median over the rounds of the ratio to `plain`
+in the same round (a shared machine's load drifts between rounds), `*_ratio_equivalent`: the same to the
 variant's counterpart above (`COUNTERPART`). Peak memory: `ru_maxrss` of a fresh subprocess per variant that
 builds the model and runs 2 train steps (RSS cannot be attributed to one model inside a shared process), started
 before the parent grows (a child inherits its parent's ru_maxrss at fork).
@@ -174,6 +175,11 @@ def _peak_memory_subprocess(variant):
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
 
 
+def _paired_ratio(times, reference_times):
+    """Median over the rounds of time / reference time of the same round (adjacent calls: robust to load drift)."""
+    return statistics.median(t / r for t, r in zip(times, reference_times))
+
+
 def run(variants, repeats, warmup):
     # First, while this process is still small: Linux children inherit the parent's ru_maxrss at fork.
     memory = {v: _peak_memory_subprocess(v) for v in variants}
@@ -202,12 +208,13 @@ def run(variants, repeats, warmup):
         results[v]["raw_ms"] = times[v]
         results[v]["peak_rss_mib"] = memory[v]
     for v in variants:
-        counterpart = results[COUNTERPART.get(v, v)] if COUNTERPART.get(v, v) in results else None
-        for key in ("train_step", "infer_export", "peak_rss_mib"):
-            results[v][f"{key}_ratio"] = results[v][key] / results["plain"][key]
-            if counterpart is not None:
-                results[v][f"{key}_ratio_equivalent"] = results[v][key] / counterpart[key]
-        results[v]["counterpart"] = COUNTERPART.get(v, v)
+        counterpart = COUNTERPART.get(v, v)
+        results[v]["counterpart"] = counterpart
+        results[v]["peak_rss_mib_ratio"] = memory[v] / memory["plain"]
+        for key in ("train_step", "infer_export"):
+            results[v][f"{key}_ratio"] = _paired_ratio(times[v][key], times["plain"][key])
+            if counterpart in times:
+                results[v][f"{key}_ratio_equivalent"] = _paired_ratio(times[v][key], times[counterpart][key])
     return results
 
 
