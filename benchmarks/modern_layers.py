@@ -19,9 +19,10 @@ Timings: every model is built and warmed up first, then the timed calls are alte
 (`train_on_batch`) and `infer_export` (`predict_on_batch` of `model.vanilla_export()`; plain variants: the plain
 model), ms per batch of 256, median over `--repeats`; `*_ratio`: median over the rounds of the ratio to `plain`
 in the same round (a shared machine's load drifts between rounds), `*_ratio_equivalent`: the same to the
-variant's counterpart above (`COUNTERPART`). Peak memory: `ru_maxrss` of a fresh subprocess per variant that
-builds the model and runs 2 train steps (RSS cannot be attributed to one model inside a shared process), started
-before the parent grows (a child inherits its parent's ru_maxrss at fork).
+variant's counterpart above (`COUNTERPART`). `*_cpu`: the same calls in CPU time of this process (all
+threads; less sensitive than wall time to other processes on a shared machine). Peak memory: `ru_maxrss` of a
+fresh subprocess per variant that builds the model and runs 2 train steps (RSS cannot be attributed to one model
+inside a shared process), started before the parent grows (a child inherits its parent's ru_maxrss at fork).
 
     PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/modern_layers.py --repeats 5
 
@@ -105,6 +106,8 @@ def _plain_lip_ops_conv(filters, in_channels):
     return [keras.layers.Conv2D(filters, 3, padding="same"), lip.GroupSort2()]
 
 
+# Timed figures: wall-clock ms and this process's CPU ms (all threads) of the same calls.
+FIGURES = ("train_step", "train_step_cpu", "infer_export", "infer_export_cpu")
 # plain variant -> function(filters, in_channels) -> stages (layers or tensor -> tensor callables).
 PLAIN = {"plain": _plain_conv, "plain_residual": _plain_residual, "plain_lip_ops": _plain_lip_ops_conv}
 # Lipschitz variant -> its architecture-equivalent plain variant (see the module docstring).
@@ -192,16 +195,14 @@ def run(variants, repeats, warmup):
     for _ in range(warmup):
         for v in variants:
             exported[v].predict_on_batch(x)
-    times = {v: {"train_step": [], "infer_export": []} for v in variants}
+    times = {v: {key: [] for key in FIGURES} for v in variants}
     for _ in range(repeats):
-        for v in variants:
-            start = time.perf_counter()
-            models[v].train_on_batch(x, y)
-            times[v]["train_step"].append(1e3 * (time.perf_counter() - start))
-        for v in variants:
-            start = time.perf_counter()
-            exported[v].predict_on_batch(x)
-            times[v]["infer_export"].append(1e3 * (time.perf_counter() - start))
+        for key, call in (("train_step", lambda v: models[v].train_on_batch(x, y)), ("infer_export", None)):
+            for v in variants:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                call(v) if call else exported[v].predict_on_batch(x)
+                times[v][f"{key}_cpu"].append(1e3 * (time.process_time() - start_cpu))
+                times[v][key].append(1e3 * (time.perf_counter() - start))
     results = {}
     for v in variants:
         results[v] = {key: statistics.median(values) for key, values in times[v].items()}
@@ -211,7 +212,7 @@ def run(variants, repeats, warmup):
         counterpart = COUNTERPART.get(v, v)
         results[v]["counterpart"] = counterpart
         results[v]["peak_rss_mib_ratio"] = memory[v] / memory["plain"]
-        for key in ("train_step", "infer_export"):
+        for key in FIGURES:
             results[v][f"{key}_ratio"] = _paired_ratio(times[v][key], times["plain"][key])
             if counterpart in times:
                 results[v][f"{key}_ratio_equivalent"] = _paired_ratio(times[v][key], times[counterpart][key])
@@ -221,18 +222,16 @@ def run(variants, repeats, warmup):
 def print_table(results, repeats):
     """A markdown table of `results`: ms and ratios to `plain` and to each variant's counterpart."""
     print(f"W2, batch {BATCH_SIZE}, median of {repeats} alternated calls (ms), peak RSS of a fresh process")
-    print(
-        "| variant | counterpart | train_step ms | vs plain | vs counterpart | infer_export ms | vs plain | "
-        "vs counterpart | peak RSS MiB | vs plain |"
-    )
-    print("| --- " * 10 + "|")
+    header = "| variant | counterpart |"
+    for key in FIGURES:
+        header += f" {key} ms | vs plain | vs counterpart |"
+    print(header + " peak RSS MiB | vs plain |")
+    print("| --- " * (3 + 3 * len(FIGURES)) + "|")
     for v, r in results.items():
-        print(
-            f"| {v} | {r['counterpart']} | {r['train_step']:.1f} | {r['train_step_ratio']:.2f} | "
-            f"{r.get('train_step_ratio_equivalent', float('nan')):.2f} | {r['infer_export']:.1f} | "
-            f"{r['infer_export_ratio']:.2f} | {r.get('infer_export_ratio_equivalent', float('nan')):.2f} | "
-            f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib_ratio']:.2f} |"
-        )
+        row = f"| {v} | {r['counterpart']} |"
+        for key in FIGURES:
+            row += f" {r[key]:.1f} | {r[key + '_ratio']:.2f} | {r.get(key + '_ratio_equivalent', float('nan')):.2f} |"
+        print(row + f" {r['peak_rss_mib']:.0f} | {r['peak_rss_mib_ratio']:.2f} |")
 
 
 def main():
