@@ -4,7 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from deel_lip_ext.parametrizations import conv_norm_bound, dense_norm_bound, gram_norm_bound, upper_bounded_estimate
+from deel_lip_ext.parametrizations import (
+    conv_norm_bound,
+    dense_norm_bound,
+    gram_norm_bound,
+    max_gram_norm_bound,
+    upper_bounded_estimate,
+)
 from deel_lip_ext.parametrizations.norm_bounds import FLOAT32_MARGIN
 from deel_lip_ext.spectrum import conv_operator_matrix, operator_singular_values
 
@@ -37,6 +43,8 @@ CONV_CASES = [
     (5, 3, 3, 3, "circular"),  # the kernel wraps around the torus (folded taps)
     (1, 2, 3, 4, "same"),
     (3, 3, 3, 2, "circular"),
+    (3, 4, 4, 12, "same"),  # 112 frequencies: only the largest coarse bounds are refined (max_gram_norm_bound)
+    (3, 4, 4, 12, "circular"),
 ]
 
 
@@ -52,6 +60,24 @@ def test_conv_bound_is_above_the_exact_operator_norm(kernel_size, c_in, c_out, s
         assert bound <= exact * min(c_in, c_out) ** (1 / 256) * (1 + 1e-5)
     with pytest.raises(ValueError, match="padding"):
         conv_norm_bound(kernel, (size, size), "valid")
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_max_gram_bound_is_the_max_of_the_full_bounds(spread):
+    rng = np.random.default_rng(7)
+    real, imag = rng.normal(size=(2, 120, 8, 8)).astype("float32")
+    if spread:  # well separated norms: the refined branch
+        real, imag = (part * np.linspace(0.5, 1.0, 120, dtype="float32")[:, None, None] for part in (real, imag))
+    else:  # 120 unitary matrices (all singular values 1): every coarse bound ties, every matrix is refined
+        unitary = np.linalg.qr(real + 1j * imag)[0]
+        real, imag = unitary.real.astype("float32"), unitary.imag.astype("float32")
+    full = keras.ops.convert_to_numpy(gram_norm_bound(real, imag))
+    coarse = np.sort(keras.ops.convert_to_numpy(gram_norm_bound(real, imag, n_iter=3)))[::-1]
+    assert (coarse[30] <= full.max()) == spread  # 30 = the refined count (a quarter of 120): the branch under test
+    bound = float(keras.ops.convert_to_numpy(max_gram_norm_bound(real, imag)))
+    assert bound == pytest.approx(full.max(), rel=1e-6)
+    exact = np.linalg.svd(real.astype(np.float64) + 1j * imag, compute_uv=False).max()
+    assert exact <= bound * (1 + FLOAT32_MARGIN)
 
 
 def test_upper_bounded_estimate_value_and_gradient():

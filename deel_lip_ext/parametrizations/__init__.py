@@ -72,6 +72,7 @@ from deel_lip_ext.parametrizations.norm_bounds import (
     conv_norm_bound,
     dense_norm_bound,
     gram_norm_bound,
+    max_gram_norm_bound,
     upper_bounded_estimate,
 )
 from deel_lip_ext.parametrizations.rescaling import (
