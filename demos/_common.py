@@ -2,7 +2,8 @@
 
 Every demo takes the same flags:
 
-    --epochs N        training epochs (each demo has its own default, and a smaller one with --quick)
+    --epochs N        training epochs (each demo has its own default, and a smaller one with --quick;
+                      the demos that train to a wall-clock budget take seconds instead)
     --data-dir DIR    folder holding <dataset>.npz, searched first; then $DEEL_LIP_EXT_DATA,
                       ../shared/data beside the repository, Keras's cache (~/.keras/datasets)
                       and the tensorflow-datasets cache (see `deel_lip_ext.datasets`)
@@ -88,8 +89,9 @@ def parse_demo_arguments(
         argv: arguments (None: sys.argv).
         add_arguments: optional function adding demo-specific flags to the parser.
         budget_name: function of the parsed flags naming the budget to use.
-        run_size: function (flags, budget dict) -> the run's size as printed (default "N epochs");
-            budgets without "epochs" (training to a time budget) get no --epochs flag.
+        run_size: function (flags, budget dict) -> the run's size as printed (default "N epochs"); it
+            may rescale the dict's "cpu_minutes" to the flags. Budgets without "epochs" (training to
+            a time budget) get no --epochs flag.
 
     Returns:
         The argparse namespace with `budget` (a namespace of the chosen budget, "epochs"
