@@ -18,6 +18,10 @@ Lipschitz bound *computed* from its layers (product of exact operator norms), at
 first test points with PGD (no certificate may be broken), draws the nearest adversarial
 examples, exports the plain-Keras model as a TF SavedModel and checks its logits.
 
+`--time-budget 600` on a shared (busy) 2-core machine reached 95.91 % clean / 51.55 %
+certified at eps = 1.58 (main demo: 41.98 %), 0 certificates broken by PGD
+(docs/tutorials/layer_comparison.md).
+
 Usage:
     python demos/certified_mnist_best.py                     # 45 min of training (2700 s)
     python demos/certified_mnist_best.py --time-budget 600   # 10 min of training
