@@ -2,7 +2,8 @@
 
 Every demo takes the same flags:
 
-    --epochs N        training epochs (each demo has its own default, and a smaller one with --quick)
+    --epochs N        training epochs (each demo has its own default, and a smaller one with --quick;
+                      the demos that train to a wall-clock budget take seconds instead)
     --data-dir DIR    folder holding <dataset>.npz, searched first; then $DEEL_LIP_EXT_DATA,
                       ../shared/data beside the repository, Keras's cache (~/.keras/datasets)
                       and the tensorflow-datasets cache (see `deel_lip_ext.datasets`)
@@ -76,7 +77,7 @@ def expected_time(cpu_minutes):
 
 
 def parse_demo_arguments(
-    demo_name, description, budgets, argv=None, add_arguments=None, budget_name=default_budget_name
+    demo_name, description, budgets, argv=None, add_arguments=None, budget_name=default_budget_name, run_size=None
 ):
     """Parse the common demo flags, print the run's expected time, return the flags and budget.
 
@@ -88,6 +89,9 @@ def parse_demo_arguments(
         argv: arguments (None: sys.argv).
         add_arguments: optional function adding demo-specific flags to the parser.
         budget_name: function of the parsed flags naming the budget to use.
+        run_size: function (flags, budget dict) -> the run's size as printed (default "N epochs"); it
+            may rescale the dict's "cpu_minutes" to the flags. Budgets without "epochs" (training to
+            a time budget) get no --epochs flag.
 
     Returns:
         The argparse namespace with `budget` (a namespace of the chosen budget, "epochs"
@@ -97,11 +101,12 @@ def parse_demo_arguments(
     parser = argparse.ArgumentParser(
         prog=f"demos/{demo_name}.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--epochs",
-        type=positive_int,
-        help=f"training epochs (default {budgets['full']['epochs']}; {budgets['quick']['epochs']} with --quick)",
-    )
+    if "epochs" in budgets["full"]:
+        parser.add_argument(
+            "--epochs",
+            type=positive_int,
+            help=f"training epochs (default {budgets['full']['epochs']}; {budgets['quick']['epochs']} with --quick)",
+        )
     parser.add_argument(
         "--data-dir",
         default=None,
@@ -127,7 +132,7 @@ def parse_demo_arguments(
     args = parser.parse_args(argv)
     name = budget_name(args)
     budget = dict(budgets[name])
-    if args.epochs is not None:
+    if getattr(args, "epochs", None) is not None:
         if "cpu_minutes" in budget:  # the estimate scales with the number of epochs
             budget["cpu_minutes"] = budget["cpu_minutes"] * args.epochs / budget["epochs"]
         budget["epochs"] = args.epochs
@@ -137,10 +142,11 @@ def parse_demo_arguments(
     args.data_dir = args.data_dir or os.environ.get(datasets.ENV_VAR) or None
     args.output_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
+    size = run_size(args, budget) if run_size else f"{budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''}"
     estimate = expected_time(round(budget["cpu_minutes"], 1)) if "cpu_minutes" in budget else "not measured"
     print(
         f"demos/{demo_name}.py, {'the default' if name == 'full' else name} run "
-        f"({budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''}): "
+        f"({size}): "
         f"expected time {estimate}. Outputs go to {args.output_dir}/.",
         flush=True,
     )

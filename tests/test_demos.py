@@ -32,7 +32,16 @@ DEMO_TIMEOUT_S = 1500
 needs_mnist = pytest.mark.skipif(not data_available("mnist"), reason="mnist.npz not found in $DEEL_LIP_EXT_DATA")
 
 
-DEMO_NAMES = ("certified_mnist", "hkr_binary", "wasserstein", "paper_table1", "linf_mnist", "tulip")
+DEMO_NAMES = (
+    "certified_mnist",
+    "hkr_binary",
+    "wasserstein",
+    "paper_table1",
+    "linf_mnist",
+    "tulip",
+    "layer_comparison",
+    "certified_mnist_best",
+)
 MIN_DPI = 150
 
 
@@ -502,3 +511,76 @@ def test_fit_paper_protocol_prints_progress_during_the_first_epoch(capsys, monke
     lines = re.findall(r"epoch 1/2: batch (\d+)/20, \d+ s, loss", out)
     assert [int(n) for n in lines] == [2, 4, 6, 8, 10, 12, 14, 16, 18]
     assert out.index("epoch 1/2: batch 2/20") < out.index("20/20 - ")  # before the epoch's own summary line
+
+
+# ----------------------------------------------------------------------------- issue 16: comparison and recipe
+
+
+def table_rows(markdown, title_start):
+    """The body rows (lists of cells) of the markdown table whose title starts with `title_start`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title_start))
+    rows = []
+    for line in lines[start + 1 :]:
+        if rows and not line.startswith("|"):
+            break
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows[2:]  # past the header and the separator
+
+
+@pytest.mark.slow
+@needs_mnist
+@pytest.mark.skipif(
+    not (data_available("cifar10") or data_available("cifar10_jpeg_20k")),
+    reason="no CIFAR-10 (or its 20k subset) in $DEEL_LIP_EXT_DATA",
+)
+def test_layer_comparison_quick(tmp_path):
+    sys.path.insert(0, str(DEMOS))
+    from _families import FAMILIES, FAMILY_LABELS
+
+    stdout, results = run_demo("layer_comparison", tmp_path)
+    assert results["broken_certificates"] == 0 and "0 certificates broken" in stdout
+    assert results["export_max_abs_diff"] <= 1e-4
+    markdown = (tmp_path / "layer_comparison.md").read_text()
+    for dataset in ("mnist", "cifar10"):
+        entry = results["results"][dataset]
+        assert set(entry["families"]) == set(FAMILIES)
+        rows = table_rows(markdown, f"{dataset}:")
+        assert [row[0] for row in rows] == [FAMILY_LABELS[family] for family in FAMILIES]
+        for family, row in entry["families"].items():
+            accuracies = [row["clean_accuracy"], *row["certified_accuracy"]]
+            assert all(math.isfinite(a) and 0.0 <= a <= 1.0 for a in accuracies), family
+            # Certified accuracy can only fall as eps grows, and never exceeds the clean accuracy.
+            assert accuracies == sorted(accuracies, reverse=True), family
+            assert row["lip_const_source"] == "computed" and 0 < row["lip_const"] < 1.0 + 1e-4, family
+            assert row["pgd_broken"] == 0, family
+            assert row["train_images_per_second"] > 0 and row["inference_images_per_second"] > 0, family
+            assert row["peak_resident_mib"] > 0 and row["epochs"] > 0, family
+            seconds = [point[0] for point in row["curve"]]
+            assert len(seconds) >= 2 and seconds == sorted(seconds), family
+            assert row["curve"][-1][1] >= 0.0, family
+            assert f"{FAMILY_LABELS[family]}: clean" in stdout  # the progress line
+    for figure in ("certified_vs_eps.png", "pareto.png"):
+        assert_png(tmp_path / figure)
+    assert results["files"] == ["layer_comparison.md", "certified_vs_eps.png", "pareto.png"]
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_certified_mnist_best_quick(tmp_path):
+    stdout, results = run_demo("certified_mnist_best", tmp_path)
+    certification = results["certification"]
+    assert certification["lip_const_source"] == "computed" and abs(certification["lip_const"] - 1.0) < 1e-4
+    accuracies = list(certification["certified_accuracy"].values())
+    assert certification["clean_accuracy"] > 0.5
+    assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] <= certification["clean_accuracy"]
+    assert results["broken_certificates"] == 0 and "0 certificates broken" in stdout
+    assert results["pgd_check"][0]["n_certified"] > 0
+    assert results["adversarial_examples"]["radius_below_distance"]
+    assert results["export"]["matches"] and (tmp_path / "saved_model" / "saved_model.pb").is_file()
+    # Trained for its time budget (the first, compiling step apart), not for a number of epochs.
+    assert results["time_budget"] == 15 and 15 <= results["training"]["wall_s"] < 15 + 30
+    assert "s of wall clock" in stdout
+    assert_png(tmp_path / "certified_accuracy.png")
+    assert_png(tmp_path / "adversarial_examples.png")
