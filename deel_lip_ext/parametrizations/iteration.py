@@ -7,7 +7,7 @@ The concrete constraints (`deel_lip_ext.parametrizations.orthogonal`,
 * `l2_normalize`: x / ||x|| over all entries, or per row of a batch (`axis`).
 * `iterate`: `state = body(state)` either exactly `maxiter` times (eps = 0,
   unrolled: what XLA likes best) or until the state moves less than eps
-  (deel-lip's semantics, a fixed-count loop that freezes once converged).
+  (deel-lip's semantics: an early-exit loop, frozen fixed-count on JAX).
 * `power_iterate`: the power iteration of A^T A for any linear operator A
   given as two callables (a matrix, a batch of matrices, a convolution...),
   without gradient; the caller forms sigma from the returned vector.
@@ -26,6 +26,7 @@ from typing import Any
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._loops import differentiable_early_exit_loop
 from deel_lip_ext._validation import check_int, check_number
 
 __all__ = [
@@ -107,8 +108,9 @@ def iterate(
     """Run `state = body(state)` up to `maxiter` times.
 
     With `eps > 0` stop as soon as `distance(old, new) < eps` (deel-lip's
-    semantics, as a loop of `maxiter` steps whose state freezes once converged,
-    which JAX can differentiate); with `eps == 0` unroll exactly `maxiter` steps.
+    semantics; `deel_lip_ext._loops.differentiable_early_exit_loop` picks the
+    form each backend differentiates fastest); with `eps == 0` unroll exactly
+    `maxiter` steps.
 
     Examples:
         >>> iterate(lambda x: x / 2.0, keras.ops.ones(()), eps=0.0, maxiter=3)  # 0.125
@@ -118,17 +120,7 @@ def iterate(
             state = body(state)
         return state
 
-    # Exactly `maxiter - 1` further steps, frozen once converged (`cond` skips the body then, so the
-    # cost stays an early exit's): every backend differentiates it, where JAX cannot
-    # reverse-differentiate a `while_loop` of data-dependent length. Same values as that loop.
-    def step(_, carry):
-        current, previous, converged = carry
-        converged = ops.logical_or(converged, distance(current, previous) < eps)
-        following = ops.cond(converged, lambda: current, lambda: body(current))
-        return following, current, converged
-
-    state, _, _ = ops.fori_loop(1, maxiter, step, (body(state), state, ops.convert_to_tensor(False)))
-    return state
+    return differentiable_early_exit_loop(body, state, eps, maxiter, distance)
 
 
 def power_iterate(
