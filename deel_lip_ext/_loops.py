@@ -1,10 +1,13 @@
-"""The tolerance loop of the parametrizations, in the form each Keras backend runs fastest and can differentiate.
+"""Control flow in the form each Keras backend runs fastest: loops and state writes under a condition.
 
 `iterate` (deel_lip_ext.parametrizations.iteration) stops once its state moves less than a
 tolerance. The fastest form of that is a `while_loop` that exits early, which TensorFlow
 differentiates (and torch, where Keras's `while_loop` is a Python loop). JAX cannot
 reverse-differentiate a `while_loop` of data-dependent length, so on JAX the loop is a fixed count
 of steps whose state freezes once converged (`cond` skips the body then). Both give the same values.
+
+The inference cache of the layers is written only when stale where a `cond` branch may write
+variables (`branches_may_write_variables`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["differentiable_early_exit_loop"]
+__all__ = ["differentiable_early_exit_loop", "branches_may_write_variables"]
 
 
 def differentiable_early_exit_loop(
@@ -47,7 +50,7 @@ def differentiable_early_exit_loop(
         return _frozen_fixed_count_loop(body, state, eps, maxiter, distance)
 
     def not_converged(step_count, current, previous):
-        return ops.logical_and(step_count < maxiter, distance(current, previous) >= eps)
+        return ops.logical_and(step_count < maxiter, distance(previous, current) >= eps)
 
     def step(step_count, current, previous):
         return step_count + 1, body(current), current
@@ -61,9 +64,22 @@ def _frozen_fixed_count_loop(body, state, eps, maxiter, distance):
 
     def step(_, carry):
         current, previous, converged = carry
-        converged = ops.logical_or(converged, distance(current, previous) < eps)
+        converged = ops.logical_or(converged, distance(previous, current) < eps)
         following = ops.cond(converged, lambda: current, lambda: body(current))
         return following, current, converged
 
     state, _, _ = ops.fori_loop(1, maxiter, step, (body(state), state, ops.convert_to_tensor(False)))
     return state
+
+
+def branches_may_write_variables() -> bool:
+    """Whether a branch of `keras.ops.cond` may assign variables on the active backend (TensorFlow only).
+
+    TensorFlow orders a branch's variable writes with the rest of the graph; a JAX `cond` branch
+    cannot write state, and on torch a variable written in place at a later call would change a
+    tensor an earlier graph still holds. There, callers compute both ways and write unconditionally.
+
+    Examples:
+        >>> branches_may_write_variables()  # True with KERAS_BACKEND=tensorflow
+    """
+    return keras.backend.backend() == "tensorflow"
