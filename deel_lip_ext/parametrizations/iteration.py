@@ -53,7 +53,7 @@ DEFAULT_BETA_BJORCK = 0.5
 # many times the short one: 4 n^3 flops per iteration there (and 2 m n^2 per restart) against
 # 2 m n^2 per iteration on the matrix itself.
 GRAM_SPACE_ASPECT_RATIO = 2
-GRAM_RESTART_STEPS = 5
+GRAM_RESTART_STEPS = 10
 
 
 def check_normalizer_args(
@@ -255,32 +255,37 @@ def _bjorck_in_gram_space(matrices: Any, eps: float, beta: float, maxiter: int) 
 
     Every iterate is W_t = A P_t, A an anchor: P_{t+1} = P_t Q_t with Q_t = I - beta (G_t - I),
     G_t = W_t^T W_t and G_{t+1} = Q_t G_t Q_t (Q_t is a polynomial of G_t). The step moves W by
-    ||W_t (Q_t - I)||_F = beta sqrt(tr((G_t - I) G_t (G_t - I))). Every `GRAM_RESTART_STEPS` steps
-    the anchor becomes A P and G is recomputed from it: the recursion on G alone would let the
-    rounding of a (numerically) null direction grow by (1 + beta)^2 per step. Only the restarts and
-    the final A P touch the long side, instead of every step (and as much in the backward).
+    ||W_t (Q_t - I)||_F = beta sqrt(tr((G_t - I) G_t (G_t - I))). The steps run in blocks of
+    `GRAM_RESTART_STEPS`, each restarting from A P with G recomputed from it: the recursion on G
+    alone would let the rounding of a (numerically) null direction grow by (1 + beta)^2 per step.
+    A block after convergence is discarded (`where`, no `cond`: TensorFlow fails to differentiate
+    a `cond` inside the early-exit loop here). Only the restarts touch the long side.
     """
-    size = matrices.shape[-1]
-    identity = ops.broadcast_to(ops.eye(size, dtype=matrices.dtype), (*matrices.shape[:-2], size, size))
+    anchor, moved = matrices, None
+    for first_step in range(0, maxiter, GRAM_RESTART_STEPS):
+        steps = min(GRAM_RESTART_STEPS, maxiter - first_step)
+        restarted, block_moved = _gram_space_block(anchor, eps, beta, steps)
+        if moved is None or not eps:
+            anchor, moved = restarted, block_moved
+        else:
+            converged = moved < eps
+            anchor, moved = ops.where(converged, anchor, restarted), ops.where(converged, moved, block_moved)
+    return anchor
 
-    def gram_of(w):
-        return ops.matmul(ops.swapaxes(w, -1, -2), w)
+
+def _gram_space_block(anchor: Any, eps: float, beta: float, maxiter: int) -> tuple[Any, Any]:
+    """Up to `maxiter` Björck steps of `anchor` on its Gram side: (A P, how far the last step moved)."""
+    size = anchor.shape[-1]
+    identity = ops.broadcast_to(ops.eye(size, dtype=anchor.dtype), (*anchor.shape[:-2], size, size))
 
     def step(state):
-        anchor, transform, gram, count, _ = state
+        transform, gram, _ = state
         deviation = gram - identity
         moved = beta * ops.sqrt(ops.maximum(ops.sum(deviation * ops.matmul(gram, deviation)), 0.0))
         update = identity - beta * deviation
-        transform, gram, count = ops.matmul(transform, update), ops.matmul(ops.matmul(update, gram), update), count + 1
+        return ops.matmul(transform, update), ops.matmul(ops.matmul(update, gram), update), moved
 
-        def restart():
-            anchored = ops.matmul(anchor, transform)
-            return anchored, identity, gram_of(anchored)
-
-        restarting = ops.equal(count % GRAM_RESTART_STEPS, 0)
-        anchor, transform, gram = ops.cond(restarting, restart, lambda: (anchor, transform, gram))
-        return anchor, transform, gram, count, moved
-
-    start = (matrices, identity, gram_of(matrices), ops.convert_to_tensor(0), ops.zeros((), matrices.dtype))
-    anchor, transform, *_ = iterate(step, start, eps, maxiter, distance=lambda _, current: current[-1])
-    return ops.matmul(anchor, transform)
+    gram = ops.matmul(ops.swapaxes(anchor, -1, -2), anchor)
+    start = (identity, gram, ops.zeros((), anchor.dtype))
+    transform, _, moved = iterate(step, start, eps, maxiter, distance=lambda _, current: current[-1])
+    return ops.matmul(anchor, transform), moved
