@@ -76,7 +76,7 @@ def plot(meta, rows, path):
         ax.legend(fontsize=8)
     fig.suptitle(
         f"Lipschitz vs plain Keras, {meta.get('date', '')[:10]}\n{meta.get('machine', '')}\n"
-        f"Keras {meta.get('keras')}, TensorFlow {meta.get('tensorflow')}\n"
+        f"Keras {meta.get('keras')}, {_framework(meta)}, both variants alternated in one process\n"
         "exported inference is compared with the plain model's inference",
         fontsize=9,
     )
@@ -84,6 +84,12 @@ def plot(meta, rows, path):
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def _framework(meta):
+    """'tensorflow 2.21.0' (files written before the backend was recorded were TensorFlow's)."""
+    backend = meta.get("backend", "tensorflow")
+    return f"{backend} {meta.get(backend)}"
 
 
 def markdown_table(rows):

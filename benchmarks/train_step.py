@@ -1,19 +1,22 @@
 """Time the reference workloads W1/W2 (shared/bench/WORKLOADS.md): Lipschitz vs plain Keras.
 
-Each (workload, variant) runs in its own subprocess (this script re-invoked with
-``--one W1 lip``), so that its peak RSS is its own; the parent collects the results
-and prints one markdown table with the ratios to the plain variant of the same run.
+Both variants of a workload are built in one process and their calls alternate (plain,
+Lipschitz, exported, plain, ...), so that both see the same machine load; each workload
+runs in its own subprocess (this script re-invoked with ``--one W1``), repeated
+``--repeats`` times. The parent prints one markdown table with the ratios to the plain
+variant of the same run. Backend-neutral: set KERAS_BACKEND=jax or torch for their ratios.
 
     PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/train_step.py --workloads W1
+    KERAS_BACKEND=jax PYTHONPATH=. python benchmarks/train_step.py --workloads W1
     python benchmarks/train_step.py --workloads W2 --steps 5            # smoke run
     python benchmarks/train_step.py --conv BCOPConv2D --padding circular --workloads W2
 
 Figures (ms per batch of 256, median of ``--steps`` timed calls after ``--warmup``):
 ``train_step`` (``train_on_batch``), ``infer`` (``predict_on_batch`` of the unexported
-model), ``infer_trainflag`` (``model(x, training=True)`` in a ``tf.function``, no
+model), ``infer_trainflag`` (``model(x, training=True)`` compiled for the backend, no
 gradient), ``infer_export`` (``predict_on_batch`` of ``model.vanilla_export()``), and
-``peak_rss`` (``ru_maxrss`` of the subprocess). Ratios: Lipschitz / plain, with
-``infer_export`` compared with the plain model's ``infer``.
+``peak_rss`` (``ru_maxrss`` of the subprocess, both models together). Ratios: Lipschitz /
+plain, with ``infer_export`` compared with the plain model's ``infer``.
 """
 
 import argparse
@@ -148,80 +151,114 @@ def fixed_batch(workload):
     return x, y
 
 
-def _median_ms(function, steps, warmup):
-    """Median wall time of `function()` in ms over `steps` calls after `warmup` calls,
-    the values it returned, and the process CPU seconds / wall seconds of the timed calls."""
+def _alternated_median_ms(functions, steps, warmup):
+    """Median wall time in ms of each function of `functions` (name -> callable) over `steps` rounds
+    that call them in turn, after `warmup` rounds: alternated, every variant sees the same load.
+    Returns ({name: ms}, {name: values returned}, {name: process CPU s / wall s of its calls})."""
     for _ in range(warmup):
-        function()
-    durations, values = [], []
-    cpu_start, wall_start = time.process_time(), time.perf_counter()
+        for function in functions.values():
+            function()
+    durations = {name: [] for name in functions}
+    values = {name: [] for name in functions}
+    cpu_seconds = dict.fromkeys(functions, 0.0)
     for _ in range(steps):
-        start = time.perf_counter()
-        values.append(function())
-        durations.append(time.perf_counter() - start)
-    cpu_util = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
-    return 1000.0 * statistics.median(durations), values, cpu_util
+        for name, function in functions.items():
+            cpu_start, start = time.process_time(), time.perf_counter()
+            values[name].append(function())
+            durations[name].append(time.perf_counter() - start)
+            cpu_seconds[name] += time.process_time() - cpu_start
+    medians = {name: 1000.0 * statistics.median(times) for name, times in durations.items()}
+    cpu_util = {name: cpu_seconds[name] / sum(durations[name]) for name in functions}
+    return medians, values, cpu_util
 
 
-def measure_one(workload, variant, steps, warmup, conv_name, padding, jit_compile):
-    """All figures of one (workload, variant) in this process, as a dict."""
+def _compiled_model(workload, variant, conv_name, padding, jit_compile):
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    x, y = fixed_batch(workload)
     model = build_model(workload, variant, conv_name, padding)
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
     )
+    return model
 
-    first_loss = float(model.train_on_batch(x, y))
-    train_ms, losses, cpu_util = _median_ms(lambda: float(model.train_on_batch(x, y)), steps, warmup)
-    losses = [first_loss] + losses
 
-    infer_ms, _, _ = _median_ms(lambda: model.predict_on_batch(x), steps, warmup)
-    forward_training = tf.function(lambda inputs: model(inputs, training=True))
-    trainflag_ms, _, _ = _median_ms(lambda: forward_training(x).numpy(), steps, warmup)
+def _forward_training(model):
+    """`model(x, training=True)` compiled for the active backend, without gradient."""
+    from keras import ops
 
-    result = {
-        "workload": workload,
-        "variant": variant,
-        "conv": ("Conv2D" if variant == "plain" else conv_name) + f"({padding})",
-        "params": int(model.count_params()),
-        "jit_compile": bool(model.jit_compile),
-        "steps": steps,
-        "train_step_ms": train_ms,
-        "infer_ms": infer_ms,
-        "infer_trainflag_ms": trainflag_ms,
-        "first_loss": losses[0],
-        "final_loss": losses[-1],
-        "losses_finite": bool(np.all(np.isfinite(losses))),
-        "cpu_util": cpu_util,
-    }
-    if variant == "lip":
-        exported = model.vanilla_export()
-        export_ms, _, _ = _median_ms(lambda: exported.predict_on_batch(x), steps, warmup)
-        difference = np.abs(model.predict_on_batch(x) - exported.predict_on_batch(x))
-        result["infer_export_ms"] = export_ms
-        result["export_max_abs_diff"] = float(difference.max())
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return result
+    from deel_lip_ext._autodiff import graph_function
+
+    forward = graph_function(lambda inputs: model(inputs, training=True), model.variables)
+    return lambda x: ops.convert_to_numpy(forward(x))
+
+
+def measure_pair(workload, steps, warmup, conv_name, padding, jit_compile):
+    """The figures of both variants of `workload`, built in this process and called alternately.
+
+    Returns {"plain": row, "lip": row}; `peak_rss_mb` is the process's (both models).
+    """
+    import keras
+    import numpy as np
+
+    x, y = fixed_batch(workload)
+    models = {variant: _compiled_model(workload, variant, conv_name, padding, jit_compile) for variant in VARIANTS}
+    first_losses = {variant: float(model.train_on_batch(x, y)) for variant, model in models.items()}
+    train_ms, losses, cpu_util = _alternated_median_ms(
+        {variant: (lambda m=model: float(m.train_on_batch(x, y))) for variant, model in models.items()}, steps, warmup
+    )
+    exported = models["lip"].vanilla_export()
+    inference = {variant: (lambda m=model: m.predict_on_batch(x)) for variant, model in models.items()}
+    inference["export"] = lambda: exported.predict_on_batch(x)
+    infer_ms, _, _ = _alternated_median_ms(inference, steps, warmup)
+    forwards = {variant: _forward_training(model) for variant, model in models.items()}
+    trainflag_ms, _, _ = _alternated_median_ms(
+        {variant: (lambda f=forward: f(x)) for variant, forward in forwards.items()}, steps, warmup
+    )
+    rows = {}
+    for variant, model in models.items():
+        all_losses = [first_losses[variant]] + losses[variant]
+        rows[variant] = {
+            "workload": workload,
+            "variant": variant,
+            "backend": keras.backend.backend(),
+            "conv": ("Conv2D" if variant == "plain" else conv_name) + f"({padding})",
+            "params": int(model.count_params()),
+            "jit_compile": bool(model.jit_compile),
+            "steps": steps,
+            "train_step_ms": train_ms[variant],
+            "infer_ms": infer_ms[variant],
+            "infer_trainflag_ms": trainflag_ms[variant],
+            "first_loss": all_losses[0],
+            "final_loss": all_losses[-1],
+            "losses_finite": bool(np.all(np.isfinite(all_losses))),
+            "cpu_util": cpu_util[variant],
+        }
+    difference = np.abs(models["lip"].predict_on_batch(x) - exported.predict_on_batch(x))
+    rows["lip"].update(infer_export_ms=infer_ms["export"], export_max_abs_diff=float(difference.max()))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    for row in rows.values():
+        row["peak_rss_mb"] = peak_rss_mb
+    return rows
+
+
+def measure_one(workload, variant, steps, warmup, conv_name, padding, jit_compile):
+    """The row of one variant from `measure_pair` (both variants are measured, alternated)."""
+    return measure_pair(workload, steps, warmup, conv_name, padding, jit_compile)[variant]
 
 
 # ---------------------------------------------------------------- orchestration
 
 
-def run_subprocess(workload, variant, args):
-    """Run `--one workload variant` in a fresh interpreter and return its result dict."""
+def run_subprocess(workload, args):
+    """Run `--one workload` in a fresh interpreter and return its rows (one per variant)."""
     command = [
         sys.executable,
         os.path.abspath(__file__),
         "--one",
         workload,
-        variant,
         "--steps",
         str(args.steps),
         "--warmup",
@@ -241,8 +278,8 @@ def run_subprocess(workload, variant, args):
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_MARKER):
             return json.loads(line[len(RESULT_MARKER) :])
-    error_tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-    return {"workload": workload, "variant": variant, "error": " | ".join(error_tail)}
+    error_tail = " | ".join((completed.stderr or completed.stdout).strip().splitlines()[-5:])
+    return [{"workload": workload, "variant": variant, "error": error_tail} for variant in VARIANTS]
 
 
 def _median_of_runs(runs):
@@ -288,16 +325,20 @@ def machine_description():
 
 
 def _versions():
+    """Python, Keras, the Keras backend and its framework's version (read in a subprocess)."""
     versions = {"python": platform.python_version()}
-    code = "import keras, tensorflow as tf; print(keras.__version__, tf.__version__)"
+    code = (
+        "import importlib, keras; backend = keras.backend.backend(); "
+        "print(keras.__version__, backend, importlib.import_module(backend).__version__)"
+    )
     output = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     ).stdout.split()
-    if len(output) == 2:
-        versions["keras"], versions["tensorflow"] = output
+    if len(output) == 3:
+        versions["keras"], versions["backend"], versions[output[1]] = output
     return versions
 
 
@@ -369,13 +410,13 @@ def parse_arguments(argv=None):
         help="Keras compile(jit_compile=...); auto = no XLA on CPU-only machines",
     )
     parser.add_argument("--json", dest="json_path", help="also write the results to this JSON file")
-    parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", metavar="WORKLOAD", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("steps", "warmup", "repeats"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             parser.error(f"--{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer")
-    if args.one and (args.one[0] not in WORKLOADS or args.one[1] not in VARIANTS):
-        parser.error(f"--one needs a workload in {sorted(WORKLOADS)} and a variant in {list(VARIANTS)}")
+    if args.one and args.one not in WORKLOADS:
+        parser.error(f"--one needs a workload in {sorted(WORKLOADS)}")
     return args
 
 
@@ -383,17 +424,17 @@ def main(argv=None):
     args = parse_arguments(argv)
     jit_compile = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     if args.one:
-        result = measure_one(*args.one, args.steps, args.warmup, args.conv, args.padding, jit_compile)
-        print(RESULT_MARKER + json.dumps(result), flush=True)
+        rows = measure_pair(args.one, args.steps, args.warmup, args.conv, args.padding, jit_compile)
+        print(RESULT_MARKER + json.dumps([rows[variant] for variant in args.variants]), flush=True)
         return 0
 
-    # Interleave the repeats so that slow drifts of machine load hit every variant alike.
+    # Both variants alternate within each process; the repeats are fresh processes.
     runs = {}
     for _ in range(args.repeats):
         for workload in args.workloads:
-            for variant in args.variants:
-                result = run_subprocess(workload, variant, args)
-                runs.setdefault((workload, variant), []).append(result)
+            for result in run_subprocess(workload, args):
+                if result["variant"] in args.variants:
+                    runs.setdefault((workload, result["variant"]), []).append(result)
     results = []
     for key, key_runs in runs.items():
         failed = [run for run in key_runs if "error" in run]
@@ -413,9 +454,9 @@ def main(argv=None):
     }
     print(f"Benchmark {meta['date']} on {meta['machine']}")
     print(
-        f"Keras {meta.get('keras')} / TensorFlow {meta.get('tensorflow')}, batch {BATCH_SIZE}, "
-        f"median of {args.steps} timed calls after {args.warmup} warm-up calls, "
-        f"{args.repeats} process(es) per row\n"
+        f"Keras {meta.get('keras')} / {meta.get('backend')} {meta.get(meta.get('backend'))}, batch {BATCH_SIZE}, "
+        f"median of {args.steps} timed calls after {args.warmup} warm-up calls (both variants alternated "
+        f"in one process), {args.repeats} process(es) per workload\n"
     )
     print(markdown_table(results))
     if args.json_path:

@@ -23,6 +23,7 @@ FLOORS = [
         "deel_lip_ext._validation",
         "deel_lip_ext._optional",
         "deel_lip_ext._xla",
+        "deel_lip_ext._loops",
         "deel_lip_ext._pinned_size",
         "deel_lip_ext.spectrum",
     ),

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import keras
+from keras import ops
+
+from deel_lip_ext._loops import branches_may_write_variables
 
 __all__ = ["KernelCache"]
 
@@ -38,3 +44,35 @@ class KernelCache:
     def invalidate(self) -> None:
         """Make the next inference call recompute the kernel."""
         self.valid.assign(0.0)
+
+    def read_or_refresh(self, dependencies: list, compute: Callable[[], Any]) -> Any:
+        """The cached kernel, or `compute()` stored in the cache when any dependency differs from its snapshot.
+
+        Args:
+            dependencies: the variables the kernel is a function of (in the order of `snapshots`).
+            compute: () -> the fresh kernel, gradient stopped.
+
+        Examples:
+            >>> kernel = layer._kernel_cache.read_or_refresh(layer.kernel_dependencies(), fresh_kernel)
+        """
+        stale = self.valid < 0.5
+        for variable, snapshot in zip(dependencies, self.snapshots):
+            stale = ops.logical_or(stale, ops.any(ops.not_equal(variable, snapshot)))
+        if branches_may_write_variables():
+            # Write only when stale: a fresh cache costs the comparisons alone.
+            def refresh():
+                return self._store(compute(), dependencies, copy=False)
+
+            return ops.cond(stale, refresh, lambda: ops.copy(self.kernel))
+        # A copy: torch writes the cache in place at a shared layer's next call (earlier graphs hold it).
+        kernel = ops.cond(stale, compute, lambda: ops.copy(self.kernel))
+        return self._store(kernel, dependencies, copy=True)
+
+    def _store(self, kernel: Any, dependencies: list, copy: bool) -> Any:
+        """Write `kernel` and the snapshots of `dependencies`; invisible, the cache holds a function of them."""
+        self.kernel.assign(kernel)
+        for variable, snapshot in zip(dependencies, self.snapshots):
+            # Own buffer: eager JAX would share the variable's array, which `predict` donates twice.
+            snapshot.assign(ops.copy(variable) if copy else variable)
+        self.valid.assign(1.0)
+        return kernel

@@ -24,6 +24,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import check_k_coef_lip
+from deel_lip_ext.layers._bound_cache import BoundCache
 from deel_lip_ext.layers._kernel_cache import KernelCache
 from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm
 from deel_lip_ext.parametrizations import check_normalizer_args, reshaped_kernel_orthogonalization
@@ -129,7 +130,14 @@ class LipschitzBounded:
         check_bounded_call(self)
         if input_shape is None:
             input_shape = built_input_shape(self)
-        return float(self._lipschitz_constant(norm, None if input_shape is None else tuple(input_shape)))
+        input_shape = None if input_shape is None else tuple(input_shape)
+        if getattr(self, "_bound_cache", None) is None:
+            self._bound_cache = BoundCache()
+        return float(
+            self._bound_cache.get_or_compute(
+                self, norm, input_shape, lambda: self._lipschitz_constant(norm, input_shape)
+            )
+        )
 
     def _lipschitz_constant(self, norm, input_shape):
         raise ValueError(
@@ -328,24 +336,9 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         return ops.cast(kernel, self.compute_dtype)
 
     def _cached_or_fresh_kernel(self):
-        cache = self._kernel_cache
-        dependencies = self.kernel_dependencies()
-        stale = cache.valid < 0.5
-        for variable, snapshot in zip(dependencies, cache.snapshots):
-            stale = ops.logical_or(stale, ops.any(ops.not_equal(variable, snapshot)))
-        kernel = ops.cond(
-            stale,
-            lambda: ops.stop_gradient(self.compute_kernel()[0]),
-            # A copy: torch writes the cache in place at a shared layer's next call (earlier graphs hold it).
-            lambda: ops.copy(cache.kernel),
+        return self._kernel_cache.read_or_refresh(
+            self.kernel_dependencies(), lambda: ops.stop_gradient(self.compute_kernel()[0])
         )
-        # Writing the cache is invisible: it holds a function of the variables.
-        cache.kernel.assign(kernel)
-        for variable, snapshot in zip(dependencies, cache.snapshots):
-            # Own buffer: eager JAX would share the variable's array, which `predict` donates twice.
-            snapshot.assign(ops.copy(variable))
-        cache.valid.assign(1.0)
-        return kernel
 
     def condense(self):
         """Overwrite the raw kernel with the constrained one (deel-lip semantics).

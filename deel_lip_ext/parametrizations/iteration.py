@@ -7,7 +7,7 @@ The concrete constraints (`deel_lip_ext.parametrizations.orthogonal`,
 * `l2_normalize`: x / ||x|| over all entries, or per row of a batch (`axis`).
 * `iterate`: `state = body(state)` either exactly `maxiter` times (eps = 0,
   unrolled: what XLA likes best) or until the state moves less than eps
-  (deel-lip's semantics, a fixed-count loop that freezes once converged).
+  (deel-lip's semantics: an early-exit loop, frozen fixed-count on JAX).
 * `power_iterate`: the power iteration of A^T A for any linear operator A
   given as two callables (a matrix, a batch of matrices, a convolution...),
   without gradient; the caller forms sigma from the returned vector.
@@ -26,6 +26,7 @@ from typing import Any
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._loops import differentiable_early_exit_loop
 from deel_lip_ext._validation import check_int, check_number
 
 __all__ = [
@@ -48,6 +49,11 @@ DEFAULT_MAXITER_SPECTRAL = 10
 DEFAULT_EPS_BJORCK = 1e-3
 DEFAULT_MAXITER_BJORCK = 15
 DEFAULT_BETA_BJORCK = 0.5
+# Björck runs on the n x n Gram side (`_bjorck_in_gram_space`) when the long side is at least this
+# many times the short one: 4 n^3 flops per iteration there (and 2 m n^2 per restart) against
+# 2 m n^2 per iteration on the matrix itself.
+GRAM_SPACE_ASPECT_RATIO = 2
+GRAM_RESTART_STEPS = 10
 
 
 def check_normalizer_args(
@@ -107,8 +113,9 @@ def iterate(
     """Run `state = body(state)` up to `maxiter` times.
 
     With `eps > 0` stop as soon as `distance(old, new) < eps` (deel-lip's
-    semantics, as a loop of `maxiter` steps whose state freezes once converged,
-    which JAX can differentiate); with `eps == 0` unroll exactly `maxiter` steps.
+    semantics; `deel_lip_ext._loops.differentiable_early_exit_loop` picks the
+    form each backend differentiates fastest); with `eps == 0` unroll exactly
+    `maxiter` steps.
 
     Examples:
         >>> iterate(lambda x: x / 2.0, keras.ops.ones(()), eps=0.0, maxiter=3)  # 0.125
@@ -118,17 +125,7 @@ def iterate(
             state = body(state)
         return state
 
-    # Exactly `maxiter - 1` further steps, frozen once converged (`cond` skips the body then, so the
-    # cost stays an early exit's): every backend differentiates it, where JAX cannot
-    # reverse-differentiate a `while_loop` of data-dependent length. Same values as that loop.
-    def step(_, carry):
-        current, previous, converged = carry
-        converged = ops.logical_or(converged, distance(current, previous) < eps)
-        following = ops.cond(converged, lambda: current, lambda: body(current))
-        return following, current, converged
-
-    state, _, _ = ops.fori_loop(1, maxiter, step, (body(state), state, ops.convert_to_tensor(False)))
-    return state
+    return differentiable_early_exit_loop(body, state, eps, maxiter, distance)
 
 
 def power_iterate(
@@ -219,7 +216,8 @@ def bjorck(
     """Björck-Bowie orthonormalization (order 1) of a matrix (m, n) or of every matrix of a batch (..., m, n).
 
     Iterates `W <- (1 + beta) W - beta W W^T W` (the product is taken on the
-    smaller Gram matrix). Every singular value s < sqrt(3) moves to
+    smaller Gram matrix; for long thin matrices the whole iteration runs on
+    that Gram matrix, see `_bjorck_in_gram_space`). Every singular value s < sqrt(3) moves to
     `1.5 s - 0.5 s^3 <= 1` (beta = 0.5), so after one iteration the largest
     singular value is at most 1 even when the iteration has not converged.
 
@@ -235,7 +233,13 @@ def bjorck(
         >>> orthonormal = bjorck(keras.random.normal((5, 8, 8)) / 8.0, eps=0.0, maxiter=20)
     """
     matrices = ops.convert_to_tensor(matrices)
-    tall = matrices.shape[-2] >= matrices.shape[-1]
+    rows, columns = matrices.shape[-2], matrices.shape[-1]
+    if max(rows, columns) >= GRAM_SPACE_ASPECT_RATIO * min(rows, columns):
+        if rows >= columns:
+            return _bjorck_in_gram_space(matrices, eps, beta, maxiter)
+        transposed = _bjorck_in_gram_space(ops.swapaxes(matrices, -1, -2), eps, beta, maxiter)
+        return ops.swapaxes(transposed, -1, -2)
+    tall = rows >= columns
 
     def step(w):
         w_t = ops.swapaxes(w, -1, -2)
@@ -244,3 +248,44 @@ def bjorck(
         return (1 + beta) * w - beta * ops.matmul(ops.matmul(w, w_t), w)
 
     return iterate(step, matrices, eps, maxiter)
+
+
+def _bjorck_in_gram_space(matrices: Any, eps: float, beta: float, maxiter: int) -> Any:
+    """`bjorck` of tall matrices W0 (m >= n) carried out on n x n matrices: the same iterates, fewer flops.
+
+    Every iterate is W_t = A P_t, A an anchor: P_{t+1} = P_t Q_t with Q_t = I - beta (G_t - I),
+    G_t = W_t^T W_t and G_{t+1} = Q_t G_t Q_t (Q_t is a polynomial of G_t). The step moves W by
+    ||W_t (Q_t - I)||_F = beta sqrt(tr((G_t - I) G_t (G_t - I))). The steps run in blocks of
+    `GRAM_RESTART_STEPS`, each restarting from A P with G recomputed from it: the recursion on G
+    alone would let the rounding of a (numerically) null direction grow by (1 + beta)^2 per step.
+    A block after convergence is discarded (`where`, no `cond`: TensorFlow fails to differentiate
+    a `cond` inside the early-exit loop here). Only the restarts touch the long side.
+    """
+    anchor, moved = matrices, None
+    for first_step in range(0, maxiter, GRAM_RESTART_STEPS):
+        steps = min(GRAM_RESTART_STEPS, maxiter - first_step)
+        restarted, block_moved = _gram_space_block(anchor, eps, beta, steps)
+        if moved is None or not eps:
+            anchor, moved = restarted, block_moved
+        else:
+            converged = moved < eps
+            anchor, moved = ops.where(converged, anchor, restarted), ops.where(converged, moved, block_moved)
+    return anchor
+
+
+def _gram_space_block(anchor: Any, eps: float, beta: float, maxiter: int) -> tuple[Any, Any]:
+    """Up to `maxiter` Björck steps of `anchor` on its Gram side: (A P, how far the last step moved)."""
+    size = anchor.shape[-1]
+    identity = ops.broadcast_to(ops.eye(size, dtype=anchor.dtype), (*anchor.shape[:-2], size, size))
+
+    def step(state):
+        transform, gram, _ = state
+        deviation = gram - identity
+        moved = beta * ops.sqrt(ops.maximum(ops.sum(deviation * ops.matmul(gram, deviation)), 0.0))
+        update = identity - beta * deviation
+        return ops.matmul(transform, update), ops.matmul(ops.matmul(update, gram), update), moved
+
+    gram = ops.matmul(ops.swapaxes(anchor, -1, -2), anchor)
+    start = (identity, gram, ops.zeros((), anchor.dtype))
+    transform, _, moved = iterate(step, start, eps, maxiter, distance=lambda _, current: current[-1])
+    return ops.matmul(anchor, transform), moved
