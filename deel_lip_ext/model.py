@@ -17,7 +17,7 @@ import keras
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
-from deel_lip_ext.losses.state import carry_loss_state
+from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
 from deel_lip_ext.utils import layer_lipschitz_constant
 
 __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]
@@ -134,6 +134,10 @@ class LipschitzModelMixin:
         """
         super().compile(*args, **kwargs)
         carry_loss_state(self)
+
+    def compile_from_config(self, config: dict) -> None:
+        """Compile from a saved config (Keras skips an overridden `compile` when loading)."""
+        compile_from_saved_config(self, config)
 
     def condense(self):
         """Overwrite every raw kernel with its constrained value (see `ParametrizedLayer.condense`)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-__all__ = ["carry_loss_state", "assign_during_fit"]
+__all__ = ["carry_loss_state", "assign_during_fit", "compile_from_saved_config"]
 
 
 class _LossState(keras.metrics.Metric):
@@ -95,3 +95,22 @@ def assign_during_fit(model: keras.Model, variable: keras.Variable, value: Any) 
     if keras.backend.backend() == "jax" and getattr(model, "_jax_state", None):
         model.jax_state_sync()  # a no-op when the trainer's state is already in the variables
     variable.assign(value)
+
+
+def compile_from_saved_config(model: keras.Model, config: dict) -> None:
+    """What `keras.Model.compile_from_config` does, for a model whose `compile` is overridden.
+
+    Keras skips a custom `compile` when it loads a `.keras` file (the saved loss,
+    optimizer and metrics are then lost); the library's models override
+    `compile` only to call `carry_loss_state` after it, which is safe at load.
+
+    Args:
+        model: the model being loaded.
+        config: its saved compile config (`model.get_compile_config()`).
+
+    Examples:
+        >>> compile_from_saved_config(model, model.get_compile_config())
+    """
+    model.compile(**keras.saving.deserialize_keras_object(config))
+    if model.built and getattr(model, "optimizer", None) is not None:
+        model.optimizer.build(model.trainable_variables)

@@ -12,7 +12,7 @@ from numpy.typing import ArrayLike
 from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext._validation import ArgumentTypeError
 from deel_lip_ext.attacks.gradient_attacks import as_float_tensor
-from deel_lip_ext.losses.state import carry_loss_state
+from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
 from deel_lip_ext.regularization.gradients import per_sample_loss
 from deel_lip_ext.regularization.objectives import PlainTraining, get_objective
 
@@ -91,9 +91,7 @@ class RobustTrainingModel(keras.Model):
 
     def compile_from_config(self, config: dict):
         # keras.Model skips a custom `compile` when loading; this one is safe to call.
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        compile_from_saved_config(self, config)
 
     def _per_sample_loss(self, y_true, y_pred):
         return per_sample_loss(self._sample_loss, y_true, y_pred)
