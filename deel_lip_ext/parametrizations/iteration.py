@@ -49,11 +49,6 @@ DEFAULT_MAXITER_SPECTRAL = 10
 DEFAULT_EPS_BJORCK = 1e-3
 DEFAULT_MAXITER_BJORCK = 15
 DEFAULT_BETA_BJORCK = 0.5
-# Björck runs on the n x n Gram side (`_bjorck_in_gram_space`) when the long side is at least this
-# many times the short one: 4 n^3 flops per iteration there (and 2 m n^2 per restart) against
-# 2 m n^2 per iteration on the matrix itself.
-GRAM_SPACE_ASPECT_RATIO = 2
-GRAM_RESTART_STEPS = 10
 
 
 def check_normalizer_args(
@@ -216,8 +211,7 @@ def bjorck(
     """Björck-Bowie orthonormalization (order 1) of a matrix (m, n) or of every matrix of a batch (..., m, n).
 
     Iterates `W <- (1 + beta) W - beta W W^T W` (the product is taken on the
-    smaller Gram matrix; for long thin matrices the whole iteration runs on
-    that Gram matrix, see `_bjorck_in_gram_space`). Every singular value s < sqrt(3) moves to
+    smaller Gram matrix). Every singular value s < sqrt(3) moves to
     `1.5 s - 0.5 s^3 <= 1` (beta = 0.5), so after one iteration the largest
     singular value is at most 1 even when the iteration has not converged.
 
@@ -233,13 +227,7 @@ def bjorck(
         >>> orthonormal = bjorck(keras.random.normal((5, 8, 8)) / 8.0, eps=0.0, maxiter=20)
     """
     matrices = ops.convert_to_tensor(matrices)
-    rows, columns = matrices.shape[-2], matrices.shape[-1]
-    if max(rows, columns) >= GRAM_SPACE_ASPECT_RATIO * min(rows, columns):
-        if rows >= columns:
-            return _bjorck_in_gram_space(matrices, eps, beta, maxiter)
-        transposed = _bjorck_in_gram_space(ops.swapaxes(matrices, -1, -2), eps, beta, maxiter)
-        return ops.swapaxes(transposed, -1, -2)
-    tall = rows >= columns
+    tall = matrices.shape[-2] >= matrices.shape[-1]
 
     def step(w):
         w_t = ops.swapaxes(w, -1, -2)
@@ -248,44 +236,3 @@ def bjorck(
         return (1 + beta) * w - beta * ops.matmul(ops.matmul(w, w_t), w)
 
     return iterate(step, matrices, eps, maxiter)
-
-
-def _bjorck_in_gram_space(matrices: Any, eps: float, beta: float, maxiter: int) -> Any:
-    """`bjorck` of tall matrices W0 (m >= n) carried out on n x n matrices: the same iterates, fewer flops.
-
-    Every iterate is W_t = A P_t, A an anchor: P_{t+1} = P_t Q_t with Q_t = I - beta (G_t - I),
-    G_t = W_t^T W_t and G_{t+1} = Q_t G_t Q_t (Q_t is a polynomial of G_t). The step moves W by
-    ||W_t (Q_t - I)||_F = beta sqrt(tr((G_t - I) G_t (G_t - I))). The steps run in blocks of
-    `GRAM_RESTART_STEPS`, each restarting from A P with G recomputed from it: the recursion on G
-    alone would let the rounding of a (numerically) null direction grow by (1 + beta)^2 per step.
-    A block after convergence is discarded (`where`, no `cond`: TensorFlow fails to differentiate
-    a `cond` inside the early-exit loop here). Only the restarts touch the long side.
-    """
-    anchor, moved = matrices, None
-    for first_step in range(0, maxiter, GRAM_RESTART_STEPS):
-        steps = min(GRAM_RESTART_STEPS, maxiter - first_step)
-        restarted, block_moved = _gram_space_block(anchor, eps, beta, steps)
-        if moved is None or not eps:
-            anchor, moved = restarted, block_moved
-        else:
-            converged = moved < eps
-            anchor, moved = ops.where(converged, anchor, restarted), ops.where(converged, moved, block_moved)
-    return anchor
-
-
-def _gram_space_block(anchor: Any, eps: float, beta: float, maxiter: int) -> tuple[Any, Any]:
-    """Up to `maxiter` Björck steps of `anchor` on its Gram side: (A P, how far the last step moved)."""
-    size = anchor.shape[-1]
-    identity = ops.broadcast_to(ops.eye(size, dtype=anchor.dtype), (*anchor.shape[:-2], size, size))
-
-    def step(state):
-        transform, gram, _ = state
-        deviation = gram - identity
-        moved = beta * ops.sqrt(ops.maximum(ops.sum(deviation * ops.matmul(gram, deviation)), 0.0))
-        update = identity - beta * deviation
-        return ops.matmul(transform, update), ops.matmul(ops.matmul(update, gram), update), moved
-
-    gram = ops.matmul(ops.swapaxes(anchor, -1, -2), anchor)
-    start = (identity, gram, ops.zeros((), anchor.dtype))
-    transform, _, moved = iterate(step, start, eps, maxiter, distance=lambda _, current: current[-1])
-    return ops.matmul(anchor, transform), moved
