@@ -18,6 +18,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from deel_lip_ext._optional import tensorflow
+
 __all__ = ["differentiable_early_exit_loop", "branches_may_write_variables"]
 
 
@@ -77,9 +79,13 @@ def branches_may_write_variables() -> bool:
 
     TensorFlow orders a branch's variable writes with the rest of the graph; a JAX `cond` branch
     cannot write state, and on torch a variable written in place at a later call would change a
-    tensor an earlier graph still holds. There, callers compute both ways and write unconditionally.
+    tensor an earlier graph still holds. Under a `tf.distribute` strategy a mirrored variable's
+    write is a cross-replica step that a `cond` branch cannot hold. There, callers compute both
+    ways and write unconditionally.
 
     Examples:
         >>> branches_may_write_variables()  # True with KERAS_BACKEND=tensorflow
     """
-    return keras.backend.backend() == "tensorflow"
+    if keras.backend.backend() != "tensorflow":
+        return False
+    return not tensorflow("the inference cache").distribute.has_strategy()

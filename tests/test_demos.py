@@ -254,6 +254,14 @@ def test_linf_mnist_quick_follows_the_demo_conventions(tmp_path):
         assert curves[key] == sorted(curves[key], reverse=True)
         assert curves[key][0] <= scores["clean"]
     assert_png(tmp_path / "linf_accuracy_vs_eps.png")
+    # The paper's table with this run's row.
+    assert "| model" in stdout and "| clean | PGD   | certified |" in stdout
+    assert "paper v2 (ICLR'22): l_inf-dist Net" in stdout and "93.20" in stdout
+    row = re.search(r"^\| this run: .*?\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|$", stdout, re.MULTILINE)
+    clean, robust, certified = (float(value) for value in row.groups())
+    lipschitz = float(re.search(r"Lipschitz rule .*?: ([\d.]+)%", stdout).group(1))
+    assert lipschitz <= certified <= robust <= clean  # Lipschitz rule <= IBP <= PGD <= clean accuracy
+    assert clean > 40.0  # far above chance (10 %) after the short schedule
 
 
 # ----------------------------------------------------------------------------- no data (fast + slow)

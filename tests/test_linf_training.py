@@ -1,23 +1,15 @@
-"""l_inf-dist nets: p schedule, v1 / v2 / hybrid losses, interval bound propagation, certification, demo."""
+"""l_inf-dist nets: p schedule, v1 / v2 / hybrid losses, interval bound propagation, certification (the demo: tests/test_demos.py)."""
 
 import math
-import os
-import pathlib
-import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from conftest import data_available
 from deel_lip_ext import linf, zoo
 from deel_lip_ext.attacks import pgd
 from deel_lip_ext.layers import LInfDistConv2D, LInfDistDense, LogitScale
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- schedule
@@ -324,30 +316,3 @@ def test_evaluate_reports_consistent_accuracies(trained_net):
     scores = linf.evaluate_linf_robustness(model, x, labels, 0.1, pgd_steps=20)
     assert 0 <= scores["certified_lipschitz"] <= scores["certified"] <= scores["pgd"] <= scores["clean"] <= 1
     assert scores["clean"] > 0.9
-
-
-# ---------------------------------------------------------------- demo
-
-ROW = re.compile(r"^\| this run: .*?\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|$", re.MULTILINE)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not data_available("mnist"), reason="needs the offline MNIST copy")
-def test_demo_quick_prints_the_papers_table():
-    environment = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    run = subprocess.run(
-        [sys.executable, str(REPO / "demos" / "linf_mnist.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=REPO,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "| model" in run.stdout and "| clean | PGD   | certified |" in run.stdout
-    assert "paper v2 (ICLR'22): l_inf-dist Net" in run.stdout and "93.20" in run.stdout
-    clean, robust, certified = (float(v) for v in ROW.search(run.stdout).groups())
-    lipschitz = float(re.search(r"Lipschitz rule .*?: ([\d.]+)%", run.stdout).group(1))
-    # Sound certificates: Lipschitz rule <= IBP <= PGD accuracy <= clean accuracy.
-    assert lipschitz <= certified <= robust <= clean
-    assert clean > 40.0  # far above chance (10 %) after the short schedule
