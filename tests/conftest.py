@@ -39,3 +39,19 @@ def _seed_everything():
     np.random.seed(0)
     yield
     keras.backend.clear_session()
+
+
+@pytest.fixture
+def float64():
+    """Keras's floatx is float64 for one test.
+
+    Skipped where Keras computes float64 tensors in float32: Keras 3 promotes 64-bit floats to
+    32 bits on JAX and torch (`keras.backend.result_type("float64", "float64")`), so a float64
+    reference would be as coarse as a float32 one there.
+    """
+    if keras.backend.result_type("float64", "float64") != "float64":
+        pytest.skip(f"Keras computes float64 in float32 on {keras.backend.backend()} (keras.backend.result_type)")
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    yield
+    keras.config.set_floatx(previous)

@@ -112,15 +112,7 @@ def test_batched_bjorck_matches_a_numpy_reference():
     )
 
 
-@pytest.fixture
-def float64_policy():
-    previous = keras.config.floatx()
-    keras.config.set_floatx("float64")
-    yield
-    keras.config.set_floatx(previous)
-
-
-def test_float64_impulse_response_of_exported_layers(float64_policy):
+def test_float64_impulse_response_of_exported_layers(float64):
     # c_in=2, c_out=8 on 8x8 with stride 2: downsampling to 4x4x8, then a 2x2 circular BCOP.
     layer = lip.BCOPConv2D(8, 4, strides=2, use_bias=False)
     layer.build((None, 8, 8, 2))

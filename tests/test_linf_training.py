@@ -1,4 +1,7 @@
-"""l_inf-dist nets: p schedule, v1 / v2 / hybrid losses, interval bound propagation, certification (the demo: tests/test_demos.py)."""
+"""l_inf-dist nets: p schedule, v1 / v2 / hybrid losses, interval bound propagation, certification.
+
+The demo (demos/linf_mnist.py) is tested in test_demos.py.
+"""
 
 import math
 
