@@ -149,16 +149,20 @@ def export_and_reload(model, x, directory):
         # Keras exports a SavedModel on torch through torch.export, which refuses these models:
         # the plain model goes to a .keras file instead, reloaded by Keras.
         directory.mkdir(parents=True, exist_ok=True)
-        plain.save(directory / "plain_model.keras")
-        reloaded = keras.models.load_model(directory / "plain_model.keras")
+        artifact = directory / "plain_model.keras"
+        plain.save(artifact)
+        reloaded = keras.models.load_model(artifact)
         reloaded_logits = keras.ops.convert_to_numpy(reloaded(x, training=False))
+        artifact = f"Keras file {artifact}"
     else:
         import tensorflow as tf
 
         plain.export(str(directory), format="tf_saved_model", verbose=False)
         reloaded = tf.saved_model.load(str(directory))  # kept: its variables die with it
         reloaded_logits = reloaded.serve(tf.constant(x)).numpy()
+        artifact = f"SavedModel {directory}"
     return {
+        "artifact": artifact,
         "plain_layers": sorted({type(layer).__name__ for layer in plain.layers}),
         "max_abs_diff_plain_vs_lipschitz": float(np.max(np.abs(plain_logits - lipschitz_logits))),
         "max_abs_diff_reloaded_vs_plain": float(np.max(np.abs(reloaded_logits - plain_logits))),
@@ -223,7 +227,7 @@ def main(argv=None):
     with timer.phase("export"):
         export = export_and_reload(model, x_test[:256], out / "saved_model")
     print(
-        f"SavedModel {out / 'saved_model'} ({', '.join(export['plain_layers'])}): max |reloaded - plain| = "
+        f"{export['artifact']} ({', '.join(export['plain_layers'])}): max |reloaded - plain| = "
         f"{export['max_abs_diff_reloaded_vs_plain']:.3g}, max |reloaded - Lipschitz model| = "
         f"{export['max_abs_diff_reloaded_vs_lipschitz']:.3g}"
     )

@@ -165,7 +165,8 @@ def main(argv=None):
     with timer.phase("export"):
         export = export_and_reload(model, x_test[:256], out / "saved_model")
     export_matches = export["max_abs_diff_reloaded_vs_lipschitz"] <= EXPORT_TOLERANCE
-    print(f"SavedModel: max |reloaded - Lipschitz model| = {export['max_abs_diff_reloaded_vs_lipschitz']:.3g}")
+    difference = export["max_abs_diff_reloaded_vs_lipschitz"]
+    print(f"{export['artifact']}: max |reloaded - Lipschitz model| = {difference:.3g}")
     print_table(["phase", "wall s", "CPU s"], timer.rows(), title="Time")
     write_results(
         out,

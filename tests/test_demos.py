@@ -168,6 +168,9 @@ def test_certified_mnist_quick_on_other_backends(tmp_path, backend):
     assert results["broken_certificates"] == 0 and "0 certificates broken" in stdout
     assert results["adversarial_examples"]["radius_below_distance"]
     assert results["export"]["matches"]
+    # The export names what it wrote: a SavedModel, or on torch (no SavedModel export) a .keras file.
+    artifact = "Keras file" if backend == "torch" else "SavedModel"
+    assert results["export"]["artifact"].startswith(artifact) and f"{artifact} " in stdout
     assert_png(tmp_path / "certified_accuracy.png")
 
 
