@@ -577,6 +577,24 @@ def test_layer_comparison_quick(tmp_path):
     assert results["files"] == ["layer_comparison.md", "certified_vs_eps.png", "pareto.png"]
 
 
+def test_layer_comparison_page_shows_the_kept_default_run():
+    """The tutorial's tables are the demo's own tables of the default run's results.json, kept in
+    benchmarks/results/ beside the page's plots (so a number on the page cannot drift from its run)."""
+    spec = importlib.util.spec_from_file_location("demo_layer_comparison", DEMOS / "layer_comparison.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kept = json.loads((REPOSITORY_ROOT / "benchmarks" / "results" / "layer_comparison_default.json").read_text())
+    page = (REPOSITORY_ROOT / "docs" / "tutorials" / "layer_comparison.md").read_text()
+    assert set(kept["results"]) == {"mnist", "cifar10"} and kept["broken_certificates"] == 0
+    for name, entry in kept["results"].items():
+        assert entry["budget_seconds"] == module.BUDGETS["full"]["budget_seconds"], name  # the default run
+        headers, rows = module.table(module.DATASETS[name], entry["families"])
+        assert _common.format_table(headers, rows) in page, name
+    for figure in ("certified_vs_eps", "pareto"):
+        assert f"(../img/layer_comparison_{figure}.png)" in page
+        assert_png(REPOSITORY_ROOT / "docs" / "img" / f"layer_comparison_{figure}.png")
+
+
 @pytest.mark.slow
 @needs_mnist
 def test_certified_mnist_best_quick(tmp_path):
