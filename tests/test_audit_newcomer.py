@@ -130,13 +130,24 @@ def test_failing_download_prints_a_message_and_no_traceback(tmp_path):
 
 
 def _tensorflow_warnings(run):
+    """What TensorFlow logs while `run()` runs, with its retracing counts started afresh.
+
+    TensorFlow counts traces per function *code*: the compiled functions the library builds per
+    model share one count, so traces of earlier tests in this process (one per model, as designed)
+    would add to this test's and trip the warning, depending on which tests ran before.
+    """
+    from tensorflow.python.eager.polymorphic_function import polymorphic_function
+
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     logger = logging.getLogger("tensorflow")
     logger.addHandler(handler)
+    counts = polymorphic_function._frequent_tracing_detector_manager
+    polymorphic_function._frequent_tracing_detector_manager = type(counts)()
     try:
         run()
     finally:
+        polymorphic_function._frequent_tracing_detector_manager = counts
         logger.removeHandler(handler)
     return stream.getvalue()
 
