@@ -22,14 +22,17 @@ ce_per_sample = functools.partial(R.per_sample_loss, SPARSE_CE)
 
 
 def _mlp(activation, input_dim=5, hidden=4, classes=3, seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((input_dim,)),
-            keras.layers.Dense(hidden, activation=activation, bias_initializer="random_normal"),
-            keras.layers.Dense(classes, bias_initializer="random_normal"),
-        ]
-    )
+    # Seeded initializers: the same weights whatever ran before (on torch, Keras's unseeded
+    # initializers draw from a generator that `set_random_seed` does not rewind).
+    def dense(units, offset, **kwargs):
+        return keras.layers.Dense(
+            units,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + offset),
+            bias_initializer=keras.initializers.RandomNormal(stddev=0.05, seed=seed + offset + 1),
+            **kwargs,
+        )
+
+    return keras.Sequential([keras.Input((input_dim,)), dense(hidden, 0, activation=activation), dense(classes, 2)])
 
 
 def _batch(n=4, input_dim=5, classes=3, dtype="float64", seed=1):
