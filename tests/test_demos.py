@@ -63,6 +63,14 @@ def git_status():
     )
 
 
+def load_demo(name):
+    """`demos/<name>.py` imported as a module (its `main` not run), for its docstring and tables."""
+    spec = importlib.util.spec_from_file_location(f"demo_{name}", DEMOS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_demo(name, output_dir, *arguments, backend=None):
     """Run `demos/<name>.py --quick` in a subprocess; return (stdout, results.json as a dict).
 
@@ -328,12 +336,8 @@ def test_demo_without_data_prints_the_fix_and_exits_nonzero_without_traceback(na
 
 def test_every_demo_states_its_expected_time():
     """Each budget of each demo carries its measured CPU minutes, the estimate printed up front."""
-    import importlib.util
-
     for name in DEMO_NAMES:
-        spec = importlib.util.spec_from_file_location(f"demo_{name}", DEMOS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_demo(name)
         budgets = getattr(module, "BUDGETS", None) or module.PRESETS
         for budget_name, budget in budgets.items():
             assert budget.get("cpu_minutes", 0) > 0, (name, budget_name)
@@ -347,11 +351,7 @@ def test_expected_time_wording():
 
 def test_certified_mnist_help_agrees_with_the_tutorial():
     """The default run's result that --help quotes is the one the tutorial's table shows."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("demo_certified_mnist", DEMOS / "certified_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_demo("certified_mnist")
     clean, certified = re.search(r"reaches ([\d.]+) % clean / ([\d.]+) % certified", module.__doc__).groups()
     tutorial = (REPOSITORY_ROOT / "docs" / "tutorials" / "certified_mnist.md").read_text()
     assert f"clean accuracy {clean} %" in tutorial
@@ -478,9 +478,7 @@ def test_paper_learning_rate_schedule():
 
 def test_certified_mnist_help_names_what_the_export_really_holds():
     """--help (the module docstring) lists the layer types of the default network's export."""
-    spec = importlib.util.spec_from_file_location("certified_mnist_demo", DEMOS / "certified_mnist.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_demo("certified_mnist")
     claim = demo.__doc__.split("4. exports", 1)[1].split("\n\n", 1)[0]
     for conv in ("bcop", "spectral"):
         exported = {type(layer).__name__ for layer in _common.build_network(conv, "wide").vanilla_export().layers}
@@ -580,9 +578,7 @@ def test_layer_comparison_quick(tmp_path):
 def test_layer_comparison_page_shows_the_kept_default_run():
     """The tutorial's tables are the demo's own tables of the default run's results.json, kept in
     benchmarks/results/ beside the page's plots (so a number on the page cannot drift from its run)."""
-    spec = importlib.util.spec_from_file_location("demo_layer_comparison", DEMOS / "layer_comparison.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_demo("layer_comparison")
     kept = json.loads((REPOSITORY_ROOT / "benchmarks" / "results" / "layer_comparison_default.json").read_text())
     page = (REPOSITORY_ROOT / "docs" / "tutorials" / "layer_comparison.md").read_text()
     assert set(kept["results"]) == {"mnist", "cifar10"} and kept["broken_certificates"] == 0
