@@ -96,3 +96,20 @@ def float_eps(values):
     """
     dtype = np.asarray(values).dtype
     return 0.0 if dtype == np.float64 else float(np.finfo(dtype).eps)
+
+
+def gradient_of_weighted_gradient(fn, x, upstream):
+    """d/dx of sum(x * g(x)^2) with g(x) the gradient of sum(fn(x) * upstream): double backprop, as
+    tulip's penalty differentiates an input gradient again (the x weight makes a piecewise-linear
+    `fn` give a nonzero result too)."""
+    weights = ops.convert_to_tensor(upstream)
+
+    def weighted_square_of_gradient(inputs):
+        def objective(z):
+            y = fn(z)
+            return y * ops.cast(weights, y.dtype), None
+
+        gradient = _autodiff.value_and_input_gradient(objective, inputs, differentiable=True)[2]
+        return ops.sum(inputs * ops.square(gradient)), None
+
+    return to_numpy(_autodiff.value_and_input_gradient(weighted_square_of_gradient, x)[2])

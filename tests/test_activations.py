@@ -9,9 +9,10 @@ import math
 import keras
 import numpy as np
 import pytest
-from _backend import float_eps, input_gradient, variable_gradients
+from _backend import float_eps, gradient_of_weighted_gradient, input_gradient, variable_gradients
 
 import deel_lip_ext.activations as activations_alias
+from deel_lip_ext.layers import activations as activation_module
 from deel_lip_ext.layers import CReLU, FullSort, GroupSort, GroupSort2, Householder, MaxMin, MaxMinHalves
 
 
@@ -168,6 +169,30 @@ def test_pairwise_sorts_pass_each_tied_entry_its_own_gradient(name):
     vjp = input_gradient(layer, x, upstream)
     np.testing.assert_array_equal(vjp[0], 0.5 * upstream[0])
     np.testing.assert_array_equal(vjp[1, 0, 0], 0.5 * upstream[1, 0, 0])
+
+
+@pytest.mark.parametrize(
+    "fused, math, shape",
+    [
+        (activation_module._sorted_pairs, activation_module._sorted_pairs_math, (40, 2)),
+        (activation_module._max_min_halves, activation_module._max_min_halves_math, (10, 2, 4)),
+    ],
+    ids=["groupsort2", "maxmin_halves"],
+)
+def test_pairwise_sorts_differentiate_twice_like_their_math(fused, math, shape):
+    # The fused pairwise sorts (XLA with a hand-written gradient on TensorFlow) differentiated twice,
+    # as tulip's gradient penalty does, against autodiff of the same math written as plain ops; ties too.
+    x = _random(shape)
+    x.reshape(-1)[:6] = 0.5
+    upstream = _random(shape, seed=3)
+    np.testing.assert_allclose(
+        input_gradient(lambda z: fused(z, 1.5), x, upstream),
+        input_gradient(lambda z: math(z, 1.5), x, upstream),
+        rtol=1e-6,
+    )
+    second = gradient_of_weighted_gradient(lambda z: fused(z, 1.5), x, upstream)
+    assert np.abs(second).max() > 0.1
+    np.testing.assert_allclose(second, gradient_of_weighted_gradient(lambda z: math(z, 1.5), x, upstream), rtol=1e-6)
 
 
 def test_householder_at_half_pi_is_min_max_of_the_halves():

@@ -5,7 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from _backend import batch_jacobian, float_eps, input_gradient
+from _backend import batch_jacobian, float_eps, gradient_of_weighted_gradient, input_gradient
 
 from deel_lip_ext.layers import (
     ScaledAveragePooling2D,
@@ -14,6 +14,7 @@ from deel_lip_ext.layers import (
     ScaledL2NormPooling,
     ScaledL2NormPooling2D,
 )
+from deel_lip_ext.layers import pooling
 
 
 def _numpy(tensor):
@@ -134,6 +135,37 @@ def test_l2_gradient_at_zero_is_finite(make):
     np.testing.assert_array_equal(gradient, 0.0)
     # Without the smoothing the plain square root has no gradient at 0: the eps is what fixes it.
     assert not np.all(np.isfinite(input_gradient(make(eps_grad_sqrt=0.0), x)))
+
+
+@pytest.mark.parametrize("pool_size", POOL_SIZES)
+@pytest.mark.parametrize("k", [1.0, 2.5])
+def test_l2_norm_pooling_gradient_is_the_analytic_one(pool_size, k):
+    # d/dx of k (sqrt(sum_window x^2 + eps^2) - eps) is k x / sqrt(sum_window x^2 + eps^2) times the
+    # window's upstream value; rows and columns past the last whole window get none. On TensorFlow
+    # this is the fused kernel's own gradient, not autodiff's.
+    eps, (ph, pw) = 0.3, _pair(pool_size)
+    x = _random((3, 7, 8, 5))
+    layer = ScaledL2NormPooling2D(pool_size, k_coef_lip=k, eps_grad_sqrt=eps)
+    upstream = _random(layer.compute_output_shape(x.shape), seed=4)
+    rows, columns = 7 // ph * ph, 8 // pw * pw
+    window_norms = np.sqrt(np.sum(_windows(x.astype("float64"), (ph, pw)) ** 2, axis=-1) + eps**2)
+    spread = np.repeat(np.repeat(k * upstream / window_norms, ph, axis=1), pw, axis=2)
+    expected = np.zeros(x.shape)
+    expected[:, :rows, :columns] = x[:, :rows, :columns] * spread
+    np.testing.assert_allclose(input_gradient(layer, x, upstream), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pool_size", POOL_SIZES)
+def test_l2_norm_pooling_second_derivatives_are_those_of_its_math(pool_size):
+    # The fused kernel (XLA with a hand-written gradient on TensorFlow) differentiated twice, as
+    # tulip's gradient penalty does, against autodiff of the same math written as plain ops.
+    x = _random((2, 7, 8, 3))
+    arguments = (_pair(pool_size), 0.05, 1.7)
+    upstream = _random(ScaledL2NormPooling2D(pool_size).compute_output_shape(x.shape), seed=5)
+    fused = gradient_of_weighted_gradient(lambda z: pooling._l2_norm_pooled(z, *arguments), x, upstream)
+    plain = gradient_of_weighted_gradient(lambda z: pooling._l2_norm_pooled_math(z, *arguments), x, upstream)
+    assert np.abs(plain).max() > 0.1
+    np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-5)
 
 
 def test_scaled_l2_norm_pooling_alias():

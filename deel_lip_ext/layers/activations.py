@@ -89,37 +89,60 @@ def _scale(outputs, k_coef_lip):
     return outputs if k_coef_lip == 1.0 else outputs * ops.cast(k_coef_lip, outputs.dtype)
 
 
-def _sort_pairs_along(pairs, axis, larger_first):
-    """Sort the two entries of `pairs` along `axis` (of size 2).
+def _keeps_own(pairs, axis, larger_first):
+    """Whether each entry of the size-2 `axis` of `pairs` stays in place when the pair is sorted.
 
-    Each entry is compared with its partner (the flipped tensor) and keeps itself when it belongs
-    at its position (the smaller one first, or the larger one first), else takes its partner. A
-    select sends the whole gradient to the chosen entry, so on ties each entry keeps its own and
-    the Jacobian stays a permutation (GNP) on every backend: `minimum`/`maximum` would split a
-    tie's gradient in halves on JAX and torch (a rank-1 Jacobian), unlike TensorFlow.
+    Each entry is compared with its partner (the flipped tensor) and stays when it belongs at its
+    position (the smaller one first, or the larger one first). Both entries of a pair decide alike
+    (a <= b for one, b >= a for the other), ties included: a pair is kept or swapped as a whole.
     """
     partners = ops.flip(pairs, axis=axis)
     mask_shape = [1] * len(pairs.shape)
     mask_shape[axis] = 2
     wants_smaller = ops.convert_to_tensor(np.reshape([not larger_first, larger_first], mask_shape))
-    keeps_own = ops.where(wants_smaller, ops.less_equal(pairs, partners), ops.greater_equal(pairs, partners))
-    return ops.where(keeps_own, pairs, partners)
+    return ops.where(wants_smaller, ops.less_equal(pairs, partners), ops.greater_equal(pairs, partners))
+
+
+def _sort_pairs_along(pairs, axis, larger_first):
+    """Sort the two entries of `pairs` along `axis` (of size 2).
+
+    A select sends the whole gradient to the chosen entry, so on ties each entry keeps its own and
+    the Jacobian stays a permutation (GNP) on every backend: `minimum`/`maximum` would split a
+    tie's gradient in halves on JAX and torch (a rank-1 Jacobian), unlike TensorFlow.
+    """
+    return ops.where(_keeps_own(pairs, axis, larger_first), pairs, ops.flip(pairs, axis=axis))
+
+
+def _sort_pairs_vjp_along(upstream, pairs, axis, larger_first):
+    """The gradient of `_sort_pairs_along`: its Jacobian swaps the pairs it swapped (a symmetric permutation)."""
+    return ops.where(_keeps_own(pairs, axis, larger_first), upstream, ops.flip(upstream, axis=axis))
 
 
 # The fused functions take tensors of a fixed rank (the layers reshape around them, which is free),
-# so that tf.function's relaxed retracing only ever generalizes the sizes, never the rank.
+# so that tf.function's relaxed retracing only ever generalizes the sizes, never the rank. Their
+# gradients recompute which pairs swapped from the inputs, in one pass over the upstream gradient.
 
 
-@compiled_by_xla
-def _sorted_pairs(pairs, k_coef_lip):
+def _sorted_pairs_math(pairs, k_coef_lip):
     """(N, 2) -> (min, max) of each row."""
     return _scale(_sort_pairs_along(pairs, -1, larger_first=False), k_coef_lip)
 
 
-@compiled_by_xla
-def _max_min_halves(halves, k_coef_lip):
+def _sorted_pairs_vjp(upstream, pairs, k_coef_lip):
+    return _scale(_sort_pairs_vjp_along(upstream, pairs, -1, larger_first=False), k_coef_lip)
+
+
+def _max_min_halves_math(halves, k_coef_lip):
     """(N, 2, C/2) -> (max, min) along axis 1."""
     return _scale(_sort_pairs_along(halves, 1, larger_first=True), k_coef_lip)
+
+
+def _max_min_halves_vjp(upstream, halves, k_coef_lip):
+    return _scale(_sort_pairs_vjp_along(upstream, halves, 1, larger_first=True), k_coef_lip)
+
+
+_sorted_pairs = compiled_by_xla(_sorted_pairs_math, vjp=_sorted_pairs_vjp)
+_max_min_halves = compiled_by_xla(_max_min_halves_math, vjp=_max_min_halves_vjp)
 
 
 @compiled_by_xla
