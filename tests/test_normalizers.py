@@ -46,6 +46,60 @@ def test_bjorck_orthonormalizes(shape, eps):
     assert sv.min() >= 1 - 1e-3
 
 
+def _ill_conditioned(rows, columns, rank, condition, seed=0):
+    rng = np.random.default_rng(seed)
+    left, _ = np.linalg.qr(rng.normal(size=(max(rows, columns), min(rows, columns))))
+    right, _ = np.linalg.qr(rng.normal(size=(min(rows, columns), min(rows, columns))))
+    singular = np.geomspace(1.0, 1.0 / condition, min(rows, columns))
+    singular[rank:] = 0.0
+    matrix = (left * singular) @ right.T
+    return matrix if rows >= columns else matrix.T
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300), (3, 90, 20), (64, 31)])
+@pytest.mark.parametrize("eps, maxiter", [(0.0, 3), (0.0, 9), (1e-3, 15), (1e-6, 30)])
+def test_bjorck_on_the_gram_side_gives_the_plain_iterates(shape, eps, maxiter, monkeypatch, float64):
+    # Long thin matrices start on their small (Gram) side: the same iterates, stopping distances and
+    # iteration counts as iterating the matrix itself (GRAM_SIDE_RATIO past any shape), in float64.
+    w = np.random.default_rng(4).normal(size=shape)
+    w = 0.99 * w / _svd(w.reshape(-1, shape[-1]) if len(shape) == 2 else w[0])[0]
+    gram_side = keras.ops.convert_to_numpy(iteration.bjorck(w, eps=eps, maxiter=maxiter))
+    monkeypatch.setattr(iteration, "GRAM_SIDE_RATIO", 10**9)
+    plain = keras.ops.convert_to_numpy(iteration.bjorck(w, eps=eps, maxiter=maxiter))
+    np.testing.assert_allclose(gram_side, plain, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("step", [2, 4, 5])
+@pytest.mark.parametrize("margin", [0.8, 1.25])
+def test_bjorck_on_the_gram_side_stops_where_the_plain_form_stops(step, margin, float64):
+    # eps just above or below the move of one iteration (numpy's plain iterates): the library must stop
+    # right after that iteration or right after the next one, inside the Gram-side phase or at its end.
+    w = np.random.default_rng(5).normal(size=(200, 30))
+    w = 0.9 * w / _svd(w)[0]
+    iterates = [w]
+    for _ in range(step + 1):
+        iterates.append(1.5 * iterates[-1] - 0.5 * iterates[-1] @ iterates[-1].T @ iterates[-1])
+    move = np.linalg.norm(iterates[step] - iterates[step - 1])
+    stop = step if margin > 1 else step + 1
+    result = keras.ops.convert_to_numpy(iteration.bjorck(w, eps=margin * move, maxiter=15))
+    np.testing.assert_allclose(result, iterates[stop], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "rows, columns, rank, condition",
+    [(8192, 256, 128, 1.0), (576, 64, 64, 1e4), (18, 3, 2, 1.0), (40, 1152, 1, 1.0), (576, 64, 32, 10.0)],
+)
+@pytest.mark.parametrize("eps, maxiter", [(0.0, 4), (0.0, 40), (1e-3, 15)])
+def test_bjorck_of_rank_deficient_float32_matrices_stays_at_most_one(rows, columns, rank, condition, eps, maxiter):
+    # The Gram side carries float32 rounding of W^T W: along null or tiny directions its factor grows
+    # 1.5x per iteration, and from about 20 iterations a rounding-negative eigenvalue explodes it. The
+    # Gram-side iterations are capped so the result stays finite and at most 1 to float32 precision.
+    w = _ill_conditioned(rows, columns, rank, condition).astype("float32")
+    orthonormalized = keras.ops.convert_to_numpy(normalizers.bjorck_normalization(w, eps=eps, maxiter=maxiter))
+    assert np.all(np.isfinite(orthonormalized))
+    assert _svd(orthonormalized)[0] <= 1 + 1e-5
+
+
 def test_bjorck_largest_singular_value_never_above_one_when_unconverged():
     # An ill-conditioned matrix: one iteration is far from orthogonal, yet s_max <= 1.
     rng = np.random.default_rng(5)
