@@ -17,6 +17,7 @@ import keras
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
+from deel_lip_ext.layers.fused import fusable, fused
 from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
 from deel_lip_ext.utils import layer_lipschitz_constant
 
@@ -87,20 +88,35 @@ def vanilla_model(model: keras.Model) -> keras.Model:
         raise ValueError("vanilla_model needs a built model: call it on data or give it an Input first.")
     if isinstance(model, keras.Sequential):
         layers = [keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)]
-        for layer in model.layers:
-            layers.extend(_exported_layers(layer))
+        pending = list(model.layers)
+        while pending:
+            layer = pending.pop(0)
+            if pending and fusable(layer, pending[0]):
+                layers.append(fused(layer, pending.pop(0)))
+            else:
+                layers.extend(_exported_layers(layer))
         return keras.Sequential(layers, name=model.name)
     if not getattr(model, "_functional", False) and not hasattr(model, "_operations"):
         raise ArgumentTypeError(f"vanilla_model needs a Sequential or functional model, got {type(model).__name__}.")
 
-    prefixes = {}
+    sorts_to_fuse = _fusable_pairs(model)  # id(pooling) -> the GroupSort2 it is fused with
+    fused_sorts = {id(layer) for layer in sorts_to_fuse.values()}
+    prefixes, passed_through = {}, set()
 
     def clone_function(layer):
+        if id(layer) in fused_sorts:  # runs inside the next layer: called as the identity
+            placeholder = keras.layers.Identity(name=layer.name)
+            passed_through.add(id(placeholder))
+            return placeholder
+        if id(layer) in sorts_to_fuse:
+            return fused(sorts_to_fuse[id(layer)], layer)
         exported = _exported_layers(layer)
         prefixes[id(exported[-1])] = exported[:-1]
         return exported[-1]
 
     def call_function(layer, *args, **kwargs):
+        if id(layer) in passed_through:
+            return args[0]
         prefix = prefixes.get(id(layer), [])
         if prefix:
             x = args[0]
@@ -112,6 +128,20 @@ def vanilla_model(model: keras.Model) -> keras.Model:
     exported = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
     # A plain keras.Model (not our subclass), keeping single inputs/outputs unwrapped.
     return keras.Model(_unwrap(exported.inputs), _unwrap(exported.outputs), name=model.name)
+
+
+def _fusable_pairs(model):
+    """{id(pooling): sort} for each GroupSort2 of `model` whose only use is one `fusable` L2 pooling."""
+    pairs = {}
+    for layer in model.layers:
+        nodes = layer._inbound_nodes
+        if len(nodes) != 1 or len(nodes[0].parent_nodes) != 1:
+            continue
+        producer = nodes[0].parent_nodes[0].operation
+        used_once = len(producer._inbound_nodes) == 1 and len(producer._outbound_nodes) == 1
+        if used_once and fusable(producer, layer) and not any(output is producer.output for output in model.outputs):
+            pairs[id(layer)] = producer
+    return pairs
 
 
 def _unwrap(tensors):

@@ -1,0 +1,105 @@
+"""`vanilla_export` fuses a GroupSort2 used only by an L2-norm pooling into one GroupSort2L2NormPooling2D.
+
+The fused layer must compute exactly what the two layers compute, keep the two layers' Lipschitz
+constants (L2 and l_inf), survive a `.keras` round trip, and be used only where it is the same
+function: never when the sort's output is read elsewhere.
+"""
+
+import keras
+import numpy as np
+import pytest
+from _backend import batch_jacobian, to_numpy
+
+from deel_lip_ext import layers as lip
+from deel_lip_ext.model import Model, Sequential
+from deel_lip_ext.utils import model_lipschitz_bound
+
+
+def _random(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def _types(model):
+    return [type(layer).__name__ for layer in model.layers]
+
+
+@pytest.mark.parametrize("pool_size, size", [((2, 2), 8), ((3, 2), 7), (2, 5)])
+@pytest.mark.parametrize("sort_k, pool_k, eps", [(1.0, 1.0, 1e-6), (0.7, 2.5, 0.3)])
+def test_fused_layer_equals_groupsort2_then_l2_pooling(pool_size, size, sort_k, pool_k, eps):
+    x = _random((4, size, size, 6))
+    x[0, :2, :2, :2] = 0.5  # ties and a window of equal pairs
+    separate = lip.ScaledL2NormPooling2D(pool_size, k_coef_lip=pool_k, eps_grad_sqrt=eps)(
+        lip.GroupSort2(k_coef_lip=sort_k)(x)
+    )
+    fused = lip.GroupSort2L2NormPooling2D(pool_size, k_coef_lip=pool_k, eps_grad_sqrt=eps, sort_k_coef_lip=sort_k)
+    np.testing.assert_allclose(to_numpy(fused(x)), to_numpy(separate), rtol=1e-6, atol=1e-6)
+
+
+def test_fused_layer_is_as_lipschitz_as_the_two_layers():
+    fused = lip.GroupSort2L2NormPooling2D((2, 2), k_coef_lip=1.5, sort_k_coef_lip=0.5)
+    fused.build((None, 4, 4, 4))
+    assert fused.lipschitz_constant("l2", (None, 4, 4, 4)) == pytest.approx(0.75)
+    assert fused.lipschitz_constant("linf", (None, 4, 4, 4)) == pytest.approx(0.75 * 2.0)
+    # The bound is attained: the Jacobian's largest singular value is 0.75 (pooling windows of norm >> eps).
+    x = _random((3, 4, 4, 4), seed=1) + 3.0
+    singular = np.linalg.svd(batch_jacobian(fused, x), compute_uv=False)
+    assert singular.max() == pytest.approx(0.75, rel=1e-5)
+
+
+def test_fused_layer_rejects_an_odd_channel_count():
+    with pytest.raises(ValueError, match="even|divide"):
+        lip.GroupSort2L2NormPooling2D()(np.zeros((1, 4, 4, 3), "float32"))
+
+
+def _sequential():
+    return Sequential(
+        [
+            keras.Input((9, 9, 2)),
+            lip.SpectralConv2D(6, 3, padding="same"),
+            lip.GroupSort2(),
+            lip.ScaledL2NormPooling2D((2, 2), eps_grad_sqrt=0.1),
+            lip.SpectralConv2D(4, 3, padding="same"),
+            lip.GroupSort(n=2),
+            lip.ScaledL2NormPooling2D((2, 2)),
+            keras.layers.Flatten(),
+            lip.SpectralDense(8),
+            lip.GroupSort2(),
+            lip.SpectralDense(3),
+        ],
+        k_coef_lip=3.0,
+    )
+
+
+def _functional(read_the_sort_again):
+    inputs = keras.Input((8, 8, 2))
+    sorted_ = lip.GroupSort2()(lip.SpectralConv2D(4, 3, padding="same")(inputs))
+    pooled = keras.layers.Flatten()(lip.ScaledL2NormPooling2D()(sorted_))
+    if read_the_sort_again:  # the sort's output is used twice: it must stay a layer of its own
+        pooled = keras.layers.Concatenate()([pooled, keras.layers.Flatten()(lip.ScaledAveragePooling2D()(sorted_))])
+    return Model(inputs, lip.SpectralDense(3)(pooled))
+
+
+@pytest.mark.parametrize(
+    "build, fused_count",
+    [(_sequential, 2), (lambda: _functional(False), 1), (lambda: _functional(True), 0)],
+    ids=["sequential", "functional", "sort_read_twice"],
+)
+def test_export_fuses_exactly_the_sorts_read_only_by_l2_pooling(build, fused_count, tmp_path):
+    model = build()
+    x = _random((5,) + tuple(model.input_shape[1:]), seed=2)
+    plain = model.vanilla_export()
+    types = _types(plain)
+    assert types.count("GroupSort2L2NormPooling2D") == fused_count
+    assert types.count("ScaledL2NormPooling2D") == (1 if fused_count == 0 else 0)
+    np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)
+    assert model_lipschitz_bound(plain) == pytest.approx(model_lipschitz_bound(model), rel=1e-5)
+    path = tmp_path / "plain.keras"
+    plain.save(path)
+    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)
+
+
+def test_export_keeps_a_sort_that_is_a_model_output():
+    inputs = keras.Input((4, 4, 2))
+    sorted_ = lip.GroupSort2()(inputs)
+    model = Model(inputs, [sorted_, lip.ScaledL2NormPooling2D()(sorted_)])
+    assert "GroupSort2L2NormPooling2D" not in _types(model.vanilla_export())
