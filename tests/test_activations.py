@@ -195,6 +195,15 @@ def test_pairwise_sorts_differentiate_twice_like_their_math(fused, math, shape):
     np.testing.assert_allclose(second, gradient_of_weighted_gradient(lambda z: math(z, 1.5), x, upstream), rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["groupsort2", "maxmin"])
+def test_float64_sorts_scale_by_k_in_float64(name, float64):
+    # k = 1.7 rounded to float32 first would be 1.70000005: a constant above the certified one.
+    x = _random((3, 8)).astype("float64")
+    layer = PERMUTATION_LAYERS[name](k_coef_lip=1.7)
+    unit = PERMUTATION_LAYERS[name]()
+    np.testing.assert_array_equal(_numpy(layer(x)), 1.7 * _numpy(unit(x)))
+
+
 def test_householder_at_half_pi_is_min_max_of_the_halves():
     x = _random((4, 3, 3, 8))
     a, b = np.split(x, 2, axis=-1)

@@ -168,6 +168,21 @@ def test_l2_norm_pooling_second_derivatives_are_those_of_its_math(pool_size):
     np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [ScaledL2NormPooling2D, ScaledAveragePooling2D])
+def test_float64_pooling_keeps_its_constants_in_float64(make, float64):
+    # The scale k sqrt(area) and eps enter at the model's precision: rounded to float32 first, a
+    # k of 1.7 would multiply by 1.70000005, a constant above the certified one.
+    x = _random((2, 6, 6, 3), dtype="float64")
+    layer = make((3, 3), k_coef_lip=1.7)
+    windows = _windows(x, (3, 3))
+    if make is ScaledL2NormPooling2D:
+        eps = layer.eps_grad_sqrt
+        expected = 1.7 * (np.sqrt(np.sum(windows**2, axis=-1) + eps**2) - eps)
+    else:
+        expected = 1.7 * np.sum(windows, axis=-1) / 3.0
+    np.testing.assert_allclose(_numpy(layer(x)), expected, rtol=1e-13, atol=0)
+
+
 def test_scaled_l2_norm_pooling_alias():
     assert ScaledL2NormPooling is ScaledL2NormPooling2D
 

@@ -86,7 +86,7 @@ class _ChannelActivation(LipschitzLayer, keras.layers.Layer):
 
 def _scale(outputs, k_coef_lip):
     # No multiply at k = 1: the unfused path would pay a full pass over the tensor for it.
-    return outputs if k_coef_lip == 1.0 else outputs * ops.cast(k_coef_lip, outputs.dtype)
+    return outputs if k_coef_lip == 1.0 else outputs * ops.convert_to_tensor(k_coef_lip, outputs.dtype)
 
 
 def _keeps_own(pairs, axis, larger_first):

@@ -36,7 +36,7 @@ def _sorted_pairs_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale)
     sorted_pairs = ops.stack([ops.minimum(first, second), ops.maximum(first, second)], axis=-1)
     mean_square = ops.mean(ops.square(sorted_pairs), axis=(2, 4))
     if sort_scale != 1.0:
-        mean_square = mean_square * ops.cast(sort_scale * sort_scale, mean_square.dtype)
+        mean_square = mean_square * ops.convert_to_tensor(sort_scale * sort_scale, mean_square.dtype)
     return ops.reshape(_smooth_norm(mean_square, eps, scale), (-1, rows, columns, channels))
 
 

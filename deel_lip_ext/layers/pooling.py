@@ -41,9 +41,9 @@ DEFAULT_EPS_GRAD_SQRT = 1e-6
 def _smooth_norm(sum_of_squares, eps, scale):
     """scale * (sqrt(sum_of_squares + eps^2) - eps): an exact norm shifted by a constant, smooth at 0."""
     dtype = sum_of_squares.dtype
-    shifted = ops.sqrt(sum_of_squares + ops.cast(eps * eps, dtype)) if eps else ops.sqrt(sum_of_squares)
-    root = shifted * ops.cast(scale, dtype)
-    return root - ops.cast(scale * eps, dtype) if eps else root
+    shifted = ops.sqrt(sum_of_squares + ops.convert_to_tensor(eps * eps, dtype)) if eps else ops.sqrt(sum_of_squares)
+    root = shifted * ops.convert_to_tensor(scale, dtype)
+    return root - ops.convert_to_tensor(scale * eps, dtype) if eps else root
 
 
 def _windows(inputs, pool_size):
@@ -64,8 +64,9 @@ def _l2_norm_pooled_vjp(upstream, inputs, pool_size, eps, scale):
     # d/dx of scale sqrt(mean(x^2) + eps^2) is scale x / (area sqrt(mean(x^2) + eps^2)), per window.
     windows = _windows(inputs, pool_size)
     area = pool_size[0] * pool_size[1]
-    root = ops.sqrt(ops.mean(ops.square(windows), axis=(2, 4), keepdims=True) + ops.cast(eps * eps, windows.dtype))
-    factor = ops.expand_dims(ops.expand_dims(upstream, 2), 4) * ops.cast(scale / area, windows.dtype) / root
+    dtype = windows.dtype
+    root = ops.sqrt(ops.mean(ops.square(windows), axis=(2, 4), keepdims=True) + ops.convert_to_tensor(eps * eps, dtype))
+    factor = ops.expand_dims(ops.expand_dims(upstream, 2), 4) * ops.convert_to_tensor(scale / area, dtype) / root
     (_, rows, ph, columns, pw, channels), (height, width) = windows.shape, inputs.shape[1:3]
     gradient = ops.reshape(windows * factor, (-1, rows * ph, columns * pw, channels))
     if (rows * ph, columns * pw) == (height, width):
@@ -155,7 +156,7 @@ class ScaledAveragePooling2D(_WindowPooling):
     """
 
     def call(self, inputs: ArrayLike):
-        return self._average(inputs) * ops.cast(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
+        return self._average(inputs) * ops.convert_to_tensor(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -257,7 +258,8 @@ class ScaledGlobalAveragePooling2D(_GlobalPooling):
                 f"layer {self.name!r} was built for inputs of {self.area} pixels (its scale sqrt(H W) depends on "
                 f"the size), got input shape {tuple(inputs.shape)}: use a new layer for this size."
             )
-        return ops.mean(inputs, axis=(1, 2)) * ops.cast(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
+        scale = ops.convert_to_tensor(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
+        return ops.mean(inputs, axis=(1, 2)) * scale
 
     def _lipschitz_constant(self, norm, input_shape):
         # k sqrt(H W) times the mean over the H W pixels (size pinned at build).
