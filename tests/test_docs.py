@@ -455,7 +455,7 @@ def test_benchmark_plot_script_draws_the_json_of_train_step(tmp_path):
     assert module.main([str(path), str(tmp_path / "plot.png")]) == 0
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The figure of the docs page is drawn from the JSON file kept beside the script.
-    kept = ROOT / "benchmarks" / "results" / "train_step_W1.json"
+    kept = ROOT / "benchmarks" / "results" / "train_step_tensorflow.json"
     assert kept.is_file() and module.load_rows(kept)[1]
 
 
@@ -474,10 +474,10 @@ def test_benchmarks_page_table_is_the_figures_results_file():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     page = (DOCS / "benchmarks.md").read_text()
-    marker = "<!-- table: benchmarks/plot_train_step.py --table benchmarks/results/train_step_W1.json -->\n"
+    marker = "<!-- table: benchmarks/plot_train_step.py --table benchmarks/results/train_step_tensorflow.json -->\n"
     assert marker in page
     table = page.split(marker, 1)[1].split("\n<!-- end table -->", 1)[0]
-    _, rows = module.load_rows(ROOT / "benchmarks" / "results" / "train_step_W1.json")
+    _, rows = module.load_rows(ROOT / "benchmarks" / "results" / "train_step_tensorflow.json")
     assert table == module.markdown_table(rows)
 
 
