@@ -118,6 +118,13 @@ def _pooling(cls):
     return make
 
 
+def _sorted_pairs_pooling(rng, shape):
+    """The export's fused GroupSort2 + L2-norm pooling, both constants drawn."""
+    if shape[-1] % 2 or shape[1] % 2 or shape[1] < 4:
+        return None
+    return lip.GroupSort2L2NormPooling2D(2, k_coef_lip=_k(rng), sort_k_coef_lip=_k(rng))
+
+
 def _global(cls):
     def make(rng, shape):
         return cls(k_coef_lip=_k(rng))
@@ -305,6 +312,7 @@ LAYERS = [
         _pooling(lip.ScaledL2NormPooling2D),
         (lip.ScaledL2NormPooling2D, lip.ScaledL2NormPooling),
     ),
+    Entry("GroupSort2L2NormPooling2D", "image", _sorted_pairs_pooling, (lip.GroupSort2L2NormPooling2D,)),
     Entry(
         "ScaledGlobalAveragePooling2D",
         "image",
