@@ -10,7 +10,6 @@ The values are those of the two layers in a row (the sort only permutes entries)
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
@@ -89,8 +88,7 @@ class GroupSort2L2NormPooling2D(ScaledL2NormPooling2D):
     def call(self, inputs: ArrayLike):
         if None in inputs.shape[1:]:  # sizes known only at run time: the two layers' own paths
             return super().call(self._sort(inputs))
-        eps = self.eps_grad_sqrt / math.sqrt(self.area)
-        scale = self.k_coef_lip * math.sqrt(self.area)
+        eps, scale = self._mean_square_constants()
         return _sorted_pairs_l2_norm_pooled(inputs, self.pool_size, eps, scale, self.sort_k_coef_lip)
 
     def _lipschitz_constant(self, norm, input_shape):

@@ -203,10 +203,13 @@ class ScaledL2NormPooling2D(_WindowPooling):
         super().__init__(pool_size, strides, padding, k_coef_lip=k_coef_lip, data_format=data_format, **kwargs)
         self.eps_grad_sqrt = check_number(eps_grad_sqrt, "eps_grad_sqrt", minimum=0)
 
+    def _mean_square_constants(self):
+        """(eps, scale) of `_smooth_norm` over window means of squares: sum(x^2) = area * mean(x^2), folded
+        into the final scale, k sqrt(A) sqrt(mean + eps^2 / A)."""
+        return self.eps_grad_sqrt / math.sqrt(self.area), self.k_coef_lip * math.sqrt(self.area)
+
     def call(self, inputs: ArrayLike):
-        # sum(x^2) = area * mean(x^2), folded into the final scale: k sqrt(A) sqrt(mean + eps^2 / A).
-        eps = self.eps_grad_sqrt / math.sqrt(self.area)
-        scale = self.k_coef_lip * math.sqrt(self.area)
+        eps, scale = self._mean_square_constants()
         if None in inputs.shape[1:]:  # sizes known only at run time: pooling ops take any size
             return _l2_norm_pooled_by_average_pool(inputs, self.pool_size, eps, scale)
         return _l2_norm_pooled(inputs, self.pool_size, eps, scale)
