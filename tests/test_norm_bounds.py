@@ -11,7 +11,7 @@ from deel_lip_ext.parametrizations import (
     max_gram_norm_bound,
     upper_bounded_estimate,
 )
-from deel_lip_ext.parametrizations.norm_bounds import FLOAT32_MARGIN
+from deel_lip_ext.parametrizations.norm_bounds import FLOAT32_MARGIN, _half_torus_dft
 from deel_lip_ext.spectrum import conv_operator_matrix, operator_singular_values
 
 
@@ -45,6 +45,12 @@ CONV_CASES = [
     (3, 3, 3, 2, "circular"),
     (3, 4, 4, 12, "same"),  # 112 frequencies: only the largest coarse bounds are refined (max_gram_norm_bound)
     (3, 4, 4, 12, "circular"),
+    # "same" bounds by the (n + k // 2) torus: taps that wrap around it, a torus smaller than the kernel
+    (5, 2, 2, 2, "same"),
+    (7, 2, 3, 3, "same"),
+    (3, 3, 3, 1, "same"),
+    (2, 3, 2, 4, "same"),  # even kernel: one more padded row after than before
+    (4, 2, 3, 3, "same"),
 ]
 
 
@@ -60,6 +66,35 @@ def test_conv_bound_is_above_the_exact_operator_norm(kernel_size, c_in, c_out, s
         assert bound <= exact * min(c_in, c_out) ** (1 / 256) * (1 + 1e-5)
     with pytest.raises(ValueError, match="padding"):
         conv_norm_bound(kernel, (size, size), "valid")
+
+
+@pytest.mark.parametrize("size", [2, 3, 6])
+def test_same_padding_bound_holds_for_a_kernel_that_cancels_on_a_smaller_torus(size):
+    """Taps 1, 0, -1 cancel when folded onto a torus of period 2 (one smaller than n + k // 2 at n = 2)."""
+    taps = np.array([1.0, 0.0, -1.0], dtype="float32")
+    kernel = (taps[:, None] * np.ones(3, dtype="float32")[None, :]).reshape(3, 3, 1, 1)
+    matrix = conv_operator_matrix(kernel.astype(np.float64), (size, size, 1), padding="same")
+    exact = operator_singular_values(matrix).max()
+    bound = float(keras.ops.convert_to_numpy(conv_norm_bound(kernel, (size, size), "same")))
+    assert exact > 0.5 and exact <= bound * (1 + FLOAT32_MARGIN)
+
+
+TORI = [((3, 3), (33, 33)), ((5, 3), (4, 7)), ((7, 7), (3, 3)), ((1, 2), (5, 1))]
+
+
+@pytest.mark.parametrize("kernel_size, torus", TORI)
+def test_torus_spectra_are_the_fft_of_the_wrapped_kernel(kernel_size, torus):
+    """`conv_norm_bound`'s spectra (a matmul by DFT tables) are numpy's FFT of the kernel folded onto the torus."""
+    rng = np.random.default_rng(kernel_size[0] + torus[0])
+    kernel = rng.normal(size=(*kernel_size, 2, 3))
+    folded = np.zeros((*torus, 2, 3))
+    for a in range(kernel_size[0]):
+        for b in range(kernel_size[1]):
+            folded[a % torus[0], b % torus[1]] += kernel[a, b]
+    expected = np.fft.fft2(folded, axes=(0, 1))[: torus[0] // 2 + 1].reshape(-1, 2 * 3)
+    cosines, sines = _half_torus_dft(kernel_size, torus)
+    taps = kernel.reshape(-1, 2 * 3)
+    np.testing.assert_allclose(cosines @ taps + 1j * (sines @ taps), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("spread", [True, False])

@@ -112,7 +112,7 @@ class CPLConv2D(_CPLMixin, ResidualConvMixin, ResidualLipschitzBase):
 
     sigma is an upper bound of the conv operator's norm at the build input size (which must be known): the
     larger of a power-iteration estimate with a persistent image-shaped vector (it carries the gradient) and
-    a Gram-iteration bound over the frequencies of the (circular, or for "same" the (n + k - 1)) torus. The
+    a Gram-iteration bound over the frequencies of the (circular, or for "same" the (n + k // 2)) torus. The
     certificate uses the exact (or an upper bound of the) float64 operator norm at the input size:
     max(1, s ||P||^2 - 1), which is 1 (up to the rounding of s and K under mixed precision).
 

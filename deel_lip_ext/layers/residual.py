@@ -51,7 +51,7 @@ class LiResNetBlock(LipschitzConv):
     the input size: the larger of `n_power_iterations` steps of power
     iteration on the block with a persistent vector u of the input's shape
     (1, H, W, C) and a Gram-iteration bound over the frequencies of the
-    (circular, or for "same" the (n + k - 1)) torus. The block then
+    (circular, or for "same" the (n + k // 2)) torus. The block then
     multiplies by the kernel W + identity-at-centre, scaled: it is
     k-Lipschitz after every step.
 
