@@ -467,18 +467,19 @@ def test_documented_exports_are_quiet():
                 assert "verbose=False" in line, f"{page.name}: {line.strip()}"
 
 
-def test_benchmarks_page_table_is_the_figures_results_file():
-    """The W1 figure and the table under it come from one file: the table is what
-    `plot_train_step.py --table` prints for the JSON the figure is drawn from."""
+def test_benchmarks_page_tables_are_their_results_files():
+    """Each train-step table of the page is what `plot_train_step.py --table` prints for the JSON file its
+    marker names (the first one also draws the page's figure)."""
     spec = importlib.util.spec_from_file_location("plot_train_step", ROOT / "benchmarks" / "plot_train_step.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     page = (DOCS / "benchmarks.md").read_text()
-    marker = "<!-- table: benchmarks/plot_train_step.py --table benchmarks/results/train_step_tensorflow.json -->\n"
-    assert marker in page
-    table = page.split(marker, 1)[1].split("\n<!-- end table -->", 1)[0]
-    _, rows = module.load_rows(ROOT / "benchmarks" / "results" / "train_step_tensorflow.json")
-    assert table == module.markdown_table(rows)
+    marker = r"<!-- table: benchmarks/plot_train_step.py --table (\S+) -->\n(.*?)\n<!-- end table -->"
+    marked = re.findall(marker, page, re.S)
+    assert [path for path, _ in marked][:1] == ["benchmarks/results/train_step_tensorflow.json"]
+    for path, table in marked:
+        _, rows = module.load_rows(ROOT / path)
+        assert table == module.markdown_table(rows), path
 
 
 def _mathjax_folder():
