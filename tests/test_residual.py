@@ -14,6 +14,7 @@ from deel_lip_ext.spectrum import (
     operator_singular_values,
 )
 from deel_lip_ext.utils import model_lipschitz_bound
+from _backend import to_numpy
 from lipschitz_fuzz import jacobian_norm, jacobians
 
 
@@ -118,7 +119,7 @@ def test_block_is_x_plus_conv_and_exports_to_one_conv():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x)), expected, atol=1e-5)
     exported = block.vanilla_export()
     assert isinstance(exported[-1], keras.layers.Conv2D) and len(exported) == 2  # CircularPadding2D + Conv2D
-    np.testing.assert_allclose(keras.Sequential(exported)(x), block(x), atol=1e-5)
+    np.testing.assert_allclose(to_numpy(keras.Sequential(exported)(x)), to_numpy(block(x)), atol=1e-5)
     assert _exported_operator_norm(exported, shape) <= block.lipschitz_constant() * (1 + 1e-6)
 
 
@@ -165,7 +166,7 @@ def test_block_keras_round_trip(tmp_path):
     path = tmp_path / "block.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(loaded(x)), to_numpy(model(x)), atol=1e-6)
     assert loaded.layers[0].n_power_iterations == 2
     assert loaded.layers[0].lipschitz_constant() == pytest.approx(model.layers[0].lipschitz_constant(), rel=1e-6)
 
@@ -184,7 +185,7 @@ def test_chord_is_orthonormal_and_exports(units, n_in):
     assert layer.lipschitz_constant() >= exact * (1 - 1e-12)
     (dense,) = layer.vanilla_export()
     assert type(dense) is keras.layers.Dense
-    np.testing.assert_allclose(dense(x), layer(x), atol=1e-5)
+    np.testing.assert_allclose(to_numpy(dense(x)), to_numpy(layer(x)), atol=1e-5)
 
 
 CHORD_ADAM_GRID = [
@@ -217,6 +218,18 @@ def test_chord_certificate_covers_the_exact_norm_after_large_adam_steps(units, n
         assert jacobian_norm(jacobians(model, x[:2]), "l2") <= bound * (1 + 1e-5)
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (96, 64), (64, 96), (256, 128)])
+def test_chord_stays_at_most_one_on_an_ill_conditioned_float32_kernel(shape):
+    # Condition number 1e3 (1e6 for the Gram matrix): float32 Cholesky alone gives norms up to 1.008.
+    rng = np.random.default_rng(0)
+    left = np.linalg.qr(rng.normal(size=(shape[0], shape[0])))[0][:, : min(shape)]
+    right = np.linalg.qr(rng.normal(size=(shape[1], shape[1])))[0][:, : min(shape)]
+    raw = (left * np.geomspace(30.0, 0.03, min(shape))) @ right.T
+    kernel = normalizers.chord_orthogonalization(keras.ops.convert_to_tensor(raw, "float32"))
+    kernel = keras.ops.convert_to_numpy(kernel)
+    assert np.linalg.svd(kernel.astype(np.float64), compute_uv=False).max() <= 1 + 1e-5
+
+
 def test_chord_ridge_keeps_every_singular_value_below_one():
     # An ill-conditioned raw kernel: the ridge shrinks the small directions, never grows any.
     rotation = np.linalg.qr(np.random.default_rng(7).normal(size=(4, 4)))[0]
@@ -240,7 +253,7 @@ def test_chord_matches_numpy_cholesky_and_round_trips(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     x = rng.normal(size=(3, 9)).astype("float32")
-    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(loaded(x)), to_numpy(model(x)), atol=1e-6)
     assert loaded.layers[0].eps == 1e-5 and loaded.layers[0].lipschitz_constant() == pytest.approx(2.0, rel=1e-4)
     with pytest.raises(ValueError, match="eps"):
         ChordDense(3, eps=0.0)
@@ -271,10 +284,10 @@ def test_lip_residual_of_a_stock_layer_round_trip_and_export(tmp_path):
     path = tmp_path / "res.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(loaded(x)), to_numpy(model(x)), atol=1e-6)
     exported = [layer.vanilla_export()[0] for layer in model.layers]
     assert type(exported[0].layer) is keras.layers.Dense
-    np.testing.assert_allclose(keras.Sequential(exported)(x), model(x), atol=1e-5)
+    np.testing.assert_allclose(to_numpy(keras.Sequential(exported)(x)), to_numpy(model(x)), atol=1e-5)
     with pytest.raises(ValueError, match="keeps the shape"):
         LipResidual(keras.layers.Dense(3)).build((None, 5))
     with pytest.raises(ValueError, match="no known|STOCK_LAYERS|lip_const"):
@@ -332,7 +345,7 @@ def test_lip_residual_with_a_sequential_branch_and_its_export():
     (exported,) = model.layers[0].vanilla_export()
     assert isinstance(exported.layer, keras.Sequential)  # CircularPadding2D + Conv2D
     plain = keras.Sequential([keras.Input(shape), exported])
-    np.testing.assert_allclose(plain(x), model(x), atol=1e-5)
+    np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)
     # The export's wrapper is bounded through its Sequential branch (CircularPadding2D's copy count times the
     # conv's norm): an upper bound of the exported function, never below the library layer's own constant.
     exported_bound = model_lipschitz_bound(plain)

@@ -200,6 +200,15 @@ def chord_orthogonalization(kernel: ArrayLike, eps: float = 1e-6) -> Any:
     kernel. With units > n_in, the columns are orthonormalized instead
     (kernel^T kernel is replaced by the same construction on kernel).
 
+    That holds in exact arithmetic. In float32 the Cholesky factor of an
+    ill-conditioned Gram matrix carries relative errors of about its condition
+    number times 6e-8: L^-1 P was measured up to 1.008 in norm (kernels of
+    condition number 1e3), 1.0018 for a 64 x 64 kernel after three Adam(0.1)
+    steps on JAX. One Björck step W <- 1.5 W - 0.5 W W^T W follows: it maps every
+    singular value s < sqrt(3) to 1.5 s - 0.5 s^3 <= 1, moves the ones within d
+    of 1 by O(d^2) only, and keeps the ridge's shrinking of the small directions
+    (s -> 1.5 s at most).
+
     Args:
         kernel: array (n_in, units), Keras layout (y = x @ kernel).
         eps: ridge added to the Gram matrix (> 0 keeps the factorization defined).
@@ -217,7 +226,7 @@ def chord_orthogonalization(kernel: ArrayLike, eps: float = 1e-6) -> Any:
     rows = ops.transpose(kernel) if units <= n_in else kernel
     gram = ops.matmul(rows, ops.transpose(rows)) + eps * ops.eye(rows.shape[0], dtype=rows.dtype)
     factor = ops.cholesky(gram)
-    orthogonal = ops.solve_triangular(factor, rows, lower=True)
+    orthogonal = bjorck(ops.solve_triangular(factor, rows, lower=True), eps=0.0, maxiter=1)
     return ops.transpose(orthogonal) if units <= n_in else orthogonal
 
 
