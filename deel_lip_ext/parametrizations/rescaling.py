@@ -43,6 +43,12 @@ def kernel_self_correlation(kernel: ArrayLike) -> Any:
     """
     if len(kernel.shape) == 2:
         return ops.reshape(ops.matmul(kernel, ops.transpose(kernel)), (kernel.shape[0], 1, 1, kernel.shape[0]))
+    if kernel.shape[2] == 1:
+        # One input channel: the same M from a zero second channel, which M[0, ..., 0] never reads. PyTorch's
+        # CPU convolution with a single output channel and several input channels (slow_conv2d) refuses to
+        # differentiate its permuted weight ("grad_weight must be contiguous").
+        padded = ops.concatenate([kernel, ops.zeros_like(kernel)], axis=2)
+        return kernel_self_correlation(padded)[:1, :, :, :1]
     kh, kw = kernel.shape[0], kernel.shape[1]
     images = ops.transpose(kernel, (2, 0, 1, 3))  # (c_in, kh, kw, c_out): one image per input channel
     images = ops.pad(images, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
