@@ -5,6 +5,7 @@ from _backend import gradients, input_gradient
 
 from deel_lip_ext import normalizers
 from deel_lip_ext.parametrizations import iteration
+from deel_lip_ext.parametrizations.rescaling import kernel_self_correlation
 
 
 def _svd(w):
@@ -226,8 +227,6 @@ def test_public_functions_accept_numpy_arrays(name, args):
 def test_kernel_self_correlation_value_and_gradient(c_in, c_out):
     # M[c1, u, v, c2] = sum_{a, b, o} K[a + u - kh + 1, b + v - kw + 1, c1, o] K[a, b, c2, o]. One input
     # channel takes its own path (PyTorch's CPU convolution refused to differentiate it).
-    from deel_lip_ext.parametrizations.rescaling import kernel_self_correlation
-
     kernel = np.random.default_rng(c_in * 10 + c_out).normal(size=(3, 2, c_in, c_out)).astype("float32")
     padded = np.pad(kernel.astype(np.float64), ((2, 2), (1, 1), (0, 0), (0, 0)))
     expected = np.zeros((c_in, 5, 3, c_in))
@@ -237,7 +236,7 @@ def test_kernel_self_correlation_value_and_gradient(c_in, c_out):
             expected[:, u, v, :] = np.einsum("abio,abjo->ij", shifted, kernel.astype(np.float64))
     got = keras.ops.convert_to_numpy(kernel_self_correlation(keras.ops.convert_to_tensor(kernel)))
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    (gradient,) = gradients(lambda k: kernel_self_correlation(k), kernel)
+    (gradient,) = gradients(kernel_self_correlation, kernel)
     # sum(M) = sum_o S_o^2 with S_o the sum of K[..., o] over taps and input channels: d/dK[a, b, c, o] = 2 S_o.
     totals = kernel.astype(np.float64).sum(axis=(0, 1, 2), keepdims=True)
     np.testing.assert_allclose(gradient, np.broadcast_to(2 * totals, kernel.shape), rtol=1e-5, atol=1e-4)
