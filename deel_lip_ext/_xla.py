@@ -7,7 +7,7 @@ import keras
 from deel_lip_ext._optional import tensorflow
 
 
-def compiled_by_xla(function, vjp=None, elsewhere=None):
+def compiled_by_xla(function, vjp=None):
     """`function` as one XLA computation on the TensorFlow backend; unchanged on JAX and torch.
 
     The math stays in keras.ops: JAX compiles it with the rest of the step,
@@ -24,16 +24,12 @@ def compiled_by_xla(function, vjp=None, elsewhere=None):
             gradient TensorFlow would derive from the compiled forward, which stores the
             intermediates of the forward pass and reads them back (about 1.5-2x slower for a
             pairwise sort). Only `inputs` (the first argument) then receives a gradient.
-        elsewhere: what JAX and torch run instead of `function` (the same math, in the form their
-            compilers or kernels run fastest; default: `function` itself). Example: window sums
-            by reshaping are one XLA pass on TensorFlow, but JAX's XLA runs them 3.5x slower than
-            `average_pool` (a reduce_window), which torch also has as one kernel.
 
     Examples:
         >>> double = compiled_by_xla(lambda x, factor: x * factor, vjp=lambda g, x, factor: g * factor)
     """
     if keras.backend.backend() != "tensorflow":
-        return function if elsewhere is None else elsewhere
+        return function
     tf = tensorflow("compiled_by_xla")  # only for its compiler
     forward = _compiled_per_signature(tf, function)
     if vjp is None:

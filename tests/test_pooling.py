@@ -141,8 +141,7 @@ def test_l2_gradient_at_zero_is_finite(make):
 @pytest.mark.parametrize("k", [1.0, 2.5])
 def test_l2_norm_pooling_gradient_is_the_analytic_one(pool_size, k):
     # d/dx of k (sqrt(sum_window x^2 + eps^2) - eps) is k x / sqrt(sum_window x^2 + eps^2) times the
-    # window's upstream value; rows and columns past the last whole window get none. On TensorFlow
-    # this is the fused kernel's own gradient, not autodiff's.
+    # window's upstream value; rows and columns past the last whole window get none.
     eps, (ph, pw) = 0.3, _pair(pool_size)
     x = _random((3, 7, 8, 5))
     layer = ScaledL2NormPooling2D(pool_size, k_coef_lip=k, eps_grad_sqrt=eps)
@@ -155,17 +154,26 @@ def test_l2_norm_pooling_gradient_is_the_analytic_one(pool_size, k):
     np.testing.assert_allclose(input_gradient(layer, x, upstream), expected, rtol=1e-5, atol=1e-6)
 
 
+def _l2_norm_pooled_by_window_sums(inputs, pool_size, eps, scale):
+    """scale * (sqrt(mean over each window of x^2 + eps^2) - eps), the windows summed by a reshape."""
+    (ph, pw), (height, width, channels) = pool_size, inputs.shape[1:]
+    rows, columns = height // ph, width // pw
+    windows = keras.ops.reshape(inputs[:, : rows * ph, : columns * pw], (-1, rows, ph, columns, pw, channels))
+    mean_square = keras.ops.mean(keras.ops.square(windows), axis=(2, 4))
+    return scale * (keras.ops.sqrt(mean_square + eps * eps) - eps)
+
+
 @pytest.mark.parametrize("pool_size", POOL_SIZES)
 def test_l2_norm_pooling_second_derivatives_are_those_of_its_math(pool_size):
-    # The fused kernel (XLA with a hand-written gradient on TensorFlow) differentiated twice, as
-    # tulip's gradient penalty does, against autodiff of the same math written as plain ops.
+    # The layer's pooling (average pooling of the squares) differentiated twice, as tulip's gradient
+    # penalty does, against autodiff of the same math written with window sums.
     x = _random((2, 7, 8, 3))
     arguments = (_pair(pool_size), 0.05, 1.7)
     upstream = _random(ScaledL2NormPooling2D(pool_size).compute_output_shape(x.shape), seed=5)
-    fused = gradient_of_weighted_gradient(lambda z: pooling._l2_norm_pooled(z, *arguments), x, upstream)
-    plain = gradient_of_weighted_gradient(lambda z: pooling._l2_norm_pooled_math(z, *arguments), x, upstream)
-    assert np.abs(plain).max() > 0.1
-    np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-5)
+    pooled = gradient_of_weighted_gradient(lambda z: pooling._l2_norm_pooled(z, *arguments), x, upstream)
+    reference = gradient_of_weighted_gradient(lambda z: _l2_norm_pooled_by_window_sums(z, *arguments), x, upstream)
+    assert np.abs(reference).max() > 0.1
+    np.testing.assert_allclose(pooled, reference, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("make", [ScaledL2NormPooling2D, ScaledAveragePooling2D])

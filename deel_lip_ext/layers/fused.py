@@ -19,9 +19,18 @@ from numpy.typing import ArrayLike
 from deel_lip_ext._xla import compiled_by_xla
 from deel_lip_ext.layers.activations import FullSort, GroupSort, GroupSort2
 from deel_lip_ext.layers.base import check_k_coef_lip
-from deel_lip_ext.layers.pooling import DEFAULT_EPS_GRAD_SQRT, ScaledL2NormPooling2D, _smooth_norm, _windows
+from deel_lip_ext.layers.pooling import DEFAULT_EPS_GRAD_SQRT, ScaledL2NormPooling2D, _smooth_norm
 
 __all__ = ["GroupSort2L2NormPooling2D", "fusable", "fused"]
+
+
+def _windows(inputs, pool_size):
+    """(N, H, W, C) -> (N, H // ph, ph, W // pw, pw, C): the disjoint windows (a remainder is dropped, as "valid")."""
+    (ph, pw), (height, width, channels) = pool_size, inputs.shape[1:]
+    rows, columns = height // ph, width // pw
+    if (rows * ph, columns * pw) != (height, width):
+        inputs = inputs[:, : rows * ph, : columns * pw, :]
+    return ops.reshape(inputs, (-1, rows, ph, columns, pw, channels))
 
 
 def _sorted_pairs_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale):
