@@ -17,7 +17,7 @@ import keras
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
-from deel_lip_ext.layers.fused import fusable, fused
+from deel_lip_ext.layers.fused import fusable, fused, pairs_as_halves
 from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
 from deel_lip_ext.utils import layer_lipschitz_constant
 
@@ -72,7 +72,12 @@ def vanilla_model(model: keras.Model) -> keras.Model:
 
     Every parametrized layer becomes the stock layer(s) computing the same
     function with its constrained kernel, computed now from the current
-    variables (never a stale cache). Layer names are kept.
+    variables (never a stale cache). Layer names are kept. A `GroupSort2`
+    read only by a `ScaledL2NormPooling2D` becomes one
+    `GroupSort2L2NormPooling2D`; in a Sequential model, where a `Conv2D`
+    feeds it and a `Conv2D` (or `Flatten` + `Dense`) reads it, the pairs are
+    moved to the two halves of the channels by permuting those kernels
+    (`deel_lip_ext.layers.fused.pairs_as_halves`): the same function, faster.
 
     Args:
         model: a built `keras.Sequential` or functional `keras.Model`.
@@ -87,15 +92,15 @@ def vanilla_model(model: keras.Model) -> keras.Model:
     if not model.built:
         raise ValueError("vanilla_model needs a built model: call it on data or give it an Input first.")
     if isinstance(model, keras.Sequential):
-        layers = [keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)]
-        pending = list(model.layers)
+        layers, pending = [], list(model.layers)
         while pending:
             layer = pending.pop(0)
             if pending and fusable(layer, pending[0]):
                 layers.append(fused(layer, pending.pop(0)))
             else:
                 layers.extend(_exported_layers(layer))
-        return keras.Sequential(layers, name=model.name)
+        inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+        return keras.Sequential([inputs] + pairs_as_halves(layers), name=model.name)
     if not getattr(model, "_functional", False) and not hasattr(model, "_operations"):
         raise ArgumentTypeError(f"vanilla_model needs a Sequential or functional model, got {type(model).__name__}.")
 

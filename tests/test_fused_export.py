@@ -103,3 +103,75 @@ def test_export_keeps_a_sort_that_is_a_model_output():
     sorted_ = lip.GroupSort2()(inputs)
     model = Model(inputs, [sorted_, lip.ScaledL2NormPooling2D()(sorted_)])
     assert "GroupSort2L2NormPooling2D" not in _types(model.vanilla_export())
+
+
+def _as_halves(x):
+    """Adjacent-pair channels (2i, 2i + 1) moved to (i, i + C/2)."""
+    channels = x.shape[-1]
+    return np.concatenate([x[..., 0:channels:2], x[..., 1:channels:2]], axis=-1)
+
+
+@pytest.mark.parametrize("pool_size, size", [((2, 2), 8), ((3, 2), 7)])
+@pytest.mark.parametrize("sort_k, pool_k, eps", [(1.0, 1.0, 1e-6), (0.7, 2.5, 0.3)])
+def test_halves_layout_is_the_adjacent_layout_with_channels_reordered(pool_size, size, sort_k, pool_k, eps):
+    x = _random((4, size, size, 8), seed=3)
+    x[1, :3, :3, :] = 0.25  # ties
+    arguments = dict(pool_size=pool_size, k_coef_lip=pool_k, eps_grad_sqrt=eps, sort_k_coef_lip=sort_k)
+    adjacent = to_numpy(lip.GroupSort2L2NormPooling2D(**arguments)(x))
+    halves = lip.GroupSort2L2NormPooling2D(**arguments, pair_layout="halves")
+    np.testing.assert_allclose(to_numpy(halves(_as_halves(x))), _as_halves(adjacent), rtol=1e-6, atol=1e-6)
+    # Sizes known only at run time take the unfused path: the same values.
+    inputs = keras.Input((None, None, 8))
+    dynamic = keras.Model(inputs, lip.GroupSort2L2NormPooling2D(**arguments, pair_layout="halves")(inputs))
+    np.testing.assert_allclose(to_numpy(dynamic(_as_halves(x))), _as_halves(adjacent), rtol=1e-6, atol=1e-6)
+
+
+def test_fused_layer_rejects_an_unknown_pair_layout():
+    with pytest.raises(ValueError, match="pair_layout"):
+        lip.GroupSort2L2NormPooling2D(pair_layout="interleaved")
+
+
+def _w1_like(consumer):
+    """Conv -> GroupSort2 -> L2 pooling -> `consumer` layers -> Flatten -> Dense."""
+    return Sequential(
+        [
+            keras.Input((10, 10, 3)),
+            lip.SpectralConv2D(8, 3, padding="same"),
+            lip.GroupSort2(k_coef_lip=0.9),
+            lip.ScaledL2NormPooling2D((2, 2), k_coef_lip=1.1),
+            *consumer,
+            keras.layers.Flatten(),
+            lip.SpectralDense(5),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "consumer, layouts",
+    [
+        (lambda: [], ["halves"]),  # Flatten + Dense reads the pooling
+        (
+            lambda: [lip.SpectralConv2D(6, 3, padding="circular"), lip.GroupSort2(), lip.ScaledL2NormPooling2D()],
+            2 * ["halves"],
+        ),
+        (lambda: [keras.layers.ZeroPadding2D(1), lip.SpectralConv2D(4, 3, padding="valid")], ["halves"]),
+        (lambda: [lip.PadConv2D(4, 3, padding="reflect")], ["halves"]),
+        (lambda: [lip.GroupSort2()], ["adjacent"]),  # not linear: the pairs keep their places
+        (lambda: [lip.ScaledL2NormPooling2D((1, 1))], ["adjacent"]),
+    ],
+    ids=["flatten_dense", "circular_conv", "zero_padding_conv", "reflect_conv", "sort", "pooling"],
+)
+def test_export_reads_pairs_as_halves_between_linear_layers(consumer, layouts, tmp_path):
+    model = _w1_like(consumer())
+    # Training steps move the kernels away from their initial values (any channel mix-up shows).
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    x = _random((6,) + tuple(model.input_shape[1:]), seed=4)
+    model.fit(x, _random((6, 5), seed=5), epochs=3, verbose=0)
+    plain = model.vanilla_export()
+    fused_layers = [layer for layer in plain.layers if isinstance(layer, lip.GroupSort2L2NormPooling2D)]
+    assert [layer.pair_layout for layer in fused_layers] == layouts
+    np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)
+    assert model_lipschitz_bound(plain) == pytest.approx(model_lipschitz_bound(model), rel=1e-5)
+    path = tmp_path / "plain.keras"
+    plain.save(path)
+    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)
