@@ -208,6 +208,10 @@ def pairs_as_halves(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer
 
     Returns:
         The list, with each qualifying fused layer replaced by its "halves" copy.
+
+    Examples:
+        >>> layers = pairs_as_halves([conv, fused_pooling, keras.layers.Flatten(), dense])
+        >>> layers[1].pair_layout  # "halves"; conv's and dense's kernels permuted to match
     """
     rewritten = list(layers)
     for index, layer in enumerate(rewritten):
