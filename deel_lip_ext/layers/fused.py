@@ -63,14 +63,11 @@ def _sorted_pairs_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale)
 
 def _sorted_halves_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale):
     """As `_sorted_pairs_l2_norm_pooled_math` for pairs (i, i + C/2): output [pooled minima, pooled maxima]."""
-    (ph, pw), (height, width, channels) = pool_size, inputs.shape[1:]
-    rows, columns, half = height // ph, width // pw, channels // 2
-    # (N, rows, ph, columns, pw * C): each window entry is a contiguous (N, rows, columns, C) slice.
-    entries = ops.reshape(inputs[:, : rows * ph, : columns * pw, :], (-1, rows, ph, columns, pw * channels))
+    windows, (ph, pw), half = _windows(inputs, pool_size), pool_size, inputs.shape[-1] // 2
     square_minima = square_maxima = None
     for i in range(ph):
         for j in range(pw):
-            entry = entries[:, :, i, :, j * channels : (j + 1) * channels]
+            entry = windows[:, :, i, :, j, :]  # (N, rows, columns, C): entry (i, j) of every window
             first, second = entry[..., :half], entry[..., half:]
             low, high = ops.square(ops.minimum(first, second)), ops.square(ops.maximum(first, second))
             square_minima = low if square_minima is None else square_minima + low
