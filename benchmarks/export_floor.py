@@ -1,0 +1,97 @@
+"""How fast an exported Lipschitz model can be: the plain model with its activation as a pass of its own.
+
+A plain network's ReLU costs nothing: oneDNN applies it inside the convolution (Grappler
+rewrites Conv2D + BiasAdd + Relu into one fused kernel). GroupSort2 has no such fused form, so
+every GroupSort2 of an exported model reads and writes the convolution's output once more. The
+fastest any exact export can be is therefore the plain model whose ReLU runs as its own pass:
+`max(x, 0)`, which Grappler does not fold into the convolution. This script times, in one
+process with their calls alternated (as `train_step.py` does):
+
+* `plain`: the plain model of the workload (`train_step.build_model(..., "plain")`);
+* `floor`: the same model and weights, each ReLU replaced by `max(x, 0)` as a layer of its own;
+* `export`: `vanilla_export()` of the Lipschitz model, after one training step.
+
+Usage:
+    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/export_floor.py --workloads W1 W2 --json floor.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import train_step  # noqa: E402  (the workloads and the alternated timing live there)
+
+
+def unfused_activation_model(plain_model):
+    """`plain_model` with every ReLU layer replaced by `max(x, 0)` in a layer of its own (same weights)."""
+    import keras
+    from keras import ops
+
+    class SeparateReLU(keras.layers.Layer):
+        """max(x, 0): the ReLU's values, as an elementwise op that is not folded into the convolution."""
+
+        def call(self, inputs):
+            return ops.maximum(inputs, ops.zeros((), inputs.dtype))
+
+    layers = [SeparateReLU() if isinstance(layer, keras.layers.ReLU) else layer for layer in plain_model.layers]
+    return keras.Sequential([keras.Input(plain_model.input_shape[1:])] + layers, name=f"{plain_model.name}_floor")
+
+
+def measure(workload, steps, warmup):
+    """{variant: median ms of `predict_on_batch`} and the ratios to `plain` for one workload."""
+    import numpy as np
+
+    x, y = train_step.fixed_batch(workload)
+    plain = train_step._compiled_model(workload, "plain", "SpectralConv2D", "same", "auto")
+    lip = train_step._compiled_model(workload, "lip", "SpectralConv2D", "same", "auto")
+    lip.train_on_batch(x, y)
+    models = {"plain": plain, "floor": unfused_activation_model(plain), "export": lip.vanilla_export()}
+    same = np.abs(models["plain"].predict_on_batch(x) - models["floor"].predict_on_batch(x)).max()
+    if same > 0:
+        raise AssertionError(f"the floor model must compute the plain model's values, max difference {same}")
+    timings, _, _ = train_step._alternated_median_ms(
+        {name: (lambda m=model: m.predict_on_batch(x)) for name, model in models.items()}, steps, warmup
+    )
+    ratios = {name: ms / timings["plain"] for name, ms in timings.items()}
+    return {"workload": workload, "steps": steps, "infer_ms": timings, "ratio_to_plain": ratios}
+
+
+def markdown_table(rows):
+    """One line per workload: the three timings and the two ratios."""
+    lines = [
+        "| workload | plain (ms) | floor: ReLU as its own pass (ms) | export (ms) | floor / plain | export / plain |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        ms, ratio = row["infer_ms"], row["ratio_to_plain"]
+        lines.append(
+            f"| {row['workload']} | {ms['plain']:.2f} | {ms['floor']:.2f} | {ms['export']:.2f} "
+            f"| {ratio['floor']:.2f}x | {ratio['export']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
+    parser.add_argument("--steps", type=int, default=30, help="timed calls per variant (alternated)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
+    parser.add_argument("--json", help="write the rows and the machine description to this file")
+    args = parser.parse_args(argv)
+    rows = []
+    for workload in args.workloads:
+        print(f"{workload}: timing plain, floor and export ({args.steps} alternated calls each)...", flush=True)
+        rows.append(measure(workload, args.steps, args.warmup))
+    print(markdown_table(rows))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"machine": train_step.machine_description(), "rows": rows}, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()
