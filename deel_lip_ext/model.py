@@ -14,11 +14,13 @@ import warnings
 from collections.abc import Sequence
 
 import keras
+from keras import ops
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
-from deel_lip_ext.layers.fused import fusable, fused, pairs_as_halves
+from deel_lip_ext.layers.fused import fusable, fused, pairs_as_halves, sorted_then_l2_norm_pooled
 from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
+from deel_lip_ext.model_bound import _computes_its_graph
 from deel_lip_ext.utils import layer_lipschitz_constant
 
 __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]
@@ -194,6 +196,11 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
     which replaces its own `k_coef_lip`. Layers not known to be 1-Lipschitz
     raise a warning. Layers added later with `add()` keep their own constant.
 
+    A `GroupSort2` directly followed by a `ScaledL2NormPooling2D` runs as one
+    function (`deel_lip_ext.layers.fused.sorted_then_l2_norm_pooled`): the two
+    layers' values and gradients, with one pass less over the sorted tensor each
+    way. The model's graph, which the bounds and the export read, keeps the two layers.
+
     Args:
         layers: list of layers.
         k_coef_lip: Lipschitz constant of the whole model.
@@ -260,6 +267,47 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
             if getattr(layer, "_kernel_cache", None) is not None:
                 layer._kernel_cache.invalidate()
         self.k_coef_lip = k_coef_lip
+
+    @_computes_its_graph
+    def call(self, inputs, training: bool | None = None, mask=None, **kwargs):
+        """The layers in a row, as `keras.Sequential`; each `fusable` sort + L2-norm pooling as one function.
+
+        A `GroupSort2` followed by a `ScaledL2NormPooling2D` runs as
+        `deel_lip_ext.layers.fused.sorted_then_l2_norm_pooled`: the two layers' values and
+        gradients, one pass less over the sorted tensor each way. Anything else (masks, extra
+        call arguments, inputs that Keras would convert first) runs through `keras.Sequential`.
+        """
+        sorts = self._fusable_sorts(inputs) if mask is None and not kwargs else set()
+        if not sorts:
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        layers, outputs, index = self.layers, inputs, 0
+        while index < len(layers):
+            layer = layers[index]
+            if index in sorts and keras.backend.standardize_dtype(outputs.dtype) == layer.compute_dtype:
+                outputs = sorted_then_l2_norm_pooled(outputs, layer, layers[index + 1])
+                index += 2
+                continue
+            with_training = layer._call_has_training_arg and training is not None
+            outputs = layer(outputs, training=training) if with_training else layer(outputs)
+            index += 1
+        return outputs
+
+    def _fusable_sorts(self, inputs):
+        """Positions i in `layers` where a pairwise sort (i) and the L2-norm pooling after it (i + 1) run as one."""
+        graph_inputs = getattr(self._functional, "inputs", None)
+        if not graph_inputs or len(graph_inputs) != 1 or not ops.is_tensor(inputs):
+            return set()
+        expected = graph_inputs[0]
+        if len(inputs.shape) != len(expected.shape) or keras.backend.standardize_dtype(inputs.dtype) != expected.dtype:
+            return set()  # Keras converts such inputs first (`Functional.call`)
+        layers = self.layers
+        if any(layer._call_has_mask_arg for layer in layers):
+            return set()
+        return {
+            index
+            for index, (layer, following) in enumerate(zip(layers, layers[1:]))
+            if fusable(layer, following) and layer.compute_dtype == following.compute_dtype
+        }
 
     def get_config(self) -> dict:
         config = super().get_config()
