@@ -30,12 +30,7 @@ from deel_lip_ext._xla import compiled_by_xla
 from deel_lip_ext.layers.activations import FullSort, GroupSort, GroupSort2, _sorted_pairs_math, _sorted_pairs_vjp
 from deel_lip_ext.layers.base import check_k_coef_lip
 from deel_lip_ext.layers.padding import CircularPadding2D, Padding2D
-from deel_lip_ext.layers.pooling import (
-    DEFAULT_EPS_GRAD_SQRT,
-    ScaledL2NormPooling2D,
-    _l2_norm_of_squares_pooled,
-    _smooth_norm,
-)
+from deel_lip_ext.layers.pooling import DEFAULT_EPS_GRAD_SQRT, ScaledL2NormPooling2D, _smooth_norm
 
 __all__ = [
     "GroupSort2L2NormPooling2D",
@@ -93,14 +88,15 @@ _sorted_pairs_l2_norm_pooled = compiled_by_xla(_sorted_pairs_l2_norm_pooled_math
 _sorted_halves_l2_norm_pooled = compiled_by_xla(_sorted_halves_l2_norm_pooled_math)
 
 
-def _squared_sorted_pairs_math(pairs, k_coef_lip):
-    """(N, 2) -> (k min, k max)^2 of each row: GroupSort2's output, squared in the same pass."""
-    return ops.square(_sorted_pairs_math(pairs, k_coef_lip))
+def _squared_sorted_pairs_math(pairs, k_coef_lip, factor, offset):
+    """(N, 2) -> factor (k min, k max)^2 + offset of each row: GroupSort2's output, squared in the same pass."""
+    return ops.square(_sorted_pairs_math(pairs, k_coef_lip)) * factor + offset
 
 
-def _squared_sorted_pairs_vjp(upstream, pairs, k_coef_lip):
-    # d (k P x)^2 = 2 (k P x) * k P dx: GroupSort2's own gradient (a permutation, ties included) of 2 y g.
-    return _sorted_pairs_vjp(2.0 * _sorted_pairs_math(pairs, k_coef_lip) * upstream, pairs, k_coef_lip)
+def _squared_sorted_pairs_vjp(upstream, pairs, k_coef_lip, factor, offset):
+    # d (factor (k P x)^2) = 2 factor (k P x) * k P dx: GroupSort2's own gradient (a permutation, ties
+    # included) of 2 factor y g.
+    return _sorted_pairs_vjp(2.0 * factor * _sorted_pairs_math(pairs, k_coef_lip) * upstream, pairs, k_coef_lip)
 
 
 _squared_sorted_pairs = compiled_by_xla(_squared_sorted_pairs_math, vjp=_squared_sorted_pairs_vjp)
@@ -109,12 +105,15 @@ _squared_sorted_pairs = compiled_by_xla(_squared_sorted_pairs_math, vjp=_squared
 def sorted_then_l2_norm_pooled(inputs: ArrayLike, sort: GroupSort, pooling: ScaledL2NormPooling2D) -> Any:
     """`pooling(sort(inputs))` for a `fusable` pair, with the sort and the square in one pass each way.
 
-    The values are the two layers' (the same operations, in the same order), and so is the
-    gradient: GroupSort2's permutation Jacobian, ties included, then the pooling's; it can be
-    differentiated again (tulip's gradient penalty). What it saves on TensorFlow is the pass that
-    squares the sorted tensor and the pass of the square's gradient: the W1 train step went from
-    1.41-1.49x to 1.26-1.32x a plain model's (2-core CPU, calls alternated). The Lipschitz
-    `Sequential` calls it in place of the two layers; the average pooling stays oneDNN's.
+    The values are the two layers' (to float rounding), and so is the gradient: GroupSort2's
+    permutation Jacobian, ties included, then the pooling's; it can be differentiated again
+    (tulip's gradient penalty). The pooling's scale and smoothing go into the squaring pass,
+    k (sqrt(m + eps^2) - eps) = sqrt(k^2 m + (k eps)^2) - k eps with m the window mean, which
+    leaves a square root and a subtraction after oneDNN's average pooling. What it saves on
+    TensorFlow is the pass that squares the sorted tensor, two passes of the pooling's
+    arithmetic and their gradients: the W1 train step went from 1.41-1.49x to 1.27x a plain
+    model's (2-core CPU, calls alternated). The Lipschitz `Sequential` calls it in place of the
+    two layers.
 
     Args:
         inputs: (N, H, W, C) tensor, C even, in the layers' compute dtype.
@@ -129,9 +128,13 @@ def sorted_then_l2_norm_pooled(inputs: ArrayLike, sort: GroupSort, pooling: Scal
         >>> x = keras.random.normal((1, 4, 4, 2))
         >>> y = sorted_then_l2_norm_pooled(x, sort, pooling)  # pooling(sort(x)), shape (1, 2, 2, 2)
     """
-    squares = _squared_sorted_pairs(ops.reshape(inputs, (-1, 2)), sort.k_coef_lip)
     eps, scale = pooling._mean_square_constants()
-    return _l2_norm_of_squares_pooled(ops.reshape(squares, ops.shape(inputs)), pooling.pool_size, eps, scale)
+    pairs = ops.reshape(inputs, (-1, 2))
+    squares = ops.reshape(
+        _squared_sorted_pairs(pairs, sort.k_coef_lip, scale * scale, (scale * eps) ** 2), ops.shape(inputs)
+    )
+    root = ops.sqrt(ops.average_pool(squares, pooling.pool_size, strides=pooling.pool_size, padding="valid"))
+    return root - ops.convert_to_tensor(scale * eps, root.dtype) if eps else root
 
 
 def _halves_order(channels):
