@@ -127,6 +127,17 @@ def test_fused_call_has_the_second_derivatives_of_the_two_layers(fusion_calls):
     assert np.abs(separate).max() > 1e-3
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_fused_function_keeps_the_range_of_the_two_layers_in_low_precision(dtype):
+    """Entries of 100 (window sums of squares 40000 < 65504) stay finite in float16, as in the two layers."""
+    sort, pooling = lip.GroupSort2(dtype=dtype), lip.ScaledL2NormPooling2D((2, 2), dtype=dtype)
+    x = ops.cast(ops.convert_to_tensor(100.0 + _random((2, 4, 4, 4), seed=11)), dtype)
+    fused = to_numpy(ops.cast(model_module.sorted_then_l2_norm_pooled(x, sort, pooling), "float32"))
+    separate = to_numpy(ops.cast(pooling(sort(x)), "float32"))
+    assert np.all(np.isfinite(fused)) and np.all(np.isfinite(separate))
+    np.testing.assert_allclose(fused, separate, rtol=1e-2)
+
+
 def _trained_weights(model, steps=3):
     x, y = _random((16, 8, 8, 3), seed=6), np.random.default_rng(7).integers(0, 4, size=16)
     model.compile(

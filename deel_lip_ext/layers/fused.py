@@ -107,11 +107,12 @@ def sorted_then_l2_norm_pooled(inputs: ArrayLike, sort: GroupSort, pooling: Scal
 
     The values are the two layers' (to float rounding), and so is the gradient: GroupSort2's
     permutation Jacobian, ties included, then the pooling's; it can be differentiated again
-    (tulip's gradient penalty). The pooling's scale and smoothing go into the squaring pass,
-    k (sqrt(m + eps^2) - eps) = sqrt(k^2 m + (k eps)^2) - k eps with m the window mean, which
-    leaves a square root and a subtraction after oneDNN's average pooling. What it saves on
+    (tulip's gradient penalty). The pooling's scale and smoothing go into the squaring pass
+    (outside float16, whose range they would narrow), k (sqrt(m + eps^2) - eps) =
+    sqrt(k^2 m + (k eps)^2) - k eps with m the window mean, which leaves a square root and a
+    subtraction after oneDNN's average pooling. What it saves on
     TensorFlow is the pass that squares the sorted tensor, two passes of the pooling's
-    arithmetic and their gradients: the W1 train step went from 1.41-1.49x to 1.27x a plain
+    arithmetic and their gradients: the W1 train step went from 1.41-1.49x to 1.26-1.28x a plain
     model's (2-core CPU, calls alternated). The Lipschitz `Sequential` calls it in place of the
     two layers.
 
@@ -129,11 +130,16 @@ def sorted_then_l2_norm_pooled(inputs: ArrayLike, sort: GroupSort, pooling: Scal
         >>> y = sorted_then_l2_norm_pooled(x, sort, pooling)  # pooling(sort(x)), shape (1, 2, 2, 2)
     """
     eps, scale = pooling._mean_square_constants()
-    pairs = ops.reshape(inputs, (-1, 2))
-    squares = ops.reshape(
-        _squared_sorted_pairs(pairs, sort.k_coef_lip, scale * scale, (scale * eps) ** 2), ops.shape(inputs)
-    )
-    root = ops.sqrt(ops.average_pool(squares, pooling.pool_size, strides=pooling.pool_size, padding="valid"))
+    # float16 ends at 65504: squares scaled first would overflow at entries `scale` times smaller than
+    # the two layers' do, so there the scale and the smoothing stay after the pooling.
+    folded = keras.backend.standardize_dtype(inputs.dtype) != "float16"
+    factor, offset = (scale * scale, (scale * eps) ** 2) if folded else (1.0, 0.0)
+    squares = _squared_sorted_pairs(ops.reshape(inputs, (-1, 2)), sort.k_coef_lip, factor, offset)
+    pool_size = pooling.pool_size
+    mean_square = ops.average_pool(ops.reshape(squares, ops.shape(inputs)), pool_size, pool_size, padding="valid")
+    if not folded:
+        return _smooth_norm(mean_square, eps, scale)
+    root = ops.sqrt(mean_square)
     return root - ops.convert_to_tensor(scale * eps, root.dtype) if eps else root
 
 
