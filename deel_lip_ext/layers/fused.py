@@ -110,11 +110,10 @@ def sorted_then_l2_norm_pooled(inputs: ArrayLike, sort: GroupSort, pooling: Scal
     (tulip's gradient penalty). The pooling's scale and smoothing go into the squaring pass
     (outside float16, whose range they would narrow), k (sqrt(m + eps^2) - eps) =
     sqrt(k^2 m + (k eps)^2) - k eps with m the window mean, which leaves a square root and a
-    subtraction after oneDNN's average pooling. What it saves on
-    TensorFlow is the pass that squares the sorted tensor, two passes of the pooling's
-    arithmetic and their gradients: the W1 train step went from 1.41-1.49x to 1.26-1.28x a plain
-    model's (2-core CPU, calls alternated). The Lipschitz `Sequential` calls it in place of the
-    two layers.
+    subtraction after oneDNN's average pooling. What it saves on TensorFlow is the pass that
+    squares the sorted tensor, two passes of the pooling's arithmetic and their gradients: the
+    W1 train step went from 1.41-1.49x to 1.26-1.28x a plain model's (2-core CPU, calls
+    alternated). The Lipschitz `Sequential` calls it in place of the two layers.
 
     Args:
         inputs: (N, H, W, C) tensor, C even, in the layers' compute dtype.
