@@ -20,7 +20,7 @@ from keras import ops
 
 from deel_lip_ext._optional import tensorflow
 
-__all__ = ["differentiable_early_exit_loop", "branches_may_write_variables"]
+__all__ = ["differentiable_early_exit_loop", "early_exit_loop", "branches_may_write_variables"]
 
 
 def differentiable_early_exit_loop(
@@ -48,30 +48,71 @@ def differentiable_early_exit_loop(
     Examples:
         >>> differentiable_early_exit_loop(lambda x: x / 2.0, keras.ops.ones(()), 0.3, 10, lambda a, b: abs(a - b))
     """
+    first = body(state)
+    return early_exit_loop(body, first, eps, maxiter - 1, distance, distance(state, first))[0]
+
+
+def early_exit_loop(
+    body: Callable[[Any], Any],
+    state: Any,
+    eps: float,
+    maxiter: int,
+    distance: Callable[[Any, Any], Any],
+    moved: Any,
+) -> tuple[Any, Any]:
+    """`state = body(state)` at most `maxiter` times, while the last step moved the state by `eps` or more.
+
+    `moved` is how far the step that produced `state` moved it: below `eps`, `body` never runs.
+    The loop carries that distance rather than the previous state, so nothing but the state is
+    kept per step for the gradient, and no conditional is needed to skip the loop (XLA compiles
+    it, and its gradient, as one while loop). Reverse-differentiable on every backend: an
+    early-exit `while_loop` on TensorFlow and torch, a frozen `fori_loop` of `maxiter` steps on
+    JAX (same values).
+
+    Args:
+        body: one step, state -> state (any structure of tensors keras' loops accept).
+        state: the initial state.
+        eps: tolerance (> 0) on `distance` between two successive states.
+        maxiter: maximal number of `body` calls (>= 0).
+        distance: (previous, current) -> scalar tensor.
+        moved: scalar tensor, the distance of the step that produced `state`.
+
+    Returns:
+        (the last state, the distance its step moved).
+
+    Examples:
+        >>> early_exit_loop(lambda x: x / 2.0, keras.ops.ones(()), 0.3, 10, lambda a, b: abs(a - b), 1.0)
+    """
+    moved = ops.convert_to_tensor(moved, "float32")
+    if maxiter < 1:
+        return state, moved
+
+    def stepped(current, last_move):
+        following = body(current)
+        # The distance only stops the loop: no gradient flows through it.
+        return following, ops.stop_gradient(ops.cast(distance(current, following), "float32"))
+
     if keras.backend.backend() == "jax":
-        return _frozen_fixed_count_loop(body, state, eps, maxiter, distance)
+        return _frozen_fixed_count_loop(stepped, state, eps, maxiter, moved)
 
-    def not_converged(step_count, current, previous):
-        return ops.logical_and(step_count < maxiter, distance(previous, current) >= eps)
+    def not_converged(step_count, current, last_move):
+        return ops.logical_and(step_count < maxiter, last_move >= eps)
 
-    def step(step_count, current, previous):
-        return step_count + 1, body(current), current
+    def step(step_count, current, last_move):
+        return (step_count + 1, *stepped(current, last_move))
 
-    _, state, _ = ops.while_loop(not_converged, step, (1, body(state), state), maximum_iterations=maxiter)
-    return state
+    _, state, moved = ops.while_loop(not_converged, step, (0, state, moved), maximum_iterations=maxiter)
+    return state, moved
 
 
-def _frozen_fixed_count_loop(body, state, eps, maxiter, distance):
-    """Exactly `maxiter - 1` further steps after the first, the state frozen once converged (JAX's form)."""
+def _frozen_fixed_count_loop(stepped, state, eps, maxiter, moved):
+    """Exactly `maxiter` steps, the state frozen once a step moved less than `eps` (JAX's form)."""
 
     def step(_, carry):
-        current, previous, converged = carry
-        converged = ops.logical_or(converged, distance(previous, current) < eps)
-        following = ops.cond(converged, lambda: current, lambda: body(current))
-        return following, current, converged
+        current, last_move = carry
+        return ops.cond(last_move < eps, lambda: (current, last_move), lambda: stepped(current, last_move))
 
-    state, _, _ = ops.fori_loop(1, maxiter, step, (body(state), state, ops.convert_to_tensor(False)))
-    return state
+    return ops.fori_loop(0, maxiter, step, (state, moved))
 
 
 def branches_may_write_variables() -> bool:

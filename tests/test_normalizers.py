@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from _backend import gradients, input_gradient
 
-from deel_lip_ext import normalizers
+from deel_lip_ext import _loops, normalizers
 from deel_lip_ext.parametrizations import iteration
 from deel_lip_ext.parametrizations.rescaling import kernel_self_correlation
 
@@ -240,3 +240,92 @@ def test_kernel_self_correlation_value_and_gradient(c_in, c_out):
     # sum(M) = sum_o S_o^2 with S_o the sum of K[..., o] over taps and input channels: d/dK[a, b, c, o] = 2 S_o.
     totals = kernel.astype(np.float64).sum(axis=(0, 1, 2), keepdims=True)
     np.testing.assert_allclose(gradient, np.broadcast_to(2 * totals, kernel.shape), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (2, 7, 3), (3, 5)])
+def test_gram_matrix_value_and_gradient_are_the_products(shape):
+    # The custom gradient W (dG + dG^T) must be the gradient of W^T W, for any (non-symmetric) upstream.
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=shape).astype("float32")
+    upstream = rng.normal(size=shape[:-2] + (shape[-1], shape[-1])).astype("float32")
+
+    def product(x):
+        return keras.ops.matmul(keras.ops.swapaxes(x, -1, -2), x)
+
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(iteration.gram_matrix(w)), keras.ops.convert_to_numpy(product(w)), rtol=1e-6
+    )
+    expected = input_gradient(product, w, upstream)
+    np.testing.assert_allclose(input_gradient(iteration.gram_matrix, w, upstream), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300), (48, 48), (2, 90, 20)])
+@pytest.mark.parametrize("eps, maxiter", [(0.0, 3), (1e-3, 15)])
+def test_bjorck_with_a_divisor_is_bjorck_of_the_divided_matrix(shape, eps, maxiter):
+    # On the Gram side the divisor goes into the small factor: the values and the gradients with
+    # respect to the matrix and to the divisor (sigma carries a gradient in the RKO) stay the same.
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=shape).astype("float32")
+    divisor = np.asarray([1.01 * _svd(w.reshape(-1, shape[-1]) if len(shape) == 2 else w[0])[0]], "float32")
+    upstream = rng.normal(size=shape).astype("float32")
+
+    def with_divisor(x, d):
+        return iteration.bjorck(x, eps=eps, maxiter=maxiter, divisor=d[0])
+
+    def divided_first(x, d):
+        return iteration.bjorck(x / d[0], eps=eps, maxiter=maxiter)
+
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(with_divisor(w, divisor)),
+        keras.ops.convert_to_numpy(divided_first(w, divisor)),
+        rtol=0,
+        atol=2e-6,
+    )
+    (got_w, got_d), (expected_w, expected_d) = (
+        gradients(function, w, divisor, upstream=upstream) for function in (with_divisor, divided_first)
+    )
+    np.testing.assert_allclose(got_w, expected_w, rtol=0, atol=1e-5 * np.abs(expected_w).max())
+    # d/dd of f(W / d) is -<grad_W, W> / d: a sum that cancels (near 0 once converged), so its
+    # rounding scale is that of the sum of the absolute terms.
+    np.testing.assert_allclose(got_d, expected_d, rtol=0, atol=1e-5 * np.abs(expected_w * w).sum() / divisor[0])
+
+
+@pytest.mark.parametrize("shape, adjustment_coef", [((3, 3, 4, 8), 0.5), ((300, 16), 1.0), ((300, 16), 0.7)])
+@pytest.mark.parametrize("eps_bjorck", [1e-3, None])
+def test_rko_is_spectral_normalization_then_bjorck(shape, adjustment_coef, eps_bjorck):
+    # reshaped_kernel_orthogonalization folds the division by sigma into Björck (and skips a factor of 1):
+    # the kernel and its gradient are those of the three steps in a row.
+    rng = np.random.default_rng(9)
+    kernel = rng.normal(size=shape).astype("float32")
+    u = rng.normal(size=(1, shape[-1])).astype("float32")
+    upstream = rng.normal(size=shape).astype("float32")
+
+    def folded(x):
+        return normalizers.reshaped_kernel_orthogonalization(x, u, adjustment_coef, eps_bjorck=eps_bjorck)[0]
+
+    def in_a_row(x):
+        matrix = keras.ops.reshape(x, (-1, shape[-1]))
+        matrix, _, _ = normalizers.spectral_normalization(matrix, u)
+        if eps_bjorck is not None:
+            matrix = normalizers.bjorck_normalization(matrix, eps=eps_bjorck)
+        return keras.ops.reshape(matrix * adjustment_coef, shape)
+
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(folded(kernel)), keras.ops.convert_to_numpy(in_a_row(kernel)), rtol=0, atol=2e-6
+    )
+    expected = input_gradient(in_a_row, kernel, upstream)
+    np.testing.assert_allclose(
+        input_gradient(folded, kernel, upstream), expected, rtol=0, atol=1e-5 * np.abs(expected).max()
+    )
+
+
+@pytest.mark.parametrize(
+    "moved, maxiter, expected_state, expected_move",
+    [(0.1, 10, 1.0, 0.1), (1.0, 10, 0.25, 0.25), (1.0, 1, 0.5, 0.5), (1.0, 0, 1.0, 1.0)],
+)
+def test_early_exit_loop_goes_on_from_the_last_move(moved, maxiter, expected_state, expected_move):
+    # Halving from 1 moves by 0.5, then 0.25 (< eps = 0.3: stop); a last move below eps runs no step.
+    state, move = _loops.early_exit_loop(
+        lambda x: x / 2.0, keras.ops.ones(()), 0.3, maxiter, lambda a, b: keras.ops.abs(a - b), moved
+    )
+    assert float(state) == expected_state and float(move) == pytest.approx(expected_move)

@@ -13,6 +13,7 @@ The concrete constraints (`deel_lip_ext.parametrizations.orthogonal`,
   without gradient; the caller forms sigma from the returned vector.
 * `bjorck`: Björck-Bowie orthonormalization of a matrix or a batch of
   matrices (..., m, n).
+* `gram_matrix`: W^T W, with a gradient that never transposes W.
 
 Defaults are deel-lip's (`DEFAULT_EPS_SPECTRAL`, ...). All of it is `keras.ops`
 only (TensorFlow, JAX, PyTorch) and stateless: vectors go in and come out.
@@ -26,7 +27,7 @@ from typing import Any
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext._loops import differentiable_early_exit_loop
+from deel_lip_ext._loops import differentiable_early_exit_loop, early_exit_loop
 from deel_lip_ext._validation import check_int, check_number
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "power_iterate",
     "operator_power_iteration",
     "bjorck",
+    "gram_matrix",
 ]
 
 DEFAULT_EPS_SPECTRAL = 1e-3
@@ -207,6 +209,7 @@ def bjorck(
     eps: float = DEFAULT_EPS_BJORCK,
     beta: float = DEFAULT_BETA_BJORCK,
     maxiter: int = DEFAULT_MAXITER_BJORCK,
+    divisor: ArrayLike | None = None,
 ) -> Any:
     """Björck-Bowie orthonormalization (order 1) of a matrix (m, n) or of every matrix of a batch (..., m, n).
 
@@ -226,6 +229,9 @@ def bjorck(
             runs exactly `maxiter` unrolled iterations.
         beta: step, in ]0, 0.5].
         maxiter: maximal number of iterations.
+        divisor: optional scalar: orthonormalize `matrices / divisor` (e.g. the spectral norm
+            estimate). On the Gram side it goes into the small factor, so the big matrix is
+            never divided (one pass fewer each way).
 
     Examples:
         >>> orthonormal = bjorck(keras.random.normal((5, 8, 8)) / 8.0, eps=0.0, maxiter=20)
@@ -233,24 +239,23 @@ def bjorck(
     matrices = ops.convert_to_tensor(matrices)
     rows, columns = matrices.shape[-2:]
     if rows * GRAM_SIDE_RATIO <= columns:
-        return ops.swapaxes(bjorck(ops.swapaxes(matrices, -1, -2), eps, beta, maxiter), -1, -2)
+        return ops.swapaxes(bjorck(ops.swapaxes(matrices, -1, -2), eps, beta, maxiter, divisor), -1, -2)
     tall = rows >= columns
 
     def step(w):
-        w_t = ops.swapaxes(w, -1, -2)
         if tall:
-            return (1 + beta) * w - beta * ops.matmul(w, ops.matmul(w_t, w))
-        return (1 + beta) * w - beta * ops.matmul(ops.matmul(w, w_t), w)
+            return (1 + beta) * w - beta * ops.matmul(w, gram_matrix(w))
+        return (1 + beta) * w - beta * ops.matmul(ops.matmul(w, ops.swapaxes(w, -1, -2)), w)
 
     if columns * GRAM_SIDE_RATIO > rows:
-        return iterate(step, matrices, eps, maxiter)
+        return iterate(step, matrices if divisor is None else matrices / divisor, eps, maxiter)
     first = min(maxiter, GRAM_SIDE_ITERATIONS)
-    matrices, converged = _bjorck_on_gram_side(matrices, eps, beta, first)
+    matrices, moved = _bjorck_on_gram_side(matrices, eps, beta, first, divisor)
     if maxiter == first:
         return matrices
     if not eps:
         return iterate(step, matrices, eps, maxiter - first)
-    return ops.cond(converged, lambda: matrices, lambda: iterate(step, matrices, eps, maxiter - first))
+    return early_exit_loop(step, matrices, eps, maxiter - first, frobenius_distance, moved)[0]
 
 
 # Per iteration, Björck on a tall (m, n) matrix costs 2 m n^2 multiply-adds, on its Gram side 4 n^3
@@ -265,27 +270,55 @@ GRAM_SIDE_RATIO = 2
 GRAM_SIDE_ITERATIONS = 4
 
 
-def _bjorck_on_gram_side(matrices, eps, beta, maxiter):
+@ops.custom_gradient
+def gram_matrix(matrices: ArrayLike) -> Any:
+    """W^T W of a matrix or of every matrix of a batch (..., m, n), with the gradient W (dG + dG^T).
+
+    That is the product's own gradient, written so that TensorFlow never transposes W: the
+    gradient it derives for `matmul(swapaxes(W), W)` transposes the (m, n) matrix back (an extra
+    pass over W, and oneDNN's transpose is slow), where this one transposes the small (n, n) dG.
+
+    Examples:
+        >>> gram_matrix(keras.ops.eye(3))  # the identity
+    """
+    matrices = ops.convert_to_tensor(matrices)
+
+    def gradient(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        return ops.matmul(matrices, upstream + ops.swapaxes(upstream, -1, -2))
+
+    return ops.matmul(ops.swapaxes(matrices, -1, -2), matrices), gradient
+
+
+def _bjorck_on_gram_side(matrices, eps, beta, maxiter, divisor=None):
     """Up to `maxiter` `bjorck` iterations of tall matrices W_0 (..., m, n) as W_t = W_0 P_t, P_t (..., n, n).
+
+    With a `divisor` d, W_0 is `matrices / d`: G = M^T M / d^2 and W_t = M (P_t / d).
 
     W_{t+1} = W_t ((1 + beta) I - beta W_t^T W_t) gives P_{t+1} = (1 + beta) P_t - beta P_t P_t^T G P_t
     with G = W_0^T W_0, and ||W_{t+1} - W_t||_F^2 = sum(D * G D) with D = P_{t+1} - P_t: the same
     iterates and stopping distances as iterating W itself (up to rounding).
 
     Returns:
-        (W_0 P_t, whether the last iteration moved less than `eps`: the stop of `iterate`).
+        (W_0 P_t, how far the last iteration moved W: `early_exit_loop` goes on from there).
     """
-    gram = ops.matmul(ops.swapaxes(matrices, -1, -2), matrices)
+    gram = gram_matrix(matrices)
+    if divisor is not None:
+        gram = gram / ops.square(divisor)
 
     def step_distance(previous, current):
         difference = current - previous
         return ops.sqrt(ops.maximum(ops.sum(difference * ops.matmul(gram, difference)), 0.0))
 
-    def step(factors):  # (P_t, P_{t-1}) -> (P_{t+1}, P_t)
-        factor = factors[0]
-        shrink = ops.matmul(ops.swapaxes(factor, -1, -2), ops.matmul(gram, factor))
-        return (1 + beta) * factor - beta * ops.matmul(factor, shrink), factor
+    def step(factor):  # P_t -> P_{t+1}
+        # P_t is a polynomial in the symmetric G (P_0 = I), so P_t^T = P_t: no transpose (on a small
+        # matrix, TensorFlow's oneDNN transpose costs more than the products).
+        return (1 + beta) * factor - beta * ops.matmul(factor, ops.matmul(factor, ops.matmul(gram, factor)))
 
     identity = ops.broadcast_to(ops.eye(matrices.shape[-1], dtype=matrices.dtype), gram.shape)
-    factor, previous = iterate(step, (identity, identity), eps, maxiter, lambda _, new: step_distance(new[1], new[0]))
-    return ops.matmul(matrices, factor), step_distance(previous, factor) < eps
+    if not eps:  # exactly `maxiter` iterations, unrolled
+        factor, moved = iterate(step, identity, eps, maxiter), None
+    else:
+        first = step(identity)
+        factor, moved = early_exit_loop(step, first, eps, maxiter - 1, step_distance, step_distance(identity, first))
+    return ops.matmul(matrices, factor if divisor is None else factor / divisor), moved

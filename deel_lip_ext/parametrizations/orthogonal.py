@@ -71,7 +71,8 @@ def power_iteration(
     u = power_iterate(
         lambda v: ops.matmul(v, ops.transpose(matrix_sg)), lambda z: ops.matmul(z, matrix_sg), u, maxiter, eps
     )
-    sigma = ops.sqrt(ops.sum(ops.square(ops.matmul(u, ops.transpose(matrix)))))
+    # ||W u^T||, not ||u W^T||: the gradient of a transposed W would transpose it back (a pass over W).
+    sigma = ops.sqrt(ops.sum(ops.square(ops.matmul(matrix, ops.transpose(u)))))
     return u, sigma
 
 
@@ -168,10 +169,16 @@ def reshaped_kernel_orthogonalization(
         >>> w_bar, u, sigma = reshaped_kernel_orthogonalization(kernel, u, 1.0 / 3.0)
     """
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
-    matrix, u, sigma = spectral_normalization(matrix, u, eps=eps_spectral, maxiter=maxiter_spectral)
+    u, sigma = power_iteration(matrix, _start_vector(u, matrix.shape[-1], matrix.dtype), maxiter_spectral, eps_spectral)
     if eps_bjorck is not None and beta is not None:
-        matrix = bjorck_normalization(matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck)
-    return ops.reshape(matrix * adjustment_coef, kernel.shape), u, sigma
+        # Björck of W / (sigma + eps), as `spectral_normalization` then `bjorck_normalization`; the division
+        # goes into Björck's small factor on the Gram side.
+        matrix = bjorck(matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck, divisor=sigma + eps_spectral)
+    else:
+        matrix = matrix / (sigma + eps_spectral)
+    if not (isinstance(adjustment_coef, (int, float)) and adjustment_coef == 1):
+        matrix = matrix * adjustment_coef
+    return ops.reshape(matrix, kernel.shape), u, sigma
 
 
 def frobenius_normalization(kernel: ArrayLike, disjoint_neurons: bool = False, eps: float = 1e-12) -> Any:
