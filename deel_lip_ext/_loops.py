@@ -83,13 +83,13 @@ def early_exit_loop(
     Examples:
         >>> early_exit_loop(lambda x: x / 2.0, keras.ops.ones(()), 0.3, 10, lambda a, b: abs(a - b), 1.0)
     """
-    moved = ops.convert_to_tensor(moved, "float32")
+    # The distances only stop the loop: no gradient flows through them.
+    moved = ops.stop_gradient(ops.cast(ops.convert_to_tensor(moved), "float32"))
     if maxiter < 1:
         return state, moved
 
     def stepped(current, last_move):
         following = body(current)
-        # The distance only stops the loop: no gradient flows through it.
         return following, ops.stop_gradient(ops.cast(distance(current, following), "float32"))
 
     if keras.backend.backend() == "jax":
