@@ -20,36 +20,7 @@ from keras import ops
 
 from deel_lip_ext._optional import tensorflow
 
-__all__ = ["differentiable_early_exit_loop", "early_exit_loop", "branches_may_write_variables"]
-
-
-def differentiable_early_exit_loop(
-    body: Callable[[Any], Any],
-    state: Any,
-    eps: float,
-    maxiter: int,
-    distance: Callable[[Any, Any], Any],
-) -> Any:
-    """`state = body(state)` at least once and at most `maxiter` times, until `distance(old, new) < eps`.
-
-    Reverse-differentiable on every backend: an early-exit `while_loop` on TensorFlow and torch,
-    a frozen `fori_loop` of `maxiter` steps on JAX (same values).
-
-    Args:
-        body: one step, state -> state (any structure of tensors keras' loops accept).
-        state: the initial state.
-        eps: tolerance (> 0) on `distance` between two successive states.
-        maxiter: maximal number of `body` calls (>= 1).
-        distance: (previous, current) -> scalar tensor.
-
-    Returns:
-        The last state.
-
-    Examples:
-        >>> differentiable_early_exit_loop(lambda x: x / 2.0, keras.ops.ones(()), 0.3, 10, lambda a, b: abs(a - b))
-    """
-    first = body(state)
-    return early_exit_loop(body, first, eps, maxiter - 1, distance, distance(state, first))[0]
+__all__ = ["early_exit_loop", "branches_may_write_variables"]
 
 
 def early_exit_loop(
@@ -58,12 +29,13 @@ def early_exit_loop(
     eps: float,
     maxiter: int,
     distance: Callable[[Any, Any], Any],
-    moved: Any,
+    moved: Any = None,
 ) -> tuple[Any, Any]:
     """`state = body(state)` at most `maxiter` times, while the last step moved the state by `eps` or more.
 
     `moved` is how far the step that produced `state` moved it: below `eps`, `body` never runs.
-    The loop carries that distance rather than the previous state, so nothing but the state is
+    None means `state` is a start: the first step always runs (deel-lip's semantics, at least one
+    step). The loop carries that distance rather than the previous state, so nothing but the state is
     kept per step for the gradient, and no conditional is needed to skip the loop (XLA compiles
     it, and its gradient, as one while loop). Reverse-differentiable on every backend: an
     early-exit `while_loop` on TensorFlow and torch, a frozen `fori_loop` of `maxiter` steps on
@@ -75,14 +47,17 @@ def early_exit_loop(
         eps: tolerance (> 0) on `distance` between two successive states.
         maxiter: maximal number of `body` calls (>= 0).
         distance: (previous, current) -> scalar tensor.
-        moved: scalar tensor, the distance of the step that produced `state`.
+        moved: scalar tensor, the distance of the step that produced `state`, or None (a start).
 
     Returns:
         (the last state, the distance its step moved).
 
     Examples:
-        >>> early_exit_loop(lambda x: x / 2.0, keras.ops.ones(()), 0.3, 10, lambda a, b: abs(a - b), 1.0)
+        >>> state, moved = early_exit_loop(lambda x: x / 2.0, keras.ops.ones(()), 0.3, 10, lambda a, b: abs(a - b))
     """
+    if moved is None:
+        first = body(state)
+        return early_exit_loop(body, first, eps, maxiter - 1, distance, distance(state, first))
     # The distances only stop the loop: no gradient flows through them.
     moved = ops.stop_gradient(ops.cast(ops.convert_to_tensor(moved), "float32"))
     if maxiter < 1:

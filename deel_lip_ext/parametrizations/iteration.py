@@ -27,7 +27,7 @@ from typing import Any
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext._loops import differentiable_early_exit_loop, early_exit_loop
+from deel_lip_ext._loops import early_exit_loop
 from deel_lip_ext._validation import check_int, check_number
 
 __all__ = [
@@ -110,7 +110,7 @@ def iterate(
     """Run `state = body(state)` up to `maxiter` times.
 
     With `eps > 0` stop as soon as `distance(old, new) < eps` (deel-lip's
-    semantics; `deel_lip_ext._loops.differentiable_early_exit_loop` picks the
+    semantics; `deel_lip_ext._loops.early_exit_loop` picks the
     form each backend differentiates fastest); with `eps == 0` unroll exactly
     `maxiter` steps.
 
@@ -122,7 +122,7 @@ def iterate(
             state = body(state)
         return state
 
-    return differentiable_early_exit_loop(body, state, eps, maxiter, distance)
+    return early_exit_loop(body, state, eps, maxiter, distance)[0]
 
 
 def power_iterate(
@@ -319,6 +319,5 @@ def _bjorck_on_gram_side(matrices, eps, beta, maxiter, divisor=None):
     if not eps:  # exactly `maxiter` iterations, unrolled
         factor, moved = iterate(step, identity, eps, maxiter), None
     else:
-        first = step(identity)
-        factor, moved = early_exit_loop(step, first, eps, maxiter - 1, step_distance, step_distance(identity, first))
+        factor, moved = early_exit_loop(step, identity, eps, maxiter, step_distance)
     return ops.matmul(matrices, factor if divisor is None else factor / divisor), moved

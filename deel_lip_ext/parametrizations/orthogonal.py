@@ -169,13 +169,14 @@ def reshaped_kernel_orthogonalization(
         >>> w_bar, u, sigma = reshaped_kernel_orthogonalization(kernel, u, 1.0 / 3.0)
     """
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
-    u, sigma = power_iteration(matrix, _start_vector(u, matrix.shape[-1], matrix.dtype), maxiter_spectral, eps_spectral)
-    if eps_bjorck is not None and beta is not None:
+    if eps_bjorck is None or beta is None:
+        matrix, u, sigma = spectral_normalization(matrix, u, eps=eps_spectral, maxiter=maxiter_spectral)
+    else:
         # Björck of W / (sigma + eps), as `spectral_normalization` then `bjorck_normalization`; the division
         # goes into Björck's small factor on the Gram side.
+        start = _start_vector(u, matrix.shape[-1], matrix.dtype)
+        u, sigma = power_iteration(matrix, start, maxiter=maxiter_spectral, eps=eps_spectral)
         matrix = bjorck(matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck, divisor=sigma + eps_spectral)
-    else:
-        matrix = matrix / (sigma + eps_spectral)
     if not (isinstance(adjustment_coef, (int, float)) and adjustment_coef == 1):
         matrix = matrix * adjustment_coef
     return ops.reshape(matrix, kernel.shape), u, sigma
