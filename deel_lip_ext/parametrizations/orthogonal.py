@@ -76,9 +76,10 @@ def power_iteration(
     return u, sigma
 
 
-def _start_vector(u: ArrayLike | None, size: int, dtype: str) -> Any:
-    """The power-iteration start: `u`, or a random normal (1, size) vector when `u` is None (deel-lip)."""
-    return keras.random.normal((1, size), dtype=dtype) if u is None else u
+def _started_power_iteration(matrix: Any, u: ArrayLike | None, eps: float, maxiter: int) -> tuple[Any, Any]:
+    """`power_iteration` of a 2-D `matrix` from `u`, or from a random normal vector when `u` is None (deel-lip)."""
+    start = keras.random.normal((1, matrix.shape[-1]), dtype=matrix.dtype) if u is None else u
+    return power_iteration(matrix, start, maxiter=maxiter, eps=eps)
 
 
 def spectral_normalization(
@@ -108,8 +109,7 @@ def spectral_normalization(
     """
     kernel = ops.convert_to_tensor(kernel)  # numpy / torch tensor goes through numpy's operator
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
-    u = _start_vector(u, kernel.shape[-1], matrix.dtype)
-    u, sigma = power_iteration(matrix, u, maxiter=maxiter, eps=eps)
+    u, sigma = _started_power_iteration(matrix, u, eps, maxiter)
     return kernel / (sigma + eps), u, sigma
 
 
@@ -174,8 +174,7 @@ def reshaped_kernel_orthogonalization(
     else:
         # Björck of W / (sigma + eps), as `spectral_normalization` then `bjorck_normalization`; the division
         # goes into Björck's small factor on the Gram side.
-        start = _start_vector(u, matrix.shape[-1], matrix.dtype)
-        u, sigma = power_iteration(matrix, start, maxiter=maxiter_spectral, eps=eps_spectral)
+        u, sigma = _started_power_iteration(matrix, u, eps_spectral, maxiter_spectral)
         matrix = bjorck(matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck, divisor=sigma + eps_spectral)
     if not (isinstance(adjustment_coef, (int, float)) and adjustment_coef == 1):
         matrix = matrix * adjustment_coef
