@@ -34,12 +34,12 @@ def early_exit_loop(
     """`state = body(state)` at most `maxiter` times, while the last step moved the state by `eps` or more.
 
     `moved` is how far the step that produced `state` moved it: below `eps`, `body` never runs.
-    None means `state` is a start: the first step always runs (deel-lip's semantics, at least one
-    step). The loop carries that distance rather than the previous state, so nothing but the state is
-    kept per step for the gradient, and no conditional is needed to skip the loop (XLA compiles
-    it, and its gradient, as one while loop). Reverse-differentiable on every backend: an
-    early-exit `while_loop` on TensorFlow and torch, a frozen `fori_loop` of `maxiter` steps on
-    JAX (same values).
+    None means `state` is a start: the first step always runs, even with `maxiter` 0 (deel-lip's
+    semantics, at least one step). The loop carries that distance rather than the previous state,
+    so nothing but the state is kept per step for the gradient, and no conditional is needed to
+    skip the loop (XLA compiles it, and its gradient, as one while loop). Reverse-differentiable on
+    every backend: an early-exit `while_loop` on TensorFlow and torch, a frozen `fori_loop` of
+    `maxiter` steps on JAX (same values).
 
     Args:
         body: one step, state -> state (any structure of tensors keras' loops accept).
