@@ -18,7 +18,13 @@ from keras import ops
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
-from deel_lip_ext.layers.fused import fusable, fused, pairs_as_halves, sorted_then_l2_norm_pooled
+from deel_lip_ext.layers.fused import (
+    fusable,
+    fused,
+    pairs_as_halves,
+    sorted_then_l2_norm_pooled,
+    windows_as_channels,
+)
 from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
 from deel_lip_ext.model_bound import _computes_its_graph
 from deel_lip_ext.utils import layer_lipschitz_constant
@@ -79,7 +85,9 @@ def vanilla_model(model: keras.Model) -> keras.Model:
     `GroupSort2L2NormPooling2D`; in a Sequential model, where a `Conv2D`
     feeds it and a `Conv2D` (or `Flatten` + `Dense`) reads it, the pairs are
     moved to the two halves of the channels by permuting those kernels
-    (`deel_lip_ext.layers.fused.pairs_as_halves`): the same function, faster.
+    (`deel_lip_ext.layers.fused.pairs_as_halves`), and a one-channel `Conv2D`
+    feeding it writes each pooling window to the channels of one pixel
+    (`deel_lip_ext.layers.fused.windows_as_channels`): the same function, faster.
 
     Args:
         model: a built `keras.Sequential` or functional `keras.Model`.
@@ -102,7 +110,7 @@ def vanilla_model(model: keras.Model) -> keras.Model:
             else:
                 layers.extend(_exported_layers(layer))
         inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
-        return keras.Sequential([inputs] + pairs_as_halves(layers), name=model.name)
+        return keras.Sequential([inputs] + windows_as_channels(pairs_as_halves(layers)), name=model.name)
     if not getattr(model, "_functional", False) and not hasattr(model, "_operations"):
         raise ArgumentTypeError(f"vanilla_model needs a Sequential or functional model, got {type(model).__name__}.")
 

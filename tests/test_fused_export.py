@@ -175,3 +175,98 @@ def test_export_reads_pairs_as_halves_between_linear_layers(consumer, layouts, t
     path = tmp_path / "plain.keras"
     plain.save(path)
     np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)
+
+
+def _windows_to_channels(x, pool_size):
+    """(N, H, W, C) -> (N, H // ph, W // pw, ph * pw * C): window entry p of channel c at channel p * C + c."""
+    (ph, pw), (n, height, width, channels) = pool_size, x.shape
+    rows, columns = height // ph, width // pw
+    windows = x[:, : rows * ph, : columns * pw].reshape(n, rows, ph, columns, pw, channels)
+    return windows.transpose(0, 1, 3, 2, 4, 5).reshape(n, rows, columns, ph * pw * channels)
+
+
+@pytest.mark.parametrize("pool_size, size", [((2, 2), 8), ((3, 2), 7)])
+@pytest.mark.parametrize("pair_layout", ["adjacent", "halves"])
+def test_channels_window_layout_is_the_spatial_layout_with_windows_moved(pool_size, size, pair_layout):
+    x = _random((4, size, size, 6), seed=6)
+    x[2, :3, :3, :] = -0.5  # ties
+    arguments = dict(pool_size=pool_size, k_coef_lip=1.7, eps_grad_sqrt=0.2, sort_k_coef_lip=0.8)
+    spatial = to_numpy(lip.GroupSort2L2NormPooling2D(**arguments, pair_layout=pair_layout)(x))
+    channels = lip.GroupSort2L2NormPooling2D(**arguments, pair_layout=pair_layout, window_layout="channels")
+    windows = _windows_to_channels(x, pool_size)
+    np.testing.assert_allclose(to_numpy(channels(windows)), spatial, rtol=1e-6, atol=1e-6)
+    assert channels.compute_output_shape(windows.shape) == spatial.shape
+    inputs = keras.Input((None, None, windows.shape[-1]))  # sizes known only at run time
+    dynamic = keras.Model(inputs, channels(inputs))
+    np.testing.assert_allclose(to_numpy(dynamic(windows)), spatial, rtol=1e-6, atol=1e-6)
+
+
+def test_channels_window_layout_keeps_the_lipschitz_constant_and_refuses_a_partial_window():
+    fused = lip.GroupSort2L2NormPooling2D((2, 2), k_coef_lip=1.5, sort_k_coef_lip=0.5, window_layout="channels")
+    fused.build((None, 3, 3, 16))
+    assert fused.lipschitz_constant("l2", (None, 3, 3, 16)) == pytest.approx(0.75)
+    assert fused.lipschitz_constant("linf", (None, 3, 3, 16)) == pytest.approx(0.75 * 2.0)
+    x = _random((2, 3, 3, 16), seed=7) + 3.0
+    singular = np.linalg.svd(batch_jacobian(fused, x), compute_uv=False)
+    assert singular.max() == pytest.approx(0.75, rel=1e-5)
+    with pytest.raises(ValueError, match="window_layout='channels'.*divisible by the window area 4"):
+        lip.GroupSort2L2NormPooling2D((2, 2), window_layout="channels").build((None, 3, 3, 6))
+    with pytest.raises(ValueError, match="window_layout"):
+        lip.GroupSort2L2NormPooling2D(window_layout="rows")
+
+
+def _one_channel_net(size, channels, filters, padding, pool_size, consumer):
+    """A Lipschitz conv (`filters`, 3 x 3) -> GroupSort2 -> L2 pooling -> `consumer` -> Flatten -> Dense."""
+    return Sequential(
+        [
+            keras.Input(size + (channels,)),
+            lip.SpectralConv2D(filters, 3, padding=padding),
+            lip.GroupSort2(k_coef_lip=0.9),
+            lip.ScaledL2NormPooling2D(pool_size, k_coef_lip=1.1),
+            *consumer,
+            keras.layers.Flatten(),
+            lip.SpectralDense(5),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "size, channels, filters, padding, pool_size, consumer, rewritten",
+    [
+        ((8, 8), 1, 8, "same", (2, 2), [], True),
+        ((9, 8), 1, 8, "same", (3, 2), [], True),  # 6 window entries x 8 filters = 48 channels
+        ((9, 9), 1, 4, "valid", (2, 2), [], True),  # 7 x 7 output: the last row and column are dropped
+        ((8, 8), 1, 6, "same", (2, 2), ["conv"], True),  # the pairs as halves too
+        ((9, 9), 1, 8, "same", (2, 2), [], False),  # "same" on a size the windows do not tile
+        ((8, 8), 2, 8, "same", (2, 2), [], False),  # two input channels
+        ((8, 8), 1, 32, "same", (2, 2), [], False),  # 128 channels once rewritten
+    ],
+    ids=["same", "windows_3x2", "valid_remainder", "then_conv", "same_remainder", "two_channels", "wide"],
+)
+def test_export_writes_windows_as_channels_for_one_channel_convolutions(
+    size, channels, filters, padding, pool_size, consumer, rewritten, tmp_path
+):
+    following = [lip.SpectralConv2D(4, 3, padding="same")] if consumer else []
+    model = _one_channel_net(size, channels, filters, padding, pool_size, following)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    x = _random((6,) + tuple(model.input_shape[1:]), seed=8)
+    model.fit(x, _random((6, 5), seed=9), epochs=3, verbose=0)  # kernels away from their initial values
+    plain = model.vanilla_export()
+    conv, pooling = plain.layers[0], plain.layers[1]
+    assert isinstance(pooling, lip.GroupSort2L2NormPooling2D)
+    assert pooling.window_layout == ("channels" if rewritten else "spatial")
+    assert tuple(conv.strides) == (pool_size if rewritten else (1, 1))
+    np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)
+    # Exact layer norms on these sizes: the rewritten convolution has the norm of the original one
+    # restricted to the outputs the pooling reads, equal when the windows tile the output.
+    bound, plain_bound = model_lipschitz_bound(model), model_lipschitz_bound(plain)
+    if padding == "same":
+        assert plain_bound == pytest.approx(bound, rel=1e-5)
+    else:
+        assert plain_bound <= bound * (1 + 1e-6)
+    singular = np.linalg.svd(batch_jacobian(plain, x[:2]), compute_uv=False)
+    assert singular.max() <= plain_bound * (1 + 1e-5)
+    assert model_lipschitz_bound(plain, "linf") == pytest.approx(model_lipschitz_bound(model, "linf"), rel=1e-5)
+    path = tmp_path / "plain.keras"
+    plain.save(path)
+    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)

@@ -14,6 +14,7 @@ from _backend import float_eps
 from keras import ops
 
 from deel_lip_ext import layers as lip
+from deel_lip_ext import spectrum
 from deel_lip_ext.certification import certified_radius, certify
 from deel_lip_ext.linf import certify_lipschitz, linf_lipschitz_bound
 from deel_lip_ext.lipschitz import ACTIVATIONS, STOCK_LAYERS, activation_lipschitz
@@ -293,6 +294,26 @@ def test_conv_built_for_any_size_is_bounded_at_each_size():
         exact = np.linalg.norm(operator, 2)
         assert exact <= 1 + 1e-5
         assert conv.lipschitz_constant("l2", (None, size, size, 1)) >= exact * (1 - 1e-6)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_stock_strided_conv_on_a_large_input_gets_the_polyphase_bound(padding, monkeypatch):
+    # Above the dense-SVD size a strided stock Conv2D is bounded through its polyphase kernel on an
+    # enclosing torus: above the exact norm and close to it. The stride-1 circular symbol of the same
+    # kernel counts every input pixel in up to ceil(k / s)^2 windows: here up to 2x the exact norm.
+    conv = keras.layers.Conv2D(8, 4, strides=2, padding=padding, use_bias=False)
+    conv.build((None, 12, 12, 1))
+    filters, kernel = np.random.default_rng(3).normal(size=(3, 3, 1, 2)), np.zeros((4, 4, 1, 8), "float32")
+    for position, (row, column) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        # each 3 x 3 filter at the four offsets of a 2 x 2 window: what the export writes
+        kernel[row : row + 3, column : column + 3, :, 2 * position : 2 * position + 2] = filters
+    conv.set_weights([kernel])
+    exact = np.linalg.norm(spectrum.conv_operator_matrix(kernel, (12, 12, 1), (2, 2), padding), 2)
+    monkeypatch.setattr(spectrum, "MAX_DENSE_OPERATOR_SIZE", 100)
+    bound = layer_lipschitz_constant(conv, "l2", (None, 12, 12, 1))
+    assert exact * (1 - 1e-9) <= bound <= 1.2 * exact
+    stride_one = spectrum.conv_sv_range(kernel, (12, 12, 1), (2, 2), padding)[1]
+    assert stride_one > 1.5 * exact
 
 
 def test_conv_weights_from_another_size_are_bounded_for_the_size_that_runs():
