@@ -9,7 +9,10 @@ process with their calls alternated (as `train_step.py` does):
 
 * `plain`: the plain model of the workload (`train_step.build_model(..., "plain")`);
 * `floor`: the same model and weights, each ReLU replaced by `max(x, 0)` as a layer of its own;
-* `export`: `vanilla_export()` of the Lipschitz model, after one training step.
+* `export`: `vanilla_export()` of the Lipschitz model, after one training step;
+* `export_spatial`: that export with each window-in-channels rewrite undone (`spatial_windows`):
+  the one-channel convolution back at stride 1 and its pooling reading spatial windows, as
+  exports were before `deel_lip_ext.layers.fused.windows_as_channels`.
 
 Usage:
     PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/export_floor.py --workloads W1 W2 --json floor.json
@@ -42,6 +45,29 @@ def unfused_activation_model(plain_model):
     return keras.Sequential([keras.Input(plain_model.input_shape[1:])] + layers, name=f"{plain_model.name}_floor")
 
 
+def spatial_windows(exported):
+    """`exported` (a Sequential) with every strided `Conv2D` + `window_layout="channels"` pooling written back
+    as the stride-1 convolution + spatial pooling it came from (its kernel is the wide kernel's first block)."""
+    import keras
+
+    from deel_lip_ext.layers import GroupSort2L2NormPooling2D
+
+    layers = list(exported.layers)
+    for index in range(1, len(layers)):
+        conv, pooling = layers[index - 1], layers[index]
+        if not (isinstance(pooling, GroupSort2L2NormPooling2D) and pooling.window_layout == "channels"):
+            continue
+        (ph, pw), (wide, *bias) = pooling.pool_size, conv.get_weights()
+        kernel_size, filters = (wide.shape[0] - ph + 1, wide.shape[1] - pw + 1), wide.shape[-1] // (ph * pw)
+        config = {**conv.get_config(), "filters": filters, "kernel_size": kernel_size, "strides": (1, 1)}
+        conv = keras.layers.Conv2D.from_config(config)
+        conv.build((None, None, None, wide.shape[2]))
+        conv.set_weights([wide[: kernel_size[0], : kernel_size[1], :, :filters]] + [b[:filters] for b in bias])
+        layers[index - 1] = conv
+        layers[index] = GroupSort2L2NormPooling2D.from_config({**pooling.get_config(), "window_layout": "spatial"})
+    return keras.Sequential([keras.Input(exported.input_shape[1:])] + layers, name=f"{exported.name}_spatial")
+
+
 def measure(workload, steps, warmup):
     """{variant: median ms of `predict_on_batch`} and the ratios to `plain` for one workload."""
     import numpy as np
@@ -50,10 +76,19 @@ def measure(workload, steps, warmup):
     plain = train_step._compiled_model(workload, "plain", "SpectralConv2D", "same", "auto")
     lip = train_step._compiled_model(workload, "lip", "SpectralConv2D", "same", "auto")
     lip.train_on_batch(x, y)
-    models = {"plain": plain, "floor": unfused_activation_model(plain), "export": lip.vanilla_export()}
+    exported = lip.vanilla_export()
+    models = {
+        "plain": plain,
+        "floor": unfused_activation_model(plain),
+        "export": exported,
+        "export_spatial": spatial_windows(exported),
+    }
     same = np.abs(models["plain"].predict_on_batch(x) - models["floor"].predict_on_batch(x)).max()
     if same > 0:
         raise AssertionError(f"the floor model must compute the plain model's values, max difference {same}")
+    gap = np.abs(models["export"].predict_on_batch(x) - models["export_spatial"].predict_on_batch(x)).max()
+    if gap > 1e-5:
+        raise AssertionError(f"undoing the window rewrite must keep the export's values, max difference {gap}")
     timings, _, _ = train_step._alternated_median_ms(
         {name: (lambda m=model: m.predict_on_batch(x)) for name, model in models.items()}, steps, warmup
     )
@@ -64,14 +99,16 @@ def measure(workload, steps, warmup):
 def markdown_table(rows):
     """One line per workload: the three timings and the two ratios."""
     lines = [
-        "| workload | plain (ms) | floor: ReLU as its own pass (ms) | export (ms) | floor / plain | export / plain |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| workload | plain (ms) | floor: ReLU as its own pass (ms) | export (ms) | export, spatial windows (ms) "
+        "| floor / plain | export / plain | export, spatial windows / plain |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         ms, ratio = row["infer_ms"], row["ratio_to_plain"]
         lines.append(
             f"| {row['workload']} | {ms['plain']:.2f} | {ms['floor']:.2f} | {ms['export']:.2f} "
-            f"| {ratio['floor']:.2f}x | {ratio['export']:.2f}x |"
+            f"| {ms['export_spatial']:.2f} | {ratio['floor']:.2f}x | {ratio['export']:.2f}x "
+            f"| {ratio['export_spatial']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -85,7 +122,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = []
     for workload in args.workloads:
-        print(f"{workload}: timing plain, floor and export ({args.steps} alternated calls each)...", flush=True)
+        variants = "plain, floor, export and export_spatial"
+        print(f"{workload}: timing {variants} ({args.steps} alternated calls each)...", flush=True)
         rows.append(measure(workload, args.steps, args.warmup))
     print(markdown_table(rows))
     if args.json:

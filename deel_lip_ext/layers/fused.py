@@ -376,11 +376,13 @@ def _linear_consumer(following):
 
 
 # The rewritten convolution computes (kh + ph - 1)(kw + pw - 1) / (kh kw) times the multiply-adds of the
-# original (16 / 9 for 3 x 3 and 2 x 2 windows) and writes the same bytes. Measured on a 2-core CPU
-# (oneDNN, (256, 28, 28, 1) inputs, 3 x 3 kernels, 2 x 2 windows, conv + pooling): 16 filters, 64
-# channels rewritten, gained 0.3-0.5 ms of 2.4-3.2; 32 filters, 128 channels, broke even; 64 filters
-# and 3, 8 or 16 input channels lost up to 1.9x. So only one input channel, at most 64 channels out.
-_WINDOWS_AS_CHANNELS_MAX_FILTERS = 64
+# original (16 / 9 for 3 x 3 kernels and 2 x 2 windows) and writes the same bytes; the pooling then reads
+# contiguous windows. Measured on a 2-core CPU (TensorFlow, oneDNN; batch 256, 3 x 3 kernels, 2 x 2
+# windows, convolution + fused pooling, alternated calls): one input channel and 16 filters (64 channels
+# once rewritten) 2.66-3.23 ms -> 2.52-2.91 ms, and W1's whole export 1.12-1.15x -> 1.02-1.04x plain;
+# 32 filters 1.25-1.36x slower, 64 filters 1.6x; 3 input channels and 16 filters -4% to +7%, 3 and 64
+# 1.8x slower, 16 and 32 1.7x. Hence one input channel and at most 64 channels once rewritten.
+_WINDOWS_AS_CHANNELS_MAX_CHANNELS = 64
 
 
 def windows_as_channels(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
@@ -428,7 +430,7 @@ def _writes_windows_cheaply(producer, pooling):
         return False
     if producer.activation is not keras.activations.linear:
         return False
-    if producer.filters * pooling.area > _WINDOWS_AS_CHANNELS_MAX_FILTERS:
+    if producer.filters * pooling.area > _WINDOWS_AS_CHANNELS_MAX_CHANNELS:
         return False
     if producer.padding == "valid":
         return True
