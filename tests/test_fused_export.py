@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 from _backend import batch_jacobian, to_numpy
+from keras import ops
 
 from deel_lip_ext import layers as lip
 from deel_lip_ext.model import Model, Sequential
@@ -199,6 +200,17 @@ def test_channels_window_layout_is_the_spatial_layout_with_windows_moved(pool_si
     inputs = keras.Input((None, None, windows.shape[-1]))  # sizes known only at run time
     dynamic = keras.Model(inputs, channels(inputs))
     np.testing.assert_allclose(to_numpy(dynamic(windows)), spatial, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 1e-2), ("mixed_bfloat16", 8e-2)])
+def test_channels_window_layout_under_mixed_precision(policy, tolerance):
+    windows = _windows_to_channels(_random((3, 6, 6, 4), seed=10), (2, 2))
+    reference = lip.GroupSort2L2NormPooling2D(window_layout="channels", pair_layout="halves")(windows)
+    mixed = lip.GroupSort2L2NormPooling2D(window_layout="channels", pair_layout="halves", dtype=policy)
+    outputs = mixed(windows)
+    assert keras.backend.standardize_dtype(outputs.dtype) == policy.split("_")[1]
+    mixed_values = to_numpy(ops.cast(outputs, "float32"))
+    np.testing.assert_allclose(mixed_values, to_numpy(reference), rtol=tolerance, atol=tolerance)
 
 
 def test_channels_window_layout_keeps_the_lipschitz_constant_and_refuses_a_partial_window():
