@@ -36,13 +36,14 @@ def test_fused_layer_equals_groupsort2_then_l2_pooling(pool_size, size, sort_k, 
     np.testing.assert_allclose(to_numpy(fused(x)), to_numpy(separate), rtol=1e-6, atol=1e-6)
 
 
-def test_fused_layer_is_as_lipschitz_as_the_two_layers():
-    fused = lip.GroupSort2L2NormPooling2D((2, 2), k_coef_lip=1.5, sort_k_coef_lip=0.5)
-    fused.build((None, 4, 4, 4))
-    assert fused.lipschitz_constant("l2", (None, 4, 4, 4)) == pytest.approx(0.75)
-    assert fused.lipschitz_constant("linf", (None, 4, 4, 4)) == pytest.approx(0.75 * 2.0)
+@pytest.mark.parametrize("window_layout, shape", [("spatial", (4, 4, 4)), ("channels", (2, 2, 16))])
+def test_fused_layer_is_as_lipschitz_as_the_two_layers(window_layout, shape):
+    fused = lip.GroupSort2L2NormPooling2D((2, 2), k_coef_lip=1.5, sort_k_coef_lip=0.5, window_layout=window_layout)
+    fused.build((None,) + shape)
+    assert fused.lipschitz_constant("l2", (None,) + shape) == pytest.approx(0.75)
+    assert fused.lipschitz_constant("linf", (None,) + shape) == pytest.approx(0.75 * 2.0)
     # The bound is attained: the Jacobian's largest singular value is 0.75 (pooling windows of norm >> eps).
-    x = _random((3, 4, 4, 4), seed=1) + 3.0
+    x = _random((3,) + shape, seed=1) + 3.0
     singular = np.linalg.svd(batch_jacobian(fused, x), compute_uv=False)
     assert singular.max() == pytest.approx(0.75, rel=1e-5)
 
@@ -127,9 +128,13 @@ def test_halves_layout_is_the_adjacent_layout_with_channels_reordered(pool_size,
     np.testing.assert_allclose(to_numpy(dynamic(_as_halves(x))), _as_halves(adjacent), rtol=1e-6, atol=1e-6)
 
 
-def test_fused_layer_rejects_an_unknown_pair_layout():
+def test_fused_layer_rejects_an_unknown_layout_and_a_partial_window():
     with pytest.raises(ValueError, match="pair_layout"):
         lip.GroupSort2L2NormPooling2D(pair_layout="interleaved")
+    with pytest.raises(ValueError, match="window_layout"):
+        lip.GroupSort2L2NormPooling2D(window_layout="rows")
+    with pytest.raises(ValueError, match="window_layout='channels'.*divisible by the window area 4"):
+        lip.GroupSort2L2NormPooling2D((2, 2), window_layout="channels").build((None, 3, 3, 6))
 
 
 def _w1_like(consumer):
@@ -211,20 +216,6 @@ def test_channels_window_layout_under_mixed_precision(policy, tolerance):
     assert keras.backend.standardize_dtype(outputs.dtype) == policy.split("_")[1]
     mixed_values = to_numpy(ops.cast(outputs, "float32"))
     np.testing.assert_allclose(mixed_values, to_numpy(reference), rtol=tolerance, atol=tolerance)
-
-
-def test_channels_window_layout_keeps_the_lipschitz_constant_and_refuses_a_partial_window():
-    fused = lip.GroupSort2L2NormPooling2D((2, 2), k_coef_lip=1.5, sort_k_coef_lip=0.5, window_layout="channels")
-    fused.build((None, 3, 3, 16))
-    assert fused.lipschitz_constant("l2", (None, 3, 3, 16)) == pytest.approx(0.75)
-    assert fused.lipschitz_constant("linf", (None, 3, 3, 16)) == pytest.approx(0.75 * 2.0)
-    x = _random((2, 3, 3, 16), seed=7) + 3.0
-    singular = np.linalg.svd(batch_jacobian(fused, x), compute_uv=False)
-    assert singular.max() == pytest.approx(0.75, rel=1e-5)
-    with pytest.raises(ValueError, match="window_layout='channels'.*divisible by the window area 4"):
-        lip.GroupSort2L2NormPooling2D((2, 2), window_layout="channels").build((None, 3, 3, 6))
-    with pytest.raises(ValueError, match="window_layout"):
-        lip.GroupSort2L2NormPooling2D(window_layout="rows")
 
 
 def _one_channel_net(size, channels, filters, padding, pool_size, consumer):
