@@ -218,12 +218,12 @@ def test_channels_window_layout_under_mixed_precision(policy, tolerance):
     np.testing.assert_allclose(mixed_values, to_numpy(reference), rtol=tolerance, atol=tolerance)
 
 
-def _one_channel_net(size, channels, filters, padding, pool_size, followed_by_conv):
-    """A Lipschitz conv (`filters`, 3 x 3) -> GroupSort2 -> L2 pooling -> [conv] -> Flatten -> Dense."""
+def _one_channel_net(size, channels, filters, kernel_size, padding, pool_size, followed_by_conv):
+    """A Lipschitz conv (`filters`, `kernel_size`) -> GroupSort2 -> L2 pooling -> [conv] -> Flatten -> Dense."""
     return Sequential(
         [
             keras.Input(size + (channels,)),
-            lip.SpectralConv2D(filters, 3, padding=padding),
+            lip.SpectralConv2D(filters, kernel_size, padding=padding),
             lip.GroupSort2(k_coef_lip=0.9),
             lip.ScaledL2NormPooling2D(pool_size, k_coef_lip=1.1),
             *([lip.SpectralConv2D(4, 3, padding="same")] if followed_by_conv else []),
@@ -234,22 +234,27 @@ def _one_channel_net(size, channels, filters, padding, pool_size, followed_by_co
 
 
 @pytest.mark.parametrize(
-    "size, channels, filters, padding, pool_size, followed_by_conv, rewritten",
+    "size, channels, filters, kernel_size, padding, pool_size, followed_by_conv, rewritten",
     [
-        ((8, 8), 1, 8, "same", (2, 2), False, True),
-        ((9, 8), 1, 8, "same", (3, 2), False, True),  # 6 window entries x 8 filters = 48 channels
-        ((9, 9), 1, 4, "valid", (2, 2), False, True),  # 7 x 7 output: the last row and column are dropped
-        ((8, 8), 1, 6, "same", (2, 2), True, True),  # a convolution reads the halves
-        ((9, 9), 1, 8, "same", (2, 2), False, False),  # "same" on a size the windows do not tile
-        ((8, 8), 2, 8, "same", (2, 2), False, False),  # two input channels
-        ((8, 8), 1, 32, "same", (2, 2), False, False),  # 128 channels once rewritten
+        ((8, 8), 1, 8, 3, "same", (2, 2), False, True),
+        ((9, 8), 1, 8, 3, "same", (3, 2), False, True),  # 6 window entries x 8 filters = 48 channels
+        ((9, 9), 1, 4, 3, "valid", (2, 2), False, True),  # 7 x 7 output: the last row and column are dropped
+        ((8, 8), 1, 6, 3, "same", (2, 2), True, True),  # a convolution reads the halves
+        ((8, 8), 1, 4, 2, "same", (2, 2), False, True),  # even kernel: padding after only
+        ((10, 10), 1, 4, (5, 3), "same", (2, 2), False, True),
+        ((9, 9), 1, 8, 3, "same", (2, 2), False, False),  # "same" on a size the windows do not tile
+        ((8, 8), 2, 8, 3, "same", (2, 2), False, False),  # two input channels
+        ((8, 8), 1, 32, 3, "same", (2, 2), False, False),  # 128 channels once rewritten
     ],
-    ids=["same", "windows_3x2", "valid_remainder", "then_conv", "same_remainder", "two_channels", "wide"],
-)
+    ids=[
+        "same", "windows_3x2", "valid_remainder", "then_conv", "even_kernel", "kernel_5x3",
+        "same_remainder", "two_channels", "wide",
+    ],
+)  # fmt: skip
 def test_export_writes_windows_as_channels_for_one_channel_convolutions(
-    size, channels, filters, padding, pool_size, followed_by_conv, rewritten, tmp_path
+    size, channels, filters, kernel_size, padding, pool_size, followed_by_conv, rewritten, tmp_path
 ):
-    model = _one_channel_net(size, channels, filters, padding, pool_size, followed_by_conv)
+    model = _one_channel_net(size, channels, filters, kernel_size, padding, pool_size, followed_by_conv)
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
     x = _random((6,) + tuple(model.input_shape[1:]), seed=8)
     model.fit(x, _random((6, 5), seed=9), epochs=3, verbose=0)  # kernels away from their initial values
