@@ -97,7 +97,7 @@ def measure(workload, steps, warmup):
 
 
 def markdown_table(rows):
-    """One line per workload: the three timings and the two ratios."""
+    """One line per workload: the four timings and the three ratios to plain."""
     lines = [
         "| workload | plain (ms) | floor: ReLU as its own pass (ms) | export (ms) | export, spatial windows (ms) "
         "| floor / plain | export / plain | export, spatial windows / plain |",
