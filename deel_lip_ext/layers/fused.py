@@ -78,18 +78,26 @@ def _sorted_pairs_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale)
 
 def _sorted_halves_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale):
     """As `_sorted_pairs_l2_norm_pooled_math` for pairs (i, i + C/2): output [pooled minima, pooled maxima]."""
-    windows, (ph, pw), half = _windows(inputs, pool_size), pool_size, inputs.shape[-1] // 2
+    (ph, pw), (height, width, channels) = pool_size, inputs.shape[1:]
+    rows, columns, half = height // ph, width // pw, channels // 2
+    if (rows * ph, columns * pw) != (height, width):
+        inputs = inputs[:, : rows * ph, : columns * pw, :]
+    # The halves as an axis of their own, minima and maxima stacked on it (not sliced from, nor
+    # concatenated along, the channels): XLA's CPU code then chooses between the two once per row of
+    # C/2 entries, and the loop along the row vectorizes. Measured on a 2-core CPU against slices and
+    # a concatenation: (256, 32, 32, 64) 5.4 ms instead of 6.3 ms, (256, 16, 16, 128) 2.7 instead of 3.0.
+    windows = ops.reshape(inputs, (-1, rows, ph, columns, pw, 2, half))
     square_minima = square_maxima = None
     for i in range(ph):
         for j in range(pw):
-            entry = windows[:, :, i, :, j, :]  # (N, rows, columns, C): entry (i, j) of every window
-            first, second = entry[..., :half], entry[..., half:]
+            first, second = windows[:, :, i, :, j, 0], windows[:, :, i, :, j, 1]  # entry (i, j) of every window
             low, high = ops.square(ops.minimum(first, second)), ops.square(ops.maximum(first, second))
             square_minima = low if square_minima is None else square_minima + low
             square_maxima = high if square_maxima is None else square_maxima + high
-    mean_square = ops.concatenate([square_minima, square_maxima], axis=-1)
+    mean_square = ops.stack([square_minima, square_maxima], axis=-2)
     factor = sort_scale * sort_scale / (ph * pw)
-    return _smooth_norm(mean_square * ops.convert_to_tensor(factor, mean_square.dtype), eps, scale)
+    pooled = _smooth_norm(mean_square * ops.convert_to_tensor(factor, mean_square.dtype), eps, scale)
+    return ops.reshape(pooled, (-1, rows, columns, channels))
 
 
 def _sorted_windows_in_channels_l2_norm_pooled_math(inputs, area, pair_layout, eps, scale, sort_scale):
