@@ -35,7 +35,6 @@ from deel_lip_ext.spectrum import (
     linf_kernel_norm,
     linf_transposed_kernel_norm,
     padded_conv_norm,
-    strided_conv_norm,
 )
 
 __all__ = [
@@ -180,10 +179,7 @@ def _conv2d_layer(layer, norm, input_shape):
     kernel = computed_kernel(layer)
     if norm == "l2":
         shape = tuple(input_shape[1:]) if input_shape is not None else (None, None, kernel.shape[2])
-        if tuple(layer.strides) == (1, 1):
-            linear = conv_sv_range(kernel, shape, layer.strides, layer.padding)[1]
-        else:  # large inputs: the polyphase bound, tighter than the stride-1 one (same on small inputs)
-            linear = strided_conv_norm(kernel, shape[:2], tuple(layer.strides), layer.padding)
+        linear = conv_sv_range(kernel, shape, layer.strides, layer.padding)[1]
     else:
         linear = linf_kernel_norm(kernel)
     return linear * activation_lipschitz(layer.activation, f"layer {layer.name!r}")

@@ -134,7 +134,8 @@ def conv_sv_range(
 
     Returns:
         (min, max): exact on small inputs and for circular stride-1 convolutions, otherwise
-        min is 0 and max a certified upper bound.
+        min is 0 and max a certified upper bound (exact for circular convolutions on sizes
+        divisible by the strides).
     """
     height, width, channels = input_shape
     strides = tuple(strides)
@@ -151,11 +152,30 @@ def conv_sv_range(
         # Any size: each input pixel is in at most ceil(k/s) windows per axis.
         overlap = np.prod([math.ceil(k / s) for k, s in zip(kernel.shape[:2], strides)])
         return 0.0, float(math.sqrt(overlap) * np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2))
-    # Large input: a zero-padded conv is a sub-matrix of the circular conv on a
-    # torus of size n + k - 1, a strided one a row subset of the stride-1 one,
-    # so the circular symbol's largest value bounds it; no useful lower bound.
-    size = (height, width) if padding == "circular" else (height + kernel.shape[0] - 1, width + kernel.shape[1] - 1)
-    return 0.0, float(conv_singular_values(kernel, size).max())
+    # Large input: the norm of a circular convolution that contains this one; no useful lower bound.
+    return 0.0, _containing_circular_conv_norm(kernel, (height, width), strides, padding)
+
+
+def _containing_circular_conv_norm(kernel, sizes, strides, padding):
+    """The norm of a circular strided convolution whose matrix contains the conv's: a certified upper bound.
+
+    A zero-padded ("same" or "valid") conv reads a padded input of at most n + k - 1 entries per
+    axis; on a torus of s * ceil((n + k - 1) / s) entries that input does not wrap around, so the
+    conv is a sub-matrix of the circular stride-s conv there, whose singular values are those of
+    the stride-1 circular conv of its polyphase kernel on the ceil((n + k - 1) / s) torus. A
+    circular conv on sizes divisible by the strides is that polyphase conv itself (exact); on
+    other sizes it is a row subset of the stride-1 circular conv. For stride 1 this is the
+    circular symbol on the (n + k - 1) torus; for stride s it does not count an input entry once
+    per overlapping window (the stride-1 symbol did: up to ceil(k / s)^2 times the energy).
+    """
+    kernel = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
+    if padding == "circular" and any(n % s for n, s in zip(sizes, strides)):
+        return float(conv_singular_values(kernel, sizes).max())
+    if padding == "circular":
+        torus = tuple(n // s for n, s in zip(sizes, strides))
+    else:
+        torus = tuple(-(-(n + k - 1) // s) for n, k, s in zip(sizes, kernel.shape[:2], strides))
+    return float(conv_singular_values(polyphase_kernel(kernel, strides), torus).max())
 
 
 def dense_sv_range(kernel: ArrayLike) -> tuple[float, float]:
@@ -437,10 +457,10 @@ def strided_conv_norm(
     Exact for circular padding (FFT of the polyphase kernel at the
     downsampled size; the size must be divisible by the stride) and for zero
     padding on inputs of at most `MAX_DENSE_OPERATOR_SIZE` values (SVD of the
-    dense operator). Larger zero-padded inputs: the norm of the circular conv
-    on a torus that contains the padded input without wrap-around (a
-    sub-matrix, hence a certified upper bound); unknown sizes: the
-    size-independent bound of `conv_sv_range`.
+    dense operator). Larger zero-padded inputs and unknown sizes: the certified
+    upper bound of `conv_sv_range` (the polyphase norm of a circular conv on a
+    torus that contains the padded input without wrap-around; the
+    size-independent bound).
 
     Args:
         kernel: (kh, kw, c_in, c_out).
@@ -461,7 +481,4 @@ def strided_conv_norm(
             raise ValueError(f"a circular strided conv needs a size divisible by strides {strides}, got {sizes}.")
         torus = (sizes[0] // strides[0], sizes[1] // strides[1])
         return float(conv_singular_values(polyphase_kernel(kernel, strides), torus).max())
-    if None in sizes or np.prod(sizes) * kernel.shape[2] <= MAX_DENSE_OPERATOR_SIZE:
-        return conv_sv_range(kernel, sizes + (kernel.shape[2],), strides, padding)[1]
-    torus = tuple(-(-(n + k) // s) for n, k, s in zip(sizes, kernel.shape[:2], strides))
-    return float(conv_singular_values(polyphase_kernel(kernel, strides), torus).max())
+    return conv_sv_range(kernel, sizes + (kernel.shape[2],), strides, padding)[1]

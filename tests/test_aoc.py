@@ -168,6 +168,30 @@ def test_strided_conv_norm_exact_and_large_input_bound(padding, monkeypatch):
         assert abs(bound - exact(12)) <= 1e-9 * bound
 
 
+@pytest.mark.parametrize("padding", ["same", "valid", "circular"])
+@pytest.mark.parametrize(
+    "kernel_size, strides, size",
+    [((3, 3), (2, 2), (12, 12)), ((4, 4), (2, 2), (13, 11)), ((5, 3), (3, 2), (15, 12)), ((2, 3), (1, 2), (10, 9))]
+    + [((1, 1), (2, 2), (12, 12)), ((3, 3), (1, 1), (11, 11))],
+)
+def test_conv_sv_range_on_large_inputs_bounds_the_strided_conv_from_above_and_closely(
+    padding, kernel_size, strides, size, monkeypatch
+):
+    # Every caller of conv_sv_range (library convolutions, stock Conv1D/Conv2D, utils, model bounds) gets the
+    # polyphase bound of an enclosing circular conv above the dense-SVD size: checked against the SVD of the
+    # real operator (built from impulses), with the size threshold lowered so that the SVD stays quick.
+    kernel = np.random.default_rng(sum(kernel_size) + 7 * strides[1]).normal(size=(*kernel_size, 2, 3))
+    exact = np.linalg.svd(conv_operator_matrix(kernel, (*size, 2), strides, padding), compute_uv=False).max()
+    monkeypatch.setattr(spectrum, "MAX_DENSE_OPERATOR_SIZE", 16)
+    low, bound = spectrum.conv_sv_range(kernel, (*size, 2), strides, padding)
+    assert 0.0 <= low <= bound and bound >= exact * (1 - 1e-9)
+    divisible = all(n % s == 0 for n, s in zip(size, strides))
+    if padding == "circular" and divisible:
+        assert abs(bound - exact) <= 1e-9 * bound
+    elif padding != "circular":
+        assert bound <= 1.2 * exact
+
+
 def test_lipschitz_constant_holds_on_random_pairs():
     model, layer = _trained(lip.AOCConv2D, 4, 6, 3, 2, "same", 5.0, 8)
     rng = np.random.default_rng(2)
