@@ -180,7 +180,10 @@ def test_conv_sv_range_on_large_inputs_bounds_the_strided_conv_from_above_and_cl
     # Every caller of conv_sv_range (library convolutions, stock Conv1D/Conv2D, utils, model bounds) gets the
     # polyphase bound of an enclosing circular conv above the dense-SVD size: checked against the SVD of the
     # real operator (built from impulses), with the size threshold lowered so that the SVD stays quick.
-    kernel = np.random.default_rng(sum(kernel_size) + 7 * strides[1]).normal(size=(*kernel_size, 2, 3))
+    # float32 weights, as layers have: the impulse responses are then these very values on every backend.
+    kernel = (
+        np.random.default_rng(sum(kernel_size) + 7 * strides[1]).normal(size=(*kernel_size, 2, 3)).astype("float32")
+    )
     exact = np.linalg.svd(conv_operator_matrix(kernel, (*size, 2), strides, padding), compute_uv=False).max()
     monkeypatch.setattr(spectrum, "MAX_DENSE_OPERATOR_SIZE", 16)
     low, bound = spectrum.conv_sv_range(kernel, (*size, 2), strides, padding)
