@@ -82,8 +82,8 @@ def vanilla_model(model: keras.Model) -> keras.Model:
     function with its constrained kernel, computed now from the current
     variables (never a stale cache). Layer names are kept. A `GroupSort2`
     read only by a `ScaledL2NormPooling2D` becomes one
-    `GroupSort2L2NormPooling2D`; in a Sequential model, where a `Conv2D`
-    feeds it and a `Conv2D` (or `Flatten` + `Dense`) reads it, the pairs are
+    `GroupSort2L2NormPooling2D`; where a `Conv2D` feeds it and a `Conv2D`
+    (or `Flatten` + `Dense`) reads it, each output read only by the next layer, the pairs are
     moved to the two halves of the channels by permuting those kernels
     (`deel_lip_ext.layers.fused.pairs_as_halves`), and a one-channel `Conv2D`
     feeding it writes each pooling window to the channels of one pixel
@@ -141,8 +141,45 @@ def vanilla_model(model: keras.Model) -> keras.Model:
         return layer(*args, **kwargs)
 
     exported = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
+    rewritten = {}  # id(layer) -> its replacement, from the layout rewrites of each chain of the graph
+    for chain in _single_use_chains(exported):
+        for layer, replacement in zip(chain, windows_as_channels(pairs_as_halves(chain))):
+            if replacement is not layer:
+                rewritten[id(layer)] = replacement
+    if rewritten:
+        exported = keras.models.clone_model(exported, clone_function=lambda layer: rewritten.get(id(layer), layer))
     # A plain keras.Model (not our subclass), keeping single inputs/outputs unwrapped.
     return keras.Model(_unwrap(exported.inputs), _unwrap(exported.outputs), name=model.name)
+
+
+def _single_use_chains(model):
+    """The layers of a functional `model` as maximal chains, in call order, for the Sequential rewrites.
+
+    Each layer of a chain after the first is called once, on the output of the layer before it
+    alone, and that output is read by nothing else (no other layer, not a model output): permuting
+    the channels between two layers of a chain, or changing how one writes them, changes no other
+    part of the graph.
+    """
+    outputs = {id(tensor) for tensor in model.outputs}
+
+    def successor(layer):
+        if len(layer._inbound_nodes) != 1 or len(layer._outbound_nodes) != 1 or id(layer.output) in outputs:
+            return None
+        following = layer._outbound_nodes[0].operation
+        nodes = following._inbound_nodes
+        return following if len(nodes) == 1 and len(nodes[0].parent_nodes) == 1 else None
+
+    successors = {id(layer): successor(layer) for layer in model.layers}
+    followers = {id(layer) for layer in successors.values() if layer is not None}
+    chains = []
+    for layer in model.layers:
+        if id(layer) in followers:
+            continue
+        chain = [layer]
+        while successors.get(id(chain[-1])) is not None:
+            chain.append(successors[id(chain[-1])])
+        chains.append(chain)
+    return chains
 
 
 def _fusable_pairs(model):

@@ -137,19 +137,32 @@ def test_fused_layer_rejects_an_unknown_layout_and_a_partial_window():
         lip.GroupSort2L2NormPooling2D((2, 2), window_layout="channels").build((None, 3, 3, 6))
 
 
-def _w1_like(consumer):
+def _chain(inputs, layers, functional):
+    """`layers` called in a row on `inputs`, as a Sequential or as a functional Model (the rewrites serve both)."""
+    if not functional:
+        return Sequential([inputs, *layers])
+    outputs = inputs
+    for layer in layers:
+        outputs = layer(outputs)
+    return Model(inputs, outputs)
+
+
+def _w1_like(consumer, functional=False):
     """Conv -> GroupSort2 -> L2 pooling -> `consumer` layers -> Flatten -> Dense."""
-    return Sequential(
-        [
-            keras.Input((10, 10, 3)),
-            lip.SpectralConv2D(8, 3, padding="same"),
-            lip.GroupSort2(k_coef_lip=0.9),
-            lip.ScaledL2NormPooling2D((2, 2), k_coef_lip=1.1),
-            *consumer,
-            keras.layers.Flatten(),
-            lip.SpectralDense(5),
-        ]
-    )
+    layers = [
+        lip.SpectralConv2D(8, 3, padding="same"),
+        lip.GroupSort2(k_coef_lip=0.9),
+        lip.ScaledL2NormPooling2D((2, 2), k_coef_lip=1.1),
+        *consumer,
+        keras.layers.Flatten(),
+        lip.SpectralDense(5),
+    ]
+    return _chain(keras.Input((10, 10, 3)), layers, functional)
+
+
+def _layers(model):
+    """The layers of `model` that compute (a functional model lists its InputLayer too)."""
+    return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
 
 @pytest.mark.parametrize(
@@ -167,8 +180,9 @@ def _w1_like(consumer):
     ],
     ids=["flatten_dense", "circular_conv", "zero_padding_conv", "reflect_conv", "sort", "pooling"],
 )
-def test_export_reads_pairs_as_halves_between_linear_layers(consumer, layouts, tmp_path):
-    model = _w1_like(consumer())
+@pytest.mark.parametrize("functional", [False, True], ids=["sequential", "functional"])
+def test_export_reads_pairs_as_halves_between_linear_layers(consumer, layouts, functional, tmp_path):
+    model = _w1_like(consumer(), functional)
     # Training steps move the kernels away from their initial values (any channel mix-up shows).
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
     x = _random((6,) + tuple(model.input_shape[1:]), seed=4)
@@ -218,19 +232,17 @@ def test_channels_window_layout_under_mixed_precision(policy, tolerance):
     np.testing.assert_allclose(mixed_values, to_numpy(reference), rtol=tolerance, atol=tolerance)
 
 
-def _one_channel_net(size, channels, filters, kernel_size, padding, pool_size, followed_by_conv):
+def _one_channel_net(size, channels, filters, kernel_size, padding, pool_size, followed_by_conv, functional):
     """A Lipschitz conv (`filters`, `kernel_size`) -> GroupSort2 -> L2 pooling -> [conv] -> Flatten -> Dense."""
-    return Sequential(
-        [
-            keras.Input(size + (channels,)),
-            lip.SpectralConv2D(filters, kernel_size, padding=padding),
-            lip.GroupSort2(k_coef_lip=0.9),
-            lip.ScaledL2NormPooling2D(pool_size, k_coef_lip=1.1),
-            *([lip.SpectralConv2D(4, 3, padding="same")] if followed_by_conv else []),
-            keras.layers.Flatten(),
-            lip.SpectralDense(5),
-        ]
-    )
+    layers = [
+        lip.SpectralConv2D(filters, kernel_size, padding=padding),
+        lip.GroupSort2(k_coef_lip=0.9),
+        lip.ScaledL2NormPooling2D(pool_size, k_coef_lip=1.1),
+        *([lip.SpectralConv2D(4, 3, padding="same")] if followed_by_conv else []),
+        keras.layers.Flatten(),
+        lip.SpectralDense(5),
+    ]
+    return _chain(keras.Input(size + (channels,)), layers, functional)
 
 
 @pytest.mark.parametrize(
@@ -251,15 +263,16 @@ def _one_channel_net(size, channels, filters, kernel_size, padding, pool_size, f
         "same_remainder", "two_channels", "wide",
     ],
 )  # fmt: skip
+@pytest.mark.parametrize("functional", [False, True], ids=["sequential", "functional"])
 def test_export_writes_windows_as_channels_for_one_channel_convolutions(
-    size, channels, filters, kernel_size, padding, pool_size, followed_by_conv, rewritten, tmp_path
+    size, channels, filters, kernel_size, padding, pool_size, followed_by_conv, rewritten, functional, tmp_path
 ):
-    model = _one_channel_net(size, channels, filters, kernel_size, padding, pool_size, followed_by_conv)
+    model = _one_channel_net(size, channels, filters, kernel_size, padding, pool_size, followed_by_conv, functional)
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
     x = _random((6,) + tuple(model.input_shape[1:]), seed=8)
     model.fit(x, _random((6, 5), seed=9), epochs=3, verbose=0)  # kernels away from their initial values
     plain = model.vanilla_export()
-    conv, pooling = plain.layers[0], plain.layers[1]
+    conv, pooling = _layers(plain)[:2]
     assert isinstance(pooling, lip.GroupSort2L2NormPooling2D)
     assert pooling.window_layout == ("channels" if rewritten else "spatial")
     assert pooling.pair_layout == "halves"  # a linear layer reads it: both rewrites compose
@@ -278,3 +291,32 @@ def test_export_writes_windows_as_channels_for_one_channel_convolutions(
     path = tmp_path / "plain.keras"
     plain.save(path)
     np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)
+
+
+def _read_twice(which):
+    """conv -> GroupSort2 -> L2 pooling -> Flatten -> Dense, with the conv's or the pooling's output read again."""
+    inputs = keras.Input((8, 8, 1))
+    convolved = lip.SpectralConv2D(4, 3, padding="same")(inputs)
+    pooled = lip.ScaledL2NormPooling2D()(lip.GroupSort2()(convolved))
+    flat = keras.layers.Flatten()(pooled)
+    again = {"conv": convolved, "pooling": pooled}[which]
+    other = keras.layers.Flatten()(lip.ScaledAveragePooling2D()(again))
+    return Model(inputs, keras.layers.Concatenate()([lip.SpectralDense(3)(flat), other]))
+
+
+@pytest.mark.parametrize(
+    "which, layouts",
+    [("conv", ("adjacent", "spatial")), ("pooling", ("adjacent", "channels"))],
+)
+def test_functional_export_keeps_the_channel_order_of_an_output_read_twice(which, layouts):
+    # Permuting the channels of an output that another layer reads would change that layer's input: the
+    # pairs stay adjacent. The windows move to the channels only where the convolution's output is read
+    # by the pooling alone (the pooling's output is the same either way).
+    model = _read_twice(which)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    x = _random((6, 8, 8, 1), seed=11)
+    model.fit(x, _random((6,) + tuple(model.output_shape[1:]), seed=12), epochs=3, verbose=0)
+    plain = model.vanilla_export()
+    (pooling,) = [layer for layer in plain.layers if isinstance(layer, lip.GroupSort2L2NormPooling2D)]
+    assert (pooling.pair_layout, pooling.window_layout) == layouts
+    np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)

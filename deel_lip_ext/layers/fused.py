@@ -10,7 +10,8 @@ The values are those of the two layers in a row (the sort only permutes entries)
 Where the pairs lie matters as much as the fusion: XLA's CPU code for adjacent pairs
 (channels 2i, 2i + 1) shuffles within each vector, while pairs in two halves of the channels
 (channels i, i + C/2) are two contiguous slices, compared lane by lane. `pairs_as_halves` rewrites
-an exported Sequential so that every fused layer between a `Conv2D` and a `Conv2D` (or a
+exported layers called in a row (a Sequential's, or a chain of a functional export whose outputs
+nothing else reads) so that every fused layer between a `Conv2D` and a `Conv2D` (or a
 `Flatten` + `Dense`) reads its pairs as halves: the producer's output channels and the consumer's
 input channels are permuted to match, which is free and exact. Measured on a 2-core CPU, the
 W1 export (two such poolings) ran at 1.10-1.15x the plain model instead of 1.39-1.51x.
@@ -316,7 +317,7 @@ def _keeps_channel_order(layer):
 
 
 def pairs_as_halves(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
-    """Rewrite the layers of an exported Sequential (call order) so that fused poolings read pairs as halves.
+    """Rewrite exported layers called in a row so that fused poolings read pairs as halves.
 
     A `GroupSort2L2NormPooling2D` qualifies when a stock `Conv2D` feeds it directly and
     its output reaches a stock `Conv2D`, or a `Flatten` then a `Dense`, through
@@ -328,8 +329,9 @@ def pairs_as_halves(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer
     changes, folded into the kernels. Other fused layers are left as they are.
 
     Args:
-        layers: built layers, in call order (the producer's and consumer's weights are
-            permuted in place).
+        layers: built layers, in call order, each reading the output of the one before
+            alone (a Sequential's; in a functional export, a chain whose outputs nothing
+            else reads); the producer's and consumer's weights are permuted in place.
 
     Returns:
         The list, with each qualifying fused layer replaced by its "halves" copy.
@@ -394,7 +396,7 @@ _WINDOWS_AS_CHANNELS_MAX_CHANNELS = 64
 
 
 def windows_as_channels(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
-    """Rewrite the layers of an exported Sequential (call order) so that fused poolings read windows as channels.
+    """Rewrite exported layers called in a row so that fused poolings read windows as channels.
 
     A `GroupSort2L2NormPooling2D` qualifies when a stock `Conv2D` with one input
     channel, stride 1, dilation 1 and no activation feeds it, its windows times its
@@ -408,7 +410,7 @@ def windows_as_channels(layers: list[keras.layers.Layer]) -> list[keras.layers.L
     columns the pooling drops are not computed.
 
     Args:
-        layers: built layers, in call order.
+        layers: built layers, in call order, each reading the output of the one before alone.
 
     Returns:
         A new list with each qualifying pair replaced (the layers given are not changed).
