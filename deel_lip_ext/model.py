@@ -146,8 +146,10 @@ def vanilla_model(model: keras.Model) -> keras.Model:
         for layer, replacement in zip(chain, windows_as_channels(pairs_as_halves(chain))):
             if replacement is not layer:
                 rewritten[id(layer)] = replacement
-    if rewritten:
-        exported = keras.models.clone_model(exported, clone_function=lambda layer: rewritten.get(id(layer), layer))
+    if rewritten:  # new copies of the other layers too: each layer of an export is called once, in its graph
+        exported = keras.models.clone_model(
+            exported, clone_function=lambda layer: rewritten.get(id(layer)) or _copy_layer(layer)
+        )
     # A plain keras.Model (not our subclass), keeping single inputs/outputs unwrapped.
     return keras.Model(_unwrap(exported.inputs), _unwrap(exported.outputs), name=model.name)
 

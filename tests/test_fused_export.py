@@ -190,6 +190,9 @@ def test_export_reads_pairs_as_halves_between_linear_layers(consumer, layouts, f
     plain = model.vanilla_export()
     fused_layers = [layer for layer in plain.layers if isinstance(layer, lip.GroupSort2L2NormPooling2D)]
     assert [layer.pair_layout for layer in fused_layers] == layouts
+    # Every layer of the export belongs to its graph alone: called once, its output a tensor of that graph.
+    assert all(len(layer._inbound_nodes) == 1 for layer in plain.layers)
+    assert plain.layers[-1].output is plain.outputs[0]
     np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)
     assert model_lipschitz_bound(plain) == pytest.approx(model_lipschitz_bound(model), rel=1e-5)
     path = tmp_path / "plain.keras"
