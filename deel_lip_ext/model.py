@@ -148,7 +148,8 @@ def vanilla_model(model: keras.Model) -> keras.Model:
                 rewritten[id(layer)] = replacement
     if rewritten:  # new copies of the other layers too: each layer of an export is called once, in its graph
         exported = keras.models.clone_model(
-            exported, clone_function=lambda layer: rewritten.get(id(layer)) or _copy_layer(layer)
+            exported,
+            clone_function=lambda layer: rewritten[id(layer)] if id(layer) in rewritten else _copy_layer(layer),
         )
     # A plain keras.Model (not our subclass), keeping single inputs/outputs unwrapped.
     return keras.Model(_unwrap(exported.inputs), _unwrap(exported.outputs), name=model.name)

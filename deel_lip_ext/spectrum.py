@@ -479,6 +479,5 @@ def strided_conv_norm(
     if padding == "circular":
         if None in sizes or any(n % s for n, s in zip(sizes, strides)):
             raise ValueError(f"a circular strided conv needs a size divisible by strides {strides}, got {sizes}.")
-        torus = (sizes[0] // strides[0], sizes[1] // strides[1])
-        return float(conv_singular_values(polyphase_kernel(kernel, strides), torus).max())
+        return _containing_circular_conv_norm(kernel, sizes, strides, padding)
     return conv_sv_range(kernel, sizes + (kernel.shape[2],), strides, padding)[1]
