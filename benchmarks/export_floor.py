@@ -86,8 +86,12 @@ def functional_twin(sequential):
     return twin
 
 
-def measure(workload, steps, warmup):
-    """{variant: median ms of `predict_on_batch`} and the ratios to `plain` for one workload."""
+def workload_models(workload):
+    """The fixed batch `x` of `workload` and its models {variant: Keras model}, checked to compute the same values.
+
+    `plain`, `floor` (plain, each ReLU a pass of its own), `export` (`vanilla_export()` of the Lipschitz
+    model after one training step), `export_spatial` and `export_functional` (see the module docstring).
+    """
     import numpy as np
 
     x, y = train_step.fixed_batch(workload)
@@ -109,6 +113,12 @@ def measure(workload, steps, warmup):
         gap = np.abs(models["export"].predict_on_batch(x) - models[variant].predict_on_batch(x)).max()
         if gap > 1e-5:
             raise AssertionError(f"{variant} must compute the export's values, max difference {gap}")
+    return x, models
+
+
+def measure(workload, steps, warmup):
+    """{variant: median ms of `predict_on_batch`} and the ratios to `plain` for one workload."""
+    x, models = workload_models(workload)
     timings, _, _ = train_step._alternated_median_ms(
         {name: (lambda m=model: m.predict_on_batch(x)) for name, model in models.items()}, steps, warmup
     )
