@@ -56,9 +56,23 @@ def is_known_lipschitz(layer: keras.layers.Layer) -> bool:
 
 
 def _copy_layer(layer):
-    """A new layer with the same config and a copy of the weights."""
-    clone = layer.__class__.from_config(layer.get_config())
-    if layer.weights:
+    """A new layer with the same config and a copy of the weights, or a new operation (a `keras.ops` call
+    of a functional model: `Tanh`, `Reshape`, ...; stateless, with no weights) with the same config."""
+    # Safe mode off: the config comes from an object alive in this process, so deserializing it runs no
+    # code that is not already here (safe mode refuses the function of a `keras.layers.Lambda`). The class
+    # is passed along, so that unregistered layer classes load too.
+    config = keras.saving.serialize_keras_object(layer)
+    own_class = {config.get("registered_name") or config["class_name"]: type(layer)}
+    try:
+        clone = keras.saving.deserialize_keras_object(config, custom_objects=own_class, safe_mode=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"vanilla_model cannot copy layer {layer.name!r} ({type(layer).__name__}): its config does not load "
+            "back into a new layer (the error above says why). Keras rebuilds no lambda given as an `activation` "
+            "from a config: pass a named function registered with keras.saving.register_keras_serializable, or "
+            "wrap the lambda in a keras.layers.Lambda layer."
+        ) from error
+    if isinstance(layer, keras.layers.Layer) and layer.weights:
         input_shape = getattr(layer, "_build_shapes_dict", None)
         if not clone.built:
             clone.build(**input_shape) if input_shape else clone.build(layer.input.shape)
@@ -93,7 +107,13 @@ def vanilla_model(model: keras.Model) -> keras.Model:
         model: a built `keras.Sequential` or functional `keras.Model`.
 
     Returns:
-        A new `keras.Sequential` or functional `keras.Model` independent of `model`.
+        A new `keras.Sequential` or functional `keras.Model` independent of `model`: the other layers
+        (stock, `keras.layers.Lambda`, unregistered classes) and the `keras.ops` calls of a functional
+        model are copied from their configs.
+
+    Raises:
+        ValueError: `model` is not built, or a layer's config does not load back into a new layer
+            (Keras rebuilds no lambda given as an `activation`).
 
     Examples:
         >>> plain = vanilla_model(model)

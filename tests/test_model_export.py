@@ -91,6 +91,48 @@ def test_vanilla_model_on_plain_keras_model():
     np.testing.assert_allclose(vanilla_model(model).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
+def test_functional_export_keeps_keras_ops_calls():
+    # `keras.ops` calls of a functional model are operations, not layers (no weights): the export
+    # copies them as they are (it raised AttributeError on `Tanh.weights` before).
+    inputs = keras.Input((8, 8, 1))
+    h = lip.SpectralConv2D(4, 3, padding="same")(inputs)
+    h = lip.ScaledL2NormPooling2D()(lip.GroupSort2()(h))
+    h = keras.ops.reshape(h, (-1, 4 * 4 * 4))
+    h = keras.ops.tanh(lip.SpectralDense(6)(h))
+    outputs = lip.SpectralDense(3)(keras.ops.relu(h) / 2.0)
+    model = Model(inputs, outputs)
+    x = _fit_briefly(model)
+    exported = vanilla_model(model)
+    np.testing.assert_allclose(exported.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    kinds = {type(operation).__name__ for operation in exported.operations}
+    assert {"Reshape", "Tanh", "Relu", "TrueDivide", "GroupSort2L2NormPooling2D"} <= kinds
+    assert not any(isinstance(operation, PARAMETRIZED) for operation in exported.operations)
+    assert model_lipschitz_bound(exported) == pytest.approx(model_lipschitz_bound(model), rel=1e-3)
+
+
+class _Tripled(keras.layers.Layer):
+    """A layer class that is not registered with Keras."""
+
+    def call(self, inputs):
+        return 3.0 * inputs
+
+
+def test_export_copies_lambda_layers_and_unregistered_layers_and_refuses_lambda_activations():
+    inputs = keras.Input((4,))
+    h = keras.layers.Lambda(lambda t: 2.0 * t, name="doubled")(lip.SpectralDense(3)(inputs))
+    model = Model(inputs, _Tripled(name="tripled")(h))
+    x = _fit_briefly(model)
+    exported = vanilla_model(model)
+    np.testing.assert_allclose(exported.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    copies = {layer.name: layer for layer in exported.layers}
+    assert isinstance(copies["tripled"], _Tripled) and copies["tripled"] is not model.get_layer("tripled")
+    assert isinstance(copies["doubled"], keras.layers.Lambda)
+
+    steep = Model(inputs, keras.layers.Activation(lambda t: 3.0 * keras.ops.relu(t), name="steep")(inputs))
+    with pytest.raises(ValueError, match=r"cannot copy layer 'steep'.*register_keras_serializable"):
+        vanilla_model(steep)
+
+
 def test_global_k_is_split_and_bounds_the_model():
     model = _conv_net(k_coef_lip=4.0)
     lipschitz_layers = [layer for layer in model.layers if isinstance(layer, lip.LipschitzLayer)]
