@@ -23,6 +23,7 @@ from deel_lip_ext import layers as lip
 from deel_lip_ext.layers.pad_conv import PAD_CONV_PADDINGS
 from deel_lip_ext.layers.padding import PAD_MODES
 from deel_lip_ext.lipschitz import ACTIVATIONS
+from deel_lip_ext.model import vanilla_model
 from deel_lip_ext.utils import model_lipschitz_bound
 from deel_lip_ext.zoo.bcop import NearestUpSampling2D
 
@@ -654,6 +655,36 @@ def fuzz(seeds, norms=("l2", "linf"), focus=None):
         finally:
             keras.backend.clear_session(free_memory=False)
     return outcomes
+
+
+def fuzz_exports(seeds, norms=("l2", "linf")):
+    """Outcomes of the `vanilla_model` export of every seed's model, whose outputs must be the model's (to 1e-5
+    relative): {"outcomes": the exports' `check_model` outcomes, "exported": seeds exported, "refused": seeds
+    whose export was refused (ValueError, message kept)}; raises with the seed on a mismatch or an unexpected
+    exception."""
+    results = {"outcomes": [], "exported": [], "refused": {}}
+    for seed in seeds:
+        try:
+            model = random_model(seed)
+            try:
+                exported = vanilla_model(model)
+            except ValueError as error:
+                results["refused"][seed] = str(error)
+                continue
+            x = np.random.default_rng(seed + 11).normal(size=(8,) + tuple(model.inputs[0].shape[1:]))
+            x = x.astype("float32")
+            expected, actual = to_numpy(model(x, training=False)), to_numpy(exported(x, training=False))
+            scale = max(1.0, float(np.abs(expected).max()))
+            assert np.abs(actual - expected).max() <= 1e-5 * scale, "the export computes another function"
+            results["outcomes"].extend(check_model(exported, norms, seed))
+            results["exported"].append(seed)
+        except Exception as error:
+            raise AssertionError(
+                f"seed {seed}: {type(error).__name__}: {error} (replay: vanilla_model(random_model({seed})))"
+            ) from error
+        finally:
+            keras.backend.clear_session(free_memory=False)
+    return results
 
 
 # ---------------------------------------------------------------- models of any input size, layouts, subclasses

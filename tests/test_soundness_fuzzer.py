@@ -58,6 +58,25 @@ def test_fuzzer_slow():
     _assert_sound(lipschitz_fuzz.fuzz(range(1000, 1500)))
 
 
+def _assert_exports_sound(results, seeds):
+    # Most models export; the others only for a lambda given as an activation (Keras cannot rebuild it).
+    assert len(results["exported"]) >= 0.9 * len(seeds), f"only {len(results['exported'])} exports"
+    for seed, refusal in results["refused"].items():
+        assert "cannot copy layer" in refusal and "lambda" in refusal, f"seed {seed}: unclear refusal {refusal!r}"
+    _assert_sound(results["outcomes"])
+
+
+def test_exports_of_fuzzed_models_compute_the_same_function_and_stay_bounded():
+    seeds = range(50)
+    _assert_exports_sound(lipschitz_fuzz.fuzz_exports(seeds), seeds)
+
+
+@pytest.mark.slow
+def test_exports_of_fuzzed_models_slow():
+    seeds = range(1000, 1300)
+    _assert_exports_sound(lipschitz_fuzz.fuzz_exports(seeds), seeds)
+
+
 def test_fuzzer_any_size_fast():
     # Models of unknown input size (bounded for every size), channels-first stock layers, subclasses overriding call.
     _assert_sound(lipschitz_fuzz.fuzz_any_size(range(40)))
