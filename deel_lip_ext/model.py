@@ -17,7 +17,7 @@ import keras
 from keras import ops
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
-from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
+from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, check_exported_call
 from deel_lip_ext.layers.fused import (
     fusable,
     fused,
@@ -26,7 +26,7 @@ from deel_lip_ext.layers.fused import (
     windows_as_channels,
 )
 from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
-from deel_lip_ext.model_bound import _computes_its_graph
+from deel_lip_ext.model_bound import _computes_its_graph, runs_its_graph
 from deel_lip_ext.utils import layer_lipschitz_constant
 
 __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]
@@ -85,6 +85,7 @@ def _exported_layers(layer):
     if isinstance(layer, keras.Model):
         return [vanilla_model(layer)]
     if hasattr(layer, "vanilla_export"):
+        check_exported_call(layer)
         return list(layer.vanilla_export())
     return [_copy_layer(layer)]
 
@@ -112,8 +113,9 @@ def vanilla_model(model: keras.Model) -> keras.Model:
         model are copied from their configs.
 
     Raises:
-        ValueError: `model` is not built, or a layer's config does not load back into a new layer
-            (Keras rebuilds no lambda given as an `activation`).
+        ValueError: `model` is not built, its class overrides `call`, a library layer's subclass
+            overrides `call` but not `vanilla_export`, or a layer's config does not load back into a
+            new layer (Keras rebuilds no lambda given as an `activation`).
 
     Examples:
         >>> plain = vanilla_model(model)
@@ -121,6 +123,15 @@ def vanilla_model(model: keras.Model) -> keras.Model:
     """
     if not model.built:
         raise ValueError("vanilla_model needs a built model: call it on data or give it an Input first.")
+    has_graph = isinstance(model, keras.Sequential) or getattr(model, "_functional", False)
+    if not (has_graph or hasattr(model, "_operations")):
+        raise ArgumentTypeError(f"vanilla_model needs a Sequential or functional model, got {type(model).__name__}.")
+    if not runs_its_graph(model):
+        raise ValueError(
+            f"model {model.name!r} ({type(model).__name__}) overrides `call`, so it may compute something else than "
+            "its graph, which is all that vanilla_model exports: put that computation in layers of the graph "
+            "(e.g. keras.layers.Rescaling for an input normalization)."
+        )
     if isinstance(model, keras.Sequential):
         layers, pending = [], list(model.layers)
         while pending:
@@ -131,8 +142,6 @@ def vanilla_model(model: keras.Model) -> keras.Model:
                 layers.extend(_exported_layers(layer))
         inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
         return keras.Sequential([inputs] + windows_as_channels(pairs_as_halves(layers)), name=model.name)
-    if not getattr(model, "_functional", False) and not hasattr(model, "_operations"):
-        raise ArgumentTypeError(f"vanilla_model needs a Sequential or functional model, got {type(model).__name__}.")
 
     sorts_to_fuse = _fusable_pairs(model)  # id(pooling) -> the GroupSort2 it is fused with
     fused_sorts = {id(layer) for layer in sorts_to_fuse.values()}

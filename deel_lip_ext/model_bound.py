@@ -31,7 +31,13 @@ from deel_lip_ext.spectrum import (
     padded_conv_norm,
 )
 
-__all__ = ["layer_lipschitz_constant", "model_lipschitz_bound", "check_graph_call", "chain_operations"]
+__all__ = [
+    "layer_lipschitz_constant",
+    "model_lipschitz_bound",
+    "check_graph_call",
+    "chain_operations",
+    "runs_its_graph",
+]
 
 # The `call`s that run the model's functional graph and nothing else (deel_lip_ext.model's classes inherit them
 # or mark theirs with `_computes_its_graph`).
@@ -53,6 +59,17 @@ def _computes_its_graph(call):
     """
     call._computes_its_graph = True
     return call
+
+
+def runs_its_graph(model: keras.Model) -> bool:
+    """Whether `model`'s class runs its functional graph and nothing else (its `call` is Keras's
+    `Sequential`/`Functional` one, or marked with `_computes_its_graph`).
+
+    Examples:
+        >>> runs_its_graph(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))  # True
+    """
+    call = type(model).call
+    return call in _GRAPH_CALLS or getattr(call, "_computes_its_graph", False)
 
 
 def layer_lipschitz_constant(layer: keras.layers.Layer, norm: str = "l2", input_shape: tuple | None = None) -> float:
@@ -127,8 +144,7 @@ def check_graph_call(model: keras.Model, purpose: str = "model_lipschitz_bound")
     Raises:
         ValueError: naming the model, its class and what to do.
     """
-    call = type(model).call
-    if call not in _GRAPH_CALLS and not getattr(call, "_computes_its_graph", False):
+    if not runs_its_graph(model):
         raise ValueError(
             f"model {model.name!r} ({type(model).__name__}) overrides `call`, so it may compute something else than "
             f"its graph, which is all that {purpose} can bound: put that computation in layers of the graph "

@@ -133,6 +133,35 @@ def test_export_copies_lambda_layers_and_unregistered_layers_and_refuses_lambda_
         vanilla_model(steep)
 
 
+class _LouderDense(lip.SpectralDense):
+    """A library layer subclass whose `call` is not the library's: its export must not be the library's."""
+
+    def call(self, inputs, training=None):
+        return 10.0 * super().call(inputs, training=training)
+
+
+class _LouderDenseWithExport(_LouderDense):
+    def vanilla_export(self):
+        return [*super().vanilla_export(), keras.layers.Rescaling(10.0)]
+
+
+class _ScaledModel(keras.Model):
+    def call(self, inputs, training=None, mask=None):
+        return 10.0 * super().call(inputs, training=training, mask=mask)
+
+
+def test_export_refuses_call_overrides_it_would_not_reproduce():
+    inputs = keras.Input((4,))
+    with pytest.raises(ValueError, match=r"layer 'louder' \(_LouderDense\) overrides `call`.*vanilla_export"):
+        vanilla_model(keras.Model(inputs, _LouderDense(3, name="louder")(inputs)))
+    with pytest.raises(ValueError, match=r"model 'scaled' \(_ScaledModel\) overrides `call`"):
+        vanilla_model(_ScaledModel(inputs, lip.SpectralDense(3)(inputs), name="scaled"))
+    # A subclass that exports its own `call` is exported as it says.
+    model = keras.Model(inputs, _LouderDenseWithExport(3)(inputs))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    np.testing.assert_allclose(vanilla_model(model).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
 def test_global_k_is_split_and_bounds_the_model():
     model = _conv_net(k_coef_lip=4.0)
     lipschitz_layers = [layer for layer in model.layers if isinstance(layer, lip.LipschitzLayer)]
