@@ -657,30 +657,35 @@ def fuzz(seeds, norms=("l2", "linf"), focus=None):
     return outcomes
 
 
-def fuzz_exports(seeds, norms=("l2", "linf")):
-    """Outcomes of the `vanilla_model` export of every seed's model, whose outputs must be the model's (to 1e-5
-    relative): {"outcomes": the exports' `check_model` outcomes, "exported": seeds exported, "refused": seeds
-    whose export was refused (ValueError, message kept)}; raises with the seed on a mismatch or an unexpected
+def fuzz_exports(seeds, norms=("l2", "linf"), any_size=False):
+    """Outcomes of the `vanilla_model` export of every seed's model (`random_model`, or with `any_size`
+    `random_any_size_model` at spatial sizes 7 and 8), whose outputs must be the model's (to 1e-5 relative):
+    {"outcomes": the exports' `check_model` / `check_at_sizes` outcomes, "exported": seeds exported, "refused":
+    {seed: message} of the exports refused (ValueError)}; raises with the seed on a mismatch or an unexpected
     exception."""
+    build = random_any_size_model if any_size else random_model
     results = {"outcomes": [], "exported": [], "refused": {}}
     for seed in seeds:
         try:
-            model = random_model(seed)
+            model = build(seed)
             try:
                 exported = vanilla_model(model)
             except ValueError as error:
                 results["refused"][seed] = str(error)
                 continue
-            x = np.random.default_rng(seed + 11).normal(size=(8,) + tuple(model.inputs[0].shape[1:]))
-            x = x.astype("float32")
-            expected, actual = to_numpy(model(x, training=False)), to_numpy(exported(x, training=False))
-            scale = max(1.0, float(np.abs(expected).max()))
-            assert np.abs(actual - expected).max() <= 1e-5 * scale, "the export computes another function"
-            results["outcomes"].extend(check_model(exported, norms, seed))
+            shape, rng = tuple(model.inputs[0].shape[1:]), np.random.default_rng(seed + 11)
+            for x_shape in sorted({tuple(size if n is None else n for n in shape) for size in (7, 8)}):
+                x = rng.normal(size=(8,) + x_shape).astype("float32")
+                expected, actual = to_numpy(model(x, training=False)), to_numpy(exported(x, training=False))
+                scale = max(1.0, float(np.abs(expected).max()))
+                gap = np.abs(actual - expected).max()
+                assert gap <= 1e-5 * scale, f"the export computes another function: gap {gap} at {x_shape}"
+            check = check_at_sizes if any_size else check_model
+            results["outcomes"].extend(check(exported, norms, seed))
             results["exported"].append(seed)
         except Exception as error:
             raise AssertionError(
-                f"seed {seed}: {type(error).__name__}: {error} (replay: vanilla_model(random_model({seed})))"
+                f"seed {seed}: {type(error).__name__}: {error} (replay: vanilla_model({build.__name__}({seed})))"
             ) from error
         finally:
             keras.backend.clear_session(free_memory=False)
