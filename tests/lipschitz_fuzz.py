@@ -641,19 +641,28 @@ def check_model(model, norms, seed):
     return outcomes
 
 
-def fuzz(seeds, norms=("l2", "linf"), focus=None):
-    """Outcomes of every seed and norm; raises with the seed of any unexpected exception."""
-    outcomes = []
+def _for_each_seed(seeds, check, replay):
+    """`check(seed)` for every seed, each in a fresh Keras session; any unexpected exception is a bug, raised
+    again with the seed and `replay` (the call that rebuilds the seed's model, "{seed}" standing for it)."""
     for seed in seeds:
         try:
-            model = random_model(seed, focus)
-            outcomes.extend(check_model(model, norms, seed))
-        except Exception as error:  # anything but a clear refusal is a bug; say how to replay it
+            check(seed)
+        except Exception as error:
             raise AssertionError(
-                f"seed {seed}: {type(error).__name__}: {error} (replay: random_model({seed}))"
+                f"seed {seed}: {type(error).__name__}: {error} (replay: {replay.format(seed=seed)})"
             ) from error
         finally:
             keras.backend.clear_session(free_memory=False)
+
+
+def fuzz(seeds, norms=("l2", "linf"), focus=None):
+    """Outcomes of every seed and norm; raises with the seed of any unexpected exception."""
+    outcomes = []
+    _for_each_seed(
+        seeds,
+        lambda seed: outcomes.extend(check_model(random_model(seed, focus), norms, seed)),
+        "random_model({seed})",
+    )
     return outcomes
 
 
@@ -665,30 +674,24 @@ def fuzz_exports(seeds, norms=("l2", "linf"), any_size=False):
     exception."""
     build = random_any_size_model if any_size else random_model
     results = {"outcomes": [], "exported": [], "refused": {}}
-    for seed in seeds:
+
+    def check(seed):
+        model = build(seed)
         try:
-            model = build(seed)
-            try:
-                exported = vanilla_model(model)
-            except ValueError as error:
-                results["refused"][seed] = str(error)
-                continue
-            shape, rng = tuple(model.inputs[0].shape[1:]), np.random.default_rng(seed + 11)
-            for x_shape in sorted({tuple(size if n is None else n for n in shape) for size in (7, 8)}):
-                x = rng.normal(size=(8,) + x_shape).astype("float32")
-                expected, actual = to_numpy(model(x, training=False)), to_numpy(exported(x, training=False))
-                scale = max(1.0, float(np.abs(expected).max()))
-                gap = np.abs(actual - expected).max()
-                assert gap <= 1e-5 * scale, f"the export computes another function: gap {gap} at {x_shape}"
-            check = check_at_sizes if any_size else check_model
-            results["outcomes"].extend(check(exported, norms, seed))
-            results["exported"].append(seed)
-        except Exception as error:
-            raise AssertionError(
-                f"seed {seed}: {type(error).__name__}: {error} (replay: vanilla_model({build.__name__}({seed})))"
-            ) from error
-        finally:
-            keras.backend.clear_session(free_memory=False)
+            exported = vanilla_model(model)
+        except ValueError as error:
+            results["refused"][seed] = str(error)
+            return
+        shape, rng = tuple(model.inputs[0].shape[1:]), np.random.default_rng(seed + 11)
+        for x_shape in sorted({tuple(size if n is None else n for n in shape) for size in (7, 8)}):
+            x = rng.normal(size=(8,) + x_shape).astype("float32")
+            expected, actual = to_numpy(model(x, training=False)), to_numpy(exported(x, training=False))
+            gap, scale = np.abs(actual - expected).max(), max(1.0, float(np.abs(expected).max()))
+            assert gap <= 1e-5 * scale, f"the export computes another function: gap {gap} at {x_shape}"
+        results["outcomes"].extend((check_at_sizes if any_size else check_model)(exported, norms, seed))
+        results["exported"].append(seed)
+
+    _for_each_seed(seeds, check, f"vanilla_model({build.__name__}({{seed}}))")
     return results
 
 
@@ -785,13 +788,9 @@ def check_at_sizes(model, norms, seed, sizes=(7, 8)):
 def fuzz_any_size(seeds, norms=("l2", "linf")):
     """`fuzz` for `random_any_size_model` / `check_at_sizes`."""
     outcomes = []
-    for seed in seeds:
-        try:
-            outcomes.extend(check_at_sizes(random_any_size_model(seed), norms, seed))
-        except Exception as error:
-            raise AssertionError(
-                f"seed {seed}: {type(error).__name__}: {error} (replay: random_any_size_model({seed}))"
-            ) from error
-        finally:
-            keras.backend.clear_session(free_memory=False)
+    _for_each_seed(
+        seeds,
+        lambda seed: outcomes.extend(check_at_sizes(random_any_size_model(seed), norms, seed)),
+        "random_any_size_model({seed})",
+    )
     return outcomes
