@@ -16,7 +16,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import ArgumentTypeError
-from deel_lip_ext.layers.base import check_bounded_call
+from deel_lip_ext.layers._call_overrides import check_bounded_call
 from deel_lip_ext.layers.linf import LogitScale
 from deel_lip_ext.lipschitz import is_non_decreasing_activation
 from deel_lip_ext.model_bound import chain_operations

@@ -17,7 +17,8 @@ import keras
 from keras import ops
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
-from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, check_exported_call
+from deel_lip_ext.layers._call_overrides import check_exported_call
+from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
 from deel_lip_ext.layers.fused import (
     fusable,
     fused,
