@@ -25,7 +25,7 @@ from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import check_k_coef_lip
 from deel_lip_ext.layers._bound_cache import BoundCache
-from deel_lip_ext.layers._call_overrides import check_bounded_call, check_exported_call
+from deel_lip_ext.layers._call_overrides import check_bounded_call
 from deel_lip_ext.layers._kernel_cache import KernelCache
 from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm
 from deel_lip_ext.parametrizations import check_normalizer_args, reshaped_kernel_orthogonalization
@@ -35,7 +35,6 @@ __all__ = [
     "check_k_coef_lip",
     "built_input_shape",
     "check_bounded_call",
-    "check_exported_call",
     "LipschitzBounded",
     "LipschitzLayer",
     "KernelCache",
