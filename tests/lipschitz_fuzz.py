@@ -712,8 +712,9 @@ class ScaledModel(keras.Model):
         return 100.0 * super().call(inputs, training=training, mask=mask)
 
 
-def _any_size_layer(rng, channels_first):
-    """A layer that accepts inputs of every spatial size (channels_first: stock layers in that layout)."""
+def _any_size_layer(rng, channels_first, spatial):
+    """A layer that accepts inputs of every spatial size (channels_first: stock layers in that layout); a "valid"
+    convolution drawn for a known `spatial` size smaller than its kernel gets "same" (the same draws)."""
     data_format = "channels_first" if channels_first else "channels_last"
     filters, kernel = int(rng.choice([1, 2, 3])), int(rng.choice([1, 2, 3]))
     stock = dict(kernel_initializer=_init(rng), bias_initializer=_bias(rng), data_format=data_format)
@@ -724,8 +725,8 @@ def _any_size_layer(rng, channels_first):
         else int(rng.integers(7 if channels_first else 9))
     )
     if choice == 0:
-        padding = "same" if channels_first else str(rng.choice(["same", "valid"]))  # channels-first inputs are 2x2
-        return keras.layers.Conv2D(filters, kernel, padding=padding, **stock)
+        padding = "same" if channels_first else _fitting(str(rng.choice(["same", "valid"])), kernel, spatial)
+        return keras.layers.Conv2D(filters, kernel, padding=padding, **stock)  # channels-first inputs are 2x2
     if choice == 1:
         return keras.layers.Conv2D(filters, kernel, strides=2, padding="same", **stock)
     if choice == 2:
@@ -738,9 +739,14 @@ def _any_size_layer(rng, channels_first):
         return keras.layers.UpSampling2D(2, data_format=data_format)
     if choice == 6:
         return keras.layers.Activation(str(rng.choice(["relu", "tanh", "gelu"])))
-    padding = str(rng.choice(["same", "valid"]))
+    padding = _fitting(str(rng.choice(["same", "valid"])), kernel, spatial)
     conv = LouderSpectralConv2D if rng.random() < 0.15 else lip.SpectralConv2D
     return conv(filters, kernel, padding=padding, kernel_initializer=_init(rng), bias_initializer=_bias(rng))
+
+
+def _fitting(padding, kernel, spatial):
+    """`padding`, or "same" where a "valid" kernel would not fit the known spatial size."""
+    return "same" if padding == "valid" and any(n is not None and n < kernel for n in spatial) else padding
 
 
 def random_any_size_model(seed: int) -> keras.Model:
@@ -757,7 +763,8 @@ def random_any_size_model(seed: int) -> keras.Model:
     inputs = keras.Input((channels, size, size) if channels_first else (size, size, channels))
     tensor = inputs
     for _ in range(int(rng.integers(1, 4))):
-        tensor = _any_size_layer(rng, channels_first)(tensor)
+        spatial = tensor.shape[2:] if channels_first else tensor.shape[1:-1]
+        tensor = _any_size_layer(rng, channels_first, spatial)(tensor)
     if rng.random() < (0.7 if channels_first else 0.4):
         data_format = "channels_first" if channels_first else "channels_last"
         tensor = keras.layers.GlobalAveragePooling2D(data_format=data_format)(tensor)
