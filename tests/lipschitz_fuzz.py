@@ -508,8 +508,9 @@ def random_model(seed: int, focus: str | None = None) -> keras.Model:
     """A random small model (Sequential or functional) from the seed.
 
     `focus` narrows the draw for the tests that check that the fuzzer can fail: "broadcast" (a
-    vector model whose first block merges a broadcast (N, 1) branch) or "activation" (a chain of
-    constrained dense layers with steep activations).
+    vector model whose first block merges a broadcast (N, 1) branch), "activation" (a chain of
+    constrained dense layers with steep activations) or "trained" (a chain of dense layers whose exact
+    norm below k moves with training: AOL, Frobenius).
     """
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
@@ -526,6 +527,9 @@ def random_model(seed: int, focus: str | None = None) -> keras.Model:
             activation = STEEP_ACTIVATIONS[rng.integers(len(STEEP_ACTIVATIONS))]
             tensor = lip.SpectralDense(6, activation=activation, bias_initializer=_bias(rng))(tensor)
         return keras.Model(inputs, tensor)
+    if focus == "trained":
+        hidden = lip.AOLDense(6, bias_initializer=_bias(rng))(inputs)
+        return keras.Model(inputs, lip.FrobeniusDense(4, bias_initializer=_bias(rng))(hidden))
     if rng.random() < 0.25:  # Sequential: a chain of single-input layers
         tensor, layers = inputs, []
         for _ in range(int(rng.integers(2, 5))):
@@ -663,6 +667,51 @@ def fuzz(seeds, norms=("l2", "linf"), focus=None):
         lambda seed: outcomes.extend(check_model(random_model(seed, focus), norms, seed)),
         "random_model({seed})",
     )
+    return outcomes
+
+
+def _bounds_or_refusals(model, norms):
+    """`model_lipschitz_bound` in each norm, computed for its side effect: every cache of a bound filled."""
+    for norm in norms:
+        try:
+            model_lipschitz_bound(model, norm)
+        except ValueError:
+            pass
+
+
+def train_far(model, seed, learning_rate=0.05, epochs=3):
+    """A few epochs of Adam at a large `learning_rate` on 32 random inputs and targets (3 x a normal draw of
+    the output's shape): weights, power-iteration states and running means far from their initialization.
+    A model whose output depends on no trainable weight (e.g. only a `LogitScale`, an identity) stays as is."""
+    rng = np.random.default_rng(seed + 13)
+    x = rng.normal(size=(32,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+    output = model(x[:1], training=False)
+    targets = keras.tree.map_structure(lambda y: 3 * rng.normal(size=(32,) + tuple(y.shape[1:])), output)
+    if not model.trainable_weights:
+        return
+    model.compile(keras.optimizers.Adam(learning_rate), loss="mse")
+    try:
+        model.fit(
+            x, keras.tree.map_structure(lambda t: t.astype("float32"), targets), epochs=epochs, batch_size=8, verbose=0
+        )
+    except ValueError as error:
+        if "No gradients provided" not in str(error):
+            raise
+
+
+def fuzz_trained(seeds, norms=("l2", "linf"), learning_rate=0.05, focus=None):
+    """`fuzz` on trained models: each model's bounds computed once (every cached bound now stale), then
+    `train_far`, then `check_model`: what training changes (kernels, CPL/SLL power-iteration vectors,
+    `BatchCentering` running means, caches) must be in the bound."""
+    outcomes = []
+
+    def check(seed):
+        model = random_model(seed, focus)
+        _bounds_or_refusals(model, norms)
+        train_far(model, seed, learning_rate)
+        outcomes.extend(check_model(model, norms, seed))
+
+    _for_each_seed(seeds, check, f"train_far(random_model({{seed}}, {focus!r}), {{seed}})")
     return outcomes
 
 

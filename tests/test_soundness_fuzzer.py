@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deel_lip_ext import layers as lip
-from deel_lip_ext.layers import base
+from deel_lip_ext.layers import _bound_cache, base
 from deel_lip_ext import lipschitz, model_bound
 
 import lipschitz_fuzz
@@ -56,6 +56,15 @@ def test_fuzzer_fast():
 @pytest.mark.slow
 def test_fuzzer_slow():
     _assert_sound(lipschitz_fuzz.fuzz(range(1000, 1500)))
+
+
+def test_fuzzer_after_training_fast():
+    _assert_sound(lipschitz_fuzz.fuzz_trained(range(10)))
+
+
+@pytest.mark.slow
+def test_fuzzer_after_training_slow():
+    _assert_sound(lipschitz_fuzz.fuzz_trained(range(3000, 3150)))
 
 
 def _assert_exports_sound(results, seeds, share):
@@ -103,6 +112,12 @@ def test_fuzzer_catches_trusted_call_overrides(monkeypatch):
     monkeypatch.setattr(model_bound, "check_graph_call", lambda model, purpose="": None)
     outcomes = lipschitz_fuzz.fuzz_any_size(range(40), norms=("l2",))
     assert any(o.violated for o in outcomes), "the fuzzer missed a bound that trusts overridden calls"
+
+
+def test_fuzzer_catches_stale_cached_bounds(monkeypatch):
+    monkeypatch.setattr(_bound_cache, "_same_arrays", lambda first, second: True)  # a cache blind to training
+    outcomes = lipschitz_fuzz.fuzz_trained(range(4), norms=("l2",), focus="trained")
+    assert any(o.violated for o in outcomes), "the fuzzer missed bounds cached before training"
 
 
 def test_fuzzer_catches_channels_first_pooling_bounded_as_channels_last(monkeypatch):
