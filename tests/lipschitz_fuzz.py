@@ -684,7 +684,8 @@ def train_far(model, seed, learning_rate=0.05, epochs=3):
     the output's shape): weights, power-iteration states and running means far from their initialization.
     A model whose output depends on no trainable weight (e.g. only a `LogitScale`, an identity) stays as is."""
     rng = np.random.default_rng(seed + 13)
-    x = rng.normal(size=(32,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+    shape = tuple(8 if n is None else n for n in model.inputs[0].shape[1:])  # any-size models: 8 x 8 images
+    x = rng.normal(size=(32,) + shape).astype("float32")
     output = model(x[:1], training=False)
     targets = keras.tree.map_structure(lambda y: 3 * rng.normal(size=(32,) + tuple(y.shape[1:])), output)
     if not model.trainable_weights:
@@ -715,17 +716,19 @@ def fuzz_trained(seeds, norms=("l2", "linf"), learning_rate=0.05, focus=None):
     return outcomes
 
 
-def fuzz_exports(seeds, norms=("l2", "linf"), any_size=False):
+def fuzz_exports(seeds, norms=("l2", "linf"), any_size=False, trained=False):
     """Outcomes of the `vanilla_model` export of every seed's model (`random_model`, or with `any_size`
     `random_any_size_model` at spatial sizes 7 and 8), whose outputs must be the model's (to 1e-5 relative):
     {"outcomes": the exports' `check_model` / `check_at_sizes` outcomes, "exported": seeds exported, "refused":
     {seed: message} of the exports refused (ValueError)}; raises with the seed on a mismatch or an unexpected
-    exception."""
+    exception. `trained`: each model goes through `train_far` first (folded running means, moved kernels)."""
     build = random_any_size_model if any_size else random_model
     results = {"outcomes": [], "exported": [], "refused": {}}
 
     def check(seed):
         model = build(seed)
+        if trained:
+            train_far(model, seed)
         try:
             exported = vanilla_model(model)
         except ValueError as error:
@@ -740,7 +743,8 @@ def fuzz_exports(seeds, norms=("l2", "linf"), any_size=False):
         results["outcomes"].extend((check_at_sizes if any_size else check_model)(exported, norms, seed))
         results["exported"].append(seed)
 
-    _for_each_seed(seeds, check, f"vanilla_model({build.__name__}({{seed}}))")
+    replay = f"model = {build.__name__}({{seed}}); " + ("train_far(model, {seed}); " if trained else "")
+    _for_each_seed(seeds, check, replay + "vanilla_model(model)")
     return results
 
 

@@ -89,12 +89,19 @@ def test_exports_of_fuzzed_any_size_models_compute_the_same_function_and_stay_bo
     assert any("overrides `call`" in refusal for refusal in results["refused"].values())
 
 
+def test_exports_of_trained_fuzzed_models_compute_the_same_function_and_stay_bounded():
+    seeds = range(8)
+    _assert_exports_sound(lipschitz_fuzz.fuzz_exports(seeds, trained=True), seeds, share=0.9)
+
+
 @pytest.mark.slow
 def test_exports_of_fuzzed_models_slow():
     seeds = range(1000, 1300)
     _assert_exports_sound(lipschitz_fuzz.fuzz_exports(seeds), seeds, share=0.9)
     seeds = range(1000, 1200)
     _assert_exports_sound(lipschitz_fuzz.fuzz_exports(seeds, any_size=True), seeds, share=0.6)
+    seeds = range(1300, 1400)
+    _assert_exports_sound(lipschitz_fuzz.fuzz_exports(seeds, trained=True), seeds, share=0.9)
 
 
 def test_fuzzer_any_size_fast():
