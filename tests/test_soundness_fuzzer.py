@@ -1,7 +1,10 @@
 """Soundness fuzzer: random models either get a clear refusal or a bound above every measured slope.
 
 The generator lives in `tests/lipschitz_fuzz.py` (`LAYERS` is the one list to extend with new
-layers). A failure message names the seed: `random_model(seed)` rebuilds the model.
+layers). A failure message names the seed: `random_model(seed)` rebuilds the model. The models are
+checked as drawn, after a few large Adam steps (`fuzz_trained`: kernels, power-iteration states and
+running means far from their initialization, every cached bound stale), of any input size, and
+exported (`fuzz_exports`: the export must compute the same function and stay bounded).
 """
 
 import inspect
