@@ -85,17 +85,40 @@ def layer_lipschitz_constant(layer: keras.layers.Layer, norm: str = "l2", input_
         input_shape: Keras input shape with the batch dimension (default: the build shape).
 
     Raises:
-        ValueError: the layer has no known constant (the message names it and says what to do).
+        ValueError: the layer has no known constant, or a NaN or infinite weight (the message names
+            it and says what to do).
 
     Examples:
         >>> layer_lipschitz_constant(keras.layers.Activation("gelu"))  # 1.13
     """
     norm = check_bound_norm(norm)
+    check_finite_weights(layer)
     if isinstance(layer, LipschitzBounded):
         return layer.lipschitz_constant(norm, input_shape)
     if isinstance(layer, keras.Model):
         return model_lipschitz_bound(layer, norm)
     return stock_layer_lipschitz(layer, norm, input_shape if input_shape is not None else built_input_shape(layer))
+
+
+def check_finite_weights(layer: keras.layers.Layer) -> None:
+    """Refuse a layer with a NaN or infinite weight (e.g. after a diverged training).
+
+    Its function has no finite Lipschitz constant (NaN outputs, or infinite slopes), and the spectra
+    the bound is made of would fail to converge or come out NaN, which no comparison rejects.
+
+    Raises:
+        ValueError: naming the layer and the first such weight.
+
+    Examples:
+        >>> check_finite_weights(keras.layers.Dense(2))  # unbuilt or finite: returns None
+    """
+    for weight in layer.weights:
+        if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight))):
+            raise ValueError(
+                f"layer {layer.name!r} has a NaN or infinite value in its weight {weight.path!r}: its Lipschitz "
+                "constant has no finite bound. Did the training diverge? Restore finite weights (an earlier "
+                "checkpoint, a lower learning rate) before certifying."
+            )
 
 
 def circular_pair(layer, consumer):

@@ -371,6 +371,37 @@ def test_certify_with_linf_lip_norm_uses_the_linf_bound():
     assert result.lip_const == pytest.approx(linf_lipschitz_bound(model))
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize(
+    "make, nested",
+    [
+        (lambda: keras.layers.Dense(3), False),
+        (lambda: lip.SpectralDense(3), False),
+        (lambda: lip.AOLDense(3), True),
+        (lambda: lip.SpectralConv2D(2, 3), False),
+    ],
+)
+def test_a_weight_that_is_not_finite_is_refused_by_every_bound(make, nested, value):
+    # Before: numpy's "SVD did not converge", or for a stock Dense with an inf entry a bound of NaN,
+    # which no margin comparison rejects.
+    layer = make()
+    shape = (5, 5, 1) if isinstance(layer, lip.SpectralConv2D) else (4,)
+    inner = keras.Sequential([keras.Input(shape), layer, keras.layers.Flatten()])
+    model = keras.Sequential([keras.Input(shape), inner]) if nested else inner
+    weights = [np.array(w) for w in layer.get_weights()]
+    weights[0].flat[0] = value
+    layer.set_weights(weights)
+    x, y = np.zeros((2,) + shape, "float32"), np.zeros((2,), "int64")
+    for bound in (
+        lambda: model_lipschitz_bound(model),
+        lambda: model_lipschitz_bound(model, "linf"),
+        lambda: linf_lipschitz_bound(model),
+        lambda: certify(model, (x, y), 0.1, verbose=False),
+    ):
+        with pytest.raises(ValueError, match=f"{layer.name}.*NaN or infinite value in its weight"):
+            bound()
+
+
 # ---------------------------------------------------------------- the protocol itself
 
 
