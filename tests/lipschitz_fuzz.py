@@ -509,8 +509,8 @@ def random_model(seed: int, focus: str | None = None) -> keras.Model:
 
     `focus` narrows the draw for the tests that check that the fuzzer can fail: "broadcast" (a
     vector model whose first block merges a broadcast (N, 1) branch), "activation" (a chain of
-    constrained dense layers with steep activations) or "trained" (a chain of dense layers whose exact
-    norm below k moves with training: AOL, Frobenius).
+    constrained dense layers with steep activations) or "trained" (AOL then Frobenius dense layers, whose
+    exact norms move with training).
     """
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
@@ -683,18 +683,17 @@ def train_far(model, seed, learning_rate=0.05, epochs=3):
     """A few epochs of Adam at a large `learning_rate` on 32 random inputs and targets (3 x a normal draw of
     the output's shape): weights, power-iteration states and running means far from their initialization.
     A model whose output depends on no trainable weight (e.g. only a `LogitScale`, an identity) stays as is."""
+    if not model.trainable_weights:
+        return
     rng = np.random.default_rng(seed + 13)
     shape = tuple(8 if n is None else n for n in model.inputs[0].shape[1:])  # any-size models: 8 x 8 images
     x = rng.normal(size=(32,) + shape).astype("float32")
-    output = model(x[:1], training=False)
-    targets = keras.tree.map_structure(lambda y: 3 * rng.normal(size=(32,) + tuple(y.shape[1:])), output)
-    if not model.trainable_weights:
-        return
+    targets = keras.tree.map_structure(
+        lambda y: (3 * rng.normal(size=(32,) + tuple(y.shape[1:]))).astype("float32"), model(x[:1], training=False)
+    )
     model.compile(keras.optimizers.Adam(learning_rate), loss="mse")
     try:
-        model.fit(
-            x, keras.tree.map_structure(lambda t: t.astype("float32"), targets), epochs=epochs, batch_size=8, verbose=0
-        )
+        model.fit(x, targets, epochs=epochs, batch_size=8, verbose=0)
     except ValueError as error:
         if "No gradients provided" not in str(error):
             raise
