@@ -104,7 +104,9 @@ def check_finite_weights(layer: keras.layers.Layer) -> None:
     """Refuse a layer with a NaN or infinite weight (e.g. after a diverged training).
 
     Its function has no finite Lipschitz constant (NaN outputs, or infinite slopes), and the spectra
-    the bound is made of would fail to converge or come out NaN, which no comparison rejects.
+    the bound is made of would fail to converge or come out NaN, which no comparison rejects. The
+    weights a library layer names in `infinite_weights` may be infinite (not NaN): an l_inf-dist
+    layer's p = inf.
 
     Raises:
         ValueError: naming the layer and the first such weight.
@@ -112,8 +114,10 @@ def check_finite_weights(layer: keras.layers.Layer) -> None:
     Examples:
         >>> check_finite_weights(keras.layers.Dense(2))  # unbuilt or finite: returns None
     """
+    may_be_infinite = getattr(layer, "infinite_weights", ())
     for weight in layer.weights:
-        if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight))):
+        values = keras.ops.convert_to_numpy(weight)
+        if np.any(np.isnan(values)) if weight.name in may_be_infinite else not np.all(np.isfinite(values)):
             raise ValueError(
                 f"layer {layer.name!r} has a NaN or infinite value in its weight {weight.path!r}: its Lipschitz "
                 "constant has no finite bound. Did the training diverge? Restore finite weights (an earlier "

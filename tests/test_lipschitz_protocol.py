@@ -402,6 +402,17 @@ def test_a_weight_that_is_not_finite_is_refused_by_every_bound(make, nested, val
             bound()
 
 
+def test_an_infinite_weight_a_layer_declares_is_bounded_and_a_nan_one_refused():
+    layer = lip.LInfDistDense(4)  # its norm order p = inf is a weight: the l_inf-dist neuron
+    model = keras.Sequential([keras.Input((3,)), layer])
+    norm_order = next(weight for weight in layer.weights if weight.name == "p")
+    assert layer.infinite_weights == ("p",) and math.isinf(float(ops.convert_to_numpy(norm_order)))
+    assert linf_lipschitz_bound(model) == pytest.approx(1.0)
+    norm_order.assign(np.nan)
+    with pytest.raises(ValueError, match="NaN or infinite value in its weight"):
+        linf_lipschitz_bound(model)
+
+
 # ---------------------------------------------------------------- the protocol itself
 
 

@@ -72,7 +72,13 @@ class LipschitzBounded:
     refuses); parametrized layers implement `operator_norm` instead (see
     `ParametrizedLayer`). A user subclass that overrides `call` must declare
     its own bound too, or it is refused (`check_bounded_call`).
+
+    `infinite_weights` names the weights that hold an infinite value by design (an l_inf-dist
+    layer's norm order p = inf); any other NaN or infinite weight makes every bound refuse
+    (`deel_lip_ext.model_bound.check_finite_weights`).
     """
+
+    infinite_weights: tuple[str, ...] = ()
 
     def lipschitz_constant(self, norm: str = "l2", input_shape: tuple | None = None) -> float:
         """Upper bound of the layer's Lipschitz constant for `norm` at `input_shape`.

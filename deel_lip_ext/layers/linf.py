@@ -51,6 +51,8 @@ class _LInfDistBase(LipschitzBounded, keras.layers.Layer):
     output shape), `_kernel_matrix()` and `_identity_positions()`.
     """
 
+    infinite_weights = ("p",)  # the norm order: p = inf is the l_inf-dist neuron
+
     def __init__(
         self,
         units: int,
