@@ -92,11 +92,11 @@ def layer_lipschitz_constant(layer: keras.layers.Layer, norm: str = "l2", input_
         >>> layer_lipschitz_constant(keras.layers.Activation("gelu"))  # 1.13
     """
     norm = check_bound_norm(norm)
+    if isinstance(layer, keras.Model) and not isinstance(layer, LipschitzBounded):
+        return model_lipschitz_bound(layer, norm)  # each of its layers checks its own weights there
     check_finite_weights(layer)
     if isinstance(layer, LipschitzBounded):
         return layer.lipschitz_constant(norm, input_shape)
-    if isinstance(layer, keras.Model):
-        return model_lipschitz_bound(layer, norm)
     return stock_layer_lipschitz(layer, norm, input_shape if input_shape is not None else built_input_shape(layer))
 
 
@@ -117,7 +117,8 @@ def check_finite_weights(layer: keras.layers.Layer) -> None:
     may_be_infinite = getattr(layer, "infinite_weights", ())
     for weight in layer.weights:
         values = keras.ops.convert_to_numpy(weight)
-        if np.any(np.isnan(values)) if weight.name in may_be_infinite else not np.all(np.isfinite(values)):
+        not_allowed = np.isnan(values) if weight.name in may_be_infinite else ~np.isfinite(values)
+        if np.any(not_allowed):
             raise ValueError(
                 f"layer {layer.name!r} has a NaN or infinite value in its weight {weight.path!r}: its Lipschitz "
                 "constant has no finite bound. Did the training diverge? Restore finite weights (an earlier "
