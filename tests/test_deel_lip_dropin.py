@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from deel_lip_ext import metrics, normalizers
+from deel_lip_ext import losses, metrics, normalizers
 from deel_lip_ext.constraints import AutoWeightClipConstraint
 from deel_lip_ext.layers import CReLU, Householder, MaxMin, MaxMinHalves
 
@@ -176,3 +176,34 @@ def test_reshaped_kernel_orthogonalization_accepts_u_none():
 def test_householder_channels_first_raises_value_error():
     with pytest.raises(ValueError, match="data_format"):
         Householder(data_format="channels_first")
+
+
+# ---------------------------------------------------------------- 7. multi-class hinge on rows that are not one-hot
+
+
+def _deel_lip_multiclass_hinge(y, f, m):
+    """deel-lip's elementwise definition: mean_c w_c relu(m/2 - s_c f_c), s_c = 1 if y_c > 0 else -1, w_c = C - 1
+    where s_c = 1, else 1 (a one-hot row gives the usual one-vs-rest form)."""
+    sign = np.where(y > 0, 1.0, -1.0)
+    hinge = np.maximum(0.0, m / 2 - sign * f)
+    return np.mean(np.where(sign > 0, (f.shape[-1] - 1) * hinge, hinge), axis=-1)
+
+
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.array([[1.0], [1.0], [1.0], [0.0], [0.0], [0.0]]),  # binary labels in one column (C = 1)
+        np.array([[1.0, 0, 0], [0, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1], [1, 1, 1]]),  # none / several positive
+        np.array([[1.0, -1, -1], [-1, -1, -1], [1, 1, -1], [-1, 1, 1], [-1, -1, 1], [1, 1, 1]]),  # same in {-1, 1}
+    ],
+)
+def test_multiclass_hinge_follows_deel_lip_on_rows_that_are_not_one_hot(y):
+    f = np.random.default_rng(3).normal(size=y.shape) * 2
+    m, alpha = 2.0, 2.5
+    expected = _deel_lip_multiclass_hinge(y, f, m)
+    y32, f32 = y.astype("float32"), f.astype("float32")
+    hinge = _numpy(losses.MulticlassHinge(m, reduction="none")(y32, f32))
+    np.testing.assert_allclose(hinge, expected, rtol=1e-5, atol=1e-6)
+    kr = _numpy(losses.MulticlassKR(reduction="none")(y32, f32))
+    hkr = _numpy(losses.MulticlassHKR(alpha, m, reduction="none")(y32, f32))
+    np.testing.assert_allclose(hkr, -kr + alpha * expected, rtol=1e-5, atol=1e-6)

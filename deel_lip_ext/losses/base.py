@@ -126,11 +126,17 @@ def _target_mask(y_true, y_pred):
 
 
 def multiclass_hinge_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float):
-    r"""Per-sample $\frac{1}{C} \sum_{j \ne y} [\mathrm{relu}(m/2 - f_y) + \mathrm{relu}(m/2 + f_j)]$."""
-    target = _target_mask(y_true, y_pred)
-    target_logit = ops.sum(y_pred * target, axis=-1, keepdims=True)
-    hinge = ops.relu(min_margin / 2.0 - target_logit) + ops.relu(min_margin / 2.0 + y_pred)
-    return ops.mean((1 - target) * hinge, axis=-1)
+    r"""Per-sample $\frac{1}{C} \sum_c w_c \, \mathrm{relu}(m/2 - s_c f_c)$, $s_c = \pm 1$ as $y_c > 0$ or not,
+    $w_c = C - 1$ where $s_c = 1$, else 1.
+
+    deel-lip's elementwise definition: on a one-hot row (target y) it is
+    $\frac{1}{C} \sum_{j \ne y} [\mathrm{relu}(m/2 - f_y) + \mathrm{relu}(m/2 + f_j)]$; a row with no
+    positive entry (binary labels in one column, multi-label data) gets the terms of its negatives only.
+    """
+    sign = _sign(ops.cast(y_true, y_pred.dtype), y_pred.dtype)
+    hinge = ops.relu(min_margin / 2.0 - sign * y_pred)
+    positive_weight = ops.convert_to_tensor(y_pred.shape[-1] - 1.0, y_pred.dtype)
+    return ops.mean(ops.where(ops.greater(sign, 0), hinge * positive_weight, hinge), axis=-1)
 
 
 def _hkr(kr, hinge, alpha):
