@@ -54,14 +54,13 @@ class Lorth2D:
             raise ValueError(f"stride must be an int >= 1, got {stride!r}.")
         self.stride = int(stride)
         self.conv_transpose = bool(conv_transpose)
-        self.kernel_shape = None
-        self.padding = 0
-        self.delta = 0
-        if kernel_shape is not None:
-            self.set_kernel_shape(kernel_shape)
+        self.set_kernel_shape(kernel_shape)
 
-    def set_kernel_shape(self, kernel_shape):
-        """Check the kernel shape (R, R, C, M) and derive the padding and delta."""
+    def set_kernel_shape(self, kernel_shape: tuple[int, int, int, int] | None) -> None:
+        """Check the kernel shape (R, R, C, M) and derive padding and delta (None: all three unset, as deel-lip)."""
+        if kernel_shape is None:
+            self.kernel_shape = self.padding = self.delta = None
+            return
         shape = tuple(int(dim) for dim in kernel_shape)
         if len(shape) != 4 or shape[0] != shape[1]:
             raise ValueError(f"kernel_shape must be (R, R, C, M) with a square kernel, got {kernel_shape!r}.")

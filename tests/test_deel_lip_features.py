@@ -136,8 +136,12 @@ def test_lorth_of_an_orthogonal_convolution_is_zero():
 
 
 def test_lorth_padding_and_delta():
-    lorth = Lorth2D(kernel_shape=(5, 5, 32, 64))
+    lorth = Lorth2D()
+    assert (lorth.kernel_shape, lorth.padding, lorth.delta) == (None, None, None)  # unset, as in deel-lip
+    lorth.set_kernel_shape((5, 5, 32, 64))
     assert (lorth.padding, lorth.delta) == (4, 32)
+    lorth.set_kernel_shape(None)
+    assert (lorth.kernel_shape, lorth.padding, lorth.delta) == (None, None, None)
     lorth = Lorth2D(kernel_shape=(5, 5, 8, 70), stride=3)
     assert (lorth.padding, lorth.delta) == (3, 0)
 
