@@ -186,7 +186,9 @@ class MulticlassHinge(_ParametrizedLoss):
     r"""One-vs-all hinge: $\frac{1}{C} \sum_{j \ne y} [\mathrm{relu}(m/2 - f_y) + \mathrm{relu}(m/2 + f_j)]$.
 
     The true-class term is counted C - 1 times, and the sum is divided by C
-    (deel-lip). y is one-hot in {0,1} or {-1,1}.
+    (deel-lip). y is one-hot in {0,1} or {-1,1}; a row with no positive entry,
+    or several, takes deel-lip's elementwise form (`multiclass_hinge_terms`):
+    relu(m/2 - f_c) weighted C - 1 for each positive c, relu(m/2 + f_c) for each other.
 
     Args:
         min_margin: the margin m (>= 0); schedulable.
