@@ -413,6 +413,27 @@ def test_an_infinite_weight_a_layer_declares_is_bounded_and_a_nan_one_refused():
         linf_lipschitz_bound(model)
 
 
+def test_a_diverged_parametrization_of_finite_weights_is_refused_by_every_bound():
+    # Finite weights, NaN kernel: the RKO power-iteration state is orthogonal to the top singular vector
+    # of its matrix, so sigma_max is estimated at 1 instead of 10 and Björck diverges. Before: numpy's
+    # "SVD did not converge" from the layer's own lipschitz_constant.
+    layer = lip.AOCConv2D(8, 1, padding="circular", use_bias=False)
+    model = keras.Sequential([keras.Input((4, 4, 8)), layer, keras.layers.Flatten()])
+    matrix = np.eye(8, dtype="float32")[None]
+    matrix[0, 0, 0] = 10.0
+    layer.rko_matrix.assign(matrix)
+    layer.rko_vectors.assign(np.eye(8, dtype="float32")[1:2])
+    assert not np.all(np.isfinite(ops.convert_to_numpy(model(np.ones((1, 4, 4, 8), "float32")))))
+    x, y = np.zeros((2, 4, 4, 8), "float32"), np.zeros((2,), "int64")
+    for bound in (
+        lambda: layer.lipschitz_constant("l2"),
+        lambda: model_lipschitz_bound(model),
+        lambda: certify(model, (x, y), 0.1, verbose=False),
+    ):
+        with pytest.raises(ValueError, match=f"{layer.name}.*kernel its weights give is not finite"):
+            bound()
+
+
 # ---------------------------------------------------------------- the protocol itself
 
 

@@ -19,7 +19,10 @@ derived state: not a weight (not in `get_weights()`, not saved in files); loadin
 
 from __future__ import annotations
 
+import math
+
 import keras
+import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
@@ -108,10 +111,24 @@ class LipschitzBounded:
         if getattr(self, "_bound_cache", None) is None:
             self._bound_cache = BoundCache()
         return float(
-            self._bound_cache.get_or_compute(
-                self, norm, input_shape, lambda: self._lipschitz_constant(norm, input_shape)
-            )
+            self._bound_cache.get_or_compute(self, norm, input_shape, lambda: self._finite_bound(norm, input_shape))
         )
+
+    def _finite_bound(self, norm, input_shape):
+        """`_lipschitz_constant`, refused where the kernel the (finite) weights give is not finite."""
+        try:
+            bound = float(self._lipschitz_constant(norm, input_shape))
+        except np.linalg.LinAlgError as error:  # the spectrum of a NaN kernel does not converge
+            bound, cause = math.nan, error
+        else:
+            cause = None
+        if math.isnan(bound):
+            raise ValueError(
+                f"layer {self.name!r}: the kernel its weights give is not finite (its parametrization diverged, e.g. "
+                "a power-iteration state orthogonal to the top singular vector), so it has no Lipschitz bound. "
+                "Re-initialize the layer's state or restore an earlier checkpoint before certifying."
+            ) from cause
+        return bound
 
     def _lipschitz_constant(self, norm, input_shape):
         raise ValueError(
