@@ -254,7 +254,7 @@ def test_construction_errors(cls, kwargs, match):
         (lip.AOCConv2D, {"strides": 2}, (None, 7, 8, 3), "divisible"),
         (lip.AOCConv2D, {}, (None, None, 8, 3), "known spatial"),
         (lip.AOCConv2D, {"kernel_size": 5}, (None, 1, 1, 3), "too large"),
-        (lip.AOCConv2D, {"dilation_rate": 3}, (None, 2, 2, 3), "too large"),
+        (lip.AOCConv2D, {"dilation_rate": 3}, (None, 2, 2, 3), r"\(dilated: \(7, 7\)\) is too large"),
         (lip.AOCConv2D, {"groups": 2}, (None, 4, 4, 3), "divisible by groups"),
         (lip.AOCConv2D, {"padding": "valid"}, (None, 2, 8, 3), "at least kernel_size"),
         (lip.AOCConv2DTranspose, {"kernel_size": 5}, (None, 1, 1, 3), "too large"),

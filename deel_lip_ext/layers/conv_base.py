@@ -193,8 +193,9 @@ class ConvGeometry:
         for size, (before, after) in zip(conv_sizes, pads):
             if max(before, after) > size - limit_offset:
                 raise ValueError(
-                    f"layer {layer_name!r}: kernel_size {self.kernel_size} is too large for {self.padding} padding "
-                    f"of an input of spatial size {tuple(input_shape[1:-1])} (strides {self.strides})."
+                    f"layer {layer_name!r}: kernel_size {self.kernel_size} (dilated: {self.dilated_kernel_size}) is "
+                    f"too large for {self.padding} padding of an input of spatial size {tuple(input_shape[1:-1])} "
+                    f"(strides {self.strides})."
                 )
 
     def plain_layers(self, name: str, input_shape: tuple, conv_layer: Callable, dtype_policy: Any) -> list:
