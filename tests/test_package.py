@@ -139,3 +139,66 @@ def test_vanilla_model_is_callable_as_deel_lip_names_it():
     plain = deel_lip_ext.vanillaModel(model)
     x = np.random.default_rng(1).random((3, 4)).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-5)
+
+
+def _canonical(name):
+    return __import__("re").sub(r"[-_.]+", "-", name).lower()
+
+
+def _unconditional(requirements):
+    """Distribution names of requirement strings that pip installs without any extra."""
+    from packaging.requirements import Requirement
+
+    parsed = [Requirement(line) for line in requirements if line.strip() and not line.strip().startswith("#")]
+    return [_canonical(req.name) for req in parsed if req.marker is None or req.marker.evaluate({"extra": ""})]
+
+
+def _installed_by(names):
+    """`names` and every distribution they require, transitively (as installed here)."""
+    from importlib import metadata
+
+    seen, pending = set(), list(names)
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            pending.extend(_unconditional(metadata.requires(name) or []))
+        except metadata.PackageNotFoundError:
+            pass
+    return seen
+
+
+def _top_level_imports(path):
+    """Top-level module names a file imports unconditionally (module body, not in functions or try blocks)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_tests_and_demos_import_only_what_the_dev_extra_installs():
+    # The README's `pip install -e ".[dev]" && pytest` on a fresh machine: a test module importing a
+    # package that only another backend pulls in (scipy, with JAX) fails to collect there.
+    import configparser
+    from importlib import metadata
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    options = config["options"]["install_requires"].splitlines()
+    dev = config["options.extras_require"]["dev"].splitlines()
+    installed = _installed_by(_unconditional(options) + _unconditional(dev) + ["deel-lip-ext"])
+    files = [*ROOT.glob("tests/*.py"), *ROOT.glob("tests/audit_probes/*.py"), *ROOT.glob("demos/*.py")]
+    local = {path.stem for path in files} | {"deel_lip_ext"}
+    distributions = metadata.packages_distributions()
+    missing = {
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in files
+        for module in _top_level_imports(path) - local - set(sys.stdlib_module_names)
+        if not any(_canonical(dist) in installed for dist in distributions.get(module, []))
+    }
+    assert not missing, sorted(missing)
