@@ -119,16 +119,17 @@ class LipschitzBounded:
         try:
             bound = float(self._lipschitz_constant(norm, input_shape))
         except np.linalg.LinAlgError as error:  # the spectrum of a NaN kernel does not converge
-            bound, cause = math.nan, error
-        else:
-            cause = None
+            raise self._diverged_error() from error
         if math.isnan(bound):
-            raise ValueError(
-                f"layer {self.name!r}: the kernel its weights give is not finite (its parametrization diverged, e.g. "
-                "a power-iteration state orthogonal to the top singular vector), so it has no Lipschitz bound. "
-                "Re-initialize the layer's state or restore an earlier checkpoint before certifying."
-            ) from cause
+            raise self._diverged_error()
         return bound
+
+    def _diverged_error(self):
+        return ValueError(
+            f"layer {self.name!r}: the kernel its weights give is not finite (its parametrization diverged, e.g. "
+            "a power-iteration state orthogonal to the top singular vector), so it has no Lipschitz bound. "
+            "Re-initialize the layer's state or restore an earlier checkpoint before certifying."
+        )
 
     def _lipschitz_constant(self, norm, input_shape):
         raise ValueError(
