@@ -9,6 +9,7 @@ import importlib
 import pathlib
 import pkgutil
 import importlib.util
+import re
 import subprocess
 import sys
 import textwrap
@@ -142,7 +143,7 @@ def test_vanilla_model_is_callable_as_deel_lip_names_it():
 
 
 def _canonical(name):
-    return __import__("re").sub(r"[-_.]+", "-", name).lower()
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _unconditional(requirements):
