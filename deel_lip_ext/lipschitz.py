@@ -24,6 +24,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 from numpy.typing import ArrayLike
+from keras.src.models.functional import Functional
 from keras.src.ops import nn as _ops_nn
 from keras.src.ops import numpy as _ops_numpy
 
@@ -48,6 +49,8 @@ __all__ = [
     "stock_layer_lipschitz",
     "as_computed",
     "computed_kernel",
+    "runs_its_graph",
+    "check_graph_call",
 ]
 
 
@@ -335,3 +338,57 @@ OPS = {
         **{cls: 0.25 for cls in _op_classes(_ops_nn, ("Sigmoid",))},
     },
 }
+
+
+# The `call`s that run the model's functional graph and nothing else (deel_lip_ext.model's classes inherit them
+# or mark theirs with `_computes_its_graph`).
+_GRAPH_CALLS = (keras.Sequential.call, Functional.call)
+
+
+def _computes_its_graph(call):
+    """Mark a model's `call` override as computing exactly its functional graph's function (only faster).
+
+    `check_graph_call` refuses models that override `call`, since the bounds walk the graph;
+    a `call` marked so is trusted to compute that graph's function, which its tests must prove.
+    The library's own mark (private: a user's `call` override stays refused).
+
+    Examples:
+        >>> class Fast(keras.Sequential):
+        ...     @_computes_its_graph
+        ...     def call(self, inputs, training=None, mask=None):
+        ...         return super().call(inputs, training=training, mask=mask)
+    """
+    call._computes_its_graph = True
+    return call
+
+
+def runs_its_graph(model: keras.Model) -> bool:
+    """Whether `model`'s class runs its functional graph and nothing else (its `call` is Keras's
+    `Sequential`/`Functional` one, or marked with `_computes_its_graph`).
+
+    Examples:
+        >>> runs_its_graph(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))  # True
+    """
+    call = type(model).call
+    return call in _GRAPH_CALLS or getattr(call, "_computes_its_graph", False)
+
+
+def check_graph_call(model: keras.Model, purpose: str = "model_lipschitz_bound") -> None:
+    """Refuse a model whose class overrides `call`: what runs is then not (only) its graph.
+
+    A `keras.Sequential` or functional `keras.Model` (and the classes of
+    `deel_lip_ext.model`) run their graph; a subclass whose `call` does
+    something else (normalizes its input, scales the output, ...) computes
+    another function than the graph that a bound or an interval propagation
+    would walk.
+
+    Raises:
+        ValueError: naming the model, its class and what to do.
+    """
+    if not runs_its_graph(model):
+        raise ValueError(
+            f"model {model.name!r} ({type(model).__name__}) overrides `call`, so it may compute something else than "
+            f"its graph, which is all that {purpose} can bound: put that computation in layers of the graph "
+            "(e.g. keras.layers.Rescaling for an input normalization), or pass the model's Lipschitz constant "
+            "explicitly (lip_const=...)."
+        )

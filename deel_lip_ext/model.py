@@ -27,7 +27,7 @@ from deel_lip_ext.layers.fused import (
     windows_as_channels,
 )
 from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
-from deel_lip_ext.model_bound import _computes_its_graph, runs_its_graph
+from deel_lip_ext.lipschitz import _computes_its_graph, runs_its_graph
 from deel_lip_ext.utils import layer_lipschitz_constant
 
 __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]

@@ -13,7 +13,6 @@ import math
 
 import keras
 import numpy as np
-from keras.src.models.functional import Functional
 
 from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
 from deel_lip_ext.layers.padding import CircularPadding2D, Padding2D
@@ -22,6 +21,8 @@ from deel_lip_ext.lipschitz import (
     activation_lipschitz,
     as_computed,
     check_bound_norm,
+    check_graph_call,
+    runs_its_graph,
     computed_kernel,
     stock_layer_lipschitz,
 )
@@ -38,38 +39,6 @@ __all__ = [
     "chain_operations",
     "runs_its_graph",
 ]
-
-# The `call`s that run the model's functional graph and nothing else (deel_lip_ext.model's classes inherit them
-# or mark theirs with `_computes_its_graph`).
-_GRAPH_CALLS = (keras.Sequential.call, Functional.call)
-
-
-def _computes_its_graph(call):
-    """Mark a model's `call` override as computing exactly its functional graph's function (only faster).
-
-    `check_graph_call` refuses models that override `call`, since the bounds walk the graph;
-    a `call` marked so is trusted to compute that graph's function, which its tests must prove.
-    The library's own mark (private: a user's `call` override stays refused).
-
-    Examples:
-        >>> class Fast(keras.Sequential):
-        ...     @_computes_its_graph
-        ...     def call(self, inputs, training=None, mask=None):
-        ...         return super().call(inputs, training=training, mask=mask)
-    """
-    call._computes_its_graph = True
-    return call
-
-
-def runs_its_graph(model: keras.Model) -> bool:
-    """Whether `model`'s class runs its functional graph and nothing else (its `call` is Keras's
-    `Sequential`/`Functional` one, or marked with `_computes_its_graph`).
-
-    Examples:
-        >>> runs_its_graph(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))  # True
-    """
-    call = type(model).call
-    return call in _GRAPH_CALLS or getattr(call, "_computes_its_graph", False)
 
 
 def layer_lipschitz_constant(layer: keras.layers.Layer, norm: str = "l2", input_shape: tuple | None = None) -> float:
@@ -160,27 +129,6 @@ def circular_conv_sv(conv, padded_input_shape):
 # ---------------------------------------------------------------- the graph walk
 
 
-def check_graph_call(model: keras.Model, purpose: str = "model_lipschitz_bound") -> None:
-    """Refuse a model whose class overrides `call`: what runs is then not (only) its graph.
-
-    A `keras.Sequential` or functional `keras.Model` (and the classes of
-    `deel_lip_ext.model`) run their graph; a subclass whose `call` does
-    something else (normalizes its input, scales the output, ...) computes
-    another function than the graph that a bound or an interval propagation
-    would walk.
-
-    Raises:
-        ValueError: naming the model, its class and what to do.
-    """
-    if not runs_its_graph(model):
-        raise ValueError(
-            f"model {model.name!r} ({type(model).__name__}) overrides `call`, so it may compute something else than "
-            f"its graph, which is all that {purpose} can bound: put that computation in layers of the graph "
-            "(e.g. keras.layers.Rescaling for an input normalization), or pass the model's Lipschitz constant "
-            "explicitly (lip_const=...)."
-        )
-
-
 def _graph(model):
     """The functional graph of a Sequential or functional model, or a ValueError saying why there is none."""
     if not isinstance(model, keras.Model):
@@ -269,18 +217,44 @@ def _sizes(shape):
     return None if any(size is None for size in shape) else int(np.prod(shape, dtype=np.int64))
 
 
-def _broadcast_factor(tensor, output, norm, operation):
-    """How much broadcasting `tensor` to `output`'s shape multiplies a norm: sqrt(copies) in L2, 1 in l_inf."""
+def _expansion_unknown(shape, partners):
+    """Whether an operand of `shape` (unknown sizes) may be copied at run time to match one of `partners`."""
+    for partner in partners:
+        if len(partner) > len(shape):
+            return True
+        for size, other in zip(reversed(shape[1:]), reversed(partner[-len(shape) + 1 :] if len(shape) > 1 else ())):
+            if other != 1 and (size is None or other is None or size == 1):
+                return True
+    return False
+
+
+def _broadcast_factor(tensor, node, norm):
+    """How much broadcasting `tensor` to the node's output multiplies a norm: sqrt(copies) in L2, 1 in l_inf."""
+    operation, output = node.operation, node.outputs[0]
     in_shape, out_shape = tuple(tensor.shape), tuple(output.shape)
-    if in_shape == out_shape or norm == "linf":
+    if norm == "linf":
         return 1.0
-    in_size, out_size = _sizes(in_shape[1:]), _sizes(out_shape[1:])
-    if in_size is None or out_size is None or len(in_shape) != len(out_shape) or in_shape[0] != out_shape[0]:
+    if None in in_shape[1:] or None in out_shape[1:]:
+        # Equal symbolic shapes prove nothing: a (None, None, C) tensor may be 1 x 1 at run time and be copied
+        # to every position of the other operand (a pooled map added to its input).
+        constants = [] if isinstance(operation, keras.layers.Layer) else _constants(node)  # a layer's args: tensors
+        partners = [tuple(t.shape) for t in node.input_tensors if t is not tensor] + [np.shape(c) for c in constants]
+        if in_shape != out_shape or _expansion_unknown(in_shape, partners):
+            raise ValueError(
+                f"operation {_operation_label(operation)} combines a {in_shape} tensor with operands of shapes "
+                f"{partners} whose sizes are unknown until it runs: it may then broadcast (copy) entries, which "
+                "multiplies the L2 constant by sqrt(copies). Give the model's Input a fixed size (e.g. "
+                "keras.Input((32, 32, 3))), or bound the l_inf constant (norm='linf'), which copies do not change."
+            )
+        return 1.0
+    if in_shape == out_shape:
+        return 1.0
+    if len(in_shape) != len(out_shape) or in_shape[0] != out_shape[0]:
         raise ValueError(
             f"operation {_operation_label(operation)} broadcasts a {in_shape} input to {out_shape}: the copies "
-            "cannot be counted for unknown sizes or across the batch axis; make the shapes explicit."
+            "cannot be counted across the batch axis; make the shapes explicit."
         )
-    return math.sqrt(out_size / in_size)
+    return math.sqrt(_sizes(out_shape[1:]) / _sizes(in_shape[1:]))
 
 
 def _check_per_sample(operation, tensors, output):
@@ -331,11 +305,11 @@ def _node_constant(node, inputs, norm):
     if isinstance(operation, keras.Model):
         return model_lipschitz_bound(operation, norm) * _joint(values, norm)
     if kind in (keras.layers.Add, keras.layers.Subtract) or isinstance(operation, OPS["additive"]):
-        return sum(v * _broadcast_factor(t, output, norm, operation) for v, t in zip(values, tensors))
+        return sum(v * _broadcast_factor(t, node, norm) for v, t in zip(values, tensors))
     if kind is keras.layers.Average:
-        return sum(v * _broadcast_factor(t, output, norm, operation) for v, t in zip(values, tensors)) / len(tensors)
+        return sum(v * _broadcast_factor(t, node, norm) for v, t in zip(values, tensors)) / len(tensors)
     if kind in (keras.layers.Maximum, keras.layers.Minimum):
-        return _joint([v * _broadcast_factor(t, output, norm, operation) for v, t in zip(values, tensors)], norm)
+        return _joint([v * _broadcast_factor(t, node, norm) for v, t in zip(values, tensors)], norm)
     if kind is keras.layers.Concatenate or isinstance(operation, OPS["concat"]):
         if not _concat_axis_ok(operation, output):
             raise ValueError(f"operation {_operation_label(operation)} concatenates along the batch axis.")
@@ -360,13 +334,13 @@ def _node_constant(node, inputs, norm):
         if len(constants) != 1:
             raise ValueError(f"operation {_operation_label(operation)}: only a product with one constant is bounded.")
         (constant,) = constants
-        spread = _broadcast_factor(tensor, output, norm, operation)
+        spread = _broadcast_factor(tensor, node, norm)
         return value * spread * float(np.max(np.abs(_constant_array(constant, operation, output.dtype)), initial=0.0))
     if isinstance(operation, OPS["divide"]) and node.arguments.args[0] is tensor:
         divisor = np.abs(_constant_array(node.arguments.args[1], operation, output.dtype))
         if divisor.size == 0 or np.min(divisor) == 0:
             raise ValueError(f"operation {_operation_label(operation)} divides by zero.")
-        return value * _broadcast_factor(tensor, output, norm, operation) / float(np.min(divisor))
+        return value * _broadcast_factor(tensor, node, norm) / float(np.min(divisor))
     raise ValueError(
         f"operation {_operation_label(operation)} has no known Lipschitz constant: use layers with a known "
         "constant (deel_lip_ext layers, deel_lip_ext.lipschitz.STOCK_LAYERS, the ops of deel_lip_ext.lipschitz.OPS), "
@@ -392,6 +366,18 @@ def _fused_padded_conv(node, inputs, norm):
         return None
     act = activation_lipschitz(conv.activation, f"layer {conv.name!r}")
     return inputs[id(producer.input_tensors[0])] * high * act
+
+
+def _check_float_inputs(graph, model):
+    """Refuse an integer or boolean Input: Keras casts the data to it, a rounding with no finite constant."""
+    for tensor in graph.inputs:
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if not dtype.startswith(("float", "bfloat")):
+            raise ValueError(
+                f"input {tensor.name!r} of model {model.name!r} has dtype {dtype!r}: the model casts its data to it, "
+                "rounding them (a step function: no finite Lipschitz constant). Give the Input a float dtype "
+                "(keras.Input(shape, dtype='float32'))."
+            )
 
 
 def model_lipschitz_bound(model: keras.Model, norm: str = "l2") -> float:
@@ -436,6 +422,7 @@ def model_lipschitz_bound(model: keras.Model, norm: str = "l2") -> float:
     graph = _graph(model)
     if isinstance(model, keras.Sequential):
         pin_input_shape(model)
+    _check_float_inputs(graph, model)
     inputs = {id(tensor): 1.0 for tensor in graph.inputs}
     for node in graph_nodes(model):
         if isinstance(node.operation, keras.layers.InputLayer):

@@ -141,7 +141,7 @@ def test_fuzzer_catches_channels_first_pooling_bounded_as_channels_last(monkeypa
 
 
 def test_fuzzer_catches_a_bound_that_drops_broadcasting(monkeypatch):
-    monkeypatch.setattr(model_bound, "_broadcast_factor", lambda tensor, output, norm, operation: 1.0)
+    monkeypatch.setattr(model_bound, "_broadcast_factor", lambda tensor, node, norm: 1.0)
     outcomes = lipschitz_fuzz.fuzz(range(8), norms=("l2",), focus="broadcast")
     assert any(o.violated for o in outcomes), "the fuzzer missed a bound that ignores broadcasting"
 

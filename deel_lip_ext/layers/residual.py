@@ -36,7 +36,7 @@ from deel_lip_ext._validation import check_int, check_number
 from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
 from deel_lip_ext.layers.conv_base import LipschitzConv
 from deel_lip_ext.layers.dense import LipschitzDenseBase
-from deel_lip_ext.lipschitz import stock_layer_lipschitz
+from deel_lip_ext.lipschitz import check_graph_call, stock_layer_lipschitz
 from deel_lip_ext.parametrizations import chord_orthogonalization, conv_with_padding, residual_block_normalization
 
 __all__ = ["LiResNetBlock", "ChordDense", "LipResidual"]
@@ -255,6 +255,7 @@ class ChordDense(LipschitzDenseBase):
 def _inner_constant(layer, norm, input_shape):
     """The branch's constant: the protocol, the stock table, or the product over a `keras.Sequential`."""
     if isinstance(layer, keras.Sequential):
+        check_graph_call(layer, "LipResidual's bound")
         constant, shape = 1.0, input_shape if input_shape is not None else built_input_shape(layer)
         for sub in layer.layers:
             constant *= _inner_constant(sub, norm, shape)
