@@ -35,6 +35,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext import _autodiff as autodiff
+from deel_lip_ext._certifiable import check_certifiable
 from deel_lip_ext._optional import optional_import
 from deel_lip_ext._validation import NORMS, check_int, check_labels, check_norm, check_number
 from deel_lip_ext.utils import evaluate_lip_const, model_lipschitz_bound
@@ -128,20 +129,22 @@ def certified_radius(
 
     Returns:
         numpy array (N,): M/(sqrt(2) L) (l2), M/(2 L) (l2 disjoint, linf), or
-        s f / L (single logit), floored at 0.
+        s f / L (single logit), floored at 0; 0 for a sample with a non-finite (overflowed) logit.
 
     Examples:
         >>> certified_radius([[3.0, 1.0]], [0])  # sqrt(2) = 2 / sqrt(2)
     """
     check_norm(norm)
     lip_const = check_number(lip_const, "lip_const", minimum=0, strict=True)
-    logits = np.asarray(logits, dtype="float32")
+    logits = np.asarray(logits, dtype="float64")  # the logits' own precision: a float64 model keeps its margins
     if logits.size == 0:
         raise ValueError(f"logits is empty (shape {logits.shape}): certified_radius needs at least one sample.")
     target = check_labels(logits, labels)
     margin = logit_margin(target, logits)
     radius = _radius_from_margin(margin, norm, lip_const, disjoint_neurons, logits.shape[1])
-    return np.asarray(ops.convert_to_numpy(radius))
+    radius = np.asarray(ops.convert_to_numpy(radius))
+    # An overflowed (inf) or NaN logit has no margin: that point is not certified.
+    return np.where(np.all(np.isfinite(logits), axis=1), radius, 0.0)
 
 
 def radius_conversion(norm: str, lip_norm: str, input_dim: int):
@@ -217,7 +220,8 @@ def iterate_batches(data: tuple[ArrayLike, ArrayLike], batch_size: int):
 
 
 def _is_batch_pair_list(data):
-    return isinstance(data[0], (tuple, list)) and len(data[0]) == 2
+    # A tuple is always (x, y), so that x given as a list of two samples is not read as two batches.
+    return isinstance(data, list) and isinstance(data[0], (tuple, list)) and len(data[0]) == 2
 
 
 def count_batches(data: tuple[ArrayLike, ArrayLike], batch_size: int):
@@ -354,6 +358,14 @@ def certify(
     Returns:
         A `CertifyResult` (`print` it for a table, `.plot(path)` for a PNG).
 
+    Raises:
+        ValueError: a model a certificate would misread: several inputs, outputs
+            in a list or dict, a single output through a probability activation
+            (sigmoid, softplus, ...: certify the logit instead), layers computing
+            in float16 / bfloat16 (their rounding can flip a decision inside the
+            radius: certify the weights under a float32 policy); a model or op
+            whose Lipschitz constant is unknown (see `lip_const`).
+
     Examples:
         >>> result = certify(model, (x_test, y_test), [36 / 255, 72 / 255, 108 / 255])
         >>> print(result)
@@ -370,6 +382,7 @@ def certify(
     for eps in epsilons:
         check_number(float(eps), "epsilons", minimum=0)
     scale = _input_scale_factor(input_scale)
+    check_certifiable(model, "certify")
     lip_source = "user" if lip_const is not None else "computed"
     lip_const = resolve_lip_const(model, lip_const, lip_norm)
 

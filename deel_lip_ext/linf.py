@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._certifiable import check_certifiable
 from deel_lip_ext._validation import check_number
 from deel_lip_ext.attacks import pgd
 from deel_lip_ext.callbacks import LpScheduler, schedule_ratio, scheduled_p
@@ -91,20 +92,38 @@ def ibp_margins(
             `interval_bounds`), evaluated in inference mode.
         x: inputs (N, ...); y: class indices (N,) or one-hot.
         eps: l_inf radius in input units (>= 0).
-        clip_min: valid input range (None: unbounded).
-        clip_max: valid input range (None: unbounded).
+        clip_min: valid input range (None: unbounded); every x must lie in it.
+        clip_max: valid input range (None: unbounded); every x must lie in it.
         batch_size: samples per propagation.
 
     Returns:
         numpy array (N, C): entry t is 0, the point is certified iff all others are < 0.
+
+    Raises:
+        ValueError: x outside [clip_min, clip_max], a model with one output or one
+            `deel_lip_ext._certifiable.check_certifiable` refuses (half precision, ...).
     """
     eps = check_number(eps, "eps", minimum=0)
     x = np.asarray(x, dtype="float32")
     y = _check_labels(y, len(x))
     low_clip = -np.inf if clip_min is None else clip_min
     high_clip = np.inf if clip_max is None else clip_max
+    outside = np.flatnonzero(np.any((x < low_clip) | (x > high_clip), axis=tuple(range(1, x.ndim))))
+    if outside.size:
+        # Clipping the box of such a point bounds the model near the clip range, not near the point.
+        raise ValueError(
+            f"x: {outside.size} samples (the first: {outside[0]}) lie outside [clip_min, clip_max] = "
+            f"[{clip_min}, {clip_max}]: give the range the inputs live in (e.g. clip_max=255 for raw pixels) "
+            "or None for an unbounded one."
+        )
+    check_certifiable(model, "ibp_margins")
     layers = chain_layers(model)
     num_classes = model.output_shape[-1]
+    if num_classes < 2:
+        raise ValueError(
+            f"ibp_margins needs C >= 2 logits, model {model.name!r} has one output: certify a binary single-logit "
+            "model with certify_lipschitz or deel_lip_ext.certification.certify."
+        )
     if np.any(y >= num_classes) or np.any(y < 0):
         raise ValueError(f"y must hold class indices in [0, {num_classes}), got values up to {np.max(y)}.")
     results = []
@@ -172,6 +191,7 @@ def certify_lipschitz(
         >>> certified = certify_lipschitz(model, x_test, y_test, eps=0.3)
     """
     eps = check_number(eps, "eps", minimum=0)
+    check_certifiable(model, "certify_lipschitz")
     lip_const = linf_lipschitz_bound(model) if lip_const is None else lip_const
     logits = model.predict(np.asarray(x, dtype="float32"), batch_size=batch_size, verbose=0)
     radius = certified_radius(logits, _check_labels(y, len(logits)), norm="linf", lip_const=lip_const)

@@ -41,10 +41,12 @@ class _RadiusMetric(keras.metrics.Mean):
         self.disjoint_neurons = bool(disjoint_neurons)
 
     def _signed_radius(self, y_true, y_pred):
-        """margin / (c L): positive iff correctly classified (not floored at 0)."""
+        """margin / (c L): positive iff correctly classified (not floored at 0); 0 for an invalid label."""
         y_pred = ops.cast(y_pred, "float32")
         factor = certificate_factor(self.norm, self.disjoint_neurons, y_pred.shape[-1])
-        return logit_margin(y_true, y_pred) / (factor * self.lip_const)
+        y_true, valid = _checked_label_rows(y_true, y_pred.shape[-1])
+        radius = logit_margin(y_true, y_pred) / (factor * self.lip_const)
+        return ops.where(valid, radius, ops.zeros_like(radius))
 
     def _values(self, signed_radius):
         raise NotImplementedError
@@ -54,6 +56,32 @@ class _RadiusMetric(keras.metrics.Mean):
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype, "lip_const": self.lip_const}
+
+
+def _checked_label_rows(y_true, num_classes):
+    """(labels, valid): the rows `certified_radius` would accept (class indices in [0, C), one-hot rows in
+    {0, 1} or {-1, 1} with one positive, binary labels in {0, 1} or {-1, 1}); an invalid row (a soft or
+    out-of-range label) is replaced by class 0 and flagged, so it counts as not certified instead of raising
+    inside a compiled step."""
+    y_true = ops.cast(y_true, "float32")
+    if len(y_true.shape) == 2 and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, axis=-1)
+    if len(y_true.shape) not in (1, 2) or (len(y_true.shape) == 2 and y_true.shape[-1] != num_classes):
+        raise ValueError(
+            f"y_true must have shape (N,), (N, 1) or (N, {num_classes}) for logits with {num_classes} classes, "
+            f"got shape {tuple(y_true.shape)}."
+        )
+    in_sign_set = ops.logical_or(ops.equal(ops.abs(y_true), 1.0), ops.equal(y_true, 0.0))
+    if len(y_true.shape) == 2:
+        one_positive = ops.equal(ops.sum(ops.cast(y_true > 0, "float32"), axis=-1), 1.0)
+        valid = ops.logical_and(ops.all(in_sign_set, axis=-1), one_positive)
+        return ops.where(valid[:, None], y_true, ops.one_hot(ops.zeros_like(valid, "int32"), num_classes)), valid
+    if num_classes == 1:
+        valid = in_sign_set
+    else:
+        is_index = ops.logical_and(ops.equal(y_true, ops.floor(y_true)), ops.greater_equal(y_true, 0.0))
+        valid = ops.logical_and(is_index, ops.less(y_true, float(num_classes)))
+    return ops.where(valid, y_true, ops.zeros_like(y_true)), valid
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")

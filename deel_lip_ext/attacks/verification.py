@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._certifiable import check_certifiable
 from deel_lip_ext._validation import check_int, check_number
 from deel_lip_ext.attacks.gradient_attacks import attack_batch, margin_loss_at, prepare_attack
 from deel_lip_ext.certification import (
@@ -125,7 +126,8 @@ def verify_certificates(
     if step_sizes is None:
         step_sizes = tuple(eps * f for f in (0.5, 0.1, 0.025)) if eps > 0 else (1.0,)
     step_sizes = tuple(check_number(s, "step_size", minimum=0, strict=True) for s in np.atleast_1d(step_sizes))
-    lip_const = resolve_lip_const(model, lip_const)
+    check_certifiable(model, "verify_certificates")
+    lip_const = resolve_lip_const(model, lip_const, lip_norm)
     certificate_norm, factor = radius_conversion(norm, lip_norm, int(np.prod(x.shape[1:])))
 
     n_batches = math.ceil(len(x) / batch_size)
