@@ -70,6 +70,9 @@ class _ChannelActivation(LipschitzLayer, keras.layers.Layer):
         # Sorting, pairwise max/min and CReLU are 1-Lipschitz in every l_p norm; times k.
         return self.k_coef_lip
 
+    def _rounded_constants(self):
+        return 0 if self.k_coef_lip == 1.0 else 1  # `_scale` multiplies by k only when k != 1
+
     def get_config(self):
         config = super().get_config()
         config.update({"k_coef_lip": self.k_coef_lip, "data_format": self.data_format})
@@ -397,6 +400,11 @@ class Householder(_ChannelActivation):
         # Piecewise identity / 2-D reflection [[cos, sin], [sin, -cos]] on each pair: an isometry in L2,
         # l_inf norm |cos| + |sin| <= sqrt(2) on each piece of this continuous piecewise-linear map.
         return self.k_coef_lip * (1.0 if norm == "l2" else math.sqrt(2.0))
+
+    def _rounded_constants(self):
+        # cos and sin of the rounded angle, each rounded (and evaluated within a unit roundoff): the
+        # reflection's norm sqrt(cos^2 + sin^2) grows by at most two unit roundoffs; then k.
+        return 2 + super()._rounded_constants()
 
     def get_config(self):
         config = super().get_config()

@@ -59,6 +59,10 @@ def built_input_shape(layer: keras.layers.Layer) -> tuple | None:
     return tuple(shape)
 
 
+# Unit roundoff of the half-precision compute dtypes (float32 constants: 6e-8, below any certified radius).
+_HALF_UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
 class LipschitzBounded:
     """The Lipschitz protocol: every layer of the library answers `lipschitz_constant`.
 
@@ -122,7 +126,14 @@ class LipschitzBounded:
             raise self._diverged_error() from error
         if math.isnan(bound):
             raise self._diverged_error()
-        return bound
+        unit_roundoff = _HALF_UNIT_ROUNDOFF.get(str(getattr(self, "compute_dtype", "")), 0.0)
+        return bound * (1.0 + unit_roundoff) ** self._rounded_constants()
+
+    def _rounded_constants(self) -> int:
+        """How many constants `call` multiplies by in series after rounding them to its compute dtype (k,
+        a pooling's scale, cos and sin of an angle): under float16 or bfloat16 each may round up by a unit
+        roundoff, which the bound then allows for. 0 by default: kernel layers bound their rounded kernel."""
+        return 0
 
     def _diverged_error(self):
         return ValueError(
@@ -352,6 +363,11 @@ class SpectralMixin:
     matrix (fan_in, units), is divided by its largest singular value and
     orthonormalized by Björck iterations (RKO).
     """
+
+    def lipschitz_by_construction(self) -> bool:
+        # Without Björck (eps_bjorck=None) the kernel is divided by a power-iteration estimate of its norm,
+        # which may be below it (a state near the second singular vector): only the built bound holds.
+        return self.eps_bjorck is not None and super().lipschitz_by_construction()
 
     def _init_spectral(self, eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck):
         check_normalizer_args(eps_spectral, eps_bjorck, beta_bjorck, maxiter_spectral, maxiter_bjorck)

@@ -167,6 +167,9 @@ class OSSNConv2D(_RealSizeMixin, DownsamplingConv2DBase):
         pads, circular = self._operator()
         return ossn_spectral_norm(kernel, self.u, pads, circular, self.power_iterations)
 
+    def lipschitz_by_construction(self) -> bool:
+        return False  # divided by a power-iteration estimate of the operator norm, which may be below it
+
     def compute_kernel(self):
         pads, circular = self._operator()
         kernel, u = ossn_normalization(

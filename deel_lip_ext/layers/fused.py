@@ -255,6 +255,10 @@ class GroupSort2L2NormPooling2D(ScaledL2NormPooling2D):
         self._sort.build(input_shape)  # checks the channel count: even, known
         super().build(input_shape)
 
+    def _rounded_constants(self):
+        # The pooling's two, and the sort's k.
+        return super()._rounded_constants() + (0 if self.sort_k_coef_lip == 1.0 else 1)
+
     def call(self, inputs: ArrayLike):
         eps, scale = self._mean_square_constants()
         if self.window_layout == "channels":

@@ -23,6 +23,7 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._pinned_size import assert_spatial_size
 from deel_lip_ext._validation import check_channels_last, check_number, int_pair
 from deel_lip_ext.layers.base import LipschitzLayer
 
@@ -66,6 +67,10 @@ class _PoolingBase(LipschitzLayer, keras.layers.Layer):
         self._init_lipschitz(k_coef_lip)
         self.data_format = check_channels_last(data_format)
         self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def _rounded_constants(self):
+        # The scale k sqrt(area), and the 1 / area a backend's mean may multiply by.
+        return 2
 
     def get_config(self):
         config = super().get_config()
@@ -200,6 +205,7 @@ class _GlobalPooling(_PoolingBase):
                 f"{type(self).__name__} needs the height and width known at build time, got input shape {input_shape}."
             )
         self.area = height * width
+        self.pinned_size = (int(height), int(width))
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -231,12 +237,14 @@ class ScaledGlobalAveragePooling2D(_GlobalPooling):
     """
 
     def call(self, inputs):
-        # The scale sqrt(H W) is the build size's: another size would change the constant.
-        if self._actual_area(inputs.shape, strict=False) not in (None, self.area):
-            raise ValueError(
-                f"layer {self.name!r} was built for inputs of {self.area} pixels (its scale sqrt(H W) depends on "
-                f"the size), got input shape {tuple(inputs.shape)}: use a new layer for this size."
-            )
+        # The scale sqrt(H W) is the build size's: another size would change the constant. Checked when
+        # traced and, where TensorFlow traces an unknown size, when it runs.
+        inputs = assert_spatial_size(
+            inputs,
+            self.pinned_size,
+            f"layer {self.name!r} was built for {self.pinned_size[0]} x {self.pinned_size[1]} inputs (its scale "
+            f"sqrt(H W) depends on the size), got input shape {tuple(inputs.shape)}: use a new layer for this size.",
+        )
         scale = ops.convert_to_tensor(self.k_coef_lip * math.sqrt(self.area), inputs.dtype)
         return ops.mean(inputs, axis=(1, 2)) * scale
 
