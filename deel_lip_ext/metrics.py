@@ -88,6 +88,11 @@ def _checked_label_rows(y_true, num_classes):
 class CertifiedAccuracy(_RadiusMetric):
     """Fraction of samples whose certified radius exceeds `epsilon` (strictly).
 
+    Labels as in `deel_lip_ext.certification.certified_radius`; a label it
+    would refuse (a soft or out-of-range one) cannot raise inside a compiled
+    step, so its sample counts as not certified (radius 0), here and in the
+    other radius metrics of this module.
+
     Args:
         epsilon: perturbation budget (>= 0); epsilon = 0 gives the accuracy of
             samples with a strictly positive margin.

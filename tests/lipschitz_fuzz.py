@@ -801,6 +801,17 @@ def _fitting(padding, kernel, spatial):
     return "same" if padding == "valid" and any(n is not None and n < kernel for n in spatial) else padding
 
 
+def _pooled_residual(rng, tensor, channels_first):
+    """`tensor`, or (one time in two, channels-last) `tensor` + its "same" max pooling: with a window of 64
+    the pooled map is 1 x 1 at every size the fuzzer runs and the merge copies it to every pixel, a broadcast
+    that unknown sizes hide from the graph (both operands are (None, None, None, C)). Own generator: other
+    draws unchanged."""
+    if channels_first or rng.random() >= 0.5:
+        return tensor
+    pooled = keras.layers.MaxPooling2D(64 if rng.random() < 0.75 else 1, padding="same")(tensor)
+    return keras.layers.Add()([tensor, pooled])
+
+
 def random_any_size_model(seed: int) -> keras.Model:
     """A random chain of layers on images of unknown size (None, None, C) (or, one time in three, of a fixed
     size), sometimes channels-first, sometimes ending with a global average pooling, sometimes with a library
@@ -817,6 +828,7 @@ def random_any_size_model(seed: int) -> keras.Model:
     for _ in range(int(rng.integers(1, 4))):
         spatial = tensor.shape[2:] if channels_first else tensor.shape[1:-1]
         tensor = _any_size_layer(rng, channels_first, spatial)(tensor)
+    tensor = _pooled_residual(np.random.default_rng(seed + 5), tensor, channels_first)
     if rng.random() < (0.7 if channels_first else 0.4):
         data_format = "channels_first" if channels_first else "channels_last"
         tensor = keras.layers.GlobalAveragePooling2D(data_format=data_format)(tensor)

@@ -124,6 +124,13 @@ def test_fuzzer_catches_trusted_call_overrides(monkeypatch):
     assert any(o.violated for o in outcomes), "the fuzzer missed a bound that trusts overridden calls"
 
 
+def test_fuzzer_catches_a_bound_blind_to_run_time_broadcasting(monkeypatch):
+    # The second audit's bug: equal symbolic shapes (None, None, None, C) taken as "no broadcasting".
+    monkeypatch.setattr(model_bound, "_expansion_unknown", lambda shape, partners: False)
+    outcomes = lipschitz_fuzz.fuzz_any_size(range(40), norms=("l2",))
+    assert any(o.violated for o in outcomes), "the fuzzer missed a broadcast that unknown sizes hide"
+
+
 def test_fuzzer_catches_stale_cached_bounds(monkeypatch):
     monkeypatch.setattr(_bound_cache, "_same_arrays", lambda first, second: True)  # a cache blind to training
     outcomes = lipschitz_fuzz.fuzz_trained(range(4), norms=("l2",), focus="trained")
