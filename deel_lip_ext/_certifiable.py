@@ -22,7 +22,7 @@ from keras.src.ops import nn as _ops_nn
 
 from deel_lip_ext.model_bound import producing_node
 
-__all__ = ["check_certifiable"]
+__all__ = ["check_certifiable", "float32_copy"]
 
 # Activations whose output is decided at another threshold than 0 (probabilities, positive scores).
 _THRESHOLD_ACTIVATIONS = {
@@ -81,8 +81,8 @@ def _check_full_precision(model, purpose):
         raise ValueError(
             f"{purpose}: model {model.name!r} computes in half precision (layers {half[:3]}"
             f"{' ...' if len(half) > 3 else ''}), whose rounding can flip a decision inside a radius computed "
-            "from its logits. Certify the same weights computed in float32: build the model under "
-            "keras.config.set_dtype_policy('float32') and load the weights (model.get_weights / set_weights)."
+            "from its logits. Certify the same weights computed in float32: "
+            "deel_lip_ext.certification.float32_copy(model)."
         )
 
 
@@ -123,3 +123,32 @@ def check_certifiable(model: keras.Model, purpose: str = "certify") -> None:
             "decided at another threshold (0.5 for a probability): remove the activation from the last layer "
             "(certify the logit; sigmoid(z) > 0.5 iff z > 0)."
         )
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """A copy of `model` computing in float32, with the same weights: what certificates are about.
+
+    A model trained under a mixed-precision policy ("mixed_float16",
+    "mixed_bfloat16") keeps float32 weights but computes in half precision,
+    whose rounding can flip a decision inside a certified radius; `certify`
+    refuses it. Certify this copy (and deploy it, or accept that the
+    half-precision model only approximates the certified one).
+
+    Args:
+        model: a Sequential or functional model (nested models included).
+
+    Returns:
+        A new model of the same architecture whose layers all compute in float32.
+
+    Examples:
+        >>> result = certify(float32_copy(mixed_precision_model), (x_test, y_test), [36 / 255])
+    """
+
+    def float32_layer(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -35,7 +35,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext import _autodiff as autodiff
-from deel_lip_ext._certifiable import check_certifiable
+from deel_lip_ext._certifiable import check_certifiable, float32_copy
 from deel_lip_ext._optional import optional_import
 from deel_lip_ext._validation import NORMS, check_int, check_labels, check_norm, check_number
 from deel_lip_ext.utils import evaluate_lip_const, model_lipschitz_bound
@@ -48,6 +48,7 @@ __all__ = [
     "certify",
     "CertifyResult",
     "lipschitz_bounds",
+    "float32_copy",
 ]
 
 
@@ -363,7 +364,7 @@ def certify(
             in a list or dict, a single output through a probability activation
             (sigmoid, softplus, ...: certify the logit instead), layers computing
             in float16 / bfloat16 (their rounding can flip a decision inside the
-            radius: certify the weights under a float32 policy); a model or op
+            radius: certify `float32_copy(model)`); a model or op
             whose Lipschitz constant is unknown (see `lip_const`).
 
     Examples:

@@ -18,7 +18,7 @@ from keras import ops
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers._call_overrides import check_exported_call
-from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
+from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, half_unit_roundoff
 from deel_lip_ext.layers.fused import (
     fusable,
     fused,
@@ -53,7 +53,9 @@ def is_known_lipschitz(layer: keras.layers.Layer) -> bool:
             constant = layer_lipschitz_constant(layer, "l2")
     except ValueError:
         return False
-    return constant <= target * (1 + 1e-4)
+    # Under half precision a layer multiplies by its constants rounded (k = 1.26 becomes 1.2598 or 1.2607 in
+    # float16): k up to that rounding (at most four roundings in series, `_rounded_constants`) is still k.
+    return constant <= target * (1 + 1e-4) * (1 + half_unit_roundoff(layer.compute_dtype)) ** 4
 
 
 def _copy_layer(layer):

@@ -5,6 +5,8 @@ a perturbation inside it breaks, or a count that did not match its definition; e
 before its fix. Every model is small enough for the exact answer (operator matrices, explicit x and delta).
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from keras import ops
 
 from deel_lip_ext import layers as lip
 from deel_lip_ext.attacks import verify_certificates
-from deel_lip_ext.certification import certified_radius, certify
+from deel_lip_ext.certification import certified_radius, certify, float32_copy
 from deel_lip_ext.linf import certify_ibp, certify_lipschitz, ibp_margins
 from deel_lip_ext.metrics import CategoricalProvableAvgRobustness, CertifiedAccuracy
 from deel_lip_ext.model import Sequential
@@ -145,6 +147,25 @@ def test_certify_refuses_half_precision_models():
         certify(model, (x, y), [0.1], verbose=False)
     with pytest.raises(ValueError, match="half precision"):
         certify_lipschitz(model, x, y, 0.1)
+    copy = float32_copy(model)  # what the error points to: the same weights, computed in float32
+    assert {layer.compute_dtype for layer in copy._flatten_layers()} == {"float32"}
+    points = np.random.default_rng(0).normal(size=(4, 2)).astype("float32")
+    np.testing.assert_allclose(_predict(copy, points), _predict(model, points), rtol=0, atol=5e-3)
+    assert certify(copy, (x, y), [0.1], verbose=False).n_samples == 2
+
+
+def test_a_mixed_precision_sequential_with_k_does_not_warn_for_its_rounded_constants():
+    # Each layer gets k = 2^(1/3), rounded in float16 by up to 4.9e-4: still k up to the compute dtype.
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model = Sequential(
+                [keras.Input((6,)), lip.SpectralDense(4), lip.GroupSort2(), lip.SpectralDense(3)], k_coef_lip=2.0
+            )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.layers[1].k_coef_lip == pytest.approx(2.0 ** (1 / 3))
 
 
 def test_radii_keep_the_logits_precision_and_refuse_non_finite_logits():

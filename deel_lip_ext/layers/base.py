@@ -11,10 +11,9 @@ Two ideas live here:
   inference, export, certification and tests, and `vanilla_export()` is one
   generic fold into stock Keras layers.
 
-Inference uses a cached kernel that can never be stale: the cache stores a snapshot of every variable
-the kernel depends on, and an inference call recomputes the kernel whenever any of them differs from its
-snapshot (after a training step, `load_weights`, `set_weights`, an `assign` by hand, ...). The cache is
-derived state: not a weight (not in `get_weights()`, not saved in files); loading a file invalidates it.
+Inference uses a cached kernel that can never be stale: it keeps a snapshot of every variable the kernel depends
+on and is recomputed whenever one differs (after a training step, `load_weights`, `set_weights`, an `assign` by
+hand, ...). It is derived state: not a weight (not in `get_weights()`, not saved); loading a file invalidates it.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ __all__ = [
     "ParametrizedLayer",
     "SpectralMixin",
     "KernelBiasMixin",
+    "half_unit_roundoff",
 ]
 
 
@@ -59,8 +59,9 @@ def built_input_shape(layer: keras.layers.Layer) -> tuple | None:
     return tuple(shape)
 
 
-# Unit roundoff of the half-precision compute dtypes (float32 constants: 6e-8, below any certified radius).
-_HALF_UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+def half_unit_roundoff(dtype: str) -> float:
+    """Unit roundoff of float16 (2^-11) or bfloat16 (2^-8), else 0 (float32's 6e-8 is below any radius)."""
+    return {"float16": 2.0**-11, "bfloat16": 2.0**-8}.get(str(dtype), 0.0)
 
 
 class LipschitzBounded:
@@ -126,13 +127,12 @@ class LipschitzBounded:
             raise self._diverged_error() from error
         if math.isnan(bound):
             raise self._diverged_error()
-        unit_roundoff = _HALF_UNIT_ROUNDOFF.get(str(getattr(self, "compute_dtype", "")), 0.0)
-        return bound * (1.0 + unit_roundoff) ** self._rounded_constants()
+        return bound * (1.0 + half_unit_roundoff(getattr(self, "compute_dtype", ""))) ** self._rounded_constants()
 
     def _rounded_constants(self) -> int:
-        """How many constants `call` multiplies by in series after rounding them to its compute dtype (k,
-        a pooling's scale, cos and sin of an angle): under float16 or bfloat16 each may round up by a unit
-        roundoff, which the bound then allows for. 0 by default: kernel layers bound their rounded kernel."""
+        """How many constants `call` multiplies by in series after rounding them to its compute dtype (k, a
+        pooling's scale, cos and sin): each may round up by a unit roundoff, which the bound allows for under
+        float16 or bfloat16. 0 by default: kernel layers bound their rounded kernel."""
         return 0
 
     def _diverged_error(self):
