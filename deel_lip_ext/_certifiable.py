@@ -20,6 +20,7 @@ from __future__ import annotations
 import keras
 from keras.src.ops import nn as _ops_nn
 
+from deel_lip_ext.layers.base import half_unit_roundoff
 from deel_lip_ext.model_bound import producing_node
 
 __all__ = ["check_certifiable", "float32_copy"]
@@ -46,7 +47,6 @@ _PASS_THROUGH = (
     keras.layers.Dropout,
     keras.layers.Permute,
 )
-_HALF_DTYPES = ("float16", "bfloat16")
 
 
 def _final_activation(tensor):
@@ -76,7 +76,7 @@ def _activation_label(activation):
 
 
 def _check_full_precision(model, purpose):
-    half = [layer.name for layer in model._flatten_layers() if layer.compute_dtype in _HALF_DTYPES]
+    half = [layer.name for layer in model._flatten_layers() if half_unit_roundoff(layer.compute_dtype) > 0]
     if half:
         raise ValueError(
             f"{purpose}: model {model.name!r} computes in half precision (layers {half[:3]}"
