@@ -144,7 +144,8 @@ def vanilla_model(model: keras.Model) -> keras.Model:
             else:
                 layers.extend(_exported_layers(layer))
         inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
-        return keras.Sequential([inputs] + windows_as_channels(pairs_as_halves(layers)), name=model.name)
+        rewritten = windows_as_channels(pairs_as_halves(layers), tuple(inputs.shape))
+        return keras.Sequential([inputs] + rewritten, name=model.name)
 
     sorts_to_fuse = _fusable_pairs(model)  # id(pooling) -> the GroupSort2 it is fused with
     fused_sorts = {id(layer) for layer in sorts_to_fuse.values()}
@@ -175,7 +176,7 @@ def vanilla_model(model: keras.Model) -> keras.Model:
     exported = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
     rewritten = {}  # id(layer) -> its replacement, from the layout rewrites of each chain of the graph
     for chain in _single_use_chains(exported):
-        for layer, replacement in zip(chain, windows_as_channels(pairs_as_halves(chain))):
+        for layer, replacement in zip(chain, windows_as_channels(pairs_as_halves(chain), _chain_input_shape(chain))):
             if replacement is not layer:
                 rewritten[id(layer)] = replacement
     if rewritten:  # new copies of the other layers too: each layer of an export is called once, in its graph
@@ -185,6 +186,13 @@ def vanilla_model(model: keras.Model) -> keras.Model:
         )
     # A plain keras.Model (not our subclass), keeping single inputs/outputs unwrapped.
     return keras.Model(_unwrap(exported.inputs), _unwrap(exported.outputs), name=model.name)
+
+
+def _chain_input_shape(chain):
+    """The shape the first layer of a `_single_use_chains` chain is called on in its graph (an InputLayer: its
+    own), the size it runs at, which its build size may not be (a stock layer built elsewhere first)."""
+    node = chain[0]._inbound_nodes[0]
+    return tuple((node.input_tensors or node.output_tensors)[0].shape)
 
 
 def _single_use_chains(model):

@@ -398,15 +398,16 @@ def _linear_consumer(following):
 _WINDOWS_AS_CHANNELS_MAX_CHANNELS = 64
 
 
-def windows_as_channels(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
+def windows_as_channels(layers: list[keras.layers.Layer], input_shape: tuple | None = None) -> list[keras.layers.Layer]:
     """Rewrite exported layers called in a row so that fused poolings read windows as channels.
 
     A `GroupSort2L2NormPooling2D` qualifies when a stock `Conv2D` with one input
     channel, stride 1, dilation 1 and no activation feeds it, its windows times its
-    filters are at most 64 channels, and its padding is "valid", or "same" on a
-    built size divisible by the window. That convolution becomes the equivalent
-    one with kernel (kh + ph - 1, kw + pw - 1) and stride (ph, pw), writing window
-    entry p of filter c to channel p * filters + c (the kernel placed at offset p);
+    filters are at most 64 channels, and its padding is "valid", or "same" on an
+    input size (the size it runs at, from `input_shape`) divisible by the window.
+    That convolution becomes the equivalent one with kernel (kh + ph - 1,
+    kw + pw - 1) and stride (ph, pw), writing window entry p of filter c to
+    channel p * filters + c (the kernel placed at offset p);
     the pooling becomes `window_layout="channels"`. Same function, same padding
     (a "same" convolution of stride ph on a size divisible by ph pads as the
     stride-1 one does); where the windows do not tile the output, the rows and
@@ -414,6 +415,8 @@ def windows_as_channels(layers: list[keras.layers.Layer]) -> list[keras.layers.L
 
     Args:
         layers: built layers, in call order, each reading the output of the one before alone.
+        input_shape: the shape the first layer is called on (batch dimension first); None: unknown, and
+            no "same" convolution is rewritten (a layer's build size may not be the size it runs at).
 
     Returns:
         A new list with each qualifying pair replaced (the layers given are not changed).
@@ -422,10 +425,10 @@ def windows_as_channels(layers: list[keras.layers.Layer]) -> list[keras.layers.L
         >>> layers = windows_as_channels([conv, fused_pooling, keras.layers.Flatten(), dense])
         >>> layers[0].strides, layers[1].window_layout  # (2, 2), "channels" for 2 x 2 windows
     """
-    rewritten = list(layers)
+    rewritten, shapes = list(layers), _call_shapes(layers, input_shape)
     for index in range(1, len(rewritten)):
         producer, pooling = rewritten[index - 1], rewritten[index]
-        if _writes_windows_cheaply(producer, pooling):
+        if _writes_windows_cheaply(producer, pooling, shapes[index - 1]):
             rewritten[index - 1] = _windows_in_channels_conv(producer, pooling.pool_size)
             rewritten[index] = GroupSort2L2NormPooling2D.from_config(
                 {**pooling.get_config(), "window_layout": "channels"}
@@ -433,8 +436,22 @@ def windows_as_channels(layers: list[keras.layers.Layer]) -> list[keras.layers.L
     return rewritten
 
 
-def _writes_windows_cheaply(producer, pooling):
-    """Whether `windows_as_channels` rewrites `producer` (a layer) feeding `pooling` (see its conditions)."""
+def _call_shapes(layers, input_shape):
+    """The input shape of each of `layers` called in a row from `input_shape` (None where unknown)."""
+    shapes, shape = [], None if input_shape is None else tuple(input_shape)
+    for layer in layers:
+        shapes.append(shape)
+        if isinstance(layer, keras.layers.InputLayer):
+            continue  # passes its input on
+        try:
+            shape = None if shape is None else tuple(layer.compute_output_shape(shape))
+        except (AttributeError, NotImplementedError, ValueError, TypeError):  # a keras.ops call: no such method
+            shape = None
+    return shapes
+
+
+def _writes_windows_cheaply(producer, pooling, input_shape):
+    """Whether `windows_as_channels` rewrites `producer` (a layer called on `input_shape`) feeding `pooling`."""
     if type(pooling) is not GroupSort2L2NormPooling2D or pooling.window_layout != "spatial":
         return False
     if not _is_plain_conv(producer) or producer.kernel.shape[2] != 1:
@@ -447,8 +464,7 @@ def _writes_windows_cheaply(producer, pooling):
         return False
     if producer.padding == "valid":
         return True
-    built_shape = (getattr(producer, "_build_shapes_dict", None) or {}).get("input_shape") or (None,) * 4
-    sizes = tuple(built_shape)[1:3]
+    sizes = (None, None) if input_shape is None else tuple(input_shape)[1:3]
     return None not in sizes and all(size % window == 0 for size, window in zip(sizes, pooling.pool_size))
 
 
