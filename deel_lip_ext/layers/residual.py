@@ -252,6 +252,22 @@ class ChordDense(LipschitzDenseBase):
         return {**super().get_config(), "eps": self.eps}
 
 
+def _exported_parts(layer):
+    """New layers computing what `layer` computes: its `vanilla_export` (a model's is one model), a plain
+    `keras.Sequential` of its layers' exports, or a copy with its weights. An export shares no layer with
+    the model it comes from (training that model afterwards must not move the export)."""
+    if hasattr(layer, "vanilla_export"):
+        exported = layer.vanilla_export()
+        return [exported] if isinstance(exported, keras.Model) else list(exported)
+    if isinstance(layer, keras.Sequential):
+        return [keras.Sequential([part for sub in layer.layers for part in _exported_parts(sub)])]
+    clone = type(layer).from_config(layer.get_config())
+    if layer.weights:
+        clone.build(built_input_shape(layer))
+        clone.set_weights(layer.get_weights())
+    return [clone]
+
+
 def _inner_constant(layer, norm, input_shape):
     """The branch's constant: the protocol, the stock table, or the product over a `keras.Sequential`."""
     if isinstance(layer, keras.Sequential):
@@ -342,7 +358,7 @@ class LipResidual(LipschitzBounded, keras.layers.Layer):
 
     def vanilla_export(self):
         """A copy of the wrapper around the branch's export (no stock layer computes a convex combination)."""
-        inner = self.layer.vanilla_export() if hasattr(self.layer, "vanilla_export") else [self.layer]
+        inner = _exported_parts(self.layer)
         branch = inner[0] if len(inner) == 1 else keras.Sequential(inner)
         clone = LipResidual(branch, alpha_initializer=self.alpha_initializer, name=self.name, dtype=self.dtype_policy)
         clone.build(built_input_shape(self))
