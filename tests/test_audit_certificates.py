@@ -17,7 +17,7 @@ from deel_lip_ext.attacks import verify_certificates
 from deel_lip_ext.certification import certified_radius, certify, float32_copy
 from deel_lip_ext.linf import certify_ibp, certify_lipschitz, ibp_margins
 from deel_lip_ext.metrics import CategoricalProvableAvgRobustness, CertifiedAccuracy
-from deel_lip_ext.model import Sequential
+from deel_lip_ext.model import Sequential, vanilla_model
 from deel_lip_ext.utils import model_lipschitz_bound
 
 
@@ -296,3 +296,54 @@ def test_spectral_dense_without_bjorck_is_not_claimed_k_lipschitz_by_constructio
     assert not lip.OSSNConv2D(3, 3).lipschitz_by_construction()
     with pytest.warns(UserWarning, match="'suspect'"):
         Sequential([keras.Input((7,)), lip.SpectralDense(7, eps_bjorck=None, name="suspect")])
+
+
+# ---------------------------------------------------------------- exports and condense
+
+
+def test_the_windows_rewrite_reads_the_size_a_stock_conv_runs_at_not_its_build_size():
+    # A one-channel "same" Conv2D built at 8 x 8 then used on 9 x 9: rewritten for 8 x 8 (divisible by the 2 x 2
+    # windows), the export pooled 5 x 5 windows where the model pools 4 x 4 (outputs 18 % apart).
+    conv = keras.layers.Conv2D(4, 3, padding="same")
+    conv.build((None, 8, 8, 1))
+    inputs = keras.Input((9, 9, 1))
+    pooled = lip.ScaledL2NormPooling2D((2, 2))(lip.GroupSort2()(conv(inputs)))
+    functional = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(pooled)))
+    sequential = keras.Sequential(
+        [keras.Input((9, 9, 1)), conv, lip.GroupSort2(), lip.ScaledL2NormPooling2D((2, 2)), keras.layers.Flatten()]
+    )
+    x = np.random.default_rng(0).normal(size=(4, 9, 9, 1)).astype("float32")
+    for model in (functional, sequential):
+        expected = _predict(model, x)
+        np.testing.assert_allclose(_predict(vanilla_model(model), x), expected, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("kind", ["stock", "keras_sequential", "library_sequential"])
+def test_a_lip_residual_export_shares_nothing_with_the_model(kind):
+    branch = {
+        "stock": lambda: keras.layers.Dense(6),
+        "keras_sequential": lambda: keras.Sequential([lip.SpectralDense(6), lip.GroupSort2()]),
+        "library_sequential": lambda: Sequential([keras.Input((6,)), lip.SpectralDense(6), lip.GroupSort2()]),
+    }[kind]()
+    model = keras.Sequential([keras.Input((6,)), lip.LipResidual(branch), lip.SpectralDense(2)])
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    export = vanilla_model(model)  # the library Sequential branch raised a TypeError
+    before = _predict(export, x)
+    np.testing.assert_allclose(before, _predict(model, x), atol=1e-5)
+    for variable in model.trainable_variables:  # the export of the stock branches moved with these
+        variable.assign(variable + 0.5)
+    np.testing.assert_array_equal(_predict(export, x), before)
+    exported_branch = export.layers[0].layer
+    parts = exported_branch._flatten_layers() if isinstance(exported_branch, keras.Model) else [exported_branch]
+    assert not any(isinstance(part, lip.ParametrizedLayer) for part in parts)
+
+
+@pytest.mark.parametrize("make", [lambda: lip.AOLDense(5), lambda: lip.AOLConv2D(3, 3)])
+def test_condense_keeps_what_an_aol_layer_computes(make):
+    # Writing D K back into the raw kernel rescaled it twice: outputs moved by 2 to 3 % at initialization.
+    layer = make()
+    shape = (4, 6) if isinstance(layer, lip.AOLDense) else (2, 6, 6, 2)
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    before = _predict(layer, x)
+    layer.condense()
+    np.testing.assert_allclose(_predict(layer, x), before, rtol=0, atol=1e-6)
