@@ -56,6 +56,18 @@ __all__ = [
 _PROGBAR_MIN_BATCHES = 4
 
 
+def squeezed_labels(y_true: Any, num_classes: int) -> Any:
+    """`y_true` (a tensor) without a trailing axis of size 1, checked to have shape (N,) or (N, num_classes)."""
+    if len(y_true.shape) == 2 and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, axis=-1)
+    if len(y_true.shape) not in (1, 2) or (len(y_true.shape) == 2 and y_true.shape[-1] != num_classes):
+        raise ValueError(
+            f"y_true must have shape (N,), (N, 1) or (N, {num_classes}) for logits of {num_classes} classes, "
+            f"got shape {tuple(y_true.shape)}."
+        )
+    return y_true
+
+
 def logit_margin(y_true: ArrayLike, y_pred: ArrayLike) -> Any:
     r"""Signed logit margin of each sample (`keras.ops`, differentiable in `y_pred`).
 
@@ -78,14 +90,7 @@ def logit_margin(y_true: ArrayLike, y_pred: ArrayLike) -> Any:
     if len(y_pred.shape) != 2:
         raise ValueError(f"y_pred (logits) must have shape (N, C), got shape {tuple(y_pred.shape)}.")
     num_classes = y_pred.shape[-1]
-    y_true = ops.convert_to_tensor(y_true)
-    if len(y_true.shape) == 2 and y_true.shape[-1] == 1:
-        y_true = ops.squeeze(y_true, axis=-1)
-    if len(y_true.shape) not in (1, 2) or (len(y_true.shape) == 2 and y_true.shape[-1] != num_classes):
-        raise ValueError(
-            f"y_true must have shape (N,), (N, 1) or (N, {num_classes}) for logits of shape "
-            f"{tuple(y_pred.shape)}, got shape {tuple(y_true.shape)}."
-        )
+    y_true = squeezed_labels(ops.convert_to_tensor(y_true), num_classes)
     if num_classes == 1:
         sign = ops.where(ops.greater(ops.reshape(y_true, (-1,)), 0), 1.0, -1.0)
         return ops.cast(sign, y_pred.dtype) * y_pred[:, 0]

@@ -20,7 +20,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import check_norm, check_number
-from deel_lip_ext.certification import certificate_factor, logit_margin
+from deel_lip_ext.certification import certificate_factor, logit_margin, squeezed_labels
 
 __all__ = [
     "CertifiedAccuracy",
@@ -63,14 +63,7 @@ def _checked_label_rows(y_true, num_classes):
     {0, 1} or {-1, 1} with one positive, binary labels in {0, 1} or {-1, 1}); an invalid row (a soft or
     out-of-range label) is replaced by class 0 and flagged, so it counts as not certified instead of raising
     inside a compiled step."""
-    y_true = ops.cast(y_true, "float32")
-    if len(y_true.shape) == 2 and y_true.shape[-1] == 1:
-        y_true = ops.squeeze(y_true, axis=-1)
-    if len(y_true.shape) not in (1, 2) or (len(y_true.shape) == 2 and y_true.shape[-1] != num_classes):
-        raise ValueError(
-            f"y_true must have shape (N,), (N, 1) or (N, {num_classes}) for logits with {num_classes} classes, "
-            f"got shape {tuple(y_true.shape)}."
-        )
+    y_true = squeezed_labels(ops.cast(y_true, "float32"), num_classes)
     in_sign_set = ops.logical_or(ops.equal(ops.abs(y_true), 1.0), ops.equal(y_true, 0.0))
     if len(y_true.shape) == 2:
         one_positive = ops.equal(ops.sum(ops.cast(y_true > 0, "float32"), axis=-1), 1.0)
