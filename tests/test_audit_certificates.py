@@ -172,7 +172,10 @@ def test_radii_keep_the_logits_precision_and_refuse_non_finite_logits():
     # float64 logits 1e-9 apart were rounded to a float32 tie (radius 0) or to a wider margin.
     logits = np.array([[1.0 + 3e-9, 1.0], [np.inf, 0.0], [np.nan, 0.0]], np.float64)
     radii = certified_radius(logits, [0, 0, 0])
-    assert radii[0] == pytest.approx(3e-9 / np.sqrt(2), rel=1e-4) or keras.backend.backend() == "jax"
+    exact = 3e-9 / np.sqrt(2)
+    assert radii[0] <= exact * (1 + 1e-4)  # never wider than the float64 margin allows
+    if keras.backend.backend() != "jax":  # JAX computes in float32 unless x64 is on: a tie, radius 0
+        assert radii[0] == pytest.approx(exact, rel=1e-4)
     np.testing.assert_array_equal(radii[1:], [0.0, 0.0])
 
 
