@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 from keras.src.ops import nn as _ops_nn
 
-from deel_lip_ext.layers.base import half_unit_roundoff
+from deel_lip_ext.lipschitz import _activation_label, half_unit_roundoff
 from deel_lip_ext.model_bound import producing_node
 
 __all__ = ["check_certifiable", "float32_copy"]
@@ -69,10 +69,6 @@ def _final_activation(tensor):
             return type(operation)
         else:
             return getattr(operation, "activation", None)
-
-
-def _activation_label(activation):
-    return getattr(activation, "__name__", repr(activation))
 
 
 def _check_full_precision(model, purpose):

@@ -49,6 +49,7 @@ __all__ = [
     "stock_layer_lipschitz",
     "as_computed",
     "computed_kernel",
+    "half_unit_roundoff",
     "runs_its_graph",
     "check_graph_call",
 ]
@@ -118,8 +119,10 @@ def is_non_decreasing_activation(activation: Callable | None) -> bool:
     return activation is None or ACTIVATIONS.get(activation, (None, False))[1]
 
 
-# Half-precision compute dtypes round weights and constants before they multiply (mixed precision policies).
-_HALF_DTYPES = ("float16", "bfloat16")
+def half_unit_roundoff(dtype: str) -> float:
+    """Unit roundoff of float16 (2^-11) or bfloat16 (2^-8), the half-precision compute dtypes of mixed precision
+    policies, which round weights and constants before they multiply; else 0 (float32's 6e-8 is below any radius)."""
+    return {"float16": 2.0**-11, "bfloat16": 2.0**-8}.get(str(dtype), 0.0)
 
 
 def as_computed(value: ArrayLike, dtype: str) -> np.ndarray:
@@ -129,7 +132,7 @@ def as_computed(value: ArrayLike, dtype: str) -> np.ndarray:
     constant) rounded to bfloat16, which may round up (1 + 2^-8 + 2^-9 becomes
     1 + 2^-7): the bound must use the rounded value.
     """
-    if str(dtype) in _HALF_DTYPES:
+    if half_unit_roundoff(dtype) > 0:
         value = keras.ops.cast(keras.ops.cast(keras.ops.convert_to_tensor(value, "float32"), dtype), "float32")
     return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
 

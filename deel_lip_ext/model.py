@@ -18,7 +18,7 @@ from keras import ops
 
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers._call_overrides import check_exported_call
-from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer, half_unit_roundoff
+from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
 from deel_lip_ext.layers.fused import (
     fusable,
     fused,
@@ -27,7 +27,7 @@ from deel_lip_ext.layers.fused import (
     windows_as_channels,
 )
 from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
-from deel_lip_ext.lipschitz import _computes_its_graph, runs_its_graph
+from deel_lip_ext.lipschitz import _computes_its_graph, half_unit_roundoff, runs_its_graph
 from deel_lip_ext.utils import layer_lipschitz_constant
 
 __all__ = ["Sequential", "Model", "vanilla_model", "vanillaModel", "is_known_lipschitz"]

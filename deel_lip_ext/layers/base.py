@@ -29,7 +29,7 @@ from deel_lip_ext._validation import check_k_coef_lip
 from deel_lip_ext.layers._bound_cache import BoundCache
 from deel_lip_ext.layers._call_overrides import check_bounded_call
 from deel_lip_ext.layers._kernel_cache import KernelCache
-from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm
+from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm, half_unit_roundoff
 from deel_lip_ext.parametrizations import check_normalizer_args, reshaped_kernel_orthogonalization
 from deel_lip_ext.spectrum import dense_sv_range, linf_kernel_norm
 
@@ -43,7 +43,7 @@ __all__ = [
     "ParametrizedLayer",
     "SpectralMixin",
     "KernelBiasMixin",
-    "half_unit_roundoff",
+    "copied_with_weights",
 ]
 
 
@@ -59,9 +59,13 @@ def built_input_shape(layer: keras.layers.Layer) -> tuple | None:
     return tuple(shape)
 
 
-def half_unit_roundoff(dtype: str) -> float:
-    """Unit roundoff of float16 (2^-11) or bfloat16 (2^-8), else 0 (float32's 6e-8 is below any radius)."""
-    return {"float16": 2.0**-11, "bfloat16": 2.0**-8}.get(str(dtype), 0.0)
+def copied_with_weights(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A new layer of `layer`'s class and config, built as it was and holding a copy of its weights (if any)."""
+    clone = type(layer).from_config(layer.get_config())
+    if layer.weights:
+        clone.build(built_input_shape(layer))
+        clone.set_weights(layer.get_weights())
+    return clone
 
 
 class LipschitzBounded:
@@ -182,11 +186,7 @@ class LipschitzLayer(LipschitzBounded):
         Layers without a plain Keras equivalent export a copy of themselves, with a
         copy of their weights when they have any (e.g. `Householder`'s angles).
         """
-        clone = self.__class__.from_config(self.get_config())
-        if self.weights:
-            clone.build(**self._build_shapes_dict)
-            clone.set_weights(self.get_weights())
-        return [clone]
+        return [copied_with_weights(self)]
 
 
 class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):

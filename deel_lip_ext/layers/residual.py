@@ -33,7 +33,7 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import check_int, check_number
-from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape
+from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape, copied_with_weights
 from deel_lip_ext.layers.conv_base import LipschitzConv
 from deel_lip_ext.layers.dense import LipschitzDenseBase
 from deel_lip_ext.lipschitz import check_graph_call, stock_layer_lipschitz
@@ -261,11 +261,7 @@ def _exported_parts(layer):
         return [exported] if isinstance(exported, keras.Model) else list(exported)
     if isinstance(layer, keras.Sequential):
         return [keras.Sequential([part for sub in layer.layers for part in _exported_parts(sub)])]
-    clone = type(layer).from_config(layer.get_config())
-    if layer.weights:
-        clone.build(built_input_shape(layer))
-        clone.set_weights(layer.get_weights())
-    return [clone]
+    return [copied_with_weights(layer)]
 
 
 def _inner_constant(layer, norm, input_shape):
