@@ -244,7 +244,8 @@ def test_chord_matches_numpy_cholesky_and_round_trips(tmp_path):
     rng = np.random.default_rng(4)
     raw = rng.normal(size=(9, 4))
     p = raw.T
-    chol = np.linalg.cholesky(p @ p.T + 1e-6 * np.eye(4))
+    gram = p @ p.T
+    chol = np.linalg.cholesky(gram + 1e-6 * max(1.0, np.diag(gram).mean()) * np.eye(4))
     expected = np.linalg.solve(chol, p).T
     got = keras.ops.convert_to_numpy(normalizers.chord_orthogonalization(keras.ops.convert_to_tensor(raw, "float32")))
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -257,6 +258,30 @@ def test_chord_matches_numpy_cholesky_and_round_trips(tmp_path):
     assert loaded.layers[0].eps == 1e-5 and loaded.layers[0].lipschitz_constant() == pytest.approx(2.0, rel=1e-4)
     with pytest.raises(ValueError, match="eps"):
         ChordDense(3, eps=0.0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e5])
+def test_chord_factorizes_a_rank_one_kernel_at_any_scale(scale):
+    # Identical columns (rank 1): an absolute ridge of 1e-6 rounds away against a Gram matrix of 1e10
+    # and float32 Cholesky returned NaN (JAX) or raised from inside the layer (TensorFlow).
+    layer = ChordDense(6)
+    x = np.linspace(-1, 1, 12).reshape(2, 6).astype("float32")
+    layer(x)
+    column = np.linspace(-1, 1, 6).astype("float32")[:, None] * scale
+    layer.set_weights([np.tile(column, (1, 6)), np.zeros(6, "float32")])
+    outputs = to_numpy(layer(x))
+    kernel = keras.ops.convert_to_numpy(layer.effective_kernel()).astype(np.float64)
+    assert np.isfinite(outputs).all() and np.isfinite(kernel).all()
+    values = np.linalg.svd(kernel, compute_uv=False)
+    assert values.max() == pytest.approx(1.0, abs=1e-3)  # the one direction the kernel has
+    assert values[1] < 0.05  # the others: shrunk by the ridge, not grown
+    assert layer.lipschitz_constant() >= values.max() * (1 - 1e-9)
+
+
+def test_chord_refuses_a_ridge_below_float32_resolution():
+    with pytest.raises(ValueError, match=r"eps=1e-12 is below float32's resolution.*eps >= 1.19e-07"):
+        ChordDense(3, eps=1e-12)
+    assert ChordDense(3, eps=2e-7).eps == 2e-7
 
 
 @pytest.mark.parametrize("alpha", [-2.0, 0.0, 1.5])

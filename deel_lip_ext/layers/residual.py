@@ -32,12 +32,17 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext._validation import check_int, check_number
+from deel_lip_ext._validation import check_int
 from deel_lip_ext.layers.base import LipschitzBounded, built_input_shape, copied_with_weights
 from deel_lip_ext.layers.conv_base import LipschitzConv
 from deel_lip_ext.layers.dense import LipschitzDenseBase
 from deel_lip_ext.lipschitz import check_graph_call, stock_layer_lipschitz
-from deel_lip_ext.parametrizations import chord_orthogonalization, conv_with_padding, residual_block_normalization
+from deel_lip_ext.parametrizations import (
+    check_chord_eps,
+    chord_orthogonalization,
+    conv_with_padding,
+    residual_block_normalization,
+)
 
 __all__ = ["LiResNetBlock", "ChordDense", "LipResidual"]
 
@@ -185,7 +190,7 @@ class ChordDense(LipschitzDenseBase):
 
     With P = kernel^T (units x n_in), G = P P^T + eps I = L L^T and the
     layer uses L^-1 P: orthonormal rows (orthonormal columns when
-    units > n_in), up to the ridge eps; every singular value is <= k. One
+    units > n_in), up to the ridge; every singular value is <= k. One
     Cholesky factorization and one triangular solve per step, no iteration.
 
     Args:
@@ -200,7 +205,8 @@ class ChordDense(LipschitzDenseBase):
         kernel_constraint: constraint of the raw kernel.
         bias_constraint: constraint of the bias.
         k_coef_lip: Lipschitz constant of the layer.
-        eps: ridge added to the Gram matrix (> 0).
+        eps: ridge added to the Gram matrix (relative to its mean diagonal when that is > 1; at least
+            2^-23, float32's resolution, see `parametrizations.chord_orthogonalization`).
         **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
@@ -239,7 +245,7 @@ class ChordDense(LipschitzDenseBase):
             k_coef_lip=k_coef_lip,
             **kwargs,
         )
-        self.eps = check_number(eps, "eps", minimum=0, strict=True)
+        self.eps = check_chord_eps(eps)
 
     def kernel_dependencies(self):
         return [self.kernel]

@@ -44,6 +44,7 @@ from deel_lip_ext.parametrizations.orthogonal import (
     batched_bjorck,
     batched_power_iteration,
     bjorck_normalization,
+    check_chord_eps,
     chord_orthogonalization,
     frobenius_normalization,
     orthonormalize_stack,

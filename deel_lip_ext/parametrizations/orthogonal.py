@@ -36,6 +36,8 @@ __all__ = [
     "bjorck_normalization",
     "reshaped_kernel_orthogonalization",
     "frobenius_normalization",
+    "CHORD_MIN_EPS",
+    "check_chord_eps",
     "chord_orthogonalization",
     "batched_bjorck",
     "batched_power_iteration",
@@ -198,14 +200,41 @@ def frobenius_normalization(kernel: ArrayLike, disjoint_neurons: bool = False, e
     return kernel / ops.sqrt(ops.maximum(squared, eps))
 
 
+CHORD_MIN_EPS = 2.0**-23  # float32's machine epsilon: a smaller relative ridge rounds away
+
+
+def check_chord_eps(eps: float) -> float:
+    """`eps` as a float if CHORD's float32 Cholesky can use it as a ridge, else a `ValueError` naming the fix.
+
+    Args:
+        eps: the ridge (relative to the Gram matrix's mean diagonal when that is > 1).
+
+    Examples:
+        >>> check_chord_eps(1e-6)
+        1e-06
+    """
+    eps = check_number(eps, "eps", minimum=0, strict=True)
+    if eps < CHORD_MIN_EPS:
+        raise ValueError(
+            f"eps={eps!r} is below float32's resolution ({CHORD_MIN_EPS:.3g}): CHORD factorizes in float32, "
+            "where such a ridge rounds away and a rank-deficient kernel has no Cholesky factor. "
+            f"Use eps >= {CHORD_MIN_EPS:.3g} (the default 1e-6 is safe)."
+        )
+    return eps
+
+
 def chord_orthogonalization(kernel: ArrayLike, eps: float = 1e-6) -> Any:
     """CHORD: orthonormalize the rows (or columns) of a dense kernel by a Cholesky factorization.
 
     For the operator P = kernel^T (units x n_in) with units <= n_in:
-    G = P P^T + eps I = L L^T and P' = L^-1 P, so P' P'^T = I - eps L^-1 L^-T:
-    every singular value is <= 1 and within eps of 1 for a well-conditioned
+    G = P P^T + r I = L L^T and P' = L^-1 P, so P' P'^T = I - r L^-1 L^-T:
+    every singular value is <= 1 and within r of 1 for a well-conditioned
     kernel. With units > n_in, the columns are orthonormalized instead
-    (kernel^T kernel is replaced by the same construction on kernel).
+    (kernel^T kernel is replaced by the same construction on kernel). The
+    ridge is r = eps * max(1, mean(diag(P P^T))): eps itself for a kernel of
+    rows of norm <= 1 (an orthogonal initialization), eps relative to the
+    rows' scale for a larger kernel, so a rank-deficient kernel keeps a
+    defined factorization however large training makes it.
 
     That holds in exact arithmetic. In float32 the Cholesky factor of an
     ill-conditioned Gram matrix carries relative errors of about its condition
@@ -218,7 +247,9 @@ def chord_orthogonalization(kernel: ArrayLike, eps: float = 1e-6) -> Any:
 
     Args:
         kernel: array (n_in, units), Keras layout (y = x @ kernel).
-        eps: ridge added to the Gram matrix (> 0 keeps the factorization defined).
+        eps: ridge added to the Gram matrix, relative to its mean diagonal when that is > 1;
+            at least float32's resolution (`CHORD_MIN_EPS`, 2^-23 ~ 1.19e-7), below which the
+            ridge rounds away and a rank-deficient kernel has no Cholesky factor.
 
     Returns:
         The orthogonalized kernel, shape (n_in, units).
@@ -228,10 +259,12 @@ def chord_orthogonalization(kernel: ArrayLike, eps: float = 1e-6) -> Any:
     """
     if len(kernel.shape) != 2:
         raise ValueError(f"kernel must be 2-D (n_in, units), got shape {tuple(kernel.shape)}.")
-    check_number(eps, "eps", minimum=0, strict=True)
+    check_chord_eps(eps)
     n_in, units = kernel.shape
     rows = ops.transpose(kernel) if units <= n_in else kernel
-    gram = ops.matmul(rows, ops.transpose(rows)) + eps * ops.eye(rows.shape[0], dtype=rows.dtype)
+    gram = ops.matmul(rows, ops.transpose(rows))
+    ridge = eps * ops.maximum(ops.mean(ops.diagonal(gram)), 1.0)
+    gram = gram + ridge * ops.eye(rows.shape[0], dtype=rows.dtype)
     factor = ops.cholesky(gram)
     orthogonal = bjorck(ops.solve_triangular(factor, rows, lower=True), eps=0.0, maxiter=1)
     return ops.transpose(orthogonal) if units <= n_in else orthogonal
