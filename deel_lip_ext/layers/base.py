@@ -346,8 +346,8 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     def condense(self):
         """Overwrite the raw kernel with the constrained one (deel-lip semantics).
 
-        Training then restarts from an already constrained kernel; the
-        function computed by the layer does not change.
+        Training restarts from a constrained kernel; the function changes only by the
+        parametrization's tolerance (a kernel divided by an estimate of its norm is divided again).
         """
         self.kernel.assign(ops.cast(self.effective_kernel(), self.kernel.dtype))
 
