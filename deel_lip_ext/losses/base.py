@@ -16,12 +16,12 @@ __all__ = [
     "one_hot_labels",
     "sparse_labels",
     "kr_terms",
+    "nan_where_invalid",
+    "class_index_is_valid",
     "hinge_margin_terms",
     "multiclass_hinge_terms",
     "process_labels_for_multi_gpu",
 ]
-
-_KR_EPSILON = 1e-7
 
 
 # ---------------------------------------------------------------- label shapes
@@ -106,9 +106,20 @@ def kr_terms(y_true: ArrayLike, y_pred: ArrayLike, multi_gpu: bool = False):
         return ops.mean(y_pred * y_true, axis=-1)
     batch_size = ops.cast(ops.shape(y_true)[0], y_pred.dtype)
     positive = ops.cast(ops.equal(y_true, 1), y_pred.dtype)
+    return ops.mean(batch_size * y_pred * _kr_weights(positive, batch_size), axis=-1)
+
+
+def _kr_weights(positive, batch_size):
+    """1 / n_pos on the positives of each column, -1 / n_neg on the others; 0 / 0 nowhere.
+
+    The counts are integers, so dividing by max(count, 1) changes no weight of a
+    class that is present, and an absent class's weights are 0 (deel-lip's count
+    + 1e-7 was folded to 0 by compilers: (B - n) + 1e-7 rounds to B - n once
+    reassociated, and a batch without negatives gave 0 / 0 = NaN).
+    """
     n_positive = ops.sum(positive, axis=0)
-    weights = positive / (n_positive + _KR_EPSILON) - (1 - positive) / (batch_size - n_positive + _KR_EPSILON)
-    return ops.mean(batch_size * y_pred * weights, axis=-1)
+    one = ops.ones((), positive.dtype)
+    return positive / ops.maximum(n_positive, one) - (1 - positive) / ops.maximum(batch_size - n_positive, one)
 
 
 def _sign(y_true, dtype):
@@ -162,22 +173,51 @@ def process_labels_for_multi_gpu(labels: ArrayLike):
     dtype = labels.dtype if "float" in str(labels.dtype) else "float32"
     positive = ops.cast(ops.equal(ops.cast(labels, dtype), 1), dtype)
     batch_size = ops.cast(ops.shape(labels)[0], dtype)
-    n_positive = ops.sum(positive, axis=0)
-    return batch_size * (
-        positive / (n_positive + _KR_EPSILON) - (1 - positive) / (batch_size - n_positive + _KR_EPSILON)
-    )
+    return batch_size * _kr_weights(positive, batch_size)
 
 
 # ---------------------------------------------------------------- base class
+
+
+_UNSAVED_ARGUMENT = "unsaved_argument"
 
 
 class _ParametrizedLoss(keras.losses.Loss):
     """A Loss whose float hyper-parameters live in non-trainable float32 variables.
 
     Subclasses list them in `_params`; `get_config` returns their current values.
+    `_state` names those of them that are not constructor arguments (a schedule's
+    progress): `from_config` assigns them after construction. A loss holding a
+    live object of its model (a layer, a head, a callable reading weights) saves
+    without it (`_config_without`), and loading that config raises an error
+    naming the fix instead of building a loss that would silently compute
+    something else.
     """
 
     _params = ()
+    _state = ()
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        unsaved = config.pop(_UNSAVED_ARGUMENT, None)
+        if unsaved is not None:
+            argument, fix = unsaved
+            raise ValueError(
+                f"{cls.__name__} was saved with `{argument}`, a live object of its model that a saved loss cannot "
+                "carry. Load the model with keras.saving.load_model(path, compile=False), then compile it again "
+                f"with {fix}."
+            )
+        state = {name: config.pop(name) for name in cls._state if name in config}
+        loss = cls(**config)
+        for name, value in state.items():
+            getattr(loss, name).assign(value)
+        return loss
+
+    @staticmethod
+    def _config_without(config: dict, argument: str, fix: str) -> dict:
+        """`config` marked as saved without `argument` (see `from_config`)."""
+        return {**config, _UNSAVED_ARGUMENT: [argument, fix]}
 
     def _set_params(self, **values):
         for name, value in values.items():
@@ -195,6 +235,21 @@ class _ParametrizedLoss(keras.losses.Loss):
         for name in self._params:
             config[name] = float(ops.convert_to_numpy(getattr(self, name)))
         return config
+
+
+def nan_where_invalid(values: ArrayLike, valid: ArrayLike) -> Any:
+    """`values` with NaN where `valid` is False: labels a compiled step cannot refuse by raising.
+
+    TensorFlow and PyTorch raise on a class index outside [0, C); JAX's gather
+    clamps or drops it and the sample would count as well classified. A NaN
+    loss stops `fit` visibly (and `keras.callbacks.TerminateOnNaN`).
+    """
+    return ops.where(valid, values, ops.full_like(values, float("nan")))
+
+
+def class_index_is_valid(labels: ArrayLike, num_classes: int) -> Any:
+    """Boolean mask of the integer class indices `labels` in [0, num_classes)."""
+    return ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, num_classes))
 
 
 def _check_nonnegative(name, value):

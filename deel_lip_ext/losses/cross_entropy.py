@@ -13,6 +13,8 @@ from deel_lip_ext.losses.base import (
     _target_mask,
     binary_labels,
     one_hot_labels,
+    class_index_is_valid,
+    nan_where_invalid,
     sparse_labels,
 )
 
@@ -61,6 +63,9 @@ class TauCategoricalCrossentropy(_ParametrizedLoss):
 class TauSparseCategoricalCrossentropy(_ParametrizedLoss):
     """Cross-entropy of softmax(tau * f) against integer labels, divided by tau.
 
+    A label outside [0, C) gives a NaN loss on every backend (TensorFlow and
+    PyTorch raise first; JAX's compiled step cannot).
+
     Args:
         tau: temperature (> 0, required); schedulable.
         reduction: as in `keras.losses.Loss`.
@@ -88,7 +93,8 @@ class TauSparseCategoricalCrossentropy(_ParametrizedLoss):
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         tau = self._param("tau", y_pred.dtype)
         labels = ops.cast(self._labels(y_true, y_pred, self.name), "int32")
-        return keras.losses.sparse_categorical_crossentropy(labels, tau * y_pred, from_logits=True) / tau
+        losses = keras.losses.sparse_categorical_crossentropy(labels, tau * y_pred, from_logits=True) / tau
+        return nan_where_invalid(losses, class_index_is_valid(labels, y_pred.shape[-1]))
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")

@@ -6,6 +6,10 @@ threshold 2 eps plus a decaying cross-entropy on s * logits, s learnable) and
 interval-arithmetic margins of the MLP head). Epsilons are in the units of the
 logits' Lipschitz bound, i.e. of the inputs of the first l_inf-dist layer
 (pixel eps / std when the model starts with a `Rescaling(1 / std)`).
+
+Labels are class indices or one-hot rows; a label naming no class of the
+logits or several (an index outside [0, C), soft labels) gives a NaN loss for
+its sample, on every backend (`losses.base.nan_where_invalid`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from numpy.typing import ArrayLike
 from deel_lip_ext._validation import ArgumentTypeError, check_number
 from deel_lip_ext.interval import chain_layers, elided_margins
 from deel_lip_ext.layers.linf import LogitScale
+from deel_lip_ext.losses.base import _ParametrizedLoss, nan_where_invalid
 
 __all__ = ["worst_case_margins", "LInfDistHinge", "ClippedHingeCrossEntropy", "HybridIntervalCrossEntropy"]
 
@@ -65,20 +70,24 @@ def _cross_entropy(y_true, logits):
     return ops.logsumexp(logits, axis=-1) - target_logit
 
 
-class _EpsLoss(keras.losses.Loss):
+def _with_one_target(losses, y_true, y_pred):
+    """Per-sample `losses`, NaN where a label names no class of `y_pred` or several (an index outside [0, C),
+    a row of zeros, soft labels): `nan_where_invalid`."""
+    targets = ops.sum(ops.cast(_target_mask(y_true, y_pred), "int32"), axis=-1)
+    return nan_where_invalid(losses, ops.equal(targets, 1))
+
+
+class _EpsLoss(_ParametrizedLoss):
     """A loss with its eps in a non-trainable variable, so that `LossParamScheduler("eps", ...)` can ramp it."""
+
+    _params = ("eps",)
 
     def __init__(self, eps, name, reduction="sum_over_batch_size"):
         super().__init__(name=name, reduction=reduction)
-        self.eps = keras.Variable(check_number(eps, "eps", minimum=0), dtype="float32", trainable=False, name="eps")
+        self._set_params(eps=check_number(eps, "eps", minimum=0))
 
     def _eps(self, dtype):
-        return ops.cast(self.eps, dtype)
-
-    def get_config(self):
-        config = super().get_config()
-        config["eps"] = float(ops.convert_to_numpy(self.eps))
-        return config
+        return self._param("eps", dtype)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -105,7 +114,8 @@ class LInfDistHinge(_EpsLoss):
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
         violations = ops.relu(worst_case_margins(y_true, y_pred, self._eps(y_pred.dtype)))
-        return self.mix * ops.max(violations, axis=-1) + (1.0 - self.mix) * ops.mean(violations, axis=-1)
+        losses = self.mix * ops.max(violations, axis=-1) + (1.0 - self.mix) * ops.mean(violations, axis=-1)
+        return _with_one_target(losses, y_true, y_pred)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -135,6 +145,9 @@ class ClippedHingeCrossEntropy(_EpsLoss):
         >>> model.compile(optimizer="adam", loss=loss)
     """
 
+    _params = ("eps", "ce_weight")
+    _state = ("ce_weight",)  # the schedule's progress, saved with the loss
+
     def __init__(
         self,
         eps: float,
@@ -152,7 +165,7 @@ class ClippedHingeCrossEntropy(_EpsLoss):
         if logit_scale is not None and not isinstance(logit_scale, LogitScale):
             raise ArgumentTypeError(f"logit_scale must be a LogitScale layer or None, got {logit_scale!r}.")
         self.logit_scale = logit_scale
-        self.ce_weight = keras.Variable(self.ce_weight_start, dtype="float32", trainable=False, name="ce_weight")
+        self._set_params(ce_weight=self.ce_weight_start)
 
     def set_progress(self, ratio: float):
         """lambda = start * (end / start) ** ratio, ratio in [0, 1]."""
@@ -163,12 +176,16 @@ class ClippedHingeCrossEntropy(_EpsLoss):
         eps = self._eps(y_pred.dtype)
         hinge = ops.clip(ops.max(worst_case_margins(y_true, y_pred, eps), axis=-1) / (2.0 * eps), 0.0, 1.0)
         scale = 1.0 if self.logit_scale is None else ops.cast(self.logit_scale.scale, y_pred.dtype)
-        return hinge + ops.cast(self.ce_weight, y_pred.dtype) * _cross_entropy(y_true, scale * y_pred)
+        losses = hinge + self._param("ce_weight", y_pred.dtype) * _cross_entropy(y_true, scale * y_pred)
+        return _with_one_target(losses, y_true, y_pred)
 
     def get_config(self) -> dict:
         config = super().get_config()
         config.update({"ce_weight_start": self.ce_weight_start, "ce_weight_end": self.ce_weight_end})
-        return config
+        if self.logit_scale is None:
+            return config
+        fix = "ClippedHingeCrossEntropy(..., logit_scale=<the loaded model's LogitScale layer>)"
+        return self._config_without(config, "logit_scale", fix)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -216,9 +233,10 @@ class HybridIntervalCrossEntropy(_EpsLoss):
             logits = layer(logits)
         eps = self._eps(y_pred.dtype)
         margins = elided_margins(self.head, y_pred - eps, y_pred + eps, _target_mask(y_true, logits))
-        return self.kappa * _cross_entropy(y_true, margins) + (1.0 - self.kappa) * _cross_entropy(y_true, logits)
+        losses = self.kappa * _cross_entropy(y_true, margins) + (1.0 - self.kappa) * _cross_entropy(y_true, logits)
+        return _with_one_target(losses, y_true, logits)
 
     def get_config(self) -> dict:
-        config = super().get_config()
-        config["kappa"] = self.kappa
-        return config
+        config = {**super().get_config(), "kappa": self.kappa}
+        fix = "HybridIntervalCrossEntropy(zoo.hybrid_head(model), ...)"
+        return self._config_without(config, "head", fix)

@@ -33,7 +33,11 @@ def dense_pairwise_lipschitz(kernel: ArrayLike, body_lipschitz: float = 1.0) -> 
     """
     kernel = ops.convert_to_tensor(kernel)
     differences = ops.expand_dims(kernel, -1) - ops.expand_dims(kernel, -2)  # (n, C, C)
-    return body_lipschitz * ops.sqrt(ops.maximum(ops.sum(ops.square(differences), axis=0), 0.0))
+    squared = ops.sum(ops.square(differences), axis=0)
+    # The diagonal is 0, where sqrt's derivative is infinite: 0 * inf would put NaN in EMMA's gradient
+    # (which flows through K); the norm's subgradient at 0 is 0, as torch's `norm` gives.
+    nonzero = ops.greater(squared, 0.0)
+    return body_lipschitz * ops.where(nonzero, ops.sqrt(ops.where(nonzero, squared, 1.0)), 0.0)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -43,16 +47,18 @@ class EMMA(_ParametrizedLoss):
     With K_yj a bound of the Lipschitz constant of f_y - f_j, the pair's
     certified radius (f_y - f_j) / K_yj is capped at epsilon and floored at
     0.01 epsilon: e_j = clip((f_y - f_j) / (epsilon K_yj), 0.01, 1) (no
-    gradient through e_j nor K), and each non-target logit is raised by
+    gradient through e_j), and each non-target logit is raised by
     e_j * epsilon * K_yj, its worst value within that radius (the reference
-    implementation's formula, hukkai/liresnet and ntuaislab/BRONet):
+    implementation's formula, hukkai/liresnet and ntuaislab/BRONet; as there,
+    the gradient flows through K when the callable computes it from the
+    model's weights, which also pulls the head's rows together):
 
         loss = CE(softmax(z), y),  z_j = f_j + e_j epsilon K_yj (j != y),  z_y = f_y
 
     K is either one number (`lipschitz`, the same for every pair: sqrt(2) L
     for an L-Lipschitz network in L2) or a callable returning the (C, C)
     matrix, e.g. `lambda: dense_pairwise_lipschitz(head.effective_kernel(), body_bound)`
-    (a callable is not serializable: `get_config` refuses).
+    (a callable is not saved: loading a model compiled with it asks to compile it again).
 
     Args:
         epsilon: certification radius targeted (>= 0); schedulable.
@@ -86,15 +92,18 @@ class EMMA(_ParametrizedLoss):
     def _pair_constants(self, target, dtype):
         if not callable(self.lipschitz):
             return ops.full_like(target, self.lipschitz)
-        # The callable may return numpy (torch: stop_gradient takes tensors only).
-        matrix = ops.cast(ops.stop_gradient(ops.convert_to_tensor(self.lipschitz())), dtype)
+        matrix = ops.cast(ops.convert_to_tensor(self.lipschitz()), dtype)  # the callable may return numpy
         return ops.matmul(target, matrix)  # row y of K for each sample
 
     def shifted_logits(self, target: ArrayLike, y_pred: ArrayLike):
         """The logits z (relative to the target logit) of the formula, for a 0/1 target mask."""
         relative = y_pred - ops.sum(y_pred * target, axis=-1, keepdims=True)
         margin = self._param("epsilon", y_pred.dtype) * self._pair_constants(target, y_pred.dtype) * (1.0 - target)
-        radius = ops.stop_gradient(ops.clip(-relative / ops.maximum(margin, 1e-8), 0.01, 1.0))
+        # Where the margin is 0 (the target column, epsilon = 0) radius * margin is 0 whatever the radius:
+        # dividing by 1 there keeps float16 finite (its floor 1e-8 rounds to 0, and 0 / 0 is NaN).
+        positive = ops.greater(margin, 0.0)
+        divisor = ops.where(positive, margin, ops.ones_like(margin))
+        radius = ops.stop_gradient(ops.clip(-relative / divisor, 0.01, 1.0))
         return relative + radius * margin
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike):
@@ -102,12 +111,10 @@ class EMMA(_ParametrizedLoss):
         return keras.losses.categorical_crossentropy(target, self.shifted_logits(target, y_pred), from_logits=True)
 
     def get_config(self) -> dict:
-        if callable(self.lipschitz):
-            raise ValueError(
-                "EMMA with a callable `lipschitz` cannot be serialized: pass a number, or recreate the loss "
-                "with its callable after loading (compile=False)."
-            )
-        return {**super().get_config(), "lipschitz": self.lipschitz}
+        config = super().get_config()
+        if not callable(self.lipschitz):
+            return {**config, "lipschitz": self.lipschitz}
+        return self._config_without(config, "lipschitz", f"{type(self).__name__}(..., lipschitz=<the callable>)")
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")

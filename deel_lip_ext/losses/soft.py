@@ -214,6 +214,11 @@ class LseHKR(_ParametrizedLoss):
         margin = self._param("min_margin", y_pred.dtype)
         positive = ops.sum(logits * target, axis=-1)
         classes = y_pred.shape[-1]
+        if classes is not None and classes < 2:
+            raise ValueError(
+                f"{self.name} compares the target logit with the others: it needs logits of at least 2 classes, "
+                f"got predictions of shape {tuple(y_pred.shape)}; for one output use HKR (labels in {{-1, 1}})."
+            )
         if classes == 2:
             lse = ops.sum(logits * (1.0 - target), axis=-1)
         else:
