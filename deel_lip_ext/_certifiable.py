@@ -82,6 +82,16 @@ def _check_full_precision(model, purpose):
         )
 
 
+def _check_not_quantized(model, purpose):
+    quantized = [layer.name for layer in model._flatten_layers() if getattr(layer, "quantization_mode", None)]
+    if quantized:
+        raise ValueError(
+            f"{purpose}: model {model.name!r} has quantized layers {quantized[:3]}"
+            f"{' ...' if len(quantized) > 3 else ''}: their kernels hold integer codes with scales, which bounds "
+            "and interval propagation do not read. Certify the float model before quantizing it."
+        )
+
+
 def check_certifiable(model: keras.Model, purpose: str = "certify") -> None:
     """Refuse a model whose output a certificate would misread (see the module docstring).
 
@@ -96,6 +106,7 @@ def check_certifiable(model: keras.Model, purpose: str = "certify") -> None:
         >>> check_certifiable(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))  # accepted
     """
     _check_full_precision(model, purpose)
+    _check_not_quantized(model, purpose)
     try:
         inputs, outputs = model.inputs, model.outputs
         # A Sequential model has one output tensor; a functional one may return a list or dict of them.

@@ -36,6 +36,7 @@ __all__ = [
     "check_norm",
     "check_labels",
     "check_clip_range",
+    "check_inside_box",
 ]
 
 NORMS = ("l2", "linf")
@@ -157,6 +158,23 @@ def check_clip_range(clip_min: float | None, clip_max: float | None) -> tuple[fl
     if clip_min is not None and clip_max is not None and clip_min >= clip_max:
         raise ValueError(f"clip_min must be < clip_max, got clip_min={clip_min!r}, clip_max={clip_max!r}.")
     return clip_min, clip_max
+
+
+def check_inside_box(x: np.ndarray, clip_min: float | None, clip_max: float | None) -> None:
+    """`ValueError` naming the first sample of `x` outside [clip_min, clip_max] (None: unbounded) and the fix.
+
+    Attacks and interval bounds work in the box: for a point outside it, the clipped ball is a ball
+    around another point (an attack returned points farther than eps from x).
+    """
+    low = -np.inf if clip_min is None else clip_min
+    high = np.inf if clip_max is None else clip_max
+    outside = np.flatnonzero(np.any((x < low) | (x > high), axis=tuple(range(1, x.ndim))))
+    if outside.size:
+        raise ValueError(
+            f"x: {outside.size} samples (the first: {outside[0]}) lie outside [clip_min, clip_max] = "
+            f"[{clip_min}, {clip_max}]: give the range the inputs live in (e.g. clip_max=255 for raw pixels) "
+            "or None for an unbounded one."
+        )
 
 
 def check_k_coef_lip(k_coef_lip: float) -> float:

@@ -11,6 +11,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._saving import check_saved_whole, config_without
 from deel_lip_ext._tensorboard import EventWriter
 from deel_lip_ext._validation import ArgumentTypeError, check_int, check_number
 from deel_lip_ext.distance import check_p
@@ -31,6 +32,14 @@ __all__ = [
 ]
 
 
+class _ConfiguredCallback(keras.callbacks.Callback):
+    """A callback built back from its `get_config` (Keras's `Callback` has no `from_config`)."""
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**check_saved_whole(cls.__name__, config, "Build the callback again"))
+
+
 def _loss_parameter(model, param_name):
     """The variable `model.loss.<param_name>`, or a clear error."""
     loss = getattr(model, "loss", None)
@@ -45,7 +54,7 @@ def _loss_parameter(model, param_name):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class LossParamScheduler(keras.callbacks.Callback):
+class LossParamScheduler(_ConfiguredCallback):
     """Set a loss hyper-parameter to np.interp(step, xp, fp) before every training batch.
 
     On JAX the loss's variables become state of the compiled train step (`carry_loss_state`), so the
@@ -100,7 +109,7 @@ class LossParamScheduler(keras.callbacks.Callback):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class LossParamLog(keras.callbacks.Callback):
+class LossParamLog(_ConfiguredCallback):
     """Print a loss hyper-parameter every `rate` epochs (and store it in `logs`).
 
     Args:
@@ -132,7 +141,7 @@ class LossParamLog(keras.callbacks.Callback):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class CondenseCallback(keras.callbacks.Callback):
+class CondenseCallback(_ConfiguredCallback):
     """Call `condense()` on every layer that has it, after each epoch and/or batch.
 
     Condensing overwrites raw kernels with their constrained values; it keeps
@@ -178,7 +187,7 @@ def _raw_kernel_singular_values(layer):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class MonitorCallback(keras.callbacks.Callback):
+class MonitorCallback(_ConfiguredCallback):
     """Track the exact singular values of some layers during training.
 
     For each monitored layer, `<name>_sv_max` and `<name>_sv_min` are added
@@ -288,7 +297,7 @@ class MonitorCallback(keras.callbacks.Callback):
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class SVCMProjection(keras.callbacks.Callback):
+class SVCMProjection(_ConfiguredCallback):
     """Project every `SVCMConv2D` of the model every N training batches and at the end of each epoch.
 
     As in the BCOP code: on every batch whose index within the epoch is a
@@ -350,7 +359,7 @@ def scheduled_p(ratio: float, p_start: float = 8.0, p_end: float = 1000.0, inf_t
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
-class LpScheduler(keras.callbacks.Callback):
+class LpScheduler(_ConfiguredCallback):
     """Set p of every l_inf-dist layer before each batch: constant, geometric growth, then inf.
 
     With r = clip((step - constant_epochs * steps_per_epoch) /
@@ -434,7 +443,7 @@ class LpScheduler(keras.callbacks.Callback):
             logs["p"] = self.p
 
     def get_config(self) -> dict:
-        return {
+        config = {
             "p_start": self.p_start,
             "p_end": self.p_end,
             "constant_epochs": self.constant_epochs,
@@ -443,3 +452,6 @@ class LpScheduler(keras.callbacks.Callback):
             "inf_threshold": self.inf_threshold,
             "initial_epoch": self._epoch,
         }
+        if not self.followers:
+            return config
+        return config_without(config, "followers", "LpScheduler(..., followers=[<the compiled loss>])")

@@ -21,7 +21,7 @@ from deel_lip_ext.layers.linf import LogitScale
 from deel_lip_ext.lipschitz import is_non_decreasing_activation
 from deel_lip_ext.model_bound import chain_operations
 
-__all__ = ["interval_bounds", "elided_margins", "chain_layers"]
+__all__ = ["interval_bounds", "elided_margins", "chain_layers", "box_dtype"]
 
 # Stock layers are matched by exact class: a subclass may change `call`.
 _SHAPE_LAYERS = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
@@ -94,7 +94,8 @@ def interval_bounds(model: keras.Model, lower: ArrayLike, upper: ArrayLike) -> t
         >>> low, high = interval_bounds(model, np.clip(x - 0.3, 0, 1), np.clip(x + 0.3, 0, 1))
     """
     layers = chain_layers(model)
-    lower, upper = ops.convert_to_tensor(lower, "float32"), ops.convert_to_tensor(upper, "float32")
+    dtype = box_dtype(layers)
+    lower, upper = ops.convert_to_tensor(lower, dtype), ops.convert_to_tensor(upper, dtype)
     for layer in layers:
         lower, upper = _layer_bounds(layer, lower, upper)
     return lower, upper
@@ -120,9 +121,19 @@ def _unrolled(item):
 
 
 def _strip_identities(layers):
-    while layers and isinstance(layers[-1], (LogitScale, keras.layers.Dropout)):
+    # Exact classes, as everywhere: a subclass may change `call` (a "Dropout" returning -x flips every margin).
+    while layers and type(layers[-1]) in (LogitScale, keras.layers.Dropout):
         layers = layers[:-1]
     return layers
+
+
+def box_dtype(layers: list) -> str:
+    """The dtype to propagate boxes in: float64 for a chain computing in float64, else float32.
+
+    A float64 model's logit differences below float32's resolution would be rounded away (a margin
+    of -1e-9 certified as the model decides the other way).
+    """
+    return "float64" if any(getattr(layer, "compute_dtype", None) == "float64" for layer in layers) else "float32"
 
 
 def elided_margins(layers: list, lower: ArrayLike, upper: ArrayLike, is_target: ArrayLike) -> Any:

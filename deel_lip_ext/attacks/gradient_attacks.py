@@ -33,7 +33,15 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext import _autodiff as autodiff
-from deel_lip_ext._validation import check_choice, check_clip_range, check_int, check_labels, check_norm, check_number
+from deel_lip_ext._validation import (
+    check_choice,
+    check_clip_range,
+    check_inside_box,
+    check_int,
+    check_labels,
+    check_norm,
+    check_number,
+)
 
 __all__ = [
     "LOSSES",
@@ -340,6 +348,7 @@ def prepare_attack(model, x, y, eps, norm, loss, clip_min, clip_max, batch_size)
     low = -np.inf if clip_min is None else float(clip_min)
     high = np.inf if clip_max is None else float(clip_max)
     x = np.asarray(x, dtype="float32")
+    check_inside_box(x, clip_min, clip_max)
     batch_size = len(x) if batch_size is None else check_int(batch_size, "batch_size")
     logits = ops.convert_to_numpy(model(x[: min(len(x), 2)], training=False))
     if len(y) != len(x):

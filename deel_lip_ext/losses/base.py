@@ -9,6 +9,7 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._saving import check_saved_whole
 from deel_lip_ext._validation import check_number
 
 __all__ = [
@@ -178,8 +179,7 @@ def process_labels_for_multi_gpu(labels: ArrayLike):
 
 # ---------------------------------------------------------------- base class
 
-
-_UNSAVED_ARGUMENT = "unsaved_argument"
+_RELOAD = "Load the model with keras.saving.load_model(path, compile=False) and compile it again"
 
 
 class _ParametrizedLoss(keras.losses.Loss):
@@ -189,9 +189,8 @@ class _ParametrizedLoss(keras.losses.Loss):
     `_state` names those of them that are not constructor arguments (a schedule's
     progress): `from_config` assigns them after construction. A loss holding a
     live object of its model (a layer, a head, a callable reading weights) saves
-    without it (`_config_without`), and loading that config raises an error
-    naming the fix instead of building a loss that would silently compute
-    something else.
+    without it (`deel_lip_ext._saving.config_without`), and loading that config
+    raises an error naming the fix.
     """
 
     _params = ()
@@ -199,25 +198,12 @@ class _ParametrizedLoss(keras.losses.Loss):
 
     @classmethod
     def from_config(cls, config: dict):
-        config = dict(config)
-        unsaved = config.pop(_UNSAVED_ARGUMENT, None)
-        if unsaved is not None:
-            argument, fix = unsaved
-            raise ValueError(
-                f"{cls.__name__} was saved with `{argument}`, a live object of its model that a saved loss cannot "
-                "carry. Load the model with keras.saving.load_model(path, compile=False), then compile it again "
-                f"with {fix}."
-            )
+        config = dict(check_saved_whole(cls.__name__, config, _RELOAD))
         state = {name: config.pop(name) for name in cls._state if name in config}
         loss = cls(**config)
         for name, value in state.items():
             getattr(loss, name).assign(value)
         return loss
-
-    @staticmethod
-    def _config_without(config: dict, argument: str, fix: str) -> dict:
-        """`config` marked as saved without `argument` (see `from_config`)."""
-        return {**config, _UNSAVED_ARGUMENT: [argument, fix]}
 
     def _set_params(self, **values):
         for name, value in values.items():

@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._saving import config_without
 from deel_lip_ext._validation import ArgumentTypeError, check_number
 from deel_lip_ext.interval import chain_layers, elided_margins
 from deel_lip_ext.layers.linf import LogitScale
@@ -185,7 +186,7 @@ class ClippedHingeCrossEntropy(_EpsLoss):
         if self.logit_scale is None:
             return config
         fix = "ClippedHingeCrossEntropy(..., logit_scale=<the loaded model's LogitScale layer>)"
-        return self._config_without(config, "logit_scale", fix)
+        return config_without(config, "logit_scale", fix)
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")
@@ -239,4 +240,4 @@ class HybridIntervalCrossEntropy(_EpsLoss):
     def get_config(self) -> dict:
         config = {**super().get_config(), "kappa": self.kappa}
         fix = "HybridIntervalCrossEntropy(zoo.hybrid_head(model), ...)"
-        return self._config_without(config, "head", fix)
+        return config_without(config, "head", fix)

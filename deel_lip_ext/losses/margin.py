@@ -10,6 +10,7 @@ import keras
 from keras import ops
 from numpy.typing import ArrayLike
 
+from deel_lip_ext._saving import config_without
 from deel_lip_ext.losses.base import (
     _ParametrizedLoss,
     _check_nonnegative,
@@ -114,7 +115,7 @@ class EMMA(_ParametrizedLoss):
         config = super().get_config()
         if not callable(self.lipschitz):
             return {**config, "lipschitz": self.lipschitz}
-        return self._config_without(config, "lipschitz", f"{type(self).__name__}(..., lipschitz=<the callable>)")
+        return config_without(config, "lipschitz", f"{type(self).__name__}(..., lipschitz=<the callable>)")
 
 
 @keras.saving.register_keras_serializable(package="deel_lip_ext")

@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 
 from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext import attacks, utils
-from deel_lip_ext._validation import check_choice, check_clip_range, check_int, check_number
+from deel_lip_ext._validation import check_choice, check_clip_range, check_inside_box, check_int, check_number
 from deel_lip_ext.attacks.gradient_attacks import pgd_perturbation, sample_norms
 from deel_lip_ext.regularization.gradients import ATTACK_LOSS_FUNCTIONS, NORMS
 
@@ -27,9 +27,21 @@ __all__ = ["adversarial_distances", "median_adversarial_distance", "error_at_eps
 ATTACK_LOSSES = tuple(ATTACK_LOSS_FUNCTIONS)
 
 
-def _labels_array(y):
+def _classifier_and_labels(model, x, y, clip_min, clip_max):
+    """`(model, x, class indices)` for the measurements, which read the argmax of C >= 2 logits.
+
+    A single-logit binary model (class 1 iff z > 0, the library's convention, labels {0, 1} or
+    {-1, 1}) is measured as the two logits (0, z), which decide the same way everywhere.
+    """
+    x = np.asarray(x, dtype=keras.config.floatx())
+    check_inside_box(x, clip_min, clip_max)
     y = np.asarray(y)
-    return y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
+    if model.output_shape[-1] != 1:
+        return model, x, (y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1))
+    inputs = keras.Input(model.input_shape[1:])
+    logit = model(inputs)
+    two_logits = keras.Model(inputs, ops.concatenate([ops.zeros_like(logit), logit], axis=-1))
+    return two_logits, x, (y.reshape(-1) > 0).astype("int64")
 
 
 def _predicted_labels(model, x, batch_size):
@@ -100,8 +112,10 @@ def adversarial_distances(
     bound on each sample's true minimal adversarial distance (what the attacks found).
 
     Args:
-        model: classifier returning logits (the argmax is the predicted class).
-        x: inputs (numpy), y: integer or one-hot labels.
+        model: classifier returning logits (the argmax is the predicted class), or one logit
+            (class 1 iff it is > 0).
+        x: inputs (numpy), in [clip_min, clip_max].
+        y: integer or one-hot labels ({0, 1} or {-1, 1} for one logit).
         norm: "l2" or "linf".
         max_epsilon: largest radius tried; None means the diameter of the input box
             (sqrt(D) * (clip_max - clip_min) in l2, clip_max - clip_min in linf).
@@ -122,8 +136,7 @@ def adversarial_distances(
     autodiff.require_supported_backend("adversarial_distances")
     _check_measurement_arguments(norm, attack_steps, batch_size, clip_min, clip_max)
     bisection_steps = check_int(bisection_steps, "bisection_steps", minimum=0)
-    x = np.asarray(x, dtype=keras.config.floatx())
-    labels = _labels_array(y)
+    model, x, labels = _classifier_and_labels(model, x, y, clip_min, clip_max)
     if max_epsilon is None:
         if clip_min is None or clip_max is None:
             raise ValueError("`max_epsilon` is required when `clip_min` or `clip_max` is None.")
@@ -186,9 +199,9 @@ def error_at_eps(
     and on the margin loss, the attacks used by `adversarial_distances`.
 
     Args:
-        model: classifier returning logits.
-        x: inputs (numpy) and integer or one-hot labels.
-        y: inputs (numpy) and integer or one-hot labels.
+        model: classifier returning logits, or one logit (class 1 iff it is > 0).
+        x: inputs (numpy), in [clip_min, clip_max].
+        y: integer or one-hot labels ({0, 1} or {-1, 1} for one logit).
         epsilon: attack radius (>= 0; 0 gives the clean error).
         norm: "l2" or "linf".
         attack_steps: PGD steps per attack.
@@ -205,8 +218,7 @@ def error_at_eps(
     autodiff.require_supported_backend("error_at_eps")
     _check_measurement_arguments(norm, attack_steps, batch_size, clip_min, clip_max)
     epsilon = check_number(epsilon, "epsilon", minimum=0)
-    x = np.asarray(x, dtype=keras.config.floatx())
-    labels = _labels_array(y)
+    model, x, labels = _classifier_and_labels(model, x, y, clip_min, clip_max)
     wrong = _predicted_labels(model, x, batch_size) != labels
     if epsilon > 0:
         for attack_loss in ATTACK_LOSSES:
