@@ -39,7 +39,7 @@ from deel_lip_ext import (
 )
 from deel_lip_ext.model import Model, Sequential
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 vanillaModel = model.vanilla_model  # deel-lip's name of `deel_lip_ext.model.vanilla_model`
 

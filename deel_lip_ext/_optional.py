@@ -10,6 +10,7 @@ backends, and without matplotlib). A function that needs one calls
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 __all__ = ["optional_import", "tensorflow"]
@@ -32,6 +33,11 @@ def optional_import(name: str, feature: str = "this feature") -> ModuleType:
     Examples:
         >>> tf = optional_import("tensorflow", "evaluate_lip_const")
     """
+    # An imported module is returned without calling importlib: inside a `tf.function` AutoGraph
+    # tries to convert `importlib.import_module` and warns that it cannot.
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
     try:
         return importlib.import_module(name)
     except ImportError as error:

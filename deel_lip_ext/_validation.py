@@ -179,6 +179,12 @@ def check_inside_box(x: np.ndarray, clip_min: float | None, clip_max: float | No
 
 def check_k_coef_lip(k_coef_lip: float) -> float:
     """Return `k_coef_lip` as a float, or raise `ValueError` if it is not > 0 and finite."""
+    if isinstance(k_coef_lip, str):
+        raise ValueError(
+            f"k_coef_lip must be a positive number, got {k_coef_lip!r}: deel-lip's GroupSort(n, data_format) takes "
+            "data_format second; here k_coef_lip comes second, so pass data_format=... by keyword "
+            "(docs/migration.md)."
+        )
     if not is_real(k_coef_lip):
         raise ValueError(f"k_coef_lip must be a positive number, got {k_coef_lip!r}.")
     if not math.isfinite(float(k_coef_lip)) or k_coef_lip <= 0:

@@ -104,7 +104,18 @@ def logit_margin(y_true: ArrayLike, y_pred: ArrayLike) -> Any:
 
 
 def certificate_factor(norm: str = "l2", disjoint_neurons: bool = False, num_classes: int = 2):
-    """The c of r = M / (c L): 1 for a single logit, 2 for l_inf or disjoint neurons, else sqrt(2)."""
+    """The c of r = M / (c L): 1 for a single logit, 2 for l_inf or disjoint neurons, else sqrt(2).
+
+    Args:
+        norm: "l2" or "linf", the norm of the perturbation (and of the Lipschitz constant L).
+        disjoint_neurons: each logit is computed by its own L-Lipschitz neuron (z_i - z_j is then
+            2L-Lipschitz rather than sqrt(2) L in L2).
+        num_classes: number of logits C (1: a single binary logit, whose margin is |z|).
+
+    Examples:
+        >>> certificate_factor("l2", num_classes=10)
+        1.4142135623730951
+    """
     check_norm(norm)
     if num_classes == 1:
         return 1.0

@@ -217,14 +217,15 @@ def test_api_pages_have_no_raw_tex_outside_code(tmp_path):
 # ----------------------------------------------------------------------------- type hints
 
 
-def _unannotated_public_callables():
+def _public_callables():
+    """(qualified name, object, the function whose parameters it takes) of every public class with its own
+    `__init__` and every public function, in the module that defines it."""
     import importlib
     import inspect
     import pkgutil
 
     import deel_lip_ext
 
-    missing = {}
     for info in pkgutil.walk_packages(deel_lip_ext.__path__, prefix="deel_lip_ext."):
         if any(part.startswith("_") for part in info.name.split(".")[1:]):
             continue
@@ -233,26 +234,42 @@ def _unannotated_public_callables():
             obj = getattr(module, name)
             if getattr(obj, "__module__", None) != info.name:
                 continue  # re-exported: checked where it is defined
-            if inspect.isclass(obj):
-                if "__init__" not in obj.__dict__:
-                    continue
-                target = obj.__init__
+            if inspect.isclass(obj) and "__init__" in obj.__dict__:
+                yield f"{info.name}.{name}", obj, obj.__init__
             elif inspect.isfunction(obj):
-                target = obj
-            else:
-                continue
-            unannotated = [
-                parameter.name
-                for parameter in inspect.signature(target).parameters.values()
-                if parameter.name not in ("self", "cls") and parameter.annotation is inspect.Parameter.empty
-            ]
-            if unannotated:
-                missing[f"{info.name}.{name}"] = unannotated
-    return missing
+                yield f"{info.name}.{name}", obj, obj
+
+
+def _parameters(function):
+    import inspect
+
+    return [p for p in inspect.signature(function).parameters.values() if p.name not in ("self", "cls")]
 
 
 def test_every_public_callable_has_type_hints():
-    missing = _unannotated_public_callables()
+    import inspect
+
+    missing = {}
+    for name, _, function in _public_callables():
+        unannotated = [p.name for p in _parameters(function) if p.annotation is inspect.Parameter.empty]
+        if unannotated:
+            missing[name] = unannotated
+    assert not missing, missing
+
+
+def test_every_public_argument_is_in_its_docstring():
+    # `help()` of a public class or function describes each of its arguments ("name:" under Args).
+    import inspect
+
+    missing = {}
+    for name, obj, function in _public_callables():
+        doc = inspect.getdoc(obj) or ""
+        if function is not obj:
+            doc += "\n" + (inspect.getdoc(function) or "")
+        described = set(re.findall(r"^\s*\**(\w+)(?: \(.*?\))?:", doc, flags=re.MULTILINE))
+        undocumented = [p.name for p in _parameters(function) if p.name not in described]
+        if undocumented:
+            missing[name] = undocumented
     assert not missing, missing
 
 

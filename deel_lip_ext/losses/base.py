@@ -167,6 +167,13 @@ def process_labels_for_multi_gpu(labels: ArrayLike):
     so that the KR terms are per-sample and add up across replicas with
     `reduction="sum"`. Hinge terms only look at the sign, which is preserved.
 
+    Args:
+        labels: the whole batch's labels (B, C) (or (B,) for one output), in {0, 1} or {-1, 1},
+            before it is split across replicas.
+
+    Returns:
+        Float labels of the same shape, for `KR`/`HKR`/... with `multi_gpu=True`.
+
     Examples:
         >>> y_multi = process_labels_for_multi_gpu(y_train)
     """

@@ -80,6 +80,8 @@ def check_normalizer_args(
             raise ValueError(
                 f"eps_bjorck must be None (no Björck) or a number >= 0 (0 = fixed iterations), got {eps_bjorck!r}."
             ) from None
+    if beta_bjorck is None:
+        raise ValueError("beta_bjorck must be a number in ]0, 0.5]; to use no Björck iteration pass eps_bjorck=None.")
     check_number(beta_bjorck, "beta_bjorck", minimum=0, maximum=0.5, strict=True)
     check_int(maxiter_spectral, "maxiter_spectral")
     check_int(maxiter_bjorck, "maxiter_bjorck")
