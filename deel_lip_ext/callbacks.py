@@ -343,6 +343,15 @@ class SVCMProjection(_ConfiguredCallback):
 def schedule_ratio(step: int, steps_per_epoch: int, constant_epochs: float, growth_epochs: float) -> float:
     """r in [0, 1]: 0 during the constant phase, then linear in the step over the growth phase.
 
+    Args:
+        step: global training step (batches seen since the start of training).
+        steps_per_epoch: batches per epoch.
+        constant_epochs: length of the constant phase, in epochs (may be fractional).
+        growth_epochs: length of the growth phase, in epochs (<= 0: r jumps to 1 right after the constant phase).
+
+    Returns:
+        `clip((step - constant_epochs * steps_per_epoch) / (growth_epochs * steps_per_epoch), 0, 1)`.
+
     Examples:
         >>> schedule_ratio(150, 100, constant_epochs=1, growth_epochs=1)
         0.5
@@ -352,7 +361,17 @@ def schedule_ratio(step: int, steps_per_epoch: int, constant_epochs: float, grow
 
 
 def scheduled_p(ratio: float, p_start: float = 8.0, p_end: float = 1000.0, inf_threshold: float = 100.0):
-    """p = p_start (p_end / p_start) ** r, and inf once r = 1 when p_end >= inf_threshold (the papers' rule)."""
+    """p = p_start (p_end / p_start) ** r, and inf once r = 1 when p_end >= inf_threshold (the papers' rule).
+
+    Args:
+        ratio: the schedule ratio r in [0, 1] (`schedule_ratio`).
+        p_start: p at r = 0.
+        p_end: p at r = 1, geometric interpolation in between.
+        inf_threshold: at r >= 1, p = inf if p_end >= inf_threshold (else p stays p_end).
+
+    Returns:
+        p, a float (`math.inf` after the growth).
+    """
     if ratio >= 1.0 and p_end >= inf_threshold:
         return math.inf
     return float(p_start * (p_end / p_start) ** ratio)

@@ -1,24 +1,21 @@
 r"""Certified robustness of Lipschitz classifiers: radii, one-call certification, bounds.
 
-A classifier f whose logit map is L-Lipschitz cannot change its decision on x
-under any perturbation smaller than the *certified radius*:
+A classifier f whose logit map is L-Lipschitz cannot change its decision on x under any perturbation smaller than
+the *certified radius*:
 
 * multi-class, L2 (the whole logit map L-Lipschitz): r = M / (sqrt(2) L), with
-  $M = f_y - \max_{j \ne y} f_j$, because f_y - f_j = (e_y - e_j)^T f and
-  ||e_y - e_j|| = sqrt(2);
-* multi-class when every logit is *separately* L-Lipschitz (deel-lip's
-  `disjoint_neurons=True`, e.g. a last `FrobeniusDense`): r = M / (2 L);
-* l_inf (each logit L-Lipschitz for the l_inf input norm, as in l_inf-dist
-  nets): r = M / (2 L);
+  $M = f_y - \max_{j \ne y} f_j$, because f_y - f_j = (e_y - e_j)^T f and ||e_y - e_j|| = sqrt(2);
+* multi-class when every logit is *separately* L-Lipschitz (deel-lip's `disjoint_neurons=True`, e.g. a last
+  `FrobeniusDense`): r = M / (2 L);
+* l_inf (each logit L-Lipschitz for the l_inf input norm, as in l_inf-dist nets): r = M / (2 L);
 * binary, single logit: r = s f / L with s = +1 for the positive class.
 
-Misclassified points (M <= 0, ties included) get radius 0, and a point is
-certified at epsilon iff r > epsilon (strict, as in the BCOP paper).
+Misclassified points (M <= 0, ties included) get radius 0, and a point is certified at epsilon iff r > epsilon
+(strict, as in the BCOP paper).
 
-`certify` computes L instead of assuming it (the product of exact per-layer
-operator norms of the exported model, `deel_lip_ext.utils.model_lipschitz_bound`),
-so that a model with a layer of unknown constant is refused rather than given
-a false certificate (deel-torchlip issue #15).
+`certify` computes L instead of assuming it (the product of exact per-layer operator norms of the exported model,
+`deel_lip_ext.utils.model_lipschitz_bound`), so that a model with a layer of unknown constant is refused rather than
+given a false certificate (deel-torchlip issue #15).
 """
 
 from __future__ import annotations
@@ -202,9 +199,8 @@ def resolve_lip_const(model, lip_const, norm="l2"):
 def check_input_shape(model: keras.Model, x: np.ndarray) -> None:
     """Refuse samples of another shape than the model's input: its Lipschitz bound holds at that shape.
 
-    (A `keras.Sequential` built for 3x3 images runs on 9x9 ones with a mere
-    warning, with another Lipschitz constant.) Models without a known input
-    shape (subclassed) are not checked.
+    (A `keras.Sequential` built for 3x3 images runs on 9x9 ones with a mere warning, with another Lipschitz
+    constant.) Models without a known input shape (subclassed) are not checked.
     """
     try:
         inputs = model.inputs
@@ -266,14 +262,17 @@ def make_progbar(n_batches: int, verbose: bool | str):
 class CertifyResult:
     """What `certify` proved on a data set.
 
-    Attributes:
+    Args:
         epsilons: the perturbation budgets (numpy array).
-        certified_accuracy: fraction of points with radius > eps, per epsilon.
+        certified_accuracy: fraction of points with radius > eps, per epsilon (numpy array).
         clean_accuracy: fraction of points with a positive margin.
-        mean_radius, median_radius: over all points (misclassified ones count 0).
-        lip_const: the Lipschitz bound used; `lip_const_source` says where it came
-            from ("computed" or "user").
-        norm: "l2" or "linf"; n_samples: number of points; radii: per point.
+        mean_radius: mean certified radius over all points (misclassified ones count 0).
+        median_radius: median certified radius over all points (misclassified ones count 0).
+        lip_const: the Lipschitz bound used.
+        lip_const_source: where `lip_const` came from: "computed" or "user".
+        norm: "l2" or "linf", the norm of the perturbations.
+        n_samples: number of points.
+        radii: certified radius of each point (numpy array (n_samples,), in input units).
     """
 
     epsilons: np.ndarray
@@ -357,15 +356,13 @@ def certify(
         epsilons: a number or a list of perturbation budgets (>= 0), in the units
             of the raw input (before the normalization `input_scale` describes).
         norm: "l2" or "linf", the norm of the perturbations.
-        input_scale: std of an input normalization (x - mean) / std that was
-            applied to `data` before it reaches the model (scalar or per
-            channel). A raw perturbation d becomes d / std, so radii are
-            multiplied by min(std). None: no normalization.
+        input_scale: std of an input normalization (x - mean) / std that was applied to `data` before it reaches
+            the model (scalar or per channel). A raw perturbation d becomes d / std, so radii are multiplied by
+            min(std). None: no normalization.
         batch_size: batch size when `data` is a pair of arrays.
-        lip_const: the Lipschitz constant to use. None (default): computed
-            for `lip_norm` by `deel_lip_ext.utils.model_lipschitz_bound` (a walk
-            of the model's graph with exact per-layer operator norms), which
-            raises `ValueError` naming a layer or op whose constant is unknown.
+        lip_const: the Lipschitz constant to use. None (default): computed for `lip_norm` by
+            `deel_lip_ext.utils.model_lipschitz_bound` (a walk of the model's graph with exact per-layer operator
+            norms), which raises `ValueError` naming a layer or op whose constant is unknown.
         lip_norm: norm for which `lip_const` holds: "l2" (our layers, and the
             computed bound) or "linf" (l_inf-dist nets). An L2 bound certifies
             l_inf balls of radius r_2 / sqrt(d) (d = input size).

@@ -42,7 +42,11 @@ _TINY = 1e-30
 
 
 def check_p(p: float):
-    """Return the norm order `p` as a float (possibly `inf`); raise `ValueError` unless 1 <= p <= inf."""
+    """Return the norm order `p` as a float (possibly `inf`); raise `ValueError` unless 1 <= p <= inf.
+
+    Args:
+        p: a real number >= 1, `math.inf`, or the string "inf" / "infinity" (any case).
+    """
     if isinstance(p, str) and p.strip().lower() in ("inf", "infinity"):
         return math.inf
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(float(p)) or p < 1:
@@ -68,8 +72,14 @@ def automatic_chunk_size(rows: int, input_dim: int, units: int):
     one unit (whose intermediate exceeds the output when input_dim > units;
     XLA fuses it into its reduction rather than storing it). A divisor of
     `units` is preferred when it is at least half that size.
-    `rows` is the batch size (batch x positions for a convolution); None or
-    unknown counts as 512.
+
+    Args:
+        rows: the batch size (batch x positions for a convolution); None or unknown counts as 512.
+        input_dim: length of each input row (the kernel's first dimension).
+        units: number of output units (the kernel's second dimension).
+
+    Returns:
+        The chunk size, an int in [1, units].
     """
     rows = rows if isinstance(rows, int) and rows > 0 else NOMINAL_BATCH
     budget = max(rows * units, _MIN_CHUNK_ELEMENTS)
@@ -347,6 +357,14 @@ def naive_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf):
     Exact but memory-hungry; used to check `linf_distance` and as the
     benchmark baseline. The rescaling peak is a constant for autodiff, which
     is exact since the rescaled expression does not depend on it.
+
+    Args:
+        x: inputs, shape (batch, input_dim).
+        kernel: unit centres, shape (input_dim, units) (column o is unit o's w).
+        p: norm order, a Python number in [1, inf] (see `check_p`).
+
+    Returns:
+        Tensor of shape (batch, units).
     """
     p = check_p(p)
     magnitudes = ops.abs(_differences(x, ops.transpose(kernel)))
@@ -365,6 +383,13 @@ def interval_distance_bounds(
     The norm grows with every |x_j - w_j|, so the bounds are the norms of the
     largest and of the smallest coordinate-wise distances:
     max(|l - w|, |u - w|) and dist(w, [l, u]) = max(l - w, w - u, 0).
+
+    Args:
+        lower: lower corners of the input boxes, shape (batch, input_dim).
+        upper: upper corners of the input boxes, shape (batch, input_dim), >= `lower`.
+        kernel: unit centres, shape (input_dim, units) (column o is unit o's w).
+        p: norm order, a Python number in [1, inf] (see `check_p`).
+        chunk_size: output units per chunk; None: `automatic_chunk_size`.
 
     Returns:
         (lower_bound, upper_bound), each of shape (batch, units).

@@ -107,6 +107,12 @@ def chain_layers(model: keras.Model | keras.layers.Layer | list) -> list:
     A model must run its graph (its class does not override `call`) and that
     graph must be a chain (`deel_lip_ext.model_bound.chain_operations`);
     otherwise a `ValueError` says why.
+
+    Args:
+        model: a Keras model, a layer, or a list (or tuple) of models and layers applied in order.
+
+    Returns:
+        A flat list of layers, without `InputLayer`s.
     """
     items = model if isinstance(model, (list, tuple)) else [model]
     return [leaf for item in items for leaf in _unrolled(item)]
@@ -132,6 +138,12 @@ def box_dtype(layers: list) -> str:
 
     A float64 model's logit differences below float32's resolution would be rounded away (a margin
     of -1e-9 certified as the model decides the other way).
+
+    Args:
+        layers: the chain's layers (e.g. from `chain_layers`).
+
+    Returns:
+        "float64" or "float32".
     """
     return "float64" if any(getattr(layer, "compute_dtype", None) == "float64" for layer in layers) else "float32"
 

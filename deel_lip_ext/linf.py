@@ -90,7 +90,8 @@ def ibp_margins(
     Args:
         model: a Sequential or chain-shaped functional Keras model (see
             `interval_bounds`), evaluated in inference mode.
-        x: inputs (N, ...); y: class indices (N,) or one-hot.
+        x: inputs (N, ...).
+        y: class indices (N,) or one-hot (N, C).
         eps: l_inf radius in input units (>= 0).
         clip_min: valid input range (None: unbounded); every x must lie in it.
         clip_max: valid input range (None: unbounded); every x must lie in it.
@@ -158,6 +159,18 @@ def certify_ibp(
 
     The papers' "certified accuracy" is its mean (at p = inf, see `set_p`).
 
+    Args:
+        model: a Sequential or chain-shaped functional Keras model with C >= 2 logits (see `ibp_margins`).
+        x: inputs (N, ...).
+        y: class indices (N,) or one-hot (N, C).
+        eps: l_inf radius in input units (>= 0).
+        clip_min: valid input range (None: unbounded); every x must lie in it.
+        clip_max: valid input range (None: unbounded); every x must lie in it.
+        batch_size: samples per propagation.
+
+    Returns:
+        numpy boolean array (N,).
+
     Examples:
         >>> set_p(model, float("inf"))
         >>> certified_accuracy = certify_ibp(model, x_test, y_test, eps=0.3).mean()
@@ -175,6 +188,12 @@ def linf_lipschitz_bound(model: keras.Model | keras.layers.Layer | list) -> floa
     merges, ops, shared layers and nested models included); each layer answers through the Lipschitz
     protocol: 1 per l_inf-dist layer at p = inf, the largest absolute column sum of a Dense kernel,
     max |scale| for `Rescaling` (a model starting with `Rescaling(1 / std)` gets 1 / std).
+
+    Args:
+        model: a Keras model, a layer, or a list (or tuple) of layers applied in order (their bounds multiply).
+
+    Returns:
+        The bound, a float.
 
     Raises:
         ValueError: for a layer or op whose l_inf constant is unknown (or an l_inf-dist layer at finite p).
@@ -195,6 +214,17 @@ def certify_lipschitz(
     model: keras.Model, x: ArrayLike, y: ArrayLike, eps: float, lip_const: float | None = None, batch_size: int = 256
 ):
     """Boolean array: True where margin / (2 L) > eps (the Lipschitz rule, L from `linf_lipschitz_bound`).
+
+    Args:
+        model: a Keras classifier returning logits (N, C); C == 1 is binary.
+        x: inputs (N, ...).
+        y: class indices (N,) or one-hot (N, C).
+        eps: l_inf radius in input units (>= 0).
+        lip_const: l_inf -> l_inf Lipschitz constant L of the model; None: `linf_lipschitz_bound(model)`.
+        batch_size: batch size of `model.predict`.
+
+    Returns:
+        numpy boolean array (N,).
 
     Examples:
         >>> certified = certify_lipschitz(model, x_test, y_test, eps=0.3)
@@ -222,6 +252,18 @@ def evaluate_linf_robustness(
     """Clean, PGD and certified (IBP and Lipschitz rule) accuracy at l_inf radius eps, as fractions.
 
     Every l_inf-dist layer must be at p = inf (certificates hold only there).
+
+    Args:
+        model: a Sequential or chain-shaped functional Keras classifier with C >= 2 logits (see `ibp_margins`).
+        x: inputs (N, ...), inside [clip_min, clip_max].
+        y: class indices (N,) or one-hot (N, C).
+        eps: l_inf radius in input units (>= 0).
+        pgd_steps: steps of the l_inf PGD attack (cross-entropy loss, `deel_lip_ext.attacks.pgd`).
+        pgd_restarts: random restarts of the attack.
+        clip_min: valid input range (None: unbounded), for the attack and the IBP boxes.
+        clip_max: valid input range (None: unbounded), for the attack and the IBP boxes.
+        batch_size: samples per batch (predictions, attack and propagation).
+        seed: seed of the attack's random starts.
 
     Returns:
         dict with "clean", "pgd", "certified" (IBP, the papers' figure) and

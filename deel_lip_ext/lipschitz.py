@@ -87,7 +87,11 @@ ACTIVATIONS = {
 
 
 def check_bound_norm(norm: str) -> str:
-    """Return `norm` ("l2" or "linf"), or raise `ValueError` naming the accepted values."""
+    """Return `norm` ("l2" or "linf"), or raise `ValueError` naming the accepted values.
+
+    Args:
+        norm: the norm name to check.
+    """
     return check_norm(norm)
 
 
@@ -115,13 +119,22 @@ def activation_lipschitz(activation: Callable | None, owner: str = "the layer") 
 
 
 def is_non_decreasing_activation(activation: Callable | None) -> bool:
-    """Whether a `keras.activations` function (by identity) is known to be non-decreasing (None: identity)."""
+    """Whether a `keras.activations` function (by identity) is known to be non-decreasing (None: identity).
+
+    Args:
+        activation: a function of `keras.activations` (`keras.activations.get(name)`), or None; a function
+            missing from `ACTIVATIONS` counts as not known to be non-decreasing (False).
+    """
     return activation is None or ACTIVATIONS.get(activation, (None, False))[1]
 
 
 def half_unit_roundoff(dtype: str) -> float:
     """Unit roundoff of float16 (2^-11) or bfloat16 (2^-8), the half-precision compute dtypes of mixed precision
-    policies, which round weights and constants before they multiply; else 0 (float32's 6e-8 is below any radius)."""
+    policies, which round weights and constants before they multiply; else 0 (float32's 6e-8 is below any radius).
+
+    Args:
+        dtype: a dtype name, e.g. a layer's `compute_dtype` ("float16", "bfloat16", "float32", ...).
+    """
     return {"float16": 2.0**-11, "bfloat16": 2.0**-8}.get(str(dtype), 0.0)
 
 
@@ -131,6 +144,13 @@ def as_computed(value: ArrayLike, dtype: str) -> np.ndarray:
     Under `mixed_bfloat16` a layer multiplies with its float32 kernel (or a
     constant) rounded to bfloat16, which may round up (1 + 2^-8 + 2^-9 becomes
     1 + 2^-7): the bound must use the rounded value.
+
+    Args:
+        value: a number, array or tensor (a kernel or a constant of a layer).
+        dtype: the compute dtype of the layer that multiplies with it (e.g. "float32", "bfloat16").
+
+    Returns:
+        A float64 numpy array.
     """
     if half_unit_roundoff(dtype) > 0:
         value = keras.ops.cast(keras.ops.cast(keras.ops.convert_to_tensor(value, "float32"), dtype), "float32")
@@ -138,7 +158,11 @@ def as_computed(value: ArrayLike, dtype: str) -> np.ndarray:
 
 
 def computed_kernel(layer: keras.layers.Layer) -> np.ndarray:
-    """A stock layer's kernel as its call multiplies with it (rounded to the compute dtype), float64 numpy."""
+    """A stock layer's kernel as its call multiplies with it (rounded to the compute dtype), float64 numpy.
+
+    Args:
+        layer: a built stock Keras layer with a `kernel` (Dense, Conv2D, ...).
+    """
     return as_computed(layer.kernel, layer.compute_dtype)
 
 
@@ -303,7 +327,17 @@ STOCK_LAYERS = {
 
 
 def stock_layer_lipschitz(layer: keras.layers.Layer, norm: str, input_shape: tuple | None = None) -> float:
-    """Lipschitz constant of a stock Keras layer from `STOCK_LAYERS` (exact class), or `ValueError`."""
+    """Lipschitz constant of a stock Keras layer from `STOCK_LAYERS` (exact class), or `ValueError`.
+
+    Args:
+        layer: a stock Keras layer (not quantized; a layer with a kernel must be built).
+        norm: "l2" or "linf" (the same norm on inputs and outputs).
+        input_shape: Keras input shape with the batch dimension, for the rules that depend on it
+            (convolutions, global pooling); None: a bound valid at every input size.
+
+    Returns:
+        The bound, a float.
+    """
     rule = STOCK_LAYERS.get(type(layer))
     if rule is None:
         raise ValueError(
@@ -369,6 +403,9 @@ def runs_its_graph(model: keras.Model) -> bool:
     """Whether `model`'s class runs its functional graph and nothing else (its `call` is Keras's
     `Sequential`/`Functional` one, or marked with `_computes_its_graph`).
 
+    Args:
+        model: a Keras model.
+
     Examples:
         >>> runs_its_graph(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))  # True
     """
@@ -384,6 +421,10 @@ def check_graph_call(model: keras.Model, purpose: str = "model_lipschitz_bound")
     something else (normalizes its input, scales the output, ...) computes
     another function than the graph that a bound or an interval propagation
     would walk.
+
+    Args:
+        model: a Keras model.
+        purpose: what needs the graph, named in the error message (e.g. "model_lipschitz_bound").
 
     Raises:
         ValueError: naming the model, its class and what to do.

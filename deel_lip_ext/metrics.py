@@ -139,6 +139,7 @@ class CategoricalProvableRobustAccuracy(CertifiedAccuracy):
         disjoint_neurons: see above.
         name: as in `keras.metrics.Metric`.
         dtype: as in `keras.metrics.Metric`.
+        norm: "l2" or "linf" (l_inf: `lip_const` is the l_inf constant, c = 2 L).
 
     Examples:
         >>> model.compile(optimizer="adam", loss=MulticlassHKR(),

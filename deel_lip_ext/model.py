@@ -42,6 +42,9 @@ def is_known_lipschitz(layer: keras.layers.Layer) -> bool:
     value (`ParametrizedLayer.lipschitz_by_construction`: e.g. FrobeniusDense
     with disjoint neurons, SVCMConv2D before a projection, LiResNetBlock).
     Unknown constants (and unbuilt stock layers with weights) give False.
+
+    Args:
+        layer: a Keras layer (of the library, or stock).
     """
     target = layer.k_coef_lip if isinstance(layer, LipschitzLayer) else 1.0
     try:
@@ -291,8 +294,9 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
 
     Args:
         layers: list of layers.
-        k_coef_lip: Lipschitz constant of the whole model.
+        trainable: whether the model's weights are trainable (as in `keras.Sequential`).
         name: model name.
+        k_coef_lip: Lipschitz constant of the whole model.
 
     Examples:
         >>> model = Sequential([keras.Input((28, 28, 1)), SpectralConv2D(16, 3), GroupSort2(),

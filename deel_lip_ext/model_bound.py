@@ -174,6 +174,13 @@ def graph_nodes(model):
 def chain_operations(model: keras.Model, purpose: str = "interval bound propagation") -> list:
     """The operations of a chain-shaped model (one input, each node reading the previous node's output), in order.
 
+    Args:
+        model: a Keras model that runs its graph (Sequential or functional).
+        purpose: what needs the chain, named in the error messages.
+
+    Returns:
+        The list of the graph's operations (layers, nested models, ops of a functional model), `InputLayer`s left out.
+
     Raises:
         ValueError: the model overrides `call`, or its graph is not a chain (branches, merges, several
             inputs or outputs), naming the first node that breaks the chain.

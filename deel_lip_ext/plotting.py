@@ -30,6 +30,12 @@ def layer_spectrum(layer: keras.layers.Layer):
     are exact after their downsampling, other Dense/Conv2D-like layers exact
     on small inputs.
 
+    Args:
+        layer: a built Dense/Conv2D-like layer (stock or of deel-lip-ext), taken at the input shape it was built with.
+
+    Returns:
+        A numpy float64 array of the singular values.
+
     Examples:
         >>> before = layer_spectrum(model.get_layer("conv1"))
     """

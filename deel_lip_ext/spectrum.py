@@ -48,7 +48,11 @@ __all__ = [
 
 
 def circular_pad_widths(kernel_size: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
-    """((top, bottom), (left, right)) wrap-around pads of a circular conv: k//2 before, k-1-k//2 after."""
+    """((top, bottom), (left, right)) wrap-around pads of a circular conv: k//2 before, k-1-k//2 after.
+
+    Args:
+        kernel_size: kernel lengths, one per spatial axis (e.g. (kh, kw)).
+    """
     return tuple((k // 2, k - 1 - k // 2) for k in kernel_size)
 
 
@@ -111,9 +115,14 @@ def conv_operator_matrix(
 def operator_singular_values(matrix: ArrayLike) -> np.ndarray:
     """Singular values (descending) of a dense operator matrix, via the smaller Gram matrix.
 
-    Eigenvalues of M M^T (or M^T M) cost far less than an SVD of a very
-    rectangular M (e.g. 784 x 25088 for a conv on MNIST); float64 keeps the
-    largest values exact to ~1e-15 relative, the smallest to ~1e-8 absolute.
+    Eigenvalues of M M^T (or M^T M) cost far less than an SVD of a very rectangular M (e.g. 784 x 25088 for a conv on
+    MNIST); float64 keeps the largest values exact to ~1e-15 relative, the smallest to ~1e-8 absolute.
+
+    Args:
+        matrix: 2-D array M, e.g. from `conv_operator_matrix`.
+
+    Returns:
+        A float64 array of min(M.shape) values.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
@@ -179,7 +188,11 @@ def _containing_circular_conv_norm(kernel, sizes, strides, padding):
 
 
 def dense_sv_range(kernel: ArrayLike) -> tuple[float, float]:
-    """(min, max) singular values of a matrix (float64 SVD)."""
+    """(min, max) singular values of a matrix (float64 SVD).
+
+    Args:
+        kernel: 2-D array or tensor.
+    """
     values = np.linalg.svd(np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64), compute_uv=False)
     return float(values.min()), float(values.max())
 
@@ -187,9 +200,11 @@ def dense_sv_range(kernel: ArrayLike) -> tuple[float, float]:
 def linf_kernel_norm(kernel: ArrayLike) -> float:
     """Upper bound of the l_inf -> l_inf norm of x -> x W (W 2-D) or of a convolution with kernel W (4-D).
 
-    Each output entry is a sum of kernel entries times input entries (padding
-    adds zeros or copies), so |y_o| <= sum |W[..., o]| * ||x||_inf: the
-    largest absolute column sum of W reshaped to (-1, c_out). Exact for a matrix.
+    Each output entry is a sum of kernel entries times input entries (padding adds zeros or copies), so |y_o| <= sum
+    |W[..., o]| * ||x||_inf: the largest absolute column sum of W reshaped to (-1, c_out). Exact for a matrix.
+
+    Args:
+        kernel: array or tensor W, (n_in, n_out) or (kh, kw, c_in, c_out).
     """
     kernel = np.abs(np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64))
     return float(np.max(np.sum(kernel.reshape(-1, kernel.shape[-1]), axis=0)))
@@ -208,9 +223,8 @@ def gram_iteration_bound(matrices: ArrayLike, n_iter: int = 6) -> float:
     r"""Certified upper bound of the largest spectral norm of a batch of matrices, by Gram iteration.
 
     $G_0 = M$, $G_{t+1} = G_t^H G_t$: $\|M\|_2 = \|G_t\|_2^{1/2^t} \le \|G_t\|_F^{1/2^t}$,
-    a bound that decreases to the exact norm as t grows (from above, unlike
-    power iteration). Each step rescales G_t by its Frobenius norm (kept in
-    log form) so that nothing overflows.
+    a bound that decreases to the exact norm as t grows (from above, unlike power iteration). Each step rescales G_t by
+    its Frobenius norm (kept in log form) so that nothing overflows.
 
     Args:
         matrices: array (..., m, n), real or complex.
@@ -242,11 +256,9 @@ def gram_iteration_bound(matrices: ArrayLike, n_iter: int = 6) -> float:
 def conv_gram_bound(kernel: ArrayLike, input_size: int | tuple[int, int], n_iter: int = 6) -> float:
     """Certified upper bound of the L2 norm of a circular stride-1 convolution: Gram iteration per frequency.
 
-    The circular convolution is block-diagonalized by the 2-D FFT (one
-    c_in x c_out symbol per frequency, as in `conv_singular_values`); its norm
-    is the largest symbol norm, bounded by `gram_iteration_bound`. A
-    zero-padded ("same") convolution on n x n inputs is bounded by the circular
-    one on the (n + k - 1) torus.
+    The circular convolution is block-diagonalized by the 2-D FFT (one c_in x c_out symbol per frequency, as in
+    `conv_singular_values`); its norm is the largest symbol norm, bounded by `gram_iteration_bound`. A zero-padded
+    ("same") convolution on n x n inputs is bounded by the circular one on the (n + k - 1) torus.
 
     Args:
         kernel: array (kh, kw, c_in, c_out).
@@ -421,9 +433,12 @@ def linf_transposed_kernel_norm(kernel: ArrayLike, strides: tuple) -> float:
 def polyphase_kernel(kernel: np.ndarray, strides: tuple[int, int]) -> np.ndarray:
     """Stride-1 kernel (ceil(kh/sh), ceil(kw/sw), sh * sw * c_in, c_out) of a stride-s conv after a downsampling.
 
-    A circular stride-s convolution on an (s n_h, s n_w) torus equals, up to
-    permutations of its input, the circular stride-1 convolution of this
-    kernel on the (n_h, n_w) torus: same singular values.
+    A circular stride-s convolution on an (s n_h, s n_w) torus equals, up to permutations of its input, the circular
+    stride-1 convolution of this kernel on the (n_h, n_w) torus: same singular values.
+
+    Args:
+        kernel: array (kh, kw, c_in, c_out).
+        strides: `(sh, sw)`.
 
     Examples:
         >>> polyphase_kernel(np.ones((3, 3, 2, 4)), (2, 2)).shape
@@ -438,6 +453,10 @@ def polyphase_kernel(kernel: np.ndarray, strides: tuple[int, int]) -> np.ndarray
 
 def dilated_kernel(kernel: np.ndarray, dilation: tuple[int, int]) -> np.ndarray:
     """The kernel with d - 1 zero taps between taps: a dilated conv is the plain conv with it.
+
+    Args:
+        kernel: array (kh, kw, ...).
+        dilation: `(dh, dw)` dilation rates.
 
     Examples:
         >>> dilated_kernel(np.ones((3, 3, 1, 1)), (2, 2)).shape
@@ -454,13 +473,10 @@ def strided_conv_norm(
 ) -> float:
     """L2 norm of the bias-free conv `ops.conv(x, kernel, strides, padding)` (circular: wrap pad, then valid).
 
-    Exact for circular padding (FFT of the polyphase kernel at the
-    downsampled size; the size must be divisible by the stride) and for zero
-    padding on inputs of at most `MAX_DENSE_OPERATOR_SIZE` values (SVD of the
-    dense operator). Larger zero-padded inputs and unknown sizes: the certified
-    upper bound of `conv_sv_range` (the polyphase norm of a circular conv on a
-    torus that contains the padded input without wrap-around; the
-    size-independent bound).
+    Exact for circular padding (FFT of the polyphase kernel at the downsampled size; the size must be divisible by the
+    stride) and for zero padding on inputs of at most `MAX_DENSE_OPERATOR_SIZE` values (SVD of the dense operator).
+    Larger zero-padded inputs and unknown sizes: the certified upper bound of `conv_sv_range` (the polyphase norm of a
+    circular conv on a torus that contains the padded input without wrap-around; the size-independent bound).
 
     Args:
         kernel: (kh, kw, c_in, c_out).

@@ -35,14 +35,16 @@ __all__ = ["VerificationResult", "verify_certificates"]
 class VerificationResult:
     """What `verify_certificates` found at one epsilon.
 
-    Attributes:
-        eps, norm: the attack budget.
+    Args:
+        eps: the attack budget (perturbation radius, >= 0).
+        norm: the norm of the attack budget, "l2" or "linf".
         n_samples: points attacked or checked.
         n_correct: correctly classified clean points (positive margin).
         n_certified: points whose certified radius exceeds eps.
         n_broken: certified points the attack misclassified (must be 0).
         broken_indices: their indices in x.
-        clean_accuracy, certified_accuracy: n_correct / n, n_certified / n.
+        clean_accuracy: n_correct / n.
+        certified_accuracy: n_certified / n.
         empirical_robust_accuracy: fraction of points still correctly
             classified after the attack (an upper bound of the true robust
             accuracy, which the certified accuracy bounds from below).
@@ -97,7 +99,8 @@ def verify_certificates(
 
     Args:
         model: Keras classifier returning logits (N, C); C == 1 is binary.
-        x: inputs (N, ...); y: labels (indices, one-hot, or binary {0,1}/{-1,1}).
+        x: inputs (N, ...).
+        y: labels (indices, one-hot, or binary {0,1}/{-1,1}).
         eps: perturbation budget (>= 0).
         norm: "l2" or "linf".
         lip_const: Lipschitz bound; None computes it.
