@@ -4,11 +4,9 @@ Two ideas live here:
 
 * `LipschitzLayer`: a layer that is `k_coef_lip`-Lipschitz by construction.
   Parameter-free layers (activations, pooling) simply scale their output by k.
-* `ParametrizedLayer`: a layer whose kernel is a *function* of raw variables
-  (the parametrization). The layer only holds variables, asks
-  `compute_kernel()` for the constrained kernel and applies a plain op with it.
-  `effective_kernel()` is the single source of truth used by training,
-  inference, export, certification and tests, and `vanilla_export()` is one
+* `ParametrizedLayer`: a layer whose kernel is a *function* of raw variables (the parametrization). The layer only holds
+  variables, asks `compute_kernel()` for the constrained kernel and applies a plain op with it. `effective_kernel()` is
+  the single source of truth used by training, inference, export, certification and tests, and `vanilla_export()` is one
   generic fold into stock Keras layers.
 
 Inference uses a cached kernel that can never be stale: it keeps a snapshot of every variable the kernel depends
@@ -48,7 +46,14 @@ __all__ = [
 
 
 def built_input_shape(layer: keras.layers.Layer) -> tuple | None:
-    """The input shape a layer was built with (batch dimension included), or None if unknown."""
+    """The input shape a layer was built with (batch dimension included), or None if unknown.
+
+    Args:
+        layer: a Keras layer, built or called on a symbolic input.
+
+    Returns:
+        The shape as a tuple, or None.
+    """
     shapes = getattr(layer, "_build_shapes_dict", None) or {}
     shape = next(iter(shapes.values()), None)
     if shape is None:
@@ -60,7 +65,14 @@ def built_input_shape(layer: keras.layers.Layer) -> tuple | None:
 
 
 def copied_with_weights(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """A new layer of `layer`'s class and config, built as it was and holding a copy of its weights (if any)."""
+    """A new layer of `layer`'s class and config, built as it was and holding a copy of its weights (if any).
+
+    Args:
+        layer: a Keras layer whose config round-trips through `from_config`.
+
+    Returns:
+        The copy, a new layer object.
+    """
     clone = type(layer).from_config(layer.get_config())
     if layer.weights:
         clone.build(built_input_shape(layer))
@@ -71,19 +83,16 @@ def copied_with_weights(layer: keras.layers.Layer) -> keras.layers.Layer:
 class LipschitzBounded:
     """The Lipschitz protocol: every layer of the library answers `lipschitz_constant`.
 
-    `lipschitz_constant(norm, input_shape)` is a provable upper bound (exact
-    where possible) of the layer's Lipschitz constant for the "l2" or "linf"
-    norm at that input shape, bias and activation included, or a `ValueError`
-    saying that the layer has none for that norm and what to do. Every bound
-    of the library (`deel_lip_ext.utils.model_lipschitz_bound`, certification,
-    `deel_lip_ext.linf.linf_lipschitz_bound`, `deel_lip_ext.model.Sequential`'s
-    check) asks this method; stock Keras layers are looked up in
+    `lipschitz_constant(norm, input_shape)` is a provable upper bound (exact where possible) of the layer's Lipschitz
+    constant for the "l2" or "linf" norm at that input shape, bias and activation included, or a `ValueError` saying
+    that the layer has none for that norm and what to do. Every bound of the library
+    (`deel_lip_ext.utils.model_lipschitz_bound`, certification, `deel_lip_ext.linf.linf_lipschitz_bound`,
+    `deel_lip_ext.model.Sequential`'s check) asks this method; stock Keras layers are looked up in
     `deel_lip_ext.lipschitz.STOCK_LAYERS` instead.
 
-    Subclasses implement `_lipschitz_constant(norm, input_shape)` (the default
-    refuses); parametrized layers implement `operator_norm` instead (see
-    `ParametrizedLayer`). A user subclass that overrides `call` must declare
-    its own bound too, or it is refused (`check_bounded_call`).
+    Subclasses implement `_lipschitz_constant(norm, input_shape)` (the default refuses); parametrized layers implement
+    `operator_norm` instead (see `ParametrizedLayer`). A user subclass that overrides `call` must declare its own bound
+    too, or it is refused (`check_bounded_call`).
 
     `infinite_weights` names the weights that hold an infinite value by design (an l_inf-dist
     layer's norm order p = inf); any other NaN or infinite weight makes every bound refuse
@@ -156,11 +165,10 @@ class LipschitzBounded:
 class LipschitzLayer(LipschitzBounded):
     """Mixin for layers that are `k_coef_lip`-Lipschitz (L2 norm) by construction.
 
-    Subclasses call `self._init_lipschitz(k_coef_lip)` in `__init__` and put
-    `k_coef_lip` in their config. `deel_lip_ext.model.Sequential` sets a share
-    of a global constant on each of them with `set_klip_factor` before build.
-    Their L2 constant is `k_coef_lip`; a subclass whose l_inf constant is known
-    overrides `_lipschitz_constant` (the default refuses l_inf).
+    Subclasses call `self._init_lipschitz(k_coef_lip)` in `__init__` and put `k_coef_lip` in their config.
+    `deel_lip_ext.model.Sequential` sets a share of a global constant on each of them with `set_klip_factor` before
+    build. Their L2 constant is `k_coef_lip`; a subclass whose l_inf constant is known overrides `_lipschitz_constant`
+    (the default refuses l_inf).
     """
 
     def _lipschitz_constant(self, norm, input_shape):
@@ -194,22 +202,18 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
 
     Subclasses implement:
 
-    * `compute_kernel()` -> `(kernel, state_updates)`: the constrained
-      kernel in float32 (already scaled by `k_coef_lip`) and a list of
-      `(variable, new_value)` pairs of state to store after a training step
-      (e.g. the power-iteration vector). Pure: it must not assign anything.
+    * `compute_kernel()` -> `(kernel, state_updates)`: the constrained kernel in float32 (already scaled by
+      `k_coef_lip`) and a list of `(variable, new_value)` pairs of state to store after a training step (e.g. the
+      power-iteration vector). Pure: it must not assign anything.
     * `kernel_dependencies()` -> the variables `compute_kernel` reads.
     * `plain_layers(kernel)` -> the stock Keras layers, built and with their
       weights set, computing the layer's function with the given kernel (a
       numpy array); used by `vanilla_export`.
 
-    * `operator_norm(input_shape)` -> float: the exact (or a provable upper
-      bound of the) L2 operator norm of the bias-free linear map the layer
-      applies at that input shape (Keras shape with the batch dimension).
-      This is the layer's whole part of the Lipschitz protocol:
-      `lipschitz_constant` multiplies it by the activation's constant (the
-      bias does not change the constant). The l_inf constant comes from the
-      effective kernel (`linf_operator_norm`).
+    * `operator_norm(input_shape)` -> float: the exact (or a provable upper bound of the) L2 operator norm of the
+      bias-free linear map the layer applies at that input shape (Keras shape with the batch dimension). This is the
+      layer's whole part of the Lipschitz protocol: `lipschitz_constant` multiplies it by the activation's constant (the
+      bias does not change the constant). The l_inf constant comes from the effective kernel (`linf_operator_norm`).
 
     and call `self.build_kernel_cache(kernel_shape)` at the end of `build`.
     """
@@ -236,11 +240,9 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     def linf_operator_norm(self, input_shape: tuple | None = None) -> float:
         """Upper bound of the l_inf operator norm of the bias-free linear map, from the effective kernel.
 
-        Valid for a layer that applies `x @ kernel` (2-D kernel) or a
-        convolution with the kernel (4-D, any stride/padding, after a
-        permutation such as `InvertibleDownSampling`): the largest absolute
-        column sum of the kernel reshaped to (-1, c_out). Layers that use
-        their kernel otherwise must override this method (or refuse).
+        Valid for a layer that applies `x @ kernel` (2-D kernel) or a convolution with the kernel (4-D, any
+        stride/padding, after a permutation such as `InvertibleDownSampling`): the largest absolute column sum of the
+        kernel reshaped to (-1, c_out). Layers that use their kernel otherwise must override this method (or refuse).
         """
         kernel = self.effective_kernel()
         if len(kernel.shape) not in (2, 4):
@@ -256,10 +258,9 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     def lipschitz_by_construction(self) -> bool:
         """Whether `k_coef_lip` times the activation's constant bounds the layer (L2) for EVERY raw value.
 
-        False for a constraint that is partial (per output neuron),
-        intermittent (a projection every N steps) or estimated (a power
-        iteration): only the built bound (`lipschitz_constant`) then says what
-        the layer is, and `deel_lip_ext.model.Sequential` warns.
+        False for a constraint that is partial (per output neuron), intermittent (a projection every N steps) or
+        estimated (a power iteration): only the built bound (`lipschitz_constant`) then says what the layer is, and
+        `deel_lip_ext.model.Sequential` warns.
         """
         return True
 
@@ -311,11 +312,9 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
     def effective_kernel(self):
         """The kernel the layer really multiplies with, freshly computed, as float32.
 
-        The parametrization runs in float32; under a mixed precision policy
-        the call multiplies with that kernel rounded to the compute dtype
-        (float16, bfloat16), so this is the rounded kernel, cast back to
-        float32 (exactly representable). Bounds, exports and `condense` all
-        use it, so they describe the function that runs.
+        The parametrization runs in float32; under a mixed precision policy the call multiplies with that kernel rounded
+        to the compute dtype (float16, bfloat16), so this is the rounded kernel, cast back to float32 (exactly
+        representable). Bounds, exports and `condense` all use it, so they describe the function that runs.
         """
         if not self.built:
             raise RuntimeError(f"Layer {self.name!r} must be built before its kernel exists.")
@@ -414,12 +413,10 @@ class SpectralMixin:
 class KernelBiasMixin:
     """Kernel/bias/activation plumbing shared by the dense and convolutional Lipschitz layers.
 
-    The `activation` argument counts in the layer's Lipschitz constant: the
-    constant of a known `keras.activations` function (looked up by identity in
-    `deel_lip_ext.lipschitz.ACTIVATIONS`, e.g. 1.13 for gelu) multiplies the
-    linear map's norm, and an unknown one (a user function, exponential, ...)
-    makes `lipschitz_constant` raise `ValueError`. The layer itself accepts
-    any activation.
+    The `activation` argument counts in the layer's Lipschitz constant: the constant of a known `keras.activations`
+    function (looked up by identity in `deel_lip_ext.lipschitz.ACTIVATIONS`, e.g. 1.13 for gelu) multiplies the linear
+    map's norm, and an unknown one (a user function, exponential, ...) makes `lipschitz_constant` raise `ValueError`.
+    The layer itself accepts any activation.
     """
 
     def activation_constant(self) -> float:

@@ -105,6 +105,13 @@ class DownsamplingConv2DBase(LipschitzConv):
     `vanilla_export()` gives [InvertibleDownSampling (if strided),
     CircularPadding2D (if circular), Conv2D]. Its only difference from
     `LipschitzConv` is its geometry.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: int or pair k, a multiple of `strides` (the stride-1 conv's kernel is k / s).
+        strides: int or pair s, the downsampling factor (each s <= k); (1, 1): no downsampling.
+        padding: padding of the stride-1 convolution: "circular" (default), "same" or "valid".
+        **kwargs: the other `LipschitzConv` arguments (activation, use_bias, initializers, k_coef_lip, name, ...).
     """
 
     def __init__(

@@ -56,6 +56,13 @@ def transposed_circular_pads(kernel: int, stride: int) -> tuple[tuple[int, int],
     ceil((k - 1 - k//2) / s) before and floor((k//2 - 1) / s) + 1 after, run the
     'valid' transposed conv, keep the s n outputs from k//2 + s * before on.
     The widths are the same at every input size n.
+
+    Args:
+        kernel: kernel size k along one spatial axis (an int >= 1).
+        stride: stride s along that axis (an int >= 1).
+
+    Returns:
+        `((pad_before, pad_after), (crop_before, crop_after))`, ints.
     """
     shift = kernel // 2
     pad_before = -(-(kernel - 1 - shift) // stride)

@@ -296,7 +296,12 @@ class GroupSort2L2NormPooling2D(ScaledL2NormPooling2D):
 
 
 def fusable(layer: keras.layers.Layer, following: keras.layers.Layer) -> bool:
-    """Whether `following(layer(x))` is one `GroupSort2L2NormPooling2D`: a built pairwise sort, then L2 pooling."""
+    """Whether `following(layer(x))` is one `GroupSort2L2NormPooling2D`: a built pairwise sort, then L2 pooling.
+
+    Args:
+        layer: the first layer: fusable if it is a built `GroupSort`, `GroupSort2` or `FullSort` of group size 2.
+        following: the layer applied next: fusable if it is a `ScaledL2NormPooling2D` (exact class).
+    """
     return (
         type(layer) in (GroupSort, GroupSort2, FullSort)
         and layer.built
@@ -306,7 +311,15 @@ def fusable(layer: keras.layers.Layer, following: keras.layers.Layer) -> bool:
 
 
 def fused(layer: GroupSort2, following: ScaledL2NormPooling2D) -> GroupSort2L2NormPooling2D:
-    """The `GroupSort2L2NormPooling2D` computing `following(layer(x))`, named after `following`."""
+    """The `GroupSort2L2NormPooling2D` computing `following(layer(x))`, named after `following`.
+
+    Args:
+        layer: the pairwise sort (see `fusable`); its `k_coef_lip` becomes the fused layer's `sort_k_coef_lip`.
+        following: the `ScaledL2NormPooling2D` after it, whose config the fused layer takes.
+
+    Returns:
+        A new, unbuilt `GroupSort2L2NormPooling2D`.
+    """
     config = following.get_config()
     config["sort_k_coef_lip"] = layer.k_coef_lip
     return GroupSort2L2NormPooling2D.from_config(config)

@@ -404,6 +404,7 @@ class LogitScale(LipschitzBounded, keras.layers.Layer):
     Args:
         initial_value: initial s (1 in v2).
         lr_multiplier: ratio of s's learning rate to the optimizer's.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
         >>> scale = LogitScale()
@@ -446,7 +447,11 @@ class LogitScale(LipschitzBounded, keras.layers.Layer):
 
 
 def sublayers(layer_or_model: keras.Model | keras.layers.Layer) -> list:
-    """The layers of a model (recursively, in order) or [layer]."""
+    """The layers of a model (recursively, in order) or [layer].
+
+    Args:
+        layer_or_model: a Keras model (anything with a `layers` list, nested models unrolled) or a layer.
+    """
     inner = getattr(layer_or_model, "layers", None)
     if inner is None:
         return [layer_or_model]
@@ -456,6 +461,12 @@ def sublayers(layer_or_model: keras.Model | keras.layers.Layer) -> list:
 def distance_layers(model: keras.Model) -> list:
     """All l_inf-dist layers (`LInfDistDense`, `LInfDistConv2D`) of a model, nested models included.
 
+    Args:
+        model: a Keras model (or a single layer).
+
+    Returns:
+        A list of layers, in the order of `sublayers`.
+
     Examples:
         >>> [layer.name for layer in distance_layers(model)]
     """
@@ -464,6 +475,10 @@ def distance_layers(model: keras.Model) -> list:
 
 def set_p(model: keras.Model, p: float) -> None:
     """Set the norm order of every l_inf-dist layer of `model` (p = inf for certification).
+
+    Args:
+        model: a Keras model holding at least one l_inf-dist layer (`ValueError` otherwise).
+        p: norm order, a number >= 1 or `float("inf")` (or "inf").
 
     Examples:
         >>> set_p(model, float("inf"))

@@ -42,8 +42,12 @@ __all__ = [
 def normalize_padding_2d(padding: int | tuple) -> tuple[tuple[int, int], tuple[int, int]]:
     """`padding` as `((top, bottom), (left, right))`.
 
-    Accepts an int (all four sides), a pair `(pad_h, pad_w)` (symmetric), or
-    `((top, bottom), (left, right))`.
+    Args:
+        padding: an int (all four sides), a pair `(pad_h, pad_w)` (symmetric), or
+            `((top, bottom), (left, right))`; every value an int >= 0 (`ValueError` otherwise).
+
+    Returns:
+        `((top, bottom), (left, right))`, ints.
     """
     if is_int(padding) or (
         isinstance(padding, (tuple, list)) and len(padding) == 2 and all(is_int(p) for p in padding)

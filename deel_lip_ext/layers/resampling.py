@@ -29,6 +29,13 @@ __all__ = ["InvertibleDownSampling", "InvertibleUpSampling", "pixel_unshuffle", 
 def pixel_unshuffle(inputs: ArrayLike, pool_size: tuple[int, int]):
     """Space-to-depth with PixelUnshuffle channel order: (N, H, W, C) -> (N, H/s_h, W/s_w, C s_h s_w).
 
+    Args:
+        inputs: channels-last batch (N, H, W, C), H a multiple of s_h and W of s_w.
+        pool_size: the block size `(s_h, s_w)`, a pair of ints.
+
+    Returns:
+        A tensor (N, H/s_h, W/s_w, C s_h s_w): output channel c s_h s_w + i s_w + j is channel c at offset (i, j).
+
     Examples:
         >>> pixel_unshuffle(keras.ops.ones((1, 8, 8, 3)), (2, 2)).shape
         (1, 4, 4, 12)
@@ -43,6 +50,13 @@ def pixel_unshuffle(inputs: ArrayLike, pool_size: tuple[int, int]):
 
 def pixel_shuffle(inputs: ArrayLike, pool_size: tuple[int, int]):
     """Depth-to-space, the inverse of `pixel_unshuffle`: (N, H, W, C s_h s_w) -> (N, H s_h, W s_w, C).
+
+    Args:
+        inputs: channels-last batch (N, H, W, C'), C' a multiple of s_h * s_w.
+        pool_size: the block size `(s_h, s_w)`, a pair of ints.
+
+    Returns:
+        A tensor (N, H s_h, W s_w, C' / (s_h s_w)).
 
     Examples:
         >>> pixel_shuffle(keras.ops.ones((1, 4, 4, 12)), (2, 2)).shape

@@ -157,6 +157,7 @@ class NearestUpSampling2D(LipschitzLayer, keras.layers.Layer):
         size: int or pair of ints >= 1.
         isometric: divide by sqrt(s_h * s_w).
         k_coef_lip: extra factor on the output.
+        **kwargs: base `keras.layers.Layer` arguments (name, dtype, trainable, ...).
 
     Examples:
         >>> NearestUpSampling2D(2)(keras.ops.ones((1, 4, 4, 3))).shape

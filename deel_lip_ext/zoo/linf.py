@@ -182,7 +182,14 @@ def linf_dist_net_mlp(
 
 
 def hybrid_head(model: keras.Model):
-    """The layers after the "features" layer of a `linf_dist_net_mlp` model (for `HybridIntervalCrossEntropy`)."""
+    """The layers after the "features" layer of a `linf_dist_net_mlp` model (for `HybridIntervalCrossEntropy`).
+
+    Args:
+        model: a model built by `linf_dist_net_mlp` (with a layer named "features"; `ValueError` otherwise).
+
+    Returns:
+        The list of the head's layers, in order.
+    """
     names = [layer.name for layer in model.layers]
     if FEATURES_LAYER not in names:
         raise ValueError(
@@ -194,6 +201,12 @@ def hybrid_head(model: keras.Model):
 def hybrid_training_model(model: keras.Model):
     """A model sharing `model`'s layers with outputs {"logits", "features"}, to train with
     `linf.HybridIntervalCrossEntropy` on "features".
+
+    Args:
+        model: a model built by `linf_dist_net_mlp` (with a layer named "features"; `ValueError` otherwise).
+
+    Returns:
+        A functional `keras.Model` (its weights are `model`'s).
 
     Examples:
         >>> train_model = hybrid_training_model(model)
