@@ -40,6 +40,14 @@ def binary_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
     Labels (N,) against one output per sample (N, 1) become (N, 1); any other
     shape difference is refused instead of broadcast (labels (N,) against
     outputs (N, 1) would otherwise give an (N, N) loss).
+
+    Args:
+        y_true: labels tensor, of the predictions' shape or (N,) for predictions (N, 1).
+        y_pred: predictions tensor (N, ...) of the loss.
+        loss_name: the loss's name, for the error messages.
+
+    Returns:
+        `y_true`, of the shape of `y_pred`.
     """
     if len(y_true.shape) == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
         y_true = ops.expand_dims(y_true, -1)
@@ -58,6 +66,14 @@ def one_hot_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
     refused with the fix, as is any other shape difference, and predictions
     whose class axis has size 1 behind other axes ((N, C, 1): each entry
     would be a one-class problem, with a loss of 0).
+
+    Args:
+        y_true: one-hot labels tensor, of the predictions' shape.
+        y_pred: logits tensor (N, C) (or (N, ..., C)).
+        loss_name: the loss's name, for the error messages.
+
+    Returns:
+        `y_true`, unchanged.
     """
     classes = y_pred.shape[-1]
     if classes == 1 and len(y_pred.shape) > 2:
@@ -80,7 +96,13 @@ def one_hot_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
 
 
 def sparse_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
-    """Integer class indices (N,) or (N, 1) against logits (N, C), returned as (N,) (checked at trace time)."""
+    """Integer class indices (N,) or (N, 1) against logits (N, C), returned as (N,) (checked at trace time).
+
+    Args:
+        y_true: integer class indices tensor (N,) or (N, 1) (more generally, `y_pred`'s shape without its last axis).
+        y_pred: logits tensor (N, C).
+        loss_name: the loss's name, for the error messages.
+    """
     if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
         y_true = ops.squeeze(y_true, axis=-1)
     if len(y_true.shape) != len(y_pred.shape) - 1 or _shape_mismatch(y_true, y_pred[..., 0]):
@@ -101,6 +123,14 @@ def kr_terms(y_true: ArrayLike, y_pred: ArrayLike, multi_gpu: bool = False):
     P_c are the samples with y_c == 1, N_c the others. With `multi_gpu=True` the
     labels must come from `process_labels_for_multi_gpu` and the terms are
     mean_c f_c * y_c (summing them over replicas gives the global KR).
+
+    Args:
+        y_true: labels (N, C) in {0, 1} or {-1, 1} (1 marks P_c), or those of `process_labels_for_multi_gpu`.
+        y_pred: outputs f, tensor (N, C).
+        multi_gpu: whether `y_true` are the weights of `process_labels_for_multi_gpu` (see above).
+
+    Returns:
+        A tensor (N,) in `y_pred`'s dtype.
     """
     y_true = ops.cast(y_true, y_pred.dtype)
     if multi_gpu:
@@ -128,7 +158,16 @@ def _sign(y_true, dtype):
 
 
 def hinge_margin_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float):
-    """Per-sample mean_c relu(m/2 - s_c f_c), s_c = +1 if y_c > 0 else -1."""
+    """Per-sample mean_c relu(m/2 - s_c f_c), s_c = +1 if y_c > 0 else -1.
+
+    Args:
+        y_true: labels (N, C), in {0, 1} or {-1, 1} (only their sign counts).
+        y_pred: outputs f, tensor (N, C).
+        min_margin: the margin m (the hinge asks s_c f_c >= m / 2).
+
+    Returns:
+        A tensor (N,) in `y_pred`'s dtype.
+    """
     sign = _sign(ops.cast(y_true, y_pred.dtype), y_pred.dtype)
     return ops.mean(ops.relu(min_margin / 2.0 - sign * y_pred), axis=-1)
 
@@ -144,6 +183,14 @@ def multiclass_hinge_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: flo
     deel-lip's elementwise definition: on a one-hot row (target y) it is
     $\frac{1}{C} \sum_{j \ne y} [\mathrm{relu}(m/2 - f_y) + \mathrm{relu}(m/2 + f_j)]$; a row with no
     positive entry (binary labels in one column, multi-label data) gets the terms of its negatives only.
+
+    Args:
+        y_true: labels (N, C), one-hot in {0, 1} or {-1, 1} (only their sign counts).
+        y_pred: logits f, tensor (N, C).
+        min_margin: the margin m.
+
+    Returns:
+        A tensor (N,) in `y_pred`'s dtype.
     """
     sign = _sign(ops.cast(y_true, y_pred.dtype), y_pred.dtype)
     hinge = ops.relu(min_margin / 2.0 - sign * y_pred)
@@ -236,12 +283,21 @@ def nan_where_invalid(values: ArrayLike, valid: ArrayLike) -> Any:
     TensorFlow and PyTorch raise on a class index outside [0, C); JAX's gather
     clamps or drops it and the sample would count as well classified. A NaN
     loss stops `fit` visibly (and `keras.callbacks.TerminateOnNaN`).
+
+    Args:
+        values: per-sample values (e.g. losses), a float tensor.
+        valid: boolean tensor broadcasting against `values` (e.g. `class_index_is_valid`).
     """
     return ops.where(valid, values, ops.full_like(values, float("nan")))
 
 
 def class_index_is_valid(labels: ArrayLike, num_classes: int) -> Any:
-    """Boolean mask of the integer class indices `labels` in [0, num_classes)."""
+    """Boolean mask of the integer class indices `labels` in [0, num_classes).
+
+    Args:
+        labels: integer class indices, a tensor of any shape.
+        num_classes: number of classes C.
+    """
     return ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, num_classes))
 
 

@@ -55,6 +55,14 @@ def worst_case_margins(y_true: ArrayLike, y_pred: ArrayLike, eps: float):
 
     A sample is robust at eps when every m_j < 0, i.e. margin / 2 > eps.
 
+    Args:
+        y_true: class indices (N,) / (N, 1) or one-hot labels (N, C).
+        y_pred: logits g, tensor (N, C).
+        eps: l_inf radius, in the logits' Lipschitz units (a number or a scalar tensor).
+
+    Returns:
+        A tensor (N, C).
+
     Examples:
         >>> worst_case_margins(np.array([0]), np.array([[3.0, 1.0]]), 0.5)  # [[0, -1]]
     """
@@ -102,6 +110,8 @@ class LInfDistHinge(_EpsLoss):
     Args:
         eps: training radius in logit-Lipschitz units (v1 MNIST: 0.45 / 0.3081).
         mix: weight of the max term (0.75 for MNIST and CIFAR, 1 for FMNIST).
+        name: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
 
     Examples:
         >>> model.compile(optimizer="adam", loss=LInfDistHinge(eps=0.45 / 0.3081))
@@ -139,6 +149,8 @@ class ClippedHingeCrossEntropy(_EpsLoss):
         ce_weight_start: cross-entropy weight lambda at r = 0 (MNIST: 0.05).
         ce_weight_end: cross-entropy weight lambda at r = 1 (MNIST: 2e-4).
         logit_scale: the model's `LogitScale` layer, or None.
+        name: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
 
     Examples:
         >>> model = linf_dist_net(5, 128, logit_scale=True)
@@ -206,6 +218,8 @@ class HybridIntervalCrossEntropy(_EpsLoss):
             activations ..., ending with a linear Dense.
         eps: training radius in feature units (v1 MNIST: 0.35 / 0.3081).
         kappa: weight of the worst-case term (0.5 for MNIST/FMNIST, 1 for CIFAR).
+        name: as in `keras.losses.Loss`.
+        reduction: as in `keras.losses.Loss`.
 
     Examples:
         >>> model = zoo.linf_dist_net_mlp(4, 128)

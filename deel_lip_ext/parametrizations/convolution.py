@@ -47,6 +47,14 @@ __all__ = [
 def conv_with_padding(x: ArrayLike, kernel: ArrayLike, padding: str) -> Any:
     """Stride-1 convolution of a channels-last batch with "same" zero padding or "circular" padding.
 
+    Args:
+        x: input batch (N, H, W, c_in).
+        kernel: conv kernel (kh, kw, c_in, c_out).
+        padding: "circular" (wrap pad of `circular_pad_widths`); any other value is Keras's "same".
+
+    Returns:
+        A tensor (N, H, W, c_out).
+
     Examples:
         >>> y = conv_with_padding(keras.random.normal((1, 8, 8, 3)), keras.random.normal((3, 3, 3, 4)), "circular")
     """
@@ -56,7 +64,17 @@ def conv_with_padding(x: ArrayLike, kernel: ArrayLike, padding: str) -> Any:
 
 
 def pad_then_conv(x: ArrayLike, kernel: ArrayLike, pads: tuple, circular: bool) -> Any:
-    """Stride-1 "valid" convolution after a wrap-around or zero pad of `pads` ((top, bottom), (left, right))."""
+    """Stride-1 "valid" convolution after a wrap-around or zero pad of `pads` ((top, bottom), (left, right)).
+
+    Args:
+        x: input batch (N, H, W, c_in).
+        kernel: conv kernel (kh, kw, c_in, c_out).
+        pads: `((top, bottom), (left, right))` pad widths of the input, ints >= 0.
+        circular: wrap-around padding if True, zeros if False.
+
+    Returns:
+        A tensor (N, H + top + bottom - kh + 1, W + left + right - kw + 1, c_out).
+    """
     if circular:
         x = circular_pad(x, pads)
     elif any(p for pair in pads for p in pair):
@@ -181,6 +199,11 @@ def padded_conv_operator(kernel: ArrayLike, pads: tuple, circular: bool) -> tupl
     channel-swapped kernel padded by (k - 1 - before, k - 1 - after),
     wrap-around or zeros alike.
 
+    Args:
+        kernel: conv kernel (kh, kw, c_in, c_out).
+        pads: `((top, bottom), (left, right))` pad widths of the input, ints >= 0.
+        circular: wrap-around padding if True, zeros if False.
+
     Examples:
         >>> forward, adjoint = padded_conv_operator(kernel, ((1, 1), (1, 1)), circular=True)
     """
@@ -205,6 +228,13 @@ def ossn_spectral_norm(
     persistent output-shaped vector u: v = N(A^T u), u = N(A v). Then
     sigma = u^T A v, differentiable in the kernel.
 
+    Args:
+        kernel: conv kernel (kh, kw, c_in, c_out).
+        u: power-iteration vector of the conv's output shape (1, H_out, W_out, c_out) (warm start).
+        pads: `((top, bottom), (left, right))` pad widths of the input, ints >= 0.
+        circular: wrap-around padding if True, zeros if False.
+        iterations: number of power-iteration steps.
+
     Returns:
         `(sigma, new_u)`.
     """
@@ -219,6 +249,14 @@ def ossn_normalization(
     kernel: ArrayLike, u: ArrayLike, pads: tuple, circular: bool, iterations: int, k_coef_lip: float = 1.0
 ) -> tuple[Any, Any]:
     """One-sided spectral normalization: `k * kernel / max(sigma, 1)`, sigma from `ossn_spectral_norm`.
+
+    Args:
+        kernel: conv kernel (kh, kw, c_in, c_out).
+        u: power-iteration vector of the conv's output shape (1, H_out, W_out, c_out) (warm start).
+        pads: `((top, bottom), (left, right))` pad widths of the input, ints >= 0.
+        circular: wrap-around padding if True, zeros if False.
+        iterations: number of power-iteration steps.
+        k_coef_lip: the target Lipschitz constant k (the factor k of `k * kernel / max(sigma, 1)`).
 
     Returns:
         `(kernel, new_u)`.

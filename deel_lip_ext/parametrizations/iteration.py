@@ -90,6 +90,14 @@ def check_normalizer_args(
 def l2_normalize(x: ArrayLike, axis: int | None = None, eps: float = 1e-12) -> Any:
     """`x` divided by its L2 norm over all entries (`axis=None`) or along `axis`; the squared norm is floored at eps.
 
+    Args:
+        x: array or tensor.
+        axis: axis (or tuple of axes) of the norm; None: all entries.
+        eps: floor of the squared norm (keeps a zero `x` finite: it stays 0).
+
+    Returns:
+        A tensor of the shape of `x`.
+
     Examples:
         >>> l2_normalize(keras.ops.ones((2, 3)), axis=-1)  # each row of norm 1
     """
@@ -98,7 +106,15 @@ def l2_normalize(x: ArrayLike, axis: int | None = None, eps: float = 1e-12) -> A
 
 
 def frobenius_distance(a: ArrayLike, b: ArrayLike) -> Any:
-    """||a - b|| over all entries: the stopping distance of `iterate`."""
+    """||a - b|| over all entries: the stopping distance of `iterate`.
+
+    Args:
+        a: array or tensor.
+        b: array or tensor of the shape of `a`.
+
+    Returns:
+        A scalar tensor.
+    """
     return ops.sqrt(ops.sum(ops.square(a - b)))
 
 
@@ -115,6 +131,16 @@ def iterate(
     semantics; `deel_lip_ext._loops.early_exit_loop` picks the
     form each backend differentiates fastest); with `eps == 0` unroll exactly
     `maxiter` steps.
+
+    Args:
+        body: one step, state -> state (a tensor, or any structure of tensors keras' loops accept).
+        state: the initial state.
+        eps: tolerance on `distance` between two successive states (0: no early exit).
+        maxiter: maximal number of `body` calls (with eps > 0, at least one step runs).
+        distance: (previous, current) -> scalar tensor; default `frobenius_distance`.
+
+    Returns:
+        The last state.
 
     Examples:
         >>> iterate(lambda x: x / 2.0, keras.ops.ones(()), eps=0.0, maxiter=3)  # 0.125

@@ -36,6 +36,15 @@ ZERO_PADDINGS = ("same", "valid", "constant")
 def pad_widths(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int]:
     """(before, after) pads of one axis: TensorFlow's for "same", none for "valid", (k//2, k-1-k//2) otherwise.
 
+    Args:
+        size: input length of the axis.
+        kernel: kernel length.
+        stride: stride.
+        padding: "same", "valid", or a padding mode ("constant", "reflect", "symmetric", "circular").
+
+    Returns:
+        `(before, after)`, ints >= 0.
+
     Examples:
         >>> pad_widths(8, 3, 1, "reflect")
         (1, 1)
@@ -71,6 +80,12 @@ def axis_overlap_counts(size: int, kernel: int, stride: int, padding: str) -> np
 def overlap_counts(size: int | None, kernel: int, stride: int, padding: str) -> np.ndarray | None:
     """`axis_overlap_counts` of a "same", "valid" or "circular" convolution axis, or None when `size` is None.
 
+    Args:
+        size: input length of the axis, or None (unknown).
+        kernel: kernel length.
+        stride: stride.
+        padding: as in `axis_overlap_counts`.
+
     Examples:
         >>> overlap_counts(5, 3, 2, "same")  # array([1, 1, 2, 1, 1])
     """
@@ -84,6 +99,15 @@ def conv_lipschitz_coefficient(
 
     Exact (for this bound) at the given input size; when a spatial size is
     unknown, uses ceil(k/s), the maximum over all sizes for zero/valid padding.
+
+    Args:
+        input_size: spatial input sizes, one per axis (None: unknown).
+        kernel_size: kernel lengths, one per axis.
+        strides: strides, one per axis.
+        padding: as in `axis_overlap_counts`.
+
+    Returns:
+        The coefficient, a float in ]0, 1].
 
     Examples:
         >>> conv_lipschitz_coefficient((28, 28), (3, 3), (1, 1), "same")  # 1/3
@@ -102,6 +126,12 @@ def max_overlap(
 
     Zero paddings use ceil(k/s) per axis, a bound valid for every input size;
     the copying paddings need every size (ValueError otherwise).
+
+    Args:
+        sizes: spatial input sizes, one per axis (None: unknown, zero paddings only).
+        kernel_size: kernel lengths, one per axis.
+        strides: strides, one per axis.
+        padding: "same", "valid", "constant", "reflect", "symmetric" or "circular".
 
     Examples:
         >>> max_overlap((8, 8), (3, 3), (1, 1), "circular")

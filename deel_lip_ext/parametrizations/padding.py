@@ -24,7 +24,15 @@ PAD_MODES = ("constant", "reflect", "symmetric")
 
 
 def check_pad_fits(padding: tuple, spatial_size: tuple) -> None:
-    """Wrap-around can only copy pixels that exist: each pad must be <= the size of its axis."""
+    """Wrap-around can only copy pixels that exist: each pad must be <= the size of its axis.
+
+    Args:
+        padding: `((top, bottom), (left, right))` pad widths.
+        spatial_size: `(height, width)` of the input; None for an unknown size (not checked).
+
+    Raises:
+        ValueError: a pad larger than its axis.
+    """
     for (before, after), size, axis in zip(padding, spatial_size, ("height", "width")):
         if size is not None and max(before, after) > size:
             raise ValueError(
@@ -34,7 +42,11 @@ def check_pad_fits(padding: tuple, spatial_size: tuple) -> None:
 
 
 def check_mode(mode: str) -> str:
-    """`mode` if it is one of `PAD_MODES`, else `ValueError` (with the way to circular padding)."""
+    """`mode` if it is one of `PAD_MODES`, else `ValueError` (with the way to circular padding).
+
+    Args:
+        mode: the padding mode to check.
+    """
     if mode not in PAD_MODES:
         raise ValueError(
             f"mode must be one of {PAD_MODES} (use CircularPadding2D for wrap-around padding), got {mode!r}."
@@ -43,7 +55,16 @@ def check_mode(mode: str) -> str:
 
 
 def check_mode_pad_fits(padding: tuple, spatial_size: tuple, mode: str) -> None:
-    """Reflect copies pixels strictly inside the axis (pad < size), symmetric includes the edge (pad <= size)."""
+    """Reflect copies pixels strictly inside the axis (pad < size), symmetric includes the edge (pad <= size).
+
+    Args:
+        padding: `((top, bottom), (left, right))` pad widths.
+        spatial_size: `(height, width)` of the input; None for an unknown size (not checked).
+        mode: one of `PAD_MODES` ("constant" pads any width).
+
+    Raises:
+        ValueError: a pad too large for `mode`.
+    """
     for (before, after), size, axis in zip(padding, spatial_size, ("height", "width")):
         if size is None or mode == "constant":
             continue

@@ -38,6 +38,9 @@ def kernel_self_correlation(kernel: ArrayLike) -> Any:
     (zero outside the kernel): the kernel of the stride-1 operator P^T P of the conv P on a large
     enough torus. A 2-D kernel (n_in, n_out) gives K K^T as (n_in, 1, 1, n_in).
 
+    Args:
+        kernel: conv kernel (kh, kw, c_in, c_out) or dense kernel (n_in, n_out).
+
     Examples:
         >>> kernel_self_correlation(keras.random.normal((3, 3, 2, 4))).shape  # (2, 5, 5, 2)
     """
@@ -62,6 +65,13 @@ def gram_row_sums(kernel: ArrayLike, weights: ArrayLike | None = None) -> Any:
     They bound the largest eigenvalue of D^-1 (P^T P) D for every padding (Gershgorin on the rows), hence
     `diag(r) - P^T P` is positive semi-definite (Schur test with positive weights `w`, all ones if None).
 
+    Args:
+        kernel: conv kernel (kh, kw, c_in, c_out) or dense kernel (n_in, n_out).
+        weights: positive weights w, a tensor (c_in,) (or (n_in,)); None: all ones.
+
+    Returns:
+        A tensor (c_in,) (or (n_in,)).
+
     Examples:
         >>> gram_row_sums(keras.random.normal((8, 4)))  # (8,)
     """
@@ -77,6 +87,13 @@ def aol_rescaling(kernel: ArrayLike, eps: float = 1e-12) -> Any:
     Works on dense kernels (n_in, n_out) and conv kernels (kh, kw, c_in, c_out); the result has
     operator norm <= 1 for every input size, stride and padding (zero, valid or circular).
 
+    Args:
+        kernel: conv kernel (kh, kw, c_in, c_out) or dense kernel (n_in, n_out).
+        eps: added to each row sum before the inverse square root (keeps a zero channel finite).
+
+    Returns:
+        The rescaled kernel, of the shape of `kernel`.
+
     Examples:
         >>> kernel = aol_rescaling(keras.random.normal((16, 8)))
     """
@@ -90,6 +107,9 @@ def aol_rescaling(kernel: ArrayLike, eps: float = 1e-12) -> Any:
 def hidden_major_kernel(kernel: ArrayLike) -> Any:
     """The kernel with input and output channels swapped: its Gram is P P^T (hidden channels).
 
+    Args:
+        kernel: conv kernel (kh, kw, c_in, c_out) or dense kernel (n_in, n_out).
+
     Examples:
         >>> hidden_major_kernel(keras.ops.ones((3, 3, 2, 5))).shape  # (3, 3, 5, 2)
     """
@@ -101,6 +121,14 @@ def sll_scale(kernel: ArrayLike, log_q: ArrayLike, eps: float) -> Any:
 
     `kernel` maps the input to the hidden units (x -> P x, i.e. x K or conv(x, K)); the layer computes
     x - P^T (s * relu(P x + b)). diag(t + eps) - P P^T is PSD, which makes it 1-Lipschitz.
+
+    Args:
+        kernel: input-to-hidden kernel, conv (kh, kw, c_in, c_hidden) or dense (n_in, n_hidden).
+        log_q: log of the positive weights q, a tensor (c_hidden,) (or (n_hidden,)).
+        eps: added to t (> 0 keeps s finite).
+
+    Returns:
+        The factor s, a tensor (c_hidden,) (or (n_hidden,)).
 
     Examples:
         >>> s = sll_scale(keras.random.normal((16, 8)), keras.ops.zeros((8,)), 1e-6)

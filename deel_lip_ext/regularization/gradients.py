@@ -70,6 +70,13 @@ def _labels_as_indices(y):
 def cross_entropy_loss(y_true: ArrayLike, logits: ArrayLike):
     """Per-sample softmax cross-entropy of logits (integer or one-hot labels).
 
+    Args:
+        y_true: integer class indices (batch,) / (batch, 1), or one-hot labels (batch, C).
+        logits: logits tensor (batch, C).
+
+    Returns:
+        A tensor (batch,).
+
     Examples:
         >>> cross_entropy_loss(y, model(x))  # shape (batch,)
     """
@@ -78,6 +85,13 @@ def cross_entropy_loss(y_true: ArrayLike, logits: ArrayLike):
 
 def margin_loss(y_true: ArrayLike, logits: ArrayLike):
     r"""Carlini-Wagner margin $\max_{j \ne y} z_j - z_y$: positive exactly when misclassified.
+
+    Args:
+        y_true: integer class indices (batch,) / (batch, 1), or one-hot labels (batch, C).
+        logits: logits tensor (batch, C).
+
+    Returns:
+        A tensor (batch,).
 
     Examples:
         >>> margin_loss(y, model(x))  # shape (batch,)
