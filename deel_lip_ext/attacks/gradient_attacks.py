@@ -1,22 +1,19 @@
 r"""FGSM and PGD: the one projected-gradient machinery of the library, for attacks and for training.
 
-The attacks stay in the eps-ball (L2: per-sample projection; l_inf:
-clipping) and in the input box [clip_min, clip_max], and maximize either the
-softmax cross-entropy of the logits (`loss="ce"`) or the Carlini-Wagner margin
-$\max_{j \ne y} f_j - f_y$ (`loss="cw"`, the better choice against confident
-Lipschitz models whose cross-entropy gradient vanishes). A model with a single
-logit (output (N, 1)) is a binary classifier: labels in {0,1} or {-1,1}, "ce"
-is the logistic loss of s f and "cw" is -s f.
+The attacks stay in the eps-ball (L2: per-sample projection; l_inf: clipping) and in the input box
+[clip_min, clip_max], and maximize either the softmax cross-entropy of the logits (`loss="ce"`) or the Carlini-Wagner
+margin $\max_{j \ne y} f_j - f_y$ (`loss="cw"`, the better choice against confident Lipschitz models whose
+cross-entropy gradient vanishes). A model with a single logit (output (N, 1)) is a binary classifier: labels in {0,1}
+or {-1,1}, "ce" is the logistic loss of s f and "cw" is -s f.
 
-One step is `pgd_step`: x' = box(x + project(x_adv + step * d - x)), with d the
-steepest-ascent direction of the loss (`ascent_direction`). It serves
+One step is `pgd_step`: x' = box(x + project(x_adv + step * d - x)), with d the steepest-ascent direction of the loss
+(`ascent_direction`). It serves
 
-* `pgd` and `fgsm` (numpy in, numpy out): batched, compiled once per
-  (model, norm, loss); `pgd` returns, for each sample, the best point visited
-  over all steps and restarts (the largest margin loss, a misclassifying one
-  whenever found);
-* `pgd_perturbation`: the same steps on symbolic tensors inside a training
-  step (`deel_lip_ext.regularization.PGDTraining`), one epsilon per sample allowed.
+* `pgd` and `fgsm` (numpy in, numpy out): batched, compiled once per (model, norm, loss); `pgd` returns, for each
+  sample, the best point visited over all steps and restarts (the largest margin loss, a misclassifying one whenever
+  found);
+* `pgd_perturbation`: the same steps on symbolic tensors inside a training step
+  (`deel_lip_ext.regularization.PGDTraining`), one epsilon per sample allowed.
 
 Input gradients and compilation come from `deel_lip_ext._autodiff` (TensorFlow, JAX, torch).
 """
@@ -93,6 +90,10 @@ def sample_norms(x: ArrayLike, norm: str = "l2"):
 def ascent_direction(gradient: ArrayLike, norm: str):
     """Unit-norm direction of steepest ascent per sample: g/||g||_2 (0 where g = 0) or sign(g).
 
+    Args:
+        gradient: batch of gradients (batch, ...) of the loss with respect to the inputs.
+        norm: "linf" (sign(g)); any other value ("l2") normalizes each sample to L2 norm 1.
+
     Examples:
         >>> ascent_direction(keras.ops.ones((2, 4)), "l2")  # rows of norm 1
     """
@@ -104,7 +105,13 @@ def ascent_direction(gradient: ArrayLike, norm: str):
 
 
 def clip_to_box(x: ArrayLike, clip_min: float | None, clip_max: float | None):
-    """`x` clipped to [clip_min, clip_max] (None: unbounded on that side)."""
+    """`x` clipped to [clip_min, clip_max] (None: unbounded on that side).
+
+    Args:
+        x: tensor or array to clip.
+        clip_min: lower bound (a number, or an array broadcasting against `x`); None: no lower bound.
+        clip_max: upper bound (a number, or an array broadcasting against `x`); None: no upper bound.
+    """
     if clip_min is None and clip_max is None:
         return x
     low = -np.inf if clip_min is None else clip_min
@@ -113,7 +120,13 @@ def clip_to_box(x: ArrayLike, clip_min: float | None, clip_max: float | None):
 
 
 def project_to_ball(delta: ArrayLike, epsilon: float | ArrayLike, norm: str) -> Any:
-    """The perturbations `delta` projected on the epsilon-ball (l2: rescaled per sample, linf: clipped)."""
+    """The perturbations `delta` projected on the epsilon-ball (l2: rescaled per sample, linf: clipped).
+
+    Args:
+        delta: batch of perturbations (batch, ...).
+        epsilon: radius of the ball: a number, or a per-sample tensor broadcasting against `delta`.
+        norm: "linf" (each entry clipped to [-epsilon, epsilon]) or "l2" (each sample scaled down to norm epsilon).
+    """
     if norm == "linf":
         return ops.clip(delta, -epsilon, epsilon)
     length = _as_column(sample_norms(delta, "l2"), delta)
@@ -132,6 +145,16 @@ def pgd_step(
 ) -> Any:
     """One projected-gradient step: ascend along `gradient`, project on the ball around `x_clean`, clip to the box.
 
+    Args:
+        x_adv: current adversarial batch (batch, ...).
+        x_clean: clean batch, the centers of the epsilon-balls.
+        gradient: gradient of the loss at `x_adv` (its `ascent_direction` is followed).
+        epsilon: radius of the ball: a number, or a per-sample tensor broadcasting against `x_adv`.
+        step_size: length of the step, in the units of `norm` (a number or a broadcasting tensor).
+        norm: "l2" or "linf".
+        clip_min: lower bound of the input box (None: unbounded).
+        clip_max: upper bound of the input box (None: unbounded).
+
     Examples:
         >>> x_adv = pgd_step(x_adv, x, gradient, 0.3, 0.05, "linf", 0.0, 1.0)
     """
@@ -144,7 +167,13 @@ def random_ball_start(
 ) -> Any:
     """A uniform random point of the epsilon-ball around each sample (keras.random, in-graph).
 
-    l_inf: uniform in the box; l2: a Gaussian direction times eps * U^(1/D).
+    l_inf: uniform in the box; l2: a Gaussian direction times eps * U^(1/D), D the sample size.
+
+    Args:
+        x: batch of centers (batch, ...), of a float dtype.
+        epsilon: radius of the ball: a number, or a per-sample tensor broadcasting against `x`.
+        norm: "linf" or "l2".
+        seed: int or `keras.random.SeedGenerator` (None: unseeded).
     """
     if norm == "linf":
         return x + keras.random.uniform(ops.shape(x), -1.0, 1.0, dtype=x.dtype, seed=seed) * epsilon
@@ -267,10 +296,9 @@ def _keep_better(best_x, best_loss, candidate, candidate_loss):
 def _build_run(model, norm, loss, steps):
     """A compiled PGD run: `steps` steps from `x_start`, tracking each sample's best point.
 
-    Returns (best point, its margin loss); the best is over the incoming
-    `best_x` and every visited point, the last one included. `steps` is a
-    Python int of the closure (JAX traces every argument; a fixed count is a
-    loop every backend compiles).
+    Returns (best point, its margin loss); the best is over the incoming `best_x` and every visited point, the last one
+    included. `steps` is a Python int of the closure (JAX traces every argument; a fixed count is a loop every backend
+    compiles).
     """
 
     def run(x_start, x_clean, target, best_x, best_loss, eps, step_size, low, high):
@@ -457,12 +485,10 @@ def pgd(
 ) -> np.ndarray:
     """Projected gradient ascent on the loss inside the eps-ball and the input box.
 
-    Each step moves by `step_size` along g / ||g||_2 (L2) or sign(g) (l_inf),
-    then projects onto the ball and clips to [clip_min, clip_max]
-    (`pgd_step`). Every restart starts from a uniform random point of the
-    ball (or from x when `random_start=False`); the returned point is, per
-    sample, the best visited (largest margin loss, so a misclassifying point
-    whenever one was found).
+    Each step moves by `step_size` along g / ||g||_2 (L2) or sign(g) (l_inf), then projects onto the ball and clips to
+    [clip_min, clip_max] (`pgd_step`). Every restart starts from a uniform random point of the ball (or from x when
+    `random_start=False`); the returned point is, per sample, the best visited (largest margin loss, so a misclassifying
+    point whenever one was found).
 
     Args:
         model: Keras classifier returning logits (N, C); C == 1 is binary.
