@@ -27,7 +27,8 @@ gradients need backend autodiff; that code lives in `deel_lip_ext._autodiff`
 (TensorFlow, JAX and torch).
 """
 
-from deel_lip_ext.attacks.gradient_attacks import pgd_perturbation, sample_norms
+from deel_lip_ext.attacks.gradient_attacks import pgd_perturbation
+from deel_lip_ext.attacks.steps import sample_norms
 from deel_lip_ext.regularization.gradients import (
     FINITE_DIFFERENCE_ORDERS,
     NORMS,

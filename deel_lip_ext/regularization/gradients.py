@@ -11,11 +11,8 @@ from numpy.typing import ArrayLike
 
 from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext._validation import check_choice, check_number
-from deel_lip_ext.attacks.gradient_attacks import (
-    as_float_tensor,
-    detached_ascent_direction,
-    sample_norms,
-)
+from deel_lip_ext.attacks.gradient_attacks import as_float_tensor, detached_ascent_direction
+from deel_lip_ext.attacks.steps import sample_norms
 
 __all__ = [
     "NORMS",

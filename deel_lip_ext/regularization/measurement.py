@@ -19,7 +19,8 @@ from numpy.typing import ArrayLike
 from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext import attacks, utils
 from deel_lip_ext._validation import check_choice, check_clip_range, check_inside_box, check_int, check_number
-from deel_lip_ext.attacks.gradient_attacks import pgd_perturbation, sample_norms
+from deel_lip_ext.attacks.gradient_attacks import pgd_perturbation
+from deel_lip_ext.attacks.steps import sample_norms
 from deel_lip_ext.regularization.gradients import ATTACK_LOSS_FUNCTIONS, NORMS
 
 __all__ = ["adversarial_distances", "median_adversarial_distance", "error_at_eps", "error_curve", "lipschitz_estimate"]

@@ -9,7 +9,8 @@ from keras import ops
 from numpy.typing import ArrayLike
 
 from deel_lip_ext._validation import check_choice, check_clip_range, check_int, check_number
-from deel_lip_ext.attacks.gradient_attacks import clip_to_box, detached_ascent_direction, pgd_perturbation
+from deel_lip_ext.attacks.gradient_attacks import detached_ascent_direction, pgd_perturbation
+from deel_lip_ext.attacks.steps import clip_to_box
 from deel_lip_ext.regularization.gradients import (
     FINITE_DIFFERENCE_ORDERS,
     NORMS,
