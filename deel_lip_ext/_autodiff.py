@@ -37,9 +37,40 @@ __all__ = [
     "compiled_inference",
     "run_padded",
     "compiled_pair_ratio_step",
+    "compiled_cache",
+    "forget_compiled",
 ]
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
+
+# Every per-model cache of compiled functions in the package, so that `forget_compiled` reaches them all.
+_COMPILED_CACHES: list[weakref.WeakKeyDictionary] = []
+
+
+def compiled_cache() -> weakref.WeakKeyDictionary:
+    """A new per-model cache of compiled functions (model -> ...), cleared by `forget_compiled`.
+
+    Returns:
+        An empty `weakref.WeakKeyDictionary`: an entry lives as long as its model.
+
+    Examples:
+        >>> _RUN_CACHE = compiled_cache()
+    """
+    cache = weakref.WeakKeyDictionary()
+    _COMPILED_CACHES.append(cache)
+    return cache
+
+
+def forget_compiled() -> None:
+    """Drop every compiled function of every cache: a trace holds a model's Python constants (a layer's
+    `k_coef_lip`), so one that changes them must not meet an older trace again, in any model that
+    nests it either.
+
+    Examples:
+        >>> forget_compiled()  # after `Sequential.set_klip_factor`
+    """
+    for cache in _COMPILED_CACHES:
+        cache.clear()
 
 
 def require_supported_backend(feature: str) -> str:
@@ -290,9 +321,9 @@ def compiled_pair_ratio_step(model: keras.Model):
 
 
 # One compiled pair step per model (a new trace per call would dominate).
-_PAIR_STEP_CACHE = weakref.WeakKeyDictionary()
+_PAIR_STEP_CACHE = compiled_cache()
 # One compiled inference forward per model, for `certify`.
-_FORWARD_CACHE = weakref.WeakKeyDictionary()
+_FORWARD_CACHE = compiled_cache()
 
 
 def train_step_gradients(

@@ -20,7 +20,7 @@ from keras import ops
 
 from deel_lip_ext._optional import tensorflow
 
-__all__ = ["early_exit_loop", "branches_may_write_variables"]
+__all__ = ["early_exit_loop", "branches_may_write_variables", "eager_jax_flag"]
 
 
 def early_exit_loop(
@@ -105,3 +105,23 @@ def branches_may_write_variables() -> bool:
     if keras.backend.backend() != "tensorflow":
         return False
     return not tensorflow("the inference cache").distribute.has_strategy()
+
+
+def eager_jax_flag(flag: Any) -> bool | None:
+    """`flag` as a Python bool on JAX outside a trace, else None (use `keras.ops.cond`).
+
+    An eager `jax.lax.cond` compiles its branches at every call (new closures each time): a
+    layer's inference call took 0.3 s for a 16 x 16 kernel. Outside a trace the flag has a value,
+    and Python can choose the branch. TensorFlow and torch run an eager `cond` in Python already.
+
+    Args:
+        flag: a boolean scalar tensor.
+
+    Examples:
+        >>> eager_jax_flag(keras.ops.convert_to_tensor(True))  # True on eager JAX, None elsewhere
+    """
+    if keras.backend.backend() != "jax":
+        return None
+    from jax.core import Tracer  # the JAX backend is active: jax is installed
+
+    return None if isinstance(flag, Tracer) else bool(flag)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers._call_overrides import check_exported_call
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
@@ -333,8 +334,10 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
         n is the number of Lipschitz layers in the model now (layers added
         with `add()` included). Compiled train/test/predict functions hold the
         old constants, so this must be called before the first `fit`,
-        `evaluate` or `predict`; eager calls before are fine (the kernel
-        caches are invalidated).
+        `evaluate` or `predict`; eager calls, `certify` and the attacks before
+        are fine (the kernel caches and the library's compiled functions are
+        dropped). A function you compiled yourself around the model keeps the
+        old constants.
 
         Args:
             klip_factor: Lipschitz constant of the whole model (> 0).
@@ -353,11 +356,11 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
         lipschitz_layers = [layer for layer in self.layers if isinstance(layer, LipschitzLayer)]
         share = k_coef_lip ** (1.0 / len(lipschitz_layers)) if lipschitz_layers else 1.0
         for layer in lipschitz_layers:
-            # Built layers (a model with an Input is built at construction) take the constant directly; the
-            # inference kernel cache is a function of it, so it is marked stale.
-            layer.k_coef_lip = share
-            if getattr(layer, "_kernel_cache", None) is not None:
-                layer._kernel_cache.invalidate()
+            # Built layers (a model with an Input is built at construction) take the constant directly; their
+            # inference kernel caches are marked stale, and the library's compiled functions (certify's forward,
+            # the attacks' runs), whose traces hold the old constants, are dropped.
+            layer._set_built_k_coef_lip(share)
+        autodiff.forget_compiled()
         self.k_coef_lip = k_coef_lip
 
     @_computes_its_graph

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 
 import keras
@@ -292,7 +291,7 @@ def _jacobian_function(model: keras.Model, batch_size: int, out_dim: int):
 
 
 # One compiled Jacobian per (model, batch size, outputs): a new trace per call would dominate.
-_JACOBIAN_CACHE = weakref.WeakKeyDictionary()
+_JACOBIAN_CACHE = autodiff.compiled_cache()
 
 
 def evaluate_lip_const(

@@ -20,7 +20,6 @@ Input gradients and compilation come from `deel_lip_ext._autodiff` (TensorFlow, 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +56,7 @@ __all__ = [
 LOSSES = ("ce", "cw")
 
 # One compiled run per (model, norm, loss, steps): retracing per call would dominate small attacks.
-_RUN_CACHE = weakref.WeakKeyDictionary()
+_RUN_CACHE = autodiff.compiled_cache()
 
 
 def as_float_tensor(x: ArrayLike):

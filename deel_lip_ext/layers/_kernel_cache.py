@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from deel_lip_ext._loops import branches_may_write_variables
+from deel_lip_ext._loops import branches_may_write_variables, eager_jax_flag
 
 __all__ = ["KernelCache"]
 
@@ -65,7 +65,11 @@ class KernelCache:
 
             return ops.cond(stale, refresh, lambda: ops.copy(self.kernel))
         # A copy: torch writes the cache in place at a shared layer's next call (earlier graphs hold it).
-        kernel = ops.cond(stale, compute, lambda: ops.copy(self.kernel))
+        decided = eager_jax_flag(stale)
+        if decided is None:
+            kernel = ops.cond(stale, compute, lambda: ops.copy(self.kernel))
+        else:
+            kernel = compute() if decided else ops.copy(self.kernel)
         return self._store(kernel, dependencies, copy=True)
 
     def _store(self, kernel: Any, dependencies: list, copy: bool) -> Any:

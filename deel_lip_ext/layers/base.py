@@ -27,6 +27,7 @@ from deel_lip_ext._validation import check_k_coef_lip
 from deel_lip_ext.layers._bound_cache import BoundCache
 from deel_lip_ext.layers._call_overrides import check_bounded_call
 from deel_lip_ext.layers._kernel_cache import KernelCache
+from deel_lip_ext.layers._layer_copies import built_input_shape, copied_with_weights
 from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm, half_unit_roundoff
 from deel_lip_ext.parametrizations import check_normalizer_args, reshaped_kernel_orthogonalization
 from deel_lip_ext.spectrum import dense_sv_range, linf_kernel_norm
@@ -43,41 +44,6 @@ __all__ = [
     "KernelBiasMixin",
     "copied_with_weights",
 ]
-
-
-def built_input_shape(layer: keras.layers.Layer) -> tuple | None:
-    """The input shape a layer was built with (batch dimension included), or None if unknown.
-
-    Args:
-        layer: a Keras layer, built or called on a symbolic input.
-
-    Returns:
-        The shape as a tuple, or None.
-    """
-    shapes = getattr(layer, "_build_shapes_dict", None) or {}
-    shape = next(iter(shapes.values()), None)
-    if shape is None:
-        try:
-            shape = layer.input.shape
-        except (AttributeError, ValueError):
-            return None
-    return tuple(shape)
-
-
-def copied_with_weights(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """A new layer of `layer`'s class and config, built as it was and holding a copy of its weights (if any).
-
-    Args:
-        layer: a Keras layer whose config round-trips through `from_config`.
-
-    Returns:
-        The copy, a new layer object.
-    """
-    clone = type(layer).from_config(layer.get_config())
-    if layer.weights:
-        clone.build(built_input_shape(layer))
-        clone.set_weights(layer.get_weights())
-    return clone
 
 
 class LipschitzBounded:
@@ -178,6 +144,27 @@ class LipschitzLayer(LipschitzBounded):
 
     def _init_lipschitz(self, k_coef_lip):
         self.k_coef_lip = check_k_coef_lip(k_coef_lip)
+
+    @property
+    def k_coef_lip(self) -> float:
+        """The layer's Lipschitz constant: fixed once the layer is built, as its kernels and any traced
+        function hold it (a model changes it with `deel_lip_ext.model.Sequential.set_klip_factor`)."""
+        return self._k_coef_lip
+
+    @k_coef_lip.setter
+    def k_coef_lip(self, value: float):
+        if getattr(self, "built", False):
+            raise AttributeError(
+                f"layer {self.name!r}: k_coef_lip is fixed once the layer is built (its cached kernels and compiled "
+                "functions hold it). Pass it at construction, or use Sequential.set_klip_factor before the first fit."
+            )
+        self._k_coef_lip = check_k_coef_lip(value)
+
+    def _set_built_k_coef_lip(self, k_coef_lip: float):
+        """For `Sequential.set_klip_factor` only, which also drops the compiled functions that hold the constant."""
+        self._k_coef_lip = check_k_coef_lip(k_coef_lip)
+        if getattr(self, "_kernel_cache", None) is not None:
+            self._kernel_cache.invalidate()
 
     def set_klip_factor(self, k_coef_lip: float):
         """Set the layer's Lipschitz constant (before the layer is built)."""
