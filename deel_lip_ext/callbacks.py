@@ -360,7 +360,7 @@ def schedule_ratio(step: int, steps_per_epoch: int, constant_epochs: float, grow
     return float(np.clip((step - constant_epochs * steps_per_epoch) / growth_steps, 0.0, 1.0))
 
 
-def scheduled_p(ratio: float, p_start: float = 8.0, p_end: float = 1000.0, inf_threshold: float = 100.0):
+def scheduled_p(ratio: float, p_start: float = 8.0, p_end: float = 1000.0, inf_threshold: float = 100.0) -> float:
     """p = p_start (p_end / p_start) ** r, and inf once r = 1 when p_end >= inf_threshold (the papers' rule).
 
     Args:

@@ -65,7 +65,7 @@ def _check_chunk_size(chunk_size):
     return check_int(chunk_size, "chunk_size", allow_none=True)
 
 
-def automatic_chunk_size(rows: int, input_dim: int, units: int):
+def automatic_chunk_size(rows: int, input_dim: int, units: int) -> int:
     """Units per chunk so that a (rows, chunk, input_dim) intermediate is no larger than the (rows, units) output.
 
     Or about 2**20 elements (4 MB) when the output is smaller, and at least
@@ -351,7 +351,7 @@ def linf_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf, chunk_si
     return ops.cast(distance(x, kernel, p_tensor), output_dtype)
 
 
-def naive_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf):
+def naive_distance(x: ArrayLike, kernel: ArrayLike, p: float = math.inf) -> Any:
     """Reference ||x[b] - kernel[:, o]||_p by broadcasting (batch, units, input_dim) and plain autodiff.
 
     Exact but memory-hungry; used to check `linf_distance` and as the

@@ -154,7 +154,7 @@ def certify_ibp(
     clip_min: float = 0.0,
     clip_max: float = 1.0,
     batch_size: int = 256,
-):
+) -> np.ndarray:
     """Boolean array: True where IBP proves every point of the clipped eps-ball is classified as y.
 
     The papers' "certified accuracy" is its mean (at p = inf, see `set_p`).
@@ -212,7 +212,7 @@ def linf_lipschitz_bound(model: keras.Model | keras.layers.Layer | list) -> floa
 
 def certify_lipschitz(
     model: keras.Model, x: ArrayLike, y: ArrayLike, eps: float, lip_const: float | None = None, batch_size: int = 256
-):
+) -> np.ndarray:
     """Boolean array: True where margin / (2 L) > eps (the Lipschitz rule, L from `linf_lipschitz_bound`).
 
     Args:

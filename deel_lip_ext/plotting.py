@@ -23,7 +23,7 @@ from deel_lip_ext.utils import layer_singular_values
 __all__ = ["layer_spectrum", "plot_singular_values"]
 
 
-def layer_spectrum(layer: keras.layers.Layer):
+def layer_spectrum(layer: keras.layers.Layer) -> np.ndarray:
     """All singular values of a layer's linear operator at its real input size (numpy float64).
 
     `deel_lip_ext.utils.layer_singular_values`: the BCOP-paper convolutions

@@ -26,7 +26,7 @@ from deel_lip_ext.layers.base import LipschitzBounded
 __all__ = ["InvertibleDownSampling", "InvertibleUpSampling", "pixel_unshuffle", "pixel_shuffle"]
 
 
-def pixel_unshuffle(inputs: ArrayLike, pool_size: tuple[int, int]):
+def pixel_unshuffle(inputs: ArrayLike, pool_size: tuple[int, int]) -> Any:
     """Space-to-depth with PixelUnshuffle channel order: (N, H, W, C) -> (N, H/s_h, W/s_w, C s_h s_w).
 
     Args:
@@ -48,7 +48,7 @@ def pixel_unshuffle(inputs: ArrayLike, pool_size: tuple[int, int]):
     return ops.reshape(blocks, (-1, height // sh, width // sw, channels * sh * sw))
 
 
-def pixel_shuffle(inputs: ArrayLike, pool_size: tuple[int, int]):
+def pixel_shuffle(inputs: ArrayLike, pool_size: tuple[int, int]) -> Any:
     """Depth-to-space, the inverse of `pixel_unshuffle`: (N, H, W, C s_h s_w) -> (N, H s_h, W s_w, C).
 
     Args:

@@ -117,7 +117,7 @@ def sparse_labels(y_true: ArrayLike, y_pred: ArrayLike, loss_name: str) -> Any:
 # ---------------------------------------------------------------- element-wise terms
 
 
-def kr_terms(y_true: ArrayLike, y_pred: ArrayLike, multi_gpu: bool = False):
+def kr_terms(y_true: ArrayLike, y_pred: ArrayLike, multi_gpu: bool = False) -> Any:
     r"""Per-sample KR terms; their batch mean is $\mathrm{mean}_c(\mathrm{mean}_{P_c} f_c - \mathrm{mean}_{N_c} f_c)$.
 
     P_c are the samples with y_c == 1, N_c the others. With `multi_gpu=True` the
@@ -157,7 +157,7 @@ def _sign(y_true, dtype):
     return ops.where(ops.greater(y_true, 0), ops.ones((), dtype), -ops.ones((), dtype))
 
 
-def hinge_margin_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float):
+def hinge_margin_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float) -> Any:
     """Per-sample mean_c relu(m/2 - s_c f_c), s_c = +1 if y_c > 0 else -1.
 
     Args:
@@ -176,7 +176,7 @@ def _target_mask(y_true, y_pred):
     return ops.cast(ops.greater(ops.cast(y_true, y_pred.dtype), 0), y_pred.dtype)
 
 
-def multiclass_hinge_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float):
+def multiclass_hinge_terms(y_true: ArrayLike, y_pred: ArrayLike, min_margin: float) -> Any:
     r"""Per-sample $\frac{1}{C} \sum_c w_c \, \mathrm{relu}(m/2 - s_c f_c)$, $s_c = \pm 1$ as $y_c > 0$ or not,
     $w_c = C - 1$ where $s_c = 1$, else 1.
 
@@ -207,7 +207,7 @@ def _hkr(kr, hinge, alpha):
     return ops.where(is_inf, hinge, -kr + ops.cast(finite_alpha, hinge.dtype) * hinge)
 
 
-def process_labels_for_multi_gpu(labels: ArrayLike):
+def process_labels_for_multi_gpu(labels: ArrayLike) -> Any:
     """Labels for KR losses with `multi_gpu=True` (deel-lip's helper).
 
     Each column becomes B * (y / n_pos - (1 - y) / (B - n_pos)) with y = 1[label == 1],

@@ -14,6 +14,8 @@ its sample, on every backend (`losses.base.nan_where_invalid`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -50,7 +52,7 @@ def _target_mask(y_true, y_pred):
     return ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), num_classes) > 0.5
 
 
-def worst_case_margins(y_true: ArrayLike, y_pred: ArrayLike, eps: float):
+def worst_case_margins(y_true: ArrayLike, y_pred: ArrayLike, eps: float) -> Any:
     """m_j = (g_j + eps) - (g_t - eps) for j != t and m_t = 0: logits of an l_inf-1-Lipschitz net in the eps-ball.
 
     A sample is robust at eps when every m_j < 0, i.e. margin / 2 > eps.

@@ -64,7 +64,7 @@ def _labels_as_indices(y):
     return ops.cast(ops.reshape(y, (-1,)), "int32")
 
 
-def cross_entropy_loss(y_true: ArrayLike, logits: ArrayLike):
+def cross_entropy_loss(y_true: ArrayLike, logits: ArrayLike) -> Any:
     """Per-sample softmax cross-entropy of logits (integer or one-hot labels).
 
     Args:
@@ -80,7 +80,7 @@ def cross_entropy_loss(y_true: ArrayLike, logits: ArrayLike):
     return keras.losses.sparse_categorical_crossentropy(_labels_as_indices(y_true), logits, from_logits=True)
 
 
-def margin_loss(y_true: ArrayLike, logits: ArrayLike):
+def margin_loss(y_true: ArrayLike, logits: ArrayLike) -> Any:
     r"""Carlini-Wagner margin $\max_{j \ne y} z_j - z_y$: positive exactly when misclassified.
 
     Args:

@@ -181,7 +181,7 @@ def linf_dist_net_mlp(
     return keras.Sequential(layers, name=name)
 
 
-def hybrid_head(model: keras.Model):
+def hybrid_head(model: keras.Model) -> list:
     """The layers after the "features" layer of a `linf_dist_net_mlp` model (for `HybridIntervalCrossEntropy`).
 
     Args:
@@ -198,7 +198,7 @@ def hybrid_head(model: keras.Model):
     return model.layers[names.index(FEATURES_LAYER) + 1 :]
 
 
-def hybrid_training_model(model: keras.Model):
+def hybrid_training_model(model: keras.Model) -> keras.Model:
     """A model sharing `model`'s layers with outputs {"logits", "features"}, to train with
     `linf.HybridIntervalCrossEntropy` on "features".
 
