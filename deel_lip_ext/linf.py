@@ -163,13 +163,13 @@ def certify_ibp(
     The papers' "certified accuracy" is its mean (at p = inf, see `set_p`).
 
     Args:
-        model: a Sequential or chain-shaped functional Keras model with C >= 2 logits (see `ibp_margins`).
-        x: inputs (N, ...).
-        y: class indices (N,) or one-hot (N, C).
-        eps: l_inf radius in input units (>= 0).
-        clip_min: valid input range (None: unbounded); every x must lie in it.
-        clip_max: valid input range (None: unbounded); every x must lie in it.
-        batch_size: samples per propagation.
+        model: as in `ibp_margins` (C >= 2 logits).
+        x: as in `ibp_margins`.
+        y: as in `ibp_margins`.
+        eps: as in `ibp_margins`.
+        clip_min: as in `ibp_margins`.
+        clip_max: as in `ibp_margins`.
+        batch_size: as in `ibp_margins`.
 
     Returns:
         numpy boolean array (N,).

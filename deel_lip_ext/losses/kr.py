@@ -81,8 +81,7 @@ class MulticlassKR(KR):
     The same computation as `KR` (deel-lip); y is one-hot in {0,1} or {-1,1}.
 
     Args:
-        multi_gpu: labels were preprocessed by `process_labels_for_multi_gpu`
-            (use `reduction="sum"` over replicas).
+        multi_gpu: as in `KR`.
         reduction: as in `keras.losses.Loss`.
         name: as in `keras.losses.Loss`.
         dtype: as in `keras.losses.Loss`.

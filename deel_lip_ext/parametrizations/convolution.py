@@ -251,11 +251,11 @@ def ossn_normalization(
     """One-sided spectral normalization: `k * kernel / max(sigma, 1)`, sigma from `ossn_spectral_norm`.
 
     Args:
-        kernel: conv kernel (kh, kw, c_in, c_out).
-        u: power-iteration vector of the conv's output shape (1, H_out, W_out, c_out) (warm start).
-        pads: `((top, bottom), (left, right))` pad widths of the input, ints >= 0.
-        circular: wrap-around padding if True, zeros if False.
-        iterations: number of power-iteration steps.
+        kernel: as in `ossn_spectral_norm`.
+        u: as in `ossn_spectral_norm`.
+        pads: as in `ossn_spectral_norm`.
+        circular: as in `ossn_spectral_norm`.
+        iterations: as in `ossn_spectral_norm`.
         k_coef_lip: the target Lipschitz constant k (the factor k of `k * kernel / max(sigma, 1)`).
 
     Returns:
