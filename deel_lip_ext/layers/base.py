@@ -143,7 +143,7 @@ class LipschitzLayer(LipschitzBounded):
         return super()._lipschitz_constant(norm, input_shape)
 
     def _init_lipschitz(self, k_coef_lip):
-        self.k_coef_lip = check_k_coef_lip(k_coef_lip)
+        self.k_coef_lip = k_coef_lip  # checked by the setter
 
     @property
     def k_coef_lip(self) -> float:
@@ -173,7 +173,7 @@ class LipschitzLayer(LipschitzBounded):
                 f"set_klip_factor must be called before layer {self.name!r} is built: "
                 "compiled functions already use the current constant."
             )
-        self.k_coef_lip = check_k_coef_lip(k_coef_lip)
+        self.k_coef_lip = k_coef_lip  # checked by the setter
 
     def vanilla_export(self):
         """Plain layers computing the same function (a list, usually of one layer).
