@@ -71,6 +71,29 @@ def spatial_windows(exported):
     return keras.Sequential([keras.Input(exported.input_shape[1:])] + layers, name=f"{exported.name}_spatial")
 
 
+def unfolded_sorts(exported):
+    """`exported` (a Sequential) with every `ConvGroupSort2Conv2D` written back as the layers it computes (two
+    `Conv2D`, the GroupSort2 between them and its pooling, in place of it and the three `Identity` before it),
+    as exports were before `deel_lip_ext.layers.sort_fold.folded_sorts_between_convs`."""
+    import keras
+
+    from deel_lip_ext.layers import ConvGroupSort2Conv2D, GroupSort2
+
+    layers = []
+    for layer in exported.layers:
+        if not isinstance(layer, ConvGroupSort2Conv2D):
+            layers.append(layer)
+            continue
+        del layers[-3:]  # the Identity placeholders of the two convolutions and the sort
+        convs = [keras.layers.Conv2D.from_config(conv.get_config()) for conv in (layer.first, layer.second)]
+        for conv, original in zip(convs, (layer.first, layer.second)):
+            conv.build((None, None, None, original.kernel.shape[2]))
+            conv.set_weights(original.get_weights())
+        layers += [convs[0], GroupSort2(k_coef_lip=layer.sort_k_coef_lip), convs[1]]
+        layers += [] if layer.pooling is None else [type(layer.pooling).from_config(layer.pooling.get_config())]
+    return keras.Sequential([keras.Input(exported.input_shape[1:])] + layers, name=f"{exported.name}_unfolded")
+
+
 def functional_twin(sequential):
     """`sequential` (a deel_lip_ext Sequential) as a functional `deel_lip_ext.model.Model`: new layers, same weights."""
     import keras
@@ -104,12 +127,13 @@ def workload_models(workload):
         "floor": unfused_activation_model(plain),
         "export": exported,
         "export_spatial": spatial_windows(exported),
+        "export_unfolded": unfolded_sorts(exported),
         "export_functional": functional_twin(lip).vanilla_export(),
     }
     same = np.abs(models["plain"].predict_on_batch(x) - models["floor"].predict_on_batch(x)).max()
     if same > 0:
         raise AssertionError(f"the floor model must compute the plain model's values, max difference {same}")
-    for variant in ("export_spatial", "export_functional"):
+    for variant in ("export_spatial", "export_unfolded", "export_functional"):
         gap = np.abs(models["export"].predict_on_batch(x) - models[variant].predict_on_batch(x)).max()
         if gap > 1e-5:
             raise AssertionError(f"{variant} must compute the export's values, max difference {gap}")
@@ -144,7 +168,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rows = []
     for workload in args.workloads:
-        variants = "plain, floor, export, export_spatial and export_functional"
+        variants = "plain, floor, export, export_spatial, export_unfolded and export_functional"
         print(f"{workload}: timing {variants} ({args.steps} alternated calls each)...", flush=True)
         rows.append(measure(workload, args.steps, args.warmup))
     print(markdown_table(rows))

@@ -27,6 +27,7 @@ from deel_lip_ext.layers.fused import (
     sorted_then_l2_norm_pooled,
     windows_as_channels,
 )
+from deel_lip_ext.layers.sort_fold import folded_sorts_between_convs
 from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
 from deel_lip_ext.lipschitz import _computes_its_graph, half_unit_roundoff, runs_its_graph
 from deel_lip_ext.utils import layer_lipschitz_constant
@@ -109,7 +110,10 @@ def vanilla_model(model: keras.Model) -> keras.Model:
     moved to the two halves of the channels by permuting those kernels
     (`deel_lip_ext.layers.fused.pairs_as_halves`), and a one-channel `Conv2D`
     feeding it writes each pooling window to the channels of one pixel
-    (`deel_lip_ext.layers.fused.windows_as_channels`): the same function, faster.
+    (`deel_lip_ext.layers.fused.windows_as_channels`); a stock `Conv2D`, a
+    `GroupSort2`, a `Conv2D` and such a pooling in a row, the first convolution with
+    few input channels, become one `ConvGroupSort2Conv2D`
+    (`deel_lip_ext.layers.sort_fold.folded_sorts_between_convs`): the same function, faster.
 
     Args:
         model: a built `keras.Sequential` or functional `keras.Model`.
@@ -148,7 +152,7 @@ def vanilla_model(model: keras.Model) -> keras.Model:
             else:
                 layers.extend(_exported_layers(layer))
         inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
-        rewritten = windows_as_channels(pairs_as_halves(layers), tuple(inputs.shape))
+        rewritten = _faster_layouts(layers, tuple(inputs.shape))
         return keras.Sequential([inputs] + rewritten, name=model.name)
 
     sorts_to_fuse = _fusable_pairs(model)  # id(pooling) -> the GroupSort2 it is fused with
@@ -180,7 +184,7 @@ def vanilla_model(model: keras.Model) -> keras.Model:
     exported = keras.models.clone_model(model, clone_function=clone_function, call_function=call_function)
     rewritten = {}  # id(layer) -> its replacement, from the layout rewrites of each chain of the graph
     for chain in _single_use_chains(exported):
-        for layer, replacement in zip(chain, windows_as_channels(pairs_as_halves(chain), _chain_input_shape(chain))):
+        for layer, replacement in zip(chain, _faster_layouts(chain, _chain_input_shape(chain))):
             if replacement is not layer:
                 rewritten[id(layer)] = replacement
     if rewritten:  # new copies of the other layers too: each layer of an export is called once, in its graph
@@ -190,6 +194,11 @@ def vanilla_model(model: keras.Model) -> keras.Model:
         )
     # A plain keras.Model (not our subclass), keeping single inputs/outputs unwrapped.
     return keras.Model(_unwrap(exported.inputs), _unwrap(exported.outputs), name=model.name)
+
+
+def _faster_layouts(layers, input_shape):
+    """The exact rewrites of `vanilla_model` on layers called in a row from `input_shape` (same list length)."""
+    return folded_sorts_between_convs(windows_as_channels(pairs_as_halves(layers), input_shape), input_shape)
 
 
 def _chain_input_shape(chain):

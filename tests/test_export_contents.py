@@ -31,7 +31,7 @@ EXPORTED_AS_THEMSELVES = {
     "ScaledAveragePooling2D", "ScaledGlobalAveragePooling2D", "ScaledL2NormPooling",
     "ScaledL2NormPooling2D", "ScaledGlobalL2NormPooling2D",
     "Householder", "LInfDistDense", "LInfDistConv2D", "LogitScale",
-    "LayerCentering", "LipResidual", "GroupSort2L2NormPooling2D",
+    "LayerCentering", "LipResidual", "GroupSort2L2NormPooling2D", "ConvGroupSort2Conv2D",
 }  # fmt: skip
 # Not parametrized, but exported to stock layers (README.md says so).
 EXPORTED_AS_STOCK = {"BatchCentering"}

@@ -55,6 +55,15 @@ CASES = {
     "ScaledAveragePooling2D": (lambda: lip.ScaledAveragePooling2D(), (4, 4, 2)),
     "ScaledL2NormPooling2D": (lambda: lip.ScaledL2NormPooling2D(), (4, 4, 2)),
     "GroupSort2L2NormPooling2D": (lambda: lip.GroupSort2L2NormPooling2D(sort_k_coef_lip=0.5), (4, 4, 2)),
+    "ConvGroupSort2Conv2D": (
+        lambda: lip.ConvGroupSort2Conv2D(
+            {"filters": 4, "kernel_size": 3, "padding": "same"},
+            {"filters": 4, "kernel_size": 3, "padding": "same"},
+            sort_k_coef_lip=0.5,
+            pooling=lip.GroupSort2L2NormPooling2D().get_config(),
+        ),
+        (6, 6, 2),
+    ),
     "ScaledGlobalAveragePooling2D": (lambda: lip.ScaledGlobalAveragePooling2D(), (4, 4, 2)),
     "ScaledGlobalL2NormPooling2D": (lambda: lip.ScaledGlobalL2NormPooling2D(), (4, 4, 2)),
     "InvertibleDownSampling": (lambda: lip.InvertibleDownSampling(2), (4, 4, 2)),

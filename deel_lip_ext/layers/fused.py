@@ -62,7 +62,7 @@ def _windows(inputs, pool_size):
     return ops.reshape(inputs, (-1, rows, ph, columns, pw, channels))
 
 
-def _sorted_pairs_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale):
+def sorted_pairs_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale):
     """L2-norm pooling (`scale`, `eps`) of `sort_scale` * GroupSort2(inputs), the pairs sorted inside each window."""
     windows = _windows(inputs, pool_size)
     _, rows, ph, columns, pw, channels = windows.shape
@@ -77,8 +77,8 @@ def _sorted_pairs_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale)
     return ops.reshape(_smooth_norm(mean_square, eps, scale), (-1, rows, columns, channels))
 
 
-def _sorted_halves_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale):
-    """As `_sorted_pairs_l2_norm_pooled_math` for pairs (i, i + C/2): output [pooled minima, pooled maxima]."""
+def sorted_halves_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale):
+    """As `sorted_pairs_l2_norm_pooled_math` for pairs (i, i + C/2): output [pooled minima, pooled maxima]."""
     windows, (ph, pw) = _windows(inputs, pool_size), pool_size
     _, rows, _, columns, _, channels = windows.shape
     # The halves as an axis of their own, minima and maxima stacked on it (not sliced from, nor
@@ -101,7 +101,7 @@ def _sorted_halves_l2_norm_pooled_math(inputs, pool_size, eps, scale, sort_scale
 
 
 def _sorted_windows_in_channels_l2_norm_pooled_math(inputs, area, pair_layout, eps, scale, sort_scale):
-    """As `_sorted_pairs_l2_norm_pooled_math` for windows laid out in the channels: (..., area * C) -> (..., C).
+    """As `sorted_pairs_l2_norm_pooled_math` for windows laid out in the channels: (..., area * C) -> (..., C).
 
     Input channel p * C + c is entry p of the window of output channel c; the pairs of c are in
     `pair_layout`, and so is the output.
@@ -121,8 +121,8 @@ def _sorted_windows_in_channels_l2_norm_pooled_math(inputs, area, pair_layout, e
     return ops.reshape(pooled, (*ops.shape(inputs)[:-1], channels))
 
 
-_sorted_pairs_l2_norm_pooled = compiled_by_xla(_sorted_pairs_l2_norm_pooled_math)
-_sorted_halves_l2_norm_pooled = compiled_by_xla(_sorted_halves_l2_norm_pooled_math)
+_sorted_pairs_l2_norm_pooled = compiled_by_xla(sorted_pairs_l2_norm_pooled_math)
+_sorted_halves_l2_norm_pooled = compiled_by_xla(sorted_halves_l2_norm_pooled_math)
 _sorted_windows_in_channels_l2_norm_pooled = compiled_by_xla(_sorted_windows_in_channels_l2_norm_pooled_math)
 
 
@@ -361,7 +361,7 @@ def pairs_as_halves(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer
         if type(layer) is not GroupSort2L2NormPooling2D or layer.pair_layout != "adjacent" or index == 0:
             continue
         producer, consumer = rewritten[index - 1], _linear_consumer(rewritten[index + 1 :])
-        if not (_is_plain_conv(producer) and consumer is not None):
+        if not (is_plain_conv(producer) and consumer is not None):
             continue
         order = _halves_order(producer.kernel.shape[-1])
         kernel, *bias = producer.get_weights()
@@ -377,7 +377,7 @@ def pairs_as_halves(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer
     return rewritten
 
 
-def _is_plain_conv(layer):
+def is_plain_conv(layer):
     return (
         type(layer) is keras.layers.Conv2D
         and layer.built
@@ -391,7 +391,7 @@ def _linear_consumer(following):
     for position, layer in enumerate(following):
         if _keeps_channel_order(layer):
             continue
-        if _is_plain_conv(layer):
+        if is_plain_conv(layer):
             return layer
         after = following[position + 1 : position + 2]
         flattens = type(layer) is keras.layers.Flatten and layer.data_format == "channels_last"
@@ -438,7 +438,7 @@ def windows_as_channels(layers: list[keras.layers.Layer], input_shape: tuple | N
         >>> layers = windows_as_channels([conv, fused_pooling, keras.layers.Flatten(), dense])
         >>> layers[0].strides, layers[1].window_layout  # (2, 2), "channels" for 2 x 2 windows
     """
-    rewritten, shapes = list(layers), _call_shapes(layers, input_shape)
+    rewritten, shapes = list(layers), call_shapes(layers, input_shape)
     for index in range(1, len(rewritten)):
         producer, pooling = rewritten[index - 1], rewritten[index]
         if _writes_windows_cheaply(producer, pooling, shapes[index - 1]):
@@ -449,7 +449,7 @@ def windows_as_channels(layers: list[keras.layers.Layer], input_shape: tuple | N
     return rewritten
 
 
-def _call_shapes(layers, input_shape):
+def call_shapes(layers, input_shape):
     """The input shape of each of `layers` called in a row from `input_shape` (None where unknown)."""
     shapes, shape = [], None if input_shape is None else tuple(input_shape)
     for layer in layers:
@@ -467,7 +467,7 @@ def _writes_windows_cheaply(producer, pooling, input_shape):
     """Whether `windows_as_channels` rewrites `producer` (a layer called on `input_shape`) feeding `pooling`."""
     if type(pooling) is not GroupSort2L2NormPooling2D or pooling.window_layout != "spatial":
         return False
-    if not _is_plain_conv(producer) or producer.kernel.shape[2] != 1:
+    if not is_plain_conv(producer) or producer.kernel.shape[2] != 1:
         return False
     if (tuple(producer.strides), tuple(producer.dilation_rate)) != ((1, 1), (1, 1)):
         return False
