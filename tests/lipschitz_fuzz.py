@@ -126,6 +126,21 @@ def _sorted_pairs_pooling(rng, shape):
     return lip.GroupSort2L2NormPooling2D(2, k_coef_lip=_k(rng), sort_k_coef_lip=_k(rng))
 
 
+def _conv_sort_conv(rng, shape):
+    """The export's fold of Conv2D, GroupSort2, Conv2D (and its fused pooling where the size allows)."""
+    padding = str(rng.choice(["same", "valid"]))
+    convs = [
+        {"filters": int(rng.choice(filters)), "kernel_size": 3, "padding": padding} for filters in ([2, 4], [2, 3, 4])
+    ]
+    size = shape[1] if padding == "same" else shape[1] - 4
+    if size < 1:
+        return None
+    pooling = None
+    if size >= 4 and size % 2 == 0 and rng.random() < 0.5:
+        pooling = lip.GroupSort2L2NormPooling2D(2, k_coef_lip=_k(rng), sort_k_coef_lip=_k(rng)).get_config()
+    return lip.ConvGroupSort2Conv2D(*convs, sort_k_coef_lip=_k(rng), pooling=pooling)
+
+
 def _global(cls):
     def make(rng, shape):
         return cls(k_coef_lip=_k(rng))
@@ -314,6 +329,7 @@ LAYERS = [
         (lip.ScaledL2NormPooling2D, lip.ScaledL2NormPooling),
     ),
     Entry("GroupSort2L2NormPooling2D", "image", _sorted_pairs_pooling, (lip.GroupSort2L2NormPooling2D,)),
+    Entry("ConvGroupSort2Conv2D", "image", _conv_sort_conv, (lip.ConvGroupSort2Conv2D,)),
     Entry(
         "ScaledGlobalAveragePooling2D",
         "image",
