@@ -101,6 +101,12 @@ def test_folded_layer_refuses_what_it_does_not_compute(first, second, pooling, m
         lip.ConvGroupSort2Conv2D({**base, **first}, {**base, "filters": 2, **second}, pooling=pooling_config)
 
 
+def test_folded_layer_refuses_an_input_smaller_than_the_first_kernel():
+    conv = {"filters": 4, "kernel_size": 5, "padding": "same"}
+    with pytest.raises(ValueError, match="at least the first kernel"):
+        lip.ConvGroupSort2Conv2D(conv, {**conv, "kernel_size": 3}).build((None, 4, 8, 3))
+
+
 def test_folded_layer_refuses_an_output_the_pooled_correction_does_not_cover():
     conv = {"filters": 4, "kernel_size": 3, "padding": "same"}
     folded = lip.ConvGroupSort2Conv2D(conv, conv, pooling=lip.GroupSort2L2NormPooling2D(2).get_config())

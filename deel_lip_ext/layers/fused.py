@@ -378,6 +378,7 @@ def pairs_as_halves(layers: list[keras.layers.Layer]) -> list[keras.layers.Layer
 
 
 def is_plain_conv(layer):
+    """Whether `layer` is a built stock `Conv2D` (exact class), channels_last, without groups."""
     return (
         type(layer) is keras.layers.Conv2D
         and layer.built
