@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from deel_lip_ext import _autodiff
+from deel_lip_ext.utils import model_lipschitz_bound
 
 BACKEND = keras.backend.backend()
 
@@ -113,3 +114,13 @@ def gradient_of_weighted_gradient(fn, x, upstream):
         return ops.sum(inputs * ops.square(gradient)), None
 
     return to_numpy(_autodiff.value_and_input_gradient(weighted_square_of_gradient, x)[2])
+
+
+def assert_same_export(model, plain, x, tmp_path, bound_rel):
+    """`plain` (an export of `model`) computes `model`'s values at `x`, has its bound (to `bound_rel`), and its
+    `.keras` file under `tmp_path` loads back to the same values."""
+    np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)
+    assert abs(model_lipschitz_bound(plain) - model_lipschitz_bound(model)) <= bound_rel * model_lipschitz_bound(model)
+    path = tmp_path / "plain.keras"
+    plain.save(path)
+    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)

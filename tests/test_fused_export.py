@@ -8,7 +8,7 @@ function: never when the sort's output is read elsewhere.
 import keras
 import numpy as np
 import pytest
-from _backend import batch_jacobian, to_numpy
+from _backend import assert_same_export, batch_jacobian, to_numpy
 from keras import ops
 
 from deel_lip_ext import layers as lip
@@ -93,11 +93,7 @@ def test_export_fuses_exactly_the_sorts_read_only_by_l2_pooling(build, fused_cou
     types = _types(plain)
     assert types.count("GroupSort2L2NormPooling2D") == fused_count
     assert types.count("ScaledL2NormPooling2D") == (1 if fused_count == 0 else 0)
-    np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)
-    assert model_lipschitz_bound(plain) == pytest.approx(model_lipschitz_bound(model), rel=1e-5)
-    path = tmp_path / "plain.keras"
-    plain.save(path)
-    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)
+    assert_same_export(model, plain, x, tmp_path, bound_rel=1e-5)
 
 
 def test_export_keeps_a_sort_that_is_a_model_output():
@@ -193,11 +189,7 @@ def test_export_reads_pairs_as_halves_between_linear_layers(consumer, layouts, f
     # Every layer of the export belongs to its graph alone: called once, its output a tensor of that graph.
     assert all(len(layer._inbound_nodes) == 1 for layer in plain.layers)
     assert plain.layers[-1].output is plain.outputs[0]
-    np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)
-    assert model_lipschitz_bound(plain) == pytest.approx(model_lipschitz_bound(model), rel=1e-5)
-    path = tmp_path / "plain.keras"
-    plain.save(path)
-    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)
+    assert_same_export(model, plain, x, tmp_path, bound_rel=1e-5)
 
 
 def _windows_to_channels(x, pool_size):

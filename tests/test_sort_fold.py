@@ -9,7 +9,7 @@ only where the chain is the same function and cheaper.
 import keras
 import numpy as np
 import pytest
-from _backend import to_numpy
+from _backend import assert_same_export, to_numpy
 
 from deel_lip_ext import layers as lip
 from deel_lip_ext.layers.sort_fold import composed_conv_kernel, folded_sorts_between_convs
@@ -141,11 +141,7 @@ def test_export_folds_a_cheaper_chain_and_keeps_function_and_bound(functional, t
     plain = model.vanilla_export()
     types = [type(layer).__name__ for layer in plain.layers]
     assert types.count("ConvGroupSort2Conv2D") == 1 and "GroupSort2L2NormPooling2D" not in types
-    np.testing.assert_allclose(to_numpy(plain(x)), to_numpy(model(x)), atol=1e-5)
-    assert model_lipschitz_bound(plain) == pytest.approx(model_lipschitz_bound(model), rel=1e-9)
-    path = tmp_path / "plain.keras"
-    plain.save(path)
-    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)
+    assert_same_export(model, plain, x, tmp_path, bound_rel=1e-9)
 
 
 def test_export_keeps_a_chain_the_fold_would_not_make_cheaper():
