@@ -228,8 +228,9 @@ class ConvGroupSort2Conv2D(LipschitzBounded, keras.layers.Layer):
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         self.first.build(input_shape)
-        convolved_shape = self.second.compute_output_shape(self.first.compute_output_shape(input_shape))
-        self.second.build(self.first.compute_output_shape(input_shape))
+        middle_shape = self.first.compute_output_shape(input_shape)
+        self.second.build(middle_shape)
+        convolved_shape = self.second.compute_output_shape(middle_shape)
         if self.first.padding == "same":
             sizes, kernel = tuple(input_shape[1:3]), tuple(self.first.kernel_size)
             if None in sizes or any(size < k for size, k in zip(sizes, kernel)):
@@ -420,7 +421,7 @@ def folded_sorts_between_convs(
         >>> [type(layer).__name__ for layer in folded_sorts_between_convs(chain, (None, 32, 32, 3))]
         ['Identity', 'Identity', 'Identity', 'ConvGroupSort2Conv2D']
     """
-    rewritten, shapes = list(layers), call_shapes(layers, input_shape) + [None]
+    rewritten, shapes = list(layers), call_shapes(layers, input_shape)
     index = 0
     while index + 3 < len(rewritten):
         chain = rewritten[index : index + 4]
