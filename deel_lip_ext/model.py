@@ -27,6 +27,7 @@ from deel_lip_ext.layers.fused import (
     sorted_then_l2_norm_pooled,
     windows_as_channels,
 )
+from deel_lip_ext.layers.dense_sort_fold import folded_sorts_between_denses
 from deel_lip_ext.layers.sort_fold import folded_sorts_between_convs
 from deel_lip_ext.losses.state import carry_loss_state, compile_from_saved_config
 from deel_lip_ext.lipschitz import _computes_its_graph, half_unit_roundoff, runs_its_graph
@@ -113,7 +114,9 @@ def vanilla_model(model: keras.Model) -> keras.Model:
     (`deel_lip_ext.layers.fused.windows_as_channels`); a stock `Conv2D`, a
     `GroupSort2`, a `Conv2D` and such a pooling in a row, the first convolution with
     few input channels, become one `ConvGroupSort2Conv2D`
-    (`deel_lip_ext.layers.sort_fold.folded_sorts_between_convs`): the same function, faster.
+    (`deel_lip_ext.layers.sort_fold.folded_sorts_between_convs`), and a stock `Dense`, a `GroupSort2`
+    and a `Dense` with fewer outputs, one `DenseGroupSort2Dense`
+    (`deel_lip_ext.layers.dense_sort_fold.folded_sorts_between_denses`): the same function, faster.
 
     Args:
         model: a built `keras.Sequential` or functional `keras.Model`.
@@ -198,7 +201,8 @@ def vanilla_model(model: keras.Model) -> keras.Model:
 
 def _faster_layouts(layers, input_shape):
     """The exact rewrites of `vanilla_model` on layers called in a row from `input_shape` (same list length)."""
-    return folded_sorts_between_convs(windows_as_channels(pairs_as_halves(layers), input_shape), input_shape)
+    layers = folded_sorts_between_convs(windows_as_channels(pairs_as_halves(layers), input_shape), input_shape)
+    return folded_sorts_between_denses(layers, input_shape)
 
 
 def _chain_input_shape(chain):

@@ -13,6 +13,7 @@ from deel_lip_ext.layers.pooling import (
 )
 from deel_lip_ext.layers.fused import GroupSort2L2NormPooling2D
 from deel_lip_ext.layers.sort_fold import ConvGroupSort2Conv2D
+from deel_lip_ext.layers.dense_sort_fold import DenseGroupSort2Dense
 from deel_lip_ext.layers.resampling import InvertibleDownSampling, InvertibleUpSampling
 from deel_lip_ext.layers.padding import CircularPadding2D, circular_pad
 from deel_lip_ext.layers.bcop import BCOPConv2D, BjorckDense, StackedOrthogonal

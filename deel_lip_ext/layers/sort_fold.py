@@ -48,7 +48,7 @@ from deel_lip_ext.layers.fused import (
 )
 from deel_lip_ext.lipschitz import stock_layer_lipschitz
 
-__all__ = ["ConvGroupSort2Conv2D", "composed_conv_kernel", "folded_sorts_between_convs"]
+__all__ = ["ConvGroupSort2Conv2D", "composed_conv_kernel", "folded_sorts_between_convs", "is_pairwise_sort"]
 
 # The fold pays where its multiply-adds are at most this fraction of the two convolutions' (the border
 # correction adds a pass over the output). W2's first two convolutions (3 -> 64 -> 64, 3 x 3): 0.62.
@@ -365,7 +365,7 @@ def _fold_cost_ratio(first, second, input_channels):
     return folded / (k1h * k1w * input_channels * middle + k2h * k2w * middle * out)
 
 
-def _sorts_pairs(sort, channels):
+def is_pairwise_sort(sort, channels):
     """Whether `sort` is a GroupSort2 on `channels` channels (a `GroupSort` or `FullSort` whose groups are pairs)."""
     if type(sort) not in (GroupSort, GroupSort2, FullSort):
         return False
@@ -379,7 +379,7 @@ def _folds(chain, input_shape, pooled_shape):
         return False
     if type(pooling) is not GroupSort2L2NormPooling2D or pooling.window_layout != "spatial":
         return False
-    if not _sorts_pairs(sort, first.filters) or input_shape is None or None in tuple(input_shape)[1:]:
+    if not is_pairwise_sort(sort, first.filters) or input_shape is None or None in tuple(input_shape)[1:]:
         return False
     if any(keras.backend.standardize_dtype(conv.compute_dtype) not in _FOLDED_DTYPES for conv in (first, second)):
         return False
