@@ -141,6 +141,15 @@ def _conv_sort_conv(rng, shape):
     return lip.ConvGroupSort2Conv2D(*convs, sort_k_coef_lip=_k(rng), pooling=pooling)
 
 
+def _dense_sort_dense(rng, shape):
+    """The export's fold of Dense, GroupSort2, Dense (kernels and biases drawn)."""
+    denses = [
+        {"units": int(rng.choice(units)), "kernel_initializer": _init(rng), "bias_initializer": _bias(rng)}
+        for units in ([2, 4, 6], [1, 3, 4])
+    ]
+    return lip.DenseGroupSort2Dense(*denses, sort_k_coef_lip=_k(rng))
+
+
 def _global(cls):
     def make(rng, shape):
         return cls(k_coef_lip=_k(rng))
@@ -330,6 +339,7 @@ LAYERS = [
     ),
     Entry("GroupSort2L2NormPooling2D", "image", _sorted_pairs_pooling, (lip.GroupSort2L2NormPooling2D,)),
     Entry("ConvGroupSort2Conv2D", "image", _conv_sort_conv, (lip.ConvGroupSort2Conv2D,)),
+    Entry("DenseGroupSort2Dense", "vector", _dense_sort_dense, (lip.DenseGroupSort2Dense,)),
     Entry(
         "ScaledGlobalAveragePooling2D",
         "image",

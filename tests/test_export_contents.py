@@ -32,6 +32,7 @@ EXPORTED_AS_THEMSELVES = {
     "ScaledL2NormPooling2D", "ScaledGlobalL2NormPooling2D",
     "Householder", "LInfDistDense", "LInfDistConv2D", "LogitScale",
     "LayerCentering", "LipResidual", "GroupSort2L2NormPooling2D", "ConvGroupSort2Conv2D",
+    "DenseGroupSort2Dense",
 }  # fmt: skip
 # Not parametrized, but exported to stock layers (README.md says so).
 EXPORTED_AS_STOCK = {"BatchCentering"}

@@ -64,6 +64,7 @@ CASES = {
         ),
         (6, 6, 2),
     ),
+    "DenseGroupSort2Dense": (lambda: lip.DenseGroupSort2Dense({"units": 4}, {"units": 3}, 0.5), (5,)),
     "ScaledGlobalAveragePooling2D": (lambda: lip.ScaledGlobalAveragePooling2D(), (4, 4, 2)),
     "ScaledGlobalL2NormPooling2D": (lambda: lip.ScaledGlobalL2NormPooling2D(), (4, 4, 2)),
     "InvertibleDownSampling": (lambda: lip.InvertibleDownSampling(2), (4, 4, 2)),
