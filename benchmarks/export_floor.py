@@ -74,13 +74,23 @@ def spatial_windows(exported):
 def unfolded_sorts(exported):
     """`exported` (a Sequential) with every `ConvGroupSort2Conv2D` written back as the layers it computes (two
     `Conv2D`, the GroupSort2 between them and its pooling, in place of it and the three `Identity` before it),
-    as exports were before `deel_lip_ext.layers.sort_fold.folded_sorts_between_convs`."""
+    and every `DenseGroupSort2Dense` as its two `Dense` and the GroupSort2 between them, as exports were before
+    `deel_lip_ext.layers.sort_fold.folded_sorts_between_convs` and
+    `deel_lip_ext.layers.dense_sort_fold.folded_sorts_between_denses`."""
     import keras
 
-    from deel_lip_ext.layers import ConvGroupSort2Conv2D, GroupSort2
+    from deel_lip_ext.layers import ConvGroupSort2Conv2D, DenseGroupSort2Dense, GroupSort2
 
     layers = []
     for layer in exported.layers:
+        if isinstance(layer, DenseGroupSort2Dense):
+            del layers[-2:]  # the Identity placeholders of the first Dense and the sort
+            denses = [keras.layers.Dense.from_config(dense.get_config()) for dense in (layer.first, layer.second)]
+            for dense, original in zip(denses, (layer.first, layer.second)):
+                dense.build((None, original.kernel.shape[0]))
+                dense.set_weights(original.get_weights())
+            layers += [denses[0], GroupSort2(k_coef_lip=layer.sort_k_coef_lip), denses[1]]
+            continue
         if not isinstance(layer, ConvGroupSort2Conv2D):
             layers.append(layer)
             continue
