@@ -170,9 +170,11 @@ class DenseGroupSort2Dense(LipschitzBounded, keras.layers.Layer):
         return (*tuple(input_shape)[:-1], self.second.units)
 
     def call(self, inputs: ArrayLike):
-        composed = ops.matmul(inputs, self.composed_kernel) + self.composed_bias
-        spreads = ops.relu(ops.matmul(inputs, self.spread_kernel) + self.spread_bias)
-        return composed + ops.matmul(spreads, self.taps)
+        # ops.add, not `+`: on TensorFlow it writes a bias as a BiasAdd, which oneDNN runs inside the matrix
+        # product with the ReLU after it, as for a stock Dense.
+        composed = ops.add(ops.matmul(inputs, self.composed_kernel), self.composed_bias)
+        spreads = ops.relu(ops.add(ops.matmul(inputs, self.spread_kernel), self.spread_bias))
+        return ops.add(composed, ops.matmul(spreads, self.taps))
 
     def _lipschitz_constant(self, norm, input_shape):
         # Each pair kept or swapped is a permutation, 1-Lipschitz in every l_p norm.
