@@ -18,7 +18,7 @@ process with their calls alternated (as `train_step.py` does):
   chains of layers.
 
 Usage:
-    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/export_floor.py --workloads W1 W2 --json floor.json
+    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/export_floor.py --workloads W1 W2 --rounds 8 --json f.json
 """
 
 from __future__ import annotations
@@ -150,22 +150,37 @@ def workload_models(workload):
     return x, models
 
 
-def measure(workload, steps, warmup):
-    """{variant: median ms of `predict_on_batch`} and the ratios to `plain` for one workload."""
+def measure(workload, steps, warmup, rounds=1):
+    """{variant: ms of `predict_on_batch`} and the ratios to `plain` for one workload, over `rounds` rounds.
+
+    Each round times `steps` alternated calls of every variant (medians); the figures are the medians
+    over the rounds of each round's time and ratio to `plain`, with the range of the ratios (on a
+    shared 2-core machine one round's ratio moves by a few hundredths; more rounds narrow the median).
+    """
+    import statistics
+
     x, models = workload_models(workload)
-    timings, _, _ = train_step._alternated_median_ms(
-        {name: (lambda m=model: m.predict_on_batch(x)) for name, model in models.items()}, steps, warmup
-    )
-    ratios = {name: ms / timings["plain"] for name, ms in timings.items()}
-    return {"workload": workload, "steps": steps, "infer_ms": timings, "ratio_to_plain": ratios}
+    calls = {name: (lambda m=model: m.predict_on_batch(x)) for name, model in models.items()}
+    per_round = [train_step._alternated_median_ms(calls, steps, warmup)[0] for _ in range(rounds)]
+    ratios = {name: [timings[name] / timings["plain"] for timings in per_round] for name in models}
+    return {
+        "workload": workload,
+        "steps": steps,
+        "rounds": rounds,
+        "infer_ms": {name: statistics.median(timings[name] for timings in per_round) for name in models},
+        "ratio_to_plain": {name: statistics.median(values) for name, values in ratios.items()},
+        "ratio_range": {name: [min(values), max(values)] for name, values in ratios.items()},
+    }
 
 
 def markdown_table(rows):
-    """One line per workload and variant: its time and its ratio to plain."""
-    lines = ["| workload | variant | ms per batch | / plain |", "| --- | --- | --- | --- |"]
+    """One line per workload and variant: its time and its ratio to plain (median and range over the rounds)."""
+    lines = ["| workload | variant | ms per batch | / plain | range |", "| --- | --- | --- | --- | --- |"]
     for row in rows:
         for variant, ms in row["infer_ms"].items():
-            lines.append(f"| {row['workload']} | {variant} | {ms:.2f} | {row['ratio_to_plain'][variant]:.2f}x |")
+            low, high = row["ratio_range"][variant]
+            ratio = row["ratio_to_plain"][variant]
+            lines.append(f"| {row['workload']} | {variant} | {ms:.2f} | {ratio:.3f}x | {low:.3f}-{high:.3f}x |")
     return "\n".join(lines)
 
 
@@ -174,13 +189,14 @@ def main(argv=None):
     parser.add_argument("--workloads", nargs="+", default=["W1", "W2"], choices=["W1", "W2"])
     parser.add_argument("--steps", type=int, default=30, help="timed calls per variant (alternated)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of alternated calls (medians over them)")
     parser.add_argument("--json", help="write the rows and the machine description to this file")
     args = parser.parse_args(argv)
     rows = []
     for workload in args.workloads:
         variants = "plain, floor, export, export_spatial, export_unfolded and export_functional"
-        print(f"{workload}: timing {variants} ({args.steps} alternated calls each)...", flush=True)
-        rows.append(measure(workload, args.steps, args.warmup))
+        print(f"{workload}: timing {variants} ({args.rounds} x {args.steps} alternated calls each)...", flush=True)
+        rows.append(measure(workload, args.steps, args.warmup, args.rounds))
     print(markdown_table(rows))
     if args.json:
         with open(args.json, "w") as file:
