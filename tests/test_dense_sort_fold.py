@@ -164,3 +164,16 @@ def test_fold_rewrite_needs_stock_linear_float_layers():
     assert "DenseGroupSort2Dense" not in [
         type(layer).__name__ for layer in folded_sorts_between_denses([first, lip.GroupSort(4), second], (None, 40))
     ]
+
+
+def test_folded_head_export_runs_as_a_tensorflow_saved_model(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("a TensorFlow SavedModel is written from the TensorFlow backend")
+    model = _head()
+    plain = model.vanilla_export()
+    assert "DenseGroupSort2Dense" in [type(layer).__name__ for layer in plain.layers]
+    plain.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    x = _random((3, 40), seed=12)
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    np.testing.assert_allclose(np.asarray(loaded.serve(x)), to_numpy(model(x)), atol=1e-5)

@@ -15,8 +15,8 @@ ReLU fused into the second, as oneDNN does for a plain network) and a small one:
 66,000 multiply-adds per sample instead of 101,000, and no pass for the sort.
 
 The folded kernels are weights of the layer, computed once from the two `Dense` layers' kernels
-(`folded_dense_head`), which the layer keeps for its bound; a call reads only the folded ones (deriving
-them per call cost more than the sort on W1). The bound holds whatever the folded weights are: on
+(`folded_dense_head`); the layer keeps those kernels for its bound, and a call reads only the folded
+ones (deriving them in each call cost more than the sort on W1). The bound holds whatever the folded weights are: on
 every linear piece of the folded form its Jacobian is C + D S E for a 0/1 diagonal S, and for the
 exact fold C* + D* S E* = k A P B with P a permutation (each pair kept or swapped), so
 
