@@ -6,9 +6,11 @@ The tests never call a backend's autodiff themselves: they go through the librar
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
 from deel_lip_ext import _autodiff
+from deel_lip_ext.model import Model, Sequential
 from deel_lip_ext.utils import model_lipschitz_bound
 
 BACKEND = keras.backend.backend()
@@ -124,3 +126,25 @@ def assert_same_export(model, plain, x, tmp_path, bound_rel):
     path = tmp_path / "plain.keras"
     plain.save(path)
     np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(x)), to_numpy(plain(x)), atol=1e-6)
+
+
+def chained_model(inputs, layers, functional):
+    """`layers` called in a row on `inputs`, as a Sequential or as a functional Model (the export rewrites serve
+    both)."""
+    if not functional:
+        return Sequential([inputs, *layers])
+    outputs = inputs
+    for layer in layers:
+        outputs = layer(outputs)
+    return Model(inputs, outputs)
+
+
+def assert_serves_as_tf_saved_model(model, plain, x, tmp_path):
+    """`plain` (an export of `model`), written as a TensorFlow SavedModel under `tmp_path` and loaded back with
+    TensorFlow alone, serves `model`'s values at `x` (skips on the other backends)."""
+    tf = pytest.importorskip("tensorflow")
+    if BACKEND != "tensorflow":
+        pytest.skip("a TensorFlow SavedModel is written from the TensorFlow backend")
+    plain.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    np.testing.assert_allclose(np.asarray(loaded.serve(x)), to_numpy(model(x)), atol=1e-5)

@@ -8,12 +8,11 @@ does not compute, and `vanilla_export` must use it only where the chain is the s
 import keras
 import numpy as np
 import pytest
-from _backend import assert_same_export, batch_jacobian, to_numpy
+from _backend import assert_same_export, assert_serves_as_tf_saved_model, batch_jacobian, chained_model, to_numpy
 
 from deel_lip_ext import layers as lip
 from deel_lip_ext.lipschitz import stock_layer_lipschitz
 from deel_lip_ext.layers.dense_sort_fold import fold_discrepancy, folded_dense_head, folded_sorts_between_denses
-from deel_lip_ext.model import Model, Sequential
 from deel_lip_ext.utils import model_lipschitz_bound
 
 
@@ -125,13 +124,7 @@ def test_config_round_trip_and_no_trainable_weight():
 def _head(functional=False, inputs=40, middle=16, out=3):
     """A classifier head on `inputs` features: SpectralDense(middle), GroupSort2, SpectralDense(out)."""
     layers = [lip.SpectralDense(middle), lip.GroupSort2(), lip.SpectralDense(out)]
-    model_inputs = keras.Input((inputs,))
-    if not functional:
-        return Sequential([model_inputs] + layers)
-    outputs = model_inputs
-    for layer in layers:
-        outputs = layer(outputs)
-    return Model(model_inputs, outputs)
+    return chained_model(keras.Input((inputs,)), layers, functional)
 
 
 @pytest.mark.parametrize("functional", [False, True], ids=["sequential", "functional"])
@@ -167,13 +160,7 @@ def test_fold_rewrite_needs_stock_linear_float_layers():
 
 
 def test_folded_head_export_runs_as_a_tensorflow_saved_model(tmp_path):
-    tf = pytest.importorskip("tensorflow")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("a TensorFlow SavedModel is written from the TensorFlow backend")
     model = _head()
     plain = model.vanilla_export()
     assert "DenseGroupSort2Dense" in [type(layer).__name__ for layer in plain.layers]
-    plain.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
-    x = _random((3, 40), seed=12)
-    loaded = tf.saved_model.load(str(tmp_path / "saved"))
-    np.testing.assert_allclose(np.asarray(loaded.serve(x)), to_numpy(model(x)), atol=1e-5)
+    assert_serves_as_tf_saved_model(model, plain, _random((3, 40), seed=12), tmp_path)

@@ -8,7 +8,7 @@ function: never when the sort's output is read elsewhere.
 import keras
 import numpy as np
 import pytest
-from _backend import assert_same_export, batch_jacobian, to_numpy
+from _backend import assert_same_export, batch_jacobian, chained_model, to_numpy
 from keras import ops
 
 from deel_lip_ext import layers as lip
@@ -133,16 +133,6 @@ def test_fused_layer_rejects_an_unknown_layout_and_a_partial_window():
         lip.GroupSort2L2NormPooling2D((2, 2), window_layout="channels").build((None, 3, 3, 6))
 
 
-def _chain(inputs, layers, functional):
-    """`layers` called in a row on `inputs`, as a Sequential or as a functional Model (the rewrites serve both)."""
-    if not functional:
-        return Sequential([inputs, *layers])
-    outputs = inputs
-    for layer in layers:
-        outputs = layer(outputs)
-    return Model(inputs, outputs)
-
-
 def _w1_like(consumer, functional=False):
     """Conv -> GroupSort2 -> L2 pooling -> `consumer` layers -> Flatten -> Dense."""
     layers = [
@@ -153,7 +143,7 @@ def _w1_like(consumer, functional=False):
         keras.layers.Flatten(),
         lip.SpectralDense(5),
     ]
-    return _chain(keras.Input((10, 10, 3)), layers, functional)
+    return chained_model(keras.Input((10, 10, 3)), layers, functional)
 
 
 def _layers(model):
@@ -237,7 +227,7 @@ def _one_channel_net(size, channels, filters, kernel_size, padding, pool_size, f
         keras.layers.Flatten(),
         lip.SpectralDense(5),
     ]
-    return _chain(keras.Input(size + (channels,)), layers, functional)
+    return chained_model(keras.Input(size + (channels,)), layers, functional)
 
 
 @pytest.mark.parametrize(

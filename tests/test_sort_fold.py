@@ -9,11 +9,10 @@ only where the chain is the same function and cheaper.
 import keras
 import numpy as np
 import pytest
-from _backend import assert_same_export, to_numpy
+from _backend import assert_same_export, assert_serves_as_tf_saved_model, chained_model, to_numpy
 
 from deel_lip_ext import layers as lip
 from deel_lip_ext.layers.sort_fold import composed_conv_kernel, folded_sorts_between_convs
-from deel_lip_ext.model import Model, Sequential
 from deel_lip_ext.utils import model_lipschitz_bound
 
 
@@ -125,13 +124,7 @@ def _w2_like(functional=False, channels=3):
         keras.layers.Flatten(),
         lip.SpectralDense(3),
     ]
-    inputs = keras.Input((8, 8, channels))
-    if not functional:
-        return Sequential([inputs] + layers)
-    outputs = inputs
-    for layer in layers:
-        outputs = layer(outputs)
-    return Model(inputs, outputs)
+    return chained_model(keras.Input((8, 8, channels)), layers, functional)
 
 
 @pytest.mark.parametrize("functional", [False, True], ids=["sequential", "functional"])
@@ -163,13 +156,7 @@ def test_fold_rewrite_needs_a_known_size_and_float32():
 
 
 def test_folded_export_runs_as_a_tensorflow_saved_model(tmp_path):
-    tf = pytest.importorskip("tensorflow")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("a TensorFlow SavedModel is written from the TensorFlow backend")
     model = _w2_like()
     plain = model.vanilla_export()
     assert "ConvGroupSort2Conv2D" in [type(layer).__name__ for layer in plain.layers]
-    plain.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
-    x = _random((2, 8, 8, 3), seed=6)
-    loaded = tf.saved_model.load(str(tmp_path / "saved"))
-    np.testing.assert_allclose(np.asarray(loaded.serve(x)), to_numpy(model(x)), atol=1e-5)
+    assert_serves_as_tf_saved_model(model, plain, _random((2, 8, 8, 3), seed=6), tmp_path)
