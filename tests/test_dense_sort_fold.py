@@ -46,7 +46,7 @@ def test_folded_layer_equals_the_layers_in_a_row(inputs, middle, out, use_bias, 
     in_a_row = keras.Sequential([keras.Input((inputs,)), first, lip.GroupSort2(k_coef_lip=sort_k), second])
     folded = _folded(first, second, sort_k, (None, inputs))
     x = _random((64, inputs), seed=7)
-    x[:8] = 0.0  # ties inside the pairs (both values equal to the bias)
+    x[:8] = 0.0  # each pair is then the first layer's two biases: a tie where it has none
     expected = to_numpy(in_a_row(x))
     np.testing.assert_allclose(to_numpy(folded(x)), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert tuple(folded.compute_output_shape(x.shape)) == expected.shape
@@ -76,7 +76,7 @@ def test_bound_holds_for_folded_weights_changed_by_hand():
     first, second = _denses(6, 4, 2, seed=3)
     folded = _folded(first, second, 1.0, (None, 6))
     exact_bound = folded.lipschitz_constant("l2")
-    # Spreads scaled by 4: where a ReLU is active the Jacobian grows past the kernels' product.
+    # Taps scaled by 4: where a ReLU is active the Jacobian grows past the kernels' product.
     folded.taps.assign(4.0 * to_numpy(folded.taps))
     x = _random((512, 6), seed=4, scale=3.0)
     stretched = _largest_jacobian_norm(folded, x)
