@@ -365,8 +365,16 @@ def _fold_cost_ratio(first, second, input_channels):
     return folded / (k1h * k1w * input_channels * middle + k2h * k2w * middle * out)
 
 
-def is_pairwise_sort(sort, channels):
-    """Whether `sort` is a GroupSort2 on `channels` channels (a `GroupSort` or `FullSort` whose groups are pairs)."""
+def is_pairwise_sort(sort: keras.layers.Layer, channels: int) -> bool:
+    """Whether `sort` is a GroupSort2 on `channels` channels (a `GroupSort` or `FullSort` whose groups are pairs).
+
+    Args:
+        sort: any layer; only `GroupSort`, `GroupSort2` and `FullSort` (exact classes) can qualify.
+        channels: the number of channels `sort` is called on.
+
+    Examples:
+        >>> is_pairwise_sort(FullSort(), 2), is_pairwise_sort(GroupSort(4), 8)  # (True, False)
+    """
     if type(sort) not in (GroupSort, GroupSort2, FullSort):
         return False
     return (channels if sort.n is None or sort.n > channels else sort.n) == 2
