@@ -38,7 +38,7 @@ from numpy.typing import ArrayLike
 
 from deel_lip_ext.layers.base import LipschitzBounded, check_k_coef_lip
 from deel_lip_ext.layers.fused import call_shapes
-from deel_lip_ext.layers.sort_fold import is_pairwise_sort
+from deel_lip_ext.layers.sort_fold import FOLDED_DTYPES, is_pairwise_sort
 from deel_lip_ext.lipschitz import stock_layer_lipschitz
 from deel_lip_ext.spectrum import linf_kernel_norm
 
@@ -47,7 +47,6 @@ __all__ = ["DenseGroupSort2Dense", "fold_discrepancy", "folded_dense_head", "fol
 # The fold pays where its multiply-adds are at most this fraction of the two layers' (it also saves the
 # sort's pass). W1's head (1568 -> 64 -> 10): 0.66; W2's (8192 -> 256 -> 10): 0.54.
 _MAX_COST_RATIO = 0.75
-_FOLDED_DTYPES = ("float32", "float64")
 FOLDED_WEIGHTS = ("composed_kernel", "composed_bias", "spread_kernel", "spread_bias", "taps")
 
 
@@ -145,9 +144,8 @@ class DenseGroupSort2Dense(LipschitzBounded, keras.layers.Layer):
         _check_foldable(self.first, self.second, self.name)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        if not self.first.built:  # `folded_sorts_between_denses` builds them to copy their weights first
-            self.first.build(input_shape)
-            self.second.build(self.first.compute_output_shape(input_shape))
+        self.first.build(input_shape)
+        self.second.build(self.first.compute_output_shape(input_shape))
         self.first.trainable = self.second.trainable = False
         fold = self._exact_fold()
         for name in FOLDED_WEIGHTS:
@@ -214,7 +212,7 @@ def _is_plain_dense(layer):
         and layer.activation is keras.activations.linear
         and getattr(layer, "quantization_mode", None) is None
         and not getattr(layer, "lora_enabled", False)
-        and keras.backend.standardize_dtype(layer.compute_dtype) in _FOLDED_DTYPES
+        and keras.backend.standardize_dtype(layer.compute_dtype) in FOLDED_DTYPES
     )
 
 
@@ -269,11 +267,10 @@ def folded_sorts_between_denses(
         folded = DenseGroupSort2Dense(
             first.get_config(), second.get_config(), sort.k_coef_lip, name=second.name, dtype=second.dtype_policy
         )
-        folded.first.build(shapes[index])
-        folded.first.set_weights(first.get_weights())
-        folded.second.build(first.compute_output_shape(shapes[index]))
-        folded.second.set_weights(second.get_weights())
         folded.build(shapes[index])
+        folded.first.set_weights(first.get_weights())
+        folded.second.set_weights(second.get_weights())
+        folded.refold()
         rewritten[index : index + 3] = [keras.layers.Identity(name=layer.name) for layer in chain[:2]] + [folded]
         index += 3
     return rewritten

@@ -48,12 +48,18 @@ from deel_lip_ext.layers.fused import (
 )
 from deel_lip_ext.lipschitz import stock_layer_lipschitz
 
-__all__ = ["ConvGroupSort2Conv2D", "composed_conv_kernel", "folded_sorts_between_convs", "is_pairwise_sort"]
+__all__ = [
+    "FOLDED_DTYPES",
+    "ConvGroupSort2Conv2D",
+    "composed_conv_kernel",
+    "folded_sorts_between_convs",
+    "is_pairwise_sort",
+]
 
 # The fold pays where its multiply-adds are at most this fraction of the two convolutions' (the border
 # correction adds a pass over the output). W2's first two convolutions (3 -> 64 -> 64, 3 x 3): 0.62.
 _MAX_COST_RATIO = 0.75
-_FOLDED_DTYPES = ("float32", "float64")
+FOLDED_DTYPES = ("float32", "float64")  # the dtypes the folds run in (rounding of float16 is not modelled)
 
 
 def composed_conv_kernel(first: ArrayLike, second: ArrayLike) -> Any:
@@ -389,7 +395,7 @@ def _folds(chain, input_shape, pooled_shape):
         return False
     if not is_pairwise_sort(sort, first.filters) or input_shape is None or None in tuple(input_shape)[1:]:
         return False
-    if any(keras.backend.standardize_dtype(conv.compute_dtype) not in _FOLDED_DTYPES for conv in (first, second)):
+    if any(keras.backend.standardize_dtype(conv.compute_dtype) not in FOLDED_DTYPES for conv in (first, second)):
         return False
     try:
         _check_foldable(first, second, pooling, "")
