@@ -79,29 +79,32 @@ def unfolded_sorts(exported):
     `deel_lip_ext.layers.dense_sort_fold.folded_sorts_between_denses`."""
     import keras
 
-    from deel_lip_ext.layers import ConvGroupSort2Conv2D, DenseGroupSort2Dense, GroupSort2
+    from deel_lip_ext.layers import ConvGroupSort2Conv2D, DenseGroupSort2Dense
 
     layers = []
     for layer in exported.layers:
         if isinstance(layer, DenseGroupSort2Dense):
-            del layers[-2:]  # the Identity placeholders of the first Dense and the sort
-            denses = [keras.layers.Dense.from_config(dense.get_config()) for dense in (layer.first, layer.second)]
-            for dense, original in zip(denses, (layer.first, layer.second)):
-                dense.build((None, original.kernel.shape[0]))
-                dense.set_weights(original.get_weights())
-            layers += [denses[0], GroupSort2(k_coef_lip=layer.sort_k_coef_lip), denses[1]]
-            continue
-        if not isinstance(layer, ConvGroupSort2Conv2D):
+            layers[-2:] = _layers_in_a_row(layer)  # in place of the placeholders of the first Dense and the sort
+        elif isinstance(layer, ConvGroupSort2Conv2D):
+            pooling = [] if layer.pooling is None else [type(layer.pooling).from_config(layer.pooling.get_config())]
+            layers[-3:] = _layers_in_a_row(layer) + pooling  # in place of the placeholders of both convs and the sort
+        else:
             layers.append(layer)
-            continue
-        del layers[-3:]  # the Identity placeholders of the two convolutions and the sort
-        convs = [keras.layers.Conv2D.from_config(conv.get_config()) for conv in (layer.first, layer.second)]
-        for conv, original in zip(convs, (layer.first, layer.second)):
-            conv.build((None, None, None, original.kernel.shape[2]))
-            conv.set_weights(original.get_weights())
-        layers += [convs[0], GroupSort2(k_coef_lip=layer.sort_k_coef_lip), convs[1]]
-        layers += [] if layer.pooling is None else [type(layer.pooling).from_config(layer.pooling.get_config())]
     return keras.Sequential([keras.Input(exported.input_shape[1:])] + layers, name=f"{exported.name}_unfolded")
+
+
+def _layers_in_a_row(folded):
+    """New copies of a fold's two stock layers (`first`, `second`, same weights) and the GroupSort2 between them."""
+    from deel_lip_ext.layers import GroupSort2
+
+    copies = []
+    for original in (folded.first, folded.second):
+        copy = type(original).from_config(original.get_config())
+        kernel_shape = tuple(original.kernel.shape)  # (..., input channels, output channels) for Dense and Conv2D
+        copy.build((None,) * (len(kernel_shape) - 1) + kernel_shape[-2:-1])
+        copy.set_weights(original.get_weights())
+        copies.append(copy)
+    return [copies[0], GroupSort2(k_coef_lip=folded.sort_k_coef_lip), copies[1]]
 
 
 def functional_twin(sequential):
