@@ -403,20 +403,21 @@ def certify(
     n_batches = count_batches(data, batch_size)
     progbar = make_progbar(n_batches, verbose)
     forward = autodiff.compiled_inference(model)
-    radii = []
+    logits, targets = [], []
     largest_batch = 0  # a shorter (last) batch is padded to it: one compiled shape for all
     for step, (x, y) in enumerate(iterate_batches(data, batch_size)):
         check_input_shape(model, x)
         largest_batch = max(largest_batch, len(x))
-        logits = autodiff.run_padded(forward, x, largest_batch)
-        certificate_norm, factor = radius_conversion(norm, lip_norm, int(np.prod(x.shape[1:])))
-        radius = certified_radius(logits, y, certificate_norm, lip_const, disjoint_neurons)
-        radii.append(radius * factor * scale)
+        logits.append(autodiff.run_padded(forward, x, largest_batch))
+        targets.append(check_labels(logits[-1], y))  # each batch's labels checked against its own logits
         if progbar is not None:
             progbar.update(step + 1)
-    if not radii:
+    if not logits:
         raise ValueError("data is empty: certify needs at least one sample.")
-    radii = np.concatenate(radii)
+    # The margins of all batches at once: per batch, their small ops took 1/8 of a cached second call (W1).
+    certificate_norm, factor = radius_conversion(norm, lip_norm, int(np.prod(x.shape[1:])))
+    logits, targets = np.concatenate(logits), np.concatenate(targets)
+    radii = certified_radius(logits, targets, certificate_norm, lip_const, disjoint_neurons) * factor * scale
     return CertifyResult(
         epsilons=epsilons,
         certified_accuracy=np.array([np.mean(radii > eps) for eps in epsilons]),
