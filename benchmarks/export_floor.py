@@ -203,7 +203,8 @@ def main(argv=None):
     print(markdown_table(rows))
     if args.json:
         with open(args.json, "w") as file:
-            json.dump({"machine": train_step.machine_description(), "rows": rows}, file, indent=2)
+            described = {"machine": train_step.machine_description(), **train_step._versions()}
+            json.dump({**described, "rows": rows}, file, indent=2)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,9 @@ def main(argv=None):
     print(markdown_table(rows))
     if args.json:
         with open(args.json, "w") as file:
-            json.dump({"machine": export_floor.train_step.machine_description(), "rows": rows}, file, indent=2)
+            timing = export_floor.train_step
+            described = {"machine": timing.machine_description(), **timing._versions()}
+            json.dump({**described, "rows": rows}, file, indent=2)
 
 
 if __name__ == "__main__":

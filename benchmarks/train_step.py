@@ -311,34 +311,55 @@ def add_ratios(results):
     return results
 
 
+# /proc/cpuinfo flag -> name, widest first.
+_VECTOR_EXTENSIONS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+
+
 def machine_description():
-    cpu = platform.processor() or platform.machine()
+    """The CPU's name, its widest vector extension (AVX-512 or AVX2 decide which kernels oneDNN and XLA
+    run), the logical core count and the OS."""
+    cpu = vectors = None
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
+                if line.startswith("model name") and cpu is None:
                     cpu = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags") and vectors is None:
+                    flags = line.split(":", 1)[1].split()
+                    vectors = next((name for flag, name in _VECTOR_EXTENSIONS if flag in flags), "no AVX")
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
+    described = [cpu or platform.processor() or platform.machine()] + ([vectors] if vectors else [])
+    return ", ".join(described + [f"{os.cpu_count()} logical cores", f"{platform.system()} {platform.release()}"])
 
 
 def _versions():
-    """Python, Keras, the Keras backend and its framework's version (read in a subprocess)."""
+    """Python, Keras, the Keras backend and its framework's version, and on TensorFlow whether its oneDNN
+    kernels are on (read in a subprocess with this process's environment: TensorFlow turns them on by
+    default only on some CPUs, `TF_ENABLE_ONEDNN_OPTS` decides otherwise, and the two differ by up to 2x
+    on a convolution)."""
     versions = {"python": platform.python_version()}
     code = (
-        "import importlib, keras; backend = keras.backend.backend(); "
-        "print(keras.__version__, backend, importlib.import_module(backend).__version__)"
+        "import importlib, json, keras; backend = keras.backend.backend(); "
+        "found = {'keras': keras.__version__, 'backend': backend}\n"
+        "found[backend] = importlib.import_module(backend).__version__\n"
+        "if backend == 'tensorflow':\n"
+        "    from tensorflow.python.util import _pywrap_util_port\n"
+        "    found['onednn'] = bool(_pywrap_util_port.IsMklEnabled())\n"
+        "print(json.dumps(found))"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    ).stdout.split()
-    if len(output) == 3:
-        versions["keras"], versions["backend"], versions[output[1]] = output
+    output = (
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
+        .stdout.strip()
+        .splitlines()
+    )
+    if output:
+        versions.update(json.loads(output[-1]))
     return versions
 
 
