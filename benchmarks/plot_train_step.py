@@ -87,9 +87,11 @@ def plot(meta, rows, path):
 
 
 def _framework(meta):
-    """'tensorflow 2.21.0' (files written before the backend was recorded were TensorFlow's)."""
+    """'tensorflow 2.21.0' (files written before the backend was recorded were TensorFlow's), with 'oneDNN on'
+    or 'oneDNN off' where the file says which kernels TensorFlow ran."""
     backend = meta.get("backend", "tensorflow")
-    return f"{backend} {meta.get(backend)}"
+    kernels = "" if "onednn" not in meta else f" (oneDNN {'on' if meta['onednn'] else 'off'})"
+    return f"{backend} {meta.get(backend)}{kernels}"
 
 
 def markdown_table(rows):
