@@ -299,7 +299,7 @@ def test_circular_padding_then_channels_first_conv_is_refused_or_bounded():
 
     def channels_last_twin(x):
         # The model's function with the convolution run channels-last between two transposes: TensorFlow's CPU
-        # kernels without oneDNN (its default on CPUs without AVX-512) have no channels-first Conv2D.
+        # kernels without oneDNN (its default on some CPUs, an AVX2-only EPYC among them) have no NCHW Conv2D.
         padded = keras.ops.transpose(lip.CircularPadding2D(1)(x), (0, 2, 3, 1))  # (N, C, H, W) -> (N, H, W, C)
         outputs = keras.ops.conv(padded, conv.kernel, padding="valid", data_format="channels_last")
         return keras.ops.convert_to_numpy(keras.ops.transpose(outputs, (0, 3, 1, 2)))
