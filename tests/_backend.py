@@ -4,6 +4,8 @@ The tests never call a backend's autodiff themselves: they go through the librar
 (itself tested against analytic gradients in test_autodiff.py) and get numpy arrays back.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -17,6 +19,27 @@ BACKEND = keras.backend.backend()
 
 # `(values, aux, gradient)` of `fn(x) -> (values, aux)`: the library's own, tested in test_autodiff.py.
 value_and_input_gradient = _autodiff.value_and_input_gradient
+
+
+@functools.cache
+def runs_channels_first_convolutions():
+    """Whether this backend runs channels-first convolutions on this machine.
+
+    TensorFlow's CPU kernels without oneDNN (its default on some CPUs, an AVX2-only EPYC among them) have no
+    channels-first convolution, and Keras passes that layout to them as is (channels-first poolings did run
+    there), so a channels-first convolution cannot be run there, nor its bound checked.
+    """
+    if BACKEND != "tensorflow":
+        return True
+    import tensorflow as tf  # only TensorFlow's kernels can be missing, and only its errors say so
+
+    # A zeros kernel: the probe draws no random numbers, so the fuzzed models' weights do not depend on it.
+    probe = keras.layers.Conv2D(1, 3, padding="same", data_format="channels_first", kernel_initializer="zeros")
+    try:
+        probe(np.zeros((1, 2, 4, 4), "float32"))
+    except tf.errors.UnimplementedError:
+        return False
+    return True
 
 
 def to_numpy(x):

@@ -15,7 +15,7 @@ from typing import Callable
 
 import keras
 import numpy as np
-from _backend import batch_jacobian, to_numpy, value_and_input_gradient
+from _backend import batch_jacobian, runs_channels_first_convolutions, to_numpy, value_and_input_gradient
 from keras import ops
 
 from deel_lip_ext import callbacks
@@ -802,6 +802,8 @@ def _any_size_layer(rng, channels_first, spatial):
         if channels_first and rng.random() < 0.8
         else int(rng.integers(7 if channels_first else 9))
     )
+    if channels_first and choice < 3 and not runs_channels_first_convolutions():
+        choice += 3  # a pooling or an upsampling instead: this machine cannot run the convolution (same draws)
     if choice == 0:
         padding = "same" if channels_first else _fitting(str(rng.choice(["same", "valid"])), kernel, spatial)
         return keras.layers.Conv2D(filters, kernel, padding=padding, **stock)  # channels-first inputs are 2x2
