@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 from numpy.typing import ArrayLike
 
@@ -148,7 +149,38 @@ def box_dtype(layers: list) -> str:
     return "float64" if any(getattr(layer, "compute_dtype", None) == "float64" for layer in layers) else "float32"
 
 
-def elided_margins(layers: list, lower: ArrayLike, upper: ArrayLike, is_target: ArrayLike) -> Any:
+def _dense_rounding_slack(dense, lower, upper, is_target, unit_roundoff):
+    """2 gamma_{H+4} (sum_k (|W_kj| + |W_kt|) max(|l_k|, |u_k|) + |b_j| + |b_t|) for the last Dense layer.
+
+    Any floating-point evaluation of z_j - z_t = fl(fl(W_j h + b_j) - fl(W_t h + b_t)), in any summation
+    order, is within gamma_{H+2} (|W_j| |h| + |b_j| + |W_t| |h| + |b_t|) of the exact value
+    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1; gamma_n = n u / (1 - n u)); the elided
+    bound's own evaluation, a dot product of length 2H after one rounding of W_j - W_t, is within
+    gamma_{2H+3} of the same sum. Without this slack, a label the model misclassified (or tied) by a
+    rounding was certified where the model's evaluation summed in another order than the bound's
+    (XLA picks its order per batch size: JAX on CPU).
+    """
+    magnitude = ops.maximum(ops.abs(ops.convert_to_tensor(lower)), ops.abs(ops.convert_to_tensor(upper)))  # |h|
+    # The coarsest of: the caller's (the model's realized output dtype), the layer's, the bound's (JAX
+    # without x64 computes a float64 request in float32).
+    for dtype in (dense.compute_dtype, magnitude.dtype):
+        unit_roundoff = max(unit_roundoff, float(np.finfo(keras.backend.standardize_dtype(dtype)).eps) / 2)
+    terms = 2 * int(dense.kernel.shape[0]) + 4
+    if terms * unit_roundoff >= 0.5:
+        raise ValueError(f"layer {dense.name!r}: {terms} terms are too many to bound the rounding of its evaluation.")
+    gamma = 2 * terms * unit_roundoff / (1 - terms * unit_roundoff)
+    absolute_kernel = ops.abs(ops.cast(dense.kernel, magnitude.dtype))
+    target_row = ops.matmul(ops.cast(is_target, magnitude.dtype), ops.transpose(absolute_kernel))  # (N, H): |W_t|
+    scale = ops.matmul(magnitude, absolute_kernel) + ops.sum(magnitude * target_row, axis=-1, keepdims=True)
+    if dense.use_bias:
+        absolute_bias = ops.abs(ops.cast(dense.bias, magnitude.dtype))
+        scale = scale + absolute_bias + ops.sum(ops.where(is_target, absolute_bias, 0.0), axis=-1, keepdims=True)
+    return gamma * scale
+
+
+def elided_margins(
+    layers: list, lower: ArrayLike, upper: ArrayLike, is_target: ArrayLike, unit_roundoff: float | None = None
+) -> Any:
     """Upper bounds of z_j - z_t over the box (entry t is 0), eliding a last linear Dense layer.
 
     Bounding (W_j - W_t) h + b_j - b_t directly is tighter than u_j - l_t.
@@ -158,6 +190,11 @@ def elided_margins(layers: list, lower: ArrayLike, upper: ArrayLike, is_target: 
         lower: lower corner of the input box.
         upper: upper corner of the input box.
         is_target: boolean (N, C) mask of the true classes.
+        unit_roundoff: None (training: the bound as computed), or the unit roundoff of the model's own
+            evaluation (2^-24 for float32): then the elided bound also covers every floating-point
+            evaluation of that last Dense layer, in any summation order, and this bound's own rounding
+            (see `_dense_rounding_slack`). The larger of it and the roundoff of the dtype the bound is
+            computed in is used.
 
     Examples:
         >>> margins = elided_margins(chain_layers(model), x - 0.1, x + 0.1, np.eye(10, dtype=bool)[y])
@@ -175,6 +212,8 @@ def elided_margins(layers: list, lower: ArrayLike, upper: ArrayLike, is_target: 
         if last.use_bias:
             bias = ops.cast(last.bias, centre.dtype)
             bound = bound + bias - ops.sum(ops.where(is_target, bias, 0.0), axis=-1, keepdims=True)
+        if unit_roundoff is not None:
+            bound = bound + _dense_rounding_slack(last, lower, upper, is_target, unit_roundoff)
         return ops.where(is_target, 0.0, bound)
     for layer in layers:
         lower, upper = _layer_bounds(layer, lower, upper)

@@ -101,8 +101,11 @@ def ibp_margins(
     Returns:
         numpy array (N, C): entry t is 0, the point is certified iff all others are < 0. Each entry is
         the larger of the propagated bound and the model's own z_j - z_t at x (a rounding can put the
-        bound below the computed value). The box is propagated in float64 for a float64 model; a
-        rounding of the model's computation inside the ball is not modelled (as for `certify`).
+        bound below the computed value). Through a last linear Dense layer the bound also covers the
+        rounding of that layer's evaluation in any summation order and of the bound's own (a margin
+        of a few roundings is not certified: another batch size can sum in another order and flip
+        it). The box is propagated in float64 for a float64 model; the rounding of the layers before
+        the last one is not modelled (as for `certify`).
 
     Raises:
         ValueError: x outside [clip_min, clip_max], a model with one output or one
@@ -131,8 +134,9 @@ def ibp_margins(
         lower = np.clip(batch - eps, low_clip, high_clip)
         upper = np.clip(batch + eps, low_clip, high_clip)
         is_target = np.eye(num_classes, dtype=bool)[y[start:stop]]
-        bounds = ops.convert_to_numpy(elided_margins(layers, lower, upper, is_target))
         logits = run_padded(forward, batch, batch_size)
+        unit_roundoff = float(np.finfo(logits.dtype).eps) / 2  # the realized dtype (float32 for JAX without x64)
+        bounds = ops.convert_to_numpy(elided_margins(layers, lower, upper, is_target, unit_roundoff))
         results.append(np.maximum(bounds, _computed_differences(logits, is_target)))
     return np.concatenate(results, axis=0)
 

@@ -12,6 +12,7 @@ import pytest
 
 from deel_lip_ext import attacks, callbacks
 from deel_lip_ext.certification import certify
+from deel_lip_ext.interval import chain_layers, elided_margins
 from deel_lip_ext.layers.linf import LogitScale
 from deel_lip_ext.linf import certify_ibp, ibp_margins
 from deel_lip_ext.losses import ClippedHingeCrossEntropy
@@ -67,6 +68,40 @@ def test_no_interval_certificate_for_a_label_the_model_does_not_predict(dtype, s
         logits = keras.ops.convert_to_numpy(model(x))
         not_predicted = np.where(logits[:, 0] > logits[:, 1], 1, 0)  # ties: class 0, which is not a strict win
         assert not certify_ibp(model, x, not_predicted, 1e-7 if dtype == "float32" else 1e-6).any()
+
+
+def _evaluations_in_other_orders(kernel, bias, x, rng, orders):
+    """z_j - z_t of a float32 Dense layer at x, each logit summed sequentially in `orders` random orders."""
+    products = x[:, :, None].astype(np.float32) * kernel.astype(np.float32)  # (N, H, C), one rounding each
+    results = []
+    for _ in range(orders):
+        logits = bias.astype(np.float32) + np.zeros(products[:, 0].shape, np.float32)
+        for k in rng.permutation(kernel.shape[0]):
+            logits = logits + products[:, k]  # float32 += float32: one rounding per term
+        results.append(logits[:, 1:] - logits[:, :1])  # z_j - z_0, rounded once more
+    return np.stack(results)
+
+
+def test_interval_margins_cover_the_last_dense_layer_in_every_summation_order():
+    # Columns 1 and 2 equal column 0 up to a few roundings: which label wins depends on the order the sums
+    # are taken in (XLA picks it per batch size). At eps = 0 the margin bound must cover every order; the
+    # bound's arithmetic alone (no rounding slack) is exceeded by some order, so the check can fail.
+    rng = np.random.default_rng(4)
+    column = rng.normal(size=64)
+    kernel = np.stack([column, column * (1 + 1e-7), column + rng.normal(size=64) * 1e-7], 1).astype(np.float32)
+    bias = np.float32([0.25, 0.25, 0.25])
+    model = _dense_model(kernel)
+    model.layers[0].set_weights([kernel, bias])
+    x = rng.uniform(0, 1, (32, 64)).astype(np.float32)
+    is_target = np.eye(3, dtype=bool)[np.zeros(32, int)]
+    margins = ibp_margins(model, x, np.zeros(32, int), 0.0)[:, 1:]
+    arithmetic = keras.ops.convert_to_numpy(elided_margins(chain_layers(model), x, x, is_target))[:, 1:]
+    evaluated = _evaluations_in_other_orders(kernel, bias, x, rng, orders=200)
+    assert np.all(evaluated <= margins)
+    assert np.any(evaluated > arithmetic)
+    # The slack is a few roundings of sum_k (|W_kj| + |W_k0|) |x_k| + |b_j| + |b_0|: it does not swallow margins.
+    scale = x @ (np.abs(kernel[:, 1:]) + np.abs(kernel[:, :1])) + 0.5
+    assert np.all(margins - arithmetic <= 2 * 200 * 2.0**-24 * scale)
 
 
 def test_attacks_refuse_points_outside_the_box():
