@@ -150,7 +150,7 @@ def box_dtype(layers: list) -> str:
 
 
 def _dense_rounding_slack(dense, lower, upper, is_target, unit_roundoff):
-    """2 gamma_{H+4} (sum_k (|W_kj| + |W_kt|) max(|l_k|, |u_k|) + |b_j| + |b_t|) for the last Dense layer.
+    """2 gamma_{2H+4} (sum_k (|W_kj| + |W_kt|) max(|l_k|, |u_k|) + |b_j| + |b_t|) for the last Dense layer.
 
     Any floating-point evaluation of z_j - z_t = fl(fl(W_j h + b_j) - fl(W_t h + b_t)), in any summation
     order, is within gamma_{H+2} (|W_j| |h| + |b_j| + |W_t| |h| + |b_t|) of the exact value
@@ -167,15 +167,18 @@ def _dense_rounding_slack(dense, lower, upper, is_target, unit_roundoff):
         unit_roundoff = max(unit_roundoff, float(np.finfo(keras.backend.standardize_dtype(dtype)).eps) / 2)
     terms = 2 * int(dense.kernel.shape[0]) + 4
     if terms * unit_roundoff >= 0.5:
-        raise ValueError(f"layer {dense.name!r}: {terms} terms are too many to bound the rounding of its evaluation.")
-    gamma = 2 * terms * unit_roundoff / (1 - terms * unit_roundoff)
+        raise ValueError(
+            f"layer {dense.name!r}: {terms} terms are too many to bound the rounding of its evaluation in this "
+            "dtype; compute the model in float64."
+        )
+    twice_gamma = 2 * terms * unit_roundoff / (1 - terms * unit_roundoff)
     absolute_kernel = ops.abs(ops.cast(dense.kernel, magnitude.dtype))
     target_row = ops.matmul(ops.cast(is_target, magnitude.dtype), ops.transpose(absolute_kernel))  # (N, H): |W_t|
     scale = ops.matmul(magnitude, absolute_kernel) + ops.sum(magnitude * target_row, axis=-1, keepdims=True)
     if dense.use_bias:
         absolute_bias = ops.abs(ops.cast(dense.bias, magnitude.dtype))
         scale = scale + absolute_bias + ops.sum(ops.where(is_target, absolute_bias, 0.0), axis=-1, keepdims=True)
-    return gamma * scale
+    return twice_gamma * scale
 
 
 def elided_margins(

@@ -56,9 +56,15 @@ def test_fuzzer_fast():
     _assert_sound(lipschitz_fuzz.fuzz(range(50)))
 
 
+def _chunks(first, stop, size):
+    """Seed ranges of `size` seeds: a slow test in pieces that pytest-xdist spreads over its workers."""
+    return [range(start, min(start + size, stop)) for start in range(first, stop, size)]
+
+
 @pytest.mark.slow
-def test_fuzzer_slow():
-    _assert_sound(lipschitz_fuzz.fuzz(range(1000, 1500)))
+@pytest.mark.parametrize("seeds", _chunks(1000, 1500, 100), ids=str)
+def test_fuzzer_slow(seeds):
+    _assert_sound(lipschitz_fuzz.fuzz(seeds))
 
 
 def test_fuzzer_after_training_fast():
@@ -66,8 +72,9 @@ def test_fuzzer_after_training_fast():
 
 
 @pytest.mark.slow
-def test_fuzzer_after_training_slow():
-    _assert_sound(lipschitz_fuzz.fuzz_trained(range(3000, 3150)))
+@pytest.mark.parametrize("seeds", _chunks(3000, 3150, 50), ids=str)
+def test_fuzzer_after_training_slow(seeds):
+    _assert_sound(lipschitz_fuzz.fuzz_trained(seeds))
 
 
 def _assert_exports_sound(results, seeds, share):
@@ -98,13 +105,14 @@ def test_exports_of_trained_fuzzed_models_compute_the_same_function_and_stay_bou
 
 
 @pytest.mark.slow
-def test_exports_of_fuzzed_models_slow():
-    seeds = range(1000, 1300)
-    _assert_exports_sound(lipschitz_fuzz.fuzz_exports(seeds), seeds, share=0.9)
-    seeds = range(1000, 1200)
-    _assert_exports_sound(lipschitz_fuzz.fuzz_exports(seeds, any_size=True), seeds, share=0.6)
-    seeds = range(1300, 1400)
-    _assert_exports_sound(lipschitz_fuzz.fuzz_exports(seeds, trained=True), seeds, share=0.9)
+@pytest.mark.parametrize(
+    "seeds, kind, share",
+    [(range(1000, 1300), "plain", 0.9), (range(1000, 1200), "any_size", 0.6), (range(1300, 1400), "trained", 0.9)],
+    ids=["plain", "any_size", "trained"],
+)
+def test_exports_of_fuzzed_models_slow(seeds, kind, share):
+    results = lipschitz_fuzz.fuzz_exports(seeds, any_size=kind == "any_size", trained=kind == "trained")
+    _assert_exports_sound(results, seeds, share=share)
 
 
 def test_fuzzer_any_size_fast():
@@ -113,8 +121,9 @@ def test_fuzzer_any_size_fast():
 
 
 @pytest.mark.slow
-def test_fuzzer_any_size_slow():
-    _assert_sound(lipschitz_fuzz.fuzz_any_size(range(3000, 3500)))
+@pytest.mark.parametrize("seeds", _chunks(3000, 3500, 100), ids=str)
+def test_fuzzer_any_size_slow(seeds):
+    _assert_sound(lipschitz_fuzz.fuzz_any_size(seeds))
 
 
 def test_fuzzer_catches_trusted_call_overrides(monkeypatch):
