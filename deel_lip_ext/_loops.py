@@ -20,7 +20,7 @@ from keras import ops
 
 from deel_lip_ext._optional import tensorflow
 
-__all__ = ["early_exit_loop", "branches_may_write_variables", "eager_jax_flag"]
+__all__ = ["early_exit_loop", "loop_while_moving", "branches_may_write_variables", "eager_jax_flag"]
 
 
 def early_exit_loop(
@@ -58,23 +58,53 @@ def early_exit_loop(
     if moved is None:
         first = body(state)
         return early_exit_loop(body, first, eps, maxiter - 1, distance, distance(state, first))
-    # The distances only stop the loop: no gradient flows through them.
+
+    def stepped(current, last_move):
+        following = body(current)
+        return following, distance(current, following)
+
+    return loop_while_moving(stepped, state, moved, eps, maxiter)
+
+
+def loop_while_moving(
+    stepped: Callable[[Any, Any], tuple[Any, Any]], state: Any, moved: Any, eps: float, maxiter: int
+) -> tuple[Any, Any]:
+    """`state, moved = stepped(state, moved)` at most `maxiter` times, while `moved` is `eps` or more.
+
+    The loop of `early_exit_loop`, for a step that measures its own move (e.g. a round of
+    several iterations that reports how far its last one moved). `moved` only stops the loop:
+    no gradient flows through it.
+
+    Args:
+        stepped: (state, how far the step before moved) -> (next state, how far this step moved it).
+        state: the state now.
+        moved: scalar tensor, how far the step that produced `state` moved it (below `eps`: no step runs).
+        eps: tolerance (> 0).
+        maxiter: maximal number of `stepped` calls (>= 0).
+
+    Returns:
+        (the last state, the last move).
+
+    Examples:
+        >>> halved = lambda x, _: (x / 2.0, x / 2.0)
+        >>> state, moved = loop_while_moving(halved, keras.ops.ones(()), keras.ops.ones(()), 0.3, 10)
+    """
     moved = ops.stop_gradient(ops.cast(ops.convert_to_tensor(moved), "float32"))
     if maxiter < 1:
         return state, moved
 
-    def stepped(current, last_move):
-        following = body(current)
-        return following, ops.stop_gradient(ops.cast(distance(current, following), "float32"))
+    def stopped_step(current, last_move):
+        following, move = stepped(current, last_move)
+        return following, ops.stop_gradient(ops.cast(move, "float32"))
 
     if keras.backend.backend() == "jax":
-        return _frozen_fixed_count_loop(stepped, state, eps, maxiter, moved)
+        return _frozen_fixed_count_loop(stopped_step, state, eps, maxiter, moved)
 
     def not_converged(step_count, current, last_move):
         return ops.logical_and(step_count < maxiter, last_move >= eps)
 
     def step(step_count, current, last_move):
-        return (step_count + 1, *stepped(current, last_move))
+        return (step_count + 1, *stopped_step(current, last_move))
 
     _, state, moved = ops.while_loop(not_converged, step, (0, state, moved), maximum_iterations=maxiter)
     return state, moved

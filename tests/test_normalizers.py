@@ -70,19 +70,23 @@ def test_bjorck_on_the_gram_side_gives_the_plain_iterates(shape, eps, maxiter, m
     np.testing.assert_allclose(gram_side, plain, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("step", [2, 4, 5])
-@pytest.mark.parametrize("margin", [0.8, 1.25])
+@pytest.mark.parametrize("step", [2, 5, 6, 10, 11, 12])
+@pytest.mark.parametrize("margin", [0.9, 1.1])
 def test_bjorck_on_the_gram_side_stops_where_the_plain_form_stops(step, margin, float64):
     # eps just above or below the move of one iteration (numpy's plain iterates): the library must stop
-    # right after that iteration or right after the next one, inside the Gram-side phase or at its end.
+    # right after that iteration or right after the next one, inside a Gram-side round or at its end
+    # (maxiter 15: three rounds of 5, iterations 5 and 10 end one, 6 and 11 start the next). With
+    # beta = 0.35 from singular values in [0.4, 0.99] every move is at most 0.81 times the one before
+    # (so eps between two moves stops between them) and the 13th still moves by 7.7e-6.
+    beta = 0.35
     w = np.random.default_rng(5).normal(size=(200, 30))
-    w = 0.9 * w / _svd(w)[0]
+    w = 0.99 * w / _svd(w)[0]
     iterates = [w]
     for _ in range(step + 1):
-        iterates.append(1.5 * iterates[-1] - 0.5 * iterates[-1] @ iterates[-1].T @ iterates[-1])
+        iterates.append((1 + beta) * iterates[-1] - beta * iterates[-1] @ iterates[-1].T @ iterates[-1])
     move = np.linalg.norm(iterates[step] - iterates[step - 1])
     stop = step if margin > 1 else step + 1
-    result = keras.ops.convert_to_numpy(iteration.bjorck(w, eps=margin * move, maxiter=15))
+    result = keras.ops.convert_to_numpy(iteration.bjorck(w, eps=margin * move, beta=beta, maxiter=15))
     np.testing.assert_allclose(result, iterates[stop], rtol=0, atol=1e-12)
 
 
@@ -90,7 +94,7 @@ def test_bjorck_on_the_gram_side_stops_where_the_plain_form_stops(step, margin, 
     "rows, columns, rank, condition",
     [(8192, 256, 128, 1.0), (576, 64, 64, 1e4), (18, 3, 2, 1.0), (40, 1152, 1, 1.0), (576, 64, 32, 10.0)],
 )
-@pytest.mark.parametrize("eps, maxiter", [(0.0, 4), (0.0, 40), (1e-3, 15)])
+@pytest.mark.parametrize("eps, maxiter", [(0.0, 4), (0.0, 40), (0.0, 60), (1e-3, 15)])
 def test_bjorck_of_rank_deficient_float32_matrices_stays_at_most_one(rows, columns, rank, condition, eps, maxiter):
     # The Gram side carries float32 rounding of W^T W: along null or tiny directions its factor grows
     # 1.5x per iteration, and from about 20 iterations a rounding-negative eigenvalue explodes it. The
@@ -313,6 +317,11 @@ def test_rko_is_spectral_normalization_then_bjorck(shape, adjustment_coef, eps_b
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(folded(kernel)), keras.ops.convert_to_numpy(in_a_row(kernel)), rtol=0, atol=2e-6
     )
+    # On the Gram side (a (300, 16) matrix) the power iteration runs on W^T W: same vector and sigma.
+    _, folded_u, folded_sigma = normalizers.reshaped_kernel_orthogonalization(kernel, u, eps_bjorck=eps_bjorck)
+    _, in_a_row_u, in_a_row_sigma = normalizers.spectral_normalization(np.reshape(kernel, (-1, shape[-1])), u)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(folded_u), keras.ops.convert_to_numpy(in_a_row_u), atol=1e-6)
+    assert float(folded_sigma) == pytest.approx(float(in_a_row_sigma), rel=1e-6)
     expected = input_gradient(in_a_row, kernel, upstream)
     np.testing.assert_allclose(
         input_gradient(folded, kernel, upstream), expected, rtol=0, atol=1e-5 * np.abs(expected).max()
@@ -329,3 +338,12 @@ def test_early_exit_loop_goes_on_from_the_last_move(moved, maxiter, expected_sta
         lambda x: x / 2.0, keras.ops.ones(()), 0.3, maxiter, lambda a, b: keras.ops.abs(a - b), moved
     )
     assert float(state) == expected_state and float(move) == pytest.approx(expected_move)
+
+
+def test_loop_while_moving_stops_on_the_move_each_step_reports():
+    # Each step halves the state and reports a move of 4x the new state (a round measuring its own last
+    # iteration): 1 -> 0.5 (reports 2) -> 0.25 (1) -> 0.125 (0.5 < eps = 0.6: stop), within maxiter 10.
+    state, move = _loops.loop_while_moving(
+        lambda x, _: (x / 2.0, 2.0 * x), keras.ops.ones(()), keras.ops.ones(()), 0.6, 10
+    )
+    assert float(state) == 0.125 and float(move) == 0.5

@@ -27,7 +27,7 @@ from typing import Any
 from keras import ops
 from numpy.typing import ArrayLike
 
-from deel_lip_ext._loops import early_exit_loop
+from deel_lip_ext._loops import early_exit_loop, loop_while_moving
 from deel_lip_ext._validation import check_int, check_number
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "operator_power_iteration",
     "bjorck",
     "gram_matrix",
+    "on_gram_side",
 ]
 
 DEFAULT_EPS_SPECTRAL = 1e-3
@@ -238,6 +239,7 @@ def bjorck(
     beta: float = DEFAULT_BETA_BJORCK,
     maxiter: int = DEFAULT_MAXITER_BJORCK,
     divisor: ArrayLike | None = None,
+    gram: ArrayLike | None = None,
 ) -> Any:
     """Björck-Bowie orthonormalization (order 1) of a matrix (m, n) or of every matrix of a batch (..., m, n).
 
@@ -245,10 +247,13 @@ def bjorck(
     `1.5 s - 0.5 s^3 <= 1` (beta = 0.5), so after one iteration the largest
     singular value is at most 1 even when the iteration has not converged.
 
-    On a matrix at least `GRAM_SIDE_RATIO` times longer than wide (or wider than long) the first
-    `GRAM_SIDE_ITERATIONS` iterations run on the small side (`_bjorck_on_gram_side`): every iterate
-    is W_0 P with P small and square, so they touch the big matrix twice instead of twice per
-    iteration. Same iterates, stopping distances and number of iterations as the plain form.
+    A matrix at least `GRAM_SIDE_RATIO` times longer than wide (or wider than long) is iterated
+    on its small (Gram) side, in rounds of at most `GRAM_SIDE_ITERATIONS` iterations
+    (`_bjorck_on_gram_side`; 15 iterations: three rounds of at most 5): within a round every
+    iterate is W_r P with P small and square, so a round touches the big matrix twice (its Gram
+    matrix, then W_r P) instead of twice per iteration, and the next round starts from the
+    materialized W_r P. Same iterates, stopping
+    distances and number of iterations as the plain form.
 
     Args:
         matrices: tensor (..., m, n) with singular values below sqrt(3)
@@ -260,6 +265,9 @@ def bjorck(
         divisor: optional scalar: orthonormalize `matrices / divisor` (e.g. the spectral norm
             estimate). On the Gram side it goes into the small factor, so the big matrix is
             never divided (one pass fewer each way).
+        gram: optional `gram_matrix(matrices)` already computed (e.g. for a power iteration
+            on the Gram side); used when the matrices are iterated on their Gram side
+            (`on_gram_side(rows, columns)`), ignored otherwise.
 
     Examples:
         >>> orthonormal = bjorck(keras.random.normal((5, 8, 8)) / 8.0, eps=0.0, maxiter=20)
@@ -268,34 +276,61 @@ def bjorck(
     rows, columns = matrices.shape[-2:]
     if rows * GRAM_SIDE_RATIO <= columns:
         return ops.swapaxes(bjorck(ops.swapaxes(matrices, -1, -2), eps, beta, maxiter, divisor), -1, -2)
-    tall = rows >= columns
+    if not on_gram_side(rows, columns):
+        tall = rows >= columns
 
-    def step(w):
-        if tall:
-            return (1 + beta) * w - beta * ops.matmul(w, gram_matrix(w))
-        return (1 + beta) * w - beta * ops.matmul(ops.matmul(w, ops.swapaxes(w, -1, -2)), w)
+        def step(w):
+            if tall:
+                return (1 + beta) * w - beta * ops.matmul(w, gram_matrix(w))
+            return (1 + beta) * w - beta * ops.matmul(ops.matmul(w, ops.swapaxes(w, -1, -2)), w)
 
-    if columns * GRAM_SIDE_RATIO > rows:
         return iterate(step, matrices if divisor is None else matrices / divisor, eps, maxiter)
-    first = min(maxiter, GRAM_SIDE_ITERATIONS)
-    matrices, moved = _bjorck_on_gram_side(matrices, eps, beta, first, divisor)
-    if maxiter == first:
+    # ceil(maxiter / GRAM_SIDE_ITERATIONS) rounds of equal length, the first one shorter by the remainder
+    # (15 iterations: 5, 5, 5): one loop over the rounds after the first (a second loop for a last, shorter
+    # round cost 0.1 ms per small kernel, forward and gradient).
+    rounds = max(1, -(-maxiter // GRAM_SIDE_ITERATIONS))
+    length = -(-maxiter // rounds)
+    first = maxiter - (rounds - 1) * length
+    matrices, moved = _bjorck_on_gram_side(matrices, eps, beta, first, divisor=divisor, gram=gram)
+    if rounds == 1:
         return matrices
+
+    def one_round(current, last_move):
+        return _bjorck_on_gram_side(current, eps, beta, length, moved=last_move)
+
     if not eps:
-        return iterate(step, matrices, eps, maxiter - first)
-    return early_exit_loop(step, matrices, eps, maxiter - first, frobenius_distance, moved)[0]
+        for _ in range(rounds - 1):
+            matrices = one_round(matrices, None)[0]
+        return matrices
+    return loop_while_moving(one_round, matrices, moved, eps, rounds - 1)[0]
+
+
+def on_gram_side(rows: int, columns: int) -> bool:
+    """Whether `bjorck` iterates tall matrices (..., rows, columns) on their small Gram side (rows >= 2 columns).
+
+    Args:
+        rows: number of rows of the matrices.
+        columns: number of columns of the matrices.
+
+    Examples:
+        >>> on_gram_side(1568, 64), on_gram_side(9, 16)  # (True, False)
+    """
+    return columns * GRAM_SIDE_RATIO <= rows
 
 
 # Per iteration, Björck on a tall (m, n) matrix costs 2 m n^2 multiply-adds, on its Gram side 4 n^3
-# (plus 2 m n^2 once): worth it from m = 2n on; a (8192, 256) dense kernel: 1.07e9 -> 6.7e7.
+# (plus 2 m n^2 once per round): worth it from m = 2n on; a (8192, 256) dense kernel: 1.07e9 -> 6.7e7.
 GRAM_SIDE_RATIO = 2
-# The Gram side is exact in exact arithmetic only: G = W_0^T W_0 carries float32 rounding E, which
-# a direction of eigenvalue l turns into a relative error E / l of the result, and P grows by up to
-# 1.5 per iteration along the directions of small l (negative ones, from rounding, explode after
-# about 20). Four iterations keep the error below ~25 E (measured: at most 6e-7 above 1 on float32
-# matrices of rank n/2 or condition number 1e4), and the plain iterations that follow (W
-# materialized, self-correcting) remove it.
-GRAM_SIDE_ITERATIONS = 4
+# The Gram side is exact in exact arithmetic only: G = W_r^T W_r carries float32 rounding E, and P
+# grows by up to 1.5 per iteration along the directions of tiny eigenvalues (rounding-negative ones
+# explode after about 12 iterations of one round: measured on rank-deficient float32 matrices). Each
+# round therefore starts from the materialized result of the one before, with the Gram matrix of that
+# result. Largest singular value minus 1 measured on float32 matrices of rank n/2 or condition number
+# up to 1e6, (18, 3) to (4608, 512), after one round and after 15 and 40 iterations: rounds of 4:
+# 9e-7, of 6: 1.4e-6, of 8: 2.9e-6, of 10: 2.5e-4 (40 iterations), of 12: overflow. With the default
+# 15 iterations (rounds of 5) the RKO of a kernel near its initialization (2 to 5 iterations) takes one
+# round (two products of the big matrix each way), a trained one (6 to 15 iterations) two or three.
+GRAM_SIDE_ITERATIONS = 6
 
 
 @ops.custom_gradient
@@ -318,19 +353,21 @@ def gram_matrix(matrices: ArrayLike) -> Any:
     return ops.matmul(ops.swapaxes(matrices, -1, -2), matrices), gradient
 
 
-def _bjorck_on_gram_side(matrices, eps, beta, maxiter, divisor=None):
+def _bjorck_on_gram_side(matrices, eps, beta, maxiter, divisor=None, gram=None, moved=None):
     """Up to `maxiter` `bjorck` iterations of tall matrices W_0 (..., m, n) as W_t = W_0 P_t, P_t (..., n, n).
 
-    With a `divisor` d, W_0 is `matrices / d`: G = M^T M / d^2 and W_t = M (P_t / d).
+    With a `divisor` d, W_0 is `matrices / d`: G = M^T M / d^2 and W_t = M (P_t / d). `gram` is
+    M^T M if already computed. `moved` is how far the iteration that produced `matrices` moved it
+    (None: `matrices` is a start, the first iteration always runs).
 
     W_{t+1} = W_t ((1 + beta) I - beta W_t^T W_t) gives P_{t+1} = (1 + beta) P_t - beta P_t P_t^T G P_t
     with G = W_0^T W_0, and ||W_{t+1} - W_t||_F^2 = sum(D * G D) with D = P_{t+1} - P_t: the same
     iterates and stopping distances as iterating W itself (up to rounding).
 
     Returns:
-        (W_0 P_t, how far the last iteration moved W: `early_exit_loop` goes on from there).
+        (W_0 P_t, how far the last iteration moved W: the next round goes on from there).
     """
-    gram = gram_matrix(matrices)
+    gram = gram_matrix(matrices) if gram is None else gram
     if divisor is not None:
         gram = gram / ops.square(divisor)
 
@@ -345,7 +382,7 @@ def _bjorck_on_gram_side(matrices, eps, beta, maxiter, divisor=None):
 
     identity = ops.broadcast_to(ops.eye(matrices.shape[-1], dtype=matrices.dtype), gram.shape)
     if not eps:  # exactly `maxiter` iterations, unrolled
-        factor, moved = iterate(step, identity, eps, maxiter), None
+        factor = iterate(step, identity, eps, maxiter)
     else:
-        factor, moved = early_exit_loop(step, identity, eps, maxiter, step_distance)
+        factor, moved = early_exit_loop(step, identity, eps, maxiter, step_distance, moved)
     return ops.matmul(matrices, factor if divisor is None else factor / divisor), moved

@@ -25,6 +25,8 @@ from deel_lip_ext.parametrizations.iteration import (
     DEFAULT_MAXITER_BJORCK,
     DEFAULT_MAXITER_SPECTRAL,
     bjorck,
+    gram_matrix,
+    on_gram_side,
     power_iterate,
 )
 
@@ -78,10 +80,25 @@ def power_iteration(
     return u, sigma
 
 
+def _start(matrix: Any, u: ArrayLike | None) -> Any:
+    """The power iteration's start: `u`, or a random normal vector when `u` is None (deel-lip)."""
+    return keras.random.normal((1, matrix.shape[-1]), dtype=matrix.dtype) if u is None else u
+
+
 def _started_power_iteration(matrix: Any, u: ArrayLike | None, eps: float, maxiter: int) -> tuple[Any, Any]:
     """`power_iteration` of a 2-D `matrix` from `u`, or from a random normal vector when `u` is None (deel-lip)."""
-    start = keras.random.normal((1, matrix.shape[-1]), dtype=matrix.dtype) if u is None else u
-    return power_iteration(matrix, start, maxiter=maxiter, eps=eps)
+    return power_iteration(matrix, _start(matrix, u), maxiter=maxiter, eps=eps)
+
+
+def _power_iteration_on_gram(gram: Any, start: Any, eps: float, maxiter: int) -> tuple[Any, Any]:
+    """`power_iteration` of a matrix M given its Gram matrix G = M^T M (n, n): the same iterates and sigma.
+
+    A step v <- N(v M^T M) is v <- N(v G), and ||M v^T|| = sqrt(v G v^T): nothing touches M,
+    and sigma's gradient reaches M through G's (which Björck's Gram side computes anyway).
+    """
+    gram_sg = ops.stop_gradient(gram)
+    u = power_iterate(lambda v: ops.matmul(v, gram_sg), lambda v: v, start, maxiter, eps)
+    return u, ops.sqrt(ops.maximum(ops.sum(ops.matmul(u, gram) * u), 0.0))
 
 
 def spectral_normalization(
@@ -175,9 +192,15 @@ def reshaped_kernel_orthogonalization(
         matrix, u, sigma = spectral_normalization(matrix, u, eps=eps_spectral, maxiter=maxiter_spectral)
     else:
         # Björck of W / (sigma + eps), as `spectral_normalization` then `bjorck_normalization`; the division
-        # goes into Björck's small factor on the Gram side.
-        u, sigma = _started_power_iteration(matrix, u, eps_spectral, maxiter_spectral)
-        matrix = bjorck(matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck, divisor=sigma + eps_spectral)
+        # goes into Björck's small factor on the Gram side, where the power iteration runs too (on G = M^T M,
+        # computed once for both).
+        gram = gram_matrix(matrix) if on_gram_side(*matrix.shape) else None
+        if gram is None:
+            u, sigma = _started_power_iteration(matrix, u, eps_spectral, maxiter_spectral)
+        else:
+            u, sigma = _power_iteration_on_gram(gram, _start(matrix, u), eps_spectral, maxiter_spectral)
+        divisor = sigma + eps_spectral
+        matrix = bjorck(matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck, divisor=divisor, gram=gram)
     if not (isinstance(adjustment_coef, (int, float)) and adjustment_coef == 1):
         matrix = matrix * adjustment_coef
     return ops.reshape(matrix, kernel.shape), u, sigma
