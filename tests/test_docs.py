@@ -482,6 +482,19 @@ def test_benchmarks_page_tables_are_their_results_files():
         assert table == module.markdown_table(rows), path
 
 
+def test_benchmarks_page_parametrization_tables_are_their_results_files():
+    """Each marked parametrization table of the page is what `parametrization.py --table` prints for its JSON file."""
+    spec = importlib.util.spec_from_file_location("parametrization", ROOT / "benchmarks" / "parametrization.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (DOCS / "benchmarks.md").read_text()
+    marker = r"<!-- table: benchmarks/parametrization.py --table (\S+) -->\n(.*?)\n<!-- end table -->"
+    marked = re.findall(marker, page, re.S)
+    assert len(marked) >= 2
+    for path, table in marked:
+        assert table == module.markdown_table(ROOT / path), path
+
+
 def _mathjax_folder():
     spec = importlib.util.find_spec("mathjax")
     if spec is None or not spec.submodule_search_locations:
