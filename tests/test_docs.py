@@ -467,15 +467,20 @@ def test_documented_exports_are_quiet():
                 assert "verbose=False" in line, f"{page.name}: {line.strip()}"
 
 
-def test_benchmarks_page_tables_are_their_results_files():
-    """Each train-step table of the page is what `plot_train_step.py --table` prints for the JSON file its
-    marker names (the first one also draws the page's figure)."""
-    spec = importlib.util.spec_from_file_location("plot_train_step", ROOT / "benchmarks" / "plot_train_step.py")
+def _benchmark_script_and_marked_tables(script):
+    """`benchmarks/<script>.py` as a module, and the (results file, table) pairs the benchmarks page marks for it."""
+    spec = importlib.util.spec_from_file_location(script, ROOT / "benchmarks" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     page = (DOCS / "benchmarks.md").read_text()
-    marker = r"<!-- table: benchmarks/plot_train_step.py --table (\S+) -->\n(.*?)\n<!-- end table -->"
-    marked = re.findall(marker, page, re.S)
+    marker = rf"<!-- table: benchmarks/{script}.py --table (\S+) -->\n(.*?)\n<!-- end table -->"
+    return module, re.findall(marker, page, re.S)
+
+
+def test_benchmarks_page_tables_are_their_results_files():
+    """Each train-step table of the page is what `plot_train_step.py --table` prints for the JSON file its
+    marker names (the first one also draws the page's figure)."""
+    module, marked = _benchmark_script_and_marked_tables("plot_train_step")
     assert [path for path, _ in marked][:1] == ["benchmarks/results/train_step_tensorflow.json"]
     for path, table in marked:
         _, rows = module.load_rows(ROOT / path)
@@ -484,12 +489,7 @@ def test_benchmarks_page_tables_are_their_results_files():
 
 def test_benchmarks_page_parametrization_tables_are_their_results_files():
     """Each marked parametrization table of the page is what `parametrization.py --table` prints for its JSON file."""
-    spec = importlib.util.spec_from_file_location("parametrization", ROOT / "benchmarks" / "parametrization.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    page = (DOCS / "benchmarks.md").read_text()
-    marker = r"<!-- table: benchmarks/parametrization.py --table (\S+) -->\n(.*?)\n<!-- end table -->"
-    marked = re.findall(marker, page, re.S)
+    module, marked = _benchmark_script_and_marked_tables("parametrization")
     assert len(marked) >= 2
     for path, table in marked:
         assert table == module.markdown_table(ROOT / path), path
