@@ -252,8 +252,8 @@ def bjorck(
     (`_bjorck_on_gram_side`; 15 iterations: three rounds of at most 5): within a round every
     iterate is W_r P with P small and square, so a round touches the big matrix twice (its Gram
     matrix, then W_r P) instead of twice per iteration, and the next round starts from the
-    materialized W_r P. Same iterates, stopping
-    distances and number of iterations as the plain form.
+    materialized W_r P. Same iterates, stopping distances and number of iterations as the
+    plain form.
 
     Args:
         matrices: tensor (..., m, n) with singular values below sqrt(3)
@@ -323,13 +323,13 @@ def on_gram_side(rows: int, columns: int) -> bool:
 GRAM_SIDE_RATIO = 2
 # The Gram side is exact in exact arithmetic only: G = W_r^T W_r carries float32 rounding E, and P
 # grows by up to 1.5 per iteration along the directions of tiny eigenvalues (rounding-negative ones
-# explode after about 12 iterations of one round: measured on rank-deficient float32 matrices). Each
-# round therefore starts from the materialized result of the one before, with the Gram matrix of that
-# result. Largest singular value minus 1 measured on float32 matrices of rank n/2 or condition number
-# up to 1e6, (18, 3) to (4608, 512), after one round and after 15 and 40 iterations: rounds of 4:
-# 9e-7, of 6: 1.4e-6, of 8: 2.9e-6, of 10: 2.5e-4 (40 iterations), of 12: overflow. With the default
-# 15 iterations (rounds of 5) the RKO of a kernel near its initialization (2 to 5 iterations) takes one
-# round (two products of the big matrix each way), a trained one (6 to 15 iterations) two or three.
+# explode after about 20 iterations on one Gram side). Each round therefore starts from the
+# materialized result of the one before, with the Gram matrix of that result. Largest singular value
+# minus 1 measured on float32 matrices of rank n/2 or condition number up to 1e6, (18, 3) to
+# (4608, 512), after one round and after 15 and 40 iterations: rounds of 4: 9e-7, of 6: 1.4e-6, of 8:
+# 2.9e-6, of 10: 2.5e-4 (40 iterations), of 12: overflow. With the default 15 iterations (rounds of
+# 5) the RKO of a kernel near its initialization (2 to 5 iterations) takes one round (two products of
+# the big matrix each way), a trained one (6 to 15 iterations) two or three.
 GRAM_SIDE_ITERATIONS = 6
 
 
