@@ -21,6 +21,9 @@ import tempfile
 
 import numpy as np
 
+# The three models, timed in this order: plain Keras, Lipschitz with the working tree, Lipschitz with --base.
+NAMES = ("plain", "lip", "lip_base")
+
 
 def trained_weights(epochs, path):
     """Train W1's Lipschitz model `epochs` epochs on 30,000 MNIST images and save its weights to `path`."""
@@ -64,8 +67,6 @@ def measure(base, steps, warmup, weights):
     functions = {name: (lambda m=model: float(m.train_on_batch(x, y))) for name, model in models.items()}
     return _alternated_median_ms(functions, steps, warmup)[:2]
 
-
-NAMES = ("plain", "lip", "lip_base")
 
 
 def main(argv=None):
