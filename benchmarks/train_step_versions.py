@@ -68,7 +68,6 @@ def measure(base, steps, warmup, weights):
     return _alternated_median_ms(functions, steps, warmup)[:2]
 
 
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="commit whose parametrization modules are the baseline")
