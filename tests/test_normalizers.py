@@ -4,7 +4,7 @@ import pytest
 from _backend import gradients, input_gradient
 
 from deel_lip_ext import _loops, normalizers
-from deel_lip_ext.parametrizations import iteration
+from deel_lip_ext.parametrizations import iteration, orthogonal
 from deel_lip_ext.parametrizations.rescaling import kernel_self_correlation
 
 
@@ -347,3 +347,41 @@ def test_loop_while_moving_stops_on_the_move_each_step_reports():
         lambda x, _: (x / 2.0, 2.0 * x), keras.ops.ones(()), keras.ops.ones(()), 0.6, 10
     )
     assert float(state) == 0.125 and float(move) == 0.5
+
+
+@pytest.mark.parametrize("smallest, rounds_after_the_first", [(0.97, 0), (0.2, 1)])
+def test_gram_side_factors_multiply_the_matrix_itself_when_one_round_ends_the_iteration(
+    smallest, rounds_after_the_first
+):
+    # bjorck of a tall matrix is base @ factor. With singular values in [0.97, 1] the first round (5 of the
+    # 15 iterations) converges and base is the matrix itself, never formed again; from 0.2 it takes more
+    # iterations, and base is the materialized result of the round before the last.
+    w = _ill_conditioned(300, 40, 40, 1.0 / smallest, seed=11).astype("float32")
+    base, factor = iteration.gram_side_bjorck_factors(w, eps=1e-3, maxiter=15)
+    base, factor = keras.ops.convert_to_numpy(base), keras.ops.convert_to_numpy(factor)
+    assert factor.shape == (40, 40)
+    assert np.array_equal(base, w) == (rounds_after_the_first == 0)
+    expected = keras.ops.convert_to_numpy(iteration.bjorck(w, eps=1e-3, maxiter=15))
+    np.testing.assert_allclose(base @ factor, expected, rtol=0, atol=2e-6)
+    assert _svd(base @ factor)[-1] > 0.999  # converged either way
+
+
+def test_gram_side_factors_refuse_matrices_not_on_the_gram_side():
+    with pytest.raises(ValueError, match="at least 2 times longer than wide"):
+        iteration.gram_side_bjorck_factors(np.ones((30, 20), "float32"))
+
+
+@pytest.mark.parametrize(
+    "shape, eps_bjorck, factored",
+    [((300, 16), 1e-3, True), ((3, 3, 4, 8), 1e-3, True), ((20, 16), 1e-3, False), ((300, 16), None, False)],
+)
+def test_rko_factors_multiply_to_the_rko_kernel(shape, eps_bjorck, factored):
+    rng = np.random.default_rng(12)
+    kernel = rng.normal(size=shape).astype("float32")
+    u = rng.normal(size=(1, shape[-1])).astype("float32")
+    (base, factor), factors_u, _ = orthogonal.kernel_orthogonalization_factors(kernel, u, 0.7, eps_bjorck=eps_bjorck)
+    expected, expected_u, _ = normalizers.reshaped_kernel_orthogonalization(kernel, u, 0.7, eps_bjorck=eps_bjorck)
+    assert (factor is not None) == factored
+    matrix = keras.ops.convert_to_numpy(base if factor is None else keras.ops.matmul(base, factor))
+    np.testing.assert_allclose(matrix, keras.ops.convert_to_numpy(expected).reshape(-1, shape[-1]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(factors_u), keras.ops.convert_to_numpy(expected_u), atol=0)

@@ -29,7 +29,11 @@ from deel_lip_ext.layers._call_overrides import check_bounded_call
 from deel_lip_ext.layers._kernel_cache import KernelCache
 from deel_lip_ext.layers._layer_copies import built_input_shape, copied_with_weights
 from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm, half_unit_roundoff
-from deel_lip_ext.parametrizations import check_normalizer_args, reshaped_kernel_orthogonalization
+from deel_lip_ext.parametrizations import (
+    check_normalizer_args,
+    kernel_orthogonalization_factors,
+    reshaped_kernel_orthogonalization,
+)
 from deel_lip_ext.spectrum import dense_sv_range, linf_kernel_norm
 
 __all__ = [
@@ -315,11 +319,16 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
         """
         if training:
             kernel, updates = self.compute_kernel()
-            for variable, value in updates:
-                variable.assign(value)
+            self._store_state(updates)
         else:
             kernel = self._cached_or_fresh_kernel()
         return self._to_compute_dtype(kernel)
+
+    @staticmethod
+    def _store_state(updates):
+        """Write the parametrization state a training call computed: (variable, new value) pairs."""
+        for variable, value in updates:
+            variable.assign(value)
 
     def _to_compute_dtype(self, kernel):
         return ops.cast(kernel, self.compute_dtype)
@@ -375,17 +384,17 @@ class SpectralMixin:
 
     def _spectral_kernel(self, adjustment_coef):
         """(kernel, [(u, new_u)]) of the RKO parametrization, in float32."""
-        kernel, u, _ = reshaped_kernel_orthogonalization(
-            ops.cast(self.kernel, "float32"),
-            self.u,
-            adjustment_coef=adjustment_coef,
-            eps_spectral=self.eps_spectral,
-            eps_bjorck=self.eps_bjorck,
-            beta=self.beta_bjorck,
-            maxiter_spectral=self.maxiter_spectral,
-            maxiter_bjorck=self.maxiter_bjorck,
-        )
+        kernel, u, _ = reshaped_kernel_orthogonalization(*self._rko_arguments(adjustment_coef))
         return kernel, [(self.u, u)]
+
+    def _spectral_factors(self, adjustment_coef):
+        """((base, factor), [(u, new_u)]): the RKO's matrix as `kernel_orthogonalization_factors` gives it."""
+        factors, u, _ = kernel_orthogonalization_factors(*self._rko_arguments(adjustment_coef))
+        return factors, [(self.u, u)]
+
+    def _rko_arguments(self, adjustment_coef):
+        settings = (self.eps_spectral, self.eps_bjorck, self.beta_bjorck, self.maxiter_spectral, self.maxiter_bjorck)
+        return (ops.cast(self.kernel, "float32"), self.u, adjustment_coef, *settings)
 
     def _spectral_config(self):
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from deel_lip_ext.parametrizations import (
     DEFAULT_MAXITER_BJORCK,
     DEFAULT_MAXITER_SPECTRAL,
     frobenius_normalization,
+    on_gram_side,
 )
 from deel_lip_ext.spectrum import dense_sv_range
 
@@ -108,6 +110,11 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
     k = 1, gradient-norm preserving. With `eps_bjorck=None` the Björck step is
     skipped (spectral normalization only: largest singular value k).
 
+    A training call on fewer rows than the kernel has (a batch of 256 for a
+    1568 x 64 kernel) multiplies them by the orthonormalization's two factors
+    in turn and never forms the kernel (`kernel_orthogonalization_factors`):
+    the same function, fewer multiply-adds. Inference multiplies by the kernel.
+
     Args:
         units: output dimension.
         activation: activation applied to the output (None by default). It
@@ -186,6 +193,32 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
 
     def compute_kernel(self):
         return self._spectral_kernel(self.k_coef_lip)
+
+    def call(self, inputs: ArrayLike, training: bool | None = None):
+        if not (training and self._multiplies_factors(inputs)):
+            return super().call(inputs, training)
+        (base, factor), updates = self._spectral_factors(self.k_coef_lip)
+        self._store_state(updates)
+        return self._bias_and_activation(ops.matmul(ops.matmul(inputs, base), factor))
+
+    def _multiplies_factors(self, inputs):
+        """Whether a training call multiplies `inputs` by the RKO's two factors in turn, not by their product.
+
+        A kernel (m, n) with m >= 2n is orthonormalized on its Gram side and is `base @ factor`
+        (`kernel_orthogonalization_factors`, factor (n, n)). Forming it costs m n^2 multiply-adds,
+        and its gradient twice that; multiplying N rows by `factor` after `base` costs N n^2 (and
+        twice that in the gradient): less when N < m. Only in float32, where the kernel the
+        call multiplies with needs no rounding to the compute dtype (inference and exports multiply
+        with the kernel itself, from the cache), and not for a subclass that computes its own kernel.
+        """
+        if self.eps_bjorck is None or self.beta_bjorck is None or self.compute_dtype != "float32":
+            return False
+        if type(self).compute_kernel is not SpectralDense.compute_kernel:
+            return False
+        rows, kernel_rows = inputs.shape[:-1], self.kernel.shape[0]
+        if not on_gram_side(kernel_rows, self.units) or None in rows:
+            return False
+        return math.prod(rows) < kernel_rows
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -33,8 +33,10 @@ from deel_lip_ext.parametrizations.iteration import (
     bjorck,
     check_normalizer_args,
     frobenius_distance,
+    gram_side_bjorck_factors,
     iterate,
     l2_normalize,
+    on_gram_side,
     operator_power_iteration,
     power_iterate,
 )
@@ -47,6 +49,7 @@ from deel_lip_ext.parametrizations.orthogonal import (
     check_chord_eps,
     chord_orthogonalization,
     frobenius_normalization,
+    kernel_orthogonalization_factors,
     orthonormalize_stack,
     power_iteration,
     reshaped_kernel_orthogonalization,

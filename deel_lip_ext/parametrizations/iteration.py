@@ -12,7 +12,8 @@ The concrete constraints (`deel_lip_ext.parametrizations.orthogonal`,
   given as two callables (a matrix, a batch of matrices, a convolution...),
   without gradient; the caller forms sigma from the returned vector.
 * `bjorck`: Björck-Bowie orthonormalization of a matrix or a batch of
-  matrices (..., m, n).
+  matrices (..., m, n); `gram_side_bjorck_factors` leaves that of a tall
+  matrix as two factors, to multiply a batch by them one after the other.
 * `gram_matrix`: W^T W, with a gradient that never transposes W.
 
 Defaults are deel-lip's (`DEFAULT_EPS_SPECTRAL`, ...). All of it is `keras.ops`
@@ -45,6 +46,7 @@ __all__ = [
     "bjorck",
     "gram_matrix",
     "on_gram_side",
+    "gram_side_bjorck_factors",
 ]
 
 DEFAULT_EPS_SPECTRAL = 1e-3
@@ -249,7 +251,7 @@ def bjorck(
 
     A matrix at least `GRAM_SIDE_RATIO` times longer than wide (or wider than long) is iterated
     on its small (Gram) side, in rounds of at most `GRAM_SIDE_ITERATIONS` iterations
-    (`_bjorck_on_gram_side`; 15 iterations: three rounds of at most 5): within a round every
+    (`gram_side_bjorck_factors`; 15 iterations: three rounds of at most 5): within a round every
     iterate is W_r P with P small and square, so a round touches the big matrix twice (its Gram
     matrix, then W_r P) instead of twice per iteration, and the next round starts from the
     materialized W_r P. Same iterates, stopping distances and number of iterations as the
@@ -285,24 +287,7 @@ def bjorck(
             return (1 + beta) * w - beta * ops.matmul(ops.matmul(w, ops.swapaxes(w, -1, -2)), w)
 
         return iterate(step, matrices if divisor is None else matrices / divisor, eps, maxiter)
-    # ceil(maxiter / GRAM_SIDE_ITERATIONS) rounds of equal length, the first one shorter by the remainder
-    # (15 iterations: 5, 5, 5): one loop over the rounds after the first (a second loop for a last, shorter
-    # round cost 0.1 ms per small kernel, forward and gradient).
-    rounds = max(1, -(-maxiter // GRAM_SIDE_ITERATIONS))
-    length = -(-maxiter // rounds)
-    first = maxiter - (rounds - 1) * length
-    matrices, moved = _bjorck_on_gram_side(matrices, eps, beta, first, divisor=divisor, gram=gram)
-    if rounds == 1:
-        return matrices
-
-    def one_round(current, last_move):
-        return _bjorck_on_gram_side(current, eps, beta, length, moved=last_move)
-
-    if not eps:
-        for _ in range(rounds - 1):
-            matrices = one_round(matrices, None)[0]
-        return matrices
-    return loop_while_moving(one_round, matrices, moved, eps, rounds - 1)[0]
+    return ops.matmul(*gram_side_bjorck_factors(matrices, eps, beta, maxiter, divisor, gram))
 
 
 def on_gram_side(rows: int, columns: int) -> bool:
@@ -316,6 +301,68 @@ def on_gram_side(rows: int, columns: int) -> bool:
         >>> on_gram_side(1568, 64), on_gram_side(9, 16)  # (True, False)
     """
     return columns * GRAM_SIDE_RATIO <= rows
+
+
+def gram_side_bjorck_factors(
+    matrices: ArrayLike,
+    eps: float = DEFAULT_EPS_BJORCK,
+    beta: float = DEFAULT_BETA_BJORCK,
+    maxiter: int = DEFAULT_MAXITER_BJORCK,
+    divisor: ArrayLike | None = None,
+    gram: ArrayLike | None = None,
+) -> tuple[Any, Any]:
+    """`bjorck` of tall matrices (`on_gram_side`) as two factors: the result is `base @ factor`.
+
+    `factor` (..., n, n) is the last round's small factor (with `divisor` in it) and `base` the
+    matrix that round started from: `matrices` itself when one round ends the iteration (a kernel
+    near its orthogonal initialization), else the result of the round before. A batch X (N, m)
+    multiplied as (X base) factor never forms the (m, n) result: N m n + N n^2 multiply-adds
+    instead of m n^2 + N m n, and the same saving in the gradient (what `SpectralDense` does in
+    training when N < m).
+
+    Args:
+        matrices: tensor (..., m, n) with m >= 2 n (`on_gram_side(m, n)`), singular values below
+            sqrt(3) once divided by `divisor`.
+        eps: stop when `||W_t - W_{t-1}||_F < eps` (0: exactly `maxiter` iterations).
+        beta: step, in ]0, 0.5].
+        maxiter: maximal number of iterations.
+        divisor: optional scalar: orthonormalize `matrices / divisor`.
+        gram: optional `gram_matrix(matrices)` already computed.
+
+    Returns:
+        `(base, factor)`, tensors (..., m, n) and (..., n, n).
+
+    Examples:
+        >>> base, factor = gram_side_bjorck_factors(keras.random.normal((64, 8)) / 16.0, eps=0.0, maxiter=20)
+        >>> orthonormal = keras.ops.matmul(base, factor)
+    """
+    matrices = ops.convert_to_tensor(matrices)
+    if not on_gram_side(*matrices.shape[-2:]):
+        raise ValueError(
+            f"gram_side_bjorck_factors needs matrices at least {GRAM_SIDE_RATIO} times longer than wide, got "
+            f"shape {tuple(matrices.shape)}; use bjorck."
+        )
+    # ceil(maxiter / GRAM_SIDE_ITERATIONS) rounds of equal length, the first one shorter by the remainder
+    # (15 iterations: 5, 5, 5): one loop over the rounds after the first (a second loop for a last, shorter
+    # round cost 0.1 ms per small kernel, forward and gradient).
+    rounds = max(1, -(-maxiter // GRAM_SIDE_ITERATIONS))
+    length = -(-maxiter // rounds)
+    first = maxiter - (rounds - 1) * length
+    factor, moved = _gram_side_factor(matrices, eps, beta, first, divisor=divisor, gram=gram)
+    state = (matrices, factor)
+    if rounds == 1:
+        return state
+
+    def one_round(factors, last_move):
+        current = ops.matmul(*factors)  # each round starts from the materialized result of the one before
+        following, move = _gram_side_factor(current, eps, beta, length, moved=last_move)
+        return (current, following), move
+
+    if not eps:
+        for _ in range(rounds - 1):
+            state = one_round(state, None)[0]
+        return state
+    return loop_while_moving(one_round, state, moved, eps, rounds - 1)[0]
 
 
 # Per iteration, Björck on a tall (m, n) matrix costs 2 m n^2 multiply-adds, on its Gram side 4 n^3
@@ -353,7 +400,7 @@ def gram_matrix(matrices: ArrayLike) -> Any:
     return ops.matmul(ops.swapaxes(matrices, -1, -2), matrices), gradient
 
 
-def _bjorck_on_gram_side(matrices, eps, beta, maxiter, divisor=None, gram=None, moved=None):
+def _gram_side_factor(matrices, eps, beta, maxiter, divisor=None, gram=None, moved=None):
     """Up to `maxiter` `bjorck` iterations of tall matrices W_0 (..., m, n) as W_t = W_0 P_t, P_t (..., n, n).
 
     With a `divisor` d, W_0 is `matrices / d`: G = M^T M / d^2 and W_t = M (P_t / d). `gram` is
@@ -365,7 +412,7 @@ def _bjorck_on_gram_side(matrices, eps, beta, maxiter, divisor=None, gram=None, 
     iterates and stopping distances as iterating W itself (up to rounding).
 
     Returns:
-        (W_0 P_t, how far the last iteration moved W: the next round goes on from there).
+        (P_t, with the divisor: P_t / d; how far the last iteration moved W: the next round goes on from there).
     """
     gram = gram_matrix(matrices) if gram is None else gram
     if divisor is not None:
@@ -385,4 +432,4 @@ def _bjorck_on_gram_side(matrices, eps, beta, maxiter, divisor=None, gram=None, 
         factor = iterate(step, identity, eps, maxiter)
     else:
         factor, moved = early_exit_loop(step, identity, eps, maxiter, step_distance, moved)
-    return ops.matmul(matrices, factor if divisor is None else factor / divisor), moved
+    return (factor if divisor is None else factor / divisor), moved
