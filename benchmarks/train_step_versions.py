@@ -1,15 +1,20 @@
-"""W1's training step with the parametrization of another commit and of the working tree, alternated with plain.
+"""A workload's training step with the parametrization of another commit and of the working tree, alternated with plain.
 
 `parametrization.py` times each kernel's RKO alone; this script times what a user sees: the
-training step of the W1 workload (`train_step.py`) built three times in one process (plain Keras,
-the Lipschitz model with the working tree's parametrization modules, the same model with the
-modules of `--base`, read with `git show`), their calls alternated. With `--trained-epochs E` both
+training step of a workload of `train_step.py` (W1 by default, `--workload W2`) built three times in
+one process (plain Keras, the Lipschitz model with the working tree's parametrization modules, the
+same model with the modules of `--base`, read with `git show`, and `SpectralDense`'s training path
+of that commit), their calls alternated, the first to go rotating each round. Each line gives the
+medians and the median over rounds of the per-round difference between the two Lipschitz models,
+with a 95% bootstrap interval: both see the load of the same moment, so a difference of a few
+percent shows where the medians drift with the machine. With `--trained-epochs E` both W1
 Lipschitz models start from the weights of a W1 model trained E epochs on 30,000 MNIST images
 (Adam 1e-3, batch 128): a trained kernel needs more Björck iterations than one near its
 orthogonal initialization (W1's dense kernel: 3 at initialization, 7 after three epochs).
 
 Usage:
     PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/train_step_versions.py --base 1201a83 --trained-epochs 3
+    PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/train_step_versions.py --base 2132e56 --workload W2 --steps 30
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -42,52 +48,106 @@ def trained_weights(epochs, path):
     model.save_weights(path)
 
 
-def measure(base, steps, warmup, weights):
-    """{"plain", "lip", "lip_base"}: median ms of W1's training step, and the final losses."""
-    import deel_lip_ext.layers.base as layer_base
-    from parametrization import base_orthogonal_module
-    from train_step import _alternated_median_ms, _compiled_model, fixed_batch
+def _as_at(base_module):
+    """{(owner, attribute): value}: what the Lipschitz layers must call to train as at the base commit.
 
-    x, y = fixed_batch("W1")
-    models = {name: _compiled_model("W1", name.split("_")[0], "SpectralConv2D", "same", "auto") for name in NAMES}
+    The layers call the RKO through `deel_lip_ext.layers.base`; `SpectralDense` multiplies a batch by
+    the RKO's two factors in training since `kernel_orthogonalization_factors` exists, and by the kernel
+    before it.
+    """
+    import deel_lip_ext.layers.base as layer_base
+    from deel_lip_ext.layers import SpectralDense
+
+    patches = {(layer_base, "reshaped_kernel_orthogonalization"): base_module.reshaped_kernel_orthogonalization}
+    if hasattr(base_module, "kernel_orthogonalization_factors"):
+        patches[(layer_base, "kernel_orthogonalization_factors")] = base_module.kernel_orthogonalization_factors
+    else:
+        patches[(SpectralDense, "_multiplies_factors")] = lambda layer, inputs: False
+    return patches
+
+
+def _paired_rounds(functions, steps, warmup):
+    """{name: array of ms}: `steps` rounds calling every function once, the first to go rotating each round."""
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    order, times = list(functions), {name: [] for name in functions}
+    for _ in range(steps):
+        order = order[1:] + order[:1]
+        for name in order:
+            start = time.perf_counter()
+            functions[name]()
+            times[name].append(1000.0 * (time.perf_counter() - start))
+    return {name: np.asarray(values) for name, values in times.items()}
+
+
+def paired_difference(times, name, reference, seed=0):
+    """Median over rounds of `times[name] - times[reference]` (ms) and its 95% bootstrap interval.
+
+    The rounds pair the calls: both variants see the load of the same moment, so differences of a few
+    percent show where the medians of each variant drift with the machine.
+    """
+    differences = times[name] - times[reference]
+    rng = np.random.default_rng(seed)
+    medians = [np.median(rng.choice(differences, differences.size)) for _ in range(2000)]
+    return float(np.median(differences)), tuple(float(q) for q in np.percentile(medians, [2.5, 97.5]))
+
+
+def measure(base, workload, steps, warmup, weights):
+    """{name: array of ms per round} for the workload's step: plain, the working tree, `base`'s parametrization."""
+    from parametrization import base_orthogonal_module
+    from train_step import _compiled_model, fixed_batch
+
+    x, y = fixed_batch(workload)
+    models = {name: _compiled_model(workload, name.split("_")[0], "SpectralConv2D", "same", "auto") for name in NAMES}
     if weights:
         for name in ("lip", "lip_base"):
             models[name].load_weights(weights)
-    now = layer_base.reshaped_kernel_orthogonalization
     with tempfile.TemporaryDirectory() as directory:
-        # The layers call the RKO through `deel_lip_ext.layers.base`: the base model's step is traced with
-        # the base modules' function there, the others with the working tree's.
-        layer_base.reshaped_kernel_orthogonalization = base_orthogonal_module(
-            base, directory
-        ).reshaped_kernel_orthogonalization
+        patches = _as_at(base_orthogonal_module(base, directory))
+        now = {key: getattr(*key) for key in patches}
+        for (owner, attribute), value in patches.items():
+            setattr(owner, attribute, value)
         try:
-            models["lip_base"].train_on_batch(x, y)
+            models["lip_base"].train_on_batch(x, y)  # traced here, with the base's functions
         finally:
-            layer_base.reshaped_kernel_orthogonalization = now
-    functions = {name: (lambda m=model: float(m.train_on_batch(x, y))) for name, model in models.items()}
-    return _alternated_median_ms(functions, steps, warmup)[:2]
+            for (owner, attribute), value in now.items():
+                setattr(owner, attribute, value)
+    losses = {name: float(model.train_on_batch(x, y)) for name, model in models.items()}
+    assert np.isfinite(list(losses.values())).all(), losses
+    return _paired_rounds(
+        {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in models.items()}, steps, warmup
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="commit whose parametrization modules are the baseline")
+    parser.add_argument("--workload", choices=("W1", "W2"), default="W1", help="workload of train_step.py")
     parser.add_argument("--trained-epochs", type=int, default=0, help="train W1 this many epochs first (0: none)")
     parser.add_argument("--steps", type=int, default=60, help="timed rounds (each calls the three models)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument("--repeats", type=int, default=3, help="measurements in a row (each prints its line)")
     args = parser.parse_args(argv)
+    if args.trained_epochs and args.workload != "W1":
+        parser.error("--trained-epochs trains W1 on MNIST: use it with --workload W1")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as directory:
         weights = os.path.join(directory, "w1.weights.h5") if args.trained_epochs else None
         if weights:
             trained_weights(args.trained_epochs, weights)
         for _ in range(args.repeats):
-            medians, losses = measure(args.base, args.steps, args.warmup, weights)
+            times = measure(args.base, args.workload, args.steps, args.warmup, weights)
+            medians = {name: float(np.median(values)) for name, values in times.items()}
             ratios = "  ".join(
                 f"{name} {medians[name]:.2f} ms ({medians[name] / medians['plain']:.3f}x)" for name in NAMES
             )
-            print(f"W1 training step, {args.trained_epochs} epochs trained: {ratios}", flush=True)
-            assert np.isfinite([values[-1] for values in losses.values()]).all()
+            difference, (low, high) = paired_difference(times, "lip", "lip_base")
+            print(
+                f"{args.workload} training step, {args.trained_epochs} epochs trained: {ratios}; "
+                f"lip - lip_base per round {difference:+.2f} ms (95% CI {low:+.2f} to {high:+.2f})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
