@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import tempfile
@@ -52,18 +53,18 @@ def _as_at(base_module):
     """{(owner, attribute): value}: what the Lipschitz layers must call to train as at the base commit.
 
     The layers call the RKO through `deel_lip_ext.layers.base`; `SpectralDense` multiplies a batch by
-    the RKO's two factors in training since `kernel_orthogonalization_factors` exists, and by the kernel
-    before it.
+    the RKO's two factors in training since the RKO takes `as_factors`, and by the kernel before.
     """
     import deel_lip_ext.layers.base as layer_base
     from deel_lip_ext.layers import SpectralDense
 
-    patches = {(layer_base, "reshaped_kernel_orthogonalization"): base_module.reshaped_kernel_orthogonalization}
-    if hasattr(base_module, "kernel_orthogonalization_factors"):
-        patches[(layer_base, "kernel_orthogonalization_factors")] = base_module.kernel_orthogonalization_factors
-    else:
-        patches[(SpectralDense, "_multiplies_factors")] = lambda layer, inputs: False
-    return patches
+    rko = base_module.reshaped_kernel_orthogonalization
+    if "as_factors" in inspect.signature(rko).parameters:
+        return {(layer_base, "reshaped_kernel_orthogonalization"): rko}
+    return {
+        (layer_base, "reshaped_kernel_orthogonalization"): lambda *args, as_factors=False: rko(*args),
+        (SpectralDense, "_multiplies_factors"): lambda layer, inputs: False,
+    }
 
 
 def _paired_rounds(functions, steps, warmup):

@@ -113,6 +113,21 @@ def compiled(fn, variables=()):
     return _autodiff.graph_function(fn, variables)
 
 
+def recorded_calls(monkeypatch, module, name, record):
+    """Wrap `module.name` so that each call appends `record(*args, **kwargs)` to the returned list.
+
+    A test asserting on the list fails if the path it exercises silently stops being taken.
+    """
+    calls, original = [], getattr(module, name)
+
+    def recording(*args, **kwargs):
+        calls.append(record(*args, **kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recording)
+    return calls
+
+
 def float_eps(values):
     """Machine epsilon of `values`' float dtype, and 0 for float64.
 

@@ -1,17 +1,17 @@
 """`SpectralDense` in training multiplies a batch by the RKO's two factors, never forming the kernel.
 
 A kernel (m, n) with m >= 2n is orthonormalized on its Gram side and is `base @ factor`
-(`kernel_orthogonalization_factors`). When the batch has fewer rows than the kernel, a training call
-computes `(x @ base) @ factor`. It must be the same function as `x @ kernel`: the same values, the
-same gradients (kernel, bias, inputs), the same stored power-iteration vector; and it must leave
-every other case (large batches, low precision, no Björck, kernels not on the Gram side, inference)
-to the kernel itself.
+(`reshaped_kernel_orthogonalization(..., as_factors=True)`). When the batch has fewer rows than
+the kernel, a training call computes `(x @ base) @ factor`. It must be the same function as
+`x @ kernel`: the same values, the same gradients (kernel, bias, inputs), the same stored
+power-iteration vector; and it must leave every other case (large batches, low precision, no
+Björck, kernels not on the Gram side, a subclass's own kernel, inference) to the kernel itself.
 """
 
 import keras
 import numpy as np
 import pytest
-from _backend import input_gradient, parameter_gradients, to_numpy
+from _backend import input_gradient, parameter_gradients, recorded_calls, to_numpy
 from keras import ops
 
 import deel_lip_ext.layers.base as layer_base
@@ -33,16 +33,11 @@ def _dense(fan_in, units, spread, **kwargs):
 
 @pytest.fixture
 def factor_calls(monkeypatch):
-    """How many times a layer computed the RKO as factors (a test can fail if the path silently stops)."""
-    calls = []
-    factors = layer_base.kernel_orthogonalization_factors
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return factors(*args)
-
-    monkeypatch.setattr(layer_base, "kernel_orthogonalization_factors", counting)
-    return calls
+    """For each RKO a layer computed, whether it asked for the two factors (a test can fail if the path
+    silently stops)."""
+    return recorded_calls(
+        monkeypatch, layer_base, "reshaped_kernel_orthogonalization", lambda *args, as_factors=False: as_factors
+    )
 
 
 def _with_kernel(layer):
@@ -76,7 +71,7 @@ def test_factored_call_has_the_values_and_gradients_of_the_kernel(
         layer.u.assign(start)
         outputs.append(to_numpy(function(x)))
         stored.append(to_numpy(layer.u))
-    assert len(factor_calls) == 1  # the layer's own call, not the reference
+    assert factor_calls == [True, False]  # the layer's own call, then the reference's kernel
     scale = np.abs(outputs[1]).max()
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=0, atol=2e-6 * scale)
     np.testing.assert_allclose(stored[0], stored[1], rtol=0, atol=1e-6)
@@ -114,7 +109,7 @@ def test_other_cases_multiply_by_the_kernel(fan_in, units, batch, kwargs, factor
     got = to_numpy(layer(x, training=True))
     layer.u.assign(start)
     expected = to_numpy(_with_kernel(layer)(x))
-    assert factor_calls == []
+    assert True not in factor_calls
     np.testing.assert_allclose(got.astype("float32"), expected.astype("float32"), rtol=0, atol=1e-6)
 
 
@@ -130,7 +125,7 @@ def test_a_subclass_computing_its_own_kernel_multiplies_by_it(factor_calls):
     start = to_numpy(layer.u)
     got = to_numpy(layer(x, training=True))
     layer.u.assign(start)
-    assert factor_calls == []
+    assert True not in factor_calls
     np.testing.assert_allclose(got, to_numpy(_with_kernel(layer)(x)), rtol=0, atol=1e-6)
 
 
@@ -138,10 +133,10 @@ def test_inference_and_exports_use_the_kernel(factor_calls):
     layer = _dense(300, 40, 0.5)
     x = _random((16, 300), seed=6)
     layer(x, training=True)
-    calls_in_training = len(factor_calls)
+    assert factor_calls == [True]
     inferred = to_numpy(layer(x))
     exported = to_numpy(layer.vanilla_export()[0](x))
-    assert len(factor_calls) == calls_in_training == 1
+    assert factor_calls.count(True) == 1
     kernel = to_numpy(layer.effective_kernel())
     np.testing.assert_allclose(inferred, x @ kernel + to_numpy(layer.bias), rtol=0, atol=1e-5)
     np.testing.assert_allclose(exported, inferred, rtol=0, atol=1e-6)

@@ -10,7 +10,14 @@ case it does not cover to `keras.Sequential`, and the bounds to the graph of the
 import keras
 import numpy as np
 import pytest
-from _backend import compiled, gradient_of_weighted_gradient, gradients, parameter_gradients, to_numpy
+from _backend import (
+    compiled,
+    gradient_of_weighted_gradient,
+    gradients,
+    parameter_gradients,
+    recorded_calls,
+    to_numpy,
+)
 from keras import ops
 
 import deel_lip_ext.model as model_module
@@ -50,15 +57,7 @@ def _one_by_one(model):
 @pytest.fixture
 def fusion_calls(monkeypatch):
     """How many times `Sequential.call` ran the fused function (a test can fail if it silently stops)."""
-    calls = []
-    fused = model_module.sorted_then_l2_norm_pooled
-
-    def counting(*args):
-        calls.append(args[1].name)
-        return fused(*args)
-
-    monkeypatch.setattr(model_module, "sorted_then_l2_norm_pooled", counting)
-    return calls
+    return recorded_calls(monkeypatch, model_module, "sorted_then_l2_norm_pooled", lambda inputs, sort, pool: sort.name)
 
 
 def _with_tied_pairs(model):

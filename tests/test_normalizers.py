@@ -379,7 +379,9 @@ def test_rko_factors_multiply_to_the_rko_kernel(shape, eps_bjorck, factored):
     rng = np.random.default_rng(12)
     kernel = rng.normal(size=shape).astype("float32")
     u = rng.normal(size=(1, shape[-1])).astype("float32")
-    (base, factor), factors_u, _ = orthogonal.kernel_orthogonalization_factors(kernel, u, 0.7, eps_bjorck=eps_bjorck)
+    (base, factor), factors_u, _ = orthogonal.reshaped_kernel_orthogonalization(
+        kernel, u, 0.7, eps_bjorck=eps_bjorck, as_factors=True
+    )
     expected, expected_u, _ = normalizers.reshaped_kernel_orthogonalization(kernel, u, 0.7, eps_bjorck=eps_bjorck)
     assert (factor is not None) == factored
     matrix = keras.ops.convert_to_numpy(base if factor is None else keras.ops.matmul(base, factor))

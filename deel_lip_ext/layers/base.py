@@ -29,11 +29,7 @@ from deel_lip_ext.layers._call_overrides import check_bounded_call
 from deel_lip_ext.layers._kernel_cache import KernelCache
 from deel_lip_ext.layers._layer_copies import built_input_shape, copied_with_weights
 from deel_lip_ext.lipschitz import activation_lipschitz, check_bound_norm, half_unit_roundoff
-from deel_lip_ext.parametrizations import (
-    check_normalizer_args,
-    kernel_orthogonalization_factors,
-    reshaped_kernel_orthogonalization,
-)
+from deel_lip_ext.parametrizations import check_normalizer_args, reshaped_kernel_orthogonalization
 from deel_lip_ext.spectrum import dense_sv_range, linf_kernel_norm
 
 __all__ = [
@@ -382,19 +378,14 @@ class SpectralMixin:
             autocast=False,
         )
 
-    def _spectral_kernel(self, adjustment_coef):
-        """(kernel, [(u, new_u)]) of the RKO parametrization, in float32."""
-        kernel, u, _ = reshaped_kernel_orthogonalization(*self._rko_arguments(adjustment_coef))
-        return kernel, [(self.u, u)]
-
-    def _spectral_factors(self, adjustment_coef):
-        """((base, factor), [(u, new_u)]): the RKO's matrix as `kernel_orthogonalization_factors` gives it."""
-        factors, u, _ = kernel_orthogonalization_factors(*self._rko_arguments(adjustment_coef))
-        return factors, [(self.u, u)]
-
-    def _rko_arguments(self, adjustment_coef):
+    def _spectral_kernel(self, adjustment_coef, as_factors=False):
+        """(kernel, [(u, new_u)]) of the RKO parametrization, in float32; with `as_factors`, ((base, factor),
+        [(u, new_u)]) (see `reshaped_kernel_orthogonalization`)."""
         settings = (self.eps_spectral, self.eps_bjorck, self.beta_bjorck, self.maxiter_spectral, self.maxiter_bjorck)
-        return (ops.cast(self.kernel, "float32"), self.u, adjustment_coef, *settings)
+        result, u, _ = reshaped_kernel_orthogonalization(
+            ops.cast(self.kernel, "float32"), self.u, adjustment_coef, *settings, as_factors=as_factors
+        )
+        return result, [(self.u, u)]
 
     def _spectral_config(self):
         return {

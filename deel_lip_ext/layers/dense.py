@@ -112,7 +112,7 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
 
     A training call on fewer rows than the kernel has (a batch of 256 for a
     1568 x 64 kernel) multiplies them by the orthonormalization's two factors
-    in turn and never forms the kernel (`kernel_orthogonalization_factors`):
+    in turn and never forms the kernel (`reshaped_kernel_orthogonalization`):
     the same function, fewer multiply-adds. Inference multiplies by the kernel.
 
     Args:
@@ -197,7 +197,7 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
     def call(self, inputs: ArrayLike, training: bool | None = None):
         if not (training and self._multiplies_factors(inputs)):
             return super().call(inputs, training)
-        (base, factor), updates = self._spectral_factors(self.k_coef_lip)
+        (base, factor), updates = self._spectral_kernel(self.k_coef_lip, as_factors=True)
         self._store_state(updates)
         return self._bias_and_activation(ops.matmul(ops.matmul(inputs, base), factor))
 
@@ -205,11 +205,12 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
         """Whether a training call multiplies `inputs` by the RKO's two factors in turn, not by their product.
 
         A kernel (m, n) with m >= 2n is orthonormalized on its Gram side and is `base @ factor`
-        (`kernel_orthogonalization_factors`, factor (n, n)). Forming it costs m n^2 multiply-adds,
-        and its gradient twice that; multiplying N rows by `factor` after `base` costs N n^2 (and
-        twice that in the gradient): less when N < m. Only in float32, where the kernel the
-        call multiplies with needs no rounding to the compute dtype (inference and exports multiply
-        with the kernel itself, from the cache), and not for a subclass that computes its own kernel.
+        (`reshaped_kernel_orthogonalization(..., as_factors=True)`, factor (n, n)). Forming it costs
+        m n^2 multiply-adds, and its gradient twice that; multiplying N rows by `factor` after
+        `base` costs N n^2 (and twice that in the gradient): less when N < m. Only in float32,
+        where the kernel the call multiplies with needs no rounding to the compute dtype (inference
+        and exports multiply with the kernel itself, from the cache), and not for a subclass that
+        computes its own kernel.
         """
         if self.eps_bjorck is None or self.beta_bjorck is None or self.compute_dtype != "float32":
             return False

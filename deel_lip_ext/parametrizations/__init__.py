@@ -49,7 +49,6 @@ from deel_lip_ext.parametrizations.orthogonal import (
     check_chord_eps,
     chord_orthogonalization,
     frobenius_normalization,
-    kernel_orthogonalization_factors,
     orthonormalize_stack,
     power_iteration,
     reshaped_kernel_orthogonalization,

@@ -38,7 +38,6 @@ __all__ = [
     "spectral_normalization",
     "bjorck_normalization",
     "reshaped_kernel_orthogonalization",
-    "kernel_orthogonalization_factors",
     "frobenius_normalization",
     "CHORD_MIN_EPS",
     "check_chord_eps",
@@ -165,6 +164,7 @@ def reshaped_kernel_orthogonalization(
     beta: float | None = DEFAULT_BETA_BJORCK,
     maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
     maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
+    as_factors: bool = False,
 ) -> tuple[Any, Any, Any]:
     """RKO: spectral normalization then Björck on the reshaped kernel.
 
@@ -173,6 +173,11 @@ def reshaped_kernel_orthogonalization(
     as deel-lip), multiplied
     by `adjustment_coef` and reshaped back.
 
+    A tall reshaped kernel (`on_gram_side`) is orthonormalized on its Gram side, where
+    the matrix comes out as `base @ factor` (`gram_side_bjorck_factors`); `as_factors`
+    returns that pair instead of the kernel, so that a layer multiplying a batch of
+    fewer rows than the matrix's by the two in turn never forms it (`SpectralDense`).
+
     Args:
         kernel: tensor whose last axis is the output axis.
         u: the power-iteration vector (1, kernel.shape[-1]), or None for a random start (deel-lip).
@@ -182,72 +187,42 @@ def reshaped_kernel_orthogonalization(
         beta: Björck step in ]0, 0.5] (None: no Björck).
         maxiter_spectral: maximal number of power iterations.
         maxiter_bjorck: maximal number of Björck iterations.
+        as_factors: return the matrix (-1, kernel.shape[-1]) as `(base, factor)`, `base @ factor`
+            (`adjustment_coef` in the factor), or `(matrix, None)` off the Gram side or without
+            Björck, in place of the reshaped kernel.
 
     Returns:
-        `(kernel_bar, u, sigma)`.
+        `(kernel_bar, u, sigma)`, or `((base, factor), u, sigma)` with `as_factors`.
 
     Examples:
         >>> w_bar, u, sigma = reshaped_kernel_orthogonalization(kernel, u, 1.0 / 3.0)
-    """
-    (base, factor), u, sigma = kernel_orthogonalization_factors(
-        kernel, u, adjustment_coef, eps_spectral, eps_bjorck, beta, maxiter_spectral, maxiter_bjorck
-    )
-    matrix = base if factor is None else ops.matmul(base, factor)
-    return ops.reshape(matrix, kernel.shape), u, sigma
-
-
-def kernel_orthogonalization_factors(
-    kernel: ArrayLike,
-    u: ArrayLike,
-    adjustment_coef: float = 1.0,
-    eps_spectral: float = DEFAULT_EPS_SPECTRAL,
-    eps_bjorck: float | None = DEFAULT_EPS_BJORCK,
-    beta: float | None = DEFAULT_BETA_BJORCK,
-    maxiter_spectral: int = DEFAULT_MAXITER_SPECTRAL,
-    maxiter_bjorck: int = DEFAULT_MAXITER_BJORCK,
-) -> tuple[tuple[Any, Any], Any, Any]:
-    """`reshaped_kernel_orthogonalization`'s matrix (-1, kernel.shape[-1]) as `base @ factor`, unreshaped.
-
-    A tall reshaped kernel (`on_gram_side`) is orthonormalized on its Gram side, and its result is
-    `base @ factor` (`gram_side_bjorck_factors`, `adjustment_coef` in the factor): a layer that
-    multiplies a batch of fewer rows than the kernel's by the two in turn never forms the
-    product. Otherwise `factor` is None and `base` is the matrix itself.
-
-    Args:
-        kernel: tensor whose last axis is the output axis.
-        u: the power-iteration vector (1, kernel.shape[-1]), or None for a random start (deel-lip).
-        adjustment_coef: factor applied to the orthonormalized kernel.
-        eps_spectral: power-iteration tolerance (0: exactly `maxiter_spectral` steps).
-        eps_bjorck: Björck tolerance (0: exactly `maxiter_bjorck` steps; None: no Björck).
-        beta: Björck step in ]0, 0.5] (None: no Björck).
-        maxiter_spectral: maximal number of power iterations.
-        maxiter_bjorck: maximal number of Björck iterations.
-
-    Returns:
-        `((base, factor), u, sigma)`: the matrix is `base @ factor`, or `base` when `factor` is None.
-
-    Examples:
-        >>> (base, factor), u, sigma = kernel_orthogonalization_factors(keras.random.normal((64, 8)), None)
-        >>> matrix = base if factor is None else keras.ops.matmul(base, factor)
+        >>> (base, factor), u, sigma = reshaped_kernel_orthogonalization(kernel, u, as_factors=True)
     """
     matrix = ops.reshape(kernel, (-1, kernel.shape[-1]))
-    scaled = not (isinstance(adjustment_coef, (int, float)) and adjustment_coef == 1)
+    factor = None
     if eps_bjorck is None or beta is None:
         matrix, u, sigma = spectral_normalization(matrix, u, eps=eps_spectral, maxiter=maxiter_spectral)
-        return (matrix * adjustment_coef if scaled else matrix, None), u, sigma
-    # Björck of W / (sigma + eps), as `spectral_normalization` then `bjorck_normalization`; the division
-    # goes into Björck's small factor on the Gram side, where the power iteration runs too (on G = M^T M,
-    # computed once for both).
-    if not on_gram_side(*matrix.shape):
+    elif not on_gram_side(*matrix.shape):
         u, sigma = _started_power_iteration(matrix, u, eps_spectral, maxiter_spectral)
         matrix = bjorck(matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck, divisor=sigma + eps_spectral)
-        return (matrix * adjustment_coef if scaled else matrix, None), u, sigma
-    gram = gram_matrix(matrix)
-    u, sigma = _power_iteration_on_gram(gram, _start(matrix, u), eps_spectral, maxiter_spectral)
-    base, factor = gram_side_bjorck_factors(
-        matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck, divisor=sigma + eps_spectral, gram=gram
-    )
-    return (base, factor * adjustment_coef if scaled else factor), u, sigma
+    else:
+        # Björck of M / (sigma + eps), as `spectral_normalization` then `bjorck_normalization`: the division goes
+        # into Björck's small factor on the Gram side, where the power iteration runs too (on G = M^T M, computed
+        # once for both).
+        gram = gram_matrix(matrix)
+        u, sigma = _power_iteration_on_gram(gram, _start(matrix, u), eps_spectral, maxiter_spectral)
+        matrix, factor = gram_side_bjorck_factors(
+            matrix, eps=eps_bjorck, beta=beta, maxiter=maxiter_bjorck, divisor=sigma + eps_spectral, gram=gram
+        )
+    if not (isinstance(adjustment_coef, (int, float)) and adjustment_coef == 1):  # in the small factor if any
+        if factor is None:
+            matrix = matrix * adjustment_coef
+        else:
+            factor = factor * adjustment_coef
+    if as_factors:
+        return (matrix, factor), u, sigma
+    matrix = matrix if factor is None else ops.matmul(matrix, factor)
+    return ops.reshape(matrix, kernel.shape), u, sigma
 
 
 def frobenius_normalization(kernel: ArrayLike, disjoint_neurons: bool = False, eps: float = 1e-12) -> Any:
