@@ -212,7 +212,7 @@ class SpectralDense(SpectralMixin, LipschitzDenseBase):
         and exports multiply with the kernel itself, from the cache), and not for a subclass that
         computes its own kernel.
         """
-        if self.eps_bjorck is None or self.beta_bjorck is None or self.compute_dtype != "float32":
+        if self.eps_bjorck is None or self.compute_dtype != "float32":
             return False
         if type(self).compute_kernel is not SpectralDense.compute_kernel:
             return False
