@@ -20,6 +20,7 @@ from deel_lip_ext import _autodiff as autodiff
 from deel_lip_ext._validation import ArgumentTypeError, check_k_coef_lip
 from deel_lip_ext.layers._call_overrides import check_exported_call
 from deel_lip_ext.layers.base import LipschitzLayer, ParametrizedLayer
+from deel_lip_ext.layers.batch_chunks import batch_chunks, chunked_conv_sort_pool
 from deel_lip_ext.layers.fused import (
     fusable,
     fused,
@@ -304,7 +305,10 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
     A `GroupSort2` directly followed by a `ScaledL2NormPooling2D` runs as one
     function (`deel_lip_ext.layers.fused.sorted_then_l2_norm_pooled`): the two
     layers' values and gradients, with one pass less over the sorted tensor each
-    way. The model's graph, which the bounds and the export read, keeps the two layers.
+    way; a convolution with few multiply-adds per output before the two runs with them over
+    parts of a large batch (`deel_lip_ext.layers.batch_chunks`: same values, faster where the
+    block's tensors exceed the cache). The model's graph, which the bounds and the export read,
+    keeps the layers.
 
     Args:
         layers: list of layers.
@@ -382,8 +386,10 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
 
         A `GroupSort2` followed by a `ScaledL2NormPooling2D` runs as
         `deel_lip_ext.layers.fused.sorted_then_l2_norm_pooled`: the two layers' values and
-        gradients, one pass less over the sorted tensor each way. Anything else (masks, extra
-        call arguments, inputs that Keras would convert first) runs through `keras.Sequential`.
+        gradients, one pass less over the sorted tensor each way; a memory-bound convolution
+        before the two runs with them over parts of a large batch, so that the block's tensors
+        stay in cache (`deel_lip_ext.layers.batch_chunks`). Anything else (masks, extra call
+        arguments, inputs that Keras would convert first) runs through `keras.Sequential`.
         """
         sorts = self._fusable_sorts(inputs) if mask is None and not kwargs else set()
         if not sorts:
@@ -391,6 +397,11 @@ class Sequential(LipschitzModelMixin, keras.Sequential):
         layers, outputs, index = self.layers, inputs, 0
         while index < len(layers):
             layer = layers[index]
+            chunks = batch_chunks(layer, outputs) if index + 1 in sorts else 1
+            if chunks > 1 and layer.compute_dtype == layers[index + 1].compute_dtype:
+                outputs = chunked_conv_sort_pool(outputs, *layers[index : index + 3], chunks, training=training)
+                index += 3
+                continue
             if index in sorts and keras.backend.standardize_dtype(outputs.dtype) == layer.compute_dtype:
                 outputs = sorted_then_l2_norm_pooled(outputs, layer, layers[index + 1])
                 index += 2

@@ -207,6 +207,8 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
 
     # Built by `build_kernel_cache`; derived state, see `KernelCache`.
     _kernel_cache = None
+    # The kernel every call returns while a batch runs in parts (`batch_chunks.one_kernel`); None otherwise.
+    _shared_kernel = None
 
     def operator_norm(self, input_shape: tuple | None = None) -> float:
         """Exact (or provable upper bound of the) L2 operator norm of the bias-free linear map at `input_shape`."""
@@ -312,7 +314,10 @@ class ParametrizedLayer(LipschitzLayer, keras.layers.Layer):
 
         Training recomputes it (with gradient) and stores the parametrization
         state; inference reads the cache, refreshed if any dependency changed.
+        While a batch runs in parts, every call returns the kernel of the first (`batch_chunks.one_kernel`).
         """
+        if self._shared_kernel is not None:
+            return self._shared_kernel
         if training:
             kernel, updates = self.compute_kernel()
             self._store_state(updates)
