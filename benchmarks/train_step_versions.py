@@ -4,10 +4,11 @@
 training step of a workload of `train_step.py` (W1 by default, `--workload W2`) built three times in
 one process (plain Keras, the Lipschitz model with the working tree's parametrization modules, the
 same model with the modules of `--base`, read with `git show`, and `SpectralDense`'s training path
-of that commit), their calls alternated, the first to go rotating each round. Each line gives the
-medians and the median over rounds of the per-round difference between the two Lipschitz models,
-with a 95% bootstrap interval: both see the load of the same moment, so a difference of a few
-percent shows where the medians drift with the machine. With `--trained-epochs E` both W1
+and the `Sequential`'s batch chunking of that commit), their calls alternated, the first to go
+rotating each round. Each line gives the medians and the median over rounds of the per-round
+difference between the two Lipschitz models, with a 95% bootstrap interval: both see the load of
+the same moment, so a difference of a few percent shows where the medians drift with the machine.
+With `--trained-epochs E` both W1
 Lipschitz models start from the weights of a W1 model trained E epochs on 30,000 MNIST images
 (Adam 1e-3, batch 128): a trained kernel needs more Björck iterations than one near its
 orthogonal initialization (W1's dense kernel: 3 at initialization, 7 after three epochs).
@@ -20,8 +21,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,22 +52,51 @@ def trained_weights(epochs, path):
     model.save_weights(path)
 
 
-def _as_at(base_module):
+def _as_at(base, base_module):
     """{(owner, attribute): value}: what the Lipschitz layers must call to train as at the base commit.
 
     The layers call the RKO through `deel_lip_ext.layers.base`; `SpectralDense` multiplies a batch by
-    the RKO's two factors in training since the RKO takes `as_factors`, and by the kernel before.
+    the RKO's two factors in training since the RKO takes `as_factors`, and by the kernel before; the
+    `Sequential` runs a memory-bound convolution + sort + pooling over parts of the batch since
+    `deel_lip_ext/layers/batch_chunks.py` exists, and over the whole batch before.
     """
     import deel_lip_ext.layers.base as layer_base
+    import deel_lip_ext.model as model_module
     from deel_lip_ext.layers import SpectralDense
 
     rko = base_module.reshaped_kernel_orthogonalization
-    if "as_factors" in inspect.signature(rko).parameters:
-        return {(layer_base, "reshaped_kernel_orthogonalization"): rko}
-    return {
-        (layer_base, "reshaped_kernel_orthogonalization"): lambda *args, as_factors=False: rko(*args),
-        (SpectralDense, "_multiplies_factors"): lambda layer, inputs: False,
-    }
+    patches = {(layer_base, "reshaped_kernel_orthogonalization"): rko}
+    if "as_factors" not in inspect.signature(rko).parameters:
+        patches[(layer_base, "reshaped_kernel_orthogonalization")] = lambda *args, as_factors=False: rko(*args)
+        patches[(SpectralDense, "_multiplies_factors")] = lambda layer, inputs: False
+    chunking = subprocess.run(["git", "cat-file", "-e", f"{base}:deel_lip_ext/layers/batch_chunks.py"], check=False)
+    if chunking.returncode != 0:
+        patches[(model_module, "batch_chunks")] = lambda layer, inputs: 1
+    return patches
+
+
+@contextlib.contextmanager
+def _patched(patches):
+    """Within the block, `owner.attribute` is `value` for each `(owner, attribute): value` of `patches`."""
+    now = {key: getattr(*key) for key in patches}
+    for (owner, attribute), value in patches.items():
+        setattr(owner, attribute, value)
+    try:
+        yield
+    finally:
+        for (owner, attribute), value in now.items():
+            setattr(owner, attribute, value)
+
+
+def _calling_as_at(patches, function):
+    """`function` with `patches` in place at every call: TensorFlow and JAX trace it so at its first call, torch
+    (eager) runs it so at each."""
+
+    def run():
+        with _patched(patches):
+            return function()
+
+    return run
 
 
 def _paired_rounds(functions, steps, warmup):
@@ -105,20 +137,12 @@ def measure(base, workload, steps, warmup, weights):
         for name in ("lip", "lip_base"):
             models[name].load_weights(weights)
     with tempfile.TemporaryDirectory() as directory:
-        patches = _as_at(base_orthogonal_module(base, directory))
-        now = {key: getattr(*key) for key in patches}
-        for (owner, attribute), value in patches.items():
-            setattr(owner, attribute, value)
-        try:
-            models["lip_base"].train_on_batch(x, y)  # traced here, with the base's functions
-        finally:
-            for (owner, attribute), value in now.items():
-                setattr(owner, attribute, value)
-    losses = {name: float(model.train_on_batch(x, y)) for name, model in models.items()}
+        patches = _as_at(base, base_orthogonal_module(base, directory))
+    steps_of = {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in models.items()}
+    steps_of["lip_base"] = _calling_as_at(patches, steps_of["lip_base"])
+    losses = {name: float(step()) for name, step in steps_of.items()}
     assert np.isfinite(list(losses.values())).all(), losses
-    return _paired_rounds(
-        {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in models.items()}, steps, warmup
-    )
+    return _paired_rounds(steps_of, steps, warmup)
 
 
 def main(argv=None):
