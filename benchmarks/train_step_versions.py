@@ -8,10 +8,10 @@ and the `Sequential`'s batch chunking of that commit), their calls alternated, t
 rotating each round. Each line gives the medians and the median over rounds of the per-round
 difference between the two Lipschitz models, with a 95% bootstrap interval: both see the load of
 the same moment, so a difference of a few percent shows where the medians drift with the machine.
-With `--trained-epochs E` both W1
-Lipschitz models start from the weights of a W1 model trained E epochs on 30,000 MNIST images
-(Adam 1e-3, batch 128): a trained kernel needs more Björck iterations than one near its
-orthogonal initialization (W1's dense kernel: 3 at initialization, 7 after three epochs).
+With `--trained-epochs E` both W1 Lipschitz models start from the weights of a W1 model trained E
+epochs on 30,000 MNIST images (Adam 1e-3, batch 128): a trained kernel needs more Björck iterations
+than one near its orthogonal initialization (W1's dense kernel: 3 at initialization, 7 after three
+epochs).
 
 Usage:
     PYTHONPATH=. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/train_step_versions.py --base 1201a83 --trained-epochs 3
