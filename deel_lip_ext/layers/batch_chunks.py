@@ -9,7 +9,7 @@ pooled output (a quarter of the size) is put back together. The values and gradi
 whole batch at once (the same per-sample ops; the kernel's gradient sums four parts), the kernel and
 its parametrization are computed once (`one_kernel`), and each part goes through the layers' own
 calls. Measured on a 2-core EPYC with TensorFlow (`benchmarks/train_step_versions.py`, paired rounds),
-W1's training step is 0.7 to 1.1 ms (3-4 %) faster; in 2 parts it ran as in 4, in 8 parts 0.5 to 1.0
+W1's training step is 0.2 to 1.1 ms (1-4 %) faster; in 2 parts it ran as in 4, in 8 parts 0.5 to 1.0
 ms slower than in 4. W1's second block (144 multiply-adds per output entry) gained nothing in parts;
 W2's convolutions (27 to 1152) in 16 parts ran 25 ms (3 %) slower per step, its first block in 8
 parts within the noise. On JAX and torch W1's step times were unchanged within their noise (-4 to
